@@ -1,0 +1,281 @@
+"""Typed configuration, read once: defaults < YAML file (`HEADRACE_CONFIG`)
+< `HEADRACE_*` environment variables (nested with `__`, e.g.
+`HEADRACE_ROUTER__PORT=50071`) < explicit keyword arguments.
+
+The embedded default (no YAML) is the whole local mesh: one generation
+pool and its model, every address on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from headrace.runtime.engine_settings import ENGINE_DEFAULTS, EngineSettings, SyntheticEngineSettings
+
+LOOPBACK = "127.0.0.1"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RouterSettings(_Section):
+    host: str = LOOPBACK
+    port: int = Field(default=50051, ge=0, le=65535)
+    # The HTTP gateway, which also serves the router's /metrics.
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    # Used until the HTTP gateway serves /metrics.
+    metrics_port: int | None = 60051
+    # Placements tried for one request before giving up (failures before
+    # the first token only).
+    max_attempts: int = Field(default=2, ge=1, le=5)
+    # Renew a lease this long before it expires.
+    lease_renew_margin_s: float = Field(default=5.0, gt=0)
+
+
+class CacheSettings(_Section):
+    host: str = LOOPBACK
+    port: int = Field(default=50052, ge=0, le=65535)
+    metrics_port: int | None = 60052
+    enabled: bool = True
+    default_ttl_s: int = Field(default=3600, ge=1)
+    max_ttl_s: int = Field(default=7 * 86400, ge=1)
+    # Give up on a lookup after this long and treat it as a miss: a slow
+    # cache must never slow a request down more than this.
+    lookup_timeout_s: float = Field(default=0.25, gt=0)
+
+
+class SchedulerSettings(_Section):
+    host: str = LOOPBACK
+    port: int = Field(default=50053, ge=0, le=65535)
+    metrics_port: int | None = 60053
+    # A worker whose last load report is older than this gets no work and
+    # is dropped.
+    worker_stale_after_s: float = Field(default=3.0, gt=0)
+    report_interval_ms: int = Field(default=500, ge=50)
+    # A lease not renewed or released within this expires.
+    lease_ttl_s: float = Field(default=30.0, gt=0)
+
+
+class WorkerSettings(_Section):
+    host: str = LOOPBACK
+    # Workers take ports from here up, in pool order.
+    base_port: int = Field(default=50061, ge=1, le=65535)
+    # A worker serves /metrics on its gRPC port + this (50061 -> 60061); None: off.
+    metrics_port_offset: int | None = 10000
+    # Seconds a stopping worker waits for running requests.
+    drain_timeout_s: float = Field(default=10.0, ge=0)
+
+
+class LimitSettings(_Section):
+    """Bounds on what a request may carry; never unlimited."""
+
+    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_prompt_chars: int = Field(default=64_000, ge=1)
+    max_messages: int = Field(default=256, ge=1)
+    max_tokens: int = Field(default=4096, ge=1)
+    max_stop_sequences: int = Field(default=4, ge=0)
+    max_stop_chars: int = Field(default=256, ge=1)
+    max_embed_inputs: int = Field(default=256, ge=1)
+    max_embed_input_chars: int = Field(default=32_000, ge=1)
+    max_tags: int = Field(default=32, ge=0)
+    max_metadata_entries: int = Field(default=32, ge=0)
+    max_id_chars: int = Field(default=256, ge=1)
+
+
+class TelemetrySettings(_Section):
+    # OTLP/gRPC collector, e.g. "127.0.0.1:4317"; none: spans stay in-process.
+    otlp_endpoint: str | None = None
+    log_level: str = "INFO"
+
+
+class TenantSettings(_Section):
+    # SHA-256 hex digests of the tenant's API keys; the keys themselves are
+    # never stored. `headrace keys hash KEY` prints one.
+    api_key_sha256: list[str] = Field(default_factory=list)
+    # Share of capacity against other tenants in the same priority class.
+    weight: float = Field(default=1.0, gt=0)
+
+    @field_validator("api_key_sha256")
+    @classmethod
+    def _hex_digests(cls, digests: list[str]) -> list[str]:
+        for digest in digests:
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError("api_key_sha256 entries must be 64 lowercase hex characters")
+        return digests
+
+
+class PoolSettings(_Section):
+    """A group of identical workers running one engine."""
+
+    engine: EngineSettings = Field(default_factory=SyntheticEngineSettings)
+    workers: int = Field(default=1, ge=0, le=64)
+    # USD per hour of the capacity one worker uses; cost = engine seconds x this.
+    price_per_hour: float = Field(default=0.0, ge=0)
+
+
+class ModelVersionSettings(_Section):
+    pool: str
+    context_length: int = Field(default=0, ge=0)
+    # Still served, with a warning naming replaced_by.
+    deprecated: bool = False
+    # No longer served: NOT_FOUND naming replaced_by.
+    removed: bool = False
+    replaced_by: str = ""
+    created_at: int = 0
+
+
+class ModelSettings(_Section):
+    task: Literal["generate", "embed"] = "generate"
+    # The version a bare model name resolves to.
+    default_version: str
+    versions: dict[str, ModelVersionSettings]
+
+    @model_validator(mode="after")
+    def _default_exists(self) -> ModelSettings:
+        if self.default_version not in self.versions:
+            raise ValueError(f"default_version {self.default_version!r} is not among versions {sorted(self.versions)}")
+        return self
+
+
+def _default_pools() -> dict[str, PoolSettings]:
+    return {"smollm2": PoolSettings(engine=SyntheticEngineSettings(), workers=1, price_per_hour=0.10)}
+
+
+def _default_models() -> dict[str, ModelSettings]:
+    return {
+        "smollm2": ModelSettings(
+            task="generate",
+            default_version="1",
+            versions={"1": ModelVersionSettings(pool="smollm2", context_length=8192)},
+        )
+    }
+
+
+def _default_state_dir() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "headrace"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HEADRACE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Where `headrace up` keeps pids and logs.
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    # The model a request that names none gets, per task.
+    default_model: str = "smollm2"
+    default_embedding_model: str = ""
+    # `headrace up --engine KIND`: every generation pool runs this engine kind.
+    engine_override: str | None = None
+
+    router: RouterSettings = Field(default_factory=RouterSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+
+    tenants: dict[str, TenantSettings] = Field(default_factory=dict)
+    pools: dict[str, PoolSettings] = Field(default_factory=_default_pools)
+    models: dict[str, ModelSettings] = Field(default_factory=_default_models)
+    # alias -> "name" or "name@version"
+    aliases: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_path = os.environ.get("HEADRACE_CONFIG")
+        if config_path:
+            path = Path(config_path)
+            if not path.is_file():
+                raise FileNotFoundError(f"HEADRACE_CONFIG points at {path}, which is not a file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Settings:
+        for name, model in self.models.items():
+            if "@" in name:
+                raise ValueError(f"model name {name!r} may not contain '@'")
+            for version, spec in model.versions.items():
+                if spec.pool not in self.pools:
+                    raise ValueError(f"model {name}@{version} names pool {spec.pool!r}, which is not configured")
+        for alias, target in self.aliases.items():
+            if alias in self.models:
+                raise ValueError(f"alias {alias!r} shadows a model of the same name")
+            base = target.split("@", 1)[0]
+            if base not in self.models:
+                raise ValueError(f"alias {alias!r} points at unknown model {target!r}")
+        if self.engine_override is not None and self.engine_override not in ENGINE_DEFAULTS:
+            raise ValueError(f"unknown engine {self.engine_override!r}; known: {', '.join(sorted(ENGINE_DEFAULTS))}")
+        if not self.auth_enabled:
+            for section in (self.router, self.cache, self.scheduler, self.worker):
+                _require_loopback(section.host)
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return any(t.api_key_sha256 for t in self.tenants.values())
+
+    def pool_engine(self, pool: str) -> EngineSettings:
+        """The engine a pool runs, after `--engine` overrides."""
+        engine = self.pools[pool].engine
+        if self.engine_override is not None and self.engine_override != engine.kind:
+            override_cls = ENGINE_DEFAULTS[self.engine_override]
+            return override_cls()  # type: ignore[return-value]
+        return engine
+
+    def pool_models(self, pool: str) -> list[str]:
+        """Model versions ("name@version") served by a pool."""
+        return sorted(
+            f"{name}@{version}"
+            for name, model in self.models.items()
+            for version, spec in model.versions.items()
+            if spec.pool == pool and not spec.removed
+        )
+
+
+def _require_loopback(host: str) -> None:
+    if host in ("localhost",):
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(
+            f"refusing to bind {host!r}: no API keys are configured (open dev mode), so every "
+            "service stays on loopback; configure tenants with api_key_sha256 to serve beyond it"
+        )
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the configuration once, at process start."""
+    return Settings(**overrides)

@@ -1,0 +1,132 @@
+"""The one gRPC server bootstrap every service uses: grpc.aio with bounded
+message sizes, the standard grpc.health.v1 service (status per service
+name), server reflection, the shared interceptors, and a graceful stop on
+SIGTERM (NOT_SERVING first, then in-flight calls get a grace period)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.trace import TracerProvider
+
+from headrace.runtime.auth import Authenticator
+from headrace.runtime.channels import channel_options
+from headrace.runtime.config import LimitSettings
+from headrace.runtime.interceptors import (
+    AuthInterceptor,
+    ErrorInterceptor,
+    MetricsInterceptor,
+    RequestContextInterceptor,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceRegistration:
+    """A servicer and the generated function that adds it to a server."""
+
+    # Full service name, e.g. "headrace.v1.Worker" (for health and reflection).
+    name: str
+    add_to_server: Callable[[grpc.aio.Server], None]
+
+
+class GrpcServiceHost:
+    """A started-and-stopped gRPC server hosting one or more services."""
+
+    def __init__(
+        self,
+        services: Sequence[ServiceRegistration],
+        *,
+        host: str,
+        port: int,
+        limits: LimitSettings,
+        tracer_provider: TracerProvider | None = None,
+        authenticator: Authenticator | None = None,
+    ) -> None:
+        self._services = list(services)
+        self.bound_host = host
+        self._address = f"{host}:{port}"
+        self._health = health.aio.HealthServicer()
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if tracer_provider is not None:
+            interceptors.append(aio_server_interceptor(tracer_provider=tracer_provider))
+        # Outermost first: context, errors (so they cover the rest), metrics
+        # (which see the original exception), then auth.
+        interceptors.append(RequestContextInterceptor(trust_tenant_metadata=authenticator is None))
+        interceptors.append(ErrorInterceptor())
+        interceptors.append(MetricsInterceptor())
+        if authenticator is not None:
+            interceptors.append(AuthInterceptor(authenticator))
+        self._server = grpc.aio.server(interceptors=interceptors, options=channel_options(limits))
+        self.port = 0
+
+    async def start(self) -> int:
+        for service in self._services:
+            service.add_to_server(self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        names = [service.name for service in self._services]
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self._server,
+        )
+        self.port = self._server.add_insecure_port(self._address)
+        if self.port == 0:
+            raise OSError(f"could not bind {self._address}")
+        await self._server.start()
+        await self.set_serving(True)
+        return self.port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *(service.name for service in self._services)]:
+            await self._health.set(name, status)
+
+    async def stop(self, grace_s: float) -> None:
+        await self.set_serving(False)
+        await self._server.stop(grace_s)
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def serve(
+    host: GrpcServiceHost,
+    *,
+    grace_s: float = 5.0,
+    after_start: Callable[[], Awaitable[None]] | None = None,
+    before_stop: Callable[[], Awaitable[None]] | None = None,
+    after_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run a service until SIGTERM or SIGINT, then stop it gracefully:
+    health NOT_SERVING, `before_stop` (e.g. drain), stop with grace,
+    `after_stop` (e.g. shut the engine down)."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    port = await host.start()
+    log.info("serving on port %d", port)
+    if after_start is not None:
+        await after_start()
+    await stopping.wait()
+    log.info("stopping: NOT_SERVING, grace %.1fs", grace_s)
+    await host.set_serving(False)
+    if before_stop is not None:
+        try:
+            await before_stop()
+        except Exception:  # noqa: BLE001 - stopping must go on
+            log.exception("before_stop failed; stopping anyway")
+    await host.stop(grace_s)
+    if after_stop is not None:
+        await after_stop()
+    log.info("stopped")

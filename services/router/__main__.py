@@ -1,0 +1,95 @@
+"""python -m services.router: the Router service (public gRPC API)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc.aio
+
+from headrace.runtime.aio import run
+from headrace.runtime.auth import ApiKeyAuthenticator
+from headrace.runtime.background import BackgroundTasks
+from headrace.runtime.channels import ChannelPool, open_channel
+from headrace.runtime.config import Settings, load_settings
+from headrace.runtime.server import GrpcServiceHost, ServiceRegistration, serve
+from headrace.runtime.telemetry import build_tracer_provider, configure_logging, start_metrics_server
+from headrace.v1 import cache_pb2_grpc, router_pb2_grpc, scheduler_pb2_grpc
+from services.router.cache_client import CacheClient
+from services.router.embedding_flow import EmbeddingFlow
+from services.router.generation_flow import GenerationFlow
+from services.router.leasing import Leasing
+from services.router.model_registry import ModelRegistry
+from services.router.server import RouterServicer
+
+
+@dataclass
+class RouterApp:
+    """The router's parts, wired; `close` releases what they hold."""
+
+    host: GrpcServiceHost
+    close: Callable[[], Awaitable[None]]
+
+
+def build_router(
+    settings: Settings, *, port: int | None = None, scheduler_target: str | None = None, cache_target: str | None = None
+) -> RouterApp:
+    tracer_provider = build_tracer_provider("headrace-router", settings.telemetry)
+    scheduler_channel = open_channel(
+        scheduler_target or f"{settings.scheduler.host}:{settings.scheduler.port}",
+        settings.limits,
+        tracer_provider=tracer_provider,
+    )
+    cache_channel = open_channel(
+        cache_target or f"{settings.cache.host}:{settings.cache.port}", settings.limits, tracer_provider=tracer_provider
+    )
+    scheduler = scheduler_pb2_grpc.SchedulerStub(scheduler_channel)
+    cache = cache_pb2_grpc.CacheStub(cache_channel)
+    workers = ChannelPool(settings.limits, tracer_provider=tracer_provider)
+    background = BackgroundTasks()
+    registry = ModelRegistry(settings)
+    leasing = Leasing(scheduler, background, renew_margin_s=settings.router.lease_renew_margin_s)
+    servicer = RouterServicer(
+        settings=settings,
+        registry=registry,
+        generation=GenerationFlow(
+            settings=settings,
+            registry=registry,
+            leasing=leasing,
+            cache=CacheClient(cache, settings.cache),
+            workers=workers,
+            background=background,
+        ),
+        embedding=EmbeddingFlow(registry=registry, leasing=leasing, workers=workers),
+        scheduler=scheduler,
+        cache=cache,
+    )
+    host = GrpcServiceHost(
+        [ServiceRegistration("headrace.v1.Router", lambda s: router_pb2_grpc.add_RouterServicer_to_server(servicer, s))],
+        host=settings.router.host,
+        port=settings.router.port if port is None else port,
+        limits=settings.limits,
+        tracer_provider=tracer_provider,
+        authenticator=ApiKeyAuthenticator(settings.tenants),
+    )
+
+    async def close() -> None:
+        await background.drain()
+        await workers.close()
+        channels: list[grpc.aio.Channel] = [scheduler_channel, cache_channel]
+        for channel in channels:
+            await channel.close()
+
+    return RouterApp(host=host, close=close)
+
+
+async def main(settings: Settings) -> None:
+    start_metrics_server(settings.router.host, settings.router.metrics_port)
+    app = build_router(settings)
+    await serve(app.host, after_stop=app.close)
+
+
+if __name__ == "__main__":
+    settings = load_settings()
+    configure_logging("router", settings.telemetry.log_level)
+    run(main(settings))

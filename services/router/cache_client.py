@@ -1,0 +1,60 @@
+"""The router's side of the cache: a lookup that never fails or slows a
+request (errors and timeouts count as a bypass), and stores that run off
+the critical path."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc.aio
+
+from headrace.cache_policy import bypass_reason
+from headrace.runtime.config import CacheSettings
+from headrace.v1 import cache_pb2, cache_pb2_grpc, generation_pb2
+from services.router import metrics
+
+log = logging.getLogger(__name__)
+
+
+class CacheClient:
+    def __init__(self, stub: cache_pb2_grpc.CacheStub | None, settings: CacheSettings) -> None:
+        # stub None: caching disabled.
+        self._stub = stub if settings.enabled else None
+        self._settings = settings
+
+    async def lookup(
+        self, *, tenant: str, model_version: str, request: generation_pb2.GenerateRequest
+    ) -> cache_pb2.CacheLookupResponse:
+        bypass = cache_pb2.CacheLookupResponse(outcome=generation_pb2.CACHE_OUTCOME_BYPASS)
+        if self._stub is None or bypass_reason(request) is not None:
+            return bypass
+        try:
+            return await self._stub.Lookup(
+                cache_pb2.CacheLookupRequest(tenant=tenant, model_version=model_version, request=request),
+                timeout=self._settings.lookup_timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            metrics.CACHE_ERRORS.labels(op="lookup", code=exc.code().name).inc()
+            log.warning("cache lookup failed (%s): answering without the cache", exc.code().name)
+            return bypass
+
+    async def store(
+        self,
+        *,
+        tenant: str,
+        model_version: str,
+        request: generation_pb2.GenerateRequest,
+        response: generation_pb2.GenerateResponse,
+    ) -> None:
+        if self._stub is None or request.cache.no_store:
+            return
+        try:
+            await self._stub.Store(
+                cache_pb2.CacheStoreRequest(
+                    tenant=tenant, model_version=model_version, request=request, response=response
+                ),
+                timeout=5.0,
+            )
+        except grpc.aio.AioRpcError as exc:
+            metrics.CACHE_ERRORS.labels(op="store", code=exc.code().name).inc()
+            log.warning("cache store failed (%s)", exc.code().name)

@@ -1,0 +1,191 @@
+"""The Router servicer: the public gRPC API. Validates at the door, sends
+how-it-was-served metadata, and delegates to the flows; batch and file
+RPCs go to the scheduler, cache invalidation to the cache."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+import grpc.aio
+
+from headrace.runtime.config import Settings
+from headrace.runtime.errors import from_rpc_error
+from headrace.runtime.request_context import current_request_id, current_tenant
+from headrace.served_by import served_by_headers
+from headrace.v1 import (
+    batch_pb2,
+    cache_pb2,
+    cache_pb2_grpc,
+    generation_pb2,
+    models_pb2,
+    router_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+)
+from headrace.validation import validate_embed_request, validate_generate_request
+from services.router import metrics
+from services.router.embedding_flow import EmbeddingFlow
+from services.router.generation_flow import GenerationFlow
+from services.router.model_registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+_TASKS = {"generate": models_pb2.MODEL_TASK_GENERATE, "embed": models_pb2.MODEL_TASK_EMBED}
+
+
+class RouterServicer(router_pb2_grpc.RouterServicer):
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        registry: ModelRegistry,
+        generation: GenerationFlow,
+        embedding: EmbeddingFlow,
+        scheduler: scheduler_pb2_grpc.SchedulerStub,
+        cache: cache_pb2_grpc.CacheStub,
+    ) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._generation = generation
+        self._embedding = embedding
+        self._scheduler = scheduler
+        self._cache = cache
+
+    async def Generate(
+        self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> generation_pb2.GenerateResponse:
+        validate_generate_request(request, self._settings.limits)
+        response = await self._generation.complete(
+            request, tenant=current_tenant(), request_id=current_request_id()
+        )
+        await context.send_initial_metadata(served_by_headers(response.request_id, response.route))
+        metrics.CACHE_OUTCOMES.labels(outcome=generation_pb2.CacheOutcome.Name(response.route.cache)).inc()
+        return response
+
+    async def GenerateStream(
+        self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
+        validate_generate_request(request, self._settings.limits)
+        request_id = current_request_id()
+        first = True
+        async for chunk in self._generation.stream(request, tenant=current_tenant(), request_id=request_id):
+            if first:
+                first = False
+                await context.send_initial_metadata(served_by_headers(request_id, chunk.route))
+                metrics.CACHE_OUTCOMES.labels(outcome=generation_pb2.CacheOutcome.Name(chunk.route.cache)).inc()
+            yield chunk
+
+    async def Embed(
+        self, request: generation_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> generation_pb2.EmbedResponse:
+        validate_embed_request(request, self._settings.limits)
+        request_id = current_request_id()
+        response = await self._embedding.embed(request, tenant=current_tenant(), request_id=request_id)
+        await context.send_initial_metadata(served_by_headers(request_id, response.route))
+        return response
+
+    async def ListModels(
+        self, request: models_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.ListModelsResponse:
+        ready = await self._ready_workers_by_pool()
+        return models_pb2.ListModelsResponse(
+            models=[
+                models_pb2.ModelInfo(
+                    id=entry.id,
+                    resolves_to=entry.resolution.model_version,
+                    alias=entry.alias,
+                    task=_TASKS[entry.task],
+                    pool=entry.resolution.pool,
+                    engine=entry.resolution.engine,
+                    deprecated=entry.deprecated,
+                    replaced_by=entry.replaced_by,
+                    price_per_hour=entry.resolution.price_per_hour,
+                    ready_workers=ready.get(entry.resolution.pool, 0),
+                    context_length=entry.context_length,
+                    created_at=entry.created_at,
+                )
+                for entry in self._registry.entries(include_deprecated=request.include_deprecated)
+            ]
+        )
+
+    async def _ready_workers_by_pool(self) -> dict[str, int]:
+        try:
+            listing = await self._scheduler.ListWorkers(scheduler_pb2.ListWorkersRequest(), timeout=2.0)
+        except grpc.aio.AioRpcError as exc:
+            # The registry is still worth showing; readiness is unknown.
+            log.warning("scheduler unreachable for ListModels (%s)", exc.code().name)
+            return {}
+        ready: dict[str, int] = {}
+        for worker in listing.workers:
+            if worker.accepting:
+                ready[worker.info.pool] = ready.get(worker.info.pool, 0) + 1
+        return ready
+
+    # Batch jobs and files belong to the scheduler; the router authenticates
+    # and forwards (the tenant travels in x-headrace-tenant metadata).
+
+    async def SubmitBatch(
+        self, request: batch_pb2.SubmitBatchRequest, context: grpc.aio.ServicerContext
+    ) -> batch_pb2.BatchJob:
+        result: batch_pb2.BatchJob = await self._scheduler.SubmitBatch(request)
+        return result
+
+    async def GetBatch(self, request: batch_pb2.GetBatchRequest, context: grpc.aio.ServicerContext) -> batch_pb2.BatchJob:
+        result: batch_pb2.BatchJob = await self._scheduler.GetBatch(request)
+        return result
+
+    async def CancelBatch(
+        self, request: batch_pb2.CancelBatchRequest, context: grpc.aio.ServicerContext
+    ) -> batch_pb2.BatchJob:
+        result: batch_pb2.BatchJob = await self._scheduler.CancelBatch(request)
+        return result
+
+    async def ListBatches(
+        self, request: batch_pb2.ListBatchesRequest, context: grpc.aio.ServicerContext
+    ) -> batch_pb2.ListBatchesResponse:
+        result: batch_pb2.ListBatchesResponse = await self._scheduler.ListBatches(request)
+        return result
+
+    async def StreamBatchResults(
+        self, request: batch_pb2.StreamBatchResultsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[batch_pb2.BatchResult]:
+        call = self._scheduler.StreamBatchResults(request)
+        try:
+            async for result in call:
+                yield result
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from exc
+        finally:
+            call.cancel()
+
+    async def UploadFile(self, request: batch_pb2.UploadFileRequest, context: grpc.aio.ServicerContext) -> batch_pb2.FileInfo:
+        result: batch_pb2.FileInfo = await self._scheduler.UploadFile(request)
+        return result
+
+    async def GetFile(self, request: batch_pb2.GetFileRequest, context: grpc.aio.ServicerContext) -> batch_pb2.FileInfo:
+        result: batch_pb2.FileInfo = await self._scheduler.GetFile(request)
+        return result
+
+    async def GetFileContent(
+        self, request: batch_pb2.GetFileContentRequest, context: grpc.aio.ServicerContext
+    ) -> batch_pb2.FileContent:
+        result: batch_pb2.FileContent = await self._scheduler.GetFileContent(request)
+        return result
+
+    async def DeleteFile(
+        self, request: batch_pb2.DeleteFileRequest, context: grpc.aio.ServicerContext
+    ) -> batch_pb2.DeleteFileResponse:
+        result: batch_pb2.DeleteFileResponse = await self._scheduler.DeleteFile(request)
+        return result
+
+    async def InvalidateCache(
+        self, request: cache_pb2.InvalidateRequest, context: grpc.aio.ServicerContext
+    ) -> cache_pb2.InvalidateResponse:
+        scoped = cache_pb2.InvalidateRequest()
+        scoped.CopyFrom(request)
+        # A tenant may only drop its own entries, whatever it asks for.
+        scoped.tenant = current_tenant()
+        result: cache_pb2.InvalidateResponse = await self._cache.Invalidate(scoped)
+        return result

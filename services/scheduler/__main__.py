@@ -1,0 +1,48 @@
+"""python -m services.scheduler: the Scheduler service."""
+
+from __future__ import annotations
+
+from headrace.runtime.aio import run
+from headrace.runtime.config import Settings, load_settings
+from headrace.runtime.server import GrpcServiceHost, ServiceRegistration, serve
+from headrace.runtime.telemetry import build_tracer_provider, configure_logging, start_metrics_server
+from headrace.v1 import scheduler_pb2_grpc
+from services.scheduler.dispatcher import Dispatcher
+from services.scheduler.leases import LeaseTable
+from services.scheduler.registry import WorkerRegistry
+from services.scheduler.server import SchedulerServicer
+
+
+def build_host(settings: Settings, dispatcher: Dispatcher, *, port: int | None = None) -> GrpcServiceHost:
+    servicer = SchedulerServicer(dispatcher, settings.scheduler)
+    return GrpcServiceHost(
+        [
+            ServiceRegistration(
+                "headrace.v1.Scheduler", lambda s: scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, s)
+            )
+        ],
+        host=settings.scheduler.host,
+        port=settings.scheduler.port if port is None else port,
+        limits=settings.limits,
+        tracer_provider=build_tracer_provider("headrace-scheduler", settings.telemetry),
+    )
+
+
+def build_dispatcher(settings: Settings) -> Dispatcher:
+    return Dispatcher(
+        registry=WorkerRegistry(stale_after_s=settings.scheduler.worker_stale_after_s),
+        leases=LeaseTable(ttl_s=settings.scheduler.lease_ttl_s),
+    )
+
+
+async def main(settings: Settings) -> None:
+    start_metrics_server(settings.scheduler.host, settings.scheduler.metrics_port)
+    dispatcher = build_dispatcher(settings)
+    await dispatcher.start()
+    await serve(build_host(settings, dispatcher), after_stop=dispatcher.close)
+
+
+if __name__ == "__main__":
+    settings = load_settings()
+    configure_logging("scheduler", settings.telemetry.log_level)
+    run(main(settings))

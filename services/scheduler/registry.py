@@ -1,0 +1,115 @@
+"""Workers the scheduler knows, fed by their load reports. A worker whose
+stream ends or whose last report is older than the staleness bound gets no
+new work and is dropped."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    worker_id: str
+    endpoint: str
+    pool: str
+    models: frozenset[str]
+    engine: str
+
+
+@dataclass(frozen=True)
+class LoadSnapshot:
+    running: int = 0
+    waiting: int = 0
+    capacity: int = 0
+    kv_cache_usage: float = 0.0
+    tokens_per_second: float = 0.0
+    healthy: bool = True
+
+
+@dataclass
+class WorkerState:
+    identity: WorkerIdentity
+    load: LoadSnapshot
+    # time.monotonic() of the last report.
+    reported_at: float
+    draining: bool = False
+    # Leases this scheduler holds on the worker, and their token budgets
+    # (prompt + max completion): load the worker has not reported yet.
+    leases: int = 0
+    leased_tokens: int = 0
+    # Lease ids, so a dropped worker's leases can be dropped too.
+    lease_ids: set[str] = field(default_factory=set)
+    # The report stream that owns this entry: when a worker reconnects, the
+    # old stream's end must not remove the new registration.
+    stream_token: object | None = None
+
+    @property
+    def worker_id(self) -> str:
+        return self.identity.worker_id
+
+    def age_s(self, now: float | None = None) -> float:
+        return (now if now is not None else time.monotonic()) - self.reported_at
+
+
+class WorkerRegistry:
+    def __init__(self, *, stale_after_s: float) -> None:
+        self._stale_after_s = stale_after_s
+        self._workers: dict[str, WorkerState] = {}
+
+    def report(self, identity: WorkerIdentity, load: LoadSnapshot, *, draining: bool) -> WorkerState:
+        now = time.monotonic()
+        state = self._workers.get(identity.worker_id)
+        if state is None or state.identity != identity:
+            # New, or restarted with another identity: start clean, but keep
+            # the leases already granted on it.
+            previous = state
+            state = WorkerState(identity=identity, load=load, reported_at=now, draining=draining)
+            if previous is not None:
+                state.leases, state.leased_tokens, state.lease_ids = (
+                    previous.leases,
+                    previous.leased_tokens,
+                    previous.lease_ids,
+                )
+            self._workers[identity.worker_id] = state
+        else:
+            state.load = load
+            state.reported_at = now
+            state.draining = draining
+        return state
+
+    def remove(self, worker_id: str) -> WorkerState | None:
+        return self._workers.pop(worker_id, None)
+
+    def get(self, worker_id: str) -> WorkerState | None:
+        return self._workers.get(worker_id)
+
+    def all(self) -> list[WorkerState]:
+        return list(self._workers.values())
+
+    def accepting(self, state: WorkerState, now: float | None = None) -> bool:
+        """Fresh, healthy and not draining: may get new work."""
+        return state.age_s(now) <= self._stale_after_s and state.load.healthy and not state.draining
+
+    def candidates(self, model_version: str, exclude: Iterable[str] = ()) -> list[WorkerState]:
+        now = time.monotonic()
+        excluded = set(exclude)
+        return [
+            state
+            for state in self._workers.values()
+            if model_version in state.identity.models
+            and state.worker_id not in excluded
+            and self.accepting(state, now)
+        ]
+
+    def drop_stale(self) -> list[WorkerState]:
+        now = time.monotonic()
+        stale = [s for s in self._workers.values() if s.age_s(now) > self._stale_after_s]
+        for state in stale:
+            del self._workers[state.worker_id]
+        return stale
+
+    def serving(self, model_version: str) -> list[WorkerState]:
+        """Every known worker serving the version, accepting or not."""
+        return [s for s in self._workers.values() if model_version in s.identity.models]

@@ -1,0 +1,209 @@
+"""The Scheduler servicer: translate protos and delegate to the Dispatcher."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc.aio
+
+from headrace.runtime.config import SchedulerSettings
+from headrace.runtime.errors import InvalidArgument, NotFound, Unimplemented
+from headrace.v1 import batch_pb2, scheduler_pb2, scheduler_pb2_grpc
+from services.scheduler.dispatcher import Dispatcher
+from services.scheduler.placement import PlacementRequest
+from services.scheduler.registry import LoadSnapshot, WorkerIdentity, WorkerState
+
+log = logging.getLogger(__name__)
+
+_BATCH_LATER = "batch jobs are not implemented yet (they come with the batch-queue issue)"
+
+
+def identity_from_proto(info: scheduler_pb2.WorkerInfo) -> WorkerIdentity:
+    if not info.worker_id or not info.endpoint:
+        raise InvalidArgument("worker.worker_id and worker.endpoint: required in every load report")
+    return WorkerIdentity(
+        worker_id=info.worker_id,
+        endpoint=info.endpoint,
+        pool=info.pool,
+        models=frozenset(info.models),
+        engine=info.engine,
+    )
+
+
+def load_from_proto(load: scheduler_pb2.WorkerLoad) -> LoadSnapshot:
+    return LoadSnapshot(
+        running=load.running,
+        waiting=load.waiting,
+        capacity=load.capacity,
+        kv_cache_usage=load.kv_cache_usage,
+        tokens_per_second=load.tokens_per_second,
+        healthy=load.healthy,
+    )
+
+
+def placement_from_proto(request: scheduler_pb2.PlaceRequest) -> PlacementRequest:
+    if not request.request_id:
+        raise InvalidArgument("request_id: required")
+    if not request.model_version or "@" not in request.model_version:
+        raise InvalidArgument("model_version: required, as name@version")
+    return PlacementRequest(
+        request_id=request.request_id,
+        model_version=request.model_version,
+        tenant=request.tenant,
+        priority=max(0, request.priority - 1) if request.priority else 1,
+        session_id=request.session_id,
+        prefix_hashes=tuple(request.prefix_hashes),
+        prompt_tokens=request.prompt_tokens,
+        max_tokens=request.max_tokens,
+        exclude=frozenset(request.exclude_workers),
+    )
+
+
+def worker_status(state: WorkerState, *, accepting: bool) -> scheduler_pb2.WorkerStatus:
+    identity, load = state.identity, state.load
+    return scheduler_pb2.WorkerStatus(
+        info=scheduler_pb2.WorkerInfo(
+            worker_id=identity.worker_id,
+            endpoint=identity.endpoint,
+            pool=identity.pool,
+            models=sorted(identity.models),
+            engine=identity.engine,
+        ),
+        load=scheduler_pb2.WorkerLoad(
+            running=load.running,
+            waiting=load.waiting,
+            kv_cache_usage=load.kv_cache_usage,
+            tokens_per_second=load.tokens_per_second,
+            capacity=load.capacity,
+            healthy=load.healthy,
+        ),
+        report_age_s=state.age_s(),
+        leases=state.leases,
+        accepting=accepting,
+    )
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
+    def __init__(self, dispatcher: Dispatcher, settings: SchedulerSettings) -> None:
+        self._dispatcher = dispatcher
+        self._settings = settings
+
+    async def Place(
+        self, request: scheduler_pb2.PlaceRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.PlaceResponse:
+        placement = await self._dispatcher.place(placement_from_proto(request))
+        lease = placement.lease
+        return scheduler_pb2.PlaceResponse(
+            lease=scheduler_pb2.Lease(
+                lease_id=lease.lease_id,
+                worker_id=lease.worker_id,
+                endpoint=placement.endpoint,
+                expires_at_ms=lease.expires_at_ms,
+            ),
+            policy=placement.policy,
+            queue_ms=placement.queue_ms,
+        )
+
+    async def Release(
+        self, request: scheduler_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ReleaseResponse:
+        return scheduler_pb2.ReleaseResponse(released=self._dispatcher.release(request.lease_id) is not None)
+
+    async def RenewLease(
+        self, request: scheduler_pb2.RenewLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.RenewLeaseResponse:
+        lease = self._dispatcher.renew(request.lease_id)
+        if lease is None:
+            raise NotFound(f"lease {request.lease_id!r} is unknown or expired")
+        return scheduler_pb2.RenewLeaseResponse(
+            lease=scheduler_pb2.Lease(
+                lease_id=lease.lease_id, worker_id=lease.worker_id, expires_at_ms=lease.expires_at_ms
+            )
+        )
+
+    async def ReportLoad(
+        self, request_iterator: AsyncIterator[scheduler_pb2.LoadReport], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scheduler_pb2.LoadReportAck]:
+        token = object()
+        state: WorkerState | None = None
+        try:
+            async for report in request_iterator:
+                first = state is None
+                state = self._dispatcher.report(
+                    identity_from_proto(report.worker), load_from_proto(report.load), draining=report.draining
+                )
+                state.stream_token = token
+                if first:
+                    log.info("worker %s at %s reporting in", state.worker_id, state.identity.endpoint)
+                    yield scheduler_pb2.LoadReportAck(report_interval_ms=self._settings.report_interval_ms)
+        finally:
+            # The stream ended (worker stopped or crashed): no more work there.
+            if state is not None and state.stream_token is token:
+                self._dispatcher.worker_gone(state.worker_id)
+
+    async def ListWorkers(
+        self, request: scheduler_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ListWorkersResponse:
+        now = time.monotonic()
+        registry = self._dispatcher.registry
+        states = [s for s in registry.all() if not request.pool or s.identity.pool == request.pool]
+        return scheduler_pb2.ListWorkersResponse(
+            workers=[worker_status(s, accepting=registry.accepting(s, now)) for s in states]
+        )
+
+    async def GetPoolStatus(
+        self, request: scheduler_pb2.GetPoolStatusRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.GetPoolStatusResponse:
+        pools: dict[str, scheduler_pb2.PoolStatus] = {}
+        for state in self._dispatcher.registry.all():
+            pool = state.identity.pool
+            if request.pool and pool != request.pool:
+                continue
+            status = pools.setdefault(pool, scheduler_pb2.PoolStatus(pool=pool))
+            status.workers += 1
+            status.leased += state.leases
+            status.capacity += state.load.capacity
+            status.desired_workers = status.workers
+        return scheduler_pb2.GetPoolStatusResponse(pools=list(pools.values()))
+
+    async def SubmitBatch(
+        self, request: batch_pb2.SubmitBatchRequest, context: grpc.aio.ServicerContext
+    ) -> batch_pb2.BatchJob:
+        raise Unimplemented(_BATCH_LATER)
+
+    async def GetBatch(self, request: batch_pb2.GetBatchRequest, context: grpc.aio.ServicerContext) -> batch_pb2.BatchJob:
+        raise Unimplemented(_BATCH_LATER)
+
+    async def CancelBatch(
+        self, request: batch_pb2.CancelBatchRequest, context: grpc.aio.ServicerContext
+    ) -> batch_pb2.BatchJob:
+        raise Unimplemented(_BATCH_LATER)
+
+    async def ListBatches(
+        self, request: batch_pb2.ListBatchesRequest, context: grpc.aio.ServicerContext
+    ) -> batch_pb2.ListBatchesResponse:
+        raise Unimplemented(_BATCH_LATER)
+
+    async def StreamBatchResults(
+        self, request: batch_pb2.StreamBatchResultsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[batch_pb2.BatchResult]:
+        raise Unimplemented(_BATCH_LATER)
+        yield  # pragma: no cover - makes this an async generator
+
+    async def UploadFile(self, request: batch_pb2.UploadFileRequest, context: grpc.aio.ServicerContext) -> batch_pb2.FileInfo:
+        raise Unimplemented(_BATCH_LATER)
+
+    async def GetFile(self, request: batch_pb2.GetFileRequest, context: grpc.aio.ServicerContext) -> batch_pb2.FileInfo:
+        raise Unimplemented(_BATCH_LATER)
+
+    async def GetFileContent(
+        self, request: batch_pb2.GetFileContentRequest, context: grpc.aio.ServicerContext
+    ) -> batch_pb2.FileContent:
+        raise Unimplemented(_BATCH_LATER)
+
+    async def DeleteFile(
+        self, request: batch_pb2.DeleteFileRequest, context: grpc.aio.ServicerContext
+    ) -> batch_pb2.DeleteFileResponse:
+        raise Unimplemented(_BATCH_LATER)

@@ -1,0 +1,121 @@
+"""The one small protocol every engine sits behind, and the domain types it
+speaks. Nothing here knows gRPC: the worker's servicer converts protos to
+these and back."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+class Priority(enum.IntEnum):
+    """Lower runs first (vLLM's convention)."""
+
+    INTERACTIVE = 0
+    STANDARD = 1
+    BATCH = 2
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    ABORT = "abort"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    role: str
+    content: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters; None means the engine's default."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    ignore_eos: bool = False
+    min_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    # The model version to run, e.g. "smollm2@1".
+    model: str
+    # Exactly one of prompt and messages is set.
+    prompt: str | None
+    messages: tuple[ChatTurn, ...] = ()
+    sampling: Sampling = field(default_factory=Sampling)
+    priority: Priority = Priority.STANDARD
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New output of one sequence. The last delta has finish_reason set and
+    the final token counts."""
+
+    text: str
+    token_ids: tuple[int, ...] = ()
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """Load as the engine sees it; the scheduler places by it."""
+
+    running: int
+    waiting: int
+    # Sequences it can run at once now (e.g. vLLM's max_num_seqs).
+    capacity: int
+    kv_cache_usage: float = 0.0
+    tokens_per_second: float = 0.0
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the worker needs of an engine."""
+
+    # Engine kind, e.g. "vllm", "synthetic".
+    kind: str
+
+    async def start(self) -> None:
+        """Load the model; the worker serves only once this returns."""
+        ...
+
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        """Stream deltas. Closing the iterator early (a cancelled call) must
+        free the sequence in the engine."""
+        ...
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Embed texts in order; raise errors.Unimplemented if the engine cannot."""
+        ...
+
+    async def abort(self, request_id: str) -> bool:
+        """Stop a running request; False if it was not running."""
+        ...
+
+    def stats(self) -> EngineStats: ...
+
+    async def health(self) -> bool:
+        """True while the engine can serve."""
+        ...
+
+    async def close(self) -> None:
+        """Free the engine's resources (processes, memory)."""
+        ...
