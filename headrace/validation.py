@@ -51,9 +51,7 @@ def _validate_messages(request: generation_pb2.GenerateRequest, limits: LimitSet
             raise InvalidArgument(f"messages[{index}].role: {message.role!r} is not one of {sorted(_ROLES)}")
         total += len(message.content)
     if total > limits.max_prompt_chars:
-        raise InvalidArgument(
-            f"messages: {total} characters of content is over the limit of {limits.max_prompt_chars}"
-        )
+        raise InvalidArgument(f"messages: {total} characters of content is over the limit of {limits.max_prompt_chars}")
 
 
 def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:

@@ -1,6 +1,10 @@
-"""Client channels for calls between services: bounded message sizes,
-keepalive, tracing, and propagation of the request id, tenant and
-deadline of the request being served."""
+"""Client channels for calls between services, and what every such call
+carries: the request id, tenant and W3C trace context of the request being
+served, and a timeout no later than its deadline.
+
+Calls pass these explicitly (`**call_options()`) rather than through
+grpc.aio client interceptors: an intercepted streaming call relays every
+message through an extra layer, and the router relays every token."""
 
 from __future__ import annotations
 
@@ -10,8 +14,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
-from opentelemetry.trace import TracerProvider
+from opentelemetry import propagate
 
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.request_context import REQUEST_ID_KEY, TENANT_KEY, deadline_var, request_id_var, tenant_var
@@ -30,10 +33,10 @@ def channel_options(limits: LimitSettings) -> list[tuple[str, Any]]:
     ]
 
 
-def outgoing_metadata(metadata: Sequence[tuple[str, str | bytes]] | None = None) -> list[tuple[str, str | bytes]]:
+def outgoing_metadata(metadata: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
     """Metadata for a call made while serving a request: the caller's plus
-    the request id and tenant, unless the caller set them."""
-    result = list(metadata or ())
+    the request id, tenant and trace context, unless the caller set them."""
+    result = list(metadata)
     present = {key for key, _ in result}
     request_id = request_id_var.get()
     if request_id and REQUEST_ID_KEY not in present:
@@ -41,6 +44,10 @@ def outgoing_metadata(metadata: Sequence[tuple[str, str | bytes]] | None = None)
     tenant = tenant_var.get()
     if tenant and TENANT_KEY not in present:
         result.append((TENANT_KEY, tenant))
+    carrier: dict[str, str] = {}
+    # traceparent/tracestate of the current span, when tracing is on.
+    propagate.inject(carrier)
+    result.extend(item for item in carrier.items() if item[0] not in present)
     return result
 
 
@@ -53,61 +60,28 @@ def propagated_timeout(timeout: float | None) -> float | None:
     return remaining if timeout is None else min(timeout, remaining)
 
 
-class _PropagationInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    @staticmethod
-    def _details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        return grpc.aio.ClientCallDetails(
-            method=details.method,
-            timeout=propagated_timeout(details.timeout),
-            metadata=grpc.aio.Metadata(*outgoing_metadata(tuple(details.metadata or ()))),
-            credentials=details.credentials,
-            wait_for_ready=details.wait_for_ready,
-        )
-
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
-
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
-
-    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return await continuation(self._details(client_call_details), request_iterator)
-
-    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return await continuation(self._details(client_call_details), request_iterator)
+def call_options(timeout: float | None = None, metadata: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """Keyword arguments for a stub call made on behalf of the current request."""
+    return {"metadata": outgoing_metadata(metadata), "timeout": propagated_timeout(timeout)}
 
 
-def open_channel(
-    target: str,
-    limits: LimitSettings,
-    *,
-    tracer_provider: TracerProvider | None = None,
-) -> grpc.aio.Channel:
+def open_channel(target: str, limits: LimitSettings) -> grpc.aio.Channel:
     """An insecure channel (loopback / trusted network) to another service."""
-    interceptors: list[grpc.aio.ClientInterceptor] = [_PropagationInterceptor()]
-    if tracer_provider is not None:
-        interceptors = [*aio_client_interceptors(tracer_provider=tracer_provider), *interceptors]
-    return grpc.aio.insecure_channel(target, options=channel_options(limits), interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=channel_options(limits))
 
 
 class ChannelPool:
     """One channel per endpoint, reused for every call to it (the router
     talks to many workers)."""
 
-    def __init__(self, limits: LimitSettings, *, tracer_provider: TracerProvider | None = None) -> None:
+    def __init__(self, limits: LimitSettings) -> None:
         self._limits = limits
-        self._tracer_provider = tracer_provider
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def get(self, endpoint: str) -> grpc.aio.Channel:
         channel = self._channels.get(endpoint)
         if channel is None:
-            channel = open_channel(endpoint, self._limits, tracer_provider=self._tracer_provider)
+            channel = open_channel(endpoint, self._limits)
             self._channels[endpoint] = channel
         return channel
 

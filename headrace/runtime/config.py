@@ -172,6 +172,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HEADRACE_",
         env_nested_delimiter="__",
+        # HEADRACE_ROUTER__METRICS_PORT=null turns an optional part off.
+        env_parse_none_str="null",
         extra="forbid",
     )
 

@@ -1,9 +1,20 @@
-"""Server interceptors every service shares: request context (id, tenant,
-deadline), authentication, and the one place where exceptions become gRPC
-statuses. Tracing comes from opentelemetry-instrumentation-grpc.
+"""The server interceptor every service shares. For each RPC, in order:
 
-Each interceptor wraps the method's behavior rather than acting in
-intercept_service, so what it sets lives in the RPC's own task."""
+1. request context: the request id (the caller's, if safe, else a new one),
+   the deadline, and on internal hops the tenant from x-headrace-tenant;
+2. authentication (router only): `authorization` metadata -> tenant;
+3. the handler;
+4. metrics: every RPC counted by method and status, and timed;
+5. errors: the one place where exceptions become statuses. A HeadraceError
+   keeps its code and message, a failed downstream call keeps its status,
+   anything else is logged and reported as INTERNAL with the request id.
+
+These are steps of one wrapper rather than a chain of interceptors: every
+streamed message passes through each wrapping layer, and on the token path
+those layers cost more than the steps themselves. Tracing comes from
+opentelemetry-instrumentation-grpc, added in front when tracing is on.
+What is set here lives in the RPC's own task (the wrapper runs inside it).
+"""
 
 from __future__ import annotations
 
@@ -37,39 +48,44 @@ StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 # Health checks and reflection answer without credentials.
 _OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
+_HANDLED = Counter("headrace_grpc_server_handled_total", "RPCs completed, by status", ["method", "code"])
+_HANDLING = Histogram(
+    "headrace_grpc_server_handling_seconds",
+    "RPC duration (streams: until the last message)",
+    ["method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+
 
 def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
     for item in context.invocation_metadata() or ():
         if item.key == key:
             value = item.value
-            return value.decode() if isinstance(value, bytes) else value
+            return value.decode() if isinstance(value, bytes) else str(value)
     return None
 
 
-def _wrap_handler(
-    handler: grpc.RpcMethodHandler,
-    wrap_unary: Callable[[UnaryBehavior], UnaryBehavior],
-    wrap_stream: Callable[[StreamBehavior], StreamBehavior],
-) -> grpc.RpcMethodHandler:
-    """The same handler with its behavior wrapped (unary or streaming reply)."""
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(wrap_unary(handler.unary_unary), **kwargs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(wrap_stream(handler.unary_stream), **kwargs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(wrap_unary(handler.stream_unary), **kwargs)
-    return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream), **kwargs)
+def _status_name(exc: BaseException | None, context: grpc.aio.ServicerContext) -> str:
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    if exc is None:
+        code = grpc.StatusCode.OK
+    elif isinstance(exc, HeadraceError):
+        code = status_code_for(exc)
+    elif isinstance(exc, grpc.aio.AioRpcError):
+        code = exc.code()
+    elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        code = grpc.StatusCode.CANCELLED
+    elif isinstance(exc, grpc.aio.AbortError):
+        aborted = context.code()
+        if not isinstance(aborted, grpc.StatusCode):
+            return "UNKNOWN"
+        code = aborted
+    return str(code.name)
 
 
-class _BehaviorInterceptor(grpc.aio.ServerInterceptor):
-    """Base: run `_enter` before the behavior, `_on_error` on failure."""
-
-    def _applies(self, method: str) -> bool:
-        return True
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, *, authenticator: Authenticator | None) -> None:
+        self._authenticator = authenticator
 
     async def intercept_service(
         self,
@@ -77,90 +93,65 @@ class _BehaviorInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not self._applies(method):
-            return handler
-        return _wrap_handler(handler, lambda b: self._wrap_unary(b, method), lambda b: self._wrap_stream(b, method))
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(self._wrap_unary(handler.unary_unary, method), **kwargs)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(self._wrap_stream(handler.unary_stream, method), **kwargs)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(self._wrap_unary(handler.stream_unary, method), **kwargs)
+        return grpc.stream_stream_rpc_method_handler(self._wrap_stream(handler.stream_stream, method), **kwargs)
 
     def _wrap_unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = await self._enter(context, method)
+            started = time.perf_counter()
             try:
+                self._enter(context, method)
                 result = await behavior(request, context)
             except BaseException as exc:
-                await self._on_error(exc, context, method, started)
+                await self._fail(exc, context, method, started)
                 raise
-            self._on_success(method, started)
+            _record(method, "OK", started)
             return result
 
         return unary
 
     def _wrap_stream(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started = await self._enter(context, method)
+            started = time.perf_counter()
             try:
+                self._enter(context, method)
                 async for item in behavior(request, context):
                     yield item
             except BaseException as exc:
-                await self._on_error(exc, context, method, started)
+                await self._fail(exc, context, method, started)
                 raise
-            self._on_success(method, started)
+            _record(method, "OK", started)
 
         return stream
 
-    async def _enter(self, context: grpc.aio.ServicerContext, method: str) -> float:
-        return 0.0
-
-    async def _on_error(
-        self, exc: BaseException, context: grpc.aio.ServicerContext, method: str, started: float
-    ) -> None:
-        return None
-
-    def _on_success(self, method: str, started: float) -> None:
-        return None
-
-
-class RequestContextInterceptor(_BehaviorInterceptor):
-    """Sets the request id, deadline and (on internal hops) tenant of the RPC."""
-
-    def __init__(self, *, trust_tenant_metadata: bool) -> None:
-        # Only internal services trust x-headrace-tenant: the router must
-        # take the tenant from authentication, never from the caller.
-        self._trust_tenant_metadata = trust_tenant_metadata
-
-    async def _enter(self, context: grpc.aio.ServicerContext, method: str) -> float:
+    def _enter(self, context: grpc.aio.ServicerContext, method: str) -> None:
         request_id_var.set(accept_request_id(metadata_value(context, REQUEST_ID_KEY)))
         deadline_var.set(deadline_from_remaining(context.time_remaining()))
-        if self._trust_tenant_metadata:
+        if self._authenticator is None:
+            # Internal hop: the router authenticated and passed the tenant on.
             tenant_var.set(metadata_value(context, TENANT_KEY) or "")
-        return 0.0
+        elif not method.startswith(_OPEN_METHOD_PREFIXES):
+            # Never from the caller's x-headrace-tenant: only from its key.
+            tenant_var.set(self._authenticator.authenticate(metadata_value(context, AUTHORIZATION_KEY)))
 
-
-class AuthInterceptor(_BehaviorInterceptor):
-    """Maps `authorization` metadata to a tenant, or rejects the call."""
-
-    def __init__(self, authenticator: Authenticator) -> None:
-        self._authenticator = authenticator
-
-    def _applies(self, method: str) -> bool:
-        return not method.startswith(_OPEN_METHOD_PREFIXES)
-
-    async def _enter(self, context: grpc.aio.ServicerContext, method: str) -> float:
-        # Unauthenticated raised here reaches the error interceptor.
-        tenant_var.set(self._authenticator.authenticate(metadata_value(context, AUTHORIZATION_KEY)))
-        return 0.0
-
-
-class ErrorInterceptor(_BehaviorInterceptor):
-    """The one place where exceptions become statuses: a HeadraceError keeps
-    its code and message, a failed downstream call keeps its status, and
-    anything else is logged and reported as INTERNAL with the request id."""
-
-    async def _on_error(
-        self, exc: BaseException, context: grpc.aio.ServicerContext, method: str, started: float
-    ) -> None:
+    async def _fail(self, exc: BaseException, context: grpc.aio.ServicerContext, method: str, started: float) -> None:
+        """Count the failure, then turn it into a status (AbortError), unless
+        it is a cancellation or an abort already made (re-raised as is)."""
+        _record(method, _status_name(exc, context), started)
         if not isinstance(exc, Exception) or isinstance(exc, grpc.aio.AbortError):
-            return  # cancellation, generator exit, or an abort already made
+            return
         error = from_rpc_error(exc) if isinstance(exc, grpc.aio.AioRpcError) else exc
         request_id = ((REQUEST_ID_KEY, request_id_var.get()),)
         if isinstance(error, HeadraceError):
@@ -173,40 +164,6 @@ class ErrorInterceptor(_BehaviorInterceptor):
         )
 
 
-_HANDLED = Counter("headrace_grpc_server_handled_total", "RPCs completed, by status", ["method", "code"])
-_HANDLING = Histogram(
-    "headrace_grpc_server_handling_seconds",
-    "RPC duration (streams: until the last message)",
-    ["method"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
-)
-
-
-def _status_name(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
-    if isinstance(exc, HeadraceError):
-        return status_code_for(exc).name
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return exc.code().name
-    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
-        return grpc.StatusCode.CANCELLED.name
-    if isinstance(exc, grpc.aio.AbortError):
-        code = context.code()
-        return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
-    return grpc.StatusCode.INTERNAL.name
-
-
-class MetricsInterceptor(_BehaviorInterceptor):
-    """Counts every RPC by method and status, and times it."""
-
-    async def _enter(self, context: grpc.aio.ServicerContext, method: str) -> float:
-        return time.perf_counter()
-
-    def _on_success(self, method: str, started: float) -> None:
-        _HANDLED.labels(method=method, code="OK").inc()
-        _HANDLING.labels(method=method).observe(time.perf_counter() - started)
-
-    async def _on_error(
-        self, exc: BaseException, context: grpc.aio.ServicerContext, method: str, started: float
-    ) -> None:
-        _HANDLED.labels(method=method, code=_status_name(exc, context)).inc()
-        _HANDLING.labels(method=method).observe(time.perf_counter() - started)
+def _record(method: str, code: str, started: float) -> None:
+    _HANDLED.labels(method=method, code=code).inc()
+    _HANDLING.labels(method=method).observe(time.perf_counter() - started)

@@ -21,12 +21,7 @@ from opentelemetry.trace import TracerProvider
 from headrace.runtime.auth import Authenticator
 from headrace.runtime.channels import channel_options
 from headrace.runtime.config import LimitSettings
-from headrace.runtime.interceptors import (
-    AuthInterceptor,
-    ErrorInterceptor,
-    MetricsInterceptor,
-    RequestContextInterceptor,
-)
+from headrace.runtime.interceptors import ServerInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +54,13 @@ class GrpcServiceHost:
         self._health = health.aio.HealthServicer()
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if tracer_provider is not None:
+            # Outermost, so the span covers everything else.
             interceptors.append(aio_server_interceptor(tracer_provider=tracer_provider))
-        # Outermost first: context, errors (so they cover the rest), metrics
-        # (which see the original exception), then auth.
-        interceptors.append(RequestContextInterceptor(trust_tenant_metadata=authenticator is None))
-        interceptors.append(ErrorInterceptor())
-        interceptors.append(MetricsInterceptor())
-        if authenticator is not None:
-            interceptors.append(AuthInterceptor(authenticator))
-        self._server = grpc.aio.server(interceptors=interceptors, options=channel_options(limits))
+        interceptors.append(ServerInterceptor(authenticator=authenticator))
+        # No SO_REUSEPORT: a second server on a taken port must fail, not
+        # silently share it.
+        options = [*channel_options(limits), ("grpc.so_reuseport", 0)]
+        self._server = grpc.aio.server(interceptors=interceptors, options=options)
         self.port = 0
 
     async def start(self) -> int:
@@ -79,9 +72,10 @@ class GrpcServiceHost:
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             self._server,
         )
-        self.port = self._server.add_insecure_port(self._address)
-        if self.port == 0:
-            raise OSError(f"could not bind {self._address}")
+        try:
+            self.port = self._server.add_insecure_port(self._address)
+        except RuntimeError as exc:
+            raise OSError(f"could not bind {self._address}: is the port in use by another program?") from exc
         await self._server.start()
         await self.set_serving(True)
         return self.port
@@ -124,7 +118,7 @@ async def serve(
     if before_stop is not None:
         try:
             await before_stop()
-        except Exception:  # noqa: BLE001 - stopping must go on
+        except Exception:
             log.exception("before_stop failed; stopping anyway")
     await host.stop(grace_s)
     if after_stop is not None:

@@ -40,7 +40,9 @@ def build_tracer_provider(service: str, settings: TelemetrySettings) -> TracerPr
         # Imported here: the exporter pulls in its own gRPC client stack.
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=True)))
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=True))
+        )
     return provider
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import redis.asyncio as redis
+from opentelemetry.sdk.trace import TracerProvider
 
 from headrace.runtime.aio import run
 from headrace.runtime.config import Settings, load_settings
@@ -13,14 +14,20 @@ from services.cache.exact_store import ExactStore
 from services.cache.server import CacheServicer
 
 
-def build_host(settings: Settings, client: redis.Redis, *, port: int | None = None) -> GrpcServiceHost:
+def build_host(
+    settings: Settings,
+    client: redis.Redis,
+    *,
+    port: int | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> GrpcServiceHost:
     servicer = CacheServicer(ExactStore(client), settings.cache)
     return GrpcServiceHost(
         [ServiceRegistration("headrace.v1.Cache", lambda s: cache_pb2_grpc.add_CacheServicer_to_server(servicer, s))],
         host=settings.cache.host,
         port=settings.cache.port if port is None else port,
         limits=settings.limits,
-        tracer_provider=build_tracer_provider("headrace-cache", settings.telemetry),
+        tracer_provider=tracer_provider or build_tracer_provider("headrace-cache", settings.telemetry),
     )
 
 

@@ -33,7 +33,8 @@ class ExactStore:
         self._redis = client
 
     async def get(self, entry_id: str, *, tenant: str, model_version: str) -> CachedEntry | None:
-        fields = await self._redis.hgetall(entry_key(entry_id))
+        # The client returns bytes (decode_responses is off: responses are binary).
+        fields: dict[bytes, bytes] = await self._redis.hgetall(entry_key(entry_id))  # type: ignore[assignment,misc]
         if not fields:
             return None
         entry = CachedEntry(

@@ -27,7 +27,9 @@ _SAMPLING_FIELDS = (
 def normalized_request(request: generation_pb2.GenerateRequest) -> dict[str, Any]:
     sampling = request.sampling
     normalized_sampling: dict[str, Any] = {
-        name: getattr(sampling, name) for name in _SAMPLING_FIELDS if sampling.HasField(name)
+        name: getattr(sampling, name)
+        for name in _SAMPLING_FIELDS
+        if sampling.HasField(name)  # type: ignore[arg-type]
     }
     if sampling.stop:
         normalized_sampling["stop"] = list(sampling.stop)

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc.aio
+from opentelemetry.sdk.trace import TracerProvider
 
 from headrace.runtime.aio import run
 from headrace.runtime.auth import ApiKeyAuthenticator
@@ -32,20 +33,21 @@ class RouterApp:
 
 
 def build_router(
-    settings: Settings, *, port: int | None = None, scheduler_target: str | None = None, cache_target: str | None = None
+    settings: Settings,
+    *,
+    port: int | None = None,
+    scheduler_target: str | None = None,
+    cache_target: str | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> RouterApp:
-    tracer_provider = build_tracer_provider("headrace-router", settings.telemetry)
+    tracer_provider = tracer_provider or build_tracer_provider("headrace-router", settings.telemetry)
     scheduler_channel = open_channel(
-        scheduler_target or f"{settings.scheduler.host}:{settings.scheduler.port}",
-        settings.limits,
-        tracer_provider=tracer_provider,
+        scheduler_target or f"{settings.scheduler.host}:{settings.scheduler.port}", settings.limits
     )
-    cache_channel = open_channel(
-        cache_target or f"{settings.cache.host}:{settings.cache.port}", settings.limits, tracer_provider=tracer_provider
-    )
+    cache_channel = open_channel(cache_target or f"{settings.cache.host}:{settings.cache.port}", settings.limits)
     scheduler = scheduler_pb2_grpc.SchedulerStub(scheduler_channel)
     cache = cache_pb2_grpc.CacheStub(cache_channel)
-    workers = ChannelPool(settings.limits, tracer_provider=tracer_provider)
+    workers = ChannelPool(settings.limits)
     background = BackgroundTasks()
     registry = ModelRegistry(settings)
     leasing = Leasing(scheduler, background, renew_margin_s=settings.router.lease_renew_margin_s)
@@ -65,7 +67,11 @@ def build_router(
         cache=cache,
     )
     host = GrpcServiceHost(
-        [ServiceRegistration("headrace.v1.Router", lambda s: router_pb2_grpc.add_RouterServicer_to_server(servicer, s))],
+        [
+            ServiceRegistration(
+                "headrace.v1.Router", lambda s: router_pb2_grpc.add_RouterServicer_to_server(servicer, s)
+            )
+        ],
         host=settings.router.host,
         port=settings.router.port if port is None else port,
         limits=settings.limits,

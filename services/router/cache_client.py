@@ -9,6 +9,7 @@ import logging
 import grpc.aio
 
 from headrace.cache_policy import bypass_reason
+from headrace.runtime.channels import call_options
 from headrace.runtime.config import CacheSettings
 from headrace.v1 import cache_pb2, cache_pb2_grpc, generation_pb2
 from services.router import metrics
@@ -29,10 +30,11 @@ class CacheClient:
         if self._stub is None or bypass_reason(request) is not None:
             return bypass
         try:
-            return await self._stub.Lookup(
+            response: cache_pb2.CacheLookupResponse = await self._stub.Lookup(
                 cache_pb2.CacheLookupRequest(tenant=tenant, model_version=model_version, request=request),
-                timeout=self._settings.lookup_timeout_s,
+                **call_options(timeout=self._settings.lookup_timeout_s),
             )
+            return response
         except grpc.aio.AioRpcError as exc:
             metrics.CACHE_ERRORS.labels(op="lookup", code=exc.code().name).inc()
             log.warning("cache lookup failed (%s): answering without the cache", exc.code().name)
@@ -53,7 +55,7 @@ class CacheClient:
                 cache_pb2.CacheStoreRequest(
                     tenant=tenant, model_version=model_version, request=request, response=response
                 ),
-                timeout=5.0,
+                **call_options(timeout=5.0),
             )
         except grpc.aio.AioRpcError as exc:
             metrics.CACHE_ERRORS.labels(op="store", code=exc.code().name).inc()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc.aio
 
-from headrace.runtime.channels import ChannelPool
+from headrace.runtime.channels import ChannelPool, call_options
 from headrace.runtime.errors import from_rpc_error
 from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2_grpc
 from services.router.leasing import Leasing
@@ -36,7 +36,7 @@ class EmbeddingFlow:
             try:
                 response: generation_pb2.EmbedResponse = await worker_pb2_grpc.WorkerStub(
                     self._workers.get(placed.lease.endpoint)
-                ).Embed(forwarded)
+                ).Embed(forwarded, **call_options())
             except grpc.aio.AioRpcError as exc:
                 raise from_rpc_error(exc) from exc
             use.outcome = scheduler_pb2.LEASE_OUTCOME_OK

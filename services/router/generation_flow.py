@@ -19,7 +19,7 @@ import grpc
 import grpc.aio
 
 from headrace.runtime.background import BackgroundTasks
-from headrace.runtime.channels import ChannelPool
+from headrace.runtime.channels import ChannelPool, call_options
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import from_rpc_error
 from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_grpc
@@ -186,7 +186,8 @@ class GenerationFlow:
                         lease_id=placed.lease.lease_id,
                         tenant=tenant,
                         priority=request.priority,
-                    )
+                    ),
+                    **call_options(),
                 )
                 first = True
                 ttft_s = 0.0

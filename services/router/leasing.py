@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import grpc.aio
 
 from headrace.runtime.background import BackgroundTasks
+from headrace.runtime.channels import call_options
 from headrace.v1 import generation_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class Leasing:
         self._renew_margin_s = renew_margin_s
 
     async def place(self, request: scheduler_pb2.PlaceRequest) -> scheduler_pb2.PlaceResponse:
-        response: scheduler_pb2.PlaceResponse = await self._scheduler.Place(request)
+        response: scheduler_pb2.PlaceResponse = await self._scheduler.Place(request, **call_options())
         return response
 
     @contextlib.asynccontextmanager
@@ -62,7 +63,9 @@ class Leasing:
         while True:
             await asyncio.sleep(max(1.0, expires_at - time.time() - self._renew_margin_s))
             try:
-                renewed = await self._scheduler.RenewLease(scheduler_pb2.RenewLeaseRequest(lease_id=lease.lease_id))
+                renewed = await self._scheduler.RenewLease(
+                    scheduler_pb2.RenewLeaseRequest(lease_id=lease.lease_id), **call_options(timeout=5.0)
+                )
             except grpc.aio.AioRpcError as exc:
                 log.warning("lease %s renewal failed (%s)", lease.lease_id, exc.code().name)
                 return
@@ -72,7 +75,7 @@ class Leasing:
         try:
             await self._scheduler.Release(
                 scheduler_pb2.ReleaseRequest(lease_id=use.lease.lease_id, outcome=use.outcome, usage=use.usage),
-                timeout=5.0,
+                **call_options(timeout=5.0),
             )
         except grpc.aio.AioRpcError as exc:
             # The lease expires on its own; the capacity is not lost for long.

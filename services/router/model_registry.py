@@ -81,7 +81,9 @@ class ModelRegistry:
             raise NotFound(f"model version {model_version} was removed{replacement}")
         deprecation = ""
         if spec.deprecated:
-            deprecation = f"{model_version} is deprecated" + (f"; move to {spec.replaced_by}" if spec.replaced_by else "")
+            deprecation = f"{model_version} is deprecated" + (
+                f"; move to {spec.replaced_by}" if spec.replaced_by else ""
+            )
         pool = self._settings.pools[spec.pool]
         return Resolution(
             model_version=model_version,

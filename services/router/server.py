@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 import grpc.aio
 
+from headrace.runtime.channels import call_options
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import from_rpc_error
 from headrace.runtime.request_context import current_request_id, current_tenant
@@ -57,9 +58,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> generation_pb2.GenerateResponse:
         validate_generate_request(request, self._settings.limits)
-        response = await self._generation.complete(
-            request, tenant=current_tenant(), request_id=current_request_id()
-        )
+        response = await self._generation.complete(request, tenant=current_tenant(), request_id=current_request_id())
         await context.send_initial_metadata(served_by_headers(response.request_id, response.route))
         metrics.CACHE_OUTCOMES.labels(outcome=generation_pb2.CacheOutcome.Name(response.route.cache)).inc()
         return response
@@ -112,7 +111,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def _ready_workers_by_pool(self) -> dict[str, int]:
         try:
-            listing = await self._scheduler.ListWorkers(scheduler_pb2.ListWorkersRequest(), timeout=2.0)
+            listing = await self._scheduler.ListWorkers(scheduler_pb2.ListWorkersRequest(), **call_options(timeout=2.0))
         except grpc.aio.AioRpcError as exc:
             # The registry is still worth showing; readiness is unknown.
             log.warning("scheduler unreachable for ListModels (%s)", exc.code().name)
@@ -129,29 +128,31 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def SubmitBatch(
         self, request: batch_pb2.SubmitBatchRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.BatchJob:
-        result: batch_pb2.BatchJob = await self._scheduler.SubmitBatch(request)
+        result: batch_pb2.BatchJob = await self._scheduler.SubmitBatch(request, **call_options())
         return result
 
-    async def GetBatch(self, request: batch_pb2.GetBatchRequest, context: grpc.aio.ServicerContext) -> batch_pb2.BatchJob:
-        result: batch_pb2.BatchJob = await self._scheduler.GetBatch(request)
+    async def GetBatch(
+        self, request: batch_pb2.GetBatchRequest, context: grpc.aio.ServicerContext
+    ) -> batch_pb2.BatchJob:
+        result: batch_pb2.BatchJob = await self._scheduler.GetBatch(request, **call_options())
         return result
 
     async def CancelBatch(
         self, request: batch_pb2.CancelBatchRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.BatchJob:
-        result: batch_pb2.BatchJob = await self._scheduler.CancelBatch(request)
+        result: batch_pb2.BatchJob = await self._scheduler.CancelBatch(request, **call_options())
         return result
 
     async def ListBatches(
         self, request: batch_pb2.ListBatchesRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.ListBatchesResponse:
-        result: batch_pb2.ListBatchesResponse = await self._scheduler.ListBatches(request)
+        result: batch_pb2.ListBatchesResponse = await self._scheduler.ListBatches(request, **call_options())
         return result
 
     async def StreamBatchResults(
         self, request: batch_pb2.StreamBatchResultsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[batch_pb2.BatchResult]:
-        call = self._scheduler.StreamBatchResults(request)
+        call = self._scheduler.StreamBatchResults(request, **call_options())
         try:
             async for result in call:
                 yield result
@@ -160,24 +161,26 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         finally:
             call.cancel()
 
-    async def UploadFile(self, request: batch_pb2.UploadFileRequest, context: grpc.aio.ServicerContext) -> batch_pb2.FileInfo:
-        result: batch_pb2.FileInfo = await self._scheduler.UploadFile(request)
+    async def UploadFile(
+        self, request: batch_pb2.UploadFileRequest, context: grpc.aio.ServicerContext
+    ) -> batch_pb2.FileInfo:
+        result: batch_pb2.FileInfo = await self._scheduler.UploadFile(request, **call_options())
         return result
 
     async def GetFile(self, request: batch_pb2.GetFileRequest, context: grpc.aio.ServicerContext) -> batch_pb2.FileInfo:
-        result: batch_pb2.FileInfo = await self._scheduler.GetFile(request)
+        result: batch_pb2.FileInfo = await self._scheduler.GetFile(request, **call_options())
         return result
 
     async def GetFileContent(
         self, request: batch_pb2.GetFileContentRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.FileContent:
-        result: batch_pb2.FileContent = await self._scheduler.GetFileContent(request)
+        result: batch_pb2.FileContent = await self._scheduler.GetFileContent(request, **call_options())
         return result
 
     async def DeleteFile(
         self, request: batch_pb2.DeleteFileRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.DeleteFileResponse:
-        result: batch_pb2.DeleteFileResponse = await self._scheduler.DeleteFile(request)
+        result: batch_pb2.DeleteFileResponse = await self._scheduler.DeleteFile(request, **call_options())
         return result
 
     async def InvalidateCache(
@@ -187,5 +190,5 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         scoped.CopyFrom(request)
         # A tenant may only drop its own entries, whatever it asks for.
         scoped.tenant = current_tenant()
-        result: cache_pb2.InvalidateResponse = await self._cache.Invalidate(scoped)
+        result: cache_pb2.InvalidateResponse = await self._cache.Invalidate(scoped, **call_options())
         return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from opentelemetry.sdk.trace import TracerProvider
+
 from headrace.runtime.aio import run
 from headrace.runtime.config import Settings, load_settings
 from headrace.runtime.server import GrpcServiceHost, ServiceRegistration, serve
@@ -13,7 +15,13 @@ from services.scheduler.registry import WorkerRegistry
 from services.scheduler.server import SchedulerServicer
 
 
-def build_host(settings: Settings, dispatcher: Dispatcher, *, port: int | None = None) -> GrpcServiceHost:
+def build_host(
+    settings: Settings,
+    dispatcher: Dispatcher,
+    *,
+    port: int | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> GrpcServiceHost:
     servicer = SchedulerServicer(dispatcher, settings.scheduler)
     return GrpcServiceHost(
         [
@@ -24,7 +32,7 @@ def build_host(settings: Settings, dispatcher: Dispatcher, *, port: int | None =
         host=settings.scheduler.host,
         port=settings.scheduler.port if port is None else port,
         limits=settings.limits,
-        tracer_provider=build_tracer_provider("headrace-scheduler", settings.telemetry),
+        tracer_provider=tracer_provider or build_tracer_provider("headrace-scheduler", settings.telemetry),
     )
 
 

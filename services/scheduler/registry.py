@@ -98,9 +98,7 @@ class WorkerRegistry:
         return [
             state
             for state in self._workers.values()
-            if model_version in state.identity.models
-            and state.worker_id not in excluded
-            and self.accepting(state, now)
+            if model_version in state.identity.models and state.worker_id not in excluded and self.accepting(state, now)
         ]
 
     def drop_stale(self) -> list[WorkerState]:

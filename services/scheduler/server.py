@@ -173,7 +173,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     ) -> batch_pb2.BatchJob:
         raise Unimplemented(_BATCH_LATER)
 
-    async def GetBatch(self, request: batch_pb2.GetBatchRequest, context: grpc.aio.ServicerContext) -> batch_pb2.BatchJob:
+    async def GetBatch(
+        self, request: batch_pb2.GetBatchRequest, context: grpc.aio.ServicerContext
+    ) -> batch_pb2.BatchJob:
         raise Unimplemented(_BATCH_LATER)
 
     async def CancelBatch(
@@ -192,7 +194,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         raise Unimplemented(_BATCH_LATER)
         yield  # pragma: no cover - makes this an async generator
 
-    async def UploadFile(self, request: batch_pb2.UploadFileRequest, context: grpc.aio.ServicerContext) -> batch_pb2.FileInfo:
+    async def UploadFile(
+        self, request: batch_pb2.UploadFileRequest, context: grpc.aio.ServicerContext
+    ) -> batch_pb2.FileInfo:
         raise Unimplemented(_BATCH_LATER)
 
     async def GetFile(self, request: batch_pb2.GetFileRequest, context: grpc.aio.ServicerContext) -> batch_pb2.FileInfo:

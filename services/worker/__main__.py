@@ -9,6 +9,8 @@ import argparse
 import logging
 from dataclasses import dataclass
 
+from opentelemetry.sdk.trace import TracerProvider
+
 from headrace.runtime.aio import run
 from headrace.runtime.config import Settings, load_settings
 from headrace.runtime.server import GrpcServiceHost, ServiceRegistration, serve
@@ -40,6 +42,7 @@ def build_worker(
     index: int,
     port: int,
     scheduler_targets: list[str] | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> WorkerApp:
     if pool not in settings.pools:
         raise SystemExit(f"unknown pool {pool!r}; configured: {', '.join(sorted(settings.pools))}")
@@ -48,17 +51,19 @@ def build_worker(
     servicer = WorkerServicer(engine, model_versions=model_versions, limits=settings.limits)
     worker_id = f"{pool}-{index}"
     host = GrpcServiceHost(
-        [ServiceRegistration("headrace.v1.Worker", lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, s))],
+        [
+            ServiceRegistration(
+                "headrace.v1.Worker", lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, s)
+            )
+        ],
         host=settings.worker.host,
         port=port,
         limits=settings.limits,
-        tracer_provider=build_tracer_provider(f"headrace-worker-{worker_id}", settings.telemetry),
+        tracer_provider=tracer_provider or build_tracer_provider(f"headrace-worker-{worker_id}", settings.telemetry),
     )
     reporter = LoadReporter(
         scheduler_targets=scheduler_targets or [f"{settings.scheduler.host}:{settings.scheduler.port}"],
-        worker=scheduler_pb2.WorkerInfo(
-            worker_id=worker_id, pool=pool, models=model_versions, engine=engine.kind
-        ),
+        worker=scheduler_pb2.WorkerInfo(worker_id=worker_id, pool=pool, models=model_versions, engine=engine.kind),
         engine=engine,
         limits=settings.limits,
         interval_s=settings.scheduler.report_interval_ms / 1000.0,

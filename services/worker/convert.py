@@ -30,7 +30,7 @@ FINISH_REASON_TO_PROTO = {
 
 def sampling_from_proto(sampling: generation_pb2.SamplingParams) -> Sampling:
     def opt(name: str) -> object:
-        return getattr(sampling, name) if sampling.HasField(name) else None
+        return getattr(sampling, name) if sampling.HasField(name) else None  # type: ignore[arg-type]
 
     return Sampling(
         temperature=opt("temperature"),  # type: ignore[arg-type]
@@ -60,9 +60,7 @@ def generation_request_from_proto(request: worker_pb2.WorkerGenerateRequest) -> 
 
 
 def delta_to_proto(delta: Delta, request_id: str) -> generation_pb2.GenerateStreamResponse:
-    message = generation_pb2.GenerateStreamResponse(
-        request_id=request_id, text=delta.text, token_ids=delta.token_ids
-    )
+    message = generation_pb2.GenerateStreamResponse(request_id=request_id, text=delta.text, token_ids=delta.token_ids)
     if delta.finish_reason is not None:
         message.finish_reason = FINISH_REASON_TO_PROTO[delta.finish_reason]
         message.usage.CopyFrom(

@@ -95,9 +95,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     async def GetLoad(
         self, request: worker_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.WorkerLoad:
-        return stats_to_load(
-            self._engine.stats(), healthy=await self._engine.health(), now_ms=int(time.time() * 1000)
-        )
+        return stats_to_load(self._engine.stats(), healthy=await self._engine.health(), now_ms=int(time.time() * 1000))
 
     async def Abort(
         self, request: worker_pb2.AbortRequest, context: grpc.aio.ServicerContext

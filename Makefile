@@ -1,0 +1,101 @@
+# Headrace: `make up` runs the mesh and a sample request; `make test` runs the tests.
+# Both install what they need first (Python venv in .venv, buf in .tools, and
+# redis-server from Debian/Ubuntu's packages when it is missing).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+HEADRACE := $(VENV)/bin/headrace
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# torch==2.13.0+cpu comes from pip's configured find-links where a wheel is
+# on disk; elsewhere: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+# buf breaking compares the protos with this git revision.
+BUF_AGAINST ?= HEAD~1
+PYTEST_ARGS ?=
+
+.PHONY: help install install-test system-deps protos check-protos lint test test-unit up down status bench bench-overhead clean
+
+help:
+	@echo "make up             install, start the mesh (Redis too if needed), send a sample request"
+	@echo "make down           stop the mesh"
+	@echo "make test           install, check protos and lint, run every test"
+	@echo "make test-unit      the fast unit tests only"
+	@echo "make protos         regenerate headrace/v1 from protos/"
+	@echo "make bench          every benchmark (see bench/README.md)"
+
+system-deps:
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq npm; }
+
+$(VENV)/.installed: requirements/lock.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --no-deps $(PIP_EXTRA) -r requirements/lock.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+install: system-deps $(VENV)/.installed $(BUF)
+
+install-test: install
+
+protos: $(VENV)/.installed
+	$(PY) -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
+		protos/headrace/v1/*.proto 2>/dev/null
+
+# Generated code must match the protos; the protos must lint and must not
+# break what BUF_AGAINST shipped.
+check-protos: $(VENV)/.installed $(BUF)
+	@tmp=$$(mktemp -d) && \
+	$(PY) -m grpc_tools.protoc -I protos --python_out=$$tmp --grpc_python_out=$$tmp --mypy_out=$$tmp \
+		--mypy_grpc_out=$$tmp protos/headrace/v1/*.proto >/dev/null 2>$$tmp/protoc.log || \
+		{ cat $$tmp/protoc.log; exit 1; }; \
+	for f in $$tmp/headrace/v1/*; do cmp -s $$f headrace/v1/$$(basename $$f) || \
+		{ echo "headrace/v1/$$(basename $$f) differs from protos/: run make protos and commit"; exit 1; }; done && \
+	rm -rf $$tmp && echo "generated code matches protos/"
+	$(BUF) lint protos
+	@if git rev-parse -q --verify "$(BUF_AGAINST):protos" >/dev/null; then \
+		$(BUF) breaking protos --against ".git#ref=$(BUF_AGAINST),subdir=protos" && \
+		echo "no breaking change against $(BUF_AGAINST)"; \
+	else echo "buf breaking: $(BUF_AGAINST) has no protos/ to compare with; skipped"; fi
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy headrace services bench
+
+test: install-test check-protos lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+up: install
+	$(HEADRACE) up --detach
+	$(HEADRACE) status
+	@echo "--- sample request: headrace generate \"...\" --stream"
+	$(HEADRACE) generate "In one sentence, what does a mill's headrace do?" --stream --max-tokens 48
+	@echo "--- the mesh keeps running: stop it with make down"
+
+down:
+	@test -x $(HEADRACE) && $(HEADRACE) down || true
+
+status: $(VENV)/.installed
+	$(HEADRACE) status
+
+bench: bench-overhead
+
+bench-overhead: install
+	$(PY) -m bench.overhead
+
+clean:
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,273 @@
+"""`headrace`: run the mesh locally and talk to it.
+
+headrace up [--detach] [--engine KIND]   start Redis (if needed) and every service
+headrace status                          health and address of each service
+headrace down                            stop everything `up` started
+headrace generate PROMPT [--stream]      ask the default (or --model) model
+headrace embed TEXT...                   embeddings as JSON
+headrace batch submit|status|results|cancel
+headrace models list
+headrace keys hash KEY                   the digest to put in the config
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from headrace.client import DEFAULT_TARGET, HeadraceClient
+from headrace.local_mesh import LocalMesh
+from headrace.runtime.config import Settings, hash_api_key, load_settings
+from headrace.runtime.engine_settings import ENGINE_DEFAULTS
+from headrace.runtime.errors import HeadraceError
+from headrace.served_by import cache_header_value
+from headrace.v1 import batch_pb2, models_pb2
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(f"configuration: {exc}") from exc
+
+
+def _router_target(settings: Settings) -> str:
+    return f"{settings.router.host}:{settings.router.port}"
+
+
+class _Group(click.Group):
+    """Reports Headrace errors as one clear line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HeadraceError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """Headrace: an inference-serving mesh."""
+
+
+@main.command()
+@click.option("--detach", is_flag=True, help="Return once everything is SERVING; stop later with `headrace down`.")
+@click.option(
+    "--engine",
+    type=click.Choice(sorted(ENGINE_DEFAULTS)),
+    default=None,
+    help="Run every generation pool on this engine (overrides the config).",
+)
+@click.option("--timeout", default=900.0, show_default=True, help="Seconds to wait for everything to be SERVING.")
+def up(detach: bool, engine: str | None, timeout: float) -> None:
+    """Start Redis (when none answers), cache, scheduler, workers and router."""
+    settings = _settings(**({"engine_override": engine} if engine else {}))
+    mesh = LocalMesh(settings, echo=click.echo)
+    env = {"HEADRACE_ENGINE_OVERRIDE": engine} if engine else {}
+    click.echo(f"starting the mesh (logs in {Path(settings.state_dir) / 'logs'})")
+    started_at = time.monotonic()
+    mesh.up(env_overrides=env, timeout_s=timeout)
+    click.echo(f"mesh SERVING in {time.monotonic() - started_at:.1f}s; router at {_router_target(settings)}")
+    if detach:
+        return
+    click.echo("Ctrl-C stops it")
+    stop = False
+
+    def _request_stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _request_stop)
+    signal.signal(signal.SIGTERM, _request_stop)
+    while not stop and mesh.running():
+        time.sleep(0.5)
+    click.echo("stopping")
+    mesh.down()
+
+
+@main.command()
+def down() -> None:
+    """Stop every process `headrace up` started."""
+    stopped = LocalMesh(_settings(), echo=click.echo).down()
+    click.echo(f"stopped {len(stopped)} processes" if stopped else "nothing was running")
+
+
+@main.command()
+def status() -> None:
+    """Health and address of each service."""
+    settings = _settings()
+    rows = LocalMesh(settings).status()
+    for row in rows:
+        pid = str(row.pid) if row.pid else "-"
+        click.echo(f"{row.name:<22} {row.address:<22} {row.state:<12} pid {pid}")
+    if any(row.state != "SERVING" for row in rows):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--stream", is_flag=True, help="Print tokens as they arrive.")
+@click.option("--model", default="", help="Alias, model name or name@version (default: the configured default).")
+@click.option("--max-tokens", type=int, default=128, show_default=True)
+@click.option("--temperature", type=float, default=None)
+@click.option("--chat/--raw", default=True, show_default=True, help="Send PROMPT as a chat message or a raw prompt.")
+@click.option("--target", default=None, help=f"Router address (default: from config, {DEFAULT_TARGET}).")
+def generate(
+    prompt: str, stream: bool, model: str, max_tokens: int, temperature: float | None, chat: bool, target: str | None
+) -> None:
+    """Generate an answer to PROMPT."""
+    settings = _settings()
+    kwargs: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": temperature}
+    if chat:
+        kwargs["messages"] = [{"role": "user", "content": prompt}]
+        prompt_arg = None
+    else:
+        prompt_arg = prompt
+    with HeadraceClient(target or _router_target(settings)) as client:
+        if stream:
+            served = ""
+            for delta in client.generate_stream(prompt_arg, **kwargs):
+                if delta.HasField("route"):
+                    served = f"{delta.model} ({cache_header_value(delta.route.cache)})"
+                click.echo(delta.text, nl=False)
+                sys.stdout.flush()
+                if delta.finish_reason:
+                    click.echo()
+                    click.echo(
+                        f"[{served}; {delta.usage.completion_tokens} tokens; "
+                        f"ttft {delta.timing.ttft_ms:.0f} ms; total {delta.timing.total_ms:.0f} ms]",
+                        err=True,
+                    )
+        else:
+            answer = client.generate(prompt_arg, **kwargs)
+            click.echo(answer.text)
+            click.echo(
+                f"[{answer.model} ({cache_header_value(answer.route.cache)}); "
+                f"{answer.usage.completion_tokens} tokens; total {answer.timing.total_ms:.0f} ms]",
+                err=True,
+            )
+
+
+@main.command()
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--model", default="")
+@click.option("--target", default=None)
+def embed(texts: tuple[str, ...], model: str, target: str | None) -> None:
+    """Print the embeddings of TEXTS as a JSON list of vectors."""
+    settings = _settings()
+    with HeadraceClient(target or _router_target(settings)) as client:
+        response = client.embed(list(texts), model=model)
+    click.echo(json.dumps([list(e.values) for e in response.embeddings]))
+
+
+@main.group()
+def batch() -> None:
+    """Batch jobs (OpenAI Batch JSONL)."""
+
+
+def _print_job(job: batch_pb2.BatchJob) -> None:
+    counts = job.request_counts
+    click.echo(
+        f"{job.id} {batch_pb2.BatchStatus.Name(job.status).removeprefix('BATCH_STATUS_').lower()} "
+        f"{counts.completed + counts.failed}/{counts.total} done ({counts.failed} failed)"
+    )
+
+
+@batch.command("submit")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--endpoint", default="/v1/chat/completions", show_default=True)
+@click.option("--wait", is_flag=True, help="Show progress until the job ends.")
+def batch_submit(file: Path, endpoint: str, wait: bool) -> None:
+    settings = _settings()
+    with HeadraceClient(_router_target(settings)) as client:
+        job = client.submit_batch(file.read_bytes(), endpoint=endpoint)
+        _print_job(job)
+        if wait:
+            _wait_for_job(client, job)
+
+
+def _wait_for_job(client: HeadraceClient, job: batch_pb2.BatchJob) -> None:
+    from tqdm import tqdm
+
+    terminal = {
+        batch_pb2.BATCH_STATUS_COMPLETED,
+        batch_pb2.BATCH_STATUS_FAILED,
+        batch_pb2.BATCH_STATUS_CANCELLED,
+        batch_pb2.BATCH_STATUS_EXPIRED,
+    }
+    with tqdm(total=job.request_counts.total, unit="row") as bar:
+        while job.status not in terminal:
+            time.sleep(0.5)
+            job = client.get_batch(job.id)
+            bar.total = job.request_counts.total
+            bar.n = job.request_counts.completed + job.request_counts.failed
+            bar.refresh()
+    _print_job(job)
+
+
+@batch.command("status")
+@click.argument("batch_id")
+def batch_status(batch_id: str) -> None:
+    with HeadraceClient(_router_target(_settings())) as client:
+        _print_job(client.get_batch(batch_id))
+
+
+@batch.command("results")
+@click.argument("batch_id")
+def batch_results(batch_id: str) -> None:
+    """Print the results as JSONL (one line per row)."""
+    from google.protobuf.json_format import MessageToDict
+
+    with HeadraceClient(_router_target(_settings())) as client:
+        for result in client.batch_results(batch_id):
+            click.echo(json.dumps(MessageToDict(result, preserving_proto_field_name=True)))
+
+
+@batch.command("cancel")
+@click.argument("batch_id")
+def batch_cancel(batch_id: str) -> None:
+    with HeadraceClient(_router_target(_settings())) as client:
+        _print_job(client.cancel_batch(batch_id))
+
+
+@main.group()
+def models() -> None:
+    """The model registry."""
+
+
+@models.command("list")
+@click.option("--target", default=None)
+def models_list(target: str | None) -> None:
+    """What each name resolves to, its pool and engine, and ready workers."""
+    settings = _settings()
+    with HeadraceClient(target or _router_target(settings)) as client:
+        listing = client.list_models(include_deprecated=True)
+    for model in listing.models:
+        task = models_pb2.ModelTask.Name(model.task).removeprefix("MODEL_TASK_").lower()
+        flags = " deprecated" if model.deprecated else ""
+        click.echo(
+            f"{model.id:<20} -> {model.resolves_to:<16} {task:<9} pool {model.pool} ({model.engine}) "
+            f"ready {model.ready_workers}{flags}"
+        )
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("hash")
+@click.argument("key")
+def keys_hash(key: str) -> None:
+    """Print the SHA-256 digest of KEY for a tenant's api_key_sha256."""
+    click.echo(hash_api_key(key))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""A redis-server on loopback, for `headrace up` (when none answers), test
+sessions and benchmarks (a private one each, on a free port)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+INSTALL_HINT = "Debian/Ubuntu: `sudo apt-get install -y redis-server`"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_binary() -> str | None:
+    return shutil.which("redis-server")
+
+
+def redis_server_argv(binary: str, *, port: int, data_dir: Path, appendonly: bool) -> list[str]:
+    # Loopback only; append-only persistence so queued batch work survives a
+    # restart; no RDB snapshots.
+    return [
+        binary,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(data_dir),
+        "--appendonly", "yes" if appendonly else "no",
+        "--save", "",
+    ]  # fmt: skip
+
+
+def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+class RedisServer:
+    """A private redis-server owned by the caller (started, restarted, stopped)."""
+
+    def __init__(self, data_dir: Path, *, appendonly: bool = True, port: int | None = None) -> None:
+        binary = redis_server_binary()
+        if binary is None:
+            raise RuntimeError(f"redis-server is not installed ({INSTALL_HINT})")
+        self._binary = binary
+        self._data_dir = data_dir
+        self._appendonly = appendonly
+        self.port = port or free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        argv = redis_server_argv(self._binary, port=self.port, data_dir=self._data_dir, appendonly=self._appendonly)
+        self._process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while not redis_answers(self.url):
+            if self._process.poll() is not None:
+                raise RuntimeError(f"redis-server exited at start (port {self.port})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis-server did not answer on port {self.port} within {timeout_s}s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+    def kill(self) -> None:
+        """Stop it abruptly (fault tests)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(timeout=10)
+            self._process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()

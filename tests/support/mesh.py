@@ -1,0 +1,141 @@
+"""The whole mesh in the test's process: real gRPC servers on loopback
+ports, a real Redis, real workers (engines per the settings). Built from
+the same factories the services' __main__ modules use."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import grpc.aio
+import redis.asyncio as aioredis
+from opentelemetry.sdk.trace import TracerProvider
+
+from headrace.runtime.config import Settings
+from headrace.runtime.server import GrpcServiceHost
+from headrace.v1 import router_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, worker_pb2_grpc
+from services.cache.__main__ import build_host as build_cache_host
+from services.router.__main__ import RouterApp, build_router
+from services.scheduler.__main__ import build_dispatcher
+from services.scheduler.__main__ import build_host as build_scheduler_host
+from services.scheduler.dispatcher import Dispatcher
+from services.worker.__main__ import WorkerApp, build_worker, start_worker
+
+
+@dataclass
+class RunningWorker:
+    app: WorkerApp
+    address: str
+    stopped: bool = False
+
+
+@dataclass
+class InProcessMesh:
+    settings: Settings
+    dispatcher: Dispatcher
+    scheduler_host: GrpcServiceHost
+    cache_host: GrpcServiceHost
+    router: RouterApp
+    redis: aioredis.Redis
+    scheduler_address: str
+    cache_address: str
+    router_address: str
+    workers: list[RunningWorker] = field(default_factory=list)
+    tracer_provider: TracerProvider | None = None
+    _channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(address)
+        self._channels.append(channel)
+        return channel
+
+    def router_stub(self) -> router_pb2_grpc.RouterStub:
+        return router_pb2_grpc.RouterStub(self.channel(self.router_address))
+
+    def scheduler_stub(self) -> scheduler_pb2_grpc.SchedulerStub:
+        return scheduler_pb2_grpc.SchedulerStub(self.channel(self.scheduler_address))
+
+    def worker_stub(self, index: int = 0) -> worker_pb2_grpc.WorkerStub:
+        return worker_pb2_grpc.WorkerStub(self.channel(self.workers[index].address))
+
+    async def add_worker(self, pool: str, index: int, settings: Settings | None = None) -> RunningWorker:
+        app = build_worker(
+            settings or self.settings,
+            pool=pool,
+            index=index,
+            port=0,
+            scheduler_targets=[self.scheduler_address],
+            tracer_provider=self.tracer_provider,
+        )
+        port = await start_worker(app)
+        worker = RunningWorker(app=app, address=f"127.0.0.1:{port}")
+        self.workers.append(worker)
+        return worker
+
+    async def stop_worker(self, worker: RunningWorker, *, grace_s: float = 0.5) -> None:
+        if worker.stopped:
+            return
+        worker.stopped = True
+        await worker.app.host.stop(grace_s)
+        await worker.app.close()
+
+    async def wait_for_workers(self, count: int, timeout_s: float = 10.0) -> None:
+        stub = self.scheduler_stub()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            listing = await stub.ListWorkers(scheduler_pb2.ListWorkersRequest())
+            if sum(1 for w in listing.workers if w.accepting) >= count:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{count} workers did not register in {timeout_s}s: {listing}")
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+        await self.router.host.stop(0.5)
+        await self.router.close()
+        for worker in self.workers:
+            await self.stop_worker(worker)
+        await self.cache_host.stop(0.5)
+        await self.scheduler_host.stop(0.5)
+        await self.dispatcher.close()
+        await self.redis.aclose()
+
+
+async def start_mesh(settings: Settings, *, tracer_provider: TracerProvider | None = None) -> InProcessMesh:
+    dispatcher = build_dispatcher(settings)
+    await dispatcher.start()
+    scheduler_host = build_scheduler_host(settings, dispatcher, port=0, tracer_provider=tracer_provider)
+    scheduler_address = f"127.0.0.1:{await scheduler_host.start()}"
+    redis_client = aioredis.Redis.from_url(settings.redis_url)
+    cache_host = build_cache_host(settings, redis_client, port=0, tracer_provider=tracer_provider)
+    cache_address = f"127.0.0.1:{await cache_host.start()}"
+    router = build_router(
+        settings,
+        port=0,
+        scheduler_target=scheduler_address,
+        cache_target=cache_address,
+        tracer_provider=tracer_provider,
+    )
+    router_address = f"127.0.0.1:{await router.host.start()}"
+    mesh = InProcessMesh(
+        settings=settings,
+        dispatcher=dispatcher,
+        scheduler_host=scheduler_host,
+        cache_host=cache_host,
+        router=router,
+        redis=redis_client,
+        scheduler_address=scheduler_address,
+        cache_address=cache_address,
+        router_address=router_address,
+        tracer_provider=tracer_provider,
+    )
+    expected = 0
+    for pool, spec in settings.pools.items():
+        for index in range(spec.workers):
+            await mesh.add_worker(pool, index)
+            expected += 1
+    await mesh.wait_for_workers(expected)
+    return mesh

@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+
+from headrace.runtime.config import Settings, hash_api_key
+
+
+@pytest.mark.unit
+def test_embedded_default_is_a_whole_local_mesh() -> None:
+    settings = Settings()
+    assert settings.router.host == "127.0.0.1"
+    assert (settings.router.port, settings.cache.port, settings.scheduler.port) == (50051, 50052, 50053)
+    assert settings.worker.base_port == 50061
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.pool_models("smollm2") == ["smollm2@1"]
+    assert not settings.auth_enabled
+
+
+@pytest.mark.unit
+def test_yaml_then_environment_then_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "headrace.yaml"
+    config.write_text("router:\n  port: 61000\n  http_port: 61001\ncache:\n  port: 61002\n")
+    monkeypatch.setenv("HEADRACE_CONFIG", str(config))
+    monkeypatch.setenv("HEADRACE_CACHE__PORT", "61003")
+    settings = Settings()
+    assert settings.router.port == 61000
+    assert settings.cache.port == 61003
+    assert Settings(router={"port": 61004}).router.port == 61004
+
+
+@pytest.mark.unit
+def test_missing_config_file_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HEADRACE_CONFIG", str(tmp_path / "nope.yaml"))
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        Settings()
+
+
+@pytest.mark.unit
+def test_open_dev_mode_refuses_non_loopback_binds() -> None:
+    with pytest.raises(ValueError, match="refusing to bind '0.0.0.0'"):
+        Settings(router={"host": "0.0.0.0"})
+
+
+@pytest.mark.unit
+def test_with_api_keys_any_address_may_be_bound() -> None:
+    settings = Settings(router={"host": "0.0.0.0"}, tenants={"acme": {"api_key_sha256": [hash_api_key("k")]}})
+    assert settings.auth_enabled
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"models": {"m": {"default_version": "1", "versions": {"1": {"pool": "nope"}}}}}, "names pool 'nope'"),
+        ({"models": {"m": {"default_version": "2", "versions": {"1": {"pool": "smollm2"}}}}}, "default_version"),
+        ({"aliases": {"chat": "ghost@1"}}, "unknown model"),
+        ({"engine_override": "warp"}, "unknown engine"),
+        ({"tenants": {"t": {"api_key_sha256": ["not-hex"]}}}, "64 lowercase hex"),
+    ],
+)
+def test_inconsistent_config_is_rejected(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Settings(**overrides)
+
+
+@pytest.mark.unit
+def test_engine_override_replaces_the_pool_engine() -> None:
+    settings = Settings(engine_override="synthetic")
+    assert settings.pool_engine("smollm2").kind == "synthetic"
+
+
+@pytest.mark.unit
+def test_the_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = Path(__file__).parents[3] / "examples" / "headrace.yaml"
+    monkeypatch.setenv("HEADRACE_CONFIG", str(example))
+    settings = Settings()
+    assert settings.pool_models("smollm2") == ["smollm2@1", "smollm2@2"]
+    assert settings.auth_enabled
+    assert settings.tenants["acme"].api_key_sha256 == [hash_api_key("test")]

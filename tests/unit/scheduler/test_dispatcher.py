@@ -1,0 +1,100 @@
+import asyncio
+
+import pytest
+
+from headrace.runtime.errors import NoWorkerAvailable
+from services.scheduler.dispatcher import Dispatcher
+from services.scheduler.leases import LeaseTable
+from services.scheduler.placement import PlacementRequest
+from services.scheduler.registry import LoadSnapshot, WorkerIdentity, WorkerRegistry
+
+
+def identity(worker_id: str, models: tuple[str, ...] = ("m@1",)) -> WorkerIdentity:
+    return WorkerIdentity(
+        worker_id, f"127.0.0.1:{hash(worker_id) % 1000 + 50000}", "pool", frozenset(models), "synthetic"
+    )
+
+
+def make_dispatcher(stale_after_s: float = 3.0, ttl_s: float = 30.0) -> Dispatcher:
+    return Dispatcher(registry=WorkerRegistry(stale_after_s=stale_after_s), leases=LeaseTable(ttl_s=ttl_s))
+
+
+def place_request(request_id: str = "r", model: str = "m@1", exclude: frozenset[str] = frozenset()) -> PlacementRequest:
+    return PlacementRequest(request_id=request_id, model_version=model, tenant="t", priority=1, exclude=exclude)
+
+
+@pytest.mark.unit
+async def test_places_on_the_least_loaded_worker_and_counts_leases() -> None:
+    dispatcher = make_dispatcher()
+    dispatcher.report(identity("a"), LoadSnapshot(running=3, capacity=8), draining=False)
+    dispatcher.report(identity("b"), LoadSnapshot(running=1, capacity=8), draining=False)
+    first = await dispatcher.place(place_request("1"))
+    assert first.lease.worker_id == "b"
+    # b now has 1 reported + 1 leased; placing two more keeps them balanced.
+    workers = [(await dispatcher.place(place_request(str(i)))).lease.worker_id for i in range(2, 6)]
+    assert workers.count("a") >= 1 and workers.count("b") >= 1
+    assert len(dispatcher.leases) == 5
+    state_b = dispatcher.registry.get("b")
+    assert state_b is not None
+    released = dispatcher.release(first.lease.lease_id)
+    assert released is not None
+    assert dispatcher.release(first.lease.lease_id) is None  # idempotent
+
+
+@pytest.mark.unit
+async def test_no_worker_for_the_model_is_unavailable_with_a_reason() -> None:
+    dispatcher = make_dispatcher()
+    with pytest.raises(NoWorkerAvailable, match="none has reported in"):
+        await dispatcher.place(place_request())
+    dispatcher.report(identity("a"), LoadSnapshot(), draining=True)
+    with pytest.raises(NoWorkerAvailable, match="not accepting"):
+        await dispatcher.place(place_request())
+    dispatcher.report(identity("a"), LoadSnapshot(), draining=False)
+    with pytest.raises(NoWorkerAvailable, match="already tried a"):
+        await dispatcher.place(place_request(exclude=frozenset({"a"})))
+
+
+@pytest.mark.unit
+async def test_unhealthy_and_other_model_workers_get_no_work() -> None:
+    dispatcher = make_dispatcher()
+    dispatcher.report(identity("sick"), LoadSnapshot(healthy=False), draining=False)
+    dispatcher.report(identity("other", models=("x@1",)), LoadSnapshot(), draining=False)
+    dispatcher.report(identity("ok"), LoadSnapshot(running=50), draining=False)
+    assert (await dispatcher.place(place_request())).lease.worker_id == "ok"
+
+
+@pytest.mark.unit
+async def test_silent_workers_are_dropped_with_their_leases() -> None:
+    dispatcher = make_dispatcher(stale_after_s=0.05)
+    dispatcher.report(identity("a"), LoadSnapshot(), draining=False)
+    placed = await dispatcher.place(place_request())
+    await asyncio.sleep(0.08)
+    dispatcher.sweep()
+    assert dispatcher.registry.get("a") is None
+    assert dispatcher.leases.get(placed.lease.lease_id) is None
+
+
+@pytest.mark.unit
+async def test_unreleased_leases_expire_and_free_capacity() -> None:
+    dispatcher = make_dispatcher(ttl_s=0.05)
+    dispatcher.report(identity("a"), LoadSnapshot(), draining=False)
+    placed = await dispatcher.place(place_request())
+    state = dispatcher.registry.get("a")
+    assert state is not None and state.leases == 1
+    renewed = dispatcher.renew(placed.lease.lease_id)
+    assert renewed is not None
+    await asyncio.sleep(0.08)
+    dispatcher.sweep()
+    assert state.leases == 0 and state.leased_tokens == 0
+    assert dispatcher.renew(placed.lease.lease_id) is None
+
+
+@pytest.mark.unit
+async def test_a_reconnecting_worker_keeps_its_leases() -> None:
+    dispatcher = make_dispatcher()
+    dispatcher.report(identity("a"), LoadSnapshot(), draining=False)
+    await dispatcher.place(place_request())
+    moved = WorkerIdentity("a", "127.0.0.1:1", "pool", frozenset({"m@1"}), "synthetic")
+    state = dispatcher.report(moved, LoadSnapshot(), draining=False)
+    assert state.identity.endpoint == "127.0.0.1:1"
+    assert state.leases == 1
