@@ -19,6 +19,8 @@ PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # buf breaking compares the protos with this git revision.
 BUF_AGAINST ?= HEAD~1
 PYTEST_ARGS ?=
+# protoc finds its mypy plugins (protoc-gen-mypy) in the venv.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help install install-test system-deps protos check-protos lint test test-unit up down status bench bench-overhead clean
 
