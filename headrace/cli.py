@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from headrace.client import DEFAULT_TARGET, HeadraceClient
-from headrace.local_mesh import LocalMesh
+from headrace.local_mesh import LocalMesh, health_state
 from headrace.runtime.config import Settings, hash_api_key, load_settings
 from headrace.runtime.engine_settings import ENGINE_DEFAULTS
 from headrace.runtime.errors import HeadraceError
@@ -107,6 +107,17 @@ def status() -> None:
         pid = str(row.pid) if row.pid else "-"
         click.echo(f"{row.name:<22} {row.address:<22} {row.state:<12} pid {pid}")
     if any(row.state != "SERVING" for row in rows):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("address")
+@click.option("--service", default="", help="Full gRPC service name; empty: the server as a whole.")
+def health(address: str, service: str) -> None:
+    """Exit 0 if the gRPC server at ADDRESS reports SERVING (container health checks)."""
+    state = health_state(address, service)
+    click.echo(state)
+    if state != "SERVING":
         sys.exit(1)
 
 
