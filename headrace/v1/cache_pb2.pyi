@@ -133,8 +133,14 @@ class CacheStoreRequest(_message.Message):
     REQUEST_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
     DELTAS_FIELD_NUMBER: _builtins.int
+    REQUEST_AGE_S_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     model_version: _builtins.str
+    request_age_s: _builtins.float
+    """Seconds since the router received the request, when it sends this: an
+    answer to a request that began before an invalidation matching it is
+    not stored (it may rest on what was invalidated).
+    """
     @_builtins.property
     def request(self) -> _generation_pb2.GenerateRequest: ...
     @_builtins.property
@@ -151,10 +157,11 @@ class CacheStoreRequest(_message.Message):
         request: _generation_pb2.GenerateRequest | None = ...,
         response: _generation_pb2.GenerateResponse | None = ...,
         deltas: _abc.Iterable[Global___CachedDelta] | None = ...,
+        request_age_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "response", b"response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deltas", b"deltas", "model_version", b"model_version", "request", b"request", "response", b"response", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deltas", b"deltas", "model_version", b"model_version", "request", b"request", "request_age_s", b"request_age_s", "response", b"response", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
