@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 # protoc finds its mypy plugins (protoc-gen-mypy) in the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install install-test system-deps protos check-protos lint test test-unit up down status bench bench-overhead clean
+.PHONY: help install install-test system-deps protos check-protos lint test test-unit up down status bench bench-overhead bench-cache clean
 
 help:
 	@echo "make up             install, start the mesh (Redis too if needed), send a sample request"
@@ -94,10 +94,13 @@ down:
 status: $(VENV)/.installed
 	$(HEADRACE) status
 
-bench: bench-overhead
+bench: bench-overhead bench-cache
 
 bench-overhead: install
 	$(PY) -m bench.overhead
+
+bench-cache: install
+	$(PY) -m bench.cache
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

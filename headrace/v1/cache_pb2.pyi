@@ -61,6 +61,7 @@ class CacheLookupResponse(_message.Message):
     SIMILARITY_FIELD_NUMBER: _builtins.int
     ENTRY_ID_FIELD_NUMBER: _builtins.int
     AGE_S_FIELD_NUMBER: _builtins.int
+    DELTAS_FIELD_NUMBER: _builtins.int
     outcome: _generation_pb2.CacheOutcome.ValueType
     """MISS, HIT_EXACT, HIT_SEMANTIC, or BYPASS when the request may not be
     answered from the cache.
@@ -72,6 +73,12 @@ class CacheLookupResponse(_message.Message):
     """How old the entry is."""
     @_builtins.property
     def response(self) -> _generation_pb2.GenerateResponse: ...
+    @_builtins.property
+    def deltas(self) -> _containers.RepeatedCompositeFieldContainer[Global___CachedDelta]:
+        """The answer in the deltas it was streamed in (empty for entries stored
+        without them): a hit on a streaming request replays these.
+        """
+
     def __init__(
         self,
         *,
@@ -80,14 +87,40 @@ class CacheLookupResponse(_message.Message):
         similarity: _builtins.float = ...,
         entry_id: _builtins.str = ...,
         age_s: _builtins.float = ...,
+        deltas: _abc.Iterable[Global___CachedDelta] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_s", b"age_s", "entry_id", b"entry_id", "outcome", b"outcome", "response", b"response", "similarity", b"similarity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_s", b"age_s", "deltas", b"deltas", "entry_id", b"entry_id", "outcome", b"outcome", "response", b"response", "similarity", b"similarity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CacheLookupResponse: _TypeAlias = CacheLookupResponse  # noqa: Y015
+
+@_typing.final
+class CachedDelta(_message.Message):
+    """One delta of a stored answer, as the engine streamed it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    @_builtins.property
+    def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        token_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text", "token_ids", b"token_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CachedDelta: _TypeAlias = CachedDelta  # noqa: Y015
 
 @_typing.final
 class CacheStoreRequest(_message.Message):
@@ -99,12 +132,23 @@ class CacheStoreRequest(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
+    DELTAS_FIELD_NUMBER: _builtins.int
+    REQUEST_AGE_S_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     model_version: _builtins.str
+    request_age_s: _builtins.float
+    """Seconds since the router received the request, when it sends this: an
+    answer to a request that began before an invalidation matching it is
+    not stored (it may rest on what was invalidated).
+    """
     @_builtins.property
     def request(self) -> _generation_pb2.GenerateRequest: ...
     @_builtins.property
     def response(self) -> _generation_pb2.GenerateResponse: ...
+    @_builtins.property
+    def deltas(self) -> _containers.RepeatedCompositeFieldContainer[Global___CachedDelta]:
+        """The answer as it was streamed, so that a hit can stream it the same way."""
+
     def __init__(
         self,
         *,
@@ -112,10 +156,12 @@ class CacheStoreRequest(_message.Message):
         model_version: _builtins.str = ...,
         request: _generation_pb2.GenerateRequest | None = ...,
         response: _generation_pb2.GenerateResponse | None = ...,
+        deltas: _abc.Iterable[Global___CachedDelta] | None = ...,
+        request_age_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "response", b"response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "request", b"request", "response", b"response", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deltas", b"deltas", "model_version", b"model_version", "request", b"request", "request_age_s", b"request_age_s", "response", b"response", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -130,20 +176,26 @@ class CacheStoreResponse(_message.Message):
     STORED_FIELD_NUMBER: _builtins.int
     ENTRY_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    SEMANTIC_FIELD_NUMBER: _builtins.int
     stored: _builtins.bool
     entry_id: _builtins.str
     reason: _builtins.str
     """Why it was not stored: "no-store", "nondeterministic", "incomplete", ..."""
+    semantic: _builtins.bool
+    """Whether the entry can also be found semantically (a user turn last,
+    short enough to embed whole, semantic caching on for the request).
+    """
     def __init__(
         self,
         *,
         stored: _builtins.bool = ...,
         entry_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        semantic: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_id", b"entry_id", "reason", b"reason", "stored", b"stored"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_id", b"entry_id", "reason", b"reason", "semantic", b"semantic", "stored", b"stored"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
 import redis.asyncio as redis
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -10,32 +14,107 @@ from headrace.runtime.config import Settings, load_settings
 from headrace.runtime.server import GrpcServiceHost, ServiceRegistration, serve
 from headrace.runtime.telemetry import build_tracer_provider, configure_logging, start_metrics_server
 from headrace.v1 import cache_pb2_grpc
-from services.cache.exact_store import ExactStore
+from services.cache.embedder import BatchingEmbedder, MiniLmEncoder, TextEncoder
+from services.cache.embedding_cache import EmbeddingCache
+from services.cache.entry_store import EntryStore
+from services.cache.response_cache import ResponseCache, SemanticParts
+from services.cache.semantic_index import SemanticIndex
 from services.cache.server import CacheServicer
+from services.cache.vector_index import HnswParams
 
 
-def build_host(
+@dataclass
+class CacheApp:
+    """The cache's parts, wired. `start` rebuilds the semantic index from
+    Redis and starts the sweeper; `close` releases what they hold."""
+
+    host: GrpcServiceHost
+    cache: ResponseCache
+    semantic: SemanticParts | None
+    start: Callable[[], Awaitable[None]]
+    close: Callable[[], Awaitable[None]]
+
+
+def build_cache(
     settings: Settings,
     client: redis.Redis,
     *,
+    encoder: TextEncoder | None = None,
     port: int | None = None,
     tracer_provider: TracerProvider | None = None,
-) -> GrpcServiceHost:
-    servicer = CacheServicer(ExactStore(client), settings.cache)
-    return GrpcServiceHost(
+) -> CacheApp:
+    """`encoder`: an already loaded embedding model (tests share one);
+    None loads the configured one when the semantic cache is enabled."""
+    store = EntryStore(client)
+    config = settings.cache.semantic
+    semantic: SemanticParts | None = None
+    embedder: BatchingEmbedder | None = None
+    if config.enabled:
+        encoder = encoder or MiniLmEncoder(config.model_path, threads=config.embed_threads)
+        embedder = BatchingEmbedder(
+            encoder, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, max_pending=config.max_pending
+        )
+        semantic = SemanticParts(
+            encoder=encoder,
+            embeddings=EmbeddingCache(
+                client, embedder, model_id=encoder.model_id, dimension=encoder.dimension, ttl_s=config.embedding_ttl_s
+            ),
+            index=SemanticIndex(
+                store,
+                dimension=encoder.dimension,
+                flat_max=config.flat_search_max,
+                hnsw=HnswParams(
+                    m=config.hnsw_m, ef_construction=config.hnsw_ef_construction, ef_search=config.hnsw_ef_search
+                ),
+            ),
+        )
+    cache = ResponseCache(store, settings.cache, semantic)
+    servicer = CacheServicer(cache)
+    host = GrpcServiceHost(
         [ServiceRegistration("headrace.v1.Cache", lambda s: cache_pb2_grpc.add_CacheServicer_to_server(servicer, s))],
         host=settings.cache.host,
         port=settings.cache.port if port is None else port,
         limits=settings.limits,
         tracer_provider=tracer_provider or build_tracer_provider("headrace-cache", settings.telemetry),
     )
+    sweeper: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        if semantic is not None:
+            await semantic.index.rebuild()
+            sweeper.append(asyncio.create_task(semantic.index.run_sweeper(config.sweep_interval_s), name="sweeper"))
+
+    async def close() -> None:
+        for task in sweeper:
+            task.cancel()
+        if embedder is not None:
+            await embedder.close()
+
+    return CacheApp(host=host, cache=cache, semantic=semantic, start=start, close=close)
 
 
 async def main(settings: Settings) -> None:
     start_metrics_server(settings.cache.host, settings.cache.metrics_port)
     client = redis.Redis.from_url(settings.redis_url)
     await client.ping()
-    await serve(build_host(settings, client), after_stop=client.aclose)
+    # Off the event loop: loading the model takes seconds.
+    encoder = (
+        await asyncio.to_thread(
+            MiniLmEncoder, settings.cache.semantic.model_path, threads=settings.cache.semantic.embed_threads
+        )
+        if settings.cache.semantic.enabled
+        else None
+    )
+    app = build_cache(settings, client, encoder=encoder)
+    # Serve only with the index rebuilt: a replica that answered before
+    # would miss what its peers stored.
+    await app.start()
+
+    async def after_stop() -> None:
+        await app.close()
+        await client.aclose()
+
+    await serve(app.host, after_stop=after_stop)
 
 
 if __name__ == "__main__":

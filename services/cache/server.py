@@ -1,75 +1,113 @@
-"""The Cache servicer: exact-match lookup and store on Redis."""
+"""The Cache servicer: translates protos to the domain (response_cache)
+and back, and notes each lookup's outcome on the trace."""
 
 from __future__ import annotations
 
-import grpc.aio
+import time
 
-from headrace.cache_policy import bypass_reason, no_store_reason
-from headrace.runtime.config import CacheSettings
-from headrace.runtime.errors import InvalidArgument, Unimplemented
+import grpc.aio
+from opentelemetry import trace
+
+from headrace.runtime.errors import InvalidArgument
 from headrace.v1 import cache_pb2, cache_pb2_grpc, generation_pb2
 from services.cache import metrics
-from services.cache.exact_store import ExactStore
-from services.cache.request_key import exact_key
+from services.cache.entry_store import InvalidateCriteria
+from services.cache.partition import MAX_ID_CHARS, partition_of, require_tenant
+from services.cache.response_cache import LookupResult, Outcome, ResponseCache
+
+_OUTCOMES = {
+    Outcome.BYPASS: generation_pb2.CACHE_OUTCOME_BYPASS,
+    Outcome.MISS: generation_pb2.CACHE_OUTCOME_MISS,
+    Outcome.HIT_EXACT: generation_pb2.CACHE_OUTCOME_HIT_EXACT,
+    Outcome.HIT_SEMANTIC: generation_pb2.CACHE_OUTCOME_HIT_SEMANTIC,
+}
+MAX_INVALIDATE_IDS = 1024
+MAX_INVALIDATE_TAGS = 256
 
 
-def _require_partition(tenant: str, model_version: str) -> None:
-    if not tenant:
-        raise InvalidArgument("tenant: required (entries are partitioned by tenant)")
-    if not model_version or "@" not in model_version:
-        raise InvalidArgument("model_version: required, as name@version")
+def _reply(result: LookupResult) -> cache_pb2.CacheLookupResponse:
+    if result.entry is None:
+        return cache_pb2.CacheLookupResponse(outcome=_OUTCOMES[result.outcome])
+    reply = cache_pb2.CacheLookupResponse.FromString(result.entry.answer)
+    reply.outcome = _OUTCOMES[result.outcome]
+    reply.similarity = result.similarity
+    reply.entry_id = result.entry.entry_id
+    reply.age_s = result.entry.age_s()
+    return reply
+
+
+def _note_on_trace(result: LookupResult) -> None:
+    span = trace.get_current_span()
+    span.set_attribute("headrace.cache.outcome", result.outcome.value)
+    if result.reason:
+        span.set_attribute("headrace.cache.reason", result.reason)
+    if result.best_similarity:
+        span.set_attribute("headrace.cache.best_similarity", result.best_similarity)
+    if result.entry is not None:
+        span.set_attribute("headrace.cache.entry_id", result.entry.entry_id)
+        span.set_attribute("headrace.cache.similarity", result.similarity)
+
+
+def criteria_from(request: cache_pb2.InvalidateRequest) -> InvalidateCriteria:
+    require_tenant(request.tenant)
+    if request.model_version:
+        partition_of(request.tenant, request.model_version)
+        if request.model and request.model_version.split("@", 1)[0] != request.model:
+            raise InvalidArgument(
+                f"model_version: {request.model_version!r} is not a version of model {request.model!r}"
+            )
+    if len(request.model) > MAX_ID_CHARS or "@" in request.model:
+        raise InvalidArgument("model: a model name without '@' (use model_version for one version)")
+    if len(request.entry_ids) > MAX_INVALIDATE_IDS:
+        raise InvalidArgument(f"entry_ids: at most {MAX_INVALIDATE_IDS}")
+    if len(request.tags) > MAX_INVALIDATE_TAGS:
+        raise InvalidArgument(f"tags: at most {MAX_INVALIDATE_TAGS}")
+    for entry_id in request.entry_ids:
+        if len(entry_id) != 64 or any(c not in "0123456789abcdef" for c in entry_id):
+            raise InvalidArgument(f"entry_ids: {entry_id[:80]!r} is not an entry id (64 lowercase hex characters)")
+    return InvalidateCriteria(
+        tenant=request.tenant,
+        model=request.model,
+        model_version=request.model_version,
+        tags=tuple(request.tags),
+        entry_ids=tuple(request.entry_ids),
+    )
 
 
 class CacheServicer(cache_pb2_grpc.CacheServicer):
-    def __init__(self, store: ExactStore, settings: CacheSettings) -> None:
-        self._store = store
-        self._settings = settings
+    def __init__(self, cache: ResponseCache) -> None:
+        self._cache = cache
 
     async def Lookup(
         self, request: cache_pb2.CacheLookupRequest, context: grpc.aio.ServicerContext
     ) -> cache_pb2.CacheLookupResponse:
-        _require_partition(request.tenant, request.model_version)
-        if bypass_reason(request.request) is not None:
-            metrics.LOOKUPS.labels(outcome="bypass").inc()
-            return cache_pb2.CacheLookupResponse(outcome=generation_pb2.CACHE_OUTCOME_BYPASS)
-        entry_id = exact_key(request.tenant, request.model_version, request.request)
-        entry = await self._store.get(entry_id, tenant=request.tenant, model_version=request.model_version)
-        max_age = request.request.cache.max_age_s if request.request.cache.HasField("max_age_s") else None
-        if entry is None or (max_age is not None and entry.age_s() > max_age):
-            metrics.LOOKUPS.labels(outcome="miss").inc()
-            return cache_pb2.CacheLookupResponse(outcome=generation_pb2.CACHE_OUTCOME_MISS)
-        metrics.LOOKUPS.labels(outcome="hit-exact").inc()
-        return cache_pb2.CacheLookupResponse(
-            outcome=generation_pb2.CACHE_OUTCOME_HIT_EXACT,
-            response=generation_pb2.GenerateResponse.FromString(entry.response),
-            similarity=1.0,
-            entry_id=entry_id,
-            age_s=entry.age_s(),
-        )
+        started = time.perf_counter()
+        partition = partition_of(request.tenant, request.model_version)
+        result = await self._cache.lookup(partition, request.request)
+        metrics.LOOKUPS.labels(outcome=result.outcome.value).inc()
+        metrics.LOOKUP_SECONDS.labels(outcome=result.outcome.value).observe(time.perf_counter() - started)
+        _note_on_trace(result)
+        return _reply(result)
 
     async def Store(
         self, request: cache_pb2.CacheStoreRequest, context: grpc.aio.ServicerContext
     ) -> cache_pb2.CacheStoreResponse:
-        _require_partition(request.tenant, request.model_version)
-        reason = no_store_reason(request.request, request.response)
-        if reason is not None:
-            return cache_pb2.CacheStoreResponse(stored=False, reason=reason)
-        policy = request.request.cache
-        ttl = policy.ttl_s if policy.HasField("ttl_s") and policy.ttl_s > 0 else self._settings.default_ttl_s
-        ttl = min(ttl, self._settings.max_ttl_s)
-        entry_id = exact_key(request.tenant, request.model_version, request.request)
-        await self._store.put(
-            entry_id,
-            tenant=request.tenant,
-            model_version=request.model_version,
-            response=request.response.SerializeToString(),
-            ttl_s=ttl,
-            tags=list(request.request.tags),
+        partition = partition_of(request.tenant, request.model_version)
+        # What a hit replies with, less what each hit fills in.
+        answer = cache_pb2.CacheLookupResponse(response=request.response, deltas=request.deltas)
+        result = await self._cache.store(
+            partition,
+            request.request,
+            request.response,
+            answer=answer.SerializeToString(),
+            request_age_s=request.request_age_s,
         )
-        metrics.STORES.inc()
-        return cache_pb2.CacheStoreResponse(stored=True, entry_id=entry_id)
+        return cache_pb2.CacheStoreResponse(
+            stored=result.stored, entry_id=result.entry_id, reason=result.reason, semantic=result.semantic
+        )
 
     async def Invalidate(
         self, request: cache_pb2.InvalidateRequest, context: grpc.aio.ServicerContext
     ) -> cache_pb2.InvalidateResponse:
-        raise Unimplemented("cache invalidation is not implemented yet (it comes with the cache-service issue)")
+        removed = await self._cache.invalidate(criteria_from(request))
+        return cache_pb2.InvalidateResponse(removed=removed)

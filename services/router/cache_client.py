@@ -5,12 +5,15 @@ the critical path."""
 from __future__ import annotations
 
 import logging
+import time
 
 import grpc.aio
+from opentelemetry import trace
 
 from headrace.cache_policy import bypass_reason
 from headrace.runtime.channels import call_options
 from headrace.runtime.config import CacheSettings
+from headrace.served_by import cache_header_value
 from headrace.v1 import cache_pb2, cache_pb2_grpc, generation_pb2
 from services.router import metrics
 
@@ -47,16 +50,35 @@ class CacheClient:
         model_version: str,
         request: generation_pb2.GenerateRequest,
         response: generation_pb2.GenerateResponse,
+        deltas: list[cache_pb2.CachedDelta] | None = None,
+        started: float | None = None,
     ) -> None:
+        """`deltas`: the answer as it was streamed; `started`: when the
+        request arrived (time.monotonic()), so that the cache can refuse an
+        answer that an invalidation overtook while it was generated."""
         if self._stub is None or request.cache.no_store:
             return
         try:
             await self._stub.Store(
                 cache_pb2.CacheStoreRequest(
-                    tenant=tenant, model_version=model_version, request=request, response=response
+                    tenant=tenant,
+                    model_version=model_version,
+                    request=request,
+                    response=response,
+                    deltas=deltas,
+                    request_age_s=0.0 if started is None else time.monotonic() - started,
                 ),
                 **call_options(timeout=5.0),
             )
         except grpc.aio.AioRpcError as exc:
             metrics.CACHE_ERRORS.labels(op="store", code=exc.code().name).inc()
             log.warning("cache store failed (%s)", exc.code().name)
+
+
+def note_on_trace(route: generation_pb2.RouteInfo) -> None:
+    """How the cache took part, as attributes of the request's span."""
+    span = trace.get_current_span()
+    span.set_attribute("headrace.cache", cache_header_value(route.cache))
+    if route.cache_entry_id:
+        span.set_attribute("headrace.cache.entry_id", route.cache_entry_id)
+        span.set_attribute("headrace.cache.similarity", route.cache_similarity)

@@ -24,7 +24,8 @@ from headrace.runtime.config import Settings
 from headrace.runtime.errors import from_rpc_error
 from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.router import metrics
-from services.router.cache_client import CacheClient
+from services.router.cache_client import CacheClient, note_on_trace
+from services.router.cached_stream import cached_stream, deltas_of
 from services.router.leasing import Leasing
 from services.router.model_registry import ModelRegistry, Resolution
 
@@ -40,6 +41,8 @@ class _Answer:
 
     text: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
+    # Token ids per delta, to keep the answer's deltas in the cache.
+    token_counts: list[int] = field(default_factory=list)
     last: generation_pb2.GenerateStreamResponse | None = None
 
 
@@ -82,8 +85,11 @@ class GenerationFlow:
         if lookup.outcome in (generation_pb2.CACHE_OUTCOME_HIT_EXACT, generation_pb2.CACHE_OUTCOME_HIT_SEMANTIC):
             route.cache_similarity = lookup.similarity
             route.cache_entry_id = lookup.entry_id
-            yield self._cached_answer(lookup.response, route, request_id, started)
+            note_on_trace(route)
+            for chunk in cached_stream(lookup, route, request_id, started):
+                yield chunk
             return
+        note_on_trace(route)
         answer = _Answer()
         async for chunk in self._generate_placed(request, resolution, route, tenant, request_id, started, answer):
             yield chunk
@@ -94,6 +100,8 @@ class GenerationFlow:
                     model_version=resolution.model_version,
                     request=request,
                     response=self._to_response(answer, route, request_id, resolution.model_version),
+                    deltas=deltas_of(answer.text, answer.token_ids, answer.token_counts),
+                    started=started,
                 ),
                 name=f"cache-store:{request_id}",
             )
@@ -128,26 +136,6 @@ class GenerationFlow:
             route=route,
             timing=last.timing,
             cost=last.cost,
-        )
-
-    @staticmethod
-    def _cached_answer(
-        cached: generation_pb2.GenerateResponse,
-        route: generation_pb2.RouteInfo,
-        request_id: str,
-        started: float,
-    ) -> generation_pb2.GenerateStreamResponse:
-        elapsed_ms = (time.monotonic() - started) * 1000.0
-        return generation_pb2.GenerateStreamResponse(
-            request_id=request_id,
-            text=cached.text,
-            token_ids=cached.token_ids,
-            finish_reason=cached.finish_reason,
-            usage=cached.usage,
-            route=route,
-            timing=generation_pb2.Timing(ttft_ms=elapsed_ms, total_ms=elapsed_ms),
-            cost=generation_pb2.Cost(),
-            model=route.model_version,
         )
 
     async def _generate_placed(
@@ -201,6 +189,7 @@ class GenerationFlow:
                             metrics.TTFT.labels(model=resolution.model_version).observe(ttft_s)
                         answer.text.append(chunk.text)
                         answer.token_ids.extend(chunk.token_ids)
+                        answer.token_counts.append(len(chunk.token_ids))
                         if chunk.finish_reason:
                             chunk.timing.ttft_ms = ttft_s * 1000.0
                             self._finish(chunk, resolution, placed.queue_ms, started, tenant)

@@ -35,7 +35,8 @@ def mesh_settings(redis_url: str, **overrides: object) -> Settings:
         "default_embedding_model": "minilm",
         "limits": {"max_message_bytes": 256 * 1024, "max_prompt_chars": 10_000, "max_tokens": 512},
         "router": {"metrics_port": None},
-        "cache": {"metrics_port": None},
+        # The semantic cache has tests of its own (tests/integration/cache).
+        "cache": {"metrics_port": None, "semantic": {"enabled": False}},
         "scheduler": {"metrics_port": None},
         "worker": {"metrics_port_offset": None},
     }

@@ -15,7 +15,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from headrace.runtime.config import Settings
 from headrace.runtime.server import GrpcServiceHost
 from headrace.v1 import router_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, worker_pb2_grpc
-from services.cache.__main__ import build_host as build_cache_host
+from services.cache.__main__ import CacheApp, build_cache
+from services.cache.embedder import TextEncoder
 from services.router.__main__ import RouterApp, build_router
 from services.scheduler.__main__ import build_dispatcher
 from services.scheduler.__main__ import build_host as build_scheduler_host
@@ -43,6 +44,7 @@ class InProcessMesh:
     router_address: str
     workers: list[RunningWorker] = field(default_factory=list)
     tracer_provider: TracerProvider | None = None
+    cache_app: CacheApp | None = None
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def channel(self, address: str) -> grpc.aio.Channel:
@@ -99,18 +101,25 @@ class InProcessMesh:
         for worker in self.workers:
             await self.stop_worker(worker)
         await self.cache_host.stop(0.5)
+        if self.cache_app is not None:
+            await self.cache_app.close()
         await self.scheduler_host.stop(0.5)
         await self.dispatcher.close()
         await self.redis.aclose()
 
 
-async def start_mesh(settings: Settings, *, tracer_provider: TracerProvider | None = None) -> InProcessMesh:
+async def start_mesh(
+    settings: Settings, *, tracer_provider: TracerProvider | None = None, encoder: TextEncoder | None = None
+) -> InProcessMesh:
+    """`encoder`: a loaded embedding model, for meshes with the semantic cache on."""
     dispatcher = build_dispatcher(settings)
     await dispatcher.start()
     scheduler_host = build_scheduler_host(settings, dispatcher, port=0, tracer_provider=tracer_provider)
     scheduler_address = f"127.0.0.1:{await scheduler_host.start()}"
     redis_client = aioredis.Redis.from_url(settings.redis_url)
-    cache_host = build_cache_host(settings, redis_client, port=0, tracer_provider=tracer_provider)
+    cache_app = build_cache(settings, redis_client, encoder=encoder, port=0, tracer_provider=tracer_provider)
+    await cache_app.start()
+    cache_host = cache_app.host
     cache_address = f"127.0.0.1:{await cache_host.start()}"
     router = build_router(
         settings,
@@ -131,6 +140,7 @@ async def start_mesh(settings: Settings, *, tracer_provider: TracerProvider | No
         cache_address=cache_address,
         router_address=router_address,
         tracer_provider=tracer_provider,
+        cache_app=cache_app,
     )
     expected = 0
     for pool, spec in settings.pools.items():

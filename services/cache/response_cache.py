@@ -1,0 +1,191 @@
+"""The cache's domain: exact and semantic lookup, store and invalidation.
+No gRPC here: server.py translates.
+
+A lookup tries the exact key first (tenant, model version, the whole
+normalized request), then, when the request allows it, the semantic index
+of its partition and context (semantic_key). Either way the entry found is
+read back from Redis and checked again (partition, context, age) before it
+is served.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+from headrace.cache_policy import bypass_reason, no_store_reason
+from headrace.runtime.config import CacheSettings
+from headrace.v1 import generation_pb2
+from services.cache import metrics
+from services.cache.embedder import EmbedderBusy, TextEncoder, Vectors
+from services.cache.embedding_cache import EmbeddingCache
+from services.cache.entry_store import EntryStore, InvalidateCriteria, StoredEntry
+from services.cache.partition import Partition
+from services.cache.request_key import exact_key
+from services.cache.semantic_index import SemanticIndex
+from services.cache.semantic_key import SemanticKey, semantic_key, semantic_requested
+
+log = logging.getLogger(__name__)
+
+# How much earlier than measured a request is taken to have started, for
+# invalidation watermarks: transit time and clock differences between
+# cache replicas.
+_START_MARGIN_S = 1.0
+
+
+class Outcome(Enum):
+    BYPASS = "bypass"
+    MISS = "miss"
+    HIT_EXACT = "hit-exact"
+    HIT_SEMANTIC = "hit-semantic"
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    outcome: Outcome
+    entry: StoredEntry | None = None
+    similarity: float = 0.0
+    # Best similarity seen by a semantic lookup, hit or not.
+    best_similarity: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    stored: bool
+    entry_id: str = ""
+    reason: str = ""
+    semantic: bool = False
+
+
+@dataclass
+class SemanticParts:
+    """What the semantic cache needs besides Redis."""
+
+    encoder: TextEncoder
+    embeddings: EmbeddingCache
+    index: SemanticIndex
+
+
+class ResponseCache:
+    def __init__(self, store: EntryStore, settings: CacheSettings, semantic: SemanticParts | None = None) -> None:
+        self._store = store
+        self._settings = settings
+        self._semantic = semantic
+
+    async def lookup(self, partition: Partition, request: generation_pb2.GenerateRequest) -> LookupResult:
+        if bypass_reason(request) is not None:
+            return LookupResult(Outcome.BYPASS, reason=bypass_reason(request) or "")
+        max_age = request.cache.max_age_s if request.cache.HasField("max_age_s") else None
+        now = time.time()
+        entry = await self._store.get(exact_key(partition.tenant, partition.model_version, request), partition, now=now)
+        if entry is not None and (max_age is None or entry.age_s(now) <= max_age):
+            return LookupResult(Outcome.HIT_EXACT, entry=entry, similarity=1.0, best_similarity=1.0)
+        key, reason = self._semantic_key(partition, request)
+        if key is None or self._semantic is None:
+            metrics.SEMANTIC_SKIPPED.labels(reason=reason).inc()
+            return LookupResult(Outcome.MISS, reason=reason)
+        try:
+            vector = (await self._semantic.embeddings.embed(partition.tenant, [key.text]))[0]
+        except EmbedderBusy:
+            metrics.SEMANTIC_SKIPPED.labels(reason="embedder-busy").inc()
+            return LookupResult(Outcome.MISS, reason="embedder-busy")
+        return await self._semantic_lookup(partition, key, vector, max_age)
+
+    async def _semantic_lookup(
+        self, partition: Partition, key: SemanticKey, vector: Vectors, max_age: int | None
+    ) -> LookupResult:
+        assert self._semantic is not None
+        threshold = self._settings.semantic.similarity_threshold
+        matches = await self._semantic.index.search(partition, key.scope, vector, self._settings.semantic.candidates)
+        best = matches[0].similarity if matches else 0.0
+        for match in matches:
+            if match.similarity < threshold:
+                break
+            now = time.time()
+            entry = await self._store.get(match.entry_id, partition, now=now)
+            if entry is None:
+                # Expired or invalidated elsewhere: this copy is stale.
+                self._semantic.index.remove(partition, [match.entry_id])
+                continue
+            if entry.scope != key.scope or (max_age is not None and entry.age_s(now) > max_age):
+                continue
+            metrics.SEMANTIC_SIMILARITY.labels(result="hit").observe(match.similarity)
+            return LookupResult(Outcome.HIT_SEMANTIC, entry=entry, similarity=match.similarity, best_similarity=best)
+        if matches:
+            metrics.SEMANTIC_SIMILARITY.labels(result="miss").observe(best)
+        return LookupResult(Outcome.MISS, best_similarity=best)
+
+    def _semantic_key(
+        self, partition: Partition, request: generation_pb2.GenerateRequest
+    ) -> tuple[SemanticKey | None, str]:
+        """The semantic key, or None and why the semantic cache sits out."""
+        if self._semantic is None:
+            return None, "disabled"
+        if not semantic_requested(request.cache, self._settings.semantic.default_on):
+            return None, "not-requested"
+        key = semantic_key(partition, request)
+        if key is None:
+            return None, "no-user-turn-last"
+        if not self._semantic.encoder.fits(key.text):
+            # The model would truncate it: texts differing past the cut
+            # would embed the same.
+            return None, "too-long-to-embed"
+        return key, ""
+
+    async def store(
+        self,
+        partition: Partition,
+        request: generation_pb2.GenerateRequest,
+        response: generation_pb2.GenerateResponse,
+        *,
+        answer: bytes,
+        request_age_s: float,
+    ) -> StoreResult:
+        reason = no_store_reason(request, response)
+        if reason is not None:
+            metrics.STORES_REFUSED.labels(reason=reason).inc()
+            return StoreResult(False, reason=reason)
+        policy = request.cache
+        ttl = policy.ttl_s if policy.HasField("ttl_s") and policy.ttl_s > 0 else self._settings.default_ttl_s
+        ttl = min(ttl, self._settings.max_ttl_s)
+        entry_id = exact_key(partition.tenant, partition.model_version, request)
+        key, _ = self._semantic_key(partition, request)
+        vector: Vectors | None = None
+        if key is not None and self._semantic is not None:
+            try:
+                vector = (await self._semantic.embeddings.embed(partition.tenant, [key.text]))[0]
+            except EmbedderBusy:
+                metrics.SEMANTIC_SKIPPED.labels(reason="embedder-busy").inc()
+        stored = await self._store.put(
+            entry_id,
+            partition,
+            answer=answer,
+            ttl_s=ttl,
+            tags=list(request.tags),
+            request_started_at=time.time() - max(0.0, request_age_s) - _START_MARGIN_S,
+            max_entries=self._settings.semantic.max_entries_per_partition,
+            scope=key.scope if key is not None and vector is not None else "",
+            vector=vector,
+        )
+        if not stored:
+            metrics.STORES_REFUSED.labels(reason="invalidated").inc()
+            return StoreResult(False, entry_id=entry_id, reason="invalidated")
+        metrics.STORES.inc()
+        semantic = key is not None and vector is not None and self._semantic is not None
+        if semantic and self._semantic is not None and key is not None and vector is not None:
+            self._semantic.index.add(partition, entry_id, key.scope, vector, time.time() + ttl)
+        return StoreResult(True, entry_id=entry_id, semantic=semantic)
+
+    async def invalidate(self, criteria: InvalidateCriteria) -> int:
+        removed = await self._store.invalidate(criteria)
+        if self._semantic is not None:
+            by_partition: dict[Partition, list[str]] = {}
+            for partition, entry_id in removed:
+                by_partition.setdefault(partition, []).append(entry_id)
+            for partition, entry_ids in by_partition.items():
+                self._semantic.index.remove(partition, entry_ids)
+        metrics.INVALIDATED.inc(len(removed))
+        return len(removed)
