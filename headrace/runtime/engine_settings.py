@@ -36,9 +36,74 @@ class SyntheticEngineSettings(_EngineSettings):
     seed: int = 0
 
 
-EngineSettings = Annotated[SyntheticEngineSettings, Field(discriminator="kind")]
+class TritonEngineSettings(_EngineSettings):
+    """A model on a Triton Inference Server, over gRPC. The model's config is
+    read from the server at start: an embedding model (a BYTES text input,
+    an FP32 vector output) serves embed; a decoupled text-generation model
+    (`text_input` -> streamed `text_output`, the convention of Triton's vLLM
+    backend) serves generate."""
+
+    kind: Literal["triton"] = "triton"
+    # Triton's gRPC endpoint, host:port.
+    url: str = "127.0.0.1:8001"
+    ssl: bool = False
+    model_name: str = "smollm2"
+    # "" lets the server pick (its version policy, usually the latest).
+    model_version: str = ""
+    # Input and output names; "" finds them in the model's config.
+    text_input: str = ""
+    text_output: str = ""
+    # start() waits this long for the server and the model to be ready.
+    start_timeout_s: float = Field(default=30.0, gt=0)
+    # Deadline of one unary call (embed, readiness); a stream's whole life.
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    stream_timeout_s: float = Field(default=600.0, gt=0)
+    # Requests in flight at once; more wait in the engine.
+    max_concurrency: int = Field(default=64, ge=1)
+    # Texts per embedding call; capped by the model's max_batch_size.
+    embed_batch_size: int = Field(default=32, ge=1)
+    # Completion length when the request sets no max_tokens (sent in
+    # `sampling_parameters` where the model takes them).
+    default_max_tokens: int = Field(default=256, ge=1)
+    # A local model folder whose tokenizer's chat template turns chat
+    # messages into the text prompt ("": the model takes prompts only).
+    chat_template_from: str = ""
+
+
+class OpenAIEngineSettings(_EngineSettings):
+    """An OpenAI-compatible upstream (an API provider, or another vLLM
+    server) as a pool. The API key is read from the environment variable
+    named here, never written in the config."""
+
+    kind: Literal["openai"] = "openai"
+    # Up to and including /v1. Not 8000: that is Headrace's own gateway.
+    base_url: str = "http://127.0.0.1:8100/v1"
+    # Name of the environment variable holding the API key; None sends no
+    # key (a local vLLM server started without --api-key).
+    api_key_env: str | None = None
+    # The upstream's model name; "" takes the one model the upstream lists.
+    model: str = ""
+    # Connecting, and the whole of one request (a stream included).
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    # Requests in flight upstream at once; more wait in the engine.
+    max_concurrency: int = Field(default=64, ge=1)
+    # False: one upstream call returns the whole answer, for upstreams that
+    # do not stream (the caller then gets it as one delta).
+    stream: bool = True
+    # Retries of the openai client on connection errors, 408, 409, 429, 5xx
+    # before a response starts. 0: the router's own retry decides.
+    max_retries: int = Field(default=0, ge=0)
+
+
+EngineSettings = Annotated[
+    SyntheticEngineSettings | TritonEngineSettings | OpenAIEngineSettings,
+    Field(discriminator="kind"),
+]
 
 # Kinds `headrace up --engine KIND` accepts, with the settings it uses then.
 ENGINE_DEFAULTS: dict[str, type[_EngineSettings]] = {
     "synthetic": SyntheticEngineSettings,
+    "triton": TritonEngineSettings,
+    "openai": OpenAIEngineSettings,
 }

@@ -4,7 +4,12 @@ only when a pool uses them."""
 
 from __future__ import annotations
 
-from headrace.runtime.engine_settings import EngineSettings, SyntheticEngineSettings
+from headrace.runtime.engine_settings import (
+    EngineSettings,
+    OpenAIEngineSettings,
+    SyntheticEngineSettings,
+    TritonEngineSettings,
+)
 from services.worker.engines.base import Engine
 
 
@@ -13,4 +18,12 @@ def build_engine(settings: EngineSettings) -> Engine:
         from services.worker.engines.synthetic import SyntheticEngine
 
         return SyntheticEngine(settings)
+    if isinstance(settings, TritonEngineSettings):
+        from services.worker.engines.triton import TritonEngine
+
+        return TritonEngine(settings)
+    if isinstance(settings, OpenAIEngineSettings):
+        from services.worker.engines.openai_upstream import OpenAIEngine
+
+        return OpenAIEngine(settings)
     raise ValueError(f"no engine for settings of kind {settings.kind!r}")
