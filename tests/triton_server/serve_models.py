@@ -83,7 +83,7 @@ def main() -> None:
 def _bind_embedder(triton: Triton) -> None:
     model = SentenceTransformer(str(get_model_path()), device="cpu")
 
-    @batch
+    @batch  # type: ignore[untyped-decorator]
     def embed(text: np.ndarray) -> dict[str, np.ndarray]:
         # text: [batch, 1] of bytes.
         texts = [row[0].decode("utf-8") for row in text]
@@ -103,8 +103,8 @@ def _bind_generator(triton: Triton, folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    # from_pretrained leaves the model in eval mode.
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
-    model.eval()
 
     def generate(requests: list[Any]) -> Iterator[list[dict[str, np.ndarray]]]:
         for request in requests:

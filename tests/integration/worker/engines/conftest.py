@@ -8,6 +8,7 @@ packages; nothing reaches a hub."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -83,7 +84,7 @@ def smollm2_dir() -> Path:
     except ImportError:
         # Until headrace/model_store.py (branch `engines`) is merged here.
         return _prepare_smollm2_here(ROOT / ".headrace" / "test-models" / "smollm2")
-    return prepare_model("smollm2", default_models_dir(), progress=False).path
+    return Path(prepare_model("smollm2", default_models_dir(), progress=False).path)
 
 
 def _prepare_smollm2_here(folder: Path) -> Path:
@@ -169,6 +170,10 @@ def triton_server(launch_triton: LaunchTriton, smollm2_dir: Path) -> TritonServe
 
 
 class VllmServer:
+    # The environment variable that holds the server's API key, in the
+    # server's environment and in this process (engines read it at start).
+    KEY_ENV = "HEADRACE_TEST_VLLM_API_KEY"
+
     def __init__(self, process: ServerProcess, port: int) -> None:
         self.process = process
         self.root = f"http://127.0.0.1:{port}"
@@ -187,7 +192,10 @@ class VllmServer:
 @pytest.fixture(scope="module")
 def vllm_server(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
     port = free_port()
+    # The server wants this key on /v1 (VLLM_API_KEY keeps it off the command line).
+    os.environ[VllmServer.KEY_ENV] = secrets.token_hex(16)
     env = dict(os.environ)
+    env["VLLM_API_KEY"] = os.environ[VllmServer.KEY_ENV]
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
     env.setdefault("VLLM_USE_AOT_COMPILE", "0")
@@ -209,3 +217,4 @@ def vllm_server(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         yield server
     finally:
         process.stop()
+        del os.environ[VllmServer.KEY_ENV]
