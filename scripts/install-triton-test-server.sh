@@ -11,8 +11,9 @@
 # Environment:
 #   PYTHON                 interpreter to build the venv from (default python3.11)
 #   HEADRACE_TRITON_VENV   where to put it (default <repo>/.venv-triton)
-#   PIP_EXTRA_INDEX_URL    e.g. https://download.pytorch.org/whl/cpu, where
-#                          plain PyPI would give a CUDA build of torch
+#   HEADRACE_TORCH_INDEX_URL  an index for torch alone, e.g.
+#                          https://download.pytorch.org/whl/cpu where no local
+#                          CPU wheel exists (plain PyPI gives a CUDA build)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,8 +43,13 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-# torch's CPU wheel drags no CUDA libraries; its own index (or a local
-# wheel) supplies it, see PIP_EXTRA_INDEX_URL above.
+# torch first, alone: its CPU build (no CUDA libraries) comes from a local
+# wheel or from HEADRACE_TORCH_INDEX_URL.
+torch_index=()
+if [[ -n "${HEADRACE_TORCH_INDEX_URL:-}" ]]; then
+    torch_index=(--extra-index-url "$HEADRACE_TORCH_INDEX_URL")
+fi
+"$VENV/bin/python" -m pip install --quiet "${torch_index[@]}" "torch==2.13.0" "numpy<2"
 "$VENV/bin/python" -m pip install --quiet "${REQUIREMENTS[@]}"
 
 # Fail now, not in a test: the server imports, numpy is 1.x, torch runs
