@@ -147,17 +147,24 @@ async def test_requests_over_max_concurrency_wait_in_the_engine(vllm_server: Vll
     engine = OpenAIEngine(settings(vllm_server, max_concurrency=1))
     await engine.start()
     try:
-        requests = [
-            GenerationRequest(f"oa-bound-{i}", "smollm2@1", PROMPT, sampling=Sampling(max_tokens=24)) for i in range(2)
-        ]
+        requests = [GenerationRequest(f"oa-bound-{i}", "smollm2@1", PROMPT, sampling=LONG) for i in range(2)]
         tasks = [asyncio.create_task(collect(engine, request)) for request in requests]
         await running_upstream_becomes(vllm_server, 1)
         assert (engine.stats().running, engine.stats().waiting) == (1, 1)
+        await asyncio.sleep(0.5)
         # Only one reaches the upstream at a time.
         assert vllm_server.metric("vllm:num_requests_running") == 1
-        results = await asyncio.gather(*tasks)
-        assert [r[-1].completion_tokens for r in results] == [24, 24]
+        assert await engine.abort("oa-bound-0")
+        first = await tasks[0]
+        assert first[-1].finish_reason is FinishReason.ABORT
+        # The waiting one goes up in its place.
+        await asyncio.sleep(0.1)
+        assert (engine.stats().running, engine.stats().waiting) == (1, 0)
+        assert await engine.abort("oa-bound-1")
+        second = await tasks[1]
+        assert second[-1].finish_reason is FinishReason.ABORT
         assert engine.stats().tokens_per_second > 0
+        await running_upstream_becomes(vllm_server, 0)
     finally:
         await engine.close()
 

@@ -215,7 +215,7 @@ async def test_abort_ends_the_stream_and_frees_the_slot(generator: TritonEngine)
     started = time.monotonic()
     assert await generator.abort("r-abort")
     rest = [delta async for delta in stream]
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.0
     assert rest[-1].finish_reason is FinishReason.ABORT
     assert rest[-1].completion_tokens < 200
     assert generator.stats().running == 0
