@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import AsyncIterator
 
 import pytest
+import pytest_asyncio
 
+from headrace.runtime.engine_settings import EmbeddingsEngineSettings
 from headrace.runtime.errors import Unimplemented
 from services.worker.engines.base import Engine, GenerationRequest
 from services.worker.engines.embeddings import EmbeddingsEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def embeddings_engine() -> AsyncIterator[EmbeddingsEngine]:
+    engine = EmbeddingsEngine(EmbeddingsEngineSettings(max_batch_size=32, max_queue_delay_ms=20))
+    await engine.start()
+    yield engine
+    await engine.close()
 
 
 def cosine(a: list[float], b: list[float]) -> float:
