@@ -139,9 +139,11 @@ class VllmEngine:
         if self._llm is not None:
             return
         model = self.model
-        _set_engine_environment(self._settings)
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
+
+        _set_engine_environment(self._settings, cpu=current_platform.is_cpu())
 
         args = AsyncEngineArgs(**engine_args(self._settings, model))
         started = time.monotonic()
@@ -349,8 +351,7 @@ def engine_args(settings: VllmEngineSettings, model: str) -> dict[str, Any]:
 
 
 def engine_environment(settings: VllmEngineSettings) -> dict[str, str]:
-    """The VLLM_* variables the engine core reads on a CPU host (harmless on GPU
-    hosts, where vLLM ignores them)."""
+    """The VLLM_* variables the engine core reads on a CPU host."""
     bind = settings.cpu_threads_bind
     if bind is None:
         bind = cpu_list(sorted(os.sched_getaffinity(0)))
@@ -361,11 +362,11 @@ def engine_environment(settings: VllmEngineSettings) -> dict[str, str]:
     }
 
 
-def _set_engine_environment(settings: VllmEngineSettings) -> None:
+def _set_engine_environment(settings: VllmEngineSettings, *, cpu: bool) -> None:
     """Set the engine's variables in this process before AsyncLLM spawns the
-    engine core, which inherits them. A local model folder also means no hub."""
-    environment = engine_environment(settings)
-    for key, value in environment.items():
+    engine core, which inherits them (on a CPU host only: a GPU host keeps
+    vLLM's own defaults). A local model folder also means no hub."""
+    for key, value in (engine_environment(settings) if cpu else {}).items():
         previous = os.environ.get(key)
         if previous is not None and previous != value:
             log.info("vllm engine settings override %s=%s with %s", key, previous, value)
