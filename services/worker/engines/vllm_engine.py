@@ -9,10 +9,10 @@ SchedulerStats of every step (running, waiting, KV-cache use) to stat
 loggers, and _SchedulerProbe is one. vLLM marks that interface as not
 stable; it is the one place here to change if it moves.
 
-Settings map to vLLM as follows (docs/engines.md has the full table):
-cpu_* fields become the VLLM_CPU_* environment variables the engine core
-reads, which is why they are set in this process's environment before the
-engine starts; the rest are AsyncEngineArgs.
+Settings map to vLLM as follows (docs/engines.md has the full table): on a
+CPU host the cpu_* fields become the VLLM_* environment variables the engine
+core reads, which is why they are set in this process's environment before
+the engine starts; the rest are AsyncEngineArgs.
 """
 
 from __future__ import annotations
