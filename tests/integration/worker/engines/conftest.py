@@ -179,6 +179,8 @@ def vllm_server(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2_dir)]
     argv += ["--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--max-model-len", "2048", "--max-num-seqs", "8", "--uvicorn-log-level", "warning"]
+    # No torch.compile: starts in about half the time; these tests decode little.
+    argv += ["--enforce-eager"]
     process = ServerProcess("vllm", argv, env, tmp_path_factory.mktemp("vllm") / "vllm.log")
     server = VllmServer(process, port)
 
@@ -189,7 +191,8 @@ def vllm_server(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             return False
 
     try:
-        process.wait_until(healthy, timeout_s=300)
+        # Under pytest's own 300 s timeout, so the log tail is shown.
+        process.wait_until(healthy, timeout_s=280)
         yield server
     finally:
         process.stop()
