@@ -182,7 +182,9 @@ class TritonEngine:
                     except StopAsyncIteration:
                         break
                     except (asyncio.CancelledError, grpc.aio.AioRpcError) as exc:
-                        if request.request_id in self._aborting:
+                        # abort() cancelled the call (grpc.aio reports that as
+                        # CancelledError); a cancelled caller must still stop.
+                        if request.request_id in self._aborting and not _caller_cancelled():
                             tally.aborted = True
                             break
                         if isinstance(exc, asyncio.CancelledError):
@@ -368,6 +370,11 @@ def _sampling_parameters(sampling: Sampling, max_tokens: int) -> dict[str, Any]:
 
 async def _once(message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     yield message
+
+
+def _caller_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _text(value: object) -> str:
