@@ -1,0 +1,402 @@
+"""The openai engine: an OpenAI-compatible upstream (an API provider, or
+another vLLM server) as a pool, through the official `openai` client.
+
+Chat messages go to chat.completions, a prompt to completions, streamed
+with usage in the last chunk. Abort, or the caller closing the iterator,
+closes the upstream response: a vLLM server aborts a request whose client
+went away, and an API provider stops generating (and billing) it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import os
+import time
+from collections.abc import AsyncGenerator, Awaitable, Sequence
+from typing import Any, TypeVar
+
+import httpx2
+import openai
+
+from headrace.runtime.engine_settings import OpenAIEngineSettings
+from headrace.runtime.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    HeadraceError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+from services.worker.engines.base import Delta, EngineStats, FinishReason, GenerationRequest, Sampling
+from services.worker.engines.slots import Slots
+from services.worker.engines.throughput import ThroughputMeter
+
+_T = TypeVar("_T")
+
+_FINISH_REASONS = {
+    "stop": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "abort": FinishReason.ABORT,
+    # The model chose to stop (a tool call) or the provider stopped it.
+    "tool_calls": FinishReason.STOP,
+    "function_call": FinishReason.STOP,
+    "content_filter": FinishReason.STOP,
+}
+
+# How long a health probe may take.
+_HEALTH_TIMEOUT_S = 2.0
+# Models named in an error before "...".
+_MODELS_SHOWN = 10
+
+
+class OpenAIEngine:
+    kind = "openai"
+
+    def __init__(self, settings: OpenAIEngineSettings, *, http_client: httpx2.AsyncClient | None = None) -> None:
+        """http_client: a transport of one's own (tests pass a MockTransport)."""
+        self._settings = settings
+        self._http_client = http_client
+        self._client: openai.AsyncOpenAI | None = None
+        self._model = settings.model
+        self._slots = Slots(settings.max_concurrency)
+        # Abort signals of the requests in flight, by request id.
+        self._calls: dict[str, _Call] = {}
+        self._meter = ThroughputMeter()
+
+    @property
+    def model(self) -> str:
+        """The upstream's model name requests go to."""
+        return self._model
+
+    async def start(self) -> None:
+        settings = self._settings
+        api_key = "none"
+        if settings.api_key_env:
+            api_key = os.environ.get(settings.api_key_env, "")
+            if not api_key:
+                raise FailedPrecondition(
+                    f"openai engine: the environment variable {settings.api_key_env} (api_key_env) "
+                    f"holds no API key for {settings.base_url}"
+                )
+        self._client = openai.AsyncOpenAI(
+            base_url=settings.base_url,
+            api_key=api_key,
+            timeout=httpx2.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s),
+            max_retries=settings.max_retries,
+            http_client=self._http_client,
+        )
+        self._model = await self._pick_model()
+
+    async def _pick_model(self) -> str:
+        """The configured model, checked against the upstream's list where
+        it has one; else the one model it serves."""
+        wanted = self._settings.model
+        try:
+            served = [model.id async for model in self._api.models.list()]
+        except openai.APIStatusError as exc:
+            if wanted and exc.status_code in (403, 404, 405):
+                return wanted  # An upstream without a model list.
+            raise self._error(exc, "listing models") from exc
+        except openai.OpenAIError as exc:
+            raise self._error(exc, "listing models") from exc
+        shown = ", ".join(served[:_MODELS_SHOWN]) + (", ..." if len(served) > _MODELS_SHOWN else "")
+        if wanted:
+            if wanted not in served:
+                raise FailedPrecondition(
+                    f"openai engine: {self._settings.base_url} does not serve model {wanted!r}; it serves: {shown}"
+                )
+            return wanted
+        if len(served) != 1:
+            raise FailedPrecondition(
+                f"openai engine: {self._settings.base_url} serves {len(served)} models ({shown or 'none'}); "
+                "set the engine's `model` to one of them"
+            )
+        return served[0]
+
+    @property
+    def _api(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            raise FailedPrecondition("openai engine: not started")
+        return self._client
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        if request.request_id in self._calls:
+            raise InvalidArgument(f"request {request.request_id!r} is already running")
+        call = _Call()
+        self._calls[request.request_id] = call
+        try:
+            async with self._slots:
+                steps = self._streamed(request, call) if self._settings.stream else self._whole(request, call)
+                async for delta in steps:
+                    yield delta
+        except openai.OpenAIError as exc:
+            raise self._error(exc, "generate") from exc
+        finally:
+            del self._calls[request.request_id]
+            call.close()
+
+    async def _streamed(self, request: GenerationRequest, call: _Call) -> AsyncGenerator[Delta, None]:
+        chat = request.prompt is None
+        opened = await call.until(self._create(request, stream=True))
+        if opened is _ABORTED:
+            yield Delta("", finish_reason=FinishReason.ABORT)
+            return
+        stream: Any = opened
+        usage: Any = None
+        finish: FinishReason | None = None
+        streamed = 0
+        try:
+            chunks = stream.__aiter__()
+            while True:
+                chunk = await call.until(_next(chunks))
+                if isinstance(chunk, _Marker):
+                    if chunk is _ABORTED:
+                        finish = FinishReason.ABORT
+                    break
+                usage = getattr(chunk, "usage", None) or usage
+                for choice in chunk.choices:
+                    if choice.finish_reason:
+                        finish = _FINISH_REASONS.get(choice.finish_reason, FinishReason.STOP)
+                    text = (choice.delta.content if chat else choice.text) or ""
+                    if text:
+                        streamed += 1
+                        self._meter.add(1)
+                        yield Delta(text, completion_tokens=streamed)
+        finally:
+            # Closing the response is what tells the upstream to stop.
+            await stream.close()
+        final = _final_delta(finish, usage, streamed)
+        # The upstream's count is exact; one chunk per token was an estimate.
+        self._meter.add(max(0, final.completion_tokens - streamed))
+        yield final
+
+    async def _whole(self, request: GenerationRequest, call: _Call) -> AsyncGenerator[Delta, None]:
+        answered = await call.until(self._create(request, stream=False))
+        if answered is _ABORTED:
+            yield Delta("", finish_reason=FinishReason.ABORT)
+            return
+        response: Any = answered
+        choice = response.choices[0] if response.choices else None
+        text = ""
+        if choice is not None:
+            text = (choice.message.content if request.prompt is None else choice.text) or ""
+        finish = (
+            _FINISH_REASONS.get(choice.finish_reason, FinishReason.STOP) if choice and choice.finish_reason else None
+        )
+        final = _final_delta(finish, response.usage, 1 if text else 0)
+        self._meter.add(final.completion_tokens)
+        if text:
+            yield Delta(text, completion_tokens=final.completion_tokens)
+        yield final
+
+    async def _create(self, request: GenerationRequest, *, stream: bool) -> Any:
+        sampling, extra_body = _sampling_arguments(request.sampling, chat=request.prompt is None)
+        arguments: dict[str, Any] = {
+            "model": self._model,
+            "extra_headers": {"X-Request-Id": request.request_id},
+            **sampling,
+        }
+        if stream:
+            arguments |= {"stream": True, "stream_options": {"include_usage": True}}
+        if extra_body:
+            arguments["extra_body"] = extra_body
+        if request.prompt is None:
+            messages = [_message(turn.role, turn.content, turn.name) for turn in request.messages]
+            return await self._api.chat.completions.create(messages=messages, **arguments)
+        return await self._api.completions.create(prompt=request.prompt, **arguments)
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        raise Unimplemented("the openai engine serves text generation; embeddings go to an embeddings pool")
+
+    async def abort(self, request_id: str) -> bool:
+        call = self._calls.get(request_id)
+        if call is None:
+            return False
+        call.aborted.set()
+        return True
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            running=self._slots.running,
+            waiting=self._slots.waiting,
+            capacity=self._slots.capacity,
+            tokens_per_second=self._meter.rate(),
+        )
+
+    async def health(self) -> bool:
+        if self._client is None:
+            return False
+        try:
+            await self._client.with_options(timeout=_HEALTH_TIMEOUT_S, max_retries=0).models.list()
+        except openai.OpenAIError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        for call in self._calls.values():
+            call.aborted.set()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def _error(self, exc: openai.OpenAIError, during: str) -> HeadraceError:
+        return upstream_error(exc, f"openai upstream {self._settings.base_url} ({during})")
+
+
+def upstream_error(exc: openai.OpenAIError, where: str) -> HeadraceError:
+    """An openai client error as the Headrace error it means."""
+    if isinstance(exc, openai.APITimeoutError):
+        return DeadlineExceeded(f"{where}: timed out")
+    if isinstance(exc, openai.APIConnectionError):
+        return Unavailable(f"{where} is unreachable: {_cause(exc)}")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        message = f"{where}: HTTP {status}: {_upstream_message(exc)}"
+        retry_after = retry_after_s(exc.response.headers)
+        if status == 401:
+            return Unauthenticated(message)
+        if status == 403:
+            return PermissionDenied(message)
+        if status == 404:
+            return NotFound(message)
+        if status == 408:
+            return DeadlineExceeded(message)
+        if status == 409:
+            return FailedPrecondition(message)
+        if status == 429:
+            return ResourceExhausted(message, retry_after_s=retry_after)
+        if status >= 500:
+            return Unavailable(message, retry_after_s=retry_after)
+        if 400 <= status < 500:
+            return InvalidArgument(message)
+    message = getattr(exc, "message", None) or str(exc)
+    return Internal(f"{where}: {message}")
+
+
+def retry_after_s(headers: httpx2.Headers) -> float | None:
+    """Seconds from `retry-after-ms`, or `retry-after` (seconds or an HTTP date)."""
+    with contextlib.suppress(KeyError, ValueError):
+        return max(0.0, float(headers["retry-after-ms"]) / 1000.0)
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(0.0, float(value))
+    when = email.utils.parsedate_tz(value)
+    if when is None:
+        return None
+    return max(0.0, float(email.utils.mktime_tz(when)) - time.time())
+
+
+def _final_delta(finish: FinishReason | None, usage: Any, streamed: int) -> Delta:
+    """The last delta: finish reason and the upstream's token counts."""
+    prompt_tokens = completion_tokens = cached_tokens = 0
+    if usage is not None:
+        prompt_tokens = int(usage.prompt_tokens or 0)
+        completion_tokens = int(usage.completion_tokens or 0)
+        details = getattr(usage, "prompt_tokens_details", None)
+        cached_tokens = int(getattr(details, "cached_tokens", None) or 0)
+    return Delta(
+        "",
+        finish_reason=finish or FinishReason.STOP,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens or streamed,
+        cached_prompt_tokens=cached_tokens,
+    )
+
+
+def _upstream_message(exc: openai.APIStatusError) -> str:
+    """The upstream's own words: the error body's message, else the client's."""
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:
+        return str(body["message"])
+    return exc.message
+
+
+def _cause(exc: BaseException) -> str:
+    cause = exc.__cause__
+    return f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+
+
+def _sampling_arguments(sampling: Sampling, chat: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """OpenAI's own parameters, and vLLM's extensions (sent in the body only
+    when set: an API provider may refuse them)."""
+    arguments: dict[str, Any] = {}
+    for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
+        value = getattr(sampling, name)
+        if value is not None:
+            arguments[name] = value
+    if sampling.max_tokens is not None:
+        arguments["max_completion_tokens" if chat else "max_tokens"] = sampling.max_tokens
+    if sampling.stop:
+        arguments["stop"] = list(sampling.stop)
+    extra: dict[str, Any] = {}
+    for name in ("top_k", "repetition_penalty", "min_tokens"):
+        value = getattr(sampling, name)
+        if value is not None:
+            extra[name] = value
+    if sampling.ignore_eos:
+        extra["ignore_eos"] = True
+    return arguments, extra
+
+
+def _message(role: str, content: str, name: str) -> Any:
+    message: dict[str, str] = {"role": role, "content": content}
+    if name:
+        message["name"] = name
+    return message
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+_ABORTED = _Marker("ABORTED")
+_END = _Marker("END")
+
+
+async def _next(chunks: Any) -> Any:
+    try:
+        return await chunks.__anext__()
+    except StopAsyncIteration:
+        return _END
+
+
+class _Call:
+    """One request in flight: its abort signal, and a way to wait for an
+    upstream step unless the abort comes first."""
+
+    def __init__(self) -> None:
+        self.aborted = asyncio.Event()
+        self._waiter: asyncio.Task[bool] | None = None
+
+    async def until(self, step: Awaitable[_T]) -> _T | _Marker:
+        """step's result, or _ABORTED (with step cancelled) if abort comes first."""
+        if self._waiter is None:
+            self._waiter = asyncio.ensure_future(self.aborted.wait())
+        task = asyncio.ensure_future(step)
+        try:
+            await asyncio.wait((task, self._waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if task.cancelled():
+            return _ABORTED
+        return task.result()
+
+    def close(self) -> None:
+        if self._waiter is not None:
+            self._waiter.cancel()
