@@ -43,6 +43,8 @@ class InProcessMesh:
     router_address: str
     workers: list[RunningWorker] = field(default_factory=list)
     tracer_provider: TracerProvider | None = None
+    # The router's HTTP gateway, when started (start_mesh(..., http=True)).
+    http_url: str = ""
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def channel(self, address: str) -> grpc.aio.Channel:
@@ -104,7 +106,10 @@ class InProcessMesh:
         await self.redis.aclose()
 
 
-async def start_mesh(settings: Settings, *, tracer_provider: TracerProvider | None = None) -> InProcessMesh:
+async def start_mesh(
+    settings: Settings, *, tracer_provider: TracerProvider | None = None, http: bool = False
+) -> InProcessMesh:
+    """`http`: also start the router's HTTP gateway, on a free port (mesh.http_url)."""
     dispatcher = build_dispatcher(settings)
     await dispatcher.start()
     scheduler_host = build_scheduler_host(settings, dispatcher, port=0, tracer_provider=tracer_provider)
@@ -115,11 +120,17 @@ async def start_mesh(settings: Settings, *, tracer_provider: TracerProvider | No
     router = build_router(
         settings,
         port=0,
+        http_port=0,
         scheduler_target=scheduler_address,
         cache_target=cache_address,
         tracer_provider=tracer_provider,
     )
     router_address = f"127.0.0.1:{await router.host.start()}"
+    http_url = ""
+    if http:
+        assert router.http is not None, "gateway.enabled is off in these settings"
+        await router.http.start()
+        http_url = router.http.url
     mesh = InProcessMesh(
         settings=settings,
         dispatcher=dispatcher,
@@ -131,6 +142,7 @@ async def start_mesh(settings: Settings, *, tracer_provider: TracerProvider | No
         cache_address=cache_address,
         router_address=router_address,
         tracer_provider=tracer_provider,
+        http_url=http_url,
     )
     expected = 0
     for pool, spec in settings.pools.items():
