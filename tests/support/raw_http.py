@@ -41,7 +41,22 @@ class RawHttpResponse:
         headers: Mapping[str, str] | None = None,
         receive_buffer: int | None = None,
     ) -> RawHttpResponse:
-        """Send a POST and read the status line and headers. `receive_buffer`
+        """Send a POST and read the status line and headers."""
+        response = await cls.send(url, path, body, headers=headers, receive_buffer=receive_buffer)
+        await response.read_head()
+        return response
+
+    @classmethod
+    async def send(
+        cls,
+        url: str,
+        path: str,
+        body: Mapping[str, Any] | bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        receive_buffer: int | None = None,
+    ) -> RawHttpResponse:
+        """Send a POST; read_head() then waits for the answer. `receive_buffer`
         shrinks the socket's receive buffer and this reader's own, so that
         not reading soon pushes back on the server."""
         parts = urlsplit(url)
@@ -63,11 +78,9 @@ class RawHttpResponse:
         ]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
         await writer.drain()
-        response = cls(reader, writer)
-        await response._read_head()
-        return response
+        return cls(reader, writer)
 
-    async def _read_head(self) -> None:
+    async def read_head(self) -> None:
         status_line = await self._reader.readline()
         self.status = int(status_line.split()[1])
         while True:

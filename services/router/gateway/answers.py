@@ -31,6 +31,10 @@ from services.router.model_registry import ModelRegistry
 
 T = TypeVar("T")
 
+# How long a stream's final event (an error, or [DONE] after a stall) may
+# wait for a reader that has stopped reading.
+FINAL_EVENT_GRACE_S = 5.0
+
 
 @dataclass(frozen=True)
 class GatewayServices:
@@ -120,5 +124,5 @@ async def answer_generation(
         _events(first, chunks, chunker(request_id, created)),
         headers=dict(served_by_headers(request_id, first.route)),
         limits=services.relay_limits,
-        grace_s=services.settings.gateway.stall_timeout_s,
+        grace_s=max(FINAL_EVENT_GRACE_S, services.settings.gateway.stall_timeout_s),
     )

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from headrace.runtime.errors import (
     HeadraceError,
+    Internal,
     InvalidArgument,
     mapping_for,
     trailing_metadata_for,
@@ -55,8 +56,8 @@ def error_response(error: HeadraceError) -> Response:
     )
 
 
-def internal_error() -> HeadraceError:
-    return HeadraceError(f"internal error (request id {current_request_id()}); see the router's log")
+def internal_error() -> Internal:
+    return Internal(f"internal error (request id {current_request_id()}); see the router's log")
 
 
 def _validation_message(exc: RequestValidationError) -> str:

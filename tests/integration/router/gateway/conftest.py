@@ -3,7 +3,10 @@ synthetic engine (these tests are about the gateway, not a model)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -32,8 +35,10 @@ def gateway_settings(redis_url: str, **overrides: Any) -> Settings:
         "cache": {"metrics_port": None},
         "scheduler": {"metrics_port": None},
     }
+    # Sections merge one level deep: `pools={"smollm2": ...}` replaces that
+    # pool and keeps the others.
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key not in ("pools", "models", "tenants"):
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
             base[key] = {**base[key], **value}
         else:
             base[key] = value
@@ -46,3 +51,23 @@ async def gateway_mesh(redis_server: RedisServer) -> AsyncIterator[InProcessMesh
     running = await start_mesh(gateway_settings(redis_server.url), http=True)
     yield running
     await running.close()
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(settings: Settings) -> AsyncIterator[InProcessMesh]:
+    """A mesh of its own, for a test that needs other settings or breaks it."""
+    running = await start_mesh(settings, http=True)
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+async def eventually(predicate: Callable[[], bool], *, timeout_s: float = 5.0) -> bool:
+    """Poll until `predicate()` holds (True) or the time is up (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
