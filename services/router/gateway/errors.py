@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 
+import grpc.aio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -20,6 +21,7 @@ from headrace.runtime.errors import (
     HeadraceError,
     Internal,
     InvalidArgument,
+    from_rpc_error,
     mapping_for,
     trailing_metadata_for,
 )
@@ -56,6 +58,16 @@ def error_response(error: HeadraceError) -> Response:
     )
 
 
+def as_headrace_error(exc: BaseException) -> HeadraceError | None:
+    """The Headrace error an exception stands for: itself, or a failed call
+    to another service keeping its status (as the gRPC interceptor does)."""
+    if isinstance(exc, HeadraceError):
+        return exc
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return from_rpc_error(exc)
+    return None
+
+
 def internal_error() -> Internal:
     return Internal(f"internal error (request id {current_request_id()}); see the router's log")
 
@@ -87,6 +99,11 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return error_response(InvalidArgument(_validation_message(exc)))
 
+    async def on_failed_call(request: Request, exc: Exception) -> Response:
+        error = as_headrace_error(exc)
+        assert error is not None
+        return error_response(error)
+
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.error("unhandled error serving %s", request.url.path, exc_info=exc)
         return error_response(internal_error())
@@ -94,4 +111,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HeadraceError, on_headrace_error)
     app.add_exception_handler(StarletteHTTPException, on_http_exception)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(grpc.aio.AioRpcError, on_failed_call)
     app.add_exception_handler(Exception, on_unexpected)

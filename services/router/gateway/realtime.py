@@ -49,7 +49,7 @@ from services.router.flow_protocols import closing
 from services.router.gateway import convert, metrics
 from services.router.gateway.answers import GatewayServices
 from services.router.gateway.body import parse_model
-from services.router.gateway.errors import error_detail
+from services.router.gateway.errors import as_headrace_error, error_detail, internal_error
 from services.router.gateway.protocol import (
     RealtimeCancel,
     RealtimeChatRequest,
@@ -178,8 +178,12 @@ class _Session:
         except StopAsyncIteration:
             await self._send_error(message.id, Internal("the answer's stream ended before its first delta"))
             return
-        except HeadraceError as exc:
-            await self._send_error(message.id, exc)
+        except Exception as exc:
+            error = as_headrace_error(exc)
+            if error is None:
+                log.exception("realtime request failed")
+                error = internal_error()
+            await self._send_error(message.id, error)
             return
         await self._send(
             RealtimeStarted(

@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from headrace.runtime.errors import HeadraceError
 from services.router.gateway import metrics
-from services.router.gateway.errors import error_detail, internal_error
+from services.router.gateway.errors import as_headrace_error, error_detail, internal_error
 from services.router.gateway.protocol import ErrorBody, ErrorDetail
 
 log = logging.getLogger(__name__)
@@ -81,11 +81,12 @@ class _Relay(Generic[T]):
         try:
             async for item in self._source:
                 await self._buffer.put(item)
-        except HeadraceError as exc:
-            await self._buffer.put(_Failure(exc))
-        except Exception:
-            log.exception("stream failed")
-            await self._buffer.put(_Failure(internal_error()))
+        except Exception as exc:
+            error = as_headrace_error(exc)
+            if error is None:
+                log.exception("stream failed")
+                error = internal_error()
+            await self._buffer.put(_Failure(error))
         else:
             await self._buffer.put(_END)
 
