@@ -161,37 +161,54 @@ class _Session:
             gone.cancel()
 
     async def _serve(self, message: RealtimeChatRequest) -> None:
-        services = self._services
         request_id = new_request_id()
         request_id_var.set(request_id)
-        deadline_var.set(deadline_from_remaining(services.settings.gateway.request_timeout_s))
-        body = message.request
+        deadline_var.set(deadline_from_remaining(self._services.settings.gateway.request_timeout_s))
+        chunks = await self._start(message, request_id)
+        if chunks is not None:
+            await self._stream(message, request_id, *chunks)
+
+    async def _start(
+        self, message: RealtimeChatRequest, request_id: str
+    ) -> tuple[generation_pb2.GenerateStreamResponse, AsyncIterator[generation_pb2.GenerateStreamResponse]] | None:
+        """The first delta and the rest of the stream, or None when the
+        request failed (an error message was sent) or was cancelled."""
         try:
             proto = convert.chat_request(
-                body.model_copy(update={"stream": True}), generation_pb2.CachePolicy(), services.settings.limits
+                message.request.model_copy(update={"stream": True}),
+                generation_pb2.CachePolicy(),
+                self._services.settings.limits,
             )
-            chunks = services.generation.stream(proto, tenant=current_tenant(), request_id=request_id)
+            chunks = self._services.generation.stream(proto, tenant=current_tenant(), request_id=request_id)
             first = await self._until_stopped(anext(chunks))
         except Cancelled:
             await self._send(RealtimeDone(id=message.id, request_id=request_id, cancelled=True))
-            return
+            return None
         except StopAsyncIteration:
             await self._send_error(message.id, Internal("the answer's stream ended before its first delta"))
-            return
+            return None
         except Exception as exc:
-            error = as_headrace_error(exc)
-            if error is None:
+            failure = as_headrace_error(exc)
+            if failure is None:
                 log.exception("realtime request failed")
-                error = internal_error()
-            await self._send_error(message.id, error)
-            return
-        await self._send(
-            RealtimeStarted(
-                id=message.id, request_id=request_id, headers=dict(served_by_headers(request_id, first.route))
-            )
+                failure = internal_error()
+            await self._send_error(message.id, failure)
+            return None
+        headers = dict(served_by_headers(request_id, first.route))
+        await self._send(RealtimeStarted(id=message.id, request_id=request_id, headers=headers))
+        return first, chunks
+
+    async def _stream(
+        self,
+        message: RealtimeChatRequest,
+        request_id: str,
+        first: generation_pb2.GenerateStreamResponse,
+        chunks: AsyncIterator[generation_pb2.GenerateStreamResponse],
+    ) -> None:
+        options = message.request.stream_options
+        chunker = convert.ChatChunks(
+            request_id=request_id, created=int(time.time()), include_usage=options is not None and options.include_usage
         )
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-        chunker = convert.ChatChunks(request_id=request_id, created=int(time.time()), include_usage=include_usage)
 
         async def deltas() -> AsyncIterator[list[RealtimeDelta]]:
             async with closing(chunks):
@@ -203,7 +220,7 @@ class _Session:
             for delta in batch:
                 await self._send(delta)
 
-        limits = services.relay_limits
+        limits = self._services.relay_limits
         result = await relay(deltas(), write, limits=limits, stop=self._stopped)
         metrics.STREAMS_ENDED.labels(transport="websocket", outcome=result.end.value).inc()
         if result.end is StreamEnd.DISCONNECTED:
