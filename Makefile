@@ -20,7 +20,7 @@ PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 BUF_AGAINST ?= HEAD~1
 PYTEST_ARGS ?=
 
-.PHONY: help install install-test system-deps protos check-protos lint test test-unit up down status bench bench-overhead clean
+.PHONY: help install install-test system-deps protos check-protos lint test test-unit up down status bench bench-overhead bench-gateway clean
 
 help:
 	@echo "make up             install, start the mesh (Redis too if needed), send a sample request"
@@ -92,10 +92,15 @@ down:
 status: $(VENV)/.installed
 	$(HEADRACE) status
 
-bench: bench-overhead
+bench: bench-overhead bench-gateway
 
 bench-overhead: install
 	$(PY) -m bench.overhead
+
+# The gateway's added TTFT and per-token latency vs the router and the worker
+# (vLLM on SmolLM2, then the synthetic engine).
+bench-gateway: install
+	$(PY) -m bench.gateway
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -58,7 +58,10 @@ class HttpServer:
         """Bind the listening socket now; returns the port (useful with port 0)."""
         if self._socket is None:
             family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            # proto=IPPROTO_TCP: asyncio turns Nagle off (TCP_NODELAY) only on
+            # accepted sockets whose proto says TCP; with 0, a small SSE event
+            # after the headers waits ~40 ms for a delayed ACK.
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((self.host, self.port))
