@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import time
 import uuid
@@ -30,13 +29,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc.aio
-import httpx
 
 from bench.harness import markdown_table, percentile, running_mesh, write_results
 from headrace.model_store import default_models_dir, prepare_model
 from headrace.v1 import generation_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
+from tests.support.raw_http import RawHttpResponse
 
 LEVELS = (1, 16, 64)
+# The cache stays out of it on every path (the gRPC ones set the same policy).
+NO_CACHE = {"cache-control": "no-cache, no-store"}
 # Callers start spread over this long.
 STAGGER_S = 0.5
 PATHS = ("worker (gRPC)", "router (gRPC)", "gateway (HTTP SSE)")
@@ -91,33 +92,23 @@ def proto_request(i: int, tokens: int) -> generation_pb2.GenerateRequest:
 
 
 async def grpc_stream(call: grpc.aio.UnaryStreamCall) -> tuple[float, list[float]]:
+    # Every delta counts, on every path (SSE carries one event per delta).
     started = time.perf_counter()
-    arrivals = [time.perf_counter() async for chunk in call if chunk.text or chunk.finish_reason]
+    arrivals = [time.perf_counter() async for _chunk in call]
     return started, arrivals
 
 
-async def sse_stream(client: httpx.AsyncClient, body: dict[str, Any]) -> tuple[float, list[float]]:
+async def sse_stream(url: str, body: dict[str, Any]) -> tuple[float, list[float]]:
+    # A raw socket client: an HTTP client's own per-event cost (httpx parses
+    # and re-buffers every read) would be charged to the gateway, on the same
+    # two cores. One connection per stream, opened inside the timing.
     started = time.perf_counter()
-    arrivals: list[float] = []
-    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"gateway answered {response.status_code}: {(await response.aread())[:200]!r}")
-        pending = b""
-        async for raw in response.aiter_raw():
-            now = time.perf_counter()
-            pending += raw
-            # Several events may arrive in one read: each counts as arrived now.
-            *events, pending = pending.split(b"\n\n")
-            for event in events:
-                if event.startswith(b"data: {") and _counts(json.loads(event[6:])):
-                    arrivals.append(now)
+    response = await RawHttpResponse.post(url, "/v1/chat/completions", body, headers=NO_CACHE)
+    if response.status != 200:
+        raise RuntimeError(f"gateway answered {response.status}: {(await response.body())[:200]!r}")
+    arrivals = [event.at async for event in response.events() if event.data != "[DONE]"]
+    await response.close()
     return started, arrivals
-
-
-def _counts(chunk: dict[str, Any]) -> bool:
-    """A delta with text or the finish, as the gRPC paths count them."""
-    choices = chunk.get("choices") or []
-    return bool(choices) and bool(choices[0]["delta"].get("content") or choices[0].get("finish_reason"))
 
 
 async def closed_loop(stream: Stream, *, concurrency: int, duration_s: float, tokens: int) -> StreamTimes:
@@ -157,11 +148,6 @@ async def measure(engine: str, *, tokens: int, duration_s: float, levels: tuple[
         async with (
             grpc.aio.insecure_channel(mesh.worker_addresses()[0]) as worker_channel,
             grpc.aio.insecure_channel(mesh.router_address) as router_channel,
-            httpx.AsyncClient(
-                base_url=mesh.http_url,
-                timeout=120.0,
-                limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
-            ) as http,
         ):
             worker = worker_pb2_grpc.WorkerStub(worker_channel)
             router = router_pb2_grpc.RouterStub(router_channel)
@@ -183,7 +169,7 @@ async def measure(engine: str, *, tokens: int, duration_s: float, levels: tuple[
                     "ignore_eos": True,
                     "stream": True,
                 }
-                return await sse_stream(http, body)
+                return await sse_stream(mesh.http_url, body)
 
             paths: dict[str, Stream] = dict(zip(PATHS, (via_worker, via_router, via_gateway), strict=True))
             for stream in paths.values():  # warm up: channels, connections, compiled graphs
