@@ -13,42 +13,25 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from headrace.runtime.config import Settings
 from headrace.runtime.errors import Cancelled, Internal
 from headrace.runtime.request_context import current_request_id, current_tenant
 from headrace.served_by import served_by_headers
 from headrace.v1 import generation_pb2
-from services.router.flow_protocols import Embedding, Generation, closing
-from services.router.gateway.streaming import EventStreamResponse, RelayLimits, sse_event
-from services.router.model_registry import ModelRegistry
+from services.router.flow_protocols import closing
+from services.router.gateway.dependencies import GatewayServices
+from services.router.gateway.streaming import EventStreamResponse, sse_event
 
 T = TypeVar("T")
 
 # How long a stream's final event (an error, or [DONE] after a stall) may
 # wait for a reader that has stopped reading.
 FINAL_EVENT_GRACE_S = 5.0
-
-
-@dataclass(frozen=True)
-class GatewayServices:
-    """What the gateway's routes call: the router's own flows, in-process."""
-
-    settings: Settings
-    generation: Generation
-    embedding: Embedding
-    registry: ModelRegistry
-
-    @property
-    def relay_limits(self) -> RelayLimits:
-        gateway = self.settings.gateway
-        return RelayLimits(buffer=gateway.stream_buffer, stall_timeout_s=gateway.stall_timeout_s)
 
 
 class Chunker(Protocol):

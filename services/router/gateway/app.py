@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from fastapi import APIRouter, FastAPI
 
 from headrace.runtime.auth import Authenticator
-from services.router.gateway.answers import GatewayServices
 from services.router.gateway.chat_completions import chat_completions_router
 from services.router.gateway.completions import completions_router
+from services.router.gateway.dependencies import GatewayServices
 from services.router.gateway.embeddings import embeddings_router
 from services.router.gateway.errors import install_error_handlers
 from services.router.gateway.health import health_router

@@ -7,10 +7,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.router.gateway import convert
-from services.router.gateway.answers import GatewayServices, answer_generation
+from services.router.gateway.answers import answer_generation
 from services.router.gateway.body import read_model
 from services.router.gateway.cache_control import HEADER as CACHE_CONTROL
 from services.router.gateway.cache_control import cache_policy_from_header
+from services.router.gateway.dependencies import GatewayServices
 from services.router.gateway.protocol import CompletionRequest
 
 

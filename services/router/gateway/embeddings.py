@@ -9,8 +9,9 @@ from starlette.responses import Response
 from headrace.runtime.request_context import current_request_id, current_tenant
 from headrace.served_by import served_by_headers
 from services.router.gateway import convert
-from services.router.gateway.answers import GatewayServices, json_response, until_disconnected
+from services.router.gateway.answers import json_response, until_disconnected
 from services.router.gateway.body import read_model
+from services.router.gateway.dependencies import GatewayServices
 from services.router.gateway.protocol import EmbeddingRequest
 
 

@@ -8,7 +8,8 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from headrace.runtime.errors import NotFound
-from services.router.gateway.answers import GatewayServices, json_response
+from services.router.gateway.answers import json_response
+from services.router.gateway.dependencies import GatewayServices
 from services.router.gateway.protocol import ModelCard, ModelDetails, ModelList
 from services.router.model_registry import RegistryEntry
 

@@ -47,8 +47,8 @@ from headrace.served_by import served_by_headers
 from headrace.v1 import generation_pb2
 from services.router.flow_protocols import closing
 from services.router.gateway import convert, metrics
-from services.router.gateway.answers import GatewayServices
 from services.router.gateway.body import parse_model
+from services.router.gateway.dependencies import GatewayServices
 from services.router.gateway.errors import as_headrace_error, error_detail, internal_error
 from services.router.gateway.protocol import (
     RealtimeCancel,
