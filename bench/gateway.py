@@ -40,6 +40,8 @@ LEVELS = (1, 16, 64)
 NO_CACHE = {"cache-control": "no-cache, no-store"}
 # Callers start spread over this long.
 STAGGER_S = 0.5
+# Turns each path takes at each concurrency.
+ROUNDS = 4
 PATHS = ("worker (gRPC)", "router (gRPC)", "gateway (HTTP SSE)")
 
 ENGINES: dict[str, dict[str, Any]] = {
@@ -111,14 +113,15 @@ async def sse_stream(url: str, body: dict[str, Any]) -> tuple[float, list[float]
     return started, arrivals
 
 
-async def closed_loop(stream: Stream, *, concurrency: int, duration_s: float, tokens: int) -> StreamTimes:
-    times = StreamTimes()
+async def closed_loop(stream: Stream, times: StreamTimes, *, concurrency: int, duration_s: float, tokens: int) -> None:
+    """`concurrency` callers, each starting a stream when its last one ends,
+    for duration_s; results go into `times`."""
     stop_at = time.monotonic() + duration_s
     counter = iter(range(10**9))
 
     async def caller(index: int) -> None:
         # Staggered starts: streams in steady state, not in lockstep bursts.
-        await asyncio.sleep(index * STAGGER_S / concurrency)
+        await asyncio.sleep(index * min(STAGGER_S, duration_s / 4) / concurrency)
         while time.monotonic() < stop_at:
             try:
                 started, arrivals = await stream(next(counter))
@@ -132,7 +135,6 @@ async def closed_loop(stream: Stream, *, concurrency: int, duration_s: float, to
             times.add(started, arrivals)
 
     await asyncio.gather(*(caller(index) for index in range(concurrency)))
-    return times
 
 
 async def measure(engine: str, *, tokens: int, duration_s: float, levels: tuple[int, ...]) -> dict[str, Any]:
@@ -173,14 +175,17 @@ async def measure(engine: str, *, tokens: int, duration_s: float, levels: tuple[
 
             paths: dict[str, Stream] = dict(zip(PATHS, (via_worker, via_router, via_gateway), strict=True))
             for stream in paths.values():  # warm up: channels, connections, compiled graphs
-                await closed_loop(stream, concurrency=4, duration_s=min(5.0, duration_s), tokens=tokens)
+                await closed_loop(stream, StreamTimes(), concurrency=4, duration_s=min(5.0, duration_s), tokens=tokens)
             results: dict[int, dict[str, StreamTimes]] = {}
             for level in levels:
-                results[level] = {}
-                for name, stream in paths.items():
-                    results[level][name] = await closed_loop(
-                        stream, concurrency=level, duration_s=duration_s, tokens=tokens
-                    )
+                results[level] = {name: StreamTimes() for name in paths}
+                # The paths take turns, in rounds: a change in the machine's
+                # load (it is shared) hits all of them alike.
+                turn_s = duration_s / ROUNDS
+                for _round in range(ROUNDS):
+                    for name, stream in paths.items():
+                        times = results[level][name]
+                        await closed_loop(stream, times, concurrency=level, duration_s=turn_s, tokens=tokens)
     return {
         str(level): {name: times.summary_ms() for name, times in by_path.items()} for level, by_path in results.items()
     }
@@ -207,7 +212,8 @@ def table(engine: str, measured: dict[str, Any], duration_s: float, tokens: int)
             )
     return "\n".join(
         [
-            f"## {engine} engine, {tokens} tokens per stream, {duration_s:.0f} s per path and concurrency",
+            f"## {engine} engine, {tokens} tokens per stream, {duration_s:.0f} s per path and concurrency"
+            f" (in {ROUNDS} turns, paths alternating)",
             "",
             markdown_table(
                 [
@@ -260,7 +266,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", default="vllm,synthetic", help="comma-separated: vllm, synthetic")
     parser.add_argument("--tokens", type=int, default=32, help="tokens per stream")
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per path and concurrency")
+    parser.add_argument("--duration", type=float, default=12.0, help="seconds per path and concurrency")
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)), help="concurrent streams, comma-separated")
     args = parser.parse_args()
     engines = [name.strip() for name in args.engines.split(",") if name.strip()]
