@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 # protoc finds its mypy plugins (protoc-gen-mypy) in the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install install-test system-deps protos check-protos lint test test-unit up down status bench bench-overhead bench-cache clean
+.PHONY: help install install-test system-deps protos check-protos lint test test-unit up down status bench bench-overhead bench-cache bench-gateway clean
 
 help:
 	@echo "make up             install, start the mesh (Redis too if needed), send a sample request"
@@ -94,13 +94,18 @@ down:
 status: $(VENV)/.installed
 	$(HEADRACE) status
 
-bench: bench-overhead bench-cache
+bench: bench-overhead bench-cache bench-gateway
 
 bench-overhead: install
 	$(PY) -m bench.overhead
 
 bench-cache: install
 	$(PY) -m bench.cache
+
+# The gateway's added TTFT and per-token latency vs the router and the worker
+# (vLLM on SmolLM2, then the synthetic engine).
+bench-gateway: install
+	$(PY) -m bench.gateway
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

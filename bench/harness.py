@@ -32,6 +32,8 @@ class MeshUnderTest:
     processes: list[ServiceProcess]
     router_address: str
     scheduler_address: str
+    # The router's HTTP gateway.
+    http_url: str
 
     def worker_addresses(self) -> list[str]:
         return [p.address for p in self.processes if p.module == "services.worker"]
@@ -52,7 +54,12 @@ def running_mesh(config: dict[str, Any], *, timeout_s: float = 900.0) -> Iterato
             **config,
             "redis_url": redis.url,
             "state_dir": str(Path(tmp) / "state"),
-            "router": {"port": free_port(), "metrics_port": free_port(), **config.get("router", {})},
+            "router": {
+                "port": free_port(),
+                "http_port": free_port(),
+                "metrics_port": free_port(),
+                **config.get("router", {}),
+            },
             "cache": {"port": free_port(), "metrics_port": free_port(), **config.get("cache", {})},
             "scheduler": {"port": free_port(), "metrics_port": free_port(), **config.get("scheduler", {})},
             "worker": {"base_port": free_port(), "metrics_port_offset": None, **config.get("worker", {})},
@@ -70,6 +77,7 @@ def running_mesh(config: dict[str, Any], *, timeout_s: float = 900.0) -> Iterato
                     settings=settings,
                     processes=processes,
                     router_address=f"127.0.0.1:{settings.router.port}",
+                    http_url=f"http://127.0.0.1:{settings.router.http_port}",
                     scheduler_address=f"127.0.0.1:{settings.scheduler.port}",
                 )
             finally:

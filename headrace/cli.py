@@ -74,6 +74,9 @@ def up(detach: bool, engine: str | None, timeout: float) -> None:
     started_at = time.monotonic()
     mesh.up(env_overrides=env, timeout_s=timeout)
     click.echo(f"mesh SERVING in {time.monotonic() - started_at:.1f}s; router at {_router_target(settings)}")
+    if settings.gateway.enabled:
+        host = f"[{settings.router.host}]" if ":" in settings.router.host else settings.router.host
+        click.echo(f"OpenAI-compatible API at http://{host}:{settings.router.http_port}/v1")
     if detach:
         return
     click.echo("Ctrl-C stops it")

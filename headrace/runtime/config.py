@@ -37,8 +37,9 @@ class RouterSettings(_Section):
     port: int = Field(default=50051, ge=0, le=65535)
     # The HTTP gateway, which also serves the router's /metrics.
     http_port: int = Field(default=8000, ge=0, le=65535)
-    # Used until the HTTP gateway serves /metrics.
-    metrics_port: int | None = 60051
+    # The gateway's /metrics serves the router's metrics. A separate metrics
+    # listener is off by default; set a port for one (e.g. with the gateway off).
+    metrics_port: int | None = None
     # Placements tried for one request before giving up (failures before
     # the first token only).
     max_attempts: int = Field(default=2, ge=1, le=5)
@@ -84,6 +85,42 @@ class SemanticCacheSettings(_Section):
     candidates: int = Field(default=4, ge=1, le=64)
     # Expired and invalidated entries leave the in-memory index this often.
     sweep_interval_s: float = Field(default=30.0, gt=0)
+
+
+class GatewaySettings(_Section):
+    """The OpenAI-compatible HTTP gateway, served by the router process on
+    router.host:router.http_port (so open dev mode keeps it on loopback too)."""
+
+    enabled: bool = True
+    # Largest request body (JSON, or a WebSocket message); over it: 413.
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # Deltas buffered per stream; when full, the pull from the worker pauses.
+    stream_buffer: int = Field(default=64, ge=1, le=4096)
+    # A stream whose reader takes nothing for this long is cut off with a
+    # final error event, and its generation is cancelled.
+    stall_timeout_s: float = Field(default=30.0, gt=0)
+    # Deadline of a request that sets none; `x-headrace-timeout: SECONDS`
+    # sets a shorter one.
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    # Serve /metrics without an API key even when keys are configured (for a
+    # scraper on a private network). /healthz never needs one.
+    open_metrics: bool = False
+    # Seconds in-flight HTTP requests get to finish when the router stops.
+    shutdown_grace_s: float = Field(default=5.0, ge=0)
+
+
+class RateLimitSettings(_Section):
+    """A tenant's limits, kept in Redis so they hold across router replicas;
+    None: no limit. Requests and tokens per minute are token buckets (a full
+    minute's worth may come at once); the daily quota resets at 00:00 UTC."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_day: int | None = Field(default=None, ge=1)
+
+    @property
+    def unlimited(self) -> bool:
+        return self.requests_per_minute is None and self.tokens_per_minute is None and self.tokens_per_day is None
 
 
 class CacheSettings(_Section):
@@ -149,6 +186,8 @@ class TenantSettings(_Section):
     api_key_sha256: list[str] = Field(default_factory=list)
     # Share of capacity against other tenants in the same priority class.
     weight: float = Field(default=1.0, gt=0)
+    # This tenant's rate limits and quota; None: the top-level rate_limits.
+    rate_limits: RateLimitSettings | None = None
 
     @field_validator("api_key_sha256")
     @classmethod
@@ -231,6 +270,10 @@ class Settings(BaseSettings):
     engine_override: str | None = None
 
     router: RouterSettings = Field(default_factory=RouterSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    # Limits of every tenant that sets none of its own (the open dev mode's
+    # tenant included).
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
@@ -285,6 +328,12 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return any(t.api_key_sha256 for t in self.tenants.values())
+
+    def tenant_rate_limits(self, tenant: str) -> RateLimitSettings:
+        spec = self.tenants.get(tenant)
+        if spec is not None and spec.rate_limits is not None:
+            return spec.rate_limits
+        return self.rate_limits
 
     def pool_engine(self, pool: str) -> EngineSettings:
         """The engine a pool runs, after `--engine` overrides."""

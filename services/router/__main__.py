@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 import grpc.aio
+from fastapi import APIRouter
 from opentelemetry.sdk.trace import TracerProvider
 
 from headrace.runtime.aio import run
@@ -18,10 +19,20 @@ from headrace.runtime.telemetry import build_tracer_provider, configure_logging,
 from headrace.v1 import cache_pb2_grpc, router_pb2_grpc, scheduler_pb2_grpc
 from services.router.cache_client import CacheClient
 from services.router.embedding_flow import EmbeddingFlow
+from services.router.gateway import GatewayServices, HttpServer, build_gateway_app
 from services.router.generation_flow import GenerationFlow
 from services.router.leasing import Leasing
 from services.router.model_registry import ModelRegistry
+from services.router.rate_limited_flows import RateLimitedEmbedding, RateLimitedGeneration
+from services.router.rate_limits import TenantRateLimiter, connect_limiter_redis
 from services.router.server import RouterServicer
+
+
+@dataclass
+class Readiness:
+    """False once the router is stopping (the gateway's /healthz says 503)."""
+
+    serving: bool = True
 
 
 @dataclass
@@ -30,16 +41,22 @@ class RouterApp:
 
     host: GrpcServiceHost
     close: Callable[[], Awaitable[None]]
+    # The HTTP gateway (not started yet); None when gateway.enabled is off.
+    http: HttpServer | None = None
+    readiness: Readiness = field(default_factory=Readiness)
 
 
 def build_router(
     settings: Settings,
     *,
     port: int | None = None,
+    http_port: int | None = None,
     scheduler_target: str | None = None,
     cache_target: str | None = None,
     tracer_provider: TracerProvider | None = None,
+    http_routers: Sequence[APIRouter] = (),
 ) -> RouterApp:
+    """`http_routers`: more APIRouters for the gateway (e.g. /v1/files, /v1/batches)."""
     tracer_provider = tracer_provider or build_tracer_provider("headrace-router", settings.telemetry)
     scheduler_channel = open_channel(
         scheduler_target or f"{settings.scheduler.host}:{settings.scheduler.port}", settings.limits
@@ -51,10 +68,11 @@ def build_router(
     background = BackgroundTasks()
     registry = ModelRegistry(settings)
     leasing = Leasing(scheduler, background, renew_margin_s=settings.router.lease_renew_margin_s)
-    servicer = RouterServicer(
-        settings=settings,
-        registry=registry,
-        generation=GenerationFlow(
+    # Rate limits and quotas wrap the flows: both APIs pass through them.
+    limiter_redis = connect_limiter_redis(settings.redis_url)
+    limiter = TenantRateLimiter(limiter_redis)
+    generation = RateLimitedGeneration(
+        GenerationFlow(
             settings=settings,
             registry=registry,
             leasing=leasing,
@@ -62,10 +80,25 @@ def build_router(
             workers=workers,
             background=background,
         ),
-        embedding=EmbeddingFlow(registry=registry, leasing=leasing, workers=workers),
+        limiter=limiter,
+        settings=settings,
+        background=background,
+    )
+    embedding = RateLimitedEmbedding(
+        EmbeddingFlow(registry=registry, leasing=leasing, workers=workers),
+        limiter=limiter,
+        settings=settings,
+        background=background,
+    )
+    servicer = RouterServicer(
+        settings=settings,
+        registry=registry,
+        generation=generation,
+        embedding=embedding,
         scheduler=scheduler,
         cache=cache,
     )
+    authenticator = ApiKeyAuthenticator(settings.tenants)
     host = GrpcServiceHost(
         [
             ServiceRegistration(
@@ -76,23 +109,57 @@ def build_router(
         port=settings.router.port if port is None else port,
         limits=settings.limits,
         tracer_provider=tracer_provider,
-        authenticator=ApiKeyAuthenticator(settings.tenants),
+        authenticator=authenticator,
     )
+    readiness = Readiness()
+    http: HttpServer | None = None
+    if settings.gateway.enabled:
+        gateway = build_gateway_app(
+            GatewayServices(settings=settings, generation=generation, embedding=embedding, registry=registry),
+            authenticator=authenticator,
+            extra_routers=http_routers,
+            serving=lambda: readiness.serving,
+        )
+        # On the router's host: open dev mode's loopback-only rule covers it.
+        http = HttpServer(
+            gateway,
+            host=settings.router.host,
+            port=settings.router.http_port if http_port is None else http_port,
+            settings=settings.gateway,
+        )
 
     async def close() -> None:
+        readiness.serving = False
+        if http is not None:
+            await http.stop()
         await background.drain()
         await workers.close()
         channels: list[grpc.aio.Channel] = [scheduler_channel, cache_channel]
         for channel in channels:
             await channel.close()
+        await limiter_redis.aclose()
 
-    return RouterApp(host=host, close=close)
+    return RouterApp(host=host, close=close, http=http, readiness=readiness)
 
 
 async def main(settings: Settings) -> None:
     start_metrics_server(settings.router.host, settings.router.metrics_port)
     app = build_router(settings)
-    await serve(app.host, after_stop=app.close)
+    http = app.http
+    if http is not None:
+        # Now, before anything serves: a taken port stops the router at start.
+        http.bind()
+
+    async def start_http() -> None:
+        if http is not None:
+            await http.start()
+
+    async def stop_http() -> None:
+        app.readiness.serving = False
+        if http is not None:
+            await http.stop()
+
+    await serve(app.host, after_start=start_http, before_stop=stop_http, after_stop=app.close)
 
 
 if __name__ == "__main__":

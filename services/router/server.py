@@ -27,8 +27,7 @@ from headrace.v1 import (
 )
 from headrace.validation import validate_embed_request, validate_generate_request
 from services.router import metrics
-from services.router.embedding_flow import EmbeddingFlow
-from services.router.generation_flow import GenerationFlow
+from services.router.flow_protocols import Embedding, Generation
 from services.router.model_registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -42,8 +41,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         *,
         settings: Settings,
         registry: ModelRegistry,
-        generation: GenerationFlow,
-        embedding: EmbeddingFlow,
+        generation: Generation,
+        embedding: Embedding,
         scheduler: scheduler_pb2_grpc.SchedulerStub,
         cache: cache_pb2_grpc.CacheStub,
     ) -> None:

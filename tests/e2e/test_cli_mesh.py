@@ -26,6 +26,7 @@ def cli_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "HEADRACE_STATE_DIR": str(tmp_path / "state"),
         "HEADRACE_REDIS_URL": f"redis://127.0.0.1:{ports.pop('REDIS')}/0",
         "HEADRACE_WORKER__BASE_PORT": str(free_port()),
+        "HEADRACE_ROUTER__HTTP_PORT": str(free_port()),
         "HEADRACE_ROUTER__METRICS_PORT": str(free_port()),
         "HEADRACE_CACHE__METRICS_PORT": str(free_port()),
         "HEADRACE_SCHEDULER__METRICS_PORT": str(free_port()),

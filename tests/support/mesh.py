@@ -45,6 +45,8 @@ class InProcessMesh:
     workers: list[RunningWorker] = field(default_factory=list)
     tracer_provider: TracerProvider | None = None
     cache_app: CacheApp | None = None
+    # The router's HTTP gateway, when started (start_mesh(..., http=True)).
+    http_url: str = ""
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def channel(self, address: str) -> grpc.aio.Channel:
@@ -109,9 +111,15 @@ class InProcessMesh:
 
 
 async def start_mesh(
-    settings: Settings, *, tracer_provider: TracerProvider | None = None, encoder: TextEncoder | None = None
+    settings: Settings,
+    *,
+    tracer_provider: TracerProvider | None = None,
+    encoder: TextEncoder | None = None,
+    http: bool = False,
 ) -> InProcessMesh:
-    """`encoder`: a loaded embedding model, for meshes with the semantic cache on."""
+    """`encoder`: a loaded embedding model, for meshes with the semantic cache
+    on. `http`: also start the router's HTTP gateway, on a free port
+    (mesh.http_url)."""
     dispatcher = build_dispatcher(settings)
     await dispatcher.start()
     scheduler_host = build_scheduler_host(settings, dispatcher, port=0, tracer_provider=tracer_provider)
@@ -124,11 +132,17 @@ async def start_mesh(
     router = build_router(
         settings,
         port=0,
+        http_port=0,
         scheduler_target=scheduler_address,
         cache_target=cache_address,
         tracer_provider=tracer_provider,
     )
     router_address = f"127.0.0.1:{await router.host.start()}"
+    http_url = ""
+    if http:
+        assert router.http is not None, "gateway.enabled is off in these settings"
+        await router.http.start()
+        http_url = router.http.url
     mesh = InProcessMesh(
         settings=settings,
         dispatcher=dispatcher,
@@ -141,6 +155,7 @@ async def start_mesh(
         router_address=router_address,
         tracer_provider=tracer_provider,
         cache_app=cache_app,
+        http_url=http_url,
     )
     expected = 0
     for pool, spec in settings.pools.items():

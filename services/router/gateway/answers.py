@@ -1,0 +1,111 @@
+"""Answering a generation over HTTP, for chat and text completions alike:
+whole (JSON) or streamed (SSE), with the how-it-was-served headers, and
+cancelled in the engine when the client goes away.
+
+A stream's first delta is awaited before the response starts, so that an
+error before it (unknown model, rate limit, no worker, deadline) is an
+HTTP status rather than an event in a 200 stream; the headers need its
+route too. From then on, deltas are relayed as they come (streaming.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from headrace.runtime.errors import Cancelled, Internal
+from headrace.runtime.request_context import current_request_id, current_tenant
+from headrace.served_by import served_by_headers
+from headrace.v1 import generation_pb2
+from services.router.flow_protocols import closing
+from services.router.gateway.dependencies import GatewayServices
+from services.router.gateway.streaming import EventStreamResponse, sse_event
+
+T = TypeVar("T")
+
+# How long a stream's final event (an error, or [DONE] after a stall) may
+# wait for a reader that has stopped reading.
+FINAL_EVENT_GRACE_S = 5.0
+
+
+class Chunker(Protocol):
+    def convert(self, chunk: generation_pb2.GenerateStreamResponse) -> Sequence[BaseModel]: ...
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result, or Cancelled if the client leaves first (the work is
+    cancelled then: the flow cancels the worker call, the engine aborts)."""
+    task = asyncio.ensure_future(work)
+
+    async def client_left() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.create_task(client_left())
+    try:
+        done, _pending = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        raise Cancelled("the client disconnected")
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def json_response(body: BaseModel, headers: Sequence[tuple[str, str]]) -> Response:
+    return Response(body.model_dump_json(), headers=dict(headers), media_type="application/json")
+
+
+async def _first(chunks: AsyncIterator[generation_pb2.GenerateStreamResponse]) -> generation_pb2.GenerateStreamResponse:
+    try:
+        return await anext(chunks)
+    except StopAsyncIteration:
+        raise Internal("the answer's stream ended before its first delta") from None
+
+
+async def _events(
+    first: generation_pb2.GenerateStreamResponse,
+    chunks: AsyncIterator[generation_pb2.GenerateStreamResponse],
+    chunker: Chunker,
+) -> AsyncIterator[bytes]:
+    # One write per delta (the usage chunk rides with the last), so each
+    # delta leaves as soon as the worker produced it.
+    async with closing(chunks):
+        yield b"".join(sse_event(item.model_dump_json()) for item in chunker.convert(first))
+        async for chunk in chunks:
+            yield b"".join(sse_event(item.model_dump_json()) for item in chunker.convert(chunk))
+
+
+async def answer_generation(
+    request: Request,
+    services: GatewayServices,
+    proto: generation_pb2.GenerateRequest,
+    *,
+    stream: bool,
+    whole: Callable[[generation_pb2.GenerateResponse, int], BaseModel],
+    chunker: Callable[[str, int], Chunker],
+) -> Response:
+    """`whole(response, created)` builds the unary answer; `chunker(request_id,
+    created)` converts a stream's deltas."""
+    request_id, tenant, created = current_request_id(), current_tenant(), int(time.time())
+    if not stream:
+        response = await until_disconnected(
+            request, services.generation.complete(proto, tenant=tenant, request_id=request_id)
+        )
+        return json_response(whole(response, created), served_by_headers(response.request_id, response.route))
+    chunks = services.generation.stream(proto, tenant=tenant, request_id=request_id)
+    first = await until_disconnected(request, _first(chunks))
+    return EventStreamResponse(
+        _events(first, chunks, chunker(request_id, created)),
+        headers=dict(served_by_headers(request_id, first.route)),
+        limits=services.relay_limits,
+        grace_s=max(FINAL_EVENT_GRACE_S, services.settings.gateway.stall_timeout_s),
+    )

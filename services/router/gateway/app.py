@@ -1,0 +1,53 @@
+"""The gateway's ASGI app: OpenAI's endpoints over the router's flows.
+
+    build_gateway_app(services, authenticator=..., extra_routers=[files_and_batches])
+
+Routes are thin (parse, convert, call a flow, convert back); the middleware
+does request ids, deadlines, auth and metrics for every path; errors.py
+turns every error into OpenAI's error JSON. Extra APIRouters (e.g.
+/v1/files and /v1/batches) are mounted behind the same middleware, so they
+get the tenant (`headrace.runtime.request_context.current_tenant()`), the
+request id and the error format without doing anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from fastapi import APIRouter, FastAPI
+
+from headrace.runtime.auth import Authenticator
+from services.router.gateway.chat_completions import chat_completions_router
+from services.router.gateway.completions import completions_router
+from services.router.gateway.dependencies import GatewayServices
+from services.router.gateway.embeddings import embeddings_router
+from services.router.gateway.errors import install_error_handlers
+from services.router.gateway.health import health_router
+from services.router.gateway.middleware import GatewayMiddleware
+from services.router.gateway.models import models_router
+from services.router.gateway.realtime import realtime_router
+
+
+def build_gateway_app(
+    services: GatewayServices,
+    *,
+    authenticator: Authenticator,
+    extra_routers: Sequence[APIRouter] = (),
+    serving: Callable[[], bool] = lambda: True,
+) -> FastAPI:
+    # No generated docs: bodies are parsed by hand (bounded, with OpenAI's
+    # errors), so the schema FastAPI would publish would be wrong.
+    app = FastAPI(title="Headrace", openapi_url=None, docs_url=None, redoc_url=None)
+    for router in (
+        chat_completions_router(services),
+        completions_router(services),
+        embeddings_router(services),
+        models_router(services),
+        realtime_router(services),
+        health_router(serving),
+        *extra_routers,
+    ):
+        app.include_router(router)
+    install_error_handlers(app)
+    app.add_middleware(GatewayMiddleware, authenticator=authenticator, settings=services.settings.gateway)
+    return app

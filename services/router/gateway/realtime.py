@@ -1,0 +1,265 @@
+"""The WebSocket at /v1/realtime/chat: chat completions streamed as JSON
+messages, the same chunks the SSE stream carries, one request at a time
+per socket (a second one waits its turn).
+
+    client: {"type": "chat.request", "id": "q1", "request": {<chat completion body>}}
+    server: {"type": "chat.started", "id": "q1", "request_id": ..., "headers": {x-headrace-*...}}
+            {"type": "chat.delta", "id": "q1", "chunk": {<chat.completion.chunk>}} ...
+            {"type": "chat.done", "id": "q1", "request_id": ...}
+    client: {"type": "chat.cancel"}   stops the request in progress (then chat.done, cancelled: true)
+    server: {"type": "error", "id": ..., "status": 429, "error": {...}, "retry_after": 3}
+
+The key is checked at the handshake (middleware.py). Each request gets its
+own request id and deadline; the same bounded relay as SSE applies (a
+stalled reader is cut off, a closed socket cancels the generation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from headrace.runtime.errors import (
+    Cancelled,
+    HeadraceError,
+    Internal,
+    InvalidArgument,
+    mapping_for,
+    trailing_metadata_for,
+)
+from headrace.runtime.request_context import (
+    current_tenant,
+    deadline_from_remaining,
+    deadline_var,
+    new_request_id,
+    request_id_var,
+)
+from headrace.served_by import served_by_headers
+from headrace.v1 import generation_pb2
+from services.router.flow_protocols import closing
+from services.router.gateway import convert, metrics
+from services.router.gateway.body import parse_model
+from services.router.gateway.dependencies import GatewayServices
+from services.router.gateway.errors import as_headrace_error, error_detail, internal_error
+from services.router.gateway.protocol import (
+    RealtimeCancel,
+    RealtimeChatRequest,
+    RealtimeDelta,
+    RealtimeDone,
+    RealtimeError,
+    RealtimeStarted,
+)
+from services.router.gateway.streaming import ClientGone, StreamEnd, final_error, relay
+
+log = logging.getLogger(__name__)
+
+REALTIME_PATH = "/v1/realtime/chat"
+T = TypeVar("T")
+# Requests a client may queue behind the one in progress.
+_QUEUED = 4
+
+
+class _Session:
+    def __init__(self, websocket: WebSocket, services: GatewayServices) -> None:
+        self._ws = websocket
+        self._services = services
+        self._requests: asyncio.Queue[RealtimeChatRequest] = asyncio.Queue(maxsize=_QUEUED)
+        self._cancel = asyncio.Event()
+        self._gone = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        reader = asyncio.create_task(self._read(), name="realtime-read")
+        try:
+            while True:
+                next_request = asyncio.create_task(self._requests.get())
+                gone = asyncio.create_task(self._gone.wait())
+                await asyncio.wait({next_request, gone}, return_when=asyncio.FIRST_COMPLETED)
+                gone.cancel()
+                if not next_request.done():
+                    next_request.cancel()
+                    return
+                self._cancel.clear()
+                await self._serve(next_request.result())
+        except ClientGone:
+            return
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def _read(self) -> None:
+        """Take the client's messages as they come: a cancel acts at once,
+        requests queue (bounded)."""
+        try:
+            while True:
+                text = await self._ws.receive_text()
+                try:
+                    message = _parse(text)
+                except InvalidArgument as exc:
+                    await self._send_error(None, exc)
+                    continue
+                if isinstance(message, RealtimeCancel):
+                    self._cancel.set()
+                elif self._requests.full():
+                    await self._send_error(message.id, InvalidArgument(f"more than {_QUEUED} requests queued"))
+                else:
+                    self._requests.put_nowait(message)
+        except (WebSocketDisconnect, ClientGone, RuntimeError):
+            # RuntimeError: Starlette's "not connected" once the socket closed.
+            pass
+        finally:
+            self._gone.set()
+
+    async def _send(self, message: BaseModel) -> None:
+        try:
+            async with self._send_lock:
+                await self._ws.send_text(message.model_dump_json())
+        except (WebSocketDisconnect, OSError, RuntimeError) as exc:
+            raise ClientGone from exc
+
+    async def _send_error(self, request_key: str | None, error: HeadraceError) -> None:
+        retry_after = next((int(value) for _key, value in trailing_metadata_for(error)), None)
+        await self._send(
+            RealtimeError(
+                id=request_key,
+                status=mapping_for(error).http_status,
+                error=error_detail(error),
+                retry_after=retry_after,
+            )
+        )
+
+    async def _until_stopped(self, work: Awaitable[T]) -> T:
+        task = asyncio.ensure_future(work)
+        stopped = asyncio.create_task(self._stopped())
+        try:
+            done, _pending = await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return task.result()
+            raise Cancelled("cancelled by the client")
+        finally:
+            stopped.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def _stopped(self) -> None:
+        cancel = asyncio.create_task(self._cancel.wait())
+        gone = asyncio.create_task(self._gone.wait())
+        try:
+            await asyncio.wait({cancel, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancel.cancel()
+            gone.cancel()
+
+    async def _serve(self, message: RealtimeChatRequest) -> None:
+        request_id = new_request_id()
+        request_id_var.set(request_id)
+        deadline_var.set(deadline_from_remaining(self._services.settings.gateway.request_timeout_s))
+        chunks = await self._start(message, request_id)
+        if chunks is not None:
+            await self._stream(message, request_id, *chunks)
+
+    async def _start(
+        self, message: RealtimeChatRequest, request_id: str
+    ) -> tuple[generation_pb2.GenerateStreamResponse, AsyncIterator[generation_pb2.GenerateStreamResponse]] | None:
+        """The first delta and the rest of the stream, or None when the
+        request failed (an error message was sent) or was cancelled."""
+        try:
+            proto = convert.chat_request(
+                message.request.model_copy(update={"stream": True}),
+                generation_pb2.CachePolicy(),
+                self._services.settings.limits,
+            )
+            chunks = self._services.generation.stream(proto, tenant=current_tenant(), request_id=request_id)
+            first = await self._until_stopped(anext(chunks))
+        except Cancelled:
+            await self._send(RealtimeDone(id=message.id, request_id=request_id, cancelled=True))
+            return None
+        except StopAsyncIteration:
+            await self._send_error(message.id, Internal("the answer's stream ended before its first delta"))
+            return None
+        except Exception as exc:
+            failure = as_headrace_error(exc)
+            if failure is None:
+                log.exception("realtime request failed")
+                failure = internal_error()
+            await self._send_error(message.id, failure)
+            return None
+        headers = dict(served_by_headers(request_id, first.route))
+        await self._send(RealtimeStarted(id=message.id, request_id=request_id, headers=headers))
+        return first, chunks
+
+    async def _stream(
+        self,
+        message: RealtimeChatRequest,
+        request_id: str,
+        first: generation_pb2.GenerateStreamResponse,
+        chunks: AsyncIterator[generation_pb2.GenerateStreamResponse],
+    ) -> None:
+        options = message.request.stream_options
+        chunker = convert.ChatChunks(
+            request_id=request_id, created=int(time.time()), include_usage=options is not None and options.include_usage
+        )
+
+        async def deltas() -> AsyncIterator[list[RealtimeDelta]]:
+            async with closing(chunks):
+                yield [RealtimeDelta(id=message.id, chunk=c) for c in chunker.convert(first)]
+                async for chunk in chunks:
+                    yield [RealtimeDelta(id=message.id, chunk=c) for c in chunker.convert(chunk)]
+
+        async def write(batch: list[RealtimeDelta]) -> None:
+            for delta in batch:
+                await self._send(delta)
+
+        limits = self._services.relay_limits
+        result = await relay(deltas(), write, limits=limits, stop=self._stopped)
+        metrics.STREAMS_ENDED.labels(transport="websocket", outcome=result.end.value).inc()
+        if result.end is StreamEnd.DISCONNECTED:
+            if not self._gone.is_set():
+                await self._send(RealtimeDone(id=message.id, request_id=request_id, cancelled=True))
+            return
+        error = final_error(result, limits.stall_timeout_s)
+        if error is None:
+            await self._send(RealtimeDone(id=message.id, request_id=request_id))
+            return
+        # A stalled reader: 408, as a server that gave up waiting on its client.
+        status = mapping_for(result.error).http_status if result.error is not None else 408
+        with contextlib.suppress(ClientGone, TimeoutError):
+            async with asyncio.timeout(limits.stall_timeout_s):
+                await self._send(RealtimeError(id=message.id, status=status, error=error))
+        if result.end is StreamEnd.STALLED:
+            # A reader that takes nothing gets no more of our memory.
+            raise ClientGone
+
+
+def _parse(text: str) -> RealtimeChatRequest | RealtimeCancel:
+    kind = None
+    with contextlib.suppress(ValueError, AttributeError):
+        kind = json.loads(text).get("type")
+    if kind == "chat.request":
+        return parse_model(text, RealtimeChatRequest)
+    if kind == "chat.cancel":
+        return parse_model(text, RealtimeCancel)
+    raise InvalidArgument(f"type: expected 'chat.request' or 'chat.cancel', got {kind!r}")
+
+
+def realtime_router(services: GatewayServices) -> APIRouter:
+    router = APIRouter()
+
+    @router.websocket(REALTIME_PATH)
+    async def realtime_chat(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await _Session(websocket, services).run()
+        with contextlib.suppress(Exception):
+            await websocket.close()
+
+    return router

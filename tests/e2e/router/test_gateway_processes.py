@@ -1,0 +1,75 @@
+"""The gateway as `headrace up` runs it: in the router's process, on
+router.http_port, serving the router's metrics, stopped by `down`; a taken
+HTTP port stops the router at start with a clear error."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from headrace.local_redis import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    values = {
+        **os.environ,
+        "HEADRACE_STATE_DIR": str(tmp_path / "state"),
+        "HEADRACE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "HEADRACE_ROUTER__PORT": str(free_port()),
+        "HEADRACE_ROUTER__HTTP_PORT": str(free_port()),
+        "HEADRACE_CACHE__PORT": str(free_port()),
+        "HEADRACE_SCHEDULER__PORT": str(free_port()),
+        "HEADRACE_WORKER__BASE_PORT": str(free_port()),
+        "HEADRACE_CACHE__METRICS_PORT": "null",
+        "HEADRACE_SCHEDULER__METRICS_PORT": "null",
+        "HEADRACE_WORKER__METRICS_PORT_OFFSET": "null",
+    }
+    yield values
+    headrace(values, "down")
+
+
+def headrace(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "headrace.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_router_process_serves_the_gateway_and_its_metrics(env: dict[str, str]) -> None:
+    up = headrace(env, "up", "--detach", "--engine", "synthetic")
+    assert up.returncode == 0, up.stdout + up.stderr
+    url = f"http://127.0.0.1:{env['HEADRACE_ROUTER__HTTP_PORT']}"
+    assert httpx.get(f"{url}/healthz").json() == {"status": "serving"}
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client:
+        stream = client.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": "hi"}], max_tokens=5, stream=True
+        )
+        assert len([chunk for chunk in stream if chunk.choices]) == 5
+    metrics = httpx.get(f"{url}/metrics").text
+    # The router's own metrics, on the gateway: gRPC-side and HTTP-side together.
+    assert 'headrace_router_ttft_seconds_count{model="smollm2@1"}' in metrics
+    assert "headrace_http_requests_total" in metrics
+    down = headrace(env, "down")
+    assert down.returncode == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/healthz")
+
+
+def test_a_taken_http_port_stops_the_router_at_start(env: dict[str, str]) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", int(env["HEADRACE_ROUTER__HTTP_PORT"])))
+        squatter.listen()
+        up = headrace(env, "up", "--detach", "--engine", "synthetic", "--timeout", "60")
+    assert up.returncode != 0
+    assert "router exited while starting" in up.stderr
+    assert "could not bind the HTTP gateway" in up.stderr
