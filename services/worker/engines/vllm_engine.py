@@ -232,7 +232,12 @@ class VllmEngine:
         self._closed = True
         llm, self._llm = self._llm, None
         if llm is not None:
-            # Stops the engine-core processes; blocking, so off the event loop.
+            # Stop reading outputs first: otherwise vLLM's output handler logs the
+            # engine core's exit as an EngineDeadError on every shutdown.
+            handler = getattr(llm, "output_handler", None)
+            if handler is not None:
+                handler.cancel()
+            # Stops the engine-core processes (~5 s); blocking, so off the event loop.
             await asyncio.to_thread(llm.shutdown)
 
     def _require_started(self) -> AsyncLLM:

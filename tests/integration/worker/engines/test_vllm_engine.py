@@ -1,22 +1,19 @@
 """The vllm engine on the real SmolLM2-135M-Instruct (one engine for the
 whole session). Greedy decoding of so small a model is fragile across
 compiled and eager runs, so these tests check what holds for any output:
-counts, finish reasons, the engine's own view of its sequences."""
+counts, finish reasons, the engine's own view of its sequences. The engine
+fixture (max_num_seqs 8) is in tests/integration/worker/conftest.py."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from transformers import AutoTokenizer
 
-from headrace.model_store import default_models_dir, prepare_model
-from headrace.runtime.engine_settings import VllmEngineSettings
 from headrace.runtime.errors import InvalidArgument, Unimplemented
 from services.worker.engines.base import (
     ChatTurn,
@@ -30,23 +27,6 @@ from services.worker.engines.base import (
 from services.worker.engines.vllm_engine import VllmEngine, sampling_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-# Small on purpose: the priority test fills every slot, and this machine is shared.
-SETTINGS = VllmEngineSettings(max_model_len=2048, max_num_seqs=8, cpu_kv_cache_gib=1)
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def vllm_engine() -> AsyncIterator[VllmEngine]:
-    """One engine for the session (it takes 30-90 s to start on a CPU)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    # The developer's models directory: built once, later runs only re-check checksums.
-    models_dir = default_models_dir()
-    prepare_model("smollm2", models_dir, progress=False)
-    engine = VllmEngine(SETTINGS, models_dir=models_dir)
-    await engine.start()
-    yield engine
-    await engine.close()
-
 
 _ids = iter(range(1_000_000))
 
