@@ -69,12 +69,14 @@ def test_sigterm_stops_a_service_process_gracefully(redis_server: RedisServer) -
         "HEADRACE_REDIS_URL": redis_server.url,
         "HEADRACE_CACHE__PORT": str(port),
         "HEADRACE_CACHE__METRICS_PORT": "null",
+        # Exact cache only: this test is about shutdown, not the embedding model.
+        "HEADRACE_CACHE__SEMANTIC__ENABLED": "false",
     }
     process = subprocess.Popen([sys.executable, "-m", "services.cache"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 60
             while True:
                 try:
                     status = health.Check(health_pb2.HealthCheckRequest(service="headrace.v1.Cache"), timeout=1)
@@ -85,7 +87,7 @@ def test_sigterm_stops_a_service_process_gracefully(redis_server: RedisServer) -
                 assert time.monotonic() < deadline, "cache did not start"
                 time.sleep(0.1)
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
+        assert process.wait(timeout=30) == 0
         assert process.stderr is not None
         log = process.stderr.read()
         assert "stopping: NOT_SERVING" in log and "stopped" in log
