@@ -82,6 +82,7 @@ test-unit: $(VENV)/.installed
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 up: install
+	$(HEADRACE) models prepare
 	$(HEADRACE) up --detach
 	$(HEADRACE) status
 	@echo "--- sample request: headrace generate \"...\" --stream"

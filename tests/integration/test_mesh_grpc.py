@@ -216,7 +216,10 @@ async def test_a_failure_before_the_first_token_is_retried_on_another_worker(
     await mesh.stop_worker(mesh.workers[0])
     broken = mesh_settings(
         redis_server.url,
-        pools={"smollm2": {"engine": {"kind": "synthetic", "ttft_ms": 1, "fail_rate": 1.0}}, "embed": {}},
+        pools={
+            "smollm2": {"engine": {"kind": "synthetic", "ttft_ms": 1, "fail_rate": 1.0}},
+            "embed": {"engine": {"kind": "synthetic"}},
+        },
     )
     await mesh.add_worker("smollm2", 7, settings=broken)
     await mesh.wait_for_workers(2)  # the broken one and the embed worker
@@ -238,7 +241,10 @@ async def test_a_failure_after_the_first_token_reaches_the_client(
     await mesh.stop_worker(mesh.workers[0])
     flaky = mesh_settings(
         redis_server.url,
-        pools={"smollm2": {"engine": {"kind": "synthetic", "ttft_ms": 1, "fail_after_tokens": 3}}, "embed": {}},
+        pools={
+            "smollm2": {"engine": {"kind": "synthetic", "ttft_ms": 1, "fail_after_tokens": 3}},
+            "embed": {"engine": {"kind": "synthetic"}},
+        },
     )
     await mesh.add_worker("smollm2", 5, settings=flaky)
     await mesh.wait_for_workers(2)
@@ -254,7 +260,11 @@ async def test_a_failure_after_the_first_token_reaches_the_client(
 async def test_the_callers_deadline_bounds_the_whole_chain(mesh: InProcessMesh, redis_server: RedisServer) -> None:
     await mesh.stop_worker(mesh.workers[0])
     slow = mesh_settings(
-        redis_server.url, pools={"smollm2": {"engine": {"kind": "synthetic", "ttft_ms": 2000}}, "embed": {}}
+        redis_server.url,
+        pools={
+            "smollm2": {"engine": {"kind": "synthetic", "ttft_ms": 2000}},
+            "embed": {"engine": {"kind": "synthetic"}},
+        },
     )
     await mesh.add_worker("smollm2", 3, settings=slow)
     await mesh.wait_for_workers(2)

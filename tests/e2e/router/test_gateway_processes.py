@@ -4,10 +4,7 @@ HTTP port stops the router at start with a clear error."""
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,34 +12,17 @@ import httpx
 import openai
 import pytest
 
-from headrace.local_redis import free_port
+from tests.support.cli import headrace, mesh_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    values = {
-        **os.environ,
-        "HEADRACE_STATE_DIR": str(tmp_path / "state"),
-        "HEADRACE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-        "HEADRACE_ROUTER__PORT": str(free_port()),
-        "HEADRACE_ROUTER__HTTP_PORT": str(free_port()),
-        "HEADRACE_CACHE__PORT": str(free_port()),
-        "HEADRACE_SCHEDULER__PORT": str(free_port()),
-        "HEADRACE_WORKER__BASE_PORT": str(free_port()),
-        "HEADRACE_CACHE__METRICS_PORT": "null",
-        "HEADRACE_SCHEDULER__METRICS_PORT": "null",
-        "HEADRACE_WORKER__METRICS_PORT_OFFSET": "null",
-    }
+    # About the gateway in the router's process: the cache stays exact-only.
+    values = {**mesh_env(tmp_path / "state"), "HEADRACE_CACHE__SEMANTIC__ENABLED": "false"}
     yield values
     headrace(values, "down")
-
-
-def headrace(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "headrace.cli", *args], env=env, capture_output=True, text=True, timeout=300
-    )
 
 
 def test_the_router_process_serves_the_gateway_and_its_metrics(env: dict[str, str]) -> None:

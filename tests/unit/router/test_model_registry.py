@@ -8,7 +8,10 @@ from services.router.model_registry import ModelRegistry
 def registry() -> ModelRegistry:
     return ModelRegistry(
         Settings(
-            pools={"gen": {"price_per_hour": 0.5}, "emb": {}},
+            pools={
+                "gen": {"engine": {"kind": "synthetic"}, "price_per_hour": 0.5},
+                "emb": {"engine": {"kind": "synthetic"}},
+            },
             models={
                 "smol": {
                     "default_version": "2",

@@ -50,11 +50,18 @@ def test_every_kind_has_defaults_for_headrace_up() -> None:
 
 
 def test_a_pool_runs_vllm_from_config_and_engine_override() -> None:
-    settings = Settings(pools={"smollm2": {"engine": {"kind": "vllm", "max_num_seqs": 8}}})
+    settings = Settings(
+        pools={"smollm2": {"engine": {"kind": "vllm", "max_num_seqs": 8}}, "minilm": {"engine": {"kind": "embeddings"}}}
+    )
     engine = settings.pool_engine("smollm2")
     assert isinstance(engine, VllmEngineSettings) and engine.max_num_seqs == 8
-    overridden = Settings(engine_override="embeddings").pool_engine("smollm2")
-    assert isinstance(overridden, EmbeddingsEngineSettings)
+    # --engine replaces the engine of every pool whose models it can serve.
+    quick = Settings(engine_override="synthetic")
+    assert isinstance(quick.pool_engine("smollm2"), SyntheticEngineSettings)
+    assert isinstance(quick.pool_engine("minilm"), SyntheticEngineSettings)
+    embed_only = Settings(engine_override="openai")
+    assert embed_only.pool_engine("smollm2").kind == "openai"
+    assert isinstance(embed_only.pool_engine("minilm"), EmbeddingsEngineSettings)
     with pytest.raises(ValidationError, match="unknown engine"):
         Settings(engine_override="nonesuch")
 

@@ -1,0 +1,106 @@
+"""The main job: `headrace up` on the embedded default serves a real model
+(SmolLM2-135M-Instruct through vLLM on this CPU, all-MiniLM-L6-v2 for
+embeddings, semantic cache on), and every path reaches the engine."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from headrace.client import HeadraceClient
+from headrace.runtime.errors import NotFound
+from headrace.v1 import generation_pb2, scheduler_pb2, scheduler_pb2_grpc
+from tests.support.cli import headrace, live_processes_in_groups, mesh_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def real_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    env = mesh_env(tmp_path_factory.mktemp("real-mesh") / "state")
+    prepare = headrace(env, "models", "prepare", timeout=600)
+    assert prepare.returncode == 0, prepare.stdout + prepare.stderr
+    up = headrace(env, "up", "--detach", timeout=900)
+    assert up.returncode == 0, up.stdout + up.stderr
+    yield env
+    headrace(env, "down", timeout=120)
+
+
+def router(env: dict[str, str]) -> HeadraceClient:
+    return HeadraceClient(f"127.0.0.1:{env['HEADRACE_ROUTER__PORT']}")
+
+
+def test_the_default_mesh_runs_real_engines(real_mesh: dict[str, str]) -> None:
+    listing = headrace(real_mesh, "models", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert "smollm2@1" in listing.stdout and "(vllm) ready 1" in listing.stdout
+    assert "(embeddings) ready 1" in listing.stdout
+
+
+def test_generate_streams_real_tokens(real_mesh: dict[str, str]) -> None:
+    streamed = headrace(real_mesh, "generate", "What is the capital of France?", "--stream", "--max-tokens", "24")
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout.strip(), "the model said nothing"
+    assert "smollm2@1" in streamed.stderr and "ttft" in streamed.stderr
+    with router(real_mesh) as client:
+        deltas = list(
+            client.generate_stream(
+                messages=[{"role": "user", "content": "Count from one to five."}], max_tokens=16, temperature=0.0
+            )
+        )
+        # Real token ids, one engine step per delta, usage on the last.
+        assert sum(len(d.token_ids) for d in deltas) == deltas[-1].usage.completion_tokens
+        assert deltas[-1].usage.prompt_tokens > 5
+        assert deltas[-1].finish_reason in (generation_pb2.FINISH_REASON_STOP, generation_pb2.FINISH_REASON_LENGTH)
+        assert deltas[-1].cost.usd > 0
+        again = client.generate(
+            messages=[{"role": "user", "content": "Count from one to five."}], max_tokens=16, temperature=0.0
+        )
+        assert again.route.cache == generation_pb2.CACHE_OUTCOME_HIT_EXACT
+        assert again.text == "".join(d.text for d in deltas)
+        with pytest.raises(NotFound):
+            client.generate("x", model="gpt-9")
+
+
+def test_embed_uses_minilm(real_mesh: dict[str, str]) -> None:
+    embedded = headrace(real_mesh, "embed", "a cat sat on the mat", "a kitten sat on the rug", "stock prices fell")
+    assert embedded.returncode == 0, embedded.stderr
+    cat, kitten, stocks = json.loads(embedded.stdout)
+    assert len(cat) == 384
+
+    def dot(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert dot(cat, kitten) > dot(cat, stocks) + 0.2
+
+
+def test_a_cancelled_stream_frees_the_engine_sequence(real_mesh: dict[str, str]) -> None:
+    with router(real_mesh) as client:
+        stream = client.generate_stream("Write a long story about a river.", max_tokens=512, no_cache=True)
+        next(stream)
+        stream.close()  # cancels the call
+    scheduler = f"127.0.0.1:{real_mesh['HEADRACE_SCHEDULER__PORT']}"
+    with grpc.insecure_channel(scheduler) as channel:
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        deadline = time.monotonic() + 5.0
+        while True:
+            workers = stub.ListWorkers(scheduler_pb2.ListWorkersRequest(pool="smollm2")).workers
+            # The engine's own count, as its worker last reported it (every 0.5 s).
+            if workers and workers[0].load.running == 0 and workers[0].leases == 0:
+                break
+            assert time.monotonic() < deadline, f"the engine still runs the sequence: {workers}"
+            time.sleep(0.1)
+
+
+def test_down_leaves_nothing_behind(real_mesh: dict[str, str]) -> None:
+    state = json.loads((Path(real_mesh["HEADRACE_STATE_DIR"]) / "mesh.json").read_text())
+    pgids = {p["pid"] for p in state["processes"]}
+    down = headrace(real_mesh, "down")
+    assert down.returncode == 0 and "stopped" in down.stdout
+    # vLLM's engine-core processes live in the worker's process group.
+    assert live_processes_in_groups(pgids) == []
