@@ -3,8 +3,9 @@ which workers to try next, and whether a retry may happen at all.
 
     attempt 1: the decided version, any worker whose circuit is not open
     a worker fails before the first token (UNAVAILABLE, INTERNAL):
-        retry on another worker of the same version, after a backoff, if
-        the retry budget has a token and attempts are left
+        retry on another worker of the same version (the last try goes to
+        the fallback model if there is one), after a backoff, if the retry
+        budget has a token and attempts are left
     no worker serves the version, or its circuit is open:
         the next fallback model (no worker did any work, so no budget is spent)
     after the first token: no retry; the error reaches the client
@@ -102,7 +103,11 @@ class AttemptPlan:
         while self._index < len(self._candidates) and self.model_breakers.blocked(
             self._candidates[self._index].model_version
         ):
-            self._skipped.append(self._candidates[self._index].model_version)
+            skipped = self._candidates[self._index].model_version
+            self._skipped.append(skipped)
+            # Counts as a failed attempt of that version: a canary whose
+            # circuit opened must still see its errors add up.
+            self._attempts.append(RequestOutcome.Attempt(model_version=skipped, worker_id="", error="UNAVAILABLE"))
             self._index += 1
         if self._index >= len(self._candidates):
             raise self._all_circuits_open()
@@ -167,8 +172,11 @@ class AttemptPlan:
         if self._worker_calls >= self.max_attempts:
             metrics.RETRY_DENIED.labels(reason="attempts").inc()
             return False
-        if self.model_breakers.blocked(version):
-            # The version keeps failing: straight to the fallback.
+        last_try = self._worker_calls == self.max_attempts - 1
+        if self.model_breakers.blocked(version) or (last_try and self._index + 1 < len(self._candidates)):
+            # The version keeps failing, or this is the last try: a fallback
+            # model fails independently, another worker of the same version
+            # may well not.
             self._index += 1
         if self._index >= len(self._candidates):
             metrics.RETRY_DENIED.labels(reason="no_candidate").inc()

@@ -70,7 +70,7 @@ class ConfigReloader:
         self._apply = apply
         self._path = path
         self._digest = registry_digest(current)
-        self._file_seen: tuple[int, int] | None = self._file_stamp()
+        self._file_seen = self._file_stamp()
 
     @property
     def current(self) -> Settings:
@@ -104,12 +104,12 @@ class ConfigReloader:
         return ReloadResult(changed=True, digest=digest, changes=changes)
 
     async def watch(self, interval_s: float) -> None:
-        """Poll the config file; reload when its size or mtime changes."""
+        """Poll the config file; reload when its content changes."""
         if self._path is None:
             return
         while True:
             await asyncio.sleep(interval_s)
-            stamp = self._file_stamp()
+            stamp = await asyncio.to_thread(self._file_stamp)
             if stamp is None or stamp == self._file_seen:
                 continue
             self._file_seen = stamp
@@ -119,14 +119,15 @@ class ConfigReloader:
                 # Logged; the next change to the file tries again.
                 continue
 
-    def _file_stamp(self) -> tuple[int, int] | None:
+    def _file_stamp(self) -> str | None:
+        # The content, not the mtime: two writes within one timestamp tick
+        # must not look alike. The file is small and read every few seconds.
         if self._path is None:
             return None
         try:
-            stat = self._path.stat()
+            return hashlib.sha256(self._path.read_bytes()).hexdigest()
         except OSError:
             return None
-        return (stat.st_mtime_ns, stat.st_size)
 
 
 def _dump(value: Any) -> Any:
