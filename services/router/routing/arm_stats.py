@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 KEY_PREFIX = "headrace:routing:stats:"
 _BUCKET_GROWTH = 1.1
 _MAX_BUCKET = 200  # 1.1**200 ms: far beyond any deadline
+_TTFT_FIELD = "ttft:"
 
 
 def bucket_of(ttft_ms: float) -> int:
@@ -83,8 +84,8 @@ class ArmSummary:
         summary = cls()
         for key_bytes, value_bytes in raw.items():
             key, value = key_bytes.decode(), value_bytes.decode()
-            if key.startswith("t"):
-                summary.ttft_buckets[int(key[1:])] = int(value)
+            if key.startswith(_TTFT_FIELD):
+                summary.ttft_buckets[int(key[len(_TTFT_FIELD) :])] = int(value)
             elif key in ("requests", "errors", "ok", "completion_tokens"):
                 setattr(summary, key, int(value))
             elif key in ("cost_usd", "total_ms_sum"):
@@ -109,7 +110,7 @@ class ArmStatsStore:
             if sample.total_ms is not None:
                 pipe.hincrbyfloat(full, "total_ms_sum", sample.total_ms)
             if sample.ttft_ms is not None:
-                pipe.hincrby(full, f"t{bucket_of(sample.ttft_ms)}", 1)
+                pipe.hincrby(full, f"{_TTFT_FIELD}{bucket_of(sample.ttft_ms)}", 1)
         else:
             pipe.hincrby(full, "errors", 1)
         pipe.expire(full, self._ttl_s)
