@@ -203,6 +203,11 @@ class AttemptPlan:
     ) -> None:
         self._end_worker(attempt, True)
         self._end_model(attempt, True)
+        span = trace.get_current_span()
+        span.set_attribute("headrace.route.served_version", attempt.resolution.model_version)
+        span.set_attribute("headrace.route.served_reason", attempt.reason)
+        span.set_attribute("headrace.route.attempts", attempt.number)
+        span.set_attribute("headrace.route.worker_id", attempt.worker_id)
         self._record(attempt, ttft_s=ttft_s, total_s=total_s, completion_tokens=completion_tokens, cost_usd=cost_usd)
 
     def close(self) -> None:
