@@ -4,6 +4,7 @@ synthetic workers told to fail."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import grpc.aio
@@ -125,12 +126,14 @@ async def test_a_failing_worker_is_cut_off_by_its_circuit(redis_server: RedisSer
         await mesh.add_worker("gen", 1)
         await mesh.wait_for_workers(2)
         breakers = mesh.router.routing.worker_breakers
-        for _ in range(50):
-            answer = await mesh.router_stub().Generate(ask("cbm"))
-            # Every request is answered: a failure on gen-0 is retried on gen-1.
-            assert answer.route.worker_id == "gen-1" and answer.route.attempts in (1, 2)
-            if breakers.blocked("gen-0"):
-                break
+        # Pairs at once, so placement (least outstanding work) spreads them
+        # over both workers whatever the last load reports said.
+        deadline = time.monotonic() + 20
+        while not breakers.blocked("gen-0") and time.monotonic() < deadline:
+            for answer in await generate_all(mesh, [ask("cbm"), ask("cbm")], concurrency=2):
+                # Every request is answered: a failure on gen-0 is retried on gen-1.
+                assert isinstance(answer, generation_pb2.GenerateResponse)
+                assert answer.route.worker_id == "gen-1" and answer.route.attempts in (1, 2)
         assert breakers.blocked("gen-0"), "two failures in a row open the circuit"
         answers = await generate_all(mesh, [ask("cbm") for _ in range(20)], concurrency=4)
         for answer in answers:
