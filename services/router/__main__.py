@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc.aio
-import redis.asyncio as aioredis
 from opentelemetry.sdk.trace import TracerProvider
 
 from headrace.runtime.aio import run
@@ -27,7 +26,7 @@ from services.router.embedding_flow import EmbeddingFlow
 from services.router.generation_flow import GenerationFlow
 from services.router.leasing import Leasing
 from services.router.model_registry import ModelRegistry
-from services.router.routing.layer import RoutingLayer
+from services.router.routing.layer import RoutingLayer, routing_redis
 from services.router.routing.reload import ConfigReloader
 from services.router.server import RouterServicer
 
@@ -63,7 +62,7 @@ def build_router(
     registry = ModelRegistry(settings)
     leasing = Leasing(scheduler, background, renew_margin_s=settings.router.lease_renew_margin_s)
     # Canary state and A/B statistics, shared by every router replica.
-    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    redis = routing_redis(settings.redis_url)
     routing = RoutingLayer(settings, registry=registry, redis=redis, background=background)
     config_path = os.environ.get("HEADRACE_CONFIG")
     reloader = ConfigReloader(

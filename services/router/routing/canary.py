@@ -46,6 +46,7 @@ _EVENTS_KEPT = 50
 # A stable request may trigger a judgement at most this often (stable is
 # the large arm; the canary's own requests always may).
 _STABLE_TRIGGER_INTERVAL_S = 0.2
+_RETRY_UNREADABLE_S = 1.0
 
 _INIT = """
 if redis.call('HGET', KEYS[1], 'run') ~= ARGV[1] then
@@ -210,7 +211,7 @@ class CanaryController:
         """The current state (cached for state_ttl_s); None when Redis cannot
         be read: the caller then routes to the stable version."""
         now = self._clock()
-        if self._cached is not None and now < self._cached_until:
+        if now < self._cached_until:
             return self._cached
         fresh = self._fresh_state()
         try:
@@ -218,6 +219,10 @@ class CanaryController:
         except RedisError as exc:
             metrics.STATE_ERRORS.labels(op="canary_read").inc()
             log.warning("canary %s: state unreadable (%s); routing to the stable version", self.model, exc)
+            # Ask again only after a while: with Redis down, one request per
+            # interval waits for the timeout, not every request.
+            self._cached = None
+            self._cached_until = self._clock() + max(self._state_ttl_s, _RETRY_UNREADABLE_S)
             return None
         state = CanaryState.from_fields(_pairs(raw))
         self._remember(state)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 from opentelemetry import trace
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from headrace.runtime.background import BackgroundTasks
@@ -39,6 +41,15 @@ from services.router.routing.retry_budget import Backoff, RetryBudget
 from services.router.routing.text_encoder import MiniLMEncoder
 
 log = logging.getLogger(__name__)
+
+
+def routing_redis(url: str) -> aioredis.Redis:
+    """The routing layer's Redis client: short timeouts and no retries, so a
+    canary whose state cannot be read routes to stable at once (and asks
+    again a second later) instead of holding requests up."""
+    return aioredis.Redis.from_url(
+        url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0), retry_on_timeout=False
+    )
 
 
 def routing_request(request: generation_pb2.GenerateRequest, *, tenant: str, request_id: str) -> RoutingRequest:
