@@ -3,6 +3,8 @@ arms of each ListModels entry (proto views of services/router/routing)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from headrace.v1 import models_pb2
 from services.router.routing.arm_stats import ArmSummary
 from services.router.routing.canary import CanarySnapshot, CanaryStatus
@@ -15,17 +17,24 @@ _CANARY_STATES = {
 }
 
 
-async def annotate_models(models: list[models_pb2.ModelInfo], routing: RoutingLayer) -> None:
+async def annotate_models(
+    models: list[models_pb2.ModelInfo], routing: RoutingLayer, *, ready_workers: Mapping[str, int]
+) -> None:
     """Add routing facts to ListModels entries, in place."""
     for info in models:
         description = await routing.describe(info.id, info.resolves_to)
         apply_description(info, description)
+        info.ready_workers = ready_workers.get(info.pool, 0)
 
 
 def apply_description(info: models_pb2.ModelInfo, description: RouteDescription) -> None:
     info.policies.extend(description.policies)
-    if description.resolves_to:
-        info.resolves_to = description.resolves_to
+    if description.resolves_to is not None:
+        # A promoted canary: the id serves the canary version now.
+        info.resolves_to = description.resolves_to.model_version
+        info.pool = description.resolves_to.pool
+        info.engine = description.resolves_to.engine
+        info.price_per_hour = description.resolves_to.price_per_hour
     if description.canary is not None:
         info.canary.CopyFrom(canary_status(description.canary))
     for arm in description.arms:

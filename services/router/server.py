@@ -116,7 +116,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             ]
         )
         if self._routing is not None:
-            await annotate_models(list(listing.models), self._routing)
+            await annotate_models(list(listing.models), self._routing, ready_workers=ready)
         return listing
 
     async def ReloadConfig(

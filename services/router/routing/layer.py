@@ -26,8 +26,9 @@ from redis.exceptions import RedisError
 
 from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.config import Settings
+from headrace.runtime.errors import Internal
 from headrace.v1 import generation_pb2
-from services.router.model_registry import ModelRegistry
+from services.router.model_registry import ModelRegistry, Resolution
 from services.router.routing import metrics
 from services.router.routing.arm_stats import ArmStatsStore
 from services.router.routing.attempts import AttemptPlan
@@ -73,7 +74,7 @@ class RouteDescription:
     canary: CanarySnapshot | None
     arms: tuple[ArmView, ...]
     # Set when a promoted canary changed what the id resolves to.
-    resolves_to: str | None
+    resolves_to: Resolution | None
 
 
 class RoutingLayer:
@@ -129,7 +130,8 @@ class RoutingLayer:
 
     async def escalate(self, decision: RouteDecision, why: str) -> RouteDecision:
         """A cascade's fast answer failed its check: where the accurate attempt goes."""
-        assert decision.cascade is not None
+        if decision.cascade is None:
+            raise Internal("escalate: the decision has no cascade plan")
         choice = Choice(target=decision.cascade.escalate_to, reasons=(*decision.reasons, "cascade-escalated"))
         escalated = await self._current.decide_from(decision.request, choice, task="generate")
         escalated = replace(escalated, attributes=(*escalated.attributes, ("headrace.route.escalated_because", why)))
@@ -170,7 +172,7 @@ class RoutingLayer:
             if canary is not None:
                 policies = (*policies, table.canaries[base].name)
                 if canary.share >= 1.0:
-                    new_target = controller.canary_model_version
+                    new_target = current.models.resolve(controller.canary_model_version, task="generate")
         arms: list[ArmView] = []
         for split in table.splits.get(model_id, ()):
             try:

@@ -108,6 +108,7 @@ async def test_a_healthy_canary_is_promoted_step_by_step(redis_server: RedisServ
         assert info.canary.state == models_pb2.CANARY_STATE_PROMOTED, info.canary
         assert info.canary.reason.startswith("promoted after step 2/2 (60%)")
         assert info.canary.share == 1.0 and info.resolves_to == f"{model}@2"
+        assert (info.pool, info.ready_workers) == ("canary", 1)
         assert 0 < served.count(f"{model}@2") < len(served)
         answers = await generate_all(mesh, [ask(model, user=f"after-{i}") for i in range(8)])
         for answer in answers:
