@@ -33,6 +33,7 @@ import asyncio
 import random
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,11 +256,21 @@ def summarize(run: RouteRun) -> dict[str, Any]:
         # Agreement of the first choice with the labels.
         "easy_sent_fast": sum(1 for r in easy if ",fast" in r.reason) / len(easy) if easy else 0.0,
         "hard_sent_accurate": sum(1 for r in hard if ",fast" not in r.reason) / len(hard) if hard else 0.0,
+        # Of the fast tries, how many were escalated: easy ones (wasted) and
+        # hard ones the scorer had misjudged (caught).
+        "easy_fast_escalated": _share(r for r in easy if ",fast" in r.reason),
+        "hard_fast_escalated": _share(r for r in hard if ",fast" in r.reason),
         "mean_completion_tokens": statistics.fmean(r.tokens for r in ok) if ok else 0.0,
         "ttft_p50_ms": percentile([r.ttft_ms for r in ok], 50),
         "total_p50_ms": percentile([r.total_s for r in ok], 50) * 1000,
         "total_p95_ms": percentile([r.total_s for r in ok], 95) * 1000,
     }
+
+
+def _share(tried: Iterable[Result]) -> str:
+    results = list(tried)
+    escalated = sum(1 for r in results if "cascade-escalated" in r.reason)
+    return f"{escalated}/{len(results)}"
 
 
 async def run(engine: str, requests: int, hard_share: float, concurrency: int, seed: int) -> None:
@@ -293,7 +304,7 @@ async def run(engine: str, requests: int, hard_share: float, concurrency: int, s
                 s["cost_per_1k_usd"] / baseline if baseline else float("nan"),
                 f"{s['fast_tried_share']:.0%}",
                 f"{s['answered_by_fast_share']:.0%}",
-                f"{s['escalated_share']:.0%}",
+                f"{s['escalated_share']:.0%} ({s['easy_fast_escalated']} easy, {s['hard_fast_escalated']} hard)",
                 f"{s['easy_sent_fast']:.0%} / {s['hard_sent_accurate']:.0%}",
                 s["mean_completion_tokens"],
                 s["ttft_p50_ms"],
@@ -326,7 +337,7 @@ async def run(engine: str, requests: int, hard_share: float, concurrency: int, s
                     "vs always-accurate",
                     "fast tried",
                     "answered by fast",
-                    "escalated",
+                    "escalated (of fast tries)",
                     "easy->fast / hard->accurate",
                     "mean tokens",
                     "ttft p50 ms",

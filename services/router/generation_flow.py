@@ -175,7 +175,9 @@ class GenerationFlow:
         assert decision.cascade is not None
         cascade = decision.cascade
         fast_request = request
-        if cascade.fast_max_tokens:
+        asked = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 0
+        if cascade.fast_max_tokens and (not asked or cascade.fast_max_tokens < asked):
+            # A smaller budget for the try; never more than the client asked for.
             fast_request = generation_pb2.GenerateRequest()
             fast_request.CopyFrom(request)
             fast_request.sampling.max_tokens = cascade.fast_max_tokens

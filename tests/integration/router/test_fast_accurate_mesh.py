@@ -83,11 +83,14 @@ async def test_a_cascade_escalates_a_cut_off_fast_answer(redis_server: RedisServ
 async def test_a_cascade_keeps_a_fast_answer_that_passes(redis_server: RedisServer) -> None:
     # The synthetic engine always stops at max_tokens, so truncation must
     # not count here for an answer to pass.
-    mesh = await start_mesh(settings(redis_server.url, cascade={"escalate_on_truncation": False}))
+    mesh = await start_mesh(
+        settings(redis_server.url, cascade={"escalate_on_truncation": False, "fast_max_tokens": 10})
+    )
     kept_before = cascades("kept")
     try:
         answer = await mesh.router_stub().Generate(ask("smart", prompt="Name a river.", max_tokens=4))
         assert (answer.model, answer.route.reason) == ("tiny@1", "alias:smart,fast")
+        # The fast try's budget never exceeds what the client asked for.
         assert answer.usage.completion_tokens == 4 and answer.text
         assert cascades("kept") - kept_before == 1
     finally:
