@@ -113,12 +113,15 @@ class CascadeSettings(_Section):
     the fast answer fails these checks. The fast answer is held back (not
     streamed) until it passed, so a cascaded stream starts later."""
 
-    # An answer cut off by max_tokens is incomplete.
+    # An answer cut off by the fast try's own smaller budget (fast_max_tokens)
+    # needed more room than a quick answer: escalate it. (A cut at the
+    # client's own max_tokens is not the fast model's fault: the accurate
+    # model would be cut off there too.)
     escalate_on_truncation: bool = True
     # Answers shorter than this (characters, stripped) are not answers.
     min_answer_chars: int = Field(default=1, ge=0)
     uncertain_markers: list[str] = Field(default_factory=lambda: list(DEFAULT_UNCERTAIN_MARKERS), max_length=256)
-    # The fast attempt's completion budget (0: the request's own).
+    # The fast try's completion budget, when below the client's (0: the client's own).
     fast_max_tokens: int = Field(default=0, ge=0)
 
 

@@ -176,8 +176,11 @@ class GenerationFlow:
         cascade = decision.cascade
         fast_request = request
         asked = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 0
-        if cascade.fast_max_tokens and (not asked or cascade.fast_max_tokens < asked):
-            # A smaller budget for the try; never more than the client asked for.
+        # A cut-off answer counts against the fast model only when the cut was
+        # the cascade's smaller budget: at the client's own budget the
+        # accurate model would be cut off just the same.
+        budget_cut = bool(cascade.fast_max_tokens) and (not asked or cascade.fast_max_tokens < asked)
+        if budget_cut:
             fast_request = generation_pb2.GenerateRequest()
             fast_request.CopyFrom(request)
             fast_request.sampling.max_tokens = cascade.fast_max_tokens
@@ -192,7 +195,8 @@ class GenerationFlow:
                 "no answer"
                 if last is None
                 else cascade.check.failure(
-                    "".join(fast.text), truncated=last.finish_reason == generation_pb2.FINISH_REASON_LENGTH
+                    "".join(fast.text),
+                    truncated=budget_cut and last.finish_reason == generation_pb2.FINISH_REASON_LENGTH,
                 )
             )
         except HeadraceError as exc:

@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 
 from headrace.local_redis import RedisServer
 from headrace.runtime.config import Settings
+from headrace.v1 import generation_pb2
 from tests.support.mesh import start_mesh
 from tests.support.routing import ask, routing_settings, synthetic
 
@@ -80,18 +81,24 @@ async def test_a_cascade_escalates_a_cut_off_fast_answer(redis_server: RedisServ
         await mesh.close()
 
 
-async def test_a_cascade_keeps_a_fast_answer_that_passes(redis_server: RedisServer) -> None:
-    # The synthetic engine always stops at max_tokens, so truncation must
-    # not count here for an answer to pass.
-    mesh = await start_mesh(
-        settings(redis_server.url, cascade={"escalate_on_truncation": False, "fast_max_tokens": 10})
-    )
+@pytest.mark.parametrize(
+    "cascade",
+    [
+        # Cut off at the client's own max_tokens: not the fast model's fault.
+        {},
+        # A fast budget above the client's is not used; truncation not checked.
+        {"escalate_on_truncation": False, "fast_max_tokens": 10},
+    ],
+)
+async def test_a_cascade_keeps_a_fast_answer_that_passes(redis_server: RedisServer, cascade: dict[str, Any]) -> None:
+    mesh = await start_mesh(settings(redis_server.url, cascade=cascade))
     kept_before = cascades("kept")
     try:
         answer = await mesh.router_stub().Generate(ask("smart", prompt="Name a river.", max_tokens=4))
         assert (answer.model, answer.route.reason) == ("tiny@1", "alias:smart,fast")
-        # The fast try's budget never exceeds what the client asked for.
+        # The synthetic engine always runs to max_tokens: the client's 4, never more.
         assert answer.usage.completion_tokens == 4 and answer.text
+        assert answer.finish_reason == generation_pb2.FINISH_REASON_LENGTH
         assert cascades("kept") - kept_before == 1
     finally:
         await mesh.close()
