@@ -110,3 +110,11 @@ bench-gateway: install
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
+
+# Fast-vs-accurate routing vs always-accurate (docs/routing.md);
+# ROUTING_ENGINE=vllm for SmolLM2 on vLLM (prepared with `headrace models prepare`).
+ROUTING_ENGINE ?= synthetic
+.PHONY: bench-routing
+bench: bench-routing
+bench-routing: install
+	$(PY) -m bench.routing --engine $(ROUTING_ENGINE)

@@ -7,6 +7,7 @@ headrace generate PROMPT [--stream]      ask the default (or --model) model
 headrace embed TEXT...                   embeddings as JSON
 headrace batch submit|status|results|cancel
 headrace models list
+headrace models reload
 headrace keys hash KEY                   the digest to put in the config
 """
 
@@ -314,6 +315,42 @@ def models_list(target: str | None) -> None:
             f"  {model.id:<20} -> {model.resolves_to:<16} {task:<9} pool {model.pool} ({model.engine}) "
             f"ready {model.ready_workers}{flags}"
         )
+        for line in _routing_lines(model):
+            click.echo(f"{'':<24}{line}")
+
+
+def _routing_lines(model: models_pb2.ModelInfo) -> list[str]:
+    """Policies, canary and A/B arms of one ListModels entry."""
+    lines = [f"policies: {', '.join(model.policies)}"] if model.policies else []
+    if model.HasField("canary"):
+        c = model.canary
+        state = models_pb2.CanaryState.Name(c.state).removeprefix("CANARY_STATE_").lower()
+        lines.append(
+            f"canary {c.canary_version} vs {c.stable_version}: {state}, share {c.share:.0%}, "
+            f"step {c.step}/{c.steps} ({c.canary_stats.requests} canary / {c.stable_stats.requests} stable requests)"
+        )
+        lines.append(f"  {c.reason}")
+    for arm in model.arms:
+        rate = arm.errors / arm.requests if arm.requests else 0.0
+        lines.append(
+            f"{arm.policy}/{arm.arm} -> {arm.target} (weight {arm.weight:g}): {arm.requests} requests, "
+            f"errors {rate:.1%}, TTFT p95 {arm.ttft_p95_ms:.0f} ms, {arm.completion_tokens} tokens, "
+            f"{arm.cost_usd:.4f} USD"
+        )
+    return lines
+
+
+@models.command("reload")
+@click.option("--target", default=None)
+def models_reload(target: str | None) -> None:
+    """Have the router re-read its config file (HEADRACE_CONFIG) without a restart."""
+    settings = _settings()
+    with HeadraceClient(target or _router_target(settings)) as client:
+        result = client.reload_config()
+    if result.changed:
+        click.echo(f"reloaded ({result.config_sha256[:12]}): {', '.join(result.changes)}")
+    else:
+        click.echo(f"unchanged ({result.config_sha256[:12]})")
 
 
 @main.group()

@@ -150,6 +150,13 @@ class HeadraceClient:
         )
         return response
 
+    def reload_config(self) -> models_pb2.ReloadConfigResponse:
+        """Have the router re-read its config file (admin tenants only)."""
+        response: models_pb2.ReloadConfigResponse = self._unary(
+            self._stub.ReloadConfig, models_pb2.ReloadConfigRequest()
+        )
+        return response
+
     def submit_batch(
         self, jsonl: bytes, *, endpoint: str = "/v1/chat/completions", metadata: Mapping[str, str] | None = None
     ) -> batch_pb2.BatchJob:
@@ -238,5 +245,11 @@ class AsyncHeadraceClient:
     async def list_models(self, *, include_deprecated: bool = False) -> models_pb2.ListModelsResponse:
         response: models_pb2.ListModelsResponse = await self._unary(
             self._stub.ListModels, models_pb2.ListModelsRequest(include_deprecated=include_deprecated)
+        )
+        return response
+
+    async def reload_config(self) -> models_pb2.ReloadConfigResponse:
+        response: models_pb2.ReloadConfigResponse = await self._unary(
+            self._stub.ReloadConfig, models_pb2.ReloadConfigRequest()
         )
         return response

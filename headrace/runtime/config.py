@@ -30,6 +30,7 @@ from headrace.runtime.engine_settings import (
     EngineSettings,
     VllmEngineSettings,
 )
+from headrace.runtime.routing_settings import RoutingSettings
 
 LOOPBACK = "127.0.0.1"
 
@@ -223,6 +224,9 @@ class ModelVersionSettings(_Section):
     removed: bool = False
     replaced_by: str = ""
     created_at: int = 0
+    # USD per hour of this version's capacity, when it differs from its
+    # pool's (e.g. two versions sharing one pool, priced apart).
+    price_per_hour: float | None = Field(default=None, ge=0)
 
 
 class ModelSettings(_Section):
@@ -307,6 +311,8 @@ class Settings(BaseSettings):
     models: dict[str, ModelSettings] = Field(default_factory=_default_models)
     # alias -> "name" or "name@version"
     aliases: dict[str, str] = Field(default_factory=dict)
+    # Routes (policies per alias), canaries, fallbacks, retries, breakers.
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -340,6 +346,13 @@ class Settings(BaseSettings):
             base = target.split("@", 1)[0]
             if base not in self.models:
                 raise ValueError(f"alias {alias!r} points at unknown model {target!r}")
+        self.routing.check_references(
+            {
+                name: {version for version, spec in model.versions.items() if not spec.removed}
+                for name, model in self.models.items()
+            },
+            self.aliases,
+        )
         if self.engine_override is not None and self.engine_override not in ENGINE_DEFAULTS:
             raise ValueError(f"unknown engine {self.engine_override!r}; known: {', '.join(sorted(ENGINE_DEFAULTS))}")
         if not self.auth_enabled:

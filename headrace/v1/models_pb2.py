@@ -24,19 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18headrace/v1/models.proto\x12\x0bheadrace.v1\"\x83\x02\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bresolves_to\x18\x02 \x01(\t\x12\r\n\x05\x61lias\x18\x03 \x01(\x08\x12$\n\x04task\x18\x04 \x01(\x0e\x32\x16.headrace.v1.ModelTask\x12\x0c\n\x04pool\x18\x05 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x06 \x01(\t\x12\x12\n\ndeprecated\x18\x07 \x01(\x08\x12\x13\n\x0breplaced_by\x18\x08 \x01(\t\x12\x16\n\x0eprice_per_hour\x18\t \x01(\x01\x12\x15\n\rready_workers\x18\n \x01(\r\x12\x16\n\x0e\x63ontext_length\x18\x0b \x01(\r\x12\x12\n\ncreated_at\x18\x0c \x01(\x03\"/\n\x11ListModelsRequest\x12\x1a\n\x12include_deprecated\x18\x01 \x01(\x08\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.headrace.v1.ModelInfo*V\n\tModelTask\x12\x1a\n\x16MODEL_TASK_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_TASK_GENERATE\x10\x01\x12\x14\n\x10MODEL_TASK_EMBED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18headrace/v1/models.proto\x12\x0bheadrace.v1\"\xe5\x02\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bresolves_to\x18\x02 \x01(\t\x12\r\n\x05\x61lias\x18\x03 \x01(\x08\x12$\n\x04task\x18\x04 \x01(\x0e\x32\x16.headrace.v1.ModelTask\x12\x0c\n\x04pool\x18\x05 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x06 \x01(\t\x12\x12\n\ndeprecated\x18\x07 \x01(\x08\x12\x13\n\x0breplaced_by\x18\x08 \x01(\t\x12\x16\n\x0eprice_per_hour\x18\t \x01(\x01\x12\x15\n\rready_workers\x18\n \x01(\r\x12\x16\n\x0e\x63ontext_length\x18\x0b \x01(\r\x12\x12\n\ncreated_at\x18\x0c \x01(\x03\x12\x10\n\x08policies\x18\r \x03(\t\x12)\n\x06\x63\x61nary\x18\x0e \x01(\x0b\x32\x19.headrace.v1.CanaryStatus\x12#\n\x04\x61rms\x18\x0f \x03(\x0b\x32\x15.headrace.v1.ArmStats\"\x94\x02\n\x0c\x43\x61naryStatus\x12\x16\n\x0e\x63\x61nary_version\x18\x01 \x01(\t\x12\x16\n\x0estable_version\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.headrace.v1.CanaryState\x12\r\n\x05share\x18\x04 \x01(\x01\x12\x0c\n\x04step\x18\x05 \x01(\r\x12\r\n\x05steps\x18\x06 \x01(\r\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x15\n\rupdated_at_ms\x18\x08 \x01(\x03\x12+\n\x0c\x63\x61nary_stats\x18\t \x01(\x0b\x32\x15.headrace.v1.ArmStats\x12+\n\x0cstable_stats\x18\n \x01(\x0b\x32\x15.headrace.v1.ArmStats\"\xc2\x01\n\x08\x41rmStats\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0b\n\x03\x61rm\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\x01\x12\x10\n\x08requests\x18\x05 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x04\x12\x13\n\x0bttft_p95_ms\x18\x07 \x01(\x01\x12\x15\n\rmean_total_ms\x18\x08 \x01(\x01\x12\x19\n\x11\x63ompletion_tokens\x18\t \x01(\x04\x12\x10\n\x08\x63ost_usd\x18\n \x01(\x01\"\x15\n\x13ReloadConfigRequest\"O\n\x14ReloadConfigResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\x12\x15\n\rconfig_sha256\x18\x02 \x01(\t\x12\x0f\n\x07\x63hanges\x18\x03 \x03(\t\"/\n\x11ListModelsRequest\x12\x1a\n\x12include_deprecated\x18\x01 \x01(\x08\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.headrace.v1.ModelInfo*V\n\tModelTask\x12\x1a\n\x16MODEL_TASK_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_TASK_GENERATE\x10\x01\x12\x14\n\x10MODEL_TASK_EMBED\x10\x02*~\n\x0b\x43\x61naryState\x12\x1c\n\x18\x43\x41NARY_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41NARY_STATE_RUNNING\x10\x01\x12\x19\n\x15\x43\x41NARY_STATE_PROMOTED\x10\x02\x12\x1c\n\x18\x43\x41NARY_STATE_ROLLED_BACK\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'headrace.v1.models_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELTASK']._serialized_start=414
-  _globals['_MODELTASK']._serialized_end=500
+  _globals['_MODELTASK']._serialized_start=1092
+  _globals['_MODELTASK']._serialized_end=1178
+  _globals['_CANARYSTATE']._serialized_start=1180
+  _globals['_CANARYSTATE']._serialized_end=1306
   _globals['_MODELINFO']._serialized_start=42
-  _globals['_MODELINFO']._serialized_end=301
-  _globals['_LISTMODELSREQUEST']._serialized_start=303
-  _globals['_LISTMODELSREQUEST']._serialized_end=350
-  _globals['_LISTMODELSRESPONSE']._serialized_start=352
-  _globals['_LISTMODELSRESPONSE']._serialized_end=412
+  _globals['_MODELINFO']._serialized_end=399
+  _globals['_CANARYSTATUS']._serialized_start=402
+  _globals['_CANARYSTATUS']._serialized_end=678
+  _globals['_ARMSTATS']._serialized_start=681
+  _globals['_ARMSTATS']._serialized_end=875
+  _globals['_RELOADCONFIGREQUEST']._serialized_start=877
+  _globals['_RELOADCONFIGREQUEST']._serialized_end=898
+  _globals['_RELOADCONFIGRESPONSE']._serialized_start=900
+  _globals['_RELOADCONFIGRESPONSE']._serialized_end=979
+  _globals['_LISTMODELSREQUEST']._serialized_start=981
+  _globals['_LISTMODELSREQUEST']._serialized_end=1028
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1030
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1090
 # @@protoc_insertion_point(module_scope)

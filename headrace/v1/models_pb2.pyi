@@ -40,6 +40,32 @@ MODEL_TASK_GENERATE: ModelTask.ValueType  # 1
 MODEL_TASK_EMBED: ModelTask.ValueType  # 2
 Global___ModelTask: _TypeAlias = ModelTask  # noqa: Y015
 
+class _CanaryState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CanaryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CanaryState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CANARY_STATE_UNSPECIFIED: _CanaryState.ValueType  # 0
+    CANARY_STATE_RUNNING: _CanaryState.ValueType  # 1
+    """Taking a share of the traffic, step by step."""
+    CANARY_STATE_PROMOTED: _CanaryState.ValueType  # 2
+    """Passed every step: the model resolves to the canary version now."""
+    CANARY_STATE_ROLLED_BACK: _CanaryState.ValueType  # 3
+    """Breached its SLO and gets no traffic; `reason` says why."""
+
+class CanaryState(_CanaryState, metaclass=_CanaryStateEnumTypeWrapper):
+    """Where a canary stands."""
+
+CANARY_STATE_UNSPECIFIED: CanaryState.ValueType  # 0
+CANARY_STATE_RUNNING: CanaryState.ValueType  # 1
+"""Taking a share of the traffic, step by step."""
+CANARY_STATE_PROMOTED: CanaryState.ValueType  # 2
+"""Passed every step: the model resolves to the canary version now."""
+CANARY_STATE_ROLLED_BACK: CanaryState.ValueType  # 3
+"""Breached its SLO and gets no traffic; `reason` says why."""
+Global___CanaryState: _TypeAlias = CanaryState  # noqa: Y015
+
 @_typing.final
 class ModelInfo(_message.Message):
     """One name a client can pass as `model`."""
@@ -58,6 +84,9 @@ class ModelInfo(_message.Message):
     READY_WORKERS_FIELD_NUMBER: _builtins.int
     CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    POLICIES_FIELD_NUMBER: _builtins.int
+    CANARY_FIELD_NUMBER: _builtins.int
+    ARMS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The name to pass: a model name, a pinned version "name@version", or an alias."""
     resolves_to: _builtins.str
@@ -79,6 +108,20 @@ class ModelInfo(_message.Message):
     """Longest prompt plus completion, in tokens (0: unknown)."""
     created_at: _builtins.int
     """Unix seconds the version was registered."""
+    @_builtins.property
+    def policies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Routing policies applied to this id, in order: "fast_accurate:<alias>",
+        "ab:<experiment>", "canary:<model>".
+        """
+
+    @_builtins.property
+    def canary(self) -> Global___CanaryStatus:
+        """Set when the version this id resolves to is being replaced by a canary."""
+
+    @_builtins.property
+    def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArmStats]:
+        """What each arm of this alias's A/B splits has served so far."""
+
     def __init__(
         self,
         *,
@@ -94,14 +137,179 @@ class ModelInfo(_message.Message):
         ready_workers: _builtins.int = ...,
         context_length: _builtins.int = ...,
         created_at: _builtins.int = ...,
+        policies: _abc.Iterable[_builtins.str] | None = ...,
+        canary: Global___CanaryStatus | None = ...,
+        arms: _abc.Iterable[Global___ArmStats] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "context_length", b"context_length", "created_at", b"created_at", "deprecated", b"deprecated", "engine", b"engine", "id", b"id", "pool", b"pool", "price_per_hour", b"price_per_hour", "ready_workers", b"ready_workers", "replaced_by", b"replaced_by", "resolves_to", b"resolves_to", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "arms", b"arms", "canary", b"canary", "context_length", b"context_length", "created_at", b"created_at", "deprecated", b"deprecated", "engine", b"engine", "id", b"id", "policies", b"policies", "pool", b"pool", "price_per_hour", b"price_per_hour", "ready_workers", b"ready_workers", "replaced_by", b"replaced_by", "resolves_to", b"resolves_to", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class CanaryStatus(_message.Message):
+    """A canary's progress, shared by every router replica (kept in Redis)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANARY_VERSION_FIELD_NUMBER: _builtins.int
+    STABLE_VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_MS_FIELD_NUMBER: _builtins.int
+    CANARY_STATS_FIELD_NUMBER: _builtins.int
+    STABLE_STATS_FIELD_NUMBER: _builtins.int
+    canary_version: _builtins.str
+    """The version under test and the one it is compared with."""
+    stable_version: _builtins.str
+    state: Global___CanaryState.ValueType
+    share: _builtins.float
+    """Share of the model's traffic the canary gets now, 0 to 1."""
+    step: _builtins.int
+    """The current step (1-based) and how many there are."""
+    steps: _builtins.int
+    reason: _builtins.str
+    """Why it was rolled back or promoted, or how the last step went."""
+    updated_at_ms: _builtins.int
+    """Unix milliseconds of the last change."""
+    @_builtins.property
+    def canary_stats(self) -> Global___ArmStats:
+        """What the canary and the stable version served in the current step."""
+
+    @_builtins.property
+    def stable_stats(self) -> Global___ArmStats: ...
+    def __init__(
+        self,
+        *,
+        canary_version: _builtins.str = ...,
+        stable_version: _builtins.str = ...,
+        state: Global___CanaryState.ValueType = ...,
+        share: _builtins.float = ...,
+        step: _builtins.int = ...,
+        steps: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        updated_at_ms: _builtins.int = ...,
+        canary_stats: Global___ArmStats | None = ...,
+        stable_stats: Global___ArmStats | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["canary_stats", b"canary_stats", "stable_stats", b"stable_stats"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary_stats", b"canary_stats", "canary_version", b"canary_version", "reason", b"reason", "share", b"share", "stable_stats", b"stable_stats", "stable_version", b"stable_version", "state", b"state", "step", b"step", "steps", b"steps", "updated_at_ms", b"updated_at_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CanaryStatus: _TypeAlias = CanaryStatus  # noqa: Y015
+
+@_typing.final
+class ArmStats(_message.Message):
+    """What one arm of a split (an A/B arm, a canary or its stable version) served."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    ARM_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    TTFT_P95_MS_FIELD_NUMBER: _builtins.int
+    MEAN_TOTAL_MS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    policy: _builtins.str
+    """"ab:<experiment>" or "canary:<model>"."""
+    arm: _builtins.str
+    """The arm's name ("canary" and "stable" for a canary)."""
+    target: _builtins.str
+    """The model, version or alias it routes to."""
+    weight: _builtins.float
+    """The configured weight (A/B) or current share (canary)."""
+    requests: _builtins.int
+    errors: _builtins.int
+    ttft_p95_ms: _builtins.float
+    mean_total_ms: _builtins.float
+    completion_tokens: _builtins.int
+    cost_usd: _builtins.float
+    def __init__(
+        self,
+        *,
+        policy: _builtins.str = ...,
+        arm: _builtins.str = ...,
+        target: _builtins.str = ...,
+        weight: _builtins.float = ...,
+        requests: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        ttft_p95_ms: _builtins.float = ...,
+        mean_total_ms: _builtins.float = ...,
+        completion_tokens: _builtins.int = ...,
+        cost_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "errors", b"errors", "mean_total_ms", b"mean_total_ms", "policy", b"policy", "requests", b"requests", "target", b"target", "ttft_p95_ms", b"ttft_p95_ms", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArmStats: _TypeAlias = ArmStats  # noqa: Y015
+
+@_typing.final
+class ReloadConfigRequest(_message.Message):
+    """Read the config file (HEADRACE_CONFIG) again and apply its registry:
+    models, versions, aliases, routing. Admin tenants only.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadConfigRequest: _TypeAlias = ReloadConfigRequest  # noqa: Y015
+
+@_typing.final
+class ReloadConfigResponse(_message.Message):
+    """What the reload did. A config that does not validate is rejected with
+    FAILED_PRECONDITION naming the field, and the running one stays.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGED_FIELD_NUMBER: _builtins.int
+    CONFIG_SHA256_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    """False when the registry had not changed."""
+    config_sha256: _builtins.str
+    """SHA-256 of the registry now in force."""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What changed: "models.smollm2", "routing.canaries", ..."""
+
+    def __init__(
+        self,
+        *,
+        changed: _builtins.bool = ...,
+        config_sha256: _builtins.str = ...,
+        changes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "changes", b"changes", "config_sha256", b"config_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadConfigResponse: _TypeAlias = ReloadConfigResponse  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):

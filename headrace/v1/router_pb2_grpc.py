@@ -110,6 +110,11 @@ class RouterStub:
                 request_serializer=headrace_dot_v1_dot_cache__pb2.InvalidateRequest.SerializeToString,
                 response_deserializer=headrace_dot_v1_dot_cache__pb2.InvalidateResponse.FromString,
                 _registered_method=True)
+        self.ReloadConfig = channel.unary_unary(
+                '/headrace.v1.Router/ReloadConfig',
+                request_serializer=headrace_dot_v1_dot_models__pb2.ReloadConfigRequest.SerializeToString,
+                response_deserializer=headrace_dot_v1_dot_models__pb2.ReloadConfigResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -210,6 +215,14 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadConfig(self, request, context):
+        """Reload the model registry and routing from the config file without a
+        restart (as SIGHUP does). Admin tenants only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -282,6 +295,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.InvalidateCache,
                     request_deserializer=headrace_dot_v1_dot_cache__pb2.InvalidateRequest.FromString,
                     response_serializer=headrace_dot_v1_dot_cache__pb2.InvalidateResponse.SerializeToString,
+            ),
+            'ReloadConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadConfig,
+                    request_deserializer=headrace_dot_v1_dot_models__pb2.ReloadConfigRequest.FromString,
+                    response_serializer=headrace_dot_v1_dot_models__pb2.ReloadConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -665,6 +683,33 @@ class Router:
             '/headrace.v1.Router/InvalidateCache',
             headrace_dot_v1_dot_cache__pb2.InvalidateRequest.SerializeToString,
             headrace_dot_v1_dot_cache__pb2.InvalidateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headrace.v1.Router/ReloadConfig',
+            headrace_dot_v1_dot_models__pb2.ReloadConfigRequest.SerializeToString,
+            headrace_dot_v1_dot_models__pb2.ReloadConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,10 @@ class RouterStub:
     """Drop the caller's cached answers by tag, model or version. The tenant
     comes from auth; a tenant field in the request is ignored.
     """
+    ReloadConfig: _grpc.UnaryUnaryMultiCallable[_models_pb2.ReloadConfigRequest, _models_pb2.ReloadConfigResponse]
+    """Reload the model registry and routing from the config file without a
+    restart (as SIGHUP does). Admin tenants only.
+    """
 
 @_typing.type_check_only
 class RouterAsyncStub(RouterStub):
@@ -93,6 +97,10 @@ class RouterAsyncStub(RouterStub):
     InvalidateCache: _aio.UnaryUnaryMultiCallable[_cache_pb2.InvalidateRequest, _cache_pb2.InvalidateResponse]  # type: ignore[assignment]
     """Drop the caller's cached answers by tag, model or version. The tenant
     comes from auth; a tenant field in the request is ignored.
+    """
+    ReloadConfig: _aio.UnaryUnaryMultiCallable[_models_pb2.ReloadConfigRequest, _models_pb2.ReloadConfigResponse]  # type: ignore[assignment]
+    """Reload the model registry and routing from the config file without a
+    restart (as SIGHUP does). Admin tenants only.
     """
 
 class RouterServicer(metaclass=_abc_1.ABCMeta):
@@ -206,6 +214,16 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_cache_pb2.InvalidateResponse, _abc.Awaitable[_cache_pb2.InvalidateResponse]]:
         """Drop the caller's cached answers by tag, model or version. The tenant
         comes from auth; a tenant field in the request is ignored.
+        """
+
+    @_abc_1.abstractmethod
+    def ReloadConfig(
+        self,
+        request: _models_pb2.ReloadConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_models_pb2.ReloadConfigResponse, _abc.Awaitable[_models_pb2.ReloadConfigResponse]]:
+        """Reload the model registry and routing from the config file without a
+        restart (as SIGHUP does). Admin tenants only.
         """
 
 def add_RouterServicer_to_server(servicer: RouterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

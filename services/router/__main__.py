@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc.aio
 from fastapi import APIRouter
@@ -14,6 +18,7 @@ from headrace.runtime.auth import ApiKeyAuthenticator
 from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.channels import ChannelPool, open_channel
 from headrace.runtime.config import Settings, load_settings
+from headrace.runtime.errors import HeadraceError
 from headrace.runtime.server import GrpcServiceHost, ServiceRegistration, serve
 from headrace.runtime.telemetry import build_tracer_provider, configure_logging, start_metrics_server
 from headrace.v1 import cache_pb2_grpc, router_pb2_grpc, scheduler_pb2_grpc
@@ -25,6 +30,8 @@ from services.router.leasing import Leasing
 from services.router.model_registry import ModelRegistry
 from services.router.rate_limited_flows import RateLimitedEmbedding, RateLimitedGeneration
 from services.router.rate_limits import TenantRateLimiter, connect_limiter_redis
+from services.router.routing.layer import RoutingLayer, routing_redis
+from services.router.routing.reload import ConfigReloader
 from services.router.server import RouterServicer
 
 
@@ -41,6 +48,8 @@ class RouterApp:
 
     host: GrpcServiceHost
     close: Callable[[], Awaitable[None]]
+    routing: RoutingLayer
+    reloader: ConfigReloader
     # The HTTP gateway (not started yet); None when gateway.enabled is off.
     http: HttpServer | None = None
     readiness: Readiness = field(default_factory=Readiness)
@@ -55,6 +64,7 @@ def build_router(
     cache_target: str | None = None,
     tracer_provider: TracerProvider | None = None,
     http_routers: Sequence[APIRouter] = (),
+    load_config: Callable[[], Settings] = load_settings,
 ) -> RouterApp:
     """`http_routers`: more APIRouters for the gateway (e.g. /v1/files, /v1/batches)."""
     tracer_provider = tracer_provider or build_tracer_provider("headrace-router", settings.telemetry)
@@ -68,13 +78,20 @@ def build_router(
     background = BackgroundTasks()
     registry = ModelRegistry(settings)
     leasing = Leasing(scheduler, background, renew_margin_s=settings.router.lease_renew_margin_s)
+    # Canary state and A/B statistics, shared by every router replica.
+    redis = routing_redis(settings.redis_url)
+    routing = RoutingLayer(settings, registry=registry, redis=redis, background=background)
+    config_path = os.environ.get("HEADRACE_CONFIG")
+    reloader = ConfigReloader(
+        settings, load=load_config, apply=routing.reload, path=Path(config_path) if config_path else None
+    )
     # Rate limits and quotas wrap the flows: both APIs pass through them.
     limiter_redis = connect_limiter_redis(settings.redis_url)
     limiter = TenantRateLimiter(limiter_redis)
     generation = RateLimitedGeneration(
         GenerationFlow(
             settings=settings,
-            registry=registry,
+            routing=routing,
             leasing=leasing,
             cache=CacheClient(cache, settings.cache),
             workers=workers,
@@ -93,6 +110,8 @@ def build_router(
     servicer = RouterServicer(
         settings=settings,
         registry=registry,
+        routing=routing,
+        reloader=reloader,
         generation=generation,
         embedding=embedding,
         scheduler=scheduler,
@@ -138,8 +157,9 @@ def build_router(
         for channel in channels:
             await channel.close()
         await limiter_redis.aclose()
+        await redis.aclose()
 
-    return RouterApp(host=host, close=close, http=http, readiness=readiness)
+    return RouterApp(host=host, close=close, routing=routing, reloader=reloader, http=http, readiness=readiness)
 
 
 async def main(settings: Settings) -> None:
@@ -149,6 +169,17 @@ async def main(settings: Settings) -> None:
     if http is not None:
         # Now, before anything serves: a taken port stops the router at start.
         http.bind()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def reload_on_sighup() -> None:
+        try:
+            app.reloader.reload("SIGHUP")
+        except HeadraceError:
+            pass  # rejected and logged; the running config stays
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_on_sighup)
+    if settings.routing.reload.watch:
+        tasks.add(asyncio.create_task(app.reloader.watch(settings.routing.reload.poll_interval_s), name="config-watch"))
 
     async def start_http() -> None:
         if http is not None:
@@ -159,7 +190,12 @@ async def main(settings: Settings) -> None:
         if http is not None:
             await http.stop()
 
-    await serve(app.host, after_start=start_http, before_stop=stop_http, after_stop=app.close)
+    async def after_stop() -> None:
+        for task in tasks:
+            task.cancel()
+        await app.close()
+
+    await serve(app.host, after_start=start_http, before_stop=stop_http, after_stop=after_stop)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,20 @@
 """One online request, from the router's side:
 
-    resolve the model -> cache lookup -> scheduler.Place -> worker.Generate
-    (streamed straight from the worker) -> release the lease, store the
-    answer in the cache (both off the critical path).
+    routing decision (services/router/routing) -> cache lookup ->
+    scheduler.Place -> worker.Generate (streamed straight from the worker)
+    -> release the lease, store the answer in the cache, report the outcome
+    to the routing layer (all off the critical path).
 
-A failure before the first token is retried on another placement; after
-the first token the error reaches the client as its status.
+The routing layer decides the model version, and which attempt comes
+next when one fails before its first token (another worker, a fallback
+model; within a retry budget, past open circuits). After the first token
+the error reaches the client as its status. A cascade decision answers
+with the fast model first and escalates when that answer fails its check.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -21,18 +26,19 @@ import grpc.aio
 from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.channels import ChannelPool, call_options
 from headrace.runtime.config import Settings
-from headrace.runtime.errors import from_rpc_error
+from headrace.runtime.errors import HeadraceError, Internal, Unavailable, from_rpc_error, status_code_for
 from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.router import metrics
 from services.router.cache_client import CacheClient, note_on_trace
 from services.router.cached_stream import cached_stream, deltas_of
 from services.router.leasing import Leasing
-from services.router.model_registry import ModelRegistry, Resolution
+from services.router.model_registry import Resolution
+from services.router.routing import metrics as routing_metrics
+from services.router.routing.attempts import AttemptPlan
+from services.router.routing.decision import RequestOutcome, RouteDecision
+from services.router.routing.layer import RoutingLayer
 
 log = logging.getLogger(__name__)
-
-# Worker failures before the first token that another placement may fix.
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 
 @dataclass
@@ -57,14 +63,14 @@ class GenerationFlow:
         self,
         *,
         settings: Settings,
-        registry: ModelRegistry,
+        routing: RoutingLayer,
         leasing: Leasing,
         cache: CacheClient,
         workers: ChannelPool,
         background: BackgroundTasks,
     ) -> None:
         self._settings = settings
-        self._registry = registry
+        self._routing = routing
         self._leasing = leasing
         self._cache = cache
         self._workers = workers
@@ -76,11 +82,9 @@ class GenerationFlow:
         """Deltas of the answer; the first carries model and route, the last
         finish reason, usage, timing and cost."""
         started = time.monotonic()
-        resolution = self._registry.resolve(request.model, task="generate")
-        route = generation_pb2.RouteInfo(
-            model_version=resolution.model_version, reason=resolution.reason, deprecation=resolution.deprecation
-        )
-        lookup = await self._cache.lookup(tenant=tenant, model_version=resolution.model_version, request=request)
+        decision = await self._routing.decide(request, tenant=tenant, request_id=request_id)
+        route = _route_info(decision)
+        lookup = await self._cache.lookup(tenant=tenant, model_version=decision.primary.model_version, request=request)
         route.cache = lookup.outcome or generation_pb2.CACHE_OUTCOME_MISS
         if lookup.outcome in (generation_pb2.CACHE_OUTCOME_HIT_EXACT, generation_pb2.CACHE_OUTCOME_HIT_SEMANTIC):
             route.cache_similarity = lookup.similarity
@@ -91,15 +95,21 @@ class GenerationFlow:
             return
         note_on_trace(route)
         answer = _Answer()
-        async for chunk in self._generate_placed(request, resolution, route, tenant, request_id, started, answer):
+        if decision.cascade is not None:
+            chunks = self._generate_cascade(request, decision, route, tenant, request_id, started, answer)
+        else:
+            chunks = self._generate_routed(request, decision, route, tenant, request_id, started, answer)
+        async for chunk in chunks:
             yield chunk
         if answer.last is not None and route.cache != generation_pb2.CACHE_OUTCOME_BYPASS:
+            # Stored under the version that answered (a fallback or an
+            # escalation may differ from the one looked up).
             self._background.spawn(
                 self._cache.store(
                     tenant=tenant,
-                    model_version=resolution.model_version,
+                    model_version=route.model_version,
                     request=request,
-                    response=self._to_response(answer, route, request_id, resolution.model_version),
+                    response=self._to_response(answer, route, request_id, route.model_version),
                     deltas=deltas_of(answer.text, answer.token_ids, answer.token_counts),
                     started=started,
                 ),
@@ -138,33 +148,153 @@ class GenerationFlow:
             cost=last.cost,
         )
 
-    async def _generate_placed(
+    async def _generate_cascade(
         self,
         request: generation_pb2.GenerateRequest,
-        resolution: Resolution,
+        decision: RouteDecision,
         route: generation_pb2.RouteInfo,
         tenant: str,
         request_id: str,
         started: float,
         answer: _Answer,
     ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
-        excluded: list[str] = []
-        max_tokens = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 0
-        for attempt in range(1, self._settings.router.max_attempts + 1):
-            placed = await self._leasing.place(
-                scheduler_pb2.PlaceRequest(
-                    request_id=request_id,
-                    model_version=resolution.model_version,
-                    tenant=tenant,
-                    priority=request.priority,
-                    session_id=request.session_id,
-                    prompt_tokens=estimate_prompt_tokens(request),
-                    max_tokens=max_tokens,
-                    exclude_workers=excluded,
+        """The fast answer is held back until it passed its check; if it
+        fails, the accurate model answers, and the final cost includes both."""
+        assert decision.cascade is not None
+        cascade = decision.cascade
+        fast_request = request
+        asked = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 0
+        # A cut-off answer counts against the fast model only when the cut was
+        # the cascade's smaller budget: at the client's own budget the
+        # accurate model would be cut off just the same.
+        budget_cut = bool(cascade.fast_max_tokens) and (not asked or cascade.fast_max_tokens < asked)
+        if budget_cut:
+            fast_request = generation_pb2.GenerateRequest()
+            fast_request.CopyFrom(request)
+            fast_request.sampling.max_tokens = cascade.fast_max_tokens
+        fast = _Answer()
+        held: list[generation_pb2.GenerateStreamResponse] = []
+        why: str | None
+        try:
+            async for chunk in self._generate_routed(fast_request, decision, route, tenant, request_id, started, fast):
+                held.append(chunk)
+            last = fast.last
+            why = (
+                "no answer"
+                if last is None
+                else cascade.check.failure(
+                    "".join(fast.text),
+                    truncated=budget_cut and last.finish_reason == generation_pb2.FINISH_REASON_LENGTH,
                 )
             )
+        except HeadraceError as exc:
+            if not isinstance(exc, (Unavailable, Internal)):
+                raise
+            why = f"fast attempt failed ({type(exc).__name__})"
+        if why is None:
+            routing_metrics.CASCADE.labels(route=cascade.route, outcome="kept").inc()
+            answer.text, answer.token_ids, answer.last = fast.text, fast.token_ids, fast.last
+            answer.token_counts = fast.token_counts
+            for chunk in held:
+                yield chunk
+            return
+        routing_metrics.CASCADE.labels(route=cascade.route, outcome="escalated").inc()
+        log.info("cascade %s: fast answer from %s escalated: %s", cascade.route, route.model_version, why)
+        spent_usd = fast.last.cost.usd if fast.last is not None else 0.0
+        spent_s = fast.last.cost.engine_seconds if fast.last is not None else 0.0
+        escalated = await self._routing.escalate(decision, why)
+        escalated_route = _route_info(escalated)
+        escalated_route.cache = route.cache
+        async for chunk in self._generate_routed(
+            request, escalated, escalated_route, tenant, request_id, started, answer
+        ):
+            if chunk.finish_reason:
+                # The client pays for the fast attempt too.
+                chunk.cost.usd += spent_usd
+                chunk.cost.engine_seconds += spent_s
+            yield chunk
+        route.CopyFrom(escalated_route)
+
+    async def _generate_routed(
+        self,
+        request: generation_pb2.GenerateRequest,
+        decision: RouteDecision,
+        route: generation_pb2.RouteInfo,
+        tenant: str,
+        request_id: str,
+        started: float,
+        answer: _Answer,
+    ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
+        """Attempts as the routing layer plans them, until one streams; the
+        outcome goes back to the routing layer however the request ends."""
+        plan = self._routing.plan(decision)
+        error = ""
+        ttft_s: float | None = None
+        try:
+            async for chunk, first_ttft_s in self._attempts(plan, request, route, tenant, request_id, started, answer):
+                if first_ttft_s is not None:
+                    ttft_s = first_ttft_s
+                yield chunk
+        except HeadraceError as exc:
+            error = status_code_for(exc).name
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            error = grpc.StatusCode.CANCELLED.name
+            raise
+        finally:
+            plan.close()
+            last = answer.last
+            self._routing.report(
+                decision,
+                RequestOutcome(
+                    attempts=plan.attempts,
+                    served_version=route.model_version if last is not None else "",
+                    error=error if last is None else "",
+                    ttft_s=ttft_s,
+                    total_s=time.monotonic() - started,
+                    completion_tokens=last.usage.completion_tokens if last is not None else 0,
+                    cost_usd=last.cost.usd if last is not None else 0.0,
+                ),
+            )
+
+    async def _attempts(
+        self,
+        plan: AttemptPlan,
+        request: generation_pb2.GenerateRequest,
+        route: generation_pb2.RouteInfo,
+        tenant: str,
+        request_id: str,
+        started: float,
+        answer: _Answer,
+    ) -> AsyncIterator[tuple[generation_pb2.GenerateStreamResponse, float | None]]:
+        max_tokens = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 0
+        while True:
+            attempt = await plan.next()
+            resolution = attempt.resolution
+            try:
+                placed = await self._leasing.place(
+                    scheduler_pb2.PlaceRequest(
+                        request_id=request_id,
+                        model_version=resolution.model_version,
+                        tenant=tenant,
+                        priority=request.priority,
+                        session_id=request.session_id,
+                        prompt_tokens=estimate_prompt_tokens(request),
+                        max_tokens=max_tokens,
+                        exclude_workers=attempt.exclude_workers,
+                    )
+                )
+            except grpc.aio.AioRpcError as exc:
+                placement_error = from_rpc_error(exc)
+                if plan.placement_failed(attempt, placement_error):
+                    continue
+                raise placement_error from exc
+            plan.placed(attempt, placed.lease.worker_id)
+            route.model_version = resolution.model_version
+            route.reason = attempt.reason
+            route.deprecation = resolution.deprecation
             route.worker_id = placed.lease.worker_id
-            route.attempts = attempt
+            route.attempts = attempt.number
             async with self._leasing.hold(placed.lease) as use:
                 call = worker_pb2_grpc.WorkerStub(self._workers.get(placed.lease.endpoint)).Generate(
                     worker_pb2.WorkerGenerateRequest(
@@ -179,14 +309,18 @@ class GenerationFlow:
                 )
                 first = True
                 ttft_s = 0.0
+                attempt_ttft_s = 0.0
                 try:
                     async for chunk in call:
+                        first_ttft: float | None = None
                         if first:
                             first = False
                             chunk.route.CopyFrom(route)
                             chunk.model = resolution.model_version
                             ttft_s = time.monotonic() - started
+                            first_ttft = ttft_s
                             metrics.TTFT.labels(model=resolution.model_version).observe(ttft_s)
+                            attempt_ttft_s = time.monotonic() - attempt.started
                         answer.text.append(chunk.text)
                         answer.token_ids.extend(chunk.token_ids)
                         answer.token_counts.append(len(chunk.token_ids))
@@ -195,19 +329,29 @@ class GenerationFlow:
                             self._finish(chunk, resolution, placed.queue_ms, started, tenant)
                             answer.last = chunk
                             use.usage = chunk.usage
-                        yield chunk
+                        yield chunk, first_ttft
                     use.outcome = scheduler_pb2.LEASE_OUTCOME_OK
+                    last = answer.last
+                    plan.succeeded(
+                        attempt,
+                        ttft_s=None if first else attempt_ttft_s,
+                        total_s=time.monotonic() - attempt.started,
+                        completion_tokens=last.usage.completion_tokens if last is not None else 0,
+                        cost_usd=last.cost.usd if last is not None else 0.0,
+                    )
                     return
                 except grpc.aio.AioRpcError as exc:
-                    if first and exc.code() in _RETRYABLE and attempt < self._settings.router.max_attempts:
-                        log.warning(
-                            "worker %s failed before the first token (%s); retrying elsewhere",
-                            placed.lease.worker_id,
-                            exc.code().name,
-                        )
-                        excluded.append(placed.lease.worker_id)
+                    error = from_rpc_error(exc)
+                    if plan.worker_failed(attempt, error, after_first_token=not first):
                         continue
-                    raise from_rpc_error(exc) from exc
+                    if not first:
+                        # Tokens already reached the client: say plainly where it broke.
+                        raise type(error)(
+                            f"generation failed after the first token on {resolution.model_version} "
+                            f"(worker {placed.lease.worker_id}): {error.message}",
+                            retry_after_s=error.retry_after_s,
+                        ) from exc
+                    raise error from exc
                 finally:
                     # Also on cancel and on an early close by the consumer:
                     # the worker sees the cancel and aborts the sequence.
@@ -232,3 +376,11 @@ class GenerationFlow:
         metrics.PROMPT_TOKENS.labels(tenant=tenant, model=resolution.model_version).inc(chunk.usage.prompt_tokens)
         metrics.COST_USD.labels(tenant=tenant, model=resolution.model_version).inc(chunk.cost.usd)
         metrics.ENGINE_SECONDS.labels(tenant=tenant, model=resolution.model_version).inc(engine_seconds)
+
+
+def _route_info(decision: RouteDecision) -> generation_pb2.RouteInfo:
+    return generation_pb2.RouteInfo(
+        model_version=decision.primary.model_version,
+        reason=decision.reason,
+        deprecation=decision.primary.deprecation,
+    )

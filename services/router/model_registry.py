@@ -44,8 +44,17 @@ class ModelRegistry:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    def replace(self, settings: Settings) -> None:
+        """Serve another (validated) config from now on: a reload. Requests
+        already resolved keep what they got."""
+        self._settings = settings
+
     def resolve(self, requested: str, *, task: Task) -> Resolution:
-        name = requested or self._default_for(task)
+        name = requested or self.default_for(task)
         reason = "default"
         target = name
         if name in self._settings.aliases:
@@ -65,7 +74,7 @@ class ModelRegistry:
             raise InvalidArgument(f"model {name!r} is a {model.task} model; call {other} with it")
         return self._resolve_version(base, model, version, reason)
 
-    def _default_for(self, task: Task) -> str:
+    def default_for(self, task: Task) -> str:
         default = self._settings.default_model if task == "generate" else self._settings.default_embedding_model
         if not default:
             raise InvalidArgument(f"model: required (no default {task} model is configured)")
@@ -89,7 +98,7 @@ class ModelRegistry:
             model_version=model_version,
             pool=spec.pool,
             engine=self._settings.pool_engine(spec.pool).kind,
-            price_per_hour=pool.price_per_hour,
+            price_per_hour=pool.price_per_hour if spec.price_per_hour is None else spec.price_per_hour,
             reason=reason,
             deprecation=deprecation,
         )

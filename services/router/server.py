@@ -12,7 +12,7 @@ import grpc.aio
 
 from headrace.runtime.channels import call_options
 from headrace.runtime.config import Settings
-from headrace.runtime.errors import from_rpc_error
+from headrace.runtime.errors import PermissionDenied, Unimplemented, from_rpc_error
 from headrace.runtime.request_context import current_request_id, current_tenant
 from headrace.served_by import served_by_headers
 from headrace.v1 import (
@@ -29,6 +29,9 @@ from headrace.validation import validate_embed_request, validate_generate_reques
 from services.router import metrics
 from services.router.flow_protocols import Embedding, Generation
 from services.router.model_registry import ModelRegistry
+from services.router.routing.layer import RoutingLayer
+from services.router.routing.reload import ConfigReloader
+from services.router.routing_views import annotate_models
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         embedding: Embedding,
         scheduler: scheduler_pb2_grpc.SchedulerStub,
         cache: cache_pb2_grpc.CacheStub,
+        routing: RoutingLayer | None = None,
+        reloader: ConfigReloader | None = None,
     ) -> None:
         self._settings = settings
+        self._routing = routing
+        self._reloader = reloader
         self._registry = registry
         self._generation = generation
         self._embedding = embedding
@@ -88,7 +95,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self, request: models_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.ListModelsResponse:
         ready = await self._ready_workers_by_pool()
-        return models_pb2.ListModelsResponse(
+        listing = models_pb2.ListModelsResponse(
             models=[
                 models_pb2.ModelInfo(
                     id=entry.id,
@@ -106,6 +113,24 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 )
                 for entry in self._registry.entries(include_deprecated=request.include_deprecated)
             ]
+        )
+        if self._routing is not None:
+            await annotate_models(list(listing.models), self._routing, ready_workers=ready)
+        return listing
+
+    async def ReloadConfig(
+        self, request: models_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.ReloadConfigResponse:
+        if self._reloader is None:
+            raise Unimplemented("this router has no config file to reload")
+        tenant = current_tenant()
+        admins = self._reloader.current.routing.admin_tenants
+        # Open dev mode (no keys) only listens on loopback: anyone there may reload.
+        if self._settings.auth_enabled and tenant not in admins:
+            raise PermissionDenied(f"tenant {tenant!r} may not reload the config (routing.admin_tenants)")
+        result = self._reloader.reload(f"ReloadConfig by {tenant}")
+        return models_pb2.ReloadConfigResponse(
+            changed=result.changed, config_sha256=result.digest, changes=list(result.changes)
         )
 
     async def _ready_workers_by_pool(self) -> dict[str, int]:

@@ -1,0 +1,1 @@
+"""Routing policies, all behind `RoutingPolicy` (policies/base.py)."""
