@@ -48,7 +48,10 @@ $(BUF):
 
 install: system-deps $(VENV)/.installed $(BUF)
 
+# The Triton engine's tests run a real Triton server from its own venv
+# (pytriton needs numpy<2; vLLM needs numpy>=2).
 install-test: install
+	PYTHON=$(PYTHON) TORCH_INDEX=$(TORCH_INDEX) HEADRACE_TORCH_INDEX_URL=$(TORCH_INDEX) scripts/install-triton-test-server.sh
 
 protos: $(VENV)/.installed
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.test_cli_mesh import cli_env, headrace
+from tests.e2e.test_cli_mesh import cli_env
+from tests.support.cli import headrace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 __all__ = ["cli_env"]
@@ -39,7 +40,8 @@ def resolves_to(env: dict[str, str], model_id: str) -> str:
     assert listing.returncode == 0, listing.stderr
     for line in listing.stdout.splitlines():
         fields = line.split()
-        if fields and fields[0] == model_id:
+        # "  ID -> VERSION task pool ..." lines (the prepared-folders section has no arrow).
+        if len(fields) > 2 and fields[0] == model_id and fields[1] == "->":
             return fields[2]
     raise AssertionError(listing.stdout)
 

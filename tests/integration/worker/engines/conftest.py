@@ -96,7 +96,8 @@ class TritonServer:
 def _triton_python() -> Path:
     python = TRITON_VENV / "bin" / "python"
     if not python.exists():
-        pytest.skip(f"{TRITON_VENV} is missing: run {TRITON_INSTALL} to run the Triton tests")
+        # `make install-test` builds it; a missing server is a failed setup, not a pass.
+        pytest.fail(f"{TRITON_VENV} is missing: run {TRITON_INSTALL} (make install-test)")
     if not (TRITON_VENV / ".headrace-installed").exists():
         pytest.fail(f"{TRITON_VENV} is incomplete: run {TRITON_INSTALL} again")
     return python
