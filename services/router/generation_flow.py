@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import grpc
 import grpc.aio
 
+from headrace.prefix_hashing import request_prefix_hashes
 from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.channels import ChannelPool, call_options
 from headrace.runtime.config import Settings
@@ -162,6 +163,8 @@ class GenerationFlow:
     ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
         excluded: list[str] = []
         max_tokens = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 0
+        # For the scheduler's prefix affinity (headrace/prefix_hashing.py).
+        prefix_hashes = request_prefix_hashes(request, resolution.model_version)
         for attempt in range(1, self._settings.router.max_attempts + 1):
             placed = await self._leasing.place(
                 scheduler_pb2.PlaceRequest(
@@ -170,6 +173,7 @@ class GenerationFlow:
                     tenant=tenant,
                     priority=request.priority,
                     session_id=request.session_id,
+                    prefix_hashes=prefix_hashes,
                     prompt_tokens=estimate_prompt_tokens(request),
                     max_tokens=max_tokens,
                     exclude_workers=excluded,
