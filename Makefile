@@ -97,5 +97,11 @@ bench: bench-overhead
 bench-overhead: install
 	$(PY) -m bench.overhead
 
+# Prefix affinity vs round robin on 2 vLLM workers (needs ~12 GiB free and
+# `headrace models prepare`), then 10x overload on the synthetic engine.
+.PHONY: bench-placement
+bench-placement: install
+	$(PY) -m bench.placement
+
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
