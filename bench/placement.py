@@ -3,11 +3,13 @@
 Part 1, prefix affinity vs round robin (real vLLM). A shared-prefix chat
 workload (many requests over a few dozen long system prompts, each
 followed by a short question) runs through the router against 2 vLLM
-workers serving SmolLM2-135M, each engine pinned to its own core. The same
-requests run twice, on freshly started engines (empty prefix caches): once
-with the pool's policy `round_robin`, once with `prefix_affinity`; reported
-side by side: requests/s, output tokens/s, time to first token p50/p99,
-and the share of prompt tokens the engines found in their prefix cache.
+workers serving SmolLM2-135M, each engine pinned to its own core. The
+policies take turns in blocks on the same engines, in ABBA order (the
+scheduler alone is restarted to switch: the machine is shared, and a
+drift in its load then weighs on both alike); each block brings its own
+system prompts, so none profits from another's cache. Reported side by
+side: requests/s, output tokens/s, time to first token p50/p99, and the
+share of prompt tokens the engines found in their prefix cache.
 
 Part 2, 10x overload (synthetic engine, to isolate the scheduler from
 model speed). Two workers with few slots; an open-loop load first at half
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -32,14 +35,16 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc.aio
+import yaml
 
 from bench.harness import MeshUnderTest, markdown_table, percentile, running_mesh, write_results
+from headrace.local_mesh import LocalMesh, health_state
 from headrace.local_redis import free_port
 from headrace.v1 import generation_pb2, router_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
@@ -56,9 +61,9 @@ _WORDS = (
 # --- workload -------------------------------------------------------------
 
 
-def system_prompt(index: int, chars: int) -> str:
-    rng = random.Random(f"system-{index}")
-    words = [f"You are the assistant of mill number {index}. Follow these house rules."]
+def system_prompt(block: int, index: int, chars: int) -> str:
+    rng = random.Random(f"system-{block}-{index}")
+    words = [f"You are the assistant of mill number {index} in valley {block}. Follow these house rules."]
     length = len(words[0])
     while length < chars:
         word = rng.choice(_WORDS)
@@ -67,10 +72,13 @@ def system_prompt(index: int, chars: int) -> str:
     return " ".join(words)[:chars]
 
 
-def shared_prefix_requests(count: int, prompts: int, prompt_chars: int, max_tokens: int) -> list[tuple[int, Any]]:
-    """(system prompt index, request): the same list for every policy."""
-    rng = random.Random(42)
-    systems = [system_prompt(i, prompt_chars) for i in range(prompts)]
+def shared_prefix_requests(
+    block: int, count: int, prompts: int, prompt_chars: int, max_tokens: int
+) -> list[tuple[int, Any]]:
+    """(system prompt index, request) for one block: a set of system prompts
+    of its own, so no block finds another's prompts in a cache."""
+    rng = random.Random(f"block-{block}")
+    systems = [system_prompt(block, i, prompt_chars) for i in range(prompts)]
     result = []
     for n in range(count):
         index = rng.randrange(prompts)
@@ -211,7 +219,9 @@ def vllm_config(policy: str, args: argparse.Namespace) -> dict[str, Any]:
                     "max_num_seqs": args.max_num_seqs,
                     "max_model_len": 4096,
                     "cpu_kv_cache_gib": args.kv_gib,
-                },
+                }
+                if args.prefix_engine == "vllm"
+                else {"kind": "synthetic", "max_concurrency": args.max_num_seqs},
             }
         },
         "scheduler": {"pools": {POOL: {"policy": policy, "queue_limit": 1024}}},
@@ -219,52 +229,146 @@ def vllm_config(policy: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-async def run_policy(policy: str, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
-    workload = shared_prefix_requests(args.requests, args.prompts, args.prompt_chars, args.max_tokens)
-    with running_mesh(vllm_config(policy, args)) as mesh, pinned_workers(mesh, [0, 1], log_dir / policy) as procs:
+# Blocks in ABBA order: a drift in the machine's load over the run (it is
+# shared) weighs on both policies alike.
+BLOCK_ORDER = ("round_robin", "prefix_affinity", "prefix_affinity", "round_robin")
+
+
+def switch_scheduler(mesh: MeshUnderTest, config_path: Path, log_path: Path) -> None:
+    """Restart the scheduler process alone, with another policy: engines,
+    workers and router stay up (workers re-register within seconds)."""
+    scheduler = next(p for p in mesh.processes if p.name == "scheduler")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(scheduler.pid, signal.SIGTERM)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(scheduler.pid, 0)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.scheduler"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "HEADRACE_CONFIG": str(config_path)},
+            start_new_session=True,
+        )
+    scheduler.pid = process.pid
+    # `headrace down` (what ends running_mesh) stops the pids in the mesh's
+    # state file: record the new scheduler there.
+    state = LocalMesh(mesh.settings).state_path
+    state.write_text(json.dumps({"processes": [asdict(p) for p in mesh.processes]}, indent=2))
+    deadline = time.monotonic() + 60
+    while health_state(scheduler.address, "headrace.v1.Scheduler") != "SERVING":
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the scheduler did not restart; see {log_path}")
+        time.sleep(0.2)
+
+
+async def until_router_places(router: router_pb2_grpc.RouterStub, timeout_s: float = 60.0) -> None:
+    """The router's channel to a restarted scheduler may sit in reconnect
+    backoff for a while: wait until a request goes through."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        probe = Outcome()
+        await timed_stream(
+            router,
+            generation_pb2.GenerateRequest(
+                prompt="Probe: name a river.",
+                sampling=generation_pb2.SamplingParams(max_tokens=2),
+                cache=generation_pb2.CachePolicy(no_cache=True, no_store=True),
+            ),
+            probe,
+        )
+        if probe.total_s:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the router could not place a request after the scheduler restart: {probe.errors}")
+        await asyncio.sleep(0.5)
+
+
+def policy_configs(base_config: Path) -> dict[str, Path]:
+    """The mesh's config file once per policy (the scheduler reads it)."""
+    configs = {}
+    for policy in PREFIX_POLICIES:
+        data = yaml.safe_load(base_config.read_text())
+        data["scheduler"]["pools"][POOL]["policy"] = policy
+        configs[policy] = base_config.with_name(f"headrace-{policy}.yaml")
+        configs[policy].write_text(yaml.safe_dump(data))
+    return configs
+
+
+async def run_block(
+    router: router_pb2_grpc.RouterStub, workload: list[tuple[int, Any]], concurrency: int, outcome: Outcome
+) -> float:
+    queue = iter(workload)
+
+    async def caller() -> None:
+        for _index, request in queue:
+            await timed_stream(router, request, outcome)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return time.perf_counter() - began
+
+
+async def run_prefix_comparison(args: argparse.Namespace, log_dir: Path) -> list[dict[str, Any]]:
+    outcomes = {policy: Outcome() for policy in PREFIX_POLICIES}
+    elapsed = dict.fromkeys(PREFIX_POLICIES, 0.0)
+    loads: dict[str, list[float]] = {policy: [] for policy in PREFIX_POLICIES}
+    per_block = args.requests // (len(BLOCK_ORDER) // len(PREFIX_POLICIES))
+    with running_mesh(vllm_config(BLOCK_ORDER[0], args)) as mesh, pinned_workers(mesh, [0, 1], log_dir) as procs:
         started = time.monotonic()
         await wait_for_workers(mesh.scheduler_address, 2, procs, timeout_s=900)
-        print(f"[{policy}] 2 vLLM workers ready in {time.monotonic() - started:.0f}s", flush=True)
+        print(f"2 vLLM workers ready in {time.monotonic() - started:.0f}s", flush=True)
+        configs = policy_configs(Path(os.environ["HEADRACE_CONFIG"]))
         async with grpc.aio.insecure_channel(mesh.router_address) as channel:
             router = router_pb2_grpc.RouterStub(channel)
-            warm = Outcome()
             for i in range(4):
                 warm_request = generation_pb2.GenerateRequest(
                     prompt=f"Warm-up {i}: name a river.",
                     sampling=generation_pb2.SamplingParams(max_tokens=8),
                     cache=generation_pb2.CachePolicy(no_cache=True, no_store=True),
                 )
-                await timed_stream(router, warm_request, warm)
-            outcome = Outcome()
-            queue = iter(workload)
-            load_before = os.getloadavg()[0]
-
-            async def caller() -> None:
-                for _index, request in queue:
-                    await timed_stream(router, request, outcome)
-
-            began = time.perf_counter()
-            await asyncio.gather(*(caller() for _ in range(args.concurrency)))
-            elapsed = time.perf_counter() - began
-        rss = mesh.rss_mib()
-    return {
-        "policy": policy,
-        "requests": len(outcome.total_s),
-        "errors": dict(outcome.errors),
-        "elapsed_s": elapsed,
-        "requests_per_s": len(outcome.total_s) / elapsed,
-        "output_tokens_per_s": outcome.completion_tokens / elapsed,
-        "ttft_p50_ms": percentile(outcome.ttft_s, 50) * 1000,
-        "ttft_p99_ms": percentile(outcome.ttft_s, 99) * 1000,
-        "total_p50_ms": percentile(outcome.total_s, 50) * 1000,
-        "total_p99_ms": percentile(outcome.total_s, 99) * 1000,
-        "prompt_tokens": outcome.prompt_tokens,
-        "cached_prompt_tokens": outcome.cached_prompt_tokens,
-        "prefix_cache_hit": outcome.cached_prompt_tokens / max(1, outcome.prompt_tokens),
-        "per_worker": dict(outcome.workers),
-        "load_average_1m": [load_before, os.getloadavg()[0]],
-        "scheduler_router_rss_mib": {k: v for k, v in rss.items() if k in ("scheduler", "router")},
-    }
+                await timed_stream(router, warm_request, Outcome())
+            current = BLOCK_ORDER[0]
+            for block, policy in enumerate(BLOCK_ORDER):
+                if policy != current:
+                    switch_scheduler(mesh, configs[policy], log_dir / "scheduler.log")
+                    await wait_for_workers(mesh.scheduler_address, 2, procs, timeout_s=60)
+                    await until_router_places(router)
+                    current = policy
+                workload = shared_prefix_requests(block, per_block, args.prompts, args.prompt_chars, args.max_tokens)
+                loads[policy].append(os.getloadavg()[0])
+                elapsed[policy] += await run_block(router, workload, args.concurrency, outcomes[policy])
+                loads[policy].append(os.getloadavg()[0])
+                done = outcomes[policy]
+                print(
+                    f"block {block} ({policy}): {len(done.total_s)} done so far, "
+                    f"prefix cache hit {done.cached_prompt_tokens / max(1, done.prompt_tokens):.0%}",
+                    flush=True,
+                )
+    results = []
+    for policy in PREFIX_POLICIES:
+        outcome = outcomes[policy]
+        results.append(
+            {
+                "policy": policy,
+                "requests": len(outcome.total_s),
+                "errors": dict(outcome.errors),
+                "elapsed_s": elapsed[policy],
+                "requests_per_s": len(outcome.total_s) / elapsed[policy],
+                "output_tokens_per_s": outcome.completion_tokens / elapsed[policy],
+                "ttft_p50_ms": percentile(outcome.ttft_s, 50) * 1000,
+                "ttft_p99_ms": percentile(outcome.ttft_s, 99) * 1000,
+                "total_p50_ms": percentile(outcome.total_s, 50) * 1000,
+                "total_p99_ms": percentile(outcome.total_s, 99) * 1000,
+                "prompt_tokens": outcome.prompt_tokens,
+                "cached_prompt_tokens": outcome.cached_prompt_tokens,
+                "prefix_cache_hit": outcome.cached_prompt_tokens / max(1, outcome.prompt_tokens),
+                "per_worker": dict(outcome.workers),
+                "load_average_1m": loads[policy],
+            }
+        )
+    return results
 
 
 # --- part 2: overload ---------------------------------------------------------------
@@ -418,12 +522,19 @@ def summary(outcome: Outcome) -> dict[str, Any]:
 
 
 def report(prefix: list[dict[str, Any]] | None, prefix_note: str, overload: dict[str, Any] | None, args: Any) -> None:
-    lines = ["## Placement: prefix affinity vs round robin (2 vLLM workers, SmolLM2-135M, one core each)", ""]
+    engines = (
+        "2 vLLM workers, SmolLM2-135M, one core each"
+        if args.prefix_engine == "vllm"
+        else "DRY RUN on the synthetic engine: the numbers mean nothing"
+    )
+    lines = [f"## Placement: prefix affinity vs round robin ({engines})", ""]
     if prefix:
         lines.append(
-            f"{args.requests} chat requests over {args.prompts} system prompts of {args.prompt_chars} characters "
-            f"(+ a short question each), {args.max_tokens} output tokens, {args.concurrency} concurrent callers, "
-            f"KV cache {args.kv_gib} GiB per engine, fresh engines per policy."
+            f"{args.requests} chat requests per policy, run in blocks on the same 2 engines in the order "
+            f"{', '.join(BLOCK_ORDER)} (the policy switched by restarting the scheduler alone); each block has "
+            f"its own {args.prompts} system prompts of {args.prompt_chars} characters (+ a short question each), "
+            f"so no block finds another's prompts cached. {args.max_tokens} output tokens, {args.concurrency} "
+            f"concurrent callers, KV cache {args.kv_gib} GiB per engine."
         )
         lines.append("")
         lines.append(
@@ -515,14 +626,13 @@ async def main_async(args: argparse.Namespace) -> None:
     log_dir = Path(args.log_dir)
     if args.part in ("all", "prefix"):
         available = memory_available_gib()
-        if available < args.min_free_gib:
+        if args.prefix_engine == "vllm" and available < args.min_free_gib:
             note = f"{available:.1f} GiB of memory available, {args.min_free_gib:g} GiB needed for 2 vLLM engines"
             print(f"skipping the vLLM part: {note}", flush=True)
         else:
-            prefix = []
-            for policy in PREFIX_POLICIES:
-                prefix.append(await run_policy(policy, args, log_dir))
-                print(prefix[-1], flush=True)
+            prefix = await run_prefix_comparison(args, log_dir)
+            for row in prefix:
+                print(row, flush=True)
     overload = await run_overload(args) if args.part in ("all", "overload") else None
     report(prefix, note or "not asked for (--part)", overload, args)
 
@@ -538,6 +648,12 @@ def main() -> None:
     parser.add_argument("--kv-gib", type=int, default=1, help="KV cache per engine")
     parser.add_argument("--max-num-seqs", type=int, default=16)
     parser.add_argument("--min-free-gib", type=float, default=12.0)
+    parser.add_argument(
+        "--prefix-engine",
+        choices=["vllm", "synthetic"],
+        default="vllm",
+        help="synthetic: a dry run of part 1's machinery (its numbers mean nothing)",
+    )
     parser.add_argument("--log-dir", default="/tmp/headrace-bench-placement")
     parser.add_argument("--slots-per-worker", type=int, default=2)
     parser.add_argument("--synthetic-ttft-ms", type=float, default=50.0)

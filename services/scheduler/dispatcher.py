@@ -76,6 +76,9 @@ class Dispatcher:
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        for pool in self.pools.pool_settings:
+            admission = self.admission(pool)
+            log.info("pool %s: policy %s, queue limit %d", pool, admission.policy.name, admission.queue.limit)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="scheduler-sweeper")
 
     async def close(self) -> None:

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from headrace.runtime.config import PoolSchedulingSettings
 from headrace.runtime.errors import DeadlineExceeded, NoWorkerAvailable, QueueFull
@@ -313,3 +314,30 @@ async def test_closing_fails_the_waiters() -> None:
     await dispatcher.close()
     with pytest.raises(Exception, match="stopping"):
         await waiting
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.mark.unit
+async def test_queue_depth_waits_placements_and_rejections_are_counted() -> None:
+    dispatcher = make_dispatcher(queue_limit=1)
+    add_worker(dispatcher)
+    labels = {"pool": "pool", "priority": "standard"}
+    placed_before = sample("headrace_scheduler_placements_total", pool="pool", policy="least_load")
+    waits_before = sample("headrace_scheduler_queue_wait_seconds_count", **labels)
+    full_before = sample("headrace_scheduler_rejections_total", reason="queue_full", **labels)
+    held = await dispatcher.place(req())
+    waiting = asyncio.create_task(dispatcher.place(req()))
+    await settle()
+    assert sample("headrace_scheduler_queue_depth", **labels) == 1
+    with pytest.raises(QueueFull):
+        await dispatcher.place(req())
+    assert sample("headrace_scheduler_rejections_total", reason="queue_full", **labels) == full_before + 1
+    dispatcher.release(held.lease.lease_id)
+    await asyncio.wait_for(waiting, 1.0)
+    assert sample("headrace_scheduler_queue_depth", **labels) == 0
+    assert sample("headrace_scheduler_placements_total", pool="pool", policy="least_load") == placed_before + 2
+    assert sample("headrace_scheduler_queue_wait_seconds_count", **labels) == waits_before + 2
+    await dispatcher.close()

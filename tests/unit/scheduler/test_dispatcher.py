@@ -1,6 +1,7 @@
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 
 from headrace.runtime.config import PoolSchedulingSettings
 from headrace.runtime.errors import NoWorkerAvailable
@@ -100,9 +101,11 @@ async def test_unreleased_leases_expire_and_free_capacity() -> None:
     assert state is not None and state.leases == 1
     renewed = dispatcher.renew(placed.lease.lease_id)
     assert renewed is not None
+    expired_before = REGISTRY.get_sample_value("headrace_scheduler_lease_expiries_total", {"pool": "pool"}) or 0.0
     await asyncio.sleep(0.08)
     dispatcher.sweep()
     assert state.leases == 0 and state.leased_tokens == 0
+    assert REGISTRY.get_sample_value("headrace_scheduler_lease_expiries_total", {"pool": "pool"}) == expired_before + 1
     assert dispatcher.renew(placed.lease.lease_id) is None
     await dispatcher.close()
 
