@@ -30,10 +30,12 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -285,6 +287,33 @@ async def until_router_places(router: router_pb2_grpc.RouterStub, timeout_s: flo
         await asyncio.sleep(0.5)
 
 
+def scheduler_counters(metrics_port: int) -> Counter[str]:
+    """From the scheduler's Prometheus endpoint: its affinity decisions
+    (home / spill / no_key) and the workers it dropped for stale reports."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    counts: Counter[str] = Counter()
+    for line in text.splitlines():
+        if line.startswith("headrace_scheduler_affinity_total{"):
+            labels, value = line.rsplit(" ", 1)
+            outcome = re.search(r'outcome="([^"]+)"', labels)
+            if outcome is not None:
+                counts[outcome.group(1)] += int(float(value))
+        elif line.startswith("headrace_scheduler_workers_dropped_total "):
+            counts["workers_dropped"] += int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def unpin_worker_main_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Each worker started on one core, so vLLM bound its compute threads
+    there. Its own process (gRPC server, load reports, detokenizing) may now
+    use any core: pinned beside its engine's compute it starves, its load
+    reports come late, and the scheduler drops it as stale."""
+    cores = os.sched_getaffinity(0)
+    for process in processes:
+        os.sched_setaffinity(process.pid, cores)
+
+
 def policy_configs(base_config: Path) -> dict[str, Path]:
     """The mesh's config file once per policy (the scheduler reads it)."""
     configs = {}
@@ -314,12 +343,15 @@ async def run_prefix_comparison(args: argparse.Namespace, log_dir: Path) -> list
     outcomes = {policy: Outcome() for policy in PREFIX_POLICIES}
     elapsed = dict.fromkeys(PREFIX_POLICIES, 0.0)
     loads: dict[str, list[float]] = {policy: [] for policy in PREFIX_POLICIES}
+    affinity: dict[str, Counter[str]] = {policy: Counter() for policy in PREFIX_POLICIES}
     per_block = args.requests // (len(BLOCK_ORDER) // len(PREFIX_POLICIES))
     with running_mesh(vllm_config(BLOCK_ORDER[0], args)) as mesh, pinned_workers(mesh, [0, 1], log_dir) as procs:
         started = time.monotonic()
         await wait_for_workers(mesh.scheduler_address, 2, procs, timeout_s=900)
         print(f"2 vLLM workers ready in {time.monotonic() - started:.0f}s", flush=True)
+        unpin_worker_main_processes(procs)
         configs = policy_configs(Path(os.environ["HEADRACE_CONFIG"]))
+        metrics_port = mesh.settings.scheduler.metrics_port or 0
         async with grpc.aio.insecure_channel(mesh.router_address) as channel:
             router = router_pb2_grpc.RouterStub(channel)
             for i in range(4):
@@ -338,7 +370,9 @@ async def run_prefix_comparison(args: argparse.Namespace, log_dir: Path) -> list
                     current = policy
                 workload = shared_prefix_requests(block, per_block, args.prompts, args.prompt_chars, args.max_tokens)
                 loads[policy].append(os.getloadavg()[0])
+                before = scheduler_counters(metrics_port)
                 elapsed[policy] += await run_block(router, workload, args.concurrency, outcomes[policy])
+                affinity[policy].update(scheduler_counters(metrics_port) - before)
                 loads[policy].append(os.getloadavg()[0])
                 done = outcomes[policy]
                 print(
@@ -365,6 +399,7 @@ async def run_prefix_comparison(args: argparse.Namespace, log_dir: Path) -> list
                 "cached_prompt_tokens": outcome.cached_prompt_tokens,
                 "prefix_cache_hit": outcome.cached_prompt_tokens / max(1, outcome.prompt_tokens),
                 "per_worker": dict(outcome.workers),
+                "affinity": dict(affinity[policy]),
                 "load_average_1m": loads[policy],
             }
         )
@@ -549,6 +584,8 @@ def report(prefix: list[dict[str, Any]] | None, prefix_note: str, overload: dict
                     "total p99 ms",
                     "prefix cache hit",
                     "per worker",
+                    "affinity home / spill",
+                    "workers dropped (stale)",
                     "errors",
                 ],
                 [
@@ -562,6 +599,10 @@ def report(prefix: list[dict[str, Any]] | None, prefix_note: str, overload: dict
                         r["total_p99_ms"],
                         f"{r['prefix_cache_hit']:.0%}",
                         " / ".join(str(v) for _, v in sorted(r["per_worker"].items())),
+                        f"{r['affinity'].get('home', 0)} / {r['affinity'].get('spill', 0)}"
+                        if "home" in r["affinity"]
+                        else "-",
+                        r["affinity"].get("workers_dropped", 0),
                         sum(r["errors"].values()),
                     ]
                     for r in prefix

@@ -86,9 +86,13 @@ class PoolSchedulingSettings(_Section):
     engine_queue_slots: int = Field(default=0, ge=0, le=10_000)
     # Share of each worker's slots batch work must leave free for online work.
     batch_headroom: float = Field(default=0.25, ge=0, lt=1)
-    # Affinity policies keep a key on its worker while that worker's load
-    # stays within this factor of the average (bounded-load consistent hashing).
+    # Affinity policies keep a key on its worker while that worker's
+    # outstanding sequences stay within factor x the average + slack
+    # (bounded-load consistent hashing). The slack keeps keys home through
+    # ordinary fluctuation at low load, where the factor alone would move
+    # them after one sequence over the average (and lose their cache).
     affinity_load_factor: float = Field(default=1.25, ge=1.0, le=10.0)
+    affinity_load_slack: int = Field(default=2, ge=0, le=10_000)
     # Prefix affinity keys on the hash of this many leading prompt blocks
     # (fewer when the prompt is shorter).
     prefix_key_blocks: int = Field(default=4, ge=1, le=64)

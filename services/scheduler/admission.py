@@ -161,6 +161,7 @@ class PoolAdmission:
         self.start()
         priority = min(request.priority, BATCH)
         waiter = Waiter(request, asyncio.get_running_loop().create_future(), time.monotonic())
+        deadline = None if timeout_s is None else waiter.enqueued_at + timeout_s
         if not self._ahead_of(priority):
             # Nobody queued comes first: take a free slot now, if there is one.
             placement = await self._place_now(waiter)
@@ -170,7 +171,7 @@ class PoolAdmission:
         if not admission.admitted:
             self._reject(priority, "queue_full")
             raise QueueFull(
-                f"the queue of pool {self.pool!r} is full ({self.queue.limit} waiting); retry later",
+                f"no free slot in pool {self.pool!r} and its queue is full ({self.queue.limit} waiting); retry later",
                 retry_after_s=self.retry_after_s(),
             )
         if admission.evicted is not None:
@@ -187,9 +188,10 @@ class PoolAdmission:
         self._wake.set()
 
         wait_s = self.settings.max_queue_wait_s
-        limited_by_caller = timeout_s is not None and timeout_s - _DEADLINE_MARGIN_S < wait_s
-        if timeout_s is not None and limited_by_caller:
-            wait_s = max(0.0, timeout_s - _DEADLINE_MARGIN_S)
+        caller_left_s = None if deadline is None else deadline - time.monotonic() - _DEADLINE_MARGIN_S
+        limited_by_caller = caller_left_s is not None and caller_left_s < wait_s
+        if caller_left_s is not None and limited_by_caller:
+            wait_s = max(0.0, caller_left_s)
         try:
             await asyncio.wait((waiter.future,), timeout=wait_s)
         except asyncio.CancelledError:

@@ -1,7 +1,8 @@
 """A consistent-hash ring with bounded loads (Mirrokni, Thorup, Zadimoghaddam,
 "Consistent Hashing with Bounded Loads", 2017): a key goes to the first
 worker clockwise from its point whose load stays within `factor` times the
-average; a hot key spills to the next worker instead of swamping one.
+average (plus a small absolute slack); a hot key spills to the next worker
+instead of swamping one.
 Adding or removing a worker moves only the keys next to its points.
 
 Points come from blake2b, not Python's salted hash(): every scheduler
@@ -69,21 +70,21 @@ class RingCache:
         return ring
 
 
-def load_bound(candidates: Sequence[WorkerState], factor: float) -> int:
+def load_bound(candidates: Sequence[WorkerState], factor: float, slack: int) -> int:
     """Most sequences a worker may hold, the new one included, to stay
-    within factor x the average."""
+    within factor x the average + slack."""
     total = sum(state.outstanding for state in candidates) + 1
-    return math.ceil(factor * total / len(candidates))
+    return math.ceil(factor * total / len(candidates)) + slack
 
 
 def bounded_choice(
-    ring: HashRing, key: int, candidates: Sequence[WorkerState], factor: float
+    ring: HashRing, key: int, candidates: Sequence[WorkerState], factor: float, slack: int
 ) -> tuple[WorkerState, bool]:
     """The key's worker under the load bound, and whether it is the key's
     first choice (False: it spilled over to a later one). Some worker is
     always at or below the average, so the walk always ends in a choice."""
     by_id = {state.worker_id: state for state in candidates}
-    bound = load_bound(candidates, factor)
+    bound = load_bound(candidates, factor, slack)
     for position, node in enumerate(ring.walk(key)):
         state = by_id.get(node)
         if state is not None and state.outstanding + 1 <= bound:

@@ -114,9 +114,10 @@ class PrefixAffinityPolicy:
 
     name = "prefix_affinity"
 
-    def __init__(self, *, key_blocks: int, load_factor: float) -> None:
+    def __init__(self, *, key_blocks: int, load_factor: float, load_slack: int) -> None:
         self._key_blocks = key_blocks
         self._load_factor = load_factor
+        self._load_slack = load_slack
         self._rings = RingCache()
 
     async def choose(self, request: PlacementRequest, candidates: Sequence[WorkerState]) -> WorkerState | None:
@@ -125,7 +126,7 @@ class PrefixAffinityPolicy:
             return min(candidates, key=_least_tokens_key)
         key = request.prefix_hashes[min(self._key_blocks, len(request.prefix_hashes)) - 1]
         ring = self._rings.ring(frozenset(s.worker_id for s in candidates))
-        chosen, home = bounded_choice(ring, key, candidates, self._load_factor)
+        chosen, home = bounded_choice(ring, key, candidates, self._load_factor, self._load_slack)
         metrics.AFFINITY.labels(policy=self.name, outcome="home" if home else "spill").inc()
         return chosen
 
@@ -140,8 +141,9 @@ class SessionAffinityPolicy:
 
     name = "session_affinity"
 
-    def __init__(self, *, load_factor: float, max_sessions: int = 100_000) -> None:
+    def __init__(self, *, load_factor: float, load_slack: int, max_sessions: int = 100_000) -> None:
         self._load_factor = load_factor
+        self._load_slack = load_slack
         self._max_sessions = max_sessions
         self._pinned: OrderedDict[str, str] = OrderedDict()
         self._rings = RingCache()
@@ -156,14 +158,14 @@ class SessionAffinityPolicy:
             return min(candidates, key=_least_tokens_key)
         pinned_id = self._pinned.get(session)
         if pinned_id is not None:
-            bound = load_bound(candidates, self._load_factor)
+            bound = load_bound(candidates, self._load_factor, self._load_slack)
             for state in candidates:
                 if state.worker_id == pinned_id and state.outstanding + 1 <= bound:
                     self._pinned.move_to_end(session)
                     metrics.AFFINITY.labels(policy=self.name, outcome="home").inc()
                     return state
         ring = self._rings.ring(frozenset(s.worker_id for s in candidates))
-        chosen, home = bounded_choice(ring, stable_hash64(session), candidates, self._load_factor)
+        chosen, home = bounded_choice(ring, stable_hash64(session), candidates, self._load_factor, self._load_slack)
         metrics.AFFINITY.labels(policy=self.name, outcome="home" if home and pinned_id is None else "spill").inc()
         self._pinned[session] = chosen.worker_id
         self._pinned.move_to_end(session)
@@ -182,9 +184,13 @@ POLICIES: dict[str, PolicyFactory] = {
     PowerOfTwoPolicy.name: lambda settings, rng: PowerOfTwoPolicy(rng),
     RoundRobinPolicy.name: lambda settings, rng: RoundRobinPolicy(),
     PrefixAffinityPolicy.name: lambda settings, rng: PrefixAffinityPolicy(
-        key_blocks=settings.prefix_key_blocks, load_factor=settings.affinity_load_factor
+        key_blocks=settings.prefix_key_blocks,
+        load_factor=settings.affinity_load_factor,
+        load_slack=settings.affinity_load_slack,
     ),
-    SessionAffinityPolicy.name: lambda settings, rng: SessionAffinityPolicy(load_factor=settings.affinity_load_factor),
+    SessionAffinityPolicy.name: lambda settings, rng: SessionAffinityPolicy(
+        load_factor=settings.affinity_load_factor, load_slack=settings.affinity_load_slack
+    ),
 }
 
 

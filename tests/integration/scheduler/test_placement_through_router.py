@@ -120,7 +120,7 @@ async def test_a_full_pool_is_resource_exhausted_for_the_client_with_retry_after
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await router.Generate(chat("small", "hi", "there"))
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "queue of pool 'tiny' is full" in (refused.value.details() or "")
+    assert "no free slot in pool 'tiny' and its queue is full" in (refused.value.details() or "")
     assert int(dict(refused.value.trailing_metadata() or ())["retry-after"]) >= 1
     slow.cancel()
     # The cancelled stream's lease comes back: the pool serves again.

@@ -80,7 +80,7 @@ class TestEveryPolicy:
     async def test_never_piles_everything_on_one_worker_when_others_are_idle(self, name: str) -> None:
         """Placing 20 requests, counting each as a lease, loads both workers:
         load-blind round robin alternates; the rest follow load (affinity
-        within its bound)."""
+        within its bound, 1.25 x the average + 2)."""
         policy = policy_named(name)
         pool = [worker("a"), worker("b")]
         for i in range(20):
@@ -88,7 +88,7 @@ class TestEveryPolicy:
             assert chosen is not None
             chosen.leases += 1
             chosen.leased_tokens += 30
-        assert min(w.leases for w in pool) >= 6
+        assert min(w.leases for w in pool) >= 5
 
 
 @pytest.mark.unit
@@ -134,7 +134,7 @@ async def test_prefix_affinity_keeps_a_shared_prefix_on_one_worker_and_spreads_o
 
 @pytest.mark.unit
 async def test_prefix_affinity_spills_a_hot_prefix_past_the_load_bound() -> None:
-    policy = policy_named("prefix_affinity", affinity_load_factor=1.5)
+    policy = policy_named("prefix_affinity", affinity_load_factor=1.5, affinity_load_slack=0)
     pool = [worker("a"), worker("b"), worker("c")]
     for i in range(30):
         chosen = await policy.choose(request(str(i), prefix="the one hot system prompt " * 20), pool)
@@ -167,7 +167,7 @@ async def test_session_affinity_sticks_while_healthy_and_not_overloaded() -> Non
 
 @pytest.mark.unit
 async def test_sessions_spread_and_the_table_is_bounded() -> None:
-    policy = SessionAffinityPolicy(load_factor=1.25, max_sessions=50)
+    policy = SessionAffinityPolicy(load_factor=1.25, load_slack=2, max_sessions=50)
     pool: list[WorkerState] = [worker("a"), worker("b"), worker("c")]
     chosen: Counter[str] = Counter()
     for i in range(200):
