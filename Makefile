@@ -19,10 +19,11 @@ PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # buf breaking compares the protos with this git revision.
 BUF_AGAINST ?= HEAD~1
 PYTEST_ARGS ?=
+BENCHMARKS := bench-overhead bench-engine bench-placement bench-gateway bench-cache bench-routing
 # protoc finds its mypy plugins (protoc-gen-mypy) in the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install install-test system-deps protos check-protos lint test test-unit up down status bench bench-overhead bench-cache bench-gateway clean
+.PHONY: help install install-test system-deps protos check-protos lint test test-unit up down status bench $(BENCHMARKS) clean
 
 help:
 	@echo "make up             install, start the mesh (Redis too if needed), send a sample request"
@@ -98,26 +99,40 @@ down:
 status: $(VENV)/.installed
 	$(HEADRACE) status
 
-bench: bench-overhead bench-cache bench-gateway
+# Benchmarks: each prints a table and writes bench/results/NAME.{md,json}.
+# The vLLM ones need `headrace models prepare` (make up does it) and a quiet machine.
+bench: $(BENCHMARKS)
 
+# The mesh's own added latency and throughput vs the worker alone (synthetic engine).
 bench-overhead: install
 	$(PY) -m bench.overhead
 
-bench-cache: install
-	$(PY) -m bench.cache
+# vLLM through the mesh vs in-process at 1/16/64 streams; naive transformers baseline; cost per 1k requests.
+bench-engine: install
+	$(HEADRACE) models prepare
+	$(PY) -m bench.engine
+
+# Prefix affinity vs round robin on 2 vLLM workers (needs ~12 GiB free), then
+# 10x overload on the synthetic engine.
+bench-placement: install
+	$(HEADRACE) models prepare
+	$(PY) -m bench.placement
 
 # The gateway's added TTFT and per-token latency vs the router and the worker
 # (vLLM on SmolLM2, then the synthetic engine).
 bench-gateway: install
+	$(HEADRACE) models prepare
 	$(PY) -m bench.gateway
 
-clean:
-	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
+# Semantic cache hit rate and wrong hits on held-out paraphrase pairs; lookup latency.
+bench-cache: install
+	$(PY) -m bench.cache
 
 # Fast-vs-accurate routing vs always-accurate (docs/routing.md);
-# ROUTING_ENGINE=vllm for SmolLM2 on vLLM (prepared with `headrace models prepare`).
+# ROUTING_ENGINE=vllm for SmolLM2 on vLLM.
 ROUTING_ENGINE ?= synthetic
-.PHONY: bench-routing
-bench: bench-routing
 bench-routing: install
 	$(PY) -m bench.routing --engine $(ROUTING_ENGINE)
+
+clean:
+	rm -rf $(VENV) .venv-triton .tools .mypy_cache .ruff_cache .pytest_cache

@@ -143,6 +143,52 @@ class CacheSettings(_Section):
     semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
 
 
+PlacementPolicyName = Literal[
+    "least_load", "least_outstanding_tokens", "power_of_two", "prefix_affinity", "session_affinity", "round_robin"
+]
+
+
+class PoolSchedulingSettings(_Section):
+    """How the scheduler admits and places the requests of one pool (see
+    docs/scheduler.md). A pool not listed under scheduler.pools gets these
+    defaults."""
+
+    policy: PlacementPolicyName = "least_outstanding_tokens"
+    # Requests waiting for a slot, all priority classes together; over it:
+    # RESOURCE_EXHAUSTED with a retry-after hint (0: never wait).
+    queue_limit: int = Field(default=256, ge=0, le=100_000)
+    # Longest wait for a slot when the caller set no shorter deadline.
+    max_queue_wait_s: float = Field(default=60.0, gt=0, le=3600)
+    # Slots of a worker that reports no capacity of its own.
+    default_worker_slots: int = Field(default=16, ge=1, le=100_000)
+    # KV-cache use (0-1) from which a worker takes fewer new sequences, and
+    # at which it takes none (unless it runs nothing at all).
+    kv_cache_soft_limit: float = Field(default=0.85, ge=0, le=1)
+    kv_cache_hard_limit: float = Field(default=0.97, gt=0, le=1)
+    # Sequences the scheduler may place beyond what an engine runs at once
+    # (so its next batch is ready); an engine already queueing more than
+    # this gets nothing new.
+    engine_queue_slots: int = Field(default=0, ge=0, le=10_000)
+    # Share of each worker's slots batch work must leave free for online work.
+    batch_headroom: float = Field(default=0.25, ge=0, lt=1)
+    # Affinity policies keep a key on its worker while that worker's
+    # outstanding sequences stay within factor x the average + slack
+    # (bounded-load consistent hashing). The slack keeps keys home through
+    # ordinary fluctuation at low load, where the factor alone would move
+    # them after one sequence over the average (and lose their cache).
+    affinity_load_factor: float = Field(default=1.25, ge=1.0, le=10.0)
+    affinity_load_slack: int = Field(default=2, ge=0, le=10_000)
+    # Prefix affinity keys on the hash of this many leading prompt blocks
+    # (fewer when the prompt is shorter).
+    prefix_key_blocks: int = Field(default=4, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _kv_limits_ordered(self) -> PoolSchedulingSettings:
+        if self.kv_cache_soft_limit >= self.kv_cache_hard_limit:
+            raise ValueError("kv_cache_soft_limit must be below kv_cache_hard_limit")
+        return self
+
+
 class SchedulerSettings(_Section):
     host: str = LOOPBACK
     port: int = Field(default=50053, ge=0, le=65535)
@@ -153,6 +199,11 @@ class SchedulerSettings(_Section):
     report_interval_ms: int = Field(default=500, ge=50)
     # A lease not renewed or released within this expires.
     lease_ttl_s: float = Field(default=30.0, gt=0)
+    # Admission and placement per pool; pools not listed get the defaults.
+    pools: dict[str, PoolSchedulingSettings] = Field(default_factory=dict)
+
+    def for_pool(self, pool: str) -> PoolSchedulingSettings:
+        return self.pools.get(pool) or PoolSchedulingSettings()
 
 
 class WorkerSettings(_Section):
@@ -340,6 +391,9 @@ class Settings(BaseSettings):
             for version, spec in model.versions.items():
                 if spec.pool not in self.pools:
                     raise ValueError(f"model {name}@{version} names pool {spec.pool!r}, which is not configured")
+        for pool in self.scheduler.pools:
+            if pool not in self.pools:
+                raise ValueError(f"scheduler.pools names pool {pool!r}, which is not configured")
         for alias, target in self.aliases.items():
             if alias in self.models:
                 raise ValueError(f"alias {alias!r} shadows a model of the same name")

@@ -9,7 +9,7 @@ from headrace.runtime.config import Settings, load_settings
 from headrace.runtime.server import GrpcServiceHost, ServiceRegistration, serve
 from headrace.runtime.telemetry import build_tracer_provider, configure_logging, start_metrics_server
 from headrace.v1 import scheduler_pb2_grpc
-from services.scheduler.dispatcher import Dispatcher
+from services.scheduler.dispatcher import Dispatcher, PoolDirectory
 from services.scheduler.leases import LeaseTable
 from services.scheduler.registry import WorkerRegistry
 from services.scheduler.server import SchedulerServicer
@@ -40,6 +40,8 @@ def build_dispatcher(settings: Settings) -> Dispatcher:
     return Dispatcher(
         registry=WorkerRegistry(stale_after_s=settings.scheduler.worker_stale_after_s),
         leases=LeaseTable(ttl_s=settings.scheduler.lease_ttl_s),
+        pools=PoolDirectory.from_settings(settings),
+        orphan_grace_s=settings.scheduler.worker_stale_after_s,
     )
 
 

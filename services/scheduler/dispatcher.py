@@ -1,29 +1,58 @@
-"""Where requests run: admission and placement over the worker registry,
-and the leases that account for placed work. Knows nothing of gRPC."""
+"""Where requests run: one admission queue per pool over the shared worker
+registry and lease table, and the housekeeping that keeps them true (stale
+workers dropped, expired leases reclaimed, orphaned waiters failed). Knows
+nothing of gRPC.
+
+All of it is soft state in this process's memory: workers report to every
+scheduler replica, and a lease belongs to the replica that granted it
+(docs/scheduler.md says why)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import random
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
+from headrace.runtime.config import PoolSchedulingSettings, Settings
 from headrace.runtime.errors import NoWorkerAvailable
 from services.scheduler import metrics
+from services.scheduler.admission import Placement, PoolAdmission
 from services.scheduler.leases import LeaseRecord, LeaseTable
-from services.scheduler.placement import LeastLoadPolicy, PlacementPolicy, PlacementRequest
+from services.scheduler.placement import PlacementRequest, build_policy
 from services.scheduler.registry import LoadSnapshot, WorkerIdentity, WorkerRegistry, WorkerState
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Dispatcher", "Placement", "PoolDirectory"]
+
 
 @dataclass(frozen=True)
-class Placement:
-    lease: LeaseRecord
-    endpoint: str
-    policy: str
-    queue_ms: float
+class PoolDirectory:
+    """Which pool serves a model version, and how each pool is scheduled."""
+
+    # "name@version" -> pool
+    model_pools: Mapping[str, str] = field(default_factory=dict)
+    pool_settings: Mapping[str, PoolSchedulingSettings] = field(default_factory=dict)
+    # Tenant -> weight within its priority class (unknown tenants: 1).
+    tenant_weights: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PoolDirectory:
+        return cls(
+            model_pools={version: pool for pool in settings.pools for version in settings.pool_models(pool)},
+            pool_settings={pool: settings.scheduler.for_pool(pool) for pool in settings.pools},
+            tenant_weights={name: tenant.weight for name, tenant in settings.tenants.items()},
+        )
+
+    def settings_for(self, pool: str) -> PoolSchedulingSettings:
+        return self.pool_settings.get(pool) or PoolSchedulingSettings()
+
+    def weight_of(self, tenant: str) -> float:
+        return self.tenant_weights.get(tenant, 1.0)
 
 
 class Dispatcher:
@@ -32,16 +61,24 @@ class Dispatcher:
         *,
         registry: WorkerRegistry,
         leases: LeaseTable,
-        policy: PlacementPolicy | None = None,
+        pools: PoolDirectory | None = None,
         sweep_interval_s: float = 0.5,
+        orphan_grace_s: float = 3.0,
+        rng: random.Random | None = None,
     ) -> None:
         self.registry = registry
         self.leases = leases
-        self._policy: PlacementPolicy = policy or LeastLoadPolicy()
+        self.pools = pools or PoolDirectory()
         self._sweep_interval_s = sweep_interval_s
+        self._orphan_grace_s = orphan_grace_s
+        self._rng = rng or random.Random()
+        self._admissions: dict[str, PoolAdmission] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        for pool in self.pools.pool_settings:
+            admission = self.admission(pool)
+            log.info("pool %s: policy %s, queue limit %d", pool, admission.policy.name, admission.queue.limit)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="scheduler-sweeper")
 
     async def close(self) -> None:
@@ -49,28 +86,54 @@ class Dispatcher:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        for admission in self._admissions.values():
+            await admission.close()
 
-    async def place(self, request: PlacementRequest) -> Placement:
-        started = time.monotonic()
-        candidates = self.registry.candidates(request.model_version, request.exclude)
-        if not candidates:
+    # --- pools -------------------------------------------------------------
+
+    def admission(self, pool: str) -> PoolAdmission:
+        admission = self._admissions.get(pool)
+        if admission is None:
+            settings = self.pools.settings_for(pool)
+            admission = PoolAdmission(
+                pool=pool,
+                settings=settings,
+                registry=self.registry,
+                leases=self.leases,
+                policy=build_policy(settings, random.Random(self._rng.random())),
+                weight_of=self.pools.weight_of,
+                orphan_grace_s=self._orphan_grace_s,
+            )
+            self._admissions[pool] = admission
+        return admission
+
+    def admissions(self) -> list[PoolAdmission]:
+        return list(self._admissions.values())
+
+    def pool_names(self) -> list[str]:
+        """Pools configured or reported by a worker."""
+        names = set(self.pools.pool_settings) | {s.identity.pool for s in self.registry.all()}
+        return sorted(names)
+
+    def _pool_of(self, model_version: str) -> str | None:
+        pool = self.pools.model_pools.get(model_version)
+        if pool is not None:
+            return pool
+        # Not in our config (e.g. a version rolled out ahead of it): the pool
+        # its workers say they belong to.
+        serving = self.registry.serving(model_version)
+        return serving[0].identity.pool if serving else None
+
+    # --- Place / Release / Renew -------------------------------------------
+
+    async def place(self, request: PlacementRequest, *, timeout_s: float | None = None) -> Placement:
+        """A lease on a worker for the request, once a slot is free; see
+        admission.py for every way this ends."""
+        pool = self._pool_of(request.model_version)
+        if pool is None or not self.registry.candidates(request.model_version, request.exclude):
+            # Nothing could ever take it: say so now rather than queue.
             raise NoWorkerAvailable(self._why_no_worker(request), retry_after_s=1.0)
-        chosen = await self._policy.choose(request, candidates)
-        if chosen is None:
-            raise NoWorkerAvailable(f"no worker can take {request.model_version} now", retry_after_s=1.0)
-        lease = self.leases.grant(
-            chosen,
-            request_id=request.request_id,
-            model_version=request.model_version,
-            tokens=request.prompt_tokens + request.max_tokens,
-        )
-        metrics.PLACEMENTS.labels(policy=self._policy.name).inc()
-        return Placement(
-            lease=lease,
-            endpoint=chosen.identity.endpoint,
-            policy=self._policy.name,
-            queue_ms=(time.monotonic() - started) * 1000.0,
-        )
+        return await self.admission(pool).place(request, timeout_s=timeout_s)
 
     def _why_no_worker(self, request: PlacementRequest) -> str:
         serving = self.registry.serving(request.model_version)
@@ -89,32 +152,55 @@ class Dispatcher:
         lease = self.leases.get(lease_id)
         if lease is None:
             return None
-        return self.leases.release(lease_id, self.registry.get(lease.worker_id))
+        return self.admission(lease.pool).release(lease)
 
     def renew(self, lease_id: str) -> LeaseRecord | None:
         return self.leases.renew(lease_id)
 
+    # --- workers -------------------------------------------------------------
+
     def report(self, identity: WorkerIdentity, load: LoadSnapshot, *, draining: bool) -> WorkerState:
-        return self.registry.report(identity, load, draining=draining)
+        state = self.registry.report(identity, load, draining=draining)
+        metrics.WORKERS.set(len(self.registry.all()))
+        self._kick_all()
+        return state
 
     def worker_gone(self, worker_id: str) -> None:
         state = self.registry.remove(worker_id)
         if state is not None:
             dropped = self.leases.drop_worker(state)
+            metrics.WORKERS.set(len(self.registry.all()))
             log.info("worker %s gone (%d leases dropped)", worker_id, dropped)
+            self._kick_all()
+
+    # --- housekeeping ----------------------------------------------------
 
     def sweep(self) -> None:
-        """Drop stale workers and expired leases."""
+        """Drop stale workers and expired leases, fail orphaned waiters,
+        refresh the gauges."""
         for state in self.registry.drop_stale():
             self.leases.drop_worker(state)
             metrics.WORKERS_DROPPED.inc()
             log.warning("worker %s dropped: no report for %.1fs", state.worker_id, state.age_s())
         for lease in self.leases.expired():
-            self.leases.release(lease.lease_id, self.registry.get(lease.worker_id))
-            metrics.LEASES_EXPIRED.inc()
+            self.admission(lease.pool).release(lease)
+            metrics.LEASES_EXPIRED.labels(pool=lease.pool).inc()
             log.warning("lease %s on %s expired (request %s)", lease.lease_id, lease.worker_id, lease.request_id)
+        now = time.monotonic()
+        for admission in self._admissions.values():
+            admission.fail_orphans(now)
+            admission.refresh_gauges()
+        metrics.WORKERS.set(len(self.registry.all()))
+        self._kick_all()
+
+    def _kick_all(self) -> None:
+        for admission in self._admissions.values():
+            admission.kick()
 
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(self._sweep_interval_s)
-            self.sweep()
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("scheduler sweep failed")

@@ -15,6 +15,7 @@ from services.scheduler.registry import WorkerState
 class LeaseRecord:
     lease_id: str
     worker_id: str
+    pool: str
     request_id: str
     model_version: str
     tokens: int
@@ -33,11 +34,12 @@ class LeaseTable:
     def __len__(self) -> int:
         return len(self._leases)
 
-    def grant(self, worker: WorkerState, *, request_id: str, model_version: str, tokens: int) -> LeaseRecord:
+    def grant(self, worker: WorkerState, *, pool: str, request_id: str, model_version: str, tokens: int) -> LeaseRecord:
         now = time.monotonic()
         lease = LeaseRecord(
             lease_id=uuid.uuid4().hex,
             worker_id=worker.worker_id,
+            pool=pool,
             request_id=request_id,
             model_version=model_version,
             tokens=tokens,

@@ -8,6 +8,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+# Budget assumed for a sequence we know nothing of (not leased by us).
+TOKENS_PER_UNKNOWN_SEQUENCE = 512
+
 
 @dataclass(frozen=True)
 class WorkerIdentity:
@@ -41,6 +44,10 @@ class WorkerState:
     leased_tokens: int = 0
     # Lease ids, so a dropped worker's leases can be dropped too.
     lease_ids: set[str] = field(default_factory=set)
+    # Our leases when the last report arrived: what the engine reported
+    # beyond them is work placed by others (other scheduler replicas, batch
+    # consumers calling the worker directly).
+    leases_at_report: int = 0
     # The report stream that owns this entry: when a worker reconnects, the
     # old stream's end must not remove the new registration.
     stream_token: object | None = None
@@ -48,6 +55,24 @@ class WorkerState:
     @property
     def worker_id(self) -> str:
         return self.identity.worker_id
+
+    @property
+    def external_load(self) -> int:
+        """Sequences in the engine (running or waiting) that are not ours."""
+        return max(0, self.load.running + self.load.waiting - self.leases_at_report)
+
+    @property
+    def outstanding(self) -> int:
+        """Sequences placed here and not finished: our leases, counted the
+        moment they are granted or released, plus the others' work as last
+        reported. (The engine's own count lags by a report interval.)"""
+        return self.leases + self.external_load
+
+    @property
+    def outstanding_tokens(self) -> int:
+        """Token budgets (prompt + completion) of the outstanding sequences;
+        others' work, whose budgets we do not know, at a fixed guess."""
+        return self.leased_tokens + self.external_load * TOKENS_PER_UNKNOWN_SEQUENCE
 
     def age_s(self, now: float | None = None) -> float:
         return (now if now is not None else time.monotonic()) - self.reported_at
@@ -77,6 +102,7 @@ class WorkerRegistry:
             state.load = load
             state.reported_at = now
             state.draining = draining
+        state.leases_at_report = state.leases
         return state
 
     def remove(self, worker_id: str) -> WorkerState | None:

@@ -10,12 +10,27 @@ import grpc.aio
 
 from headrace.runtime.config import SchedulerSettings
 from headrace.runtime.errors import InvalidArgument, NotFound, Unimplemented
-from headrace.v1 import batch_pb2, scheduler_pb2, scheduler_pb2_grpc
+from headrace.runtime.request_context import remaining_s
+from headrace.v1 import batch_pb2, generation_pb2, scheduler_pb2, scheduler_pb2_grpc
+from services.scheduler.admission import PRIORITY_NAMES
 from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.placement import PlacementRequest
 from services.scheduler.registry import LoadSnapshot, WorkerIdentity, WorkerState
 
 log = logging.getLogger(__name__)
+
+# Bounds on what one PlaceRequest may carry.
+MAX_PREFIX_HASHES = 256
+MAX_EXCLUDED_WORKERS = 64
+
+# Proto priority -> queue class (0 interactive, 1 standard, 2 batch);
+# unspecified means standard.
+_PRIORITY_CLASS = {
+    generation_pb2.PRIORITY_UNSPECIFIED: 1,
+    generation_pb2.PRIORITY_INTERACTIVE: 0,
+    generation_pb2.PRIORITY_STANDARD: 1,
+    generation_pb2.PRIORITY_BATCH: 2,
+}
 
 _BATCH_LATER = "batch jobs are not implemented yet (they come with the batch-queue issue)"
 
@@ -48,11 +63,17 @@ def placement_from_proto(request: scheduler_pb2.PlaceRequest) -> PlacementReques
         raise InvalidArgument("request_id: required")
     if not request.model_version or "@" not in request.model_version:
         raise InvalidArgument("model_version: required, as name@version")
+    if request.priority not in _PRIORITY_CLASS:
+        raise InvalidArgument(f"priority: unknown value {request.priority}")
+    if len(request.prefix_hashes) > MAX_PREFIX_HASHES:
+        raise InvalidArgument(f"prefix_hashes: at most {MAX_PREFIX_HASHES}, got {len(request.prefix_hashes)}")
+    if len(request.exclude_workers) > MAX_EXCLUDED_WORKERS:
+        raise InvalidArgument(f"exclude_workers: at most {MAX_EXCLUDED_WORKERS}, got {len(request.exclude_workers)}")
     return PlacementRequest(
         request_id=request.request_id,
         model_version=request.model_version,
         tenant=request.tenant,
-        priority=max(0, request.priority - 1) if request.priority else 1,
+        priority=_PRIORITY_CLASS[request.priority],
         session_id=request.session_id,
         prefix_hashes=tuple(request.prefix_hashes),
         prompt_tokens=request.prompt_tokens,
@@ -93,7 +114,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def Place(
         self, request: scheduler_pb2.PlaceRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.PlaceResponse:
-        placement = await self._dispatcher.place(placement_from_proto(request))
+        placement = await self._dispatcher.place(placement_from_proto(request), timeout_s=remaining_s())
         lease = placement.lease
         return scheduler_pb2.PlaceResponse(
             lease=scheduler_pb2.Lease(
@@ -156,17 +177,25 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def GetPoolStatus(
         self, request: scheduler_pb2.GetPoolStatusRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.GetPoolStatusResponse:
-        pools: dict[str, scheduler_pb2.PoolStatus] = {}
-        for state in self._dispatcher.registry.all():
-            pool = state.identity.pool
+        pools = []
+        for pool in self._dispatcher.pool_names():
             if request.pool and pool != request.pool:
                 continue
-            status = pools.setdefault(pool, scheduler_pb2.PoolStatus(pool=pool))
-            status.workers += 1
-            status.leased += state.leases
-            status.capacity += state.load.capacity
-            status.desired_workers = status.workers
-        return scheduler_pb2.GetPoolStatusResponse(pools=list(pools.values()))
+            admission = self._dispatcher.admission(pool)
+            workers = admission.workers()
+            pools.append(
+                scheduler_pb2.PoolStatus(
+                    pool=pool,
+                    workers=len(workers),
+                    queued={name: admission.queue.depth(cls) for cls, name in enumerate(PRIORITY_NAMES)},
+                    leased=sum(s.leases for s in workers),
+                    capacity=admission.capacity(workers),
+                    queue_limit=admission.queue.limit,
+                    # Until an autoscaler decides otherwise: the workers there are.
+                    desired_workers=len(workers),
+                )
+            )
+        return scheduler_pb2.GetPoolStatusResponse(pools=pools)
 
     async def SubmitBatch(
         self, request: batch_pb2.SubmitBatchRequest, context: grpc.aio.ServicerContext

@@ -77,3 +77,16 @@ def test_the_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.pool_models("smollm2") == ["smollm2@1", "smollm2@2"]
     assert settings.auth_enabled
     assert settings.tenants["acme"].api_key_sha256 == [hash_api_key("test")]
+
+
+@pytest.mark.unit
+def test_scheduling_is_set_per_pool_and_checked() -> None:
+    settings = Settings(scheduler={"pools": {"smollm2": {"policy": "prefix_affinity", "queue_limit": 8}}})
+    assert settings.scheduler.for_pool("smollm2").policy == "prefix_affinity"
+    assert settings.scheduler.for_pool("other").policy == "least_outstanding_tokens"
+    with pytest.raises(ValueError, match="scheduler.pools names pool 'nope'"):
+        Settings(scheduler={"pools": {"nope": {}}})
+    with pytest.raises(ValueError, match="policy"):
+        Settings(scheduler={"pools": {"smollm2": {"policy": "random"}}})
+    with pytest.raises(ValueError, match="kv_cache_soft_limit must be below"):
+        Settings(scheduler={"pools": {"smollm2": {"kv_cache_soft_limit": 0.9, "kv_cache_hard_limit": 0.8}}})

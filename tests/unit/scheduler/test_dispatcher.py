@@ -1,22 +1,23 @@
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 
+from headrace.runtime.config import PoolSchedulingSettings
 from headrace.runtime.errors import NoWorkerAvailable
-from services.scheduler.dispatcher import Dispatcher
+from services.scheduler.dispatcher import Dispatcher, PoolDirectory
 from services.scheduler.leases import LeaseTable
 from services.scheduler.placement import PlacementRequest
 from services.scheduler.registry import LoadSnapshot, WorkerIdentity, WorkerRegistry
+from tests.unit.scheduler.workers import identity
 
 
-def identity(worker_id: str, models: tuple[str, ...] = ("m@1",)) -> WorkerIdentity:
-    return WorkerIdentity(
-        worker_id, f"127.0.0.1:{hash(worker_id) % 1000 + 50000}", "pool", frozenset(models), "synthetic"
+def make_dispatcher(stale_after_s: float = 3.0, ttl_s: float = 30.0, policy: str = "least_load") -> Dispatcher:
+    return Dispatcher(
+        registry=WorkerRegistry(stale_after_s=stale_after_s),
+        leases=LeaseTable(ttl_s=ttl_s),
+        pools=PoolDirectory(model_pools={"m@1": "pool"}, pool_settings={"pool": PoolSchedulingSettings(policy=policy)}),
     )
-
-
-def make_dispatcher(stale_after_s: float = 3.0, ttl_s: float = 30.0) -> Dispatcher:
-    return Dispatcher(registry=WorkerRegistry(stale_after_s=stale_after_s), leases=LeaseTable(ttl_s=ttl_s))
 
 
 def place_request(request_id: str = "r", model: str = "m@1", exclude: frozenset[str] = frozenset()) -> PlacementRequest:
@@ -29,16 +30,16 @@ async def test_places_on_the_least_loaded_worker_and_counts_leases() -> None:
     dispatcher.report(identity("a"), LoadSnapshot(running=3, capacity=8), draining=False)
     dispatcher.report(identity("b"), LoadSnapshot(running=1, capacity=8), draining=False)
     first = await dispatcher.place(place_request("1"))
-    assert first.lease.worker_id == "b"
-    # b now has 1 reported + 1 leased; placing two more keeps them balanced.
+    assert first.lease.worker_id == "b" and first.policy == "least_load"
+    # b: 1 reported + 1 leased = 2, a: 3. Then b, and on ties the one with
+    # fewer leased tokens.
     workers = [(await dispatcher.place(place_request(str(i)))).lease.worker_id for i in range(2, 6)]
-    assert workers.count("a") >= 1 and workers.count("b") >= 1
+    assert workers == ["b", "a", "b", "a"]
     assert len(dispatcher.leases) == 5
-    state_b = dispatcher.registry.get("b")
-    assert state_b is not None
     released = dispatcher.release(first.lease.lease_id)
     assert released is not None
     assert dispatcher.release(first.lease.lease_id) is None  # idempotent
+    await dispatcher.close()
 
 
 @pytest.mark.unit
@@ -52,6 +53,7 @@ async def test_no_worker_for_the_model_is_unavailable_with_a_reason() -> None:
     dispatcher.report(identity("a"), LoadSnapshot(), draining=False)
     with pytest.raises(NoWorkerAvailable, match="already tried a"):
         await dispatcher.place(place_request(exclude=frozenset({"a"})))
+    await dispatcher.close()
 
 
 @pytest.mark.unit
@@ -59,8 +61,23 @@ async def test_unhealthy_and_other_model_workers_get_no_work() -> None:
     dispatcher = make_dispatcher()
     dispatcher.report(identity("sick"), LoadSnapshot(healthy=False), draining=False)
     dispatcher.report(identity("other", models=("x@1",)), LoadSnapshot(), draining=False)
-    dispatcher.report(identity("ok"), LoadSnapshot(running=50), draining=False)
+    dispatcher.report(identity("ok"), LoadSnapshot(running=5, capacity=8), draining=False)
     assert (await dispatcher.place(place_request())).lease.worker_id == "ok"
+    await dispatcher.close()
+
+
+@pytest.mark.unit
+async def test_a_stale_worker_gets_no_new_work_even_before_it_is_dropped() -> None:
+    dispatcher = make_dispatcher(stale_after_s=0.05)
+    dispatcher.report(identity("quiet"), LoadSnapshot(capacity=8), draining=False)
+    dispatcher.report(identity("chatty"), LoadSnapshot(running=6, capacity=8), draining=False)
+    await asyncio.sleep(0.08)
+    dispatcher.report(identity("chatty"), LoadSnapshot(running=6, capacity=8), draining=False)
+    # quiet is idle but silent: still known, never chosen.
+    assert dispatcher.registry.get("quiet") is not None
+    for i in range(2):
+        assert (await dispatcher.place(place_request(str(i)))).lease.worker_id == "chatty"
+    await dispatcher.close()
 
 
 @pytest.mark.unit
@@ -72,6 +89,7 @@ async def test_silent_workers_are_dropped_with_their_leases() -> None:
     dispatcher.sweep()
     assert dispatcher.registry.get("a") is None
     assert dispatcher.leases.get(placed.lease.lease_id) is None
+    await dispatcher.close()
 
 
 @pytest.mark.unit
@@ -83,10 +101,13 @@ async def test_unreleased_leases_expire_and_free_capacity() -> None:
     assert state is not None and state.leases == 1
     renewed = dispatcher.renew(placed.lease.lease_id)
     assert renewed is not None
+    expired_before = REGISTRY.get_sample_value("headrace_scheduler_lease_expiries_total", {"pool": "pool"}) or 0.0
     await asyncio.sleep(0.08)
     dispatcher.sweep()
     assert state.leases == 0 and state.leased_tokens == 0
+    assert REGISTRY.get_sample_value("headrace_scheduler_lease_expiries_total", {"pool": "pool"}) == expired_before + 1
     assert dispatcher.renew(placed.lease.lease_id) is None
+    await dispatcher.close()
 
 
 @pytest.mark.unit
@@ -98,3 +119,14 @@ async def test_a_reconnecting_worker_keeps_its_leases() -> None:
     state = dispatcher.report(moved, LoadSnapshot(), draining=False)
     assert state.identity.endpoint == "127.0.0.1:1"
     assert state.leases == 1
+    await dispatcher.close()
+
+
+@pytest.mark.unit
+async def test_a_model_missing_from_the_config_uses_the_pool_its_workers_report() -> None:
+    dispatcher = make_dispatcher()
+    dispatcher.report(identity("new", models=("fresh@2",), pool="rollout"), LoadSnapshot(), draining=False)
+    placed = await dispatcher.place(place_request(model="fresh@2"))
+    assert placed.lease.pool == "rollout"
+    assert "rollout" in dispatcher.pool_names()
+    await dispatcher.close()

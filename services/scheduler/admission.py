@@ -1,0 +1,382 @@
+"""Admission for one pool: a bounded queue of Place calls waiting for a
+slot, and the scheduling step that hands slots out.
+
+A Place call queues a waiter and awaits its future; one task per pool runs
+the scheduling step whenever something changes (a call arrives, a lease is
+released or expires, a worker reports): it walks the queue in service order
+(fair_queue.py) and leases the first waiter that fits on a worker with a
+free slot (capacity.py), as chosen by the pool's policy (placement.py),
+until nothing more fits. The step runs in its own task so a caller that
+gives up mid-step cannot interrupt it.
+
+Batch waiters are considered only when no online (interactive or
+standard) waiter is queued, and only on slots left over after the batch
+headroom: an online request waits at most one scheduling step for a slot
+batch work could have taken.
+
+Every waiter ends one way: leased; refused at once (queue full:
+RESOURCE_EXHAUSTED + retry-after); pushed out by more important or fairer
+work (the same); out of time (the caller's deadline: DEADLINE_EXCEEDED;
+the pool's max wait: RESOURCE_EXHAUSTED); cancelled by its caller; or
+failed because no worker serves its model any more (UNAVAILABLE). A lease
+granted to a caller that has already left is released at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from headrace.runtime.config import PoolSchedulingSettings
+from headrace.runtime.errors import DeadlineExceeded, NoWorkerAvailable, QueueFull, Unavailable
+from services.scheduler import metrics
+from services.scheduler.capacity import SlotModel
+from services.scheduler.fair_queue import FairQueue
+from services.scheduler.leases import LeaseRecord, LeaseTable
+from services.scheduler.placement import PlacementPolicy, PlacementRequest
+from services.scheduler.registry import WorkerRegistry, WorkerState
+
+log = logging.getLogger(__name__)
+
+PRIORITY_NAMES = ("interactive", "standard", "batch")
+BATCH = 2
+# Completion budget assumed for fairness when a request sets no max_tokens.
+DEFAULT_COMPLETION_TOKENS = 256
+# Answer DEADLINE_EXCEEDED this long before the caller's deadline, so the
+# status (with its message) arrives before the caller gives up on its own.
+_DEADLINE_MARGIN_S = 0.02
+
+
+@dataclass(frozen=True)
+class Placement:
+    lease: LeaseRecord
+    endpoint: str
+    policy: str
+    queue_ms: float
+
+
+@dataclass(eq=False)
+class Waiter:
+    request: PlacementRequest
+    future: asyncio.Future[Placement]
+    enqueued_at: float
+    # When no live worker could take it any more (None: one could).
+    orphaned_since: float | None = None
+
+
+class _RateMeter:
+    """Events per second over a sliding window of whole seconds."""
+
+    def __init__(self, window_s: int = 5) -> None:
+        self._window_s = window_s
+        self._buckets: deque[list[int]] = deque()
+
+    def add(self, now: float) -> None:
+        second = int(now)
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += 1
+        else:
+            self._buckets.append([second, 1])
+        self._trim(second)
+
+    def rate(self, now: float) -> float:
+        self._trim(int(now))
+        return sum(count for _, count in self._buckets) / self._window_s
+
+    def _trim(self, second: int) -> None:
+        while self._buckets and self._buckets[0][0] <= second - self._window_s:
+            self._buckets.popleft()
+
+
+def request_tokens(request: PlacementRequest) -> int:
+    """A request's token budget: prompt plus completion (the engine's
+    default when it sets none)."""
+    return max(1, request.prompt_tokens + (request.max_tokens or DEFAULT_COMPLETION_TOKENS))
+
+
+def request_cost(request: PlacementRequest) -> float:
+    """What a request costs its tenant's fair share: its token budget."""
+    return float(request_tokens(request))
+
+
+class PoolAdmission:
+    def __init__(
+        self,
+        *,
+        pool: str,
+        settings: PoolSchedulingSettings,
+        registry: WorkerRegistry,
+        leases: LeaseTable,
+        policy: PlacementPolicy,
+        weight_of: Callable[[str], float],
+        orphan_grace_s: float = 3.0,
+    ) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.policy = policy
+        self.slots = SlotModel.from_settings(settings)
+        self.queue: FairQueue[Waiter] = FairQueue(limit=settings.queue_limit, weight_of=weight_of)
+        self._registry = registry
+        self._leases = leases
+        self._orphan_grace_s = orphan_grace_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._grants = _RateMeter()
+        # Leases granted so far.
+        self.granted = 0
+        self._closed = False
+
+    # --- lifecycle -----------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"scheduler-admission:{self.pool}")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for waiter in self.queue.ordered():
+            self.queue.remove(waiter)
+            if not waiter.future.done():
+                waiter.future.set_exception(Unavailable("the scheduler is stopping", retry_after_s=1.0))
+
+    def kick(self) -> None:
+        """Something changed: run a scheduling step soon."""
+        if len(self.queue):
+            self._wake.set()
+
+    # --- Place -----------------------------------------------------------
+
+    async def place(self, request: PlacementRequest, *, timeout_s: float | None) -> Placement:
+        if self._closed:
+            raise Unavailable("the scheduler is stopping", retry_after_s=1.0)
+        self.start()
+        priority = min(request.priority, BATCH)
+        waiter = Waiter(request, asyncio.get_running_loop().create_future(), time.monotonic())
+        deadline = None if timeout_s is None else waiter.enqueued_at + timeout_s
+        if not self._ahead_of(priority):
+            # Nobody queued comes first: take a free slot now, if there is one.
+            placement = await self._place_now(waiter)
+            if placement is not None:
+                return placement
+        admission = self.queue.push(waiter, cls=priority, tenant=request.tenant, cost=request_cost(request))
+        if not admission.admitted:
+            self._reject(priority, "queue_full")
+            raise QueueFull(
+                f"no free slot in pool {self.pool!r} and its queue is full ({self.queue.limit} waiting); retry later",
+                retry_after_s=self.retry_after_s(),
+            )
+        if admission.evicted is not None:
+            evicted = admission.evicted
+            self._reject(min(evicted.request.priority, BATCH), "evicted")
+            evicted.future.set_exception(
+                QueueFull(
+                    f"the queue of pool {self.pool!r} is full and more important or fairer work took "
+                    "this request's place; retry later",
+                    retry_after_s=self.retry_after_s(),
+                )
+            )
+        self._update_depth()
+        self._wake.set()
+
+        wait_s = self.settings.max_queue_wait_s
+        caller_left_s = None if deadline is None else deadline - time.monotonic() - _DEADLINE_MARGIN_S
+        limited_by_caller = caller_left_s is not None and caller_left_s < wait_s
+        if caller_left_s is not None and limited_by_caller:
+            wait_s = max(0.0, caller_left_s)
+        try:
+            await asyncio.wait((waiter.future,), timeout=wait_s)
+        except asyncio.CancelledError:
+            self._abandon(waiter)
+            self._reject(priority, "cancelled")
+            raise
+        if waiter.future.done():
+            return waiter.future.result()
+        self._abandon(waiter)
+        waited = time.monotonic() - waiter.enqueued_at
+        if limited_by_caller:
+            self._reject(priority, "deadline")
+            raise DeadlineExceeded(
+                f"no slot in pool {self.pool!r} before the deadline ({waited:.3f}s in the queue, "
+                f"{len(self.queue)} still waiting)"
+            )
+        self._reject(priority, "max_wait")
+        raise QueueFull(
+            f"no slot in pool {self.pool!r} within max_queue_wait_s ({self.settings.max_queue_wait_s:g}s); retry later",
+            retry_after_s=self.retry_after_s(),
+        )
+
+    def _ahead_of(self, priority: int) -> bool:
+        """Whether queued work would go before a request of this class
+        (batch: any queued work; online work goes first)."""
+        if priority >= BATCH:
+            return len(self.queue) > 0
+        return any(self.queue.depth(cls) for cls in range(priority + 1))
+
+    async def _place_now(self, waiter: Waiter) -> Placement | None:
+        batch = min(waiter.request.priority, BATCH) >= BATCH
+        candidates = self.candidates(waiter.request, batch=batch)
+        if not candidates:
+            return None
+        chosen = await self.policy.choose(waiter.request, candidates)
+        # The choice may have taken a while: is the worker still free?
+        if chosen is None or chosen not in self.candidates(waiter.request, batch=batch):
+            return None
+        self._grant(waiter, chosen)
+        return waiter.future.result()
+
+    def retry_after_s(self) -> float:
+        """When a slot is likely: the queue ahead over the recent grant rate."""
+        rate = self._grants.rate(time.monotonic())
+        if rate <= 0:
+            return 1.0
+        return min(30.0, max(1.0, len(self.queue) / rate))
+
+    def _abandon(self, waiter: Waiter) -> None:
+        """The caller gives up: free its place, or the lease it just got."""
+        if waiter.future.done():
+            if not waiter.future.cancelled() and waiter.future.exception() is None:
+                lease = waiter.future.result().lease
+                log.info("lease %s granted as its caller left; releasing it", lease.lease_id)
+                self.release(lease)
+        else:
+            self.queue.remove(waiter)
+            waiter.future.cancel()
+            self._update_depth()
+
+    def release(self, lease: LeaseRecord) -> LeaseRecord | None:
+        released = self._leases.release(lease.lease_id, self._registry.get(lease.worker_id))
+        self.kick()
+        return released
+
+    # --- the scheduling step ---------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.step()
+            except Exception:
+                # A bug here must not stop the pool: log it and go on.
+                log.exception("scheduling step of pool %s failed", self.pool)
+
+    async def step(self) -> int:
+        """Lease slots to waiters, in service order, until nothing more
+        fits. Returns how many were placed."""
+        granted_before = self.granted
+        while len(self.queue):
+            if not await self._place_one():
+                break
+        placed = self.granted - granted_before
+        if placed:
+            self._update_depth()
+        return placed
+
+    async def _place_one(self) -> bool:
+        """Lease one waiter a slot; False when none fits now."""
+        online_waiting = any(self.queue.depth(cls) for cls in range(BATCH))
+        for waiter in self.queue.ordered():
+            batch = self.queue.class_of(waiter) >= BATCH
+            if batch and online_waiting:
+                # Batch only runs when no online request waits (ordered()
+                # lists batch last, so nothing after this can run either).
+                return False
+            candidates = self.candidates(waiter.request, batch=batch)
+            if not candidates:
+                continue
+            chosen = await self.policy.choose(waiter.request, candidates)
+            if waiter not in self.queue:
+                # It left while the policy chose: start over.
+                return True
+            if chosen is None:
+                continue
+            if chosen not in candidates:
+                log.error("policy %s chose %s, not a candidate; ignored", self.policy.name, chosen.worker_id)
+                continue
+            self._grant(waiter, chosen)
+            return True
+        return False
+
+    def candidates(self, request: PlacementRequest, *, batch: bool = False) -> list[WorkerState]:
+        free = self.slots.free_for_batch if batch else self.slots.free
+        return [state for state in self._registry.candidates(request.model_version, request.exclude) if free(state) > 0]
+
+    def _grant(self, waiter: Waiter, worker: WorkerState) -> None:
+        request = waiter.request
+        lease = self._leases.grant(
+            worker,
+            pool=self.pool,
+            request_id=request.request_id,
+            model_version=request.model_version,
+            tokens=request_tokens(request),
+        )
+        if waiter in self.queue:
+            self.queue.take(waiter)
+        self.granted += 1
+        now = time.monotonic()
+        self._grants.add(now)
+        waited = now - waiter.enqueued_at
+        priority = PRIORITY_NAMES[min(request.priority, BATCH)]
+        metrics.PLACEMENTS.labels(pool=self.pool, policy=self.policy.name).inc()
+        metrics.QUEUE_WAIT.labels(pool=self.pool, priority=priority).observe(waited)
+        waiter.future.set_result(
+            Placement(lease=lease, endpoint=worker.identity.endpoint, policy=self.policy.name, queue_ms=waited * 1000)
+        )
+
+    # --- housekeeping (the dispatcher's sweep) ---------------------------
+
+    def fail_orphans(self, now: float) -> int:
+        """Fail waiters that no live worker could take for longer than the
+        grace period (a worker restarting gets that long to come back)."""
+        failed = 0
+        for waiter in self.queue.ordered():
+            request = waiter.request
+            if self._registry.candidates(request.model_version, request.exclude):
+                waiter.orphaned_since = None
+                continue
+            if waiter.orphaned_since is None:
+                waiter.orphaned_since = now
+            elif now - waiter.orphaned_since >= self._orphan_grace_s:
+                self.queue.remove(waiter)
+                self._reject(min(request.priority, BATCH), "no_worker")
+                waiter.future.set_exception(
+                    NoWorkerAvailable(f"no live worker serves {request.model_version} any more", retry_after_s=1.0)
+                )
+                failed += 1
+        if failed:
+            self._update_depth()
+        return failed
+
+    def workers(self) -> list[WorkerState]:
+        return [s for s in self._registry.all() if s.identity.pool == self.pool]
+
+    def capacity(self, workers: Sequence[WorkerState] | None = None) -> int:
+        now = time.monotonic()
+        return sum(
+            self.slots.limit(s)
+            for s in (workers if workers is not None else self.workers())
+            if self._registry.accepting(s, now)
+        )
+
+    def refresh_gauges(self) -> None:
+        workers = self.workers()
+        metrics.SLOTS.labels(pool=self.pool).set(self.capacity(workers))
+        metrics.LEASED.labels(pool=self.pool).set(sum(s.leases for s in workers))
+        self.queue.prune()
+        self._update_depth()
+
+    def _update_depth(self) -> None:
+        for cls, name in enumerate(PRIORITY_NAMES):
+            metrics.QUEUE_DEPTH.labels(pool=self.pool, priority=name).set(self.queue.depth(cls))
+
+    def _reject(self, priority: int, reason: str) -> None:
+        metrics.REJECTIONS.labels(pool=self.pool, priority=PRIORITY_NAMES[priority], reason=reason).inc()

@@ -1,0 +1,343 @@
+"""Admission: Place waits for a slot in a bounded queue, and every way a
+wait can end (leased, refused, pushed out, out of time, cancelled, no
+worker left) leaves no place or lease behind."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import REGISTRY
+
+from headrace.runtime.config import PoolSchedulingSettings
+from headrace.runtime.errors import DeadlineExceeded, NoWorkerAvailable, QueueFull
+from services.scheduler.admission import Placement
+from services.scheduler.dispatcher import Dispatcher, PoolDirectory
+from services.scheduler.leases import LeaseTable
+from services.scheduler.placement import PlacementRequest
+from services.scheduler.registry import LoadSnapshot, WorkerRegistry
+from tests.unit.scheduler.workers import identity
+
+INTERACTIVE, STANDARD, BATCH = 0, 1, 2
+
+
+def make_dispatcher(
+    *, ttl_s: float = 30.0, weights: dict[str, float] | None = None, orphan_grace_s: float = 3.0, **pool: object
+) -> Dispatcher:
+    settings = PoolSchedulingSettings.model_validate({"policy": "least_load", **pool})
+    return Dispatcher(
+        registry=WorkerRegistry(stale_after_s=30.0),
+        leases=LeaseTable(ttl_s=ttl_s),
+        pools=PoolDirectory(
+            model_pools={"m@1": "pool"}, pool_settings={"pool": settings}, tenant_weights=weights or {}
+        ),
+        orphan_grace_s=orphan_grace_s,
+    )
+
+
+@pytest.fixture
+def dispatcher() -> Iterator[Dispatcher]:
+    yield make_dispatcher(queue_limit=4)
+
+
+_ids = iter(range(10**9))
+
+
+def req(priority: int = STANDARD, tenant: str = "t", model: str = "m@1") -> PlacementRequest:
+    return PlacementRequest(
+        request_id=f"r{next(_ids)}", model_version=model, tenant=tenant, priority=priority, max_tokens=16
+    )
+
+
+def add_worker(dispatcher: Dispatcher, name: str = "w", capacity: int = 1, **load: object) -> None:
+    dispatcher.report(identity(name), LoadSnapshot(capacity=capacity, **load), draining=False)  # type: ignore[arg-type]
+
+
+async def settle() -> None:
+    """Let the pool's scheduling task and the waiting calls run."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def queued(dispatcher: Dispatcher) -> int:
+    return len(dispatcher.admission("pool").queue)
+
+
+@pytest.mark.unit
+async def test_place_waits_for_a_slot_and_gets_the_released_one(dispatcher: Dispatcher) -> None:
+    add_worker(dispatcher, capacity=2)
+    first = await dispatcher.place(req())
+    await dispatcher.place(req())
+    waiting = asyncio.create_task(dispatcher.place(req()))
+    await settle()
+    assert not waiting.done() and queued(dispatcher) == 1
+    dispatcher.release(first.lease.lease_id)
+    third = await asyncio.wait_for(waiting, 1.0)
+    assert third.lease.worker_id == "w" and third.queue_ms > 0
+    assert queued(dispatcher) == 0 and len(dispatcher.leases) == 2
+    await dispatcher.close()
+
+
+@pytest.mark.unit
+async def test_a_full_queue_answers_at_once_with_a_retry_after_hint(dispatcher: Dispatcher) -> None:
+    add_worker(dispatcher)
+    await dispatcher.place(req())
+    waiters = [asyncio.create_task(dispatcher.place(req())) for _ in range(4)]
+    await settle()
+    assert queued(dispatcher) == 4
+    with pytest.raises(QueueFull, match="full") as refused:
+        await asyncio.wait_for(dispatcher.place(req()), 0.5)
+    assert refused.value.retry_after_s is not None and refused.value.retry_after_s >= 1
+    assert queued(dispatcher) == 4
+    for task in waiters:
+        task.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    await dispatcher.close()
+
+
+@pytest.mark.unit
+async def test_the_callers_deadline_ends_the_wait_and_frees_its_place(dispatcher: Dispatcher) -> None:
+    add_worker(dispatcher)
+    held = await dispatcher.place(req())
+    with pytest.raises(DeadlineExceeded, match="before the deadline"):
+        await dispatcher.place(req(), timeout_s=0.1)
+    assert queued(dispatcher) == 0
+    dispatcher.release(held.lease.lease_id)
+    # The slot went to no one: the next caller gets it.
+    assert (await dispatcher.place(req(), timeout_s=1.0)).lease.worker_id == "w"
+    await dispatcher.close()
+
+
+@pytest.mark.unit
+async def test_the_pools_longest_wait_bounds_a_caller_without_deadline() -> None:
+    dispatcher = make_dispatcher(max_queue_wait_s=0.1)
+    add_worker(dispatcher)
+    await dispatcher.place(req())
+    with pytest.raises(QueueFull, match="max_queue_wait_s"):
+        await dispatcher.place(req())
+    assert queued(dispatcher) == 0
+    await dispatcher.close()
+
+
+@pytest.mark.unit
+async def test_a_cancelled_place_frees_its_place(dispatcher: Dispatcher) -> None:
+    add_worker(dispatcher)
+    held = await dispatcher.place(req())
+    waiting = asyncio.create_task(dispatcher.place(req()))
+    await settle()
+    assert queued(dispatcher) == 1
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert queued(dispatcher) == 0
+    dispatcher.release(held.lease.lease_id)
+    await settle()
+    assert len(dispatcher.leases) == 0
+    await dispatcher.close()
+
+
+@pytest.mark.unit
+async def test_a_lease_granted_as_its_caller_leaves_is_released(dispatcher: Dispatcher) -> None:
+    add_worker(dispatcher)
+    held = await dispatcher.place(req())
+    waiting = asyncio.create_task(dispatcher.place(req()))
+    await settle()
+    dispatcher.leases.release(held.lease.lease_id, dispatcher.registry.get("w"))
+    # The scheduling step grants the slot; the caller is cancelled before
+    # it sees the answer.
+    assert await dispatcher.admission("pool").step() == 1
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert len(dispatcher.leases) == 0
+    state = dispatcher.registry.get("w")
+    assert state is not None and state.leases == 0
+    await dispatcher.close()
+
+
+@pytest.mark.unit
+async def test_slots_open_in_priority_order() -> None:
+    dispatcher = make_dispatcher(queue_limit=10, batch_headroom=0.0)
+    add_worker(dispatcher)
+    held = await dispatcher.place(req())
+    order: list[int] = []
+
+    async def place(priority: int) -> None:
+        placed = await dispatcher.place(req(priority))
+        order.append(priority)
+        await asyncio.sleep(0.01)
+        dispatcher.release(placed.lease.lease_id)
+
+    tasks = []
+    for priority in (BATCH, STANDARD, INTERACTIVE, BATCH, STANDARD, INTERACTIVE):
+        tasks.append(asyncio.create_task(place(priority)))
+        await settle()
+    dispatcher.release(held.lease.lease_id)
+    await asyncio.wait_for(asyncio.gather(*tasks), 2.0)
+    assert order == [INTERACTIVE, INTERACTIVE, STANDARD, STANDARD, BATCH, BATCH]
+    await dispatcher.close()
+
+
+@pytest.mark.unit
+async def test_batch_uses_only_idle_capacity_and_online_work_gets_the_headroom() -> None:
+    dispatcher = make_dispatcher(queue_limit=10, batch_headroom=0.25)
+    add_worker(dispatcher, capacity=4)
+    batch = [await dispatcher.place(req(BATCH)) for _ in range(3)]
+    # One slot is free, but it is the online headroom: batch waits...
+    waiting_batch = asyncio.create_task(dispatcher.place(req(BATCH)))
+    await settle()
+    assert not waiting_batch.done()
+    # ...and an online request takes it at once.
+    online = await asyncio.wait_for(dispatcher.place(req(INTERACTIVE)), 0.5)
+    assert online.queue_ms < 500
+    dispatcher.release(online.lease.lease_id)
+    dispatcher.release(batch[0].lease.lease_id)
+    await asyncio.wait_for(waiting_batch, 1.0)
+    await dispatcher.close()
+
+
+@pytest.mark.unit
+async def test_batch_waits_while_any_online_request_waits() -> None:
+    dispatcher = make_dispatcher(queue_limit=10, batch_headroom=0.0)
+    add_worker(dispatcher, capacity=1)
+    held = await dispatcher.place(req(STANDARD))
+    batch = asyncio.create_task(dispatcher.place(req(BATCH)))
+    await settle()
+    standard = asyncio.create_task(dispatcher.place(req(STANDARD)))
+    await settle()
+    dispatcher.release(held.lease.lease_id)
+    placed = await asyncio.wait_for(standard, 1.0)
+    await settle()
+    assert not batch.done()
+    dispatcher.release(placed.lease.lease_id)
+    await asyncio.wait_for(batch, 1.0)
+    await dispatcher.close()
+
+
+@pytest.mark.unit
+async def test_tenants_share_a_busy_pool_by_weight() -> None:
+    dispatcher = make_dispatcher(queue_limit=200, weights={"gold": 3.0, "basic": 1.0})
+    add_worker(dispatcher, capacity=1)
+    held = await dispatcher.place(req())
+    served: list[str] = []
+
+    async def place(tenant: str) -> None:
+        placed = await dispatcher.place(req(tenant=tenant))
+        served.append(tenant)
+        await asyncio.sleep(0)
+        dispatcher.release(placed.lease.lease_id)
+
+    tasks = [asyncio.create_task(place(t)) for t in ["basic"] * 60 + ["gold"] * 60]
+    await settle()
+    dispatcher.release(held.lease.lease_id)
+    await asyncio.wait_for(asyncio.gather(*tasks), 5.0)
+    first_80 = Counter(served[:80])
+    # 3:1 while both are backlogged (60 gold run out after ~80 services).
+    assert 57 <= first_80["gold"] <= 63 and first_80["basic"] >= 17
+    await dispatcher.close()
+
+
+@pytest.mark.unit
+async def test_online_work_pushes_batch_out_of_a_full_queue(dispatcher: Dispatcher) -> None:
+    add_worker(dispatcher)
+    held = await dispatcher.place(req())
+    batch = [asyncio.create_task(dispatcher.place(req(BATCH))) for _ in range(4)]
+    await settle()
+    interactive = asyncio.create_task(dispatcher.place(req(INTERACTIVE)))
+    await settle()
+    pushed_out = [t for t in batch if t.done()]
+    assert len(pushed_out) == 1
+    with pytest.raises(QueueFull, match="took this request's place"):
+        await pushed_out[0]
+    dispatcher.release(held.lease.lease_id)
+    assert isinstance(await asyncio.wait_for(interactive, 1.0), Placement)
+    for task in batch:
+        task.cancel()
+    await asyncio.gather(*batch, return_exceptions=True)
+    await dispatcher.close()
+
+
+@pytest.mark.unit
+async def test_waiters_fail_when_their_workers_are_gone_for_good() -> None:
+    dispatcher = make_dispatcher(queue_limit=4, orphan_grace_s=0.05)
+    add_worker(dispatcher)
+    await dispatcher.place(req())
+    waiting = asyncio.create_task(dispatcher.place(req()))
+    await settle()
+    dispatcher.worker_gone("w")
+    dispatcher.sweep()
+    await settle()
+    assert not waiting.done()  # a restart gets the grace period
+    await asyncio.sleep(0.06)
+    dispatcher.sweep()
+    with pytest.raises(NoWorkerAvailable, match="any more"):
+        await asyncio.wait_for(waiting, 1.0)
+    assert queued(dispatcher) == 0
+    await dispatcher.close()
+
+
+@pytest.mark.unit
+async def test_an_expired_lease_hands_its_slot_to_a_waiter() -> None:
+    dispatcher = make_dispatcher(ttl_s=0.05, queue_limit=4)
+    add_worker(dispatcher)
+    await dispatcher.place(req())  # never released: its holder crashed
+    waiting = asyncio.create_task(dispatcher.place(req()))
+    await asyncio.sleep(0.08)
+    dispatcher.sweep()
+    placed = await asyncio.wait_for(waiting, 1.0)
+    assert placed.lease.worker_id == "w" and len(dispatcher.leases) == 1
+    await dispatcher.close()
+
+
+@pytest.mark.unit
+async def test_a_worker_with_a_filling_kv_cache_takes_less() -> None:
+    dispatcher = make_dispatcher(queue_limit=0, kv_cache_soft_limit=0.5, kv_cache_hard_limit=0.9)
+    add_worker(dispatcher, name="cool", capacity=8)
+    add_worker(dispatcher, name="hot", capacity=8, kv_cache_usage=0.8)
+    placed = Counter()
+    with pytest.raises(QueueFull):
+        while True:
+            placed[(await dispatcher.place(req())).lease.worker_id] += 1
+    assert placed == {"cool": 8, "hot": 2}
+    await dispatcher.close()
+
+
+@pytest.mark.unit
+async def test_closing_fails_the_waiters() -> None:
+    dispatcher = make_dispatcher(queue_limit=4)
+    add_worker(dispatcher)
+    await dispatcher.place(req())
+    waiting = asyncio.create_task(dispatcher.place(req()))
+    await settle()
+    await dispatcher.close()
+    with pytest.raises(Exception, match="stopping"):
+        await waiting
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.mark.unit
+async def test_queue_depth_waits_placements_and_rejections_are_counted() -> None:
+    dispatcher = make_dispatcher(queue_limit=1)
+    add_worker(dispatcher)
+    labels = {"pool": "pool", "priority": "standard"}
+    placed_before = sample("headrace_scheduler_placements_total", pool="pool", policy="least_load")
+    waits_before = sample("headrace_scheduler_queue_wait_seconds_count", **labels)
+    full_before = sample("headrace_scheduler_rejections_total", reason="queue_full", **labels)
+    held = await dispatcher.place(req())
+    waiting = asyncio.create_task(dispatcher.place(req()))
+    await settle()
+    assert sample("headrace_scheduler_queue_depth", **labels) == 1
+    with pytest.raises(QueueFull):
+        await dispatcher.place(req())
+    assert sample("headrace_scheduler_rejections_total", reason="queue_full", **labels) == full_before + 1
+    dispatcher.release(held.lease.lease_id)
+    await asyncio.wait_for(waiting, 1.0)
+    assert sample("headrace_scheduler_queue_depth", **labels) == 0
+    assert sample("headrace_scheduler_placements_total", pool="pool", policy="least_load") == placed_before + 2
+    assert sample("headrace_scheduler_queue_wait_seconds_count", **labels) == waits_before + 2
+    await dispatcher.close()
