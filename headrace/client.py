@@ -127,9 +127,13 @@ class HeadraceClient:
     def generate_stream(
         self, prompt: str | None = None, **kwargs: Any
     ) -> Iterator[generation_pb2.GenerateStreamResponse]:
-        call = self._stub.GenerateStream(
-            build_generate_request(prompt, **kwargs), metadata=self._metadata, timeout=self._timeout
-        )
+        yield from self.generate_stream_request(build_generate_request(prompt, **kwargs))
+
+    def generate_stream_request(
+        self, request: generation_pb2.GenerateRequest
+    ) -> Iterator[generation_pb2.GenerateStreamResponse]:
+        """Stream the answer to a request built by hand (every field of the proto)."""
+        call = self._stub.GenerateStream(request, metadata=self._metadata, timeout=self._timeout)
         try:
             yield from call
         except grpc.RpcError as exc:
@@ -225,9 +229,14 @@ class AsyncHeadraceClient:
     async def generate_stream(
         self, prompt: str | None = None, **kwargs: Any
     ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
-        call = self._stub.GenerateStream(
-            build_generate_request(prompt, **kwargs), metadata=self._metadata, timeout=self._timeout
-        )
+        async for chunk in self.generate_stream_request(build_generate_request(prompt, **kwargs)):
+            yield chunk
+
+    async def generate_stream_request(
+        self, request: generation_pb2.GenerateRequest
+    ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
+        """Stream the answer to a request built by hand (every field of the proto)."""
+        call = self._stub.GenerateStream(request, metadata=self._metadata, timeout=self._timeout)
         try:
             async for chunk in call:
                 yield chunk
