@@ -19,6 +19,7 @@ from services.cache.__main__ import build_host as build_cache_host
 from services.router.__main__ import RouterApp, build_router
 from services.scheduler.__main__ import build_dispatcher
 from services.scheduler.__main__ import build_host as build_scheduler_host
+from services.scheduler.batch_wiring import BatchService, build_batch_service
 from services.scheduler.dispatcher import Dispatcher
 from services.worker.__main__ import WorkerApp, build_worker, start_worker
 
@@ -43,6 +44,7 @@ class InProcessMesh:
     router_address: str
     workers: list[RunningWorker] = field(default_factory=list)
     tracer_provider: TracerProvider | None = None
+    batch: BatchService | None = None
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def channel(self, address: str) -> grpc.aio.Channel:
@@ -101,13 +103,19 @@ class InProcessMesh:
         await self.cache_host.stop(0.5)
         await self.scheduler_host.stop(0.5)
         await self.dispatcher.close()
+        if self.batch is not None:
+            await self.batch.close()
         await self.redis.aclose()
 
 
 async def start_mesh(settings: Settings, *, tracer_provider: TracerProvider | None = None) -> InProcessMesh:
     dispatcher = build_dispatcher(settings)
     await dispatcher.start()
-    scheduler_host = build_scheduler_host(settings, dispatcher, port=0, tracer_provider=tracer_provider)
+    batch = build_batch_service(settings, tracer_provider)
+    await batch.start()
+    scheduler_host = build_scheduler_host(
+        settings, dispatcher, port=0, tracer_provider=tracer_provider, batches=batch.rpcs
+    )
     scheduler_address = f"127.0.0.1:{await scheduler_host.start()}"
     redis_client = aioredis.Redis.from_url(settings.redis_url)
     cache_host = build_cache_host(settings, redis_client, port=0, tracer_provider=tracer_provider)
@@ -131,6 +139,7 @@ async def start_mesh(settings: Settings, *, tracer_provider: TracerProvider | No
         cache_address=cache_address,
         router_address=router_address,
         tracer_provider=tracer_provider,
+        batch=batch,
     )
     expected = 0
     for pool, spec in settings.pools.items():

@@ -1,0 +1,121 @@
+"""When a batch row may start: only into capacity that online work leaves
+idle. The gate reads the worker's load every poll interval and lets a row
+start while
+
+    batch rows in flight < capacity - reserve - online requests
+
+where online requests are what the engine runs or queues beyond this
+consumer's own rows. When online traffic arrives, rows already running
+finish, but no new one starts until the engine has room again: online work
+comes first, batch work fills what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from services.worker.consumer.attempt_errors import WorkerUnavailable
+
+
+@dataclass(frozen=True)
+class WorkerLoadReading:
+    running: int
+    waiting: int
+    capacity: int
+
+
+class LoadSource(Protocol):
+    async def load(self) -> WorkerLoadReading | None:
+        """The worker's load now; None when it does not answer."""
+        ...
+
+
+class AdmissionGate:
+    def __init__(
+        self,
+        source: LoadSource,
+        *,
+        max_inflight: int,
+        reserve_fraction: float,
+        poll_s: float,
+        down_after_s: float = 10.0,
+    ) -> None:
+        self._source = source
+        self._max_inflight = max_inflight
+        self._reserve_fraction = reserve_fraction
+        self._poll_s = poll_s
+        self._down_after_s = down_after_s
+        self._reading: WorkerLoadReading | None = None
+        self._inflight = 0
+        # Our rows in flight when the reading was taken: the rest of what the
+        # engine runs is online work.
+        self._inflight_at_reading = 0
+        self._unanswered_since: float | None = None
+        self._changed = asyncio.Condition()
+        self._poller: asyncio.Task[None] | None = None
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    async def start(self) -> None:
+        await self._read()
+        self._poller = asyncio.create_task(self._poll_forever(), name="batch-admission-poll")
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+
+    def allowed(self) -> int:
+        """Batch rows that may be in flight now."""
+        reading = self._reading
+        if reading is None:
+            return 0
+        reserve = math.ceil(reading.capacity * self._reserve_fraction)
+        online = max(0, reading.running + reading.waiting - self._inflight_at_reading)
+        return max(0, min(self._max_inflight, reading.capacity - reserve - online))
+
+    def _down(self) -> bool:
+        since = self._unanswered_since
+        return since is not None and time.monotonic() - since >= self._down_after_s
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Wait for room, hold one row's place while the body runs."""
+        async with self._changed:
+            while self._inflight >= self.allowed():
+                if self._down():
+                    raise WorkerUnavailable(f"the worker has not answered for {self._down_after_s:.0f}s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=1.0)
+            self._inflight += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._inflight -= 1
+                self._changed.notify_all()
+
+    async def _read(self) -> None:
+        reading = await self._source.load()
+        async with self._changed:
+            self._reading = reading
+            self._inflight_at_reading = self._inflight
+            if reading is None:
+                self._unanswered_since = self._unanswered_since or time.monotonic()
+            else:
+                self._unanswered_since = None
+            self._changed.notify_all()
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_s)
+            await self._read()
