@@ -139,7 +139,10 @@ def batch_task(app: Celery, *, name: str, **options: Any) -> Callable[[F], Task]
                 TASKS_RUN.labels(task=name, outcome=outcome).inc()
                 TASK_SECONDS.labels(task=name).observe(time.monotonic() - started)
 
-        task: Task = app.task(name=name, bind=True, acks_late=True, ignore_result=True, **options)(run)
+        # shared=False: Celery would otherwise hand this task to every app
+        # created later in the process (a global registry), bound to this
+        # app's collaborators.
+        task: Task = app.task(name=name, bind=True, acks_late=True, ignore_result=True, shared=False, **options)(run)
         return task
 
     return decorate

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -110,7 +111,7 @@ class BatchConsumer:
         """The Celery worker consuming this pool's queue (threads: each runs
         one chunk at a time; the rows themselves run on the loop thread)."""
         worker: Worker = self.app.Worker(
-            hostname=f"{self.name}@%h",
+            hostname=f"{self.name}@{socket.gethostname()}",
             queues=[queue_name(self.pool)],
             pool_cls="threads",
             concurrency=self.settings.batch.consumer_chunks,
