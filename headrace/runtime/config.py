@@ -114,7 +114,8 @@ class BatchSettings(_Section):
     # Bounds at submit time: rows of one job, bytes of one input file, and
     # rows accepted but not finished per pool (over it: RESOURCE_EXHAUSTED).
     max_rows_per_batch: int = Field(default=50_000, ge=1)
-    max_file_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # Below the gRPC message bound (limits.max_message_bytes), which carries the file.
+    max_file_bytes: int = Field(default=8_000_000, ge=1024)
     max_pending_rows_per_pool: int = Field(default=200_000, ge=1)
     # Retry-After hint when the queue is full.
     queue_full_retry_after_s: float = Field(default=30.0, gt=0)

@@ -1,0 +1,1 @@
+"""The HTTP gateway (OpenAI-compatible), served in the router process."""
