@@ -20,7 +20,7 @@ PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 BUF_AGAINST ?= HEAD~1
 PYTEST_ARGS ?=
 
-.PHONY: help install install-test system-deps protos check-protos lint test test-unit up down status bench bench-overhead clean
+.PHONY: help install install-test system-deps protos check-protos lint test test-unit up down status bench bench-overhead bench-batch clean
 
 help:
 	@echo "make up             install, start the mesh (Redis too if needed), send a sample request"
@@ -92,10 +92,16 @@ down:
 status: $(VENV)/.installed
 	$(HEADRACE) status
 
-bench: bench-overhead
+bench: bench-overhead bench-batch
 
 bench-overhead: install
 	$(PY) -m bench.overhead
+
+# A 2,000-row job through the queue vs offline on the real model (needs
+# `headrace models prepare`); BENCH_BATCH_ARGS="--engine synthetic" for the queue alone.
+BENCH_BATCH_ARGS ?=
+bench-batch: install
+	$(PY) -m bench.batch $(BENCH_BATCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -138,13 +138,20 @@ class BatchSettings(_Section):
     visibility_timeout_s: float = Field(default=7200.0, gt=0)
     # How often consumers look for tasks past their visibility timeout.
     restore_interval_s: float = Field(default=10.0, gt=0)
-    # Per consumer: chunk tasks run at once, and rows in flight at its worker.
-    consumer_chunks: int = Field(default=4, ge=1, le=64)
-    max_inflight_rows: int = Field(default=64, ge=1)
+    # Per consumer: chunk tasks run at once, and rows in flight at its
+    # worker (a hard cap; the worker's capacity is the usual bound). The
+    # chunks hold more rows (16 x 16) than the engine runs at once, so rows
+    # are ready when a row ends, even while a chunk's last rows still run.
+    consumer_chunks: int = Field(default=16, ge=1, le=64)
+    max_inflight_rows: int = Field(default=256, ge=1)
     # Share of the worker's capacity batch rows leave free for online
     # requests (0: fill it all; online requests still go first, since no
     # new row starts while the engine has requests waiting).
     online_reserve_fraction: float = Field(default=0.0, ge=0, lt=1)
+    # Rows let into the engine's own queue beyond its capacity, so it never
+    # runs dry between one row ending and the next arriving. Engines that
+    # schedule by priority (vllm) still put online requests ahead of them.
+    queue_ahead_rows: int = Field(default=4, ge=0)
     # How often the consumer reads its worker's load.
     load_poll_s: float = Field(default=0.1, gt=0)
     # Finished jobs (and their results) are kept this long.

@@ -58,12 +58,22 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         generation = generation_request_from_proto(request)
         share = EngineShare()
         finished = False
+        # whole_answer: deltas are held back and sent as one last message.
+        held_text: list[str] = []
+        held_ids: list[int] = []
         stream = self._engine.generate(generation)
         metrics.REQUESTS_IN_FLIGHT.inc()
         try:
             async for delta in stream:
                 share.advance(self._engine.stats().running)
+                if request.whole_answer and delta.finish_reason is None:
+                    held_text.append(delta.text)
+                    held_ids.extend(delta.token_ids)
+                    continue
                 message = delta_to_proto(delta, request.request_id)
+                if held_text:
+                    message.text = "".join(held_text) + message.text
+                    message.token_ids[:0] = held_ids
                 if delta.finish_reason is not None:
                     finished = True
                     message.timing.engine_ms = share.seconds * 1000.0

@@ -2,17 +2,23 @@
 idle. The gate reads the worker's load every poll interval and lets a row
 start while
 
-    batch rows in flight < capacity - reserve - online requests
+    batch rows in flight < capacity - reserve - online requests + queue_ahead
 
 where online requests are what the engine runs or queues beyond this
-consumer's own rows. When online traffic arrives, rows already running
+consumer's own rows, and queue_ahead a few rows let wait in the engine's own
+queue so it never runs dry between rows (an engine that schedules by
+priority runs online requests before them). When online traffic arrives, rows already running
 finish, but no new one starts until the engine has room again: online work
 comes first, batch work fills what is left.
+
+Rows waiting for room are let in one at a time, first come first served
+(the oldest chunk's rows first, so chunks finish and make way for the next).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import math
 import time
@@ -44,11 +50,13 @@ class AdmissionGate:
         max_inflight: int,
         reserve_fraction: float,
         poll_s: float,
+        queue_ahead: int = 0,
         down_after_s: float = 10.0,
     ) -> None:
         self._source = source
         self._max_inflight = max_inflight
         self._reserve_fraction = reserve_fraction
+        self._queue_ahead = queue_ahead
         self._poll_s = poll_s
         self._down_after_s = down_after_s
         self._reading: WorkerLoadReading | None = None
@@ -57,12 +65,16 @@ class AdmissionGate:
         # engine runs is online work.
         self._inflight_at_reading = 0
         self._unanswered_since: float | None = None
-        self._changed = asyncio.Condition()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._poller: asyncio.Task[None] | None = None
 
     @property
     def inflight(self) -> int:
         return self._inflight
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for waiter in self._waiters if not waiter.done())
 
     async def start(self) -> None:
         await self._read()
@@ -81,7 +93,11 @@ class AdmissionGate:
             return 0
         reserve = math.ceil(reading.capacity * self._reserve_fraction)
         online = max(0, reading.running + reading.waiting - self._inflight_at_reading)
-        return max(0, min(self._max_inflight, reading.capacity - reserve - online))
+        room = reading.capacity - reserve - online
+        if room <= 0:
+            # Online work fills the engine: nothing new until it has room.
+            return 0
+        return min(self._max_inflight, room + self._queue_ahead)
 
     def _down(self) -> bool:
         since = self._unanswered_since
@@ -90,30 +106,57 @@ class AdmissionGate:
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Wait for room, hold one row's place while the body runs."""
-        async with self._changed:
-            while self._inflight >= self.allowed():
-                if self._down():
-                    raise WorkerUnavailable(f"the worker has not answered for {self._down_after_s:.0f}s")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=1.0)
+        while self._waiters and self._waiters[0].done():
+            self._waiters.popleft()
+        if self._waiters or self._inflight >= self.allowed():
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                while True:
+                    if self._down():
+                        raise WorkerUnavailable(f"the worker has not answered for {self._down_after_s:.0f}s")
+                    try:
+                        # Shielded: a timeout must not cancel a place just granted.
+                        await asyncio.wait_for(asyncio.shield(waiter), timeout=1.0)
+                        break
+                    except TimeoutError:
+                        continue
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    # Granted, but we are leaving: pass the place on.
+                    self._release()
+                else:
+                    waiter.cancel()
+                raise
+        else:
             self._inflight += 1
         try:
             yield
         finally:
-            async with self._changed:
-                self._inflight -= 1
-                self._changed.notify_all()
+            self._release()
+
+    def _release(self) -> None:
+        self._inflight -= 1
+        self._grant()
+
+    def _grant(self) -> None:
+        """Let waiting rows in, oldest first, while there is room."""
+        while self._waiters and self._inflight < self.allowed():
+            waiter = self._waiters.popleft()
+            if waiter.done():
+                continue
+            self._inflight += 1
+            waiter.set_result(None)
 
     async def _read(self) -> None:
         reading = await self._source.load()
-        async with self._changed:
-            self._reading = reading
-            self._inflight_at_reading = self._inflight
-            if reading is None:
-                self._unanswered_since = self._unanswered_since or time.monotonic()
-            else:
-                self._unanswered_since = None
-            self._changed.notify_all()
+        self._reading = reading
+        self._inflight_at_reading = self._inflight
+        if reading is None:
+            self._unanswered_since = self._unanswered_since or time.monotonic()
+        else:
+            self._unanswered_since = None
+        self._grant()
 
     async def _poll_forever(self) -> None:
         while True:

@@ -131,24 +131,30 @@ class ChunkRunner:
             "batch.row", attributes={"batch.id": job.id, "batch.line": row.line, "batch.custom_id": row.custom_id}
         ):
             while True:
+                result: batch_pb2.BatchResult | None = None
+                error: AttemptError | None = None
+                # The row holds a place only while the worker runs it; the
+                # bookkeeping after it (writing the result) frees the place first.
                 async with self._gate.slot():
                     verdict = await self._store.begin_attempt(job, row.index, self._consumer)
                     if verdict.verdict in ("done", "skip"):
                         return False
-                    if verdict.verdict == "orphan":
-                        return await self._record(job, row, await self._stopped_error(job, row))
-                    if verdict.attempt > self._settings.row_max_attempts:
-                        last = await self._store.last_failure(job, row.index) or "its consumer stopped while running it"
-                        return await self._record(job, row, self._exhausted(row, last))
-                    try:
-                        result = await self._attempt(job, row)
-                    except WorkerUnavailable:
-                        await self._store.undo_attempt(job, row.index)
-                        raise
-                    except AttemptError as failure:
-                        error = failure
-                    else:
-                        return await self._record(job, row, result)
+                    if verdict.verdict == "run" and verdict.attempt <= self._settings.row_max_attempts:
+                        try:
+                            result = await self._attempt(job, row)
+                        except WorkerUnavailable:
+                            await self._store.undo_attempt(job, row.index)
+                            raise
+                        except AttemptError as failure:
+                            error = failure
+                if verdict.verdict == "orphan":
+                    return await self._record(job, row, await self._stopped_error(job, row))
+                if result is not None:
+                    return await self._record(job, row, result)
+                if error is None:
+                    # Attempts used up by consumers that stopped mid-row.
+                    last = await self._store.last_failure(job, row.index) or "its consumer stopped while running it"
+                    return await self._record(job, row, self._exhausted(row, last))
                 reason = f"{error.code}: {error.message}"
                 if not error.retryable:
                     return await self._record(job, row, row_error(row, error.code, error.message))

@@ -80,6 +80,7 @@ class BatchConsumer:
             max_inflight=batch.max_inflight_rows,
             reserve_fraction=batch.online_reserve_fraction,
             poll_s=batch.load_poll_s,
+            queue_ahead=batch.queue_ahead_rows,
         )
         await self._gate.start()
         self.runner = ChunkRunner(

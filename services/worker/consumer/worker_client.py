@@ -81,6 +81,8 @@ class WorkerClient:
                 request=request,
                 tenant=tenant,
                 priority=generation_pb2.PRIORITY_BATCH,
+                # Nobody watches a batch row's tokens arrive.
+                whole_answer=True,
             ),
             metadata=outgoing_metadata([(REQUEST_ID_KEY, request_id), (TENANT_KEY, tenant)]),
             timeout=timeout_s,

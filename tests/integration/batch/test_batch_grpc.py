@@ -14,7 +14,7 @@ import pytest
 
 from headrace.local_redis import RedisServer
 from headrace.runtime.config import hash_api_key
-from headrace.v1 import batch_pb2, scheduler_pb2
+from headrace.v1 import batch_pb2, generation_pb2, scheduler_pb2, worker_pb2
 from tests.integration.batch.conftest import batch_settings
 from tests.support.batch import chat_rows, jsonl, parse_jsonl, results, running_consumer, wait_for_job
 from tests.support.mesh import InProcessMesh, start_mesh
@@ -278,3 +278,21 @@ async def test_list_pages_newest_first(mesh: InProcessMesh) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.ListBatches(batch_pb2.ListBatchesRequest(limit=101))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit" in (caught.value.details() or "")
+
+
+async def test_a_worker_asked_for_the_whole_answer_sends_it_in_one_message(mesh: InProcessMesh) -> None:
+    request = worker_pb2.WorkerGenerateRequest(
+        request_id="whole-1",
+        model_version="smollm2@1",
+        request=generation_pb2.GenerateRequest(
+            prompt="say it all", sampling=generation_pb2.SamplingParams(max_tokens=6, temperature=0)
+        ),
+        priority=generation_pb2.PRIORITY_BATCH,
+    )
+    streamed = [m async for m in mesh.worker_stub().Generate(request)]
+    request.whole_answer = True
+    (whole,) = [m async for m in mesh.worker_stub().Generate(request)]
+    assert len(streamed) == 6
+    assert whole.text == "".join(m.text for m in streamed)
+    assert list(whole.token_ids) == [t for m in streamed for t in m.token_ids]
+    assert whole.finish_reason == generation_pb2.FINISH_REASON_LENGTH and whole.usage.completion_tokens == 6
