@@ -37,7 +37,8 @@ def resolve_batch_model(settings: Settings, requested: str, *, task: Task) -> Ba
         known = sorted([*settings.models, *settings.aliases])
         raise NotFound(f"body.model: unknown model {name!r}; available: {', '.join(known)}")
     if model.task != task:
-        raise InvalidArgument(f"body.model: {name!r} is a {model.task} model and cannot serve this endpoint")
+        kind = "an embedding" if model.task == "embed" else "a generation"
+        raise InvalidArgument(f"body.model: {name!r} is {kind} model and cannot serve this endpoint")
     version = version or model.default_version
     spec = model.versions.get(version)
     if spec is None:

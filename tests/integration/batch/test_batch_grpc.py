@@ -296,3 +296,25 @@ async def test_a_worker_asked_for_the_whole_answer_sends_it_in_one_message(mesh:
     assert whole.text == "".join(m.text for m in streamed)
     assert list(whole.token_ids) == [t for m in streamed for t in m.token_ids]
     assert whole.finish_reason == generation_pb2.FINISH_REASON_LENGTH and whole.usage.completion_tokens == 6
+
+
+async def test_a_row_whose_consumers_keep_dying_ends_in_the_error_file(mesh: InProcessMesh) -> None:
+    """Attempts live in Redis: a row that killed its consumer on every try
+    (here: both allowed attempts already used) is not run again."""
+    stub = mesh.router_stub()
+    assert mesh.batch is not None
+    store = mesh.batch.store
+    job = await stub.SubmitBatch(batch_pb2.SubmitBatchRequest(input_jsonl=chat_rows(3)))
+    record = await store.load_job(job.id)
+    assert record is not None
+    for consumer in ("gone-1", "gone-2"):
+        await store.begin_attempt(record, 0, consumer)
+    async with running_consumer(mesh.settings, pool="smollm2", worker_address=await worker_address(mesh, "smollm2")):
+        done = await wait_for_job(stub, job.id)
+    assert done.status == batch_pb2.BATCH_STATUS_COMPLETED
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 1)
+    errors = parse_jsonl(
+        (await stub.GetFileContent(batch_pb2.GetFileContentRequest(file_id=done.error_file_id))).content
+    )
+    assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [("row-0", "row_failed")]
+    assert "its consumer stopped while running it" in errors[0]["error"]["message"]
