@@ -1,23 +1,27 @@
 """make bench-batch: a batch job through the queue against the same rows
 run directly on the engine, and what a running batch does to online latency.
 
-One run, in order:
+Both paths use one engine, so the comparison is not between two engine
+starts: the worker runs in this process (its gRPC server, load reports and
+engine, as `python -m services.worker` builds them), the rest of the mesh
+as processes (scheduler, router, cache, a private Redis) and the batch
+consumer as its own process beside the worker, as `headrace up` runs it.
 
-1. offline: the job's rows, parsed exactly as the scheduler parses them,
-   handed all at once to the pool's engine in this process (no mesh, no
-   queue): the engine's own batch throughput;
-2. the mesh as processes (`headrace up`'s plan: scheduler, worker, the
-   batch consumer beside it, router, cache, a private Redis):
-   a. online alone: a few callers send short requests for a while;
-   b. the same job through the queue (SubmitBatch -> Celery chunks ->
-      consumer -> worker), timed from submit until its results stream ends;
-   c. the job again, with the online callers running until it ends.
+    offline      the job's rows, parsed exactly as the scheduler parses
+                 them, handed all at once to the worker's engine, in-process
+    queue        the same rows as a job: SubmitBatch -> Celery chunk tasks
+                 -> consumer -> worker.Generate, timed from submit until its
+                 results stream ends
+    offline      again: the queue run sits between two offline runs, so a
+                 machine that gets busier or quieter shows, and the ratio
+                 is against their mean
+    online       a few callers send short interactive requests: alone, then
+                 while the job runs once more
 
-Reported side by side: rows/s and tokens/s offline and through the queue
-(their ratio; goal >= 95%), and online p50/p99 latency alone and while the
-batch runs. Every row decodes exactly --max-tokens tokens (ignore_eos), so
-the paths do the same work. Engines: vllm (the real model; needs
-`headrace models prepare`) or synthetic (no model: the queue's own cost).
+Every row and online request decodes exactly --max-tokens tokens
+(ignore_eos), so the paths do the same work. Engines: vllm (the real model;
+needs `headrace models prepare`) or synthetic (no model: the queue's own
+cost). Results: bench/results/batch-<engine>.md and .json.
 """
 
 from __future__ import annotations
@@ -26,20 +30,34 @@ import argparse
 import asyncio
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc.aio
+import redis
 
-from bench.harness import LatencySample, markdown_table, percentile, running_mesh, write_results
+from bench.harness import (
+    LatencySample,
+    markdown_table,
+    percentile,
+    process_group_rss_mib,
+    running_mesh,
+    write_results,
+)
 from headrace.batch.input_rows import parse_input
 from headrace.batch.model_choice import resolve_batch_model
+from headrace.batch.queue import consumer_heartbeat_key, consumer_name
+from headrace.local_redis import free_port
 from headrace.runtime.config import Settings
 from headrace.v1 import batch_pb2, generation_pb2, router_pb2_grpc, worker_pb2
+from services.worker.__main__ import WorkerApp, build_worker, start_worker
 from services.worker.convert import generation_request_from_proto
-from services.worker.engines import build_engine
 
 POOL = "smollm2"
 ENGINES: dict[str, dict[str, Any]] = {
@@ -47,16 +65,20 @@ ENGINES: dict[str, dict[str, Any]] = {
     # Paced like one stream of a small model on a CPU; capacity as vllm's.
     "synthetic": {"kind": "synthetic", "ttft_ms": 50, "tokens_per_s": 40, "max_concurrency": 64},
 }
+# Warm-up rows: the engine at full width before anything is measured.
+WARM_ROWS = 64
 
 
-def mesh_config(engine: str) -> dict[str, Any]:
+def mesh_config(engine: str, batch: dict[str, Any] | None = None) -> dict[str, Any]:
+    # No worker processes: the worker runs in this process (see above).
     return {
-        "pools": {POOL: {"engine": ENGINES[engine], "workers": 1}},
+        "pools": {POOL: {"engine": ENGINES[engine], "workers": 0}},
         "telemetry": {"log_level": "WARNING"},
+        "batch": batch or {},
     }
 
 
-def input_file(rows: int, max_tokens: int) -> bytes:
+def input_file(rows: int, max_tokens: int, *, prefix: str = "r") -> bytes:
     lines = []
     for i in range(rows):
         body = {
@@ -67,7 +89,8 @@ def input_file(rows: int, max_tokens: int) -> bytes:
             # Every row decodes the same length, on every path.
             "ignore_eos": True,
         }
-        lines.append(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}))
+        line = {"custom_id": f"{prefix}{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+        lines.append(json.dumps(line))
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -76,6 +99,7 @@ class Throughput:
     rows: int
     tokens: int
     wall_s: float
+    load_average: float = 0.0
 
     @property
     def rows_per_s(self) -> float:
@@ -85,9 +109,11 @@ class Throughput:
     def tokens_per_s(self) -> float:
         return self.tokens / self.wall_s
 
+    def as_dict(self) -> dict[str, float]:
+        return {**vars(self), "rows_per_s": self.rows_per_s, "tokens_per_s": self.tokens_per_s}
 
-async def run_offline(settings: Settings, data: bytes) -> Throughput:
-    """The rows straight into the engine, all at once, in this process."""
+
+def parsed_requests(settings: Settings, data: bytes) -> list[generation_pb2.GenerateRequest]:
     parsed = parse_input(
         data,
         endpoint="/v1/chat/completions",
@@ -95,35 +121,32 @@ async def run_offline(settings: Settings, data: bytes) -> Throughput:
         max_rows=settings.batch.max_rows_per_batch,
         resolve_model=lambda name, task: resolve_batch_model(settings, name, task=task),
     )
-    assert not parsed.errors and parsed.model is not None, parsed.errors[:3]
-    engine = build_engine(settings.pool_engine(POOL), models_dir=settings.models_dir)
-    print(f"offline: starting the {engine.kind} engine in-process", flush=True)
-    await engine.start()
-    try:
+    assert not parsed.errors, parsed.errors[:3]
+    return [row.request for row in parsed.rows if isinstance(row.request, generation_pb2.GenerateRequest)]
 
-        async def run(index: int, request: generation_pb2.GenerateRequest) -> int:
-            generation = generation_request_from_proto(
-                worker_pb2.WorkerGenerateRequest(
-                    request_id=f"offline-{index}-{time.monotonic_ns()}",
-                    model_version=parsed.model.model_version if parsed.model else "",
-                    request=request,
-                    priority=generation_pb2.PRIORITY_BATCH,
-                )
+
+async def run_offline(worker: WorkerApp, requests: list[generation_pb2.GenerateRequest]) -> Throughput:
+    """The rows straight into the engine, all at once."""
+
+    async def run(index: int, request: generation_pb2.GenerateRequest) -> int:
+        generation = generation_request_from_proto(
+            worker_pb2.WorkerGenerateRequest(
+                request_id=f"offline-{index}-{time.monotonic_ns()}",
+                model_version=request.model,
+                request=request,
+                priority=generation_pb2.PRIORITY_BATCH,
             )
-            tokens = 0
-            async for delta in engine.generate(generation):
-                if delta.finish_reason is not None:
-                    tokens = delta.completion_tokens
-            return tokens
+        )
+        tokens = 0
+        async for delta in worker.engine.generate(generation):
+            if delta.finish_reason is not None:
+                tokens = delta.completion_tokens
+        return tokens
 
-        requests = [row.request for row in parsed.rows if isinstance(row.request, generation_pb2.GenerateRequest)]
-        await run(-1, requests[0])
-        started = time.monotonic()
-        tokens = await asyncio.gather(*(run(i, request) for i, request in enumerate(requests)))
-        wall = time.monotonic() - started
-    finally:
-        await engine.close()
-    return Throughput(rows=len(tokens), tokens=sum(tokens), wall_s=wall)
+    started = time.monotonic()
+    tokens = await asyncio.gather(*(run(i, request) for i, request in enumerate(requests)))
+    wall = time.monotonic() - started
+    return Throughput(rows=len(tokens), tokens=sum(tokens), wall_s=wall, load_average=os.getloadavg()[0])
 
 
 async def run_job(router: router_pb2_grpc.RouterStub, data: bytes) -> tuple[Throughput, batch_pb2.BatchJob]:
@@ -138,7 +161,7 @@ async def run_job(router: router_pb2_grpc.RouterStub, data: bytes) -> tuple[Thro
         tokens += result.response.usage.completion_tokens
     wall = time.monotonic() - started
     done = await router.GetBatch(batch_pb2.GetBatchRequest(batch_id=job.id))
-    return Throughput(rows=rows, tokens=tokens, wall_s=wall), done
+    return Throughput(rows=rows, tokens=tokens, wall_s=wall, load_average=os.getloadavg()[0]), done
 
 
 def online_request(index: int, max_tokens: int) -> generation_pb2.GenerateRequest:
@@ -184,12 +207,9 @@ Load = Callable[[Callable[[], bool]], Awaitable[LatencySample]]
 
 
 async def while_running(
-    job: Awaitable[tuple[Throughput, batch_pb2.BatchJob]], load: Load | None = None
+    job: Awaitable[tuple[Throughput, batch_pb2.BatchJob]], load: Load
 ) -> tuple[Throughput, batch_pb2.BatchJob, LatencySample]:
-    """Run the job, and the online load (if any) until the job ends."""
-    if load is None:
-        throughput, done = await job
-        return throughput, done, LatencySample()
+    """Run the job, and the online load until the job ends."""
     finished = asyncio.Event()
 
     async def tracked() -> tuple[Throughput, batch_pb2.BatchJob]:
@@ -202,49 +222,117 @@ async def while_running(
     return outcome[0], outcome[1], sample
 
 
+class Consumer:
+    """The batch consumer beside the worker, as its own process."""
+
+    def __init__(self, settings: Settings, worker_address: str, log_path: Path) -> None:
+        self._settings = settings
+        self.name = consumer_name(POOL, 0)
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "services.worker.consumer", "--pool", POOL, "--worker", worker_address],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        with redis.Redis.from_url(self._settings.redis_url) as client:
+            while not client.exists(consumer_heartbeat_key(self._settings, self.name)):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the batch consumer did not start")
+                await asyncio.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
 async def run(args: argparse.Namespace) -> None:
-    config = mesh_config(args.engine)
+    batch = dict(pair.split("=", 1) for pair in args.batch)
     data = input_file(args.rows, args.max_tokens)
-    offline = await run_offline(Settings(**config), data)
-    print(f"offline: {offline.rows} rows in {offline.wall_s:.1f}s ({offline.rows_per_s:.1f} rows/s)", flush=True)
+    with running_mesh(mesh_config(args.engine, batch)) as mesh:
+        settings = mesh.settings
+        worker = build_worker(
+            settings, pool=POOL, index=0, port=free_port(), scheduler_targets=[mesh.scheduler_address]
+        )
+        print(f"starting the {worker.engine.kind} engine", flush=True)
+        port = await start_worker(worker)
+        consumer = Consumer(settings, f"127.0.0.1:{port}", Path(settings.state_dir) / "logs" / "consumer.log")
+        try:
+            await consumer.wait_ready()
+            async with grpc.aio.insecure_channel(mesh.router_address) as channel:
+                router = router_pb2_grpc.RouterStub(channel)
+                results = await measure(args, settings, worker, router, data)
+            rss = {**mesh.rss_mib(), "worker (this process)": process_group_rss_mib(os.getpgid(0))}
+            rss["batch consumer"] = process_group_rss_mib(consumer.process.pid)
+        finally:
+            consumer.stop()
+            await worker.host.stop(1.0)
+            await worker.close()
+    report(args, batch, results, rss)
 
-    with running_mesh(config) as mesh:
-        async with grpc.aio.insecure_channel(mesh.router_address) as channel:
-            router = router_pb2_grpc.RouterStub(channel)
 
-            def load(until: Callable[[], bool]) -> Awaitable[LatencySample]:
-                return online_load(router, callers=args.online_callers, max_tokens=args.max_tokens, until=until)
-
-            # Warm every path (engine, channels, consumer) before measuring.
-            await run_job(router, input_file(8, args.max_tokens))
-            await load(deadline_after(2.0))
-            alone = await load(deadline_after(args.online_seconds))
-            print(f"online alone: {len(alone.total_s)} requests", flush=True)
-            queued, job, _ = await while_running(run_job(router, data))
-            print(f"queue: {queued.rows} rows in {queued.wall_s:.1f}s ({queued.rows_per_s:.1f} rows/s)", flush=True)
-            mixed, mixed_job, during = await while_running(run_job(router, data), load)
-            print(f"queue with online load: {mixed.rows_per_s:.1f} rows/s", flush=True)
-            rss = mesh.rss_mib()
-    report(args, offline, queued, job, mixed, mixed_job, alone, during, rss)
-
-
-def report(
+async def measure(
     args: argparse.Namespace,
-    offline: Throughput,
-    queued: Throughput,
-    job: batch_pb2.BatchJob,
-    mixed: Throughput,
-    mixed_job: batch_pb2.BatchJob,
-    alone: LatencySample,
-    during: LatencySample,
-    rss: dict[str, float],
-) -> None:
-    ratio = queued.rows_per_s / offline.rows_per_s
-    load_avg = os.getloadavg()
+    settings: Settings,
+    worker: WorkerApp,
+    router: router_pb2_grpc.RouterStub,
+    data: bytes,
+) -> dict[str, Any]:
+    requests = parsed_requests(settings, data)
+
+    def load(until: Callable[[], bool]) -> Awaitable[LatencySample]:
+        return online_load(router, callers=args.online_callers, max_tokens=args.max_tokens, until=until)
+
+    # Warm every path at full width (engine, channels, consumer, router).
+    await run_offline(worker, requests[:WARM_ROWS])
+    await run_job(router, input_file(WARM_ROWS, args.max_tokens, prefix="warm"))
+    await load(deadline_after(2.0))
+
+    first = await run_offline(worker, requests)
+    print(f"offline: {first.rows_per_s:.2f} rows/s (load {first.load_average:.1f})", flush=True)
+    queued, job = await run_job(router, data)
+    print(f"queue: {queued.rows_per_s:.2f} rows/s (load {queued.load_average:.1f})", flush=True)
+    second = await run_offline(worker, requests)
+    print(f"offline again: {second.rows_per_s:.2f} rows/s (load {second.load_average:.1f})", flush=True)
+    alone = await load(deadline_after(args.online_seconds))
+    print(f"online alone: {len(alone.total_s)} requests", flush=True)
+    mixed, mixed_job, during = await while_running(run_job(router, data), load)
+    print(f"queue with online load: {mixed.rows_per_s:.2f} rows/s", flush=True)
+    return {
+        "offline": [first, second],
+        "queue": queued,
+        "job": job,
+        "mixed": mixed,
+        "mixed_job": mixed_job,
+        "alone": alone,
+        "during": during,
+    }
+
+
+def report(args: argparse.Namespace, batch: dict[str, Any], results: dict[str, Any], rss: dict[str, float]) -> None:
+    first, second = results["offline"]
+    queued, mixed = results["queue"], results["mixed"]
+    job, mixed_job = results["job"], results["mixed_job"]
+    alone, during = results["alone"], results["during"]
+    offline_rate = (first.rows_per_s + second.rows_per_s) / 2
+    ratio = queued.rows_per_s / offline_rate
+
+    def row(name: str, t: Throughput) -> list[Any]:
+        return [name, t.rows, t.wall_s, t.rows_per_s, t.tokens_per_s, t.load_average]
+
     throughput_rows = [
-        ["offline: engine in-process", offline.rows, offline.wall_s, offline.rows_per_s, offline.tokens_per_s],
-        ["through the queue", queued.rows, queued.wall_s, queued.rows_per_s, queued.tokens_per_s],
-        ["through the queue, online load too", mixed.rows, mixed.wall_s, mixed.rows_per_s, mixed.tokens_per_s],
+        row("offline: engine in-process", first),
+        row("through the queue", queued),
+        row("offline again", second),
+        row("through the queue, online load too", mixed),
     ]
     latency_rows = []
     for name, sample in (("online alone", alone), ("online while the batch runs", during)):
@@ -254,16 +342,17 @@ def report(
         )
     p99_alone = percentile(alone.total_s, 99) * 1000
     p99_during = percentile(during.total_s, 99) * 1000
+    failed = job.request_counts.failed + mixed_job.request_counts.failed
     table = "\n".join(
         [
             f"## Batch through the queue vs offline ({args.engine} engine, {args.rows} rows of "
             f"{args.max_tokens} tokens)",
             "",
-            markdown_table(["path", "rows", "wall s", "rows/s", "tokens/s"], throughput_rows),
+            markdown_table(["path", "rows", "wall s", "rows/s", "tokens/s", "load avg at end"], throughput_rows),
             "",
-            f"Throughput through the queue is {ratio:.1%} of offline (goal >= 95%). "
-            f"Jobs: {job.request_counts.completed} and {mixed_job.request_counts.completed} rows completed, "
-            f"{job.request_counts.failed + mixed_job.request_counts.failed} failed.",
+            f"Throughput through the queue is {ratio:.1%} of offline (the mean of the runs before and after it; "
+            f"goal >= 95%). Jobs: {job.request_counts.completed} and {mixed_job.request_counts.completed} rows "
+            f"completed, {failed} failed.",
             "",
             f"### Online requests ({args.online_callers} callers, {args.max_tokens} tokens, interactive priority)",
             "",
@@ -277,8 +366,8 @@ def report(
             "",
             markdown_table(["service", "RSS MiB"], [[name, mib] for name, mib in rss.items()]),
             "",
-            f"Machine load average during the run (1/5/15 min): {load_avg[0]:.1f} / {load_avg[1]:.1f} / "
-            f"{load_avg[2]:.1f} on {os.cpu_count()} cores.",
+            f"{os.cpu_count()} cores, shared with whatever else runs on the machine (see the load averages). "
+            f"Batch settings: {json.dumps(batch) if batch else 'defaults'}.",
         ]
     )
     write_results(
@@ -287,15 +376,15 @@ def report(
             "engine": args.engine,
             "rows": args.rows,
             "max_tokens": args.max_tokens,
-            "offline": vars(offline) | {"rows_per_s": offline.rows_per_s, "tokens_per_s": offline.tokens_per_s},
-            "queue": vars(queued) | {"rows_per_s": queued.rows_per_s, "tokens_per_s": queued.tokens_per_s},
-            "queue_with_online": vars(mixed) | {"rows_per_s": mixed.rows_per_s, "tokens_per_s": mixed.tokens_per_s},
+            "offline": [first.as_dict(), second.as_dict()],
+            "queue": queued.as_dict(),
+            "queue_with_online": mixed.as_dict(),
             "throughput_ratio": ratio,
             "online_callers": args.online_callers,
             "online_alone": alone.summary_ms(),
             "online_during_batch": during.summary_ms(),
             "rss_mib": rss,
-            "load_average": load_avg,
+            "batch_settings": batch,
         },
         table,
     )
@@ -308,6 +397,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--online-callers", type=int, default=2)
     parser.add_argument("--online-seconds", type=float, default=20.0, help="online alone, for the baseline")
+    parser.add_argument(
+        "--batch", action="append", default=[], metavar="KEY=VALUE", help="a batch setting for the mesh (repeatable)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     asyncio.run(run(args))

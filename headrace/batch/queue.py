@@ -78,8 +78,10 @@ def build_celery_app(settings: Settings, *, name: str = "headrace-batch") -> Cel
     app = Celery(name, broker=batch.broker_url or settings.redis_url, set_as_current=False)
     app.conf.update(
         task_acks_late=True,
-        # A consumer process that dies mid-task gives the message back.
+        # A consumer process that dies mid-task gives the message back, and
+        # a task that fails is not acknowledged either (so not dropped).
         task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=False,
         # One message at a time per execution slot: a killed consumer holds
         # back no more than it was running.
         worker_prefetch_multiplier=1,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 import time
 import uuid
@@ -61,6 +62,11 @@ def open_redis(url: str) -> aioredis.Redis:
 def _text(value: object) -> str:
     """A script's reply as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# What ids look like: anything else is not found (and never becomes part of a key).
+_BATCH_ID = re.compile(r"^batch_[0-9a-f]{32}$")
+_FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
 
 
 def new_batch_id() -> str:
@@ -392,7 +398,7 @@ class BatchStore:
             await pipe.execute()
 
     async def get_file(self, tenant: str, file_id: str) -> FileRecord:
-        data = await self._hgetall(self._file_key(file_id)) if file_id else {}
+        data = await self._hgetall(self._file_key(file_id)) if _FILE_ID.match(file_id) else {}
         if not data:
             raise NotFound(f"file {file_id!r} not found")
         record = _file_from_hash(data)
@@ -448,7 +454,7 @@ class BatchStore:
         return _job_from_hash(data) if data else None
 
     async def get_job(self, tenant: str, batch_id: str) -> JobRecord:
-        job = await self.load_job(batch_id) if batch_id else None
+        job = await self.load_job(batch_id) if _BATCH_ID.match(batch_id) else None
         if job is None or job.tenant != tenant:
             raise NotFound(f"batch {batch_id!r} not found")
         return job

@@ -148,6 +148,11 @@ class BatchSettings(_Section):
     # requests (0: fill it all; online requests still go first, since no
     # new row starts while the engine has requests waiting).
     online_reserve_fraction: float = Field(default=0.0, ge=0, lt=1)
+    # While online requests run (seen in the last few seconds), batch rows
+    # may use at most this share of the capacity: on an engine whose every
+    # step slows with each sequence it decodes (a CPU), fewer batch rows
+    # keep online latency down. 1: no limit beyond the online work itself.
+    share_while_online: float = Field(default=0.5, gt=0, le=1)
     # Rows let into the engine's own queue beyond its capacity, so it never
     # runs dry between one row ending and the next arriving. Engines that
     # schedule by priority (vllm) still put online requests ahead of them.

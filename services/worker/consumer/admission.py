@@ -4,12 +4,19 @@ start while
 
     batch rows in flight < capacity - reserve - online requests + queue_ahead
 
-where online requests are what the engine runs or queues beyond this
-consumer's own rows, and queue_ahead a few rows let wait in the engine's own
-queue so it never runs dry between rows (an engine that schedules by
-priority runs online requests before them). When online traffic arrives, rows already running
-finish, but no new one starts until the engine has room again: online work
-comes first, batch work fills what is left.
+and, while online requests are around (seen within online_linger_s), also
+
+    batch rows in flight <= share_while_online x capacity
+
+Online requests are the worker's Generate calls that are not batch rows,
+running or waiting (the worker counts them: WorkerLoad.online). queue_ahead
+lets a few rows wait in the engine's own queue, so it
+never runs dry between one row ending and the next arriving (an engine that
+schedules by priority runs online requests before them). The share cap is
+there because every engine step slows with each sequence in it, and online
+requests share those steps. When online traffic arrives, rows already
+running finish, but no new one starts until there is room again: online
+work comes first, batch work fills what is left.
 
 Rows waiting for room are let in one at a time, first come first served
 (the oldest chunk's rows first, so chunks finish and make way for the next).
@@ -34,6 +41,8 @@ class WorkerLoadReading:
     running: int
     waiting: int
     capacity: int
+    # Requests at the worker that are not batch rows.
+    online: int = 0
 
 
 class LoadSource(Protocol):
@@ -51,19 +60,21 @@ class AdmissionGate:
         reserve_fraction: float,
         poll_s: float,
         queue_ahead: int = 0,
+        share_while_online: float = 1.0,
+        online_linger_s: float = 2.0,
         down_after_s: float = 10.0,
     ) -> None:
         self._source = source
         self._max_inflight = max_inflight
         self._reserve_fraction = reserve_fraction
-        self._queue_ahead = queue_ahead
         self._poll_s = poll_s
+        self._queue_ahead = queue_ahead
+        self._share_while_online = share_while_online
+        self._online_linger_s = online_linger_s
         self._down_after_s = down_after_s
         self._reading: WorkerLoadReading | None = None
         self._inflight = 0
-        # Our rows in flight when the reading was taken: the rest of what the
-        # engine runs is online work.
-        self._inflight_at_reading = 0
+        self._online_seen_at = float("-inf")
         self._unanswered_since: float | None = None
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._poller: asyncio.Task[None] | None = None
@@ -92,12 +103,14 @@ class AdmissionGate:
         if reading is None:
             return 0
         reserve = math.ceil(reading.capacity * self._reserve_fraction)
-        online = max(0, reading.running + reading.waiting - self._inflight_at_reading)
-        room = reading.capacity - reserve - online
+        room = reading.capacity - reserve - reading.online
         if room <= 0:
             # Online work fills the engine: nothing new until it has room.
             return 0
-        return min(self._max_inflight, room + self._queue_ahead)
+        allowed = min(self._max_inflight, room + self._queue_ahead)
+        if time.monotonic() - self._online_seen_at < self._online_linger_s:
+            allowed = min(allowed, max(1, math.floor(reading.capacity * self._share_while_online)))
+        return allowed
 
     def _down(self) -> bool:
         since = self._unanswered_since
@@ -151,11 +164,12 @@ class AdmissionGate:
     async def _read(self) -> None:
         reading = await self._source.load()
         self._reading = reading
-        self._inflight_at_reading = self._inflight
         if reading is None:
             self._unanswered_since = self._unanswered_since or time.monotonic()
         else:
             self._unanswered_since = None
+            if reading.online:
+                self._online_seen_at = time.monotonic()
         self._grant()
 
     async def _poll_forever(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Protocol
 
@@ -10,6 +11,8 @@ from celery import Celery, Task
 from headrace.batch.queue import RUN_CHUNK, batch_task, trace_carrier
 from headrace.runtime.config import BatchSettings
 from services.worker.consumer.attempt_errors import ChunkTimedOut, WorkerUnavailable
+
+log = logging.getLogger(__name__)
 
 
 class ChunkExecutor(Protocol):
@@ -34,6 +37,15 @@ def register_batch_tasks(app: Celery, executor: ChunkExecutor, settings: BatchSe
             if self.request.retries >= settings.chunk_max_retries:
                 executor.fail_chunk(batch_id, chunk, f"gave up after {self.request.retries} retries: {exc}")
                 return
+            raise self.retry(exc=exc, countdown=chunk_retry_countdown_s(self.request.retries, settings)) from exc
+        except Exception as exc:
+            # Anything else (Redis gone longer than its retries ride out, a
+            # bug): the chunk is retried later, never dropped. Past the
+            # retries the task fails unacknowledged, and Redis hands it out
+            # again after the visibility timeout.
+            log.warning("chunk %d of %s failed (%r); retrying", chunk, batch_id, exc)
+            if self.request.retries >= settings.chunk_max_retries:
+                raise
             raise self.retry(exc=exc, countdown=chunk_retry_countdown_s(self.request.retries, settings)) from exc
 
     return run_chunk

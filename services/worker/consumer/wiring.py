@@ -81,6 +81,7 @@ class BatchConsumer:
             reserve_fraction=batch.online_reserve_fraction,
             poll_s=batch.load_poll_s,
             queue_ahead=batch.queue_ahead_rows,
+            share_while_online=batch.share_while_online,
         )
         await self._gate.start()
         self.runner = ChunkRunner(

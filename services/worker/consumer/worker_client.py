@@ -51,7 +51,7 @@ class WorkerClient:
             return None
         if not load.healthy:
             return None
-        return WorkerLoadReading(running=load.running, waiting=load.waiting, capacity=load.capacity)
+        return WorkerLoadReading(running=load.running, waiting=load.waiting, capacity=load.capacity, online=load.online)
 
     async def reachable(self) -> bool:
         return await self.load() is not None

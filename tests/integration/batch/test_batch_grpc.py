@@ -318,3 +318,22 @@ async def test_a_row_whose_consumers_keep_dying_ends_in_the_error_file(mesh: InP
     )
     assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [("row-0", "row_failed")]
     assert "its consumer stopped while running it" in errors[0]["error"]["message"]
+
+
+async def test_the_worker_counts_online_requests_apart_from_batch_rows(mesh: InProcessMesh) -> None:
+    worker = mesh.worker_stub(0)
+    for priority, online in ((generation_pb2.PRIORITY_STANDARD, 1), (generation_pb2.PRIORITY_BATCH, 0)):
+        call = worker.Generate(
+            worker_pb2.WorkerGenerateRequest(
+                request_id=f"count-{priority}",
+                model_version="smollm2@1",
+                request=generation_pb2.GenerateRequest(
+                    prompt="long", sampling=generation_pb2.SamplingParams(max_tokens=512)
+                ),
+                priority=priority,
+            )
+        )
+        await call.read()
+        load = await worker.GetLoad(worker_pb2.GetLoadRequest())
+        assert (load.running, load.online) == (1, online), priority
+        call.cancel()

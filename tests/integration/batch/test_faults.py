@@ -44,9 +44,9 @@ def fault_settings(redis_url: str, **batch: Any) -> Settings:
         pools=SLOW_POOLS,
         batch={
             # Chunks take about a second; a killed consumer's chunks come
-            # back after 3 s, looked for every second.
-            "visibility_timeout_s": 3,
-            "chunk_timeout_s": 2.5,
+            # back after 4 s, looked for every second.
+            "visibility_timeout_s": 4,
+            "chunk_timeout_s": 3.5,
             "restore_interval_s": 1,
             **batch,
         },

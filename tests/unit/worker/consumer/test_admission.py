@@ -28,7 +28,7 @@ async def gate_with(reading: WorkerLoadReading | None, **options: object) -> tup
         source,
         max_inflight=options.pop("max_inflight", 100),  # type: ignore[arg-type]
         reserve_fraction=options.pop("reserve_fraction", 0.0),  # type: ignore[arg-type]
-        poll_s=3600,
+        poll_s=options.pop("poll_s", 3600),  # type: ignore[arg-type]
         **options,  # type: ignore[arg-type]
     )
     await gate.start()
@@ -36,20 +36,18 @@ async def gate_with(reading: WorkerLoadReading | None, **options: object) -> tup
 
 
 @pytest.mark.parametrize(
-    ("running", "waiting", "reserve", "queue_ahead", "allowed"),
+    ("online", "reserve", "queue_ahead", "allowed"),
     [
-        (0, 0, 0.0, 0, 8),  # idle: fill it
-        (0, 0, 0.25, 0, 6),  # leave a quarter for online work
-        (3, 0, 0.0, 0, 5),  # three online requests run
-        (8, 2, 0.0, 4, 0),  # online work fills it and waits: nothing new, queue_ahead or not
-        (0, 0, 0.0, 4, 12),  # a few more may wait in the engine's queue
+        (0, 0.0, 0, 8),  # idle: fill it
+        (0, 0.25, 0, 6),  # leave a quarter for online work
+        (3, 0.0, 0, 5),  # three online requests
+        (10, 0.0, 4, 0),  # online work fills it and waits: nothing new, queue_ahead or not
+        (0, 0.0, 4, 12),  # a few more may wait in the engine's queue
     ],
 )
-async def test_room_is_capacity_minus_online_work(
-    running: int, waiting: int, reserve: float, queue_ahead: int, allowed: int
-) -> None:
+async def test_room_is_capacity_minus_online_work(online: int, reserve: float, queue_ahead: int, allowed: int) -> None:
     gate, _ = await gate_with(
-        WorkerLoadReading(running=running, waiting=waiting, capacity=8),
+        WorkerLoadReading(running=min(8, online), waiting=max(0, online - 8), capacity=8, online=online),
         reserve_fraction=reserve,
         queue_ahead=queue_ahead,
     )
@@ -57,14 +55,29 @@ async def test_room_is_capacity_minus_online_work(
     await gate.close()
 
 
-async def test_the_consumers_own_rows_are_not_counted_as_online_work() -> None:
+async def test_the_consumers_own_rows_are_not_online_work() -> None:
     gate, source = await gate_with(WorkerLoadReading(running=0, waiting=0, capacity=4))
     async with gate.slot(), gate.slot():
-        # The engine now runs our two rows: still room for two more.
-        source.reading = WorkerLoadReading(running=2, waiting=0, capacity=4)
+        # The engine runs our two rows, and nothing else.
+        source.reading = WorkerLoadReading(running=2, waiting=0, capacity=4, online=0)
         await gate._read()
         assert gate.allowed() == 4
     await gate.close()
+
+
+async def test_while_online_work_is_around_batch_rows_keep_to_their_share() -> None:
+    busy = WorkerLoadReading(running=1, waiting=0, capacity=8, online=1)
+    gate, source = await gate_with(busy, share_while_online=0.5)
+    assert gate.allowed() == 4
+    # Alone again: the cap lingers a little (online traffic comes in bursts).
+    source.reading = WorkerLoadReading(running=0, waiting=0, capacity=8)
+    await gate._read()
+    assert gate.allowed() == 4
+    await gate.close()
+    lingering, _ = await gate_with(WorkerLoadReading(1, 0, 8, online=1), share_while_online=0.5, online_linger_s=0.0)
+    lingering._reading = WorkerLoadReading(0, 0, 8)
+    assert lingering.allowed() == 8
+    await lingering.close()
 
 
 async def test_a_hard_cap_bounds_rows_in_flight() -> None:
@@ -96,7 +109,7 @@ async def test_online_work_arriving_stops_new_rows_until_there_is_room() -> None
     gate, source = await gate_with(WorkerLoadReading(0, 0, 2))
     entered = asyncio.Event()
     async with gate.slot():
-        source.reading = WorkerLoadReading(running=2, waiting=1, capacity=2)
+        source.reading = WorkerLoadReading(running=2, waiting=1, capacity=2, online=2)
         await gate._read()
 
         async def another() -> None:
@@ -106,8 +119,8 @@ async def test_online_work_arriving_stops_new_rows_until_there_is_room() -> None
         waiting_row = asyncio.create_task(another())
         await asyncio.sleep(0.05)
         assert not entered.is_set()
-        # The online requests finished.
-        source.reading = WorkerLoadReading(running=1, waiting=0, capacity=2)
+        # One online request finished.
+        source.reading = WorkerLoadReading(running=1, waiting=0, capacity=2, online=0)
         await gate._read()
         await asyncio.wait_for(waiting_row, timeout=1)
     assert entered.is_set()
