@@ -8,7 +8,9 @@ as processes (scheduler, router, cache, a private Redis) and the batch
 consumer as its own process beside the worker, as `headrace up` runs it.
 
     offline      the job's rows, parsed exactly as the scheduler parses
-                 them, handed all at once to the worker's engine, in-process
+                 them, fed straight to the worker's engine in-process, as
+                 many at a time as it runs at once (its capacity, plus the
+                 few the consumer lets queue)
     queue        the same rows as a job: SubmitBatch -> Celery chunk tasks
                  -> consumer -> worker.Generate, timed from submit until its
                  results stream ends
@@ -94,6 +96,34 @@ def input_file(rows: int, max_tokens: int, *, prefix: str = "r") -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds used so far by the live processes of a process group."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / tick
+
+
+class CpuMeter:
+    """CPU seconds per process group, per phase."""
+
+    def __init__(self, groups: dict[str, int]) -> None:
+        self._groups = groups
+        self._last = {name: group_cpu_s(pgid) for name, pgid in groups.items()}
+        self.phases: dict[str, dict[str, float]] = {}
+
+    def mark(self, phase: str) -> None:
+        now = {name: group_cpu_s(pgid) for name, pgid in self._groups.items()}
+        self.phases[phase] = {name: round(now[name] - self._last[name], 1) for name in now}
+        self._last = now
+
+
 @dataclass
 class Throughput:
     rows: int
@@ -125,10 +155,19 @@ def parsed_requests(settings: Settings, data: bytes) -> list[generation_pb2.Gene
     return [row.request for row in parsed.rows if isinstance(row.request, generation_pb2.GenerateRequest)]
 
 
-async def run_offline(worker: WorkerApp, requests: list[generation_pb2.GenerateRequest]) -> Throughput:
-    """The rows straight into the engine, all at once."""
+async def run_offline(
+    worker: WorkerApp, requests: list[generation_pb2.GenerateRequest], *, concurrency: int
+) -> Throughput:
+    """The rows straight into the engine, `concurrency` at a time (as many
+    as it runs at once: handing vLLM's AsyncLLM thousands at once costs it
+    more in bookkeeping than it gains)."""
+    slots = asyncio.Semaphore(concurrency)
 
     async def run(index: int, request: generation_pb2.GenerateRequest) -> int:
+        async with slots:
+            return await run_one(index, request)
+
+    async def run_one(index: int, request: generation_pb2.GenerateRequest) -> int:
         generation = generation_request_from_proto(
             worker_pb2.WorkerGenerateRequest(
                 request_id=f"offline-{index}-{time.monotonic_ns()}",
@@ -267,9 +306,18 @@ async def run(args: argparse.Namespace) -> None:
         consumer = Consumer(settings, f"127.0.0.1:{port}", Path(settings.state_dir) / "logs" / "consumer.log")
         try:
             await consumer.wait_ready()
+            cpu = CpuMeter(
+                {
+                    **{p.name: p.pid for p in mesh.processes},
+                    "batch consumer": consumer.process.pid,
+                    # This process: the worker, its engine's processes, the load generator, Redis.
+                    "worker + engine + bench": os.getpgid(0),
+                }
+            )
             async with grpc.aio.insecure_channel(mesh.router_address) as channel:
                 router = router_pb2_grpc.RouterStub(channel)
-                results = await measure(args, settings, worker, router, data)
+                results = await measure(args, settings, worker, router, data, cpu)
+            results["cpu"] = cpu.phases
             rss = {**mesh.rss_mib(), "worker (this process)": process_group_rss_mib(os.getpgid(0))}
             rss["batch consumer"] = process_group_rss_mib(consumer.process.pid)
         finally:
@@ -285,26 +333,36 @@ async def measure(
     worker: WorkerApp,
     router: router_pb2_grpc.RouterStub,
     data: bytes,
+    cpu: CpuMeter,
 ) -> dict[str, Any]:
     requests = parsed_requests(settings, data)
 
     def load(until: Callable[[], bool]) -> Awaitable[LatencySample]:
         return online_load(router, callers=args.online_callers, max_tokens=args.max_tokens, until=until)
 
+    # As many rows in flight as the engine runs at once, and the few more
+    # the consumer lets queue in it.
+    concurrency = worker.engine.stats().capacity + settings.batch.queue_ahead_rows
     # Warm every path at full width (engine, channels, consumer, router).
-    await run_offline(worker, requests[:WARM_ROWS])
+    await run_offline(worker, requests[:WARM_ROWS], concurrency=concurrency)
     await run_job(router, input_file(WARM_ROWS, args.max_tokens, prefix="warm"))
     await load(deadline_after(2.0))
+    cpu.mark("warm-up")
 
-    first = await run_offline(worker, requests)
+    first = await run_offline(worker, requests, concurrency=concurrency)
+    cpu.mark("offline")
     print(f"offline: {first.rows_per_s:.2f} rows/s (load {first.load_average:.1f})", flush=True)
     queued, job = await run_job(router, data)
+    cpu.mark("through the queue")
     print(f"queue: {queued.rows_per_s:.2f} rows/s (load {queued.load_average:.1f})", flush=True)
-    second = await run_offline(worker, requests)
+    second = await run_offline(worker, requests, concurrency=concurrency)
+    cpu.mark("offline again")
     print(f"offline again: {second.rows_per_s:.2f} rows/s (load {second.load_average:.1f})", flush=True)
     alone = await load(deadline_after(args.online_seconds))
+    cpu.mark("online alone")
     print(f"online alone: {len(alone.total_s)} requests", flush=True)
     mixed, mixed_job, during = await while_running(run_job(router, data), load)
+    cpu.mark("queue + online")
     print(f"queue with online load: {mixed.rows_per_s:.2f} rows/s", flush=True)
     return {
         "offline": [first, second],
@@ -364,6 +422,13 @@ def report(args: argparse.Namespace, batch: dict[str, Any], results: dict[str, A
             f"Online p99 while the batch runs: {p99_during:.0f} ms vs {p99_alone:.0f} ms alone "
             f"({p99_during / p99_alone:.2f}x).",
             "",
+            "CPU seconds per phase (2 cores: at most 2 s per second of wall time):",
+            "",
+            markdown_table(
+                ["phase", *next(iter(results["cpu"].values()))],
+                [[phase, *used.values()] for phase, used in results["cpu"].items()],
+            ),
+            "",
             markdown_table(["service", "RSS MiB"], [[name, mib] for name, mib in rss.items()]),
             "",
             f"{os.cpu_count()} cores, shared with whatever else runs on the machine (see the load averages). "
@@ -384,6 +449,7 @@ def report(args: argparse.Namespace, batch: dict[str, Any], results: dict[str, A
             "online_alone": alone.summary_ms(),
             "online_during_batch": during.summary_ms(),
             "rss_mib": rss,
+            "cpu_seconds": results["cpu"],
             "batch_settings": batch,
         },
         table,

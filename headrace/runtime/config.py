@@ -154,11 +154,12 @@ class BatchSettings(_Section):
     # keep online latency down. 1: no limit beyond the online work itself.
     share_while_online: float = Field(default=0.5, gt=0, le=1)
     # Rows let into the engine's own queue beyond its capacity, so it never
-    # runs dry between one row ending and the next arriving. Engines that
-    # schedule by priority (vllm) still put online requests ahead of them.
-    queue_ahead_rows: int = Field(default=4, ge=0)
-    # How often the consumer reads its worker's load.
-    load_poll_s: float = Field(default=0.1, gt=0)
+    # runs dry when rows end together (rows of one length end in waves) and
+    # the next ones are still on their way. Engines that schedule by
+    # priority (vllm) still put online requests ahead of them.
+    queue_ahead_rows: int = Field(default=32, ge=0)
+    # How often the consumer reads its worker's load while it has rows.
+    load_poll_s: float = Field(default=0.25, gt=0)
     # Finished jobs (and their results) are kept this long.
     retention_s: int = Field(default=7 * 86400, ge=60)
 

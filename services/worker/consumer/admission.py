@@ -78,6 +78,8 @@ class AdmissionGate:
         self._unanswered_since: float | None = None
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._poller: asyncio.Task[None] | None = None
+        # Set when a row comes while the gate is idle: polling resumes.
+        self._busy = asyncio.Event()
 
     @property
     def inflight(self) -> int:
@@ -121,6 +123,7 @@ class AdmissionGate:
         """Wait for room, hold one row's place while the body runs."""
         while self._waiters and self._waiters[0].done():
             self._waiters.popleft()
+        self._busy.set()
         if self._waiters or self._inflight >= self.allowed():
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
@@ -174,5 +177,10 @@ class AdmissionGate:
 
     async def _poll_forever(self) -> None:
         while True:
-            await asyncio.sleep(self._poll_s)
+            if self._inflight or self._waiters:
+                await asyncio.sleep(self._poll_s)
+            else:
+                # Idle: no reading is needed until a row comes (then at once).
+                self._busy.clear()
+                await self._busy.wait()
             await self._read()

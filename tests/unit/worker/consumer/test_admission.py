@@ -152,3 +152,24 @@ async def test_a_worker_that_stops_answering_fails_the_wait() -> None:
             pass
     assert gate.inflight == 0
     await gate.close()
+
+
+async def test_an_idle_gate_does_not_poll_its_worker() -> None:
+    class CountingLoad(ScriptedLoad):
+        calls = 0
+
+        async def load(self) -> WorkerLoadReading | None:
+            self.calls += 1
+            return await super().load()
+
+    source = CountingLoad(WorkerLoadReading(0, 0, 8))
+    gate = AdmissionGate(source, max_inflight=8, reserve_fraction=0.0, poll_s=0.01)
+    await gate.start()
+    await asyncio.sleep(0.1)
+    idle_calls = source.calls
+    assert idle_calls <= 2
+    async with gate.slot():
+        await asyncio.sleep(0.1)
+    # While a row ran, it read the load every poll interval.
+    assert source.calls > idle_calls + 3
+    await gate.close()
