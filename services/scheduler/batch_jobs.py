@@ -20,8 +20,17 @@ from headrace.batch.input_rows import ENDPOINT_TASKS, BatchRow, ParsedInput, par
 from headrace.batch.model_choice import resolve_batch_model
 from headrace.batch.output_lines import is_error, jsonl, result_line
 from headrace.batch.queue import ChunkPublisher
-from headrace.batch.store import ERROR, INPUT, OUTPUT, BatchStore, FileRecord, JobRecord, encode_row, new_batch_id
-from headrace.batch.store import new_file_id as _new_file_id
+from headrace.batch.store import (
+    ERROR,
+    INPUT,
+    OUTPUT,
+    BatchStore,
+    FileRecord,
+    JobRecord,
+    encode_row,
+    new_batch_id,
+    new_file_id,
+)
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import InvalidArgument, NotFound, PayloadTooLarge, QueueFull, Unavailable
 from headrace.v1 import batch_pb2
@@ -97,7 +106,7 @@ class BatchJobs:
             raise InvalidArgument("filename: required, at most 255 characters")
         self._check_size(len(content))
         record = FileRecord(
-            id=_new_file_id(),
+            id=new_file_id(),
             tenant=tenant,
             filename=filename,
             purpose="batch",
@@ -183,8 +192,8 @@ class BatchJobs:
             model_version=parsed.model.model_version if parsed.model else "",
             pool=parsed.model.pool if parsed.model else "",
             input_file_id=input_file_id,
-            output_file_id=_new_file_id(),
-            error_file_id=_new_file_id(),
+            output_file_id=new_file_id(),
+            error_file_id=new_file_id(),
             total=len(parsed.rows),
             chunk_rows=self._batch.chunk_rows,
             completion_window=spec.completion_window or "24h",
@@ -249,7 +258,7 @@ class BatchJobs:
             return record.id, await self._store.input_content(record)
         self._check_size(len(spec.input_jsonl))
         record = FileRecord(
-            id=_new_file_id(),
+            id=new_file_id(),
             tenant=tenant,
             filename="input.jsonl",
             purpose="batch",
