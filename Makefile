@@ -19,7 +19,7 @@ PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # buf breaking compares the protos with this git revision.
 BUF_AGAINST ?= HEAD~1
 PYTEST_ARGS ?=
-BENCHMARKS := bench-overhead bench-engine bench-placement bench-gateway bench-cache bench-routing
+BENCHMARKS := bench-overhead bench-engine bench-placement bench-gateway bench-cache bench-routing bench-batch
 # protoc finds its mypy plugins (protoc-gen-mypy) in the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -133,6 +133,13 @@ bench-cache: install
 ROUTING_ENGINE ?= synthetic
 bench-routing: install
 	$(PY) -m bench.routing --engine $(ROUTING_ENGINE)
+
+# A 2,000-row job through the queue vs the same rows offline on the real model;
+# BENCH_BATCH_ARGS="--engine synthetic" for the queue alone.
+BENCH_BATCH_ARGS ?=
+bench-batch: install
+	$(HEADRACE) models prepare
+	$(PY) -m bench.batch $(BENCH_BATCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-triton .tools .mypy_cache .ruff_cache .pytest_cache

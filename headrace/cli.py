@@ -5,7 +5,7 @@ headrace status                          health and address of each service
 headrace down                            stop everything `up` started
 headrace generate PROMPT [--stream]      ask the default (or --model) model
 headrace embed TEXT...                   embeddings as JSON
-headrace batch submit|status|results|cancel
+headrace batch submit|status|results|cancel|list
 headrace models list
 headrace models reload
 headrace keys hash KEY                   the digest to put in the config
@@ -187,69 +187,128 @@ def batch() -> None:
     """Batch jobs (OpenAI Batch JSONL)."""
 
 
+_TERMINAL = {
+    batch_pb2.BATCH_STATUS_COMPLETED,
+    batch_pb2.BATCH_STATUS_FAILED,
+    batch_pb2.BATCH_STATUS_CANCELLED,
+    batch_pb2.BATCH_STATUS_EXPIRED,
+}
+
+
+def _status_name(job: batch_pb2.BatchJob) -> str:
+    return batch_pb2.BatchStatus.Name(job.status).removeprefix("BATCH_STATUS_").lower()
+
+
 def _print_job(job: batch_pb2.BatchJob) -> None:
     counts = job.request_counts
     click.echo(
-        f"{job.id} {batch_pb2.BatchStatus.Name(job.status).removeprefix('BATCH_STATUS_').lower()} "
-        f"{counts.completed + counts.failed}/{counts.total} done ({counts.failed} failed)"
+        f"{job.id} {_status_name(job)} {counts.completed + counts.failed}/{counts.total} done ({counts.failed} failed)"
     )
+    for error in job.errors:
+        where = f"line {error.line}: " if error.line else ""
+        param = f" [{error.param}]" if error.param else ""
+        click.echo(f"  {where}{error.code}{param}: {error.message}", err=True)
+    for label, file_id in (("output file", job.output_file_id), ("error file", job.error_file_id)):
+        if file_id:
+            click.echo(f"  {label}: {file_id}")
+
+
+def _metadata_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    metadata = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE", param_hint="--metadata")
+        metadata[key] = value
+    return metadata
 
 
 @batch.command("submit")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--endpoint", default="/v1/chat/completions", show_default=True)
-@click.option("--wait", is_flag=True, help="Show progress until the job ends.")
-def batch_submit(file: Path, endpoint: str, wait: bool) -> None:
+@click.option(
+    "--endpoint",
+    type=click.Choice(["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]),
+    default="/v1/chat/completions",
+    show_default=True,
+)
+@click.option("--metadata", multiple=True, help="KEY=VALUE, kept with the job (repeatable).")
+@click.option("--wait", is_flag=True, help="Show a progress bar until the job ends.")
+def batch_submit(file: Path, endpoint: str, metadata: tuple[str, ...], wait: bool) -> None:
+    """Run FILE (OpenAI Batch JSONL: custom_id, method, url, body per line) through the queue."""
     settings = _settings()
     with HeadraceClient(_router_target(settings)) as client:
-        job = client.submit_batch(file.read_bytes(), endpoint=endpoint)
+        job = client.submit_batch(file.read_bytes(), endpoint=endpoint, metadata=_metadata_pairs(metadata))
         _print_job(job)
-        if wait:
-            _wait_for_job(client, job)
+        if wait and job.status not in _TERMINAL:
+            job = _wait_for_job(client, job)
+            _print_job(job)
+    if job.status in (batch_pb2.BATCH_STATUS_FAILED, batch_pb2.BATCH_STATUS_EXPIRED):
+        sys.exit(1)
 
 
-def _wait_for_job(client: HeadraceClient, job: batch_pb2.BatchJob) -> None:
+def _wait_for_job(client: HeadraceClient, job: batch_pb2.BatchJob, poll_s: float = 0.5) -> batch_pb2.BatchJob:
+    """A progress bar of the job's rows until it ends (Ctrl-C stops
+    watching; the job goes on)."""
     from tqdm import tqdm
 
-    terminal = {
-        batch_pb2.BATCH_STATUS_COMPLETED,
-        batch_pb2.BATCH_STATUS_FAILED,
-        batch_pb2.BATCH_STATUS_CANCELLED,
-        batch_pb2.BATCH_STATUS_EXPIRED,
-    }
-    with tqdm(total=job.request_counts.total, unit="row") as bar:
-        while job.status not in terminal:
-            time.sleep(0.5)
-            job = client.get_batch(job.id)
-            bar.total = job.request_counts.total
-            bar.n = job.request_counts.completed + job.request_counts.failed
-            bar.refresh()
-    _print_job(job)
+    with tqdm(total=job.request_counts.total, unit="row", dynamic_ncols=True) as bar:
+        try:
+            while job.status not in _TERMINAL:
+                time.sleep(poll_s)
+                job = client.get_batch(job.id)
+                counts = job.request_counts
+                bar.total = counts.total
+                bar.n = counts.completed + counts.failed
+                bar.set_postfix(status=_status_name(job), failed=counts.failed, refresh=False)
+                bar.refresh()
+        except KeyboardInterrupt:
+            bar.close()
+            click.echo(f"stopped watching; {job.id} goes on (headrace batch status {job.id})", err=True)
+            raise SystemExit(130) from None
+    return job
 
 
 @batch.command("status")
 @click.argument("batch_id")
-def batch_status(batch_id: str) -> None:
+@click.option("--wait", is_flag=True, help="Show a progress bar until the job ends.")
+def batch_status(batch_id: str, wait: bool) -> None:
+    """A job's status and row counts."""
     with HeadraceClient(_router_target(_settings())) as client:
-        _print_job(client.get_batch(batch_id))
+        job = client.get_batch(batch_id)
+        if wait and job.status not in _TERMINAL:
+            job = _wait_for_job(client, job)
+        _print_job(job)
 
 
 @batch.command("results")
 @click.argument("batch_id")
-def batch_results(batch_id: str) -> None:
-    """Print the results as JSONL (one line per row)."""
-    from google.protobuf.json_format import MessageToDict
+@click.option("--follow", is_flag=True, help="Keep printing rows as they finish, until the job ends.")
+def batch_results(batch_id: str, follow: bool) -> None:
+    """The finished rows as JSONL, in OpenAI's output format (failed rows
+    carry "error"), in the order they finished."""
+    from headrace.batch.output_lines import result_line
 
     with HeadraceClient(_router_target(_settings())) as client:
-        for result in client.batch_results(batch_id):
-            click.echo(json.dumps(MessageToDict(result, preserving_proto_field_name=True)))
+        endpoint = client.get_batch(batch_id).endpoint
+        for result in client.batch_results(batch_id, follow=follow):
+            click.echo(json.dumps(result_line(result, batch_id=batch_id, endpoint=endpoint)))
 
 
 @batch.command("cancel")
 @click.argument("batch_id")
 def batch_cancel(batch_id: str) -> None:
+    """Start no new rows; rows already done stay downloadable."""
     with HeadraceClient(_router_target(_settings())) as client:
         _print_job(client.cancel_batch(batch_id))
+
+
+@batch.command("list")
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+def batch_list(limit: int) -> None:
+    """Your jobs, newest first."""
+    with HeadraceClient(_router_target(_settings())) as client:
+        for job in client.list_batches(limit=limit).batches:
+            _print_job(job)
 
 
 @main.group()

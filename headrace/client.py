@@ -182,6 +182,12 @@ class HeadraceClient:
         )
         return response
 
+    def list_batches(self, *, limit: int = 20, after: str = "") -> batch_pb2.ListBatchesResponse:
+        response: batch_pb2.ListBatchesResponse = self._unary(
+            self._stub.ListBatches, batch_pb2.ListBatchesRequest(limit=limit, after=after)
+        )
+        return response
+
     def batch_results(self, batch_id: str, *, follow: bool = False) -> Iterator[batch_pb2.BatchResult]:
         call = self._stub.StreamBatchResults(
             batch_pb2.StreamBatchResultsRequest(batch_id=batch_id, follow=follow), metadata=self._metadata

@@ -19,7 +19,8 @@ from urllib.parse import urlparse
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from headrace.local_redis import INSTALL_HINT, redis_answers, redis_server_argv, redis_server_binary
+from headrace.batch.queue import consumer_heartbeat_key, consumer_name
+from headrace.local_redis import INSTALL_HINT, redis_answers, redis_key_exists, redis_server_argv, redis_server_binary
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import FailedPrecondition
 from headrace.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -39,6 +40,9 @@ class ServiceProcess:
     health_service: str
     log_path: str
     pid: int = 0
+    # Processes without a gRPC server (batch consumers): SERVING while this
+    # Redis key exists.
+    heartbeat_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class LocalMesh:
                         str(logs / f"{name}.log"),
                     )
                 )
+                processes.append(self._consumer_process(pool, index, f"{s.worker.host}:{port}", logs))
                 port += 1
         processes.append(
             ServiceProcess(
@@ -122,6 +127,24 @@ class LocalMesh:
             )
         )
         return processes
+
+    def _consumer_process(self, pool: str, index: int, worker_address: str, logs: Path) -> ServiceProcess:
+        """The batch consumer beside a worker (services/worker/consumer)."""
+        name = consumer_name(pool, index)
+        args = ["--pool", pool, "--index", str(index), "--worker", worker_address]
+        offset = self._settings.worker.metrics_port_offset
+        if offset is not None:
+            # Next to its worker's metrics port (50061 -> 60061 -> 61061).
+            args += ["--metrics-port", str(int(worker_address.rsplit(":", 1)[1]) + offset + 1000)]
+        return ServiceProcess(
+            name,
+            "services.worker.consumer",
+            args,
+            worker_address,
+            "",
+            str(logs / f"{name}.log"),
+            heartbeat_key=consumer_heartbeat_key(self._settings, name),
+        )
 
     def _load_state(self) -> list[ServiceProcess]:
         if not self.state_path.exists():
@@ -150,8 +173,13 @@ class LocalMesh:
             env = {**os.environ, **env_overrides}
             plan = self.plan()
             # Cache and scheduler first, then the workers (the slow part:
-            # model loading), then the router.
-            stages = [plan[:2], [p for p in plan if p.module == "services.worker"], [plan[-1]]]
+            # model loading), the batch consumers beside them, then the router.
+            stages = [
+                plan[:2],
+                [p for p in plan if p.module == "services.worker"],
+                [p for p in plan if p.module == "services.worker.consumer"],
+                [plan[-1]],
+            ]
             deadline = time.monotonic() + timeout_s
             for stage in stages:
                 for process in stage:
@@ -213,7 +241,7 @@ class LocalMesh:
                     f"{process.name} exited while starting; last lines of {process.log_path}:\n"
                     + _tail(process.log_path)
                 )
-            if health_state(process.address, process.health_service) == "SERVING":
+            if self._state_of(process) == "SERVING":
                 self._echo(f"  {process.name:<11} {process.address} SERVING")
                 return
             if time.monotonic() > deadline:
@@ -257,12 +285,15 @@ class LocalMesh:
         processes = self._load_state() or self.plan()
         result = []
         for process in processes:
-            if process.name == "redis" or not process.health_service:
-                state = "SERVING" if redis_answers(self._settings.redis_url) else "DOWN"
-            else:
-                state = health_state(process.address, process.health_service)
-            result.append(ServiceHealth(process.name, process.address, process.pid, state))
+            result.append(ServiceHealth(process.name, process.address, process.pid, self._state_of(process)))
         return result
+
+    def _state_of(self, process: ServiceProcess) -> str:
+        if process.heartbeat_key:
+            return "SERVING" if redis_key_exists(self._settings.redis_url, process.heartbeat_key) else "DOWN"
+        if process.name == "redis" or not process.health_service:
+            return "SERVING" if redis_answers(self._settings.redis_url) else "DOWN"
+        return health_state(process.address, process.health_service)
 
 
 def _alive(pid: int) -> bool:

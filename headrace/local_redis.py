@@ -45,6 +45,14 @@ def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
         return False
 
 
+def redis_key_exists(url: str, key: str, timeout_s: float = 0.5) -> bool:
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s) as client:
+            return bool(client.exists(key))
+    except redis.RedisError:
+        return False
+
+
 class RedisServer:
     """A private redis-server owned by the caller (started, restarted, stopped)."""
 

@@ -238,6 +238,77 @@ class TelemetrySettings(_Section):
     log_level: str = "INFO"
 
 
+class BatchSettings(_Section):
+    """Batch jobs: the scheduler's job store and the Celery queue per pool
+    (Redis broker), and the consumer beside each worker (docs/batch.md)."""
+
+    # Celery broker; None: the same Redis as redis_url.
+    broker_url: str | None = None
+    # Redis keys of jobs, files and results start with this.
+    key_prefix: str = "headrace:batch:"
+    # Input rows per chunk task.
+    chunk_rows: int = Field(default=16, ge=1, le=1000)
+    # Bounds at submit time: rows of one job, bytes of one input file, and
+    # rows accepted but not finished per pool (over it: RESOURCE_EXHAUSTED).
+    max_rows_per_batch: int = Field(default=50_000, ge=1)
+    # Below the gRPC message bound (limits.max_message_bytes), which carries the file.
+    max_file_bytes: int = Field(default=8_000_000, ge=1024)
+    max_pending_rows_per_pool: int = Field(default=200_000, ge=1)
+    # Retry-After hint when the queue is full.
+    queue_full_retry_after_s: float = Field(default=30.0, gt=0)
+    # A row is tried this many times (worker errors worth retrying), with
+    # exponential backoff and jitter between attempts; then it lands in the
+    # error file with the last reason.
+    row_max_attempts: int = Field(default=3, ge=1, le=20)
+    retry_backoff_s: float = Field(default=0.5, gt=0)
+    retry_backoff_max_s: float = Field(default=30.0, gt=0)
+    # Deadline of one attempt of one row at the worker.
+    row_timeout_s: float = Field(default=600.0, gt=0)
+    # A chunk that runs longer is given up and retried by Celery.
+    chunk_timeout_s: float = Field(default=3600.0, gt=0)
+    # A chunk whose worker is unreachable is retried this often (backoff)
+    # before its rows are failed.
+    chunk_max_retries: int = Field(default=10, ge=0)
+    # Redis redelivers an unacknowledged task after this long (acks_late:
+    # a consumer killed mid-chunk loses nothing). Must exceed chunk_timeout_s.
+    visibility_timeout_s: float = Field(default=7200.0, gt=0)
+    # How often consumers look for tasks past their visibility timeout.
+    restore_interval_s: float = Field(default=10.0, gt=0)
+    # Per consumer: chunk tasks run at once, and rows in flight at its
+    # worker (a hard cap; the worker's capacity is the usual bound). The
+    # chunks hold more rows (16 x 16) than the engine runs at once, so rows
+    # are ready when a row ends, even while a chunk's last rows still run.
+    consumer_chunks: int = Field(default=16, ge=1, le=64)
+    max_inflight_rows: int = Field(default=256, ge=1)
+    # Share of the worker's capacity batch rows leave free for online
+    # requests (0: fill it all; online requests still go first, since no
+    # new row starts while the engine has requests waiting).
+    online_reserve_fraction: float = Field(default=0.0, ge=0, lt=1)
+    # While online requests run (seen in the last few seconds), batch rows
+    # may use at most this share of the capacity: on an engine whose every
+    # step slows with each sequence it decodes (a CPU), fewer batch rows
+    # keep online latency down. 1: no limit beyond the online work itself.
+    share_while_online: float = Field(default=0.5, gt=0, le=1)
+    # Rows let into the engine's own queue beyond its capacity, so it never
+    # runs dry when rows end together (rows of one length end in waves) and
+    # the next ones are still on their way. Engines that schedule by
+    # priority (vllm) still put online requests ahead of them.
+    queue_ahead_rows: int = Field(default=32, ge=0)
+    # How often the consumer reads its worker's load while it has rows.
+    load_poll_s: float = Field(default=0.25, gt=0)
+    # Finished jobs (and their results) are kept this long.
+    retention_s: int = Field(default=7 * 86400, ge=60)
+
+    @model_validator(mode="after")
+    def _visibility_above_chunk(self) -> BatchSettings:
+        if self.visibility_timeout_s <= self.chunk_timeout_s:
+            raise ValueError(
+                f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed chunk_timeout_s "
+                f"({self.chunk_timeout_s}): a chunk still running would be delivered twice"
+            )
+        return self
+
+
 class TenantSettings(_Section):
     # SHA-256 hex digests of the tenant's API keys; the keys themselves are
     # never stored. `headrace keys hash KEY` prints one.
@@ -356,6 +427,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
 
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)
     pools: dict[str, PoolSettings] = Field(default_factory=_default_pools)

@@ -595,9 +595,12 @@ class BatchResult(_message.Message):
     RESPONSE_FIELD_NUMBER: _builtins.int
     EMBEDDING_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
     custom_id: _builtins.str
     line: _builtins.int
     """1-based input line."""
+    finished_at: _builtins.int
+    """Unix seconds when the row finished."""
     @_builtins.property
     def response(self) -> _generation_pb2.GenerateResponse: ...
     @_builtins.property
@@ -612,10 +615,11 @@ class BatchResult(_message.Message):
         response: _generation_pb2.GenerateResponse | None = ...,
         embedding: _generation_pb2.EmbedResponse | None = ...,
         error: Global___BatchRowError | None = ...,
+        finished_at: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "error", b"error", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom_id", b"custom_id", "embedding", b"embedding", "error", b"error", "line", b"line", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom_id", b"custom_id", "embedding", b"embedding", "error", b"error", "finished_at", b"finished_at", "line", b"line", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["response", "embedding", "error"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015

@@ -304,6 +304,7 @@ class WorkerLoad(_message.Message):
     CAPACITY_FIELD_NUMBER: _builtins.int
     HEALTHY_FIELD_NUMBER: _builtins.int
     REPORTED_AT_MS_FIELD_NUMBER: _builtins.int
+    ONLINE_FIELD_NUMBER: _builtins.int
     running: _builtins.int
     """Sequences generating now, and waiting inside the engine."""
     waiting: _builtins.int
@@ -316,6 +317,10 @@ class WorkerLoad(_message.Message):
     healthy: _builtins.bool
     reported_at_ms: _builtins.int
     """Unix milliseconds of the reading."""
+    online: _builtins.int
+    """Generate requests at the worker, running or waiting, that are not batch
+    rows (online work): what batch consumers leave room for.
+    """
     def __init__(
         self,
         *,
@@ -326,10 +331,11 @@ class WorkerLoad(_message.Message):
         capacity: _builtins.int = ...,
         healthy: _builtins.bool = ...,
         reported_at_ms: _builtins.int = ...,
+        online: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "healthy", b"healthy", "kv_cache_usage", b"kv_cache_usage", "reported_at_ms", b"reported_at_ms", "running", b"running", "tokens_per_second", b"tokens_per_second", "waiting", b"waiting"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "healthy", b"healthy", "kv_cache_usage", b"kv_cache_usage", "online", b"online", "reported_at_ms", b"reported_at_ms", "running", b"running", "tokens_per_second", b"tokens_per_second", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

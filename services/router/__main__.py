@@ -19,12 +19,14 @@ from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.channels import ChannelPool, open_channel
 from headrace.runtime.config import Settings, load_settings
 from headrace.runtime.errors import HeadraceError
+from headrace.runtime.request_context import current_tenant
 from headrace.runtime.server import GrpcServiceHost, ServiceRegistration, serve
 from headrace.runtime.telemetry import build_tracer_provider, configure_logging, start_metrics_server
 from headrace.v1 import cache_pb2_grpc, router_pb2_grpc, scheduler_pb2_grpc
 from services.router.cache_client import CacheClient
 from services.router.embedding_flow import EmbeddingFlow
 from services.router.gateway import GatewayServices, HttpServer, build_gateway_app
+from services.router.gateway.batch_routers import batch_routers
 from services.router.generation_flow import GenerationFlow
 from services.router.leasing import Leasing
 from services.router.model_registry import ModelRegistry
@@ -66,7 +68,7 @@ def build_router(
     http_routers: Sequence[APIRouter] = (),
     load_config: Callable[[], Settings] = load_settings,
 ) -> RouterApp:
-    """`http_routers`: more APIRouters for the gateway (e.g. /v1/files, /v1/batches)."""
+    """`http_routers`: more APIRouters for the gateway, beside /v1/files and /v1/batches."""
     tracer_provider = tracer_provider or build_tracer_provider("headrace-router", settings.telemetry)
     scheduler_channel = open_channel(
         scheduler_target or f"{settings.scheduler.host}:{settings.scheduler.port}", settings.limits
@@ -136,7 +138,12 @@ def build_router(
         gateway = build_gateway_app(
             GatewayServices(settings=settings, generation=generation, embedding=embedding, registry=registry),
             authenticator=authenticator,
-            extra_routers=http_routers,
+            # /v1/files and /v1/batches forward to the scheduler; the gateway's
+            # middleware has already authenticated the caller.
+            extra_routers=[
+                *batch_routers(scheduler, settings, tenant_of=lambda _request: current_tenant()),
+                *http_routers,
+            ],
             serving=lambda: readiness.serving,
         )
         # On the router's host: open dev mode's loopback-only rule covers it.

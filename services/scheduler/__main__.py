@@ -9,6 +9,8 @@ from headrace.runtime.config import Settings, load_settings
 from headrace.runtime.server import GrpcServiceHost, ServiceRegistration, serve
 from headrace.runtime.telemetry import build_tracer_provider, configure_logging, start_metrics_server
 from headrace.v1 import scheduler_pb2_grpc
+from services.scheduler.batch_server import BatchRpcs
+from services.scheduler.batch_wiring import build_batch_service
 from services.scheduler.dispatcher import Dispatcher, PoolDirectory
 from services.scheduler.leases import LeaseTable
 from services.scheduler.registry import WorkerRegistry
@@ -21,8 +23,9 @@ def build_host(
     *,
     port: int | None = None,
     tracer_provider: TracerProvider | None = None,
+    batches: BatchRpcs | None = None,
 ) -> GrpcServiceHost:
-    servicer = SchedulerServicer(dispatcher, settings.scheduler)
+    servicer = SchedulerServicer(dispatcher, settings.scheduler, batches=batches)
     return GrpcServiceHost(
         [
             ServiceRegistration(
@@ -49,7 +52,15 @@ async def main(settings: Settings) -> None:
     start_metrics_server(settings.scheduler.host, settings.scheduler.metrics_port)
     dispatcher = build_dispatcher(settings)
     await dispatcher.start()
-    await serve(build_host(settings, dispatcher), after_stop=dispatcher.close)
+    tracer_provider = build_tracer_provider("headrace-scheduler", settings.telemetry)
+    batch = build_batch_service(settings, tracer_provider)
+    await batch.start()
+
+    async def close() -> None:
+        await dispatcher.close()
+        await batch.close()
+
+    await serve(build_host(settings, dispatcher, tracer_provider=tracer_provider, batches=batch.rpcs), after_stop=close)
 
 
 if __name__ == "__main__":

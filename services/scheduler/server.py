@@ -13,6 +13,7 @@ from headrace.runtime.errors import InvalidArgument, NotFound, Unimplemented
 from headrace.runtime.request_context import remaining_s
 from headrace.v1 import batch_pb2, generation_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler.admission import PRIORITY_NAMES
+from services.scheduler.batch_server import BatchRpcs
 from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.placement import PlacementRequest
 from services.scheduler.registry import LoadSnapshot, WorkerIdentity, WorkerState
@@ -32,7 +33,7 @@ _PRIORITY_CLASS = {
     generation_pb2.PRIORITY_BATCH: 2,
 }
 
-_BATCH_LATER = "batch jobs are not implemented yet (they come with the batch-queue issue)"
+_NO_BATCHES = "batch jobs are off in this scheduler (it was started without a batch store)"
 
 
 def identity_from_proto(info: scheduler_pb2.WorkerInfo) -> WorkerIdentity:
@@ -107,9 +108,12 @@ def worker_status(state: WorkerState, *, accepting: bool) -> scheduler_pb2.Worke
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
-    def __init__(self, dispatcher: Dispatcher, settings: SchedulerSettings) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, settings: SchedulerSettings, *, batches: BatchRpcs | None = None
+    ) -> None:
         self._dispatcher = dispatcher
         self._settings = settings
+        self._batches = batches
 
     async def Place(
         self, request: scheduler_pb2.PlaceRequest, context: grpc.aio.ServicerContext
@@ -197,46 +201,53 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             )
         return scheduler_pb2.GetPoolStatusResponse(pools=pools)
 
+    # Batch jobs and files: BatchRpcs (batch_server.py) translates and delegates.
+
+    def _batch(self) -> BatchRpcs:
+        if self._batches is None:
+            raise Unimplemented(_NO_BATCHES)
+        return self._batches
+
     async def SubmitBatch(
         self, request: batch_pb2.SubmitBatchRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.BatchJob:
-        raise Unimplemented(_BATCH_LATER)
+        return await self._batch().SubmitBatch(request)
 
     async def GetBatch(
         self, request: batch_pb2.GetBatchRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.BatchJob:
-        raise Unimplemented(_BATCH_LATER)
+        return await self._batch().GetBatch(request)
 
     async def CancelBatch(
         self, request: batch_pb2.CancelBatchRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.BatchJob:
-        raise Unimplemented(_BATCH_LATER)
+        return await self._batch().CancelBatch(request)
 
     async def ListBatches(
         self, request: batch_pb2.ListBatchesRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.ListBatchesResponse:
-        raise Unimplemented(_BATCH_LATER)
+        return await self._batch().ListBatches(request)
 
     async def StreamBatchResults(
         self, request: batch_pb2.StreamBatchResultsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[batch_pb2.BatchResult]:
-        raise Unimplemented(_BATCH_LATER)
-        yield  # pragma: no cover - makes this an async generator
+        async for result in self._batch().StreamBatchResults(request):
+            yield result
 
     async def UploadFile(
         self, request: batch_pb2.UploadFileRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.FileInfo:
-        raise Unimplemented(_BATCH_LATER)
+        return await self._batch().UploadFile(request)
 
     async def GetFile(self, request: batch_pb2.GetFileRequest, context: grpc.aio.ServicerContext) -> batch_pb2.FileInfo:
-        raise Unimplemented(_BATCH_LATER)
+        return await self._batch().GetFile(request)
 
     async def GetFileContent(
         self, request: batch_pb2.GetFileContentRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.FileContent:
-        raise Unimplemented(_BATCH_LATER)
+        return await self._batch().GetFileContent(request)
 
     async def DeleteFile(
         self, request: batch_pb2.DeleteFileRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.DeleteFileResponse:
-        raise Unimplemented(_BATCH_LATER)
+        return await self._batch().DeleteFile(request)

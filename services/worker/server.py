@@ -40,6 +40,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self._engine = engine
         self._model_versions = frozenset(model_versions)
         self._limits = limits
+        # Generate calls in flight that are not batch rows: batch consumers
+        # make room for them.
+        self._online = 0
 
     def _check_model(self, model_version: str) -> None:
         if model_version not in self._model_versions:
@@ -56,14 +59,26 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self._check_model(request.model_version)
         validate_generate_request(request.request, self._limits)
         generation = generation_request_from_proto(request)
+        online = (request.priority or request.request.priority) != generation_pb2.PRIORITY_BATCH
+        self._online += online
         share = EngineShare()
         finished = False
+        # whole_answer: deltas are held back and sent as one last message.
+        held_text: list[str] = []
+        held_ids: list[int] = []
         stream = self._engine.generate(generation)
         metrics.REQUESTS_IN_FLIGHT.inc()
         try:
             async for delta in stream:
                 share.advance(self._engine.stats().running)
+                if request.whole_answer and delta.finish_reason is None:
+                    held_text.append(delta.text)
+                    held_ids.extend(delta.token_ids)
+                    continue
                 message = delta_to_proto(delta, request.request_id)
+                if held_text:
+                    message.text = "".join(held_text) + message.text
+                    message.token_ids[:0] = held_ids
                 if delta.finish_reason is not None:
                     finished = True
                     message.timing.engine_ms = share.seconds * 1000.0
@@ -71,6 +86,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     metrics.TOKENS.inc(delta.completion_tokens)
                 yield message
         finally:
+            self._online -= online
             metrics.REQUESTS_IN_FLIGHT.dec()
             # Runs on completion, error and cancellation alike: closing the
             # engine's iterator frees the sequence; abort covers engines
@@ -95,7 +111,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     async def GetLoad(
         self, request: worker_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.WorkerLoad:
-        return stats_to_load(self._engine.stats(), healthy=await self._engine.health(), now_ms=int(time.time() * 1000))
+        load = stats_to_load(self._engine.stats(), healthy=await self._engine.health(), now_ms=int(time.time() * 1000))
+        load.online = self._online
+        return load
 
     async def Abort(
         self, request: worker_pb2.AbortRequest, context: grpc.aio.ServicerContext

@@ -40,12 +40,14 @@ def test_up_generate_status_down_leaves_nothing_behind(cli_env: dict[str, str]) 
         "scheduler",
         "worker-smollm2-0",
         "worker-minilm-0",
+        "batch-smollm2-0",
+        "batch-minilm-0",
         "router",
     }
 
     status = headrace(cli_env, "status")
     assert status.returncode == 0, status.stdout + status.stderr
-    assert status.stdout.count("SERVING") == 6
+    assert status.stdout.count("SERVING") == 8
 
     answer = headrace(cli_env, "generate", "Say hello", "--max-tokens", "7")
     assert answer.returncode == 0, answer.stderr
@@ -68,7 +70,7 @@ def test_up_generate_status_down_leaves_nothing_behind(cli_env: dict[str, str]) 
     assert twice.returncode != 0 and "already running" in twice.stderr
 
     down = headrace(cli_env, "down")
-    assert down.returncode == 0 and "stopped 6 processes" in down.stdout
+    assert down.returncode == 0 and "stopped 8 processes" in down.stdout
     assert live_processes_in_groups(pgids) == []
     after = headrace(cli_env, "status")
     assert after.returncode == 1 and "DOWN" in after.stdout

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from headrace.local_redis import RedisServer
 from headrace.runtime.config import Settings
-from headrace.v1 import batch_pb2, generation_pb2, models_pb2, scheduler_pb2, worker_pb2
+from headrace.v1 import generation_pb2, models_pb2, scheduler_pb2, worker_pb2
 from tests.support.mesh import InProcessMesh, start_mesh
 
 pytestmark = pytest.mark.integration
@@ -311,13 +311,6 @@ async def test_a_stopped_worker_leaves_the_registry_at_once(mesh: InProcessMesh)
     await asyncio.sleep(0.2)
     listing = await mesh.scheduler_stub().ListWorkers(scheduler_pb2.ListWorkersRequest(pool="smollm2"))
     assert list(listing.workers) == []
-
-
-async def test_later_capabilities_answer_unimplemented_with_a_reason(mesh: InProcessMesh) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await mesh.router_stub().SubmitBatch(batch_pb2.SubmitBatchRequest(input_jsonl=b"{}"))
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "batch jobs" in (caught.value.details() or "")
 
 
 async def test_every_server_serves_health_and_reflection(mesh: InProcessMesh) -> None:

@@ -20,6 +20,7 @@ from services.cache.embedder import TextEncoder
 from services.router.__main__ import RouterApp, build_router
 from services.scheduler.__main__ import build_dispatcher
 from services.scheduler.__main__ import build_host as build_scheduler_host
+from services.scheduler.batch_wiring import BatchService, build_batch_service
 from services.scheduler.dispatcher import Dispatcher
 from services.worker.__main__ import WorkerApp, build_worker, start_worker
 
@@ -47,6 +48,7 @@ class InProcessMesh:
     cache_app: CacheApp | None = None
     # The router's HTTP gateway, when started (start_mesh(..., http=True)).
     http_url: str = ""
+    batch: BatchService | None = None
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def channel(self, address: str) -> grpc.aio.Channel:
@@ -107,6 +109,8 @@ class InProcessMesh:
             await self.cache_app.close()
         await self.scheduler_host.stop(0.5)
         await self.dispatcher.close()
+        if self.batch is not None:
+            await self.batch.close()
         await self.redis.aclose()
 
 
@@ -122,7 +126,11 @@ async def start_mesh(
     (mesh.http_url)."""
     dispatcher = build_dispatcher(settings)
     await dispatcher.start()
-    scheduler_host = build_scheduler_host(settings, dispatcher, port=0, tracer_provider=tracer_provider)
+    batch = build_batch_service(settings, tracer_provider)
+    await batch.start()
+    scheduler_host = build_scheduler_host(
+        settings, dispatcher, port=0, tracer_provider=tracer_provider, batches=batch.rpcs
+    )
     scheduler_address = f"127.0.0.1:{await scheduler_host.start()}"
     redis_client = aioredis.Redis.from_url(settings.redis_url)
     cache_app = build_cache(settings, redis_client, encoder=encoder, port=0, tracer_provider=tracer_provider)
@@ -156,6 +164,7 @@ async def start_mesh(
         tracer_provider=tracer_provider,
         cache_app=cache_app,
         http_url=http_url,
+        batch=batch,
     )
     expected = 0
     for pool, spec in settings.pools.items():

@@ -1,0 +1,476 @@
+"""make bench-batch: a batch job through the queue against the same rows
+run directly on the engine, and what a running batch does to online latency.
+
+Both paths use one engine, so the comparison is not between two engine
+starts: the worker runs in this process (its gRPC server, load reports and
+engine, as `python -m services.worker` builds them), the rest of the mesh
+as processes (scheduler, router, cache, a private Redis) and the batch
+consumer as its own process beside the worker, as `headrace up` runs it.
+
+    offline      the job's rows, parsed exactly as the scheduler parses
+                 them, fed straight to the worker's engine in-process, as
+                 many at a time as it runs at once (its capacity, plus the
+                 few the consumer lets queue)
+    queue        the same rows as a job: SubmitBatch -> Celery chunk tasks
+                 -> consumer -> worker.Generate, timed from submit until its
+                 results stream ends
+    offline      again: the queue run sits between two offline runs, so a
+                 machine that gets busier or quieter shows, and the ratio
+                 is against their mean
+    online       a few callers send short interactive requests: alone, then
+                 while the job runs once more
+
+Every row and online request decodes exactly --max-tokens tokens
+(ignore_eos), so the paths do the same work. Engines: vllm (the real model;
+needs `headrace models prepare`) or synthetic (no model: the queue's own
+cost). Results: bench/results/batch-<engine>.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc.aio
+import redis
+
+from bench.harness import (
+    LatencySample,
+    markdown_table,
+    percentile,
+    process_group_rss_mib,
+    running_mesh,
+    write_results,
+)
+from headrace.batch.input_rows import parse_input
+from headrace.batch.model_choice import resolve_batch_model
+from headrace.batch.queue import consumer_heartbeat_key, consumer_name
+from headrace.local_redis import free_port
+from headrace.runtime.config import Settings
+from headrace.v1 import batch_pb2, generation_pb2, router_pb2_grpc, worker_pb2
+from services.worker.__main__ import WorkerApp, build_worker, start_worker
+from services.worker.convert import generation_request_from_proto
+
+POOL = "smollm2"
+ENGINES: dict[str, dict[str, Any]] = {
+    "vllm": {"kind": "vllm", "max_num_seqs": 64, "cpu_kv_cache_gib": 2},
+    # Paced like one stream of a small model on a CPU; capacity as vllm's.
+    "synthetic": {"kind": "synthetic", "ttft_ms": 50, "tokens_per_s": 40, "max_concurrency": 64},
+}
+# Warm-up rows: the engine at full width before anything is measured.
+WARM_ROWS = 64
+
+
+def mesh_config(engine: str, batch: dict[str, Any] | None = None) -> dict[str, Any]:
+    # No worker processes: the worker runs in this process (see above).
+    return {
+        "pools": {POOL: {"engine": ENGINES[engine], "workers": 0}},
+        "telemetry": {"log_level": "WARNING"},
+        "batch": batch or {},
+    }
+
+
+def input_file(rows: int, max_tokens: int, *, prefix: str = "r") -> bytes:
+    lines = []
+    for i in range(rows):
+        body = {
+            "model": POOL,
+            "messages": [{"role": "user", "content": f"Describe river number {i} in one line."}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            # Every row decodes the same length, on every path.
+            "ignore_eos": True,
+        }
+        line = {"custom_id": f"{prefix}{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+        lines.append(json.dumps(line))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds used so far by the live processes of a process group."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / tick
+
+
+class CpuMeter:
+    """CPU seconds per process group, per phase."""
+
+    def __init__(self, groups: dict[str, int]) -> None:
+        self._groups = groups
+        self._last = {name: group_cpu_s(pgid) for name, pgid in groups.items()}
+        self.phases: dict[str, dict[str, float]] = {}
+
+    def mark(self, phase: str) -> None:
+        now = {name: group_cpu_s(pgid) for name, pgid in self._groups.items()}
+        self.phases[phase] = {name: round(now[name] - self._last[name], 1) for name in now}
+        self._last = now
+
+
+@dataclass
+class Throughput:
+    rows: int
+    tokens: int
+    wall_s: float
+    load_average: float = 0.0
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.wall_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s
+
+    def as_dict(self) -> dict[str, float]:
+        return {**vars(self), "rows_per_s": self.rows_per_s, "tokens_per_s": self.tokens_per_s}
+
+
+def parsed_requests(settings: Settings, data: bytes) -> list[generation_pb2.GenerateRequest]:
+    parsed = parse_input(
+        data,
+        endpoint="/v1/chat/completions",
+        limits=settings.limits,
+        max_rows=settings.batch.max_rows_per_batch,
+        resolve_model=lambda name, task: resolve_batch_model(settings, name, task=task),
+    )
+    assert not parsed.errors, parsed.errors[:3]
+    return [row.request for row in parsed.rows if isinstance(row.request, generation_pb2.GenerateRequest)]
+
+
+async def run_offline(
+    worker: WorkerApp, requests: list[generation_pb2.GenerateRequest], *, concurrency: int
+) -> Throughput:
+    """The rows straight into the engine, `concurrency` at a time (as many
+    as it runs at once: handing vLLM's AsyncLLM thousands at once costs it
+    more in bookkeeping than it gains)."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def run(index: int, request: generation_pb2.GenerateRequest) -> int:
+        async with slots:
+            return await run_one(index, request)
+
+    async def run_one(index: int, request: generation_pb2.GenerateRequest) -> int:
+        generation = generation_request_from_proto(
+            worker_pb2.WorkerGenerateRequest(
+                request_id=f"offline-{index}-{time.monotonic_ns()}",
+                model_version=request.model,
+                request=request,
+                priority=generation_pb2.PRIORITY_BATCH,
+            )
+        )
+        tokens = 0
+        async for delta in worker.engine.generate(generation):
+            if delta.finish_reason is not None:
+                tokens = delta.completion_tokens
+        return tokens
+
+    started = time.monotonic()
+    tokens = await asyncio.gather(*(run(i, request) for i, request in enumerate(requests)))
+    wall = time.monotonic() - started
+    return Throughput(rows=len(tokens), tokens=sum(tokens), wall_s=wall, load_average=os.getloadavg()[0])
+
+
+async def run_job(router: router_pb2_grpc.RouterStub, data: bytes) -> tuple[Throughput, batch_pb2.BatchJob]:
+    """Submit, then follow the results until the job ends."""
+    started = time.monotonic()
+    job = await router.SubmitBatch(batch_pb2.SubmitBatchRequest(input_jsonl=data, endpoint="/v1/chat/completions"))
+    if job.status == batch_pb2.BATCH_STATUS_FAILED:
+        raise RuntimeError(f"the job failed validation: {list(job.errors)[:3]}")
+    rows = tokens = 0
+    async for result in router.StreamBatchResults(batch_pb2.StreamBatchResultsRequest(batch_id=job.id, follow=True)):
+        rows += 1
+        tokens += result.response.usage.completion_tokens
+    wall = time.monotonic() - started
+    done = await router.GetBatch(batch_pb2.GetBatchRequest(batch_id=job.id))
+    return Throughput(rows=rows, tokens=tokens, wall_s=wall, load_average=os.getloadavg()[0]), done
+
+
+def online_request(index: int, max_tokens: int) -> generation_pb2.GenerateRequest:
+    return generation_pb2.GenerateRequest(
+        prompt=f"Online question {index}: name a river.",
+        sampling=generation_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True),
+        priority=generation_pb2.PRIORITY_INTERACTIVE,
+        cache=generation_pb2.CachePolicy(no_cache=True, no_store=True),
+    )
+
+
+async def online_load(
+    router: router_pb2_grpc.RouterStub, *, callers: int, max_tokens: int, until: Callable[[], bool]
+) -> LatencySample:
+    """`callers` closed loops of streamed requests until `until()` holds."""
+    sample = LatencySample()
+    counter = iter(range(10**9))
+
+    async def caller() -> None:
+        while not until():
+            started = time.perf_counter()
+            ttft = 0.0
+            try:
+                async for chunk in router.GenerateStream(online_request(next(counter), max_tokens)):
+                    if not ttft and chunk.text:
+                        ttft = time.perf_counter() - started
+            except grpc.aio.AioRpcError:
+                sample.errors += 1
+                continue
+            sample.ttft_s.append(ttft)
+            sample.total_s.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return sample
+
+
+def deadline_after(seconds: float) -> Callable[[], bool]:
+    stop_at = time.monotonic() + seconds
+    return lambda: time.monotonic() >= stop_at
+
+
+Load = Callable[[Callable[[], bool]], Awaitable[LatencySample]]
+
+
+async def while_running(
+    job: Awaitable[tuple[Throughput, batch_pb2.BatchJob]], load: Load
+) -> tuple[Throughput, batch_pb2.BatchJob, LatencySample]:
+    """Run the job, and the online load until the job ends."""
+    finished = asyncio.Event()
+
+    async def tracked() -> tuple[Throughput, batch_pb2.BatchJob]:
+        try:
+            return await job
+        finally:
+            finished.set()
+
+    outcome, sample = await asyncio.gather(tracked(), load(finished.is_set))
+    return outcome[0], outcome[1], sample
+
+
+class Consumer:
+    """The batch consumer beside the worker, as its own process."""
+
+    def __init__(self, settings: Settings, worker_address: str, log_path: Path) -> None:
+        self._settings = settings
+        self.name = consumer_name(POOL, 0)
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "services.worker.consumer", "--pool", POOL, "--worker", worker_address],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        with redis.Redis.from_url(self._settings.redis_url) as client:
+            while not client.exists(consumer_heartbeat_key(self._settings, self.name)):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the batch consumer did not start")
+                await asyncio.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+async def run(args: argparse.Namespace) -> None:
+    batch = dict(pair.split("=", 1) for pair in args.batch)
+    data = input_file(args.rows, args.max_tokens)
+    with running_mesh(mesh_config(args.engine, batch)) as mesh:
+        settings = mesh.settings
+        worker = build_worker(
+            settings, pool=POOL, index=0, port=free_port(), scheduler_targets=[mesh.scheduler_address]
+        )
+        print(f"starting the {worker.engine.kind} engine", flush=True)
+        port = await start_worker(worker)
+        consumer = Consumer(settings, f"127.0.0.1:{port}", Path(settings.state_dir) / "logs" / "consumer.log")
+        try:
+            await consumer.wait_ready()
+            cpu = CpuMeter(
+                {
+                    **{p.name: p.pid for p in mesh.processes},
+                    "batch consumer": consumer.process.pid,
+                    # This process: the worker, its engine's processes, the load generator, Redis.
+                    "worker + engine + bench": os.getpgid(0),
+                }
+            )
+            async with grpc.aio.insecure_channel(mesh.router_address) as channel:
+                router = router_pb2_grpc.RouterStub(channel)
+                results = await measure(args, settings, worker, router, data, cpu)
+            results["cpu"] = cpu.phases
+            rss = {**mesh.rss_mib(), "worker (this process)": process_group_rss_mib(os.getpgid(0))}
+            rss["batch consumer"] = process_group_rss_mib(consumer.process.pid)
+        finally:
+            consumer.stop()
+            await worker.host.stop(1.0)
+            await worker.close()
+    report(args, batch, results, rss)
+
+
+async def measure(
+    args: argparse.Namespace,
+    settings: Settings,
+    worker: WorkerApp,
+    router: router_pb2_grpc.RouterStub,
+    data: bytes,
+    cpu: CpuMeter,
+) -> dict[str, Any]:
+    requests = parsed_requests(settings, data)
+
+    def load(until: Callable[[], bool]) -> Awaitable[LatencySample]:
+        return online_load(router, callers=args.online_callers, max_tokens=args.max_tokens, until=until)
+
+    # As many rows in flight as the engine runs at once, and the few more
+    # the consumer lets queue in it.
+    concurrency = worker.engine.stats().capacity + settings.batch.queue_ahead_rows
+    # Warm every path at full width (engine, channels, consumer, router).
+    await run_offline(worker, requests[:WARM_ROWS], concurrency=concurrency)
+    await run_job(router, input_file(WARM_ROWS, args.max_tokens, prefix="warm"))
+    await load(deadline_after(2.0))
+    cpu.mark("warm-up")
+
+    first = await run_offline(worker, requests, concurrency=concurrency)
+    cpu.mark("offline")
+    print(f"offline: {first.rows_per_s:.2f} rows/s (load {first.load_average:.1f})", flush=True)
+    queued, job = await run_job(router, data)
+    cpu.mark("through the queue")
+    print(f"queue: {queued.rows_per_s:.2f} rows/s (load {queued.load_average:.1f})", flush=True)
+    second = await run_offline(worker, requests, concurrency=concurrency)
+    cpu.mark("offline again")
+    print(f"offline again: {second.rows_per_s:.2f} rows/s (load {second.load_average:.1f})", flush=True)
+    alone = await load(deadline_after(args.online_seconds))
+    cpu.mark("online alone")
+    print(f"online alone: {len(alone.total_s)} requests", flush=True)
+    mixed, mixed_job, during = await while_running(run_job(router, data), load)
+    cpu.mark("queue + online")
+    print(f"queue with online load: {mixed.rows_per_s:.2f} rows/s", flush=True)
+    return {
+        "offline": [first, second],
+        "queue": queued,
+        "job": job,
+        "mixed": mixed,
+        "mixed_job": mixed_job,
+        "alone": alone,
+        "during": during,
+    }
+
+
+def report(args: argparse.Namespace, batch: dict[str, Any], results: dict[str, Any], rss: dict[str, float]) -> None:
+    first, second = results["offline"]
+    queued, mixed = results["queue"], results["mixed"]
+    job, mixed_job = results["job"], results["mixed_job"]
+    alone, during = results["alone"], results["during"]
+    offline_rate = (first.rows_per_s + second.rows_per_s) / 2
+    ratio = queued.rows_per_s / offline_rate
+
+    def row(name: str, t: Throughput) -> list[Any]:
+        return [name, t.rows, t.wall_s, t.rows_per_s, t.tokens_per_s, t.load_average]
+
+    throughput_rows = [
+        row("offline: engine in-process", first),
+        row("through the queue", queued),
+        row("offline again", second),
+        row("through the queue, online load too", mixed),
+    ]
+    latency_rows = []
+    for name, sample in (("online alone", alone), ("online while the batch runs", during)):
+        s = sample.summary_ms()
+        latency_rows.append(
+            [name, s["requests"], s["ttft_p50_ms"], s["ttft_p99_ms"], s["total_p50_ms"], s["total_p99_ms"], s["errors"]]
+        )
+    p99_alone = percentile(alone.total_s, 99) * 1000
+    p99_during = percentile(during.total_s, 99) * 1000
+    failed = job.request_counts.failed + mixed_job.request_counts.failed
+    table = "\n".join(
+        [
+            f"## Batch through the queue vs offline ({args.engine} engine, {args.rows} rows of "
+            f"{args.max_tokens} tokens)",
+            "",
+            markdown_table(["path", "rows", "wall s", "rows/s", "tokens/s", "load avg at end"], throughput_rows),
+            "",
+            f"Throughput through the queue is {ratio:.1%} of offline (the mean of the runs before and after it; "
+            f"goal >= 95%). Jobs: {job.request_counts.completed} and {mixed_job.request_counts.completed} rows "
+            f"completed, {failed} failed.",
+            "",
+            f"### Online requests ({args.online_callers} callers, {args.max_tokens} tokens, interactive priority)",
+            "",
+            markdown_table(
+                ["online", "requests", "ttft p50 ms", "ttft p99 ms", "total p50 ms", "total p99 ms", "errors"],
+                latency_rows,
+            ),
+            "",
+            f"Online p99 while the batch runs: {p99_during:.0f} ms vs {p99_alone:.0f} ms alone "
+            f"({p99_during / p99_alone:.2f}x).",
+            "",
+            "CPU seconds per phase (2 cores: at most 2 s per second of wall time):",
+            "",
+            markdown_table(
+                ["phase", *next(iter(results["cpu"].values()))],
+                [[phase, *used.values()] for phase, used in results["cpu"].items()],
+            ),
+            "",
+            markdown_table(["service", "RSS MiB"], [[name, mib] for name, mib in rss.items()]),
+            "",
+            f"{os.cpu_count()} cores, shared with whatever else runs on the machine (see the load averages). "
+            f"Batch settings: {json.dumps(batch) if batch else 'defaults'}.",
+        ]
+    )
+    write_results(
+        f"batch-{args.engine}",
+        {
+            "engine": args.engine,
+            "rows": args.rows,
+            "max_tokens": args.max_tokens,
+            "offline": [first.as_dict(), second.as_dict()],
+            "queue": queued.as_dict(),
+            "queue_with_online": mixed.as_dict(),
+            "throughput_ratio": ratio,
+            "online_callers": args.online_callers,
+            "online_alone": alone.summary_ms(),
+            "online_during_batch": during.summary_ms(),
+            "rss_mib": rss,
+            "cpu_seconds": results["cpu"],
+            "batch_settings": batch,
+        },
+        table,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", choices=sorted(ENGINES), default="vllm")
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--online-callers", type=int, default=2)
+    parser.add_argument("--online-seconds", type=float, default=20.0, help="online alone, for the baseline")
+    parser.add_argument(
+        "--batch", action="append", default=[], metavar="KEY=VALUE", help="a batch setting for the mesh (repeatable)"
+    )
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    # Guarded: vLLM spawns processes that re-import __main__.
+    main()

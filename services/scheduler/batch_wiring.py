@@ -1,0 +1,39 @@
+"""The scheduler's batch parts, wired: the job store on Redis, the Celery
+publisher, BatchJobs and its RPC translation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opentelemetry.trace import TracerProvider
+
+from headrace.batch.queue import CeleryChunkPublisher, build_celery_app
+from headrace.batch.store import BatchStore, open_redis
+from headrace.runtime.config import Settings
+from services.scheduler.batch_jobs import BatchJobs
+from services.scheduler.batch_server import BatchRpcs
+
+
+@dataclass
+class BatchService:
+    jobs: BatchJobs
+    rpcs: BatchRpcs
+    store: BatchStore
+    publisher: CeleryChunkPublisher
+
+    async def start(self) -> None:
+        await self.jobs.start()
+
+    async def close(self) -> None:
+        await self.jobs.close()
+        self.publisher.close()
+        await self.store.redis.aclose()
+
+
+def build_batch_service(settings: Settings, tracer_provider: TracerProvider | None = None) -> BatchService:
+    batch = settings.batch
+    store = BatchStore(open_redis(settings.redis_url), prefix=batch.key_prefix, retention_s=batch.retention_s)
+    publisher = CeleryChunkPublisher(build_celery_app(settings, name="headrace-scheduler"))
+    tracer = tracer_provider.get_tracer("headrace.scheduler.batch") if tracer_provider is not None else None
+    jobs = BatchJobs(settings=settings, store=store, publisher=publisher, tracer=tracer)
+    return BatchService(jobs=jobs, rpcs=BatchRpcs(jobs), store=store, publisher=publisher)

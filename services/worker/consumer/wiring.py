@@ -1,0 +1,171 @@
+"""A batch consumer, wired: the Celery app with its task, and on a loop
+thread the job store, the gRPC client of the local worker, the admission
+gate and the chunk runner; plus a heartbeat in Redis that says the
+consumer is ready (what `headrace up` and `status` look at)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import Any
+
+from celery import Celery, bootsteps
+from celery.apps.worker import Worker
+from opentelemetry.trace import TracerProvider
+
+from headrace.batch.queue import build_celery_app, consumer_heartbeat_key, consumer_name, queue_name
+from headrace.batch.store import BatchStore, open_redis
+from headrace.runtime.config import Settings
+from headrace.runtime.telemetry import build_tracer_provider
+from services.worker.consumer.admission import AdmissionGate
+from services.worker.consumer.attempt_errors import ChunkTimedOut
+from services.worker.consumer.chunk_runner import ChunkRunner
+from services.worker.consumer.loop_thread import LoopThread
+from services.worker.consumer.tasks import register_batch_tasks
+from services.worker.consumer.worker_client import WorkerClient
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_TTL_S = 10
+HEARTBEAT_EVERY_S = 2.0
+
+
+class BatchConsumer:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        pool: str,
+        index: int,
+        worker_address: str,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        if pool not in settings.pools:
+            raise SystemExit(f"unknown pool {pool!r}; configured: {', '.join(sorted(settings.pools))}")
+        self.settings = settings
+        self.pool = pool
+        self.name = consumer_name(pool, index)
+        self._worker_id = f"{pool}-{index}"
+        self._worker_address = worker_address
+        self._tracer_provider = tracer_provider or build_tracer_provider(
+            f"headrace-batch-consumer-{self._worker_id}", settings.telemetry
+        )
+        self.app: Celery = build_celery_app(settings, name=self.name)
+        register_batch_tasks(self.app, self, settings.batch)
+        self.app.steps["consumer"].add(_heartbeat_step(self))
+        self._loop = LoopThread(f"{self.name}-loop")
+        self._loop.start()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self.runner: ChunkRunner
+        self.store: BatchStore
+        self._client: WorkerClient
+        self._gate: AdmissionGate
+        self._loop.call(self._build(), timeout_s=30)
+
+    async def _build(self) -> None:
+        batch = self.settings.batch
+        redis = open_redis(self.settings.redis_url)
+        self.store = BatchStore(redis, prefix=batch.key_prefix, retention_s=batch.retention_s)
+        self._client = WorkerClient(
+            self._worker_address,
+            self.settings.limits,
+            worker_id=self._worker_id,
+            price_per_hour=self.settings.pools[self.pool].price_per_hour,
+        )
+        self._gate = AdmissionGate(
+            self._client,
+            max_inflight=batch.max_inflight_rows,
+            reserve_fraction=batch.online_reserve_fraction,
+            poll_s=batch.load_poll_s,
+            queue_ahead=batch.queue_ahead_rows,
+            share_while_online=batch.share_while_online,
+        )
+        await self._gate.start()
+        self.runner = ChunkRunner(
+            store=self.store,
+            client=self._client,
+            gate=self._gate,
+            settings=batch,
+            # The pid tells a restarted consumer's rows from its predecessor's.
+            consumer=f"{self.name}:{os.getpid()}",
+            tracer=self._tracer_provider.get_tracer("headrace.worker.batch"),
+        )
+
+    # -- called from Celery's task threads
+
+    def run_chunk(self, batch_id: str, chunk: int, carrier: dict[str, str]) -> None:
+        try:
+            self._loop.call(
+                self.runner.run_chunk(batch_id, chunk, carrier), timeout_s=self.settings.batch.chunk_timeout_s
+            )
+        except TimeoutError as exc:
+            raise ChunkTimedOut(f"chunk {chunk} of {batch_id} ran past {self.settings.batch.chunk_timeout_s}s") from exc
+
+    def fail_chunk(self, batch_id: str, chunk: int, reason: str) -> None:
+        self._loop.call(self.runner.fail_chunk(batch_id, chunk, reason), timeout_s=60)
+
+    # -- the Celery worker
+
+    def worker(self, **options: Any) -> Worker:
+        """The Celery worker consuming this pool's queue (threads: each runs
+        one chunk at a time; the rows themselves run on the loop thread)."""
+        worker: Worker = self.app.Worker(
+            hostname=f"{self.name}@{socket.gethostname()}",
+            queues=[queue_name(self.pool)],
+            pool_cls="threads",
+            concurrency=self.settings.batch.consumer_chunks,
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+            **options,
+        )
+        return worker
+
+    def start_heartbeat(self) -> None:
+        self._loop.loop.call_soon_threadsafe(self._start_heartbeat)
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._beat(), name="batch-consumer-heartbeat")
+
+    async def _beat(self) -> None:
+        key = consumer_heartbeat_key(self.settings, self.name)
+        while True:
+            try:
+                await self.store.redis.set(key, self.pool, ex=HEARTBEAT_TTL_S)
+            except Exception:
+                log.warning("heartbeat to Redis failed; retrying", exc_info=True)
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
+
+    async def _close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            with contextlib.suppress(Exception):
+                await self.store.redis.delete(consumer_heartbeat_key(self.settings, self.name))
+        await self._gate.close()
+        await self._client.close()
+        await self.store.redis.aclose()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._loop.call(self._close(), timeout_s=10)
+        self._loop.stop()
+        self.app.close()
+
+
+def _heartbeat_step(consumer: BatchConsumer) -> type[bootsteps.StartStopStep]:
+    """A bootstep of the Celery consumer: the heartbeat starts once it
+    consumes from the broker."""
+
+    class Heartbeat(bootsteps.StartStopStep):
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
+        def start(self, parent: Any) -> None:
+            consumer.start_heartbeat()
+
+    return Heartbeat
