@@ -18,7 +18,7 @@ from headrace.v1 import generation_pb2
 pytestmark = pytest.mark.unit
 
 SETTINGS = Settings(
-    pools={"small": {}, "embed": {}},
+    pools={"small": {"engine": {"kind": "synthetic"}}, "embed": {"engine": {"kind": "synthetic"}}},
     models={
         "smollm2": {"default_version": "2", "versions": {"1": {"pool": "small"}, "2": {"pool": "small"}}},
         "minilm": {"task": "embed", "default_version": "1", "versions": {"1": {"pool": "embed"}}},

@@ -11,7 +11,7 @@ from headrace.runtime.errors import InvalidArgument, NotFound
 pytestmark = pytest.mark.unit
 
 SETTINGS = Settings(
-    pools={"a": {}, "b": {}},
+    pools={"a": {"engine": {"kind": "synthetic"}}, "b": {"engine": {"kind": "synthetic"}}},
     models={
         "m": {
             "default_version": "2",
@@ -21,6 +21,7 @@ SETTINGS = Settings(
     },
     aliases={"fast": "m@2"},
     default_model="m",
+    default_embedding_model="",
 )
 
 
