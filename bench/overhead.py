@@ -30,6 +30,11 @@ CONFIG = {
             "workers": 1,
         }
     },
+    "models": {"smollm2": {"default_version": "1", "versions": {"1": {"pool": "smollm2"}}}},
+    "default_embedding_model": "",
+    # Requests skip the cache (no_cache); its embedding model would only
+    # compete for the cores.
+    "cache": {"semantic": {"enabled": False}},
 }
 
 
