@@ -457,6 +457,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
+        if "models" not in self.model_fields_set:
+            # A config that defines its own pools but no models keeps the
+            # default models whose pools it still has (and no default that
+            # points at a dropped one), rather than failing on them.
+            self.models = {
+                name: model
+                for name, model in self.models.items()
+                if all(spec.pool in self.pools for spec in model.versions.values())
+            }
+            for field in ("default_model", "default_embedding_model"):
+                if field not in self.model_fields_set and getattr(self, field) not in self.models:
+                    setattr(self, field, "")
         for name, model in self.models.items():
             if "@" in name:
                 raise ValueError(f"model name {name!r} may not contain '@'")

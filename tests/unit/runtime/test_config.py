@@ -90,3 +90,17 @@ def test_scheduling_is_set_per_pool_and_checked() -> None:
         Settings(scheduler={"pools": {"smollm2": {"policy": "random"}}})
     with pytest.raises(ValueError, match="kv_cache_soft_limit must be below"):
         Settings(scheduler={"pools": {"smollm2": {"kv_cache_soft_limit": 0.9, "kv_cache_hard_limit": 0.8}}})
+
+
+@pytest.mark.unit
+def test_own_pools_without_models_keep_the_default_models_that_fit() -> None:
+    only_generation = Settings(pools={"smollm2": {"engine": {"kind": "synthetic"}}})
+    assert set(only_generation.models) == {"smollm2"}
+    assert only_generation.default_model == "smollm2"
+    assert only_generation.default_embedding_model == ""
+    # Models named explicitly must still point at configured pools.
+    with pytest.raises(ValueError, match="names pool 'minilm'"):
+        Settings(
+            pools={"smollm2": {"engine": {"kind": "synthetic"}}},
+            models={"minilm": {"task": "embed", "default_version": "1", "versions": {"1": {"pool": "minilm"}}}},
+        )
