@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    connection = connect_limiter_redis(redis_server.url)
+    connection = connect_limiter_redis(redis_server.url, timeout_s=10.0)
     yield connection
     await connection.aclose()
 
@@ -89,7 +89,10 @@ async def test_no_limits_costs_no_redis_call(client: aioredis.Redis) -> None:
 
 async def test_limits_hold_across_limiters_under_concurrency(redis_server: RedisServer) -> None:
     """Two routers, 40 requests at once: exactly the bucket's 10 get through."""
-    clients = [connect_limiter_redis(redis_server.url) for _ in range(2)]
+    # Generous timeouts: 40 connections opening at once on a loaded box can
+    # pass the production 0.5 s, and the limiter then admits (fails open),
+    # which is not what this test is about.
+    clients = [connect_limiter_redis(redis_server.url, timeout_s=10.0) for _ in range(2)]
     limiters = [TenantRateLimiter(c) for c in clients]
     who, limits = tenant(), RateLimitSettings(requests_per_minute=10)
 
