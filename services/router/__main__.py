@@ -13,6 +13,7 @@ import grpc.aio
 from fastapi import APIRouter
 from opentelemetry.sdk.trace import TracerProvider
 
+from headrace.model_registry import ModelRegistry
 from headrace.runtime.aio import run
 from headrace.runtime.auth import ApiKeyAuthenticator
 from headrace.runtime.background import BackgroundTasks
@@ -29,7 +30,6 @@ from services.router.gateway import GatewayServices, HttpServer, build_gateway_a
 from services.router.gateway.batch_routers import batch_routers
 from services.router.generation_flow import GenerationFlow
 from services.router.leasing import Leasing
-from services.router.model_registry import ModelRegistry
 from services.router.rate_limited_flows import RateLimitedEmbedding, RateLimitedGeneration
 from services.router.rate_limits import TenantRateLimiter, connect_limiter_redis
 from services.router.routing.layer import RoutingLayer, routing_redis

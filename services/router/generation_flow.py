@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import grpc
 import grpc.aio
 
+from headrace.model_registry import Resolution
 from headrace.prefix_hashing import request_prefix_hashes
 from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.channels import ChannelPool, call_options
@@ -33,7 +34,6 @@ from services.router import metrics
 from services.router.cache_client import CacheClient, note_on_trace
 from services.router.cached_stream import cached_stream, deltas_of
 from services.router.leasing import Leasing
-from services.router.model_registry import Resolution
 from services.router.routing import metrics as routing_metrics
 from services.router.routing.attempts import AttemptPlan
 from services.router.routing.decision import RequestOutcome, RouteDecision

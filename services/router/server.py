@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 import grpc.aio
 
+from headrace.model_registry import ModelRegistry
 from headrace.runtime.channels import call_options
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import PermissionDenied, Unimplemented, from_rpc_error
@@ -28,7 +29,6 @@ from headrace.v1 import (
 from headrace.validation import validate_embed_request, validate_generate_request
 from services.router import metrics
 from services.router.flow_protocols import Embedding, Generation
-from services.router.model_registry import ModelRegistry
 from services.router.routing.layer import RoutingLayer
 from services.router.routing.reload import ConfigReloader
 from services.router.routing_views import annotate_models

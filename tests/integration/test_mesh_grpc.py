@@ -174,7 +174,7 @@ async def test_list_models_shows_registry_and_ready_workers(mesh: InProcessMesh)
         ),
         (greedy("x", model="gpt-9"), grpc.StatusCode.NOT_FOUND, "unknown model 'gpt-9'; available: minilm, smollm2"),
         (greedy("x", model="smollm2@7"), grpc.StatusCode.NOT_FOUND, "has no version '7'"),
-        (greedy("x", model="minilm"), grpc.StatusCode.INVALID_ARGUMENT, "call Embed"),
+        (greedy("x", model="minilm"), grpc.StatusCode.INVALID_ARGUMENT, "is an embedding model and cannot generate"),
         (greedy("y" * 20_000), grpc.StatusCode.INVALID_ARGUMENT, "over the limit of 10000"),
         (greedy("z" * 300_000), grpc.StatusCode.RESOURCE_EXHAUSTED, "message larger than max"),
     ],

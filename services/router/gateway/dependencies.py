@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from headrace.model_registry import ModelRegistry
 from headrace.runtime.config import Settings
 from services.router.flow_protocols import Embedding, Generation
 from services.router.gateway.streaming import RelayLimits
-from services.router.model_registry import ModelRegistry
 
 
 @dataclass(frozen=True)

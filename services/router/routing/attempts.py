@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from opentelemetry import trace
 
+from headrace.model_registry import Resolution
 from headrace.runtime.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -35,7 +36,6 @@ from headrace.runtime.errors import (
     status_code_for,
 )
 from headrace.runtime.request_context import remaining_s
-from services.router.model_registry import Resolution
 from services.router.routing import metrics
 from services.router.routing.circuit_breaker import CircuitBreakers
 from services.router.routing.decision import RequestOutcome, RouteDecision

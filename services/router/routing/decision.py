@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from services.router.model_registry import Resolution
+from headrace.model_registry import Resolution
 
 
 @dataclass(frozen=True)

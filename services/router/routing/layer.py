@@ -24,11 +24,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from headrace.model_registry import ModelRegistry, Resolution
 from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import Internal
 from headrace.v1 import generation_pb2
-from services.router.model_registry import ModelRegistry, Resolution
 from services.router.routing import metrics
 from services.router.routing.arm_stats import ArmStatsStore
 from services.router.routing.attempts import AttemptPlan

@@ -1,5 +1,5 @@
 """The registry as the router routes by it: the model registry (models,
-versions, aliases; services/router/model_registry.py) plus the routing
+versions, aliases; headrace/model_registry.py) plus the routing
 table built from the same config (policies per alias, canaries and
 fallbacks per model). Both are built whole from one validated config and
 swapped together on reload, so a request never sees half of each.
@@ -22,10 +22,10 @@ from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 
+from headrace.model_registry import ModelRegistry, Task
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import Internal
 from headrace.runtime.routing_settings import FastAccuratePolicySettings
-from services.router.model_registry import ModelRegistry, Task
 from services.router.routing.arm_stats import ArmStatsStore
 from services.router.routing.canary import CanaryController
 from services.router.routing.decision import Choice, RouteDecision, RoutingRequest

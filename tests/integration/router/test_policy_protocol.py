@@ -14,10 +14,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from headrace.local_redis import RedisServer
+from headrace.model_registry import ModelRegistry
 from headrace.runtime.config import Settings
 from headrace.runtime.routing_settings import AbPolicySettings, CanarySettings, FastAccuratePolicySettings
 from services.router import routing as routing_package
-from services.router.model_registry import ModelRegistry
 from services.router.routing.arm_stats import ArmStatsStore
 from services.router.routing.canary import CanaryController
 from services.router.routing.decision import Choice, RequestOutcome, RoutingRequest

@@ -56,7 +56,7 @@ def ask(text: str, **kwargs: object) -> generation_pb2.GenerateRequest:
 
 async def stored_in_background(mesh: InProcessMesh, entries: int = 1) -> None:
     """The router stores off the critical path: wait until Redis holds it."""
-    for _ in range(500):
+    for _ in range(2000):
         if len(await mesh.redis.keys("hr:cache:v1:entry:*")) >= entries:
             return
         await asyncio.sleep(0.01)

@@ -128,7 +128,7 @@ async def release_all(cluster: Cluster, placed: list[scheduler_pb2.PlaceResponse
 
 
 async def wait_queued(cluster: Cluster, count: int) -> None:
-    for _ in range(200):
+    for _ in range(1000):
         if sum((await cluster.pool_status()).queued.values()) == count:
             return
         await asyncio.sleep(0.01)

@@ -49,7 +49,7 @@ async def http(gateway_mesh: InProcessMesh) -> AsyncIterator[httpx.AsyncClient]:
         (chat(n=3), {}, "n: 3 choices asked"),
         (chat(), {"cache-control": "max-age=soon"}, "Cache-Control: max-age must be a whole number"),
         (chat(), {"x-headrace-timeout": "-1"}, "x-headrace-timeout: expected a positive number"),
-        (chat(model="minilm"), {}, "is a embed model"),
+        (chat(model="minilm"), {}, "is an embedding model"),
     ],
 )
 async def test_bad_requests_are_400_naming_the_field(

@@ -4,9 +4,9 @@ import random
 
 import pytest
 
+from headrace.model_registry import Resolution
 from headrace.runtime.errors import Cancelled, Internal, InvalidArgument, NoWorkerAvailable, Unavailable
 from headrace.runtime.routing_settings import CircuitBreakerSettings, RetrySettings
-from services.router.model_registry import Resolution
 from services.router.routing.attempts import AttemptPlan
 from services.router.routing.circuit_breaker import CircuitBreakers
 from services.router.routing.decision import RouteDecision, RoutingRequest

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from headrace.model_registry import ModelRegistry
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import NotFound
-from services.router.model_registry import ModelRegistry
 from services.router.routing.arm_stats import ArmStatsStore
 from services.router.routing.decision import RoutingRequest
 from services.router.routing.registry import RoutingRegistry, build_route_table

@@ -80,7 +80,7 @@ async def test_the_watcher_picks_up_a_changed_file(config_file: Path) -> None:
     watcher = asyncio.create_task(reloader.watch(0.02))
     try:
         write(config_file, config("2"))
-        for _ in range(200):
+        for _ in range(1000):
             if applied:
                 break
             await asyncio.sleep(0.01)
@@ -89,7 +89,7 @@ async def test_the_watcher_picks_up_a_changed_file(config_file: Path) -> None:
         write(config_file, config("9"))
         await asyncio.sleep(0.1)
         write(config_file, config("1", aliases={"x": "smol"}))
-        for _ in range(200):
+        for _ in range(1000):
             if len(applied) == 2:
                 break
             await asyncio.sleep(0.01)

@@ -1,8 +1,8 @@
 import pytest
 
+from headrace.model_registry import ModelRegistry
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import InvalidArgument, NotFound
-from services.router.model_registry import ModelRegistry
 
 
 def registry() -> ModelRegistry:
@@ -59,7 +59,7 @@ def test_unknown_removed_and_wrong_task_are_clear_errors() -> None:
         reg.resolve("smol@9", task="generate")
     with pytest.raises(NotFound, match="smol@0 was removed; use smol@2"):
         reg.resolve("smol@0", task="generate")
-    with pytest.raises(InvalidArgument, match="is a embed model; call Embed"):
+    with pytest.raises(InvalidArgument, match="is an embedding model and cannot generate"):
         reg.resolve("mini", task="generate")
 
 

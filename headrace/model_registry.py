@@ -70,8 +70,8 @@ class ModelRegistry:
         else:
             version = model.default_version
         if model.task != task:
-            other = "Embed" if model.task == "embed" else "Generate"
-            raise InvalidArgument(f"model {name!r} is a {model.task} model; call {other} with it")
+            kind, cannot = ("an embedding", "generate") if model.task == "embed" else ("a generation", "embed")
+            raise InvalidArgument(f"model {name!r} is {kind} model and cannot {cannot}")
         return self._resolve_version(base, model, version, reason)
 
     def default_for(self, task: Task) -> str:
