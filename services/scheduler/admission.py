@@ -228,7 +228,7 @@ class PoolAdmission:
             return None
         chosen = await self.policy.choose(waiter.request, candidates)
         # The choice may have taken a while: is the worker still free?
-        if chosen is None or chosen not in self.candidates(waiter.request, batch=batch):
+        if chosen is None or chosen not in candidates or not self._still_free(chosen, batch=batch):
             return None
         self._grant(waiter, chosen)
         return waiter.future.result()
@@ -284,14 +284,23 @@ class PoolAdmission:
     async def _place_one(self) -> bool:
         """Lease one waiter a slot; False when none fits now."""
         online_waiting = any(self.queue.depth(cls) for cls in range(BATCH))
+        # (model version, excluded workers, batch) of waiters no worker can
+        # take now: the waiters behind them with the same needs are skipped
+        # without another walk over the workers (a full pool's step would
+        # otherwise cost queue length x workers, on every report).
+        no_room: set[tuple[str, frozenset[str], bool]] = set()
         for waiter in self.queue.ordered():
             batch = self.queue.class_of(waiter) >= BATCH
             if batch and online_waiting:
                 # Batch only runs when no online request waits (ordered()
                 # lists batch last, so nothing after this can run either).
                 return False
+            needs = (waiter.request.model_version, waiter.request.exclude, batch)
+            if needs in no_room:
+                continue
             candidates = self.candidates(waiter.request, batch=batch)
             if not candidates:
+                no_room.add(needs)
                 continue
             chosen = await self.policy.choose(waiter.request, candidates)
             if waiter not in self.queue:
@@ -309,6 +318,12 @@ class PoolAdmission:
     def candidates(self, request: PlacementRequest, *, batch: bool = False) -> list[WorkerState]:
         free = self.slots.free_for_batch if batch else self.slots.free
         return [state for state in self._registry.candidates(request.model_version, request.exclude) if free(state) > 0]
+
+    def _still_free(self, state: WorkerState, *, batch: bool) -> bool:
+        """Whether a worker that was a candidate still is: the same registry
+        entry (a new identity replaces it), accepting, with a free slot."""
+        free = self.slots.free_for_batch if batch else self.slots.free
+        return self._registry.get(state.worker_id) is state and self._registry.accepting(state) and free(state) > 0
 
     def _grant(self, waiter: Waiter, worker: WorkerState) -> None:
         request = waiter.request
@@ -340,7 +355,7 @@ class PoolAdmission:
         failed = 0
         for waiter in self.queue.ordered():
             request = waiter.request
-            if self._registry.candidates(request.model_version, request.exclude):
+            if self._registry.has_candidate(request.model_version, request.exclude):
                 waiter.orphaned_since = None
                 continue
             if waiter.orphaned_since is None:

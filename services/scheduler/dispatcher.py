@@ -130,7 +130,7 @@ class Dispatcher:
         """A lease on a worker for the request, once a slot is free; see
         admission.py for every way this ends."""
         pool = self._pool_of(request.model_version)
-        if pool is None or not self.registry.candidates(request.model_version, request.exclude):
+        if pool is None or not self.registry.has_candidate(request.model_version, request.exclude):
             # Nothing could ever take it: say so now rather than queue.
             raise NoWorkerAvailable(self._why_no_worker(request), retry_after_s=1.0)
         return await self.admission(pool).place(request, timeout_s=timeout_s)

@@ -5,7 +5,7 @@ new work and is dropped."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 # Budget assumed for a sequence we know nothing of (not leased by us).
@@ -119,13 +119,20 @@ class WorkerRegistry:
         return state.age_s(now) <= self._stale_after_s and state.load.healthy and not state.draining
 
     def candidates(self, model_version: str, exclude: Iterable[str] = ()) -> list[WorkerState]:
+        return list(self._eligible(model_version, exclude))
+
+    def has_candidate(self, model_version: str, exclude: Iterable[str] = ()) -> bool:
+        """Whether candidates() would name any worker (stops at the first)."""
+        return next(self._eligible(model_version, exclude), None) is not None
+
+    def _eligible(self, model_version: str, exclude: Iterable[str]) -> Iterator[WorkerState]:
         now = time.monotonic()
         excluded = set(exclude)
-        return [
+        return (
             state
             for state in self._workers.values()
             if model_version in state.identity.models and state.worker_id not in excluded and self.accepting(state, now)
-        ]
+        )
 
     def drop_stale(self) -> list[WorkerState]:
         now = time.monotonic()

@@ -181,6 +181,25 @@ async def test_slots_open_in_priority_order() -> None:
 
 
 @pytest.mark.unit
+async def test_a_waiter_no_worker_can_take_does_not_hold_up_those_behind_it() -> None:
+    dispatcher = make_dispatcher(queue_limit=10)
+    add_worker(dispatcher, "w1", capacity=1)
+    dispatcher.report(identity("w2", models=("m@2",)), LoadSnapshot(capacity=1), draining=False)
+    held = await dispatcher.place(req())
+    stuck = [asyncio.create_task(dispatcher.place(req())) for _ in range(2)]
+    await settle()
+    # Queued behind two m@1 waiters that w1 (full) cannot take yet.
+    other = await asyncio.wait_for(dispatcher.place(req(model="m@2")), 1.0)
+    assert other.lease.worker_id == "w2"
+    assert not any(task.done() for task in stuck) and queued(dispatcher) == 2
+    dispatcher.release(held.lease.lease_id)
+    first = await asyncio.wait_for(asyncio.shield(stuck[0]), 1.0)
+    assert first.lease.worker_id == "w1" and queued(dispatcher) == 1
+    await dispatcher.close()
+    await asyncio.gather(*stuck, return_exceptions=True)
+
+
+@pytest.mark.unit
 async def test_batch_uses_only_idle_capacity_and_online_work_gets_the_headroom() -> None:
     dispatcher = make_dispatcher(queue_limit=10, batch_headroom=0.25)
     add_worker(dispatcher, capacity=4)
