@@ -39,8 +39,6 @@ class SemanticIndex:
         self._flat_max = flat_max
         self._hnsw = hnsw
         self._partitions: dict[str, _Loaded] = {}
-        # One catch-up per partition at a time.
-        self._locks: dict[str, asyncio.Lock] = {}
 
     def __len__(self) -> int:
         return sum(len(p.index) for p in self._partitions.values())
@@ -77,16 +75,17 @@ class SemanticIndex:
         return len(self)
 
     async def catch_up(self, partition: Partition) -> None:
+        """Add what was committed since the last sequence seen. Searches of
+        one partition catch up side by side, not one after another: adding
+        an entry twice is harmless, and the sequence only moves forward."""
         loaded = self._loaded(partition)
-        lock = self._locks.setdefault(partition.id, asyncio.Lock())
-        async with lock:
-            while True:
-                changes = await self._store.log_since(partition, loaded.last_seq)
-                if not changes:
-                    return
-                for vector in await self._store.vectors(partition, [entry_id for entry_id, _ in changes]):
-                    self._add(loaded, vector)
-                loaded.last_seq = changes[-1][1]
+        while True:
+            changes = await self._store.log_since(partition, loaded.last_seq)
+            if not changes:
+                return
+            for vector in await self._store.vectors(partition, [entry_id for entry_id, _ in changes]):
+                self._add(loaded, vector)
+            loaded.last_seq = max(loaded.last_seq, changes[-1][1])
 
     def _add(self, loaded: _Loaded, item: IndexedVector) -> None:
         if item.partition != loaded.partition or item.vector.shape != (self._dimension,):
