@@ -130,6 +130,10 @@ class PoolAdmission:
         # Leases granted so far.
         self.granted = 0
         self._closed = False
+        # The metric children every placement touches, looked up once.
+        self._placed = metrics.PLACEMENTS.labels(pool=pool, policy=policy.name)
+        self._queue_wait = [metrics.QUEUE_WAIT.labels(pool=pool, priority=name) for name in PRIORITY_NAMES]
+        self._queue_depth = [metrics.QUEUE_DEPTH.labels(pool=pool, priority=name) for name in PRIORITY_NAMES]
 
     # --- lifecycle -----------------------------------------------------
 
@@ -340,9 +344,8 @@ class PoolAdmission:
         now = time.monotonic()
         self._grants.add(now)
         waited = now - waiter.enqueued_at
-        priority = PRIORITY_NAMES[min(request.priority, BATCH)]
-        metrics.PLACEMENTS.labels(pool=self.pool, policy=self.policy.name).inc()
-        metrics.QUEUE_WAIT.labels(pool=self.pool, priority=priority).observe(waited)
+        self._placed.inc()
+        self._queue_wait[min(request.priority, BATCH)].observe(waited)
         waiter.future.set_result(
             Placement(lease=lease, endpoint=worker.identity.endpoint, policy=self.policy.name, queue_ms=waited * 1000)
         )
@@ -390,8 +393,8 @@ class PoolAdmission:
         self._update_depth()
 
     def _update_depth(self) -> None:
-        for cls, name in enumerate(PRIORITY_NAMES):
-            metrics.QUEUE_DEPTH.labels(pool=self.pool, priority=name).set(self.queue.depth(cls))
+        for cls, gauge in enumerate(self._queue_depth):
+            gauge.set(self.queue.depth(cls))
 
     def _reject(self, priority: int, reason: str) -> None:
         metrics.REJECTIONS.labels(pool=self.pool, priority=PRIORITY_NAMES[priority], reason=reason).inc()

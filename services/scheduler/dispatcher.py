@@ -161,7 +161,7 @@ class Dispatcher:
 
     def report(self, identity: WorkerIdentity, load: LoadSnapshot, *, draining: bool) -> WorkerState:
         state = self.registry.report(identity, load, draining=draining)
-        metrics.WORKERS.set(len(self.registry.all()))
+        metrics.WORKERS.set(len(self.registry))
         self._kick_all()
         return state
 
@@ -169,7 +169,7 @@ class Dispatcher:
         state = self.registry.remove(worker_id)
         if state is not None:
             dropped = self.leases.drop_worker(state)
-            metrics.WORKERS.set(len(self.registry.all()))
+            metrics.WORKERS.set(len(self.registry))
             log.info("worker %s gone (%d leases dropped)", worker_id, dropped)
             self._kick_all()
 
@@ -190,7 +190,7 @@ class Dispatcher:
         for admission in self._admissions.values():
             admission.fail_orphans(now)
             admission.refresh_gauges()
-        metrics.WORKERS.set(len(self.registry.all()))
+        metrics.WORKERS.set(len(self.registry))
         self._kick_all()
 
     def _kick_all(self) -> None:

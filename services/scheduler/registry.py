@@ -83,6 +83,9 @@ class WorkerRegistry:
         self._stale_after_s = stale_after_s
         self._workers: dict[str, WorkerState] = {}
 
+    def __len__(self) -> int:
+        return len(self._workers)
+
     def report(self, identity: WorkerIdentity, load: LoadSnapshot, *, draining: bool) -> WorkerState:
         now = time.monotonic()
         state = self._workers.get(identity.worker_id)
