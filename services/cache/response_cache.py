@@ -76,8 +76,9 @@ class ResponseCache:
         self._semantic = semantic
 
     async def lookup(self, partition: Partition, request: generation_pb2.GenerateRequest) -> LookupResult:
-        if bypass_reason(request) is not None:
-            return LookupResult(Outcome.BYPASS, reason=bypass_reason(request) or "")
+        bypass = bypass_reason(request)
+        if bypass is not None:
+            return LookupResult(Outcome.BYPASS, reason=bypass)
         max_age = request.cache.max_age_s if request.cache.HasField("max_age_s") else None
         now = time.time()
         entry = await self._store.get(exact_key(partition.tenant, partition.model_version, request), partition, now=now)
@@ -159,6 +160,8 @@ class ResponseCache:
                 vector = (await self._semantic.embeddings.embed(partition.tenant, [key.text]))[0]
             except EmbedderBusy:
                 metrics.SEMANTIC_SKIPPED.labels(reason="embedder-busy").inc()
+        # A vector means a key and the semantic parts: a semantic entry.
+        scope = key.scope if key is not None and vector is not None else ""
         stored = await self._store.put(
             entry_id,
             partition,
@@ -167,17 +170,16 @@ class ResponseCache:
             tags=list(request.tags),
             request_started_at=time.time() - max(0.0, request_age_s) - _START_MARGIN_S,
             max_entries=self._settings.semantic.max_entries_per_partition,
-            scope=key.scope if key is not None and vector is not None else "",
+            scope=scope,
             vector=vector,
         )
         if not stored:
             metrics.STORES_REFUSED.labels(reason="invalidated").inc()
             return StoreResult(False, entry_id=entry_id, reason="invalidated")
         metrics.STORES.inc()
-        semantic = key is not None and vector is not None and self._semantic is not None
-        if semantic and self._semantic is not None and key is not None and vector is not None:
-            self._semantic.index.add(partition, entry_id, key.scope, vector, time.time() + ttl)
-        return StoreResult(True, entry_id=entry_id, semantic=semantic)
+        if vector is not None and self._semantic is not None:
+            self._semantic.index.add(partition, entry_id, scope, vector, time.time() + ttl)
+        return StoreResult(True, entry_id=entry_id, semantic=vector is not None)
 
     async def invalidate(self, criteria: InvalidateCriteria) -> int:
         removed = await self._store.invalidate(criteria)
