@@ -43,13 +43,6 @@ class SemanticIndex:
     def __len__(self) -> int:
         return sum(len(p.index) for p in self._partitions.values())
 
-    def partition_ids(self) -> set[str]:
-        return set(self._partitions)
-
-    def contains(self, partition: Partition, entry_id: str) -> bool:
-        loaded = self._partitions.get(partition.id)
-        return loaded is not None and entry_id in loaded.index
-
     def _loaded(self, partition: Partition) -> _Loaded:
         loaded = self._partitions.get(partition.id)
         if loaded is None:

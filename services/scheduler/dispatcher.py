@@ -107,9 +107,6 @@ class Dispatcher:
             self._admissions[pool] = admission
         return admission
 
-    def admissions(self) -> list[PoolAdmission]:
-        return list(self._admissions.values())
-
     def pool_names(self) -> list[str]:
         """Pools configured or reported by a worker."""
         names = set(self.pools.pool_settings) | {s.identity.pool for s in self.registry.all()}
