@@ -256,9 +256,18 @@ class LocalMesh:
         with grpc.insecure_channel(scheduler.address) as channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
             while True:
-                listing = stub.ListWorkers(scheduler_pb2.ListWorkersRequest(), timeout=2.0)
-                if expected <= {w.info.endpoint for w in listing.workers if w.accepting}:
-                    return
+                try:
+                    listing = stub.ListWorkers(scheduler_pb2.ListWorkersRequest(), timeout=2.0)
+                except grpc.RpcError as exc:
+                    if not _alive(scheduler.pid):
+                        raise MeshError(
+                            f"scheduler exited while workers registered; last lines of {scheduler.log_path}:\n"
+                            + _tail(scheduler.log_path)
+                        ) from exc
+                    # A busy scheduler answering late is not a failed start: ask again.
+                else:
+                    if expected <= {w.info.endpoint for w in listing.workers if w.accepting}:
+                        return
                 if time.monotonic() > deadline:
                     raise MeshError("workers did not register with the scheduler in time")
                 time.sleep(0.1)

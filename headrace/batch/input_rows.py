@@ -88,6 +88,15 @@ def parse_input(
         parsed.errors.append(LineError("invalid_file", reason))
         return parsed
     seen: dict[str, int] = {}
+    # Rows mostly name one model: resolve each name once, not once per row.
+    resolved: dict[str, BatchModel] = {}
+
+    def resolve_once(name: str, row_task: Task) -> BatchModel:
+        model = resolved.get(name)
+        if model is None:
+            model = resolved[name] = resolve_model(name, row_task)
+        return model
+
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
@@ -96,7 +105,7 @@ def parse_input(
             parsed.errors.append(LineError("too_many_requests", reason, number))
             break
         try:
-            row, model = _parse_line(raw, number, endpoint, task, limits, resolve_model)
+            row, model = _parse_line(raw, number, endpoint, task, limits, resolve_once)
             if row.custom_id in seen:
                 raise _RowProblem(
                     "duplicate_custom_id",
@@ -157,12 +166,7 @@ def _parse_line(
         model = resolve_model(model_name, task)
     except HeadraceError as exc:
         raise _RowProblem("invalid_value", exc.message, "body.model") from None
-    builders: dict[str, Callable[[Mapping[str, Any], str, LimitSettings], RowRequest]] = {
-        "/v1/chat/completions": _chat_request,
-        "/v1/completions": _completion_request,
-        "/v1/embeddings": _embedding_request,
-    }
-    request = builders[endpoint](body, model.model_version, limits)
+    request = _BUILDERS[endpoint](body, model.model_version, limits)
     return BatchRow(line=number, custom_id=custom_id, request=request), model
 
 
@@ -346,3 +350,10 @@ def _embedding_request(body: Mapping[str, Any], model_version: str, limits: Limi
     if not isinstance(inputs, list) or not all(isinstance(text, str) for text in inputs):
         raise _RowProblem("invalid_type", "body.input: must be a string or a list of strings", "body.input")
     return _validated(generation_pb2.EmbedRequest(model=model_version, inputs=inputs, user=_user(body)), limits)
+
+
+_BUILDERS: dict[str, Callable[[Mapping[str, Any], str, LimitSettings], RowRequest]] = {
+    "/v1/chat/completions": _chat_request,
+    "/v1/completions": _completion_request,
+    "/v1/embeddings": _embedding_request,
+}

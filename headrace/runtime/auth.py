@@ -4,11 +4,10 @@ themselves are never stored."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from typing import Final, Protocol
 
-from headrace.runtime.config import TenantSettings
+from headrace.runtime.config import TenantSettings, hash_api_key
 from headrace.runtime.errors import Unauthenticated
 
 AUTHORIZATION_KEY: Final = "authorization"
@@ -44,7 +43,7 @@ class ApiKeyAuthenticator:
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
             raise Unauthenticated("malformed authorization: expected 'Bearer <key>'")
-        tenant = self._tenant_by_digest.get(hashlib.sha256(key.encode()).hexdigest())
+        tenant = self._tenant_by_digest.get(hash_api_key(key))
         if tenant is None:
             raise Unauthenticated("unknown API key")
         return tenant

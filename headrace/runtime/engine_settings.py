@@ -173,7 +173,6 @@ EngineSettings = Annotated[
     Field(discriminator="kind"),
 ]
 
-# Kinds `headrace up --engine KIND` accepts, with the settings it uses then.
 # What each engine kind can serve. `--engine KIND` overrides only the pools
 # whose models it can serve (`--engine vllm` leaves an embedding pool alone).
 ENGINE_TASKS: dict[str, frozenset[str]] = {
@@ -184,6 +183,7 @@ ENGINE_TASKS: dict[str, frozenset[str]] = {
     "openai": frozenset({"generate"}),
 }
 
+# Kinds `headrace up --engine KIND` accepts, with the settings it uses then.
 ENGINE_DEFAULTS: dict[str, type[_EngineSettings]] = {
     "synthetic": SyntheticEngineSettings,
     "vllm": VllmEngineSettings,

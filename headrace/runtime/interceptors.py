@@ -65,11 +65,9 @@ def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
     return None
 
 
-def _status_name(exc: BaseException | None, context: grpc.aio.ServicerContext) -> str:
+def _status_name(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    if exc is None:
-        code = grpc.StatusCode.OK
-    elif isinstance(exc, HeadraceError):
+    if isinstance(exc, HeadraceError):
         code = status_code_for(exc)
     elif isinstance(exc, grpc.aio.AioRpcError):
         code = exc.code()
@@ -86,6 +84,9 @@ def _status_name(exc: BaseException | None, context: grpc.aio.ServicerContext) -
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, *, authenticator: Authenticator | None) -> None:
         self._authenticator = authenticator
+        # Wrapped once per method, not per call: method -> (handler, wrapped).
+        # Bounded by the methods the server has (unknown ones get None).
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -96,6 +97,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method: str = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         kwargs = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
@@ -109,6 +118,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(self._wrap_stream(handler.stream_stream, method), **kwargs)
 
     def _wrap_unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
+        handled_ok, handling = _HANDLED.labels(method=method, code="OK"), _HANDLING.labels(method=method)
+
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             try:
@@ -117,12 +128,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             except BaseException as exc:
                 await self._fail(exc, context, method, started)
                 raise
-            _record(method, "OK", started)
+            handled_ok.inc()
+            handling.observe(time.perf_counter() - started)
             return result
 
         return unary
 
     def _wrap_stream(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
+        handled_ok, handling = _HANDLED.labels(method=method, code="OK"), _HANDLING.labels(method=method)
+
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
             try:
@@ -132,7 +146,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             except BaseException as exc:
                 await self._fail(exc, context, method, started)
                 raise
-            _record(method, "OK", started)
+            handled_ok.inc()
+            handling.observe(time.perf_counter() - started)
 
         return stream
 
@@ -149,7 +164,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     async def _fail(self, exc: BaseException, context: grpc.aio.ServicerContext, method: str, started: float) -> None:
         """Count the failure, then turn it into a status (AbortError), unless
         it is a cancellation or an abort already made (re-raised as is)."""
-        _record(method, _status_name(exc, context), started)
+        _HANDLED.labels(method=method, code=_status_name(exc, context)).inc()
+        _HANDLING.labels(method=method).observe(time.perf_counter() - started)
         if not isinstance(exc, Exception) or isinstance(exc, grpc.aio.AbortError):
             return
         error = from_rpc_error(exc) if isinstance(exc, grpc.aio.AioRpcError) else exc
@@ -162,8 +178,3 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             f"internal error (request id {request_id_var.get()}); see the service log",
             request_id,
         )
-
-
-def _record(method: str, code: str, started: float) -> None:
-    _HANDLED.labels(method=method, code=code).inc()
-    _HANDLING.labels(method=method).observe(time.perf_counter() - started)

@@ -196,3 +196,20 @@ def test_any_line_is_a_row_or_a_named_error_never_a_crash(custom_id: Any, url: A
     assert len(parsed.rows) + len(parsed.errors) == 1
     for error in parsed.errors:
         assert error.line == 1 and error.code and error.message
+
+
+def test_each_model_name_is_resolved_once_and_refusals_stay_per_line() -> None:
+    calls: list[str] = []
+
+    def resolve(name: str, task: Task) -> Any:
+        calls.append(name)
+        return resolve_batch_model(SETTINGS, name, task=task)
+
+    rows = b"".join(line(CHAT, f"r{i}") for i in range(5)) + line({**CHAT, "model": "nope"}, "x")
+    rows += line({**CHAT, "model": "nope"}, "y")
+    parsed = parse_input(
+        rows, endpoint="/v1/chat/completions", limits=SETTINGS.limits, max_rows=100, resolve_model=resolve
+    )
+    assert len(parsed.rows) == 5
+    assert [(e.line, e.param) for e in parsed.errors] == [(6, "body.model"), (7, "body.model")]
+    assert calls == ["smollm2", "nope", "nope"]

@@ -40,3 +40,11 @@ def test_bad_credentials_are_rejected(header: str | None, message: str) -> None:
     auth = ApiKeyAuthenticator({"acme": TenantSettings(api_key_sha256=[hash_api_key("right")])})
     with pytest.raises(Unauthenticated, match=message):
         auth.authenticate(header)
+
+
+@pytest.mark.unit
+def test_the_configured_digest_is_plain_sha256_hex() -> None:
+    # Configs hold these digests: the function that makes them must not drift.
+    digest = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert hash_api_key("abc") == digest
+    assert ApiKeyAuthenticator({"acme": TenantSettings(api_key_sha256=[digest])}).authenticate("Bearer abc") == "acme"
