@@ -51,6 +51,8 @@ class _Answer:
     # Token ids per delta, to keep the answer's deltas in the cache.
     token_counts: list[int] = field(default_factory=list)
     last: generation_pb2.GenerateStreamResponse | None = None
+    # From the request's start to the first token.
+    ttft_s: float | None = None
 
 
 def estimate_prompt_tokens(request: generation_pb2.GenerateRequest) -> int:
@@ -230,11 +232,8 @@ class GenerationFlow:
         outcome goes back to the routing layer however the request ends."""
         plan = self._routing.plan(decision)
         error = ""
-        ttft_s: float | None = None
         try:
-            async for chunk, first_ttft_s in self._attempts(plan, request, route, tenant, request_id, started, answer):
-                if first_ttft_s is not None:
-                    ttft_s = first_ttft_s
+            async for chunk in self._attempts(plan, request, route, tenant, request_id, started, answer):
                 yield chunk
         except HeadraceError as exc:
             error = status_code_for(exc).name
@@ -251,7 +250,7 @@ class GenerationFlow:
                     attempts=plan.attempts,
                     served_version=route.model_version if last is not None else "",
                     error=error if last is None else "",
-                    ttft_s=ttft_s,
+                    ttft_s=answer.ttft_s,
                     total_s=time.monotonic() - started,
                     completion_tokens=last.usage.completion_tokens if last is not None else 0,
                     cost_usd=last.cost.usd if last is not None else 0.0,
@@ -267,7 +266,7 @@ class GenerationFlow:
         request_id: str,
         started: float,
         answer: _Answer,
-    ) -> AsyncIterator[tuple[generation_pb2.GenerateStreamResponse, float | None]]:
+    ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
         max_tokens = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 0
         while True:
             attempt = await plan.next()
@@ -316,15 +315,14 @@ class GenerationFlow:
                 attempt_ttft_s = 0.0
                 try:
                     async for chunk in call:
-                        first_ttft: float | None = None
                         if first:
                             first = False
                             chunk.route.CopyFrom(route)
                             chunk.model = resolution.model_version
-                            ttft_s = time.monotonic() - started
-                            first_ttft = ttft_s
+                            now = time.monotonic()
+                            ttft_s = answer.ttft_s = now - started
+                            attempt_ttft_s = now - attempt.started
                             metrics.TTFT.labels(model=resolution.model_version).observe(ttft_s)
-                            attempt_ttft_s = time.monotonic() - attempt.started
                         answer.text.append(chunk.text)
                         answer.token_ids.extend(chunk.token_ids)
                         answer.token_counts.append(len(chunk.token_ids))
@@ -333,7 +331,7 @@ class GenerationFlow:
                             self._finish(chunk, resolution, placed.queue_ms, started, tenant)
                             answer.last = chunk
                             use.usage = chunk.usage
-                        yield chunk, first_ttft
+                        yield chunk
                     use.outcome = scheduler_pb2.LEASE_OUTCOME_OK
                     last = answer.last
                     plan.succeeded(

@@ -35,7 +35,9 @@ FINAL_EVENT_GRACE_S = 5.0
 
 
 class Chunker(Protocol):
-    def convert(self, chunk: generation_pb2.GenerateStreamResponse) -> Sequence[BaseModel]: ...
+    def encode(self, chunk: generation_pb2.GenerateStreamResponse) -> Sequence[str]:
+        """The delta as OpenAI chunk objects, in JSON."""
+        ...
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
@@ -79,9 +81,9 @@ async def _events(
     # One write per delta (the usage chunk rides with the last), so each
     # delta leaves as soon as the worker produced it.
     async with closing(chunks):
-        yield b"".join(sse_event(item.model_dump_json()) for item in chunker.convert(first))
+        yield b"".join(sse_event(item) for item in chunker.encode(first))
         async for chunk in chunks:
-            yield b"".join(sse_event(item.model_dump_json()) for item in chunker.convert(chunk))
+            yield b"".join(sse_event(item) for item in chunker.encode(chunk))
 
 
 async def answer_generation(

@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import base64
 import struct
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel
+from pydantic_core import to_json
 
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.errors import InvalidArgument
 from headrace.v1 import generation_pb2
 from headrace.validation import validate_embed_request, validate_generate_request
 from services.router.gateway import protocol
+
+C = TypeVar("C", protocol.ChatCompletionChunk, protocol.Completion)
 
 _PRIORITIES: dict[str, generation_pb2.Priority.ValueType] = {
     "interactive": generation_pb2.PRIORITY_INTERACTIVE,
@@ -266,70 +272,100 @@ def embedding_list(response: generation_pb2.EmbedResponse, *, encoding_format: s
     )
 
 
-class ChatChunks:
-    """Stream deltas -> chat.completion.chunk objects: one per delta, the
-    first naming the role, plus a usage chunk at the end when asked for."""
+# Stands for a delta's text while a stream's template is made.
+_PLACEHOLDER = "\x00headrace-delta\x00"
+
+
+def json_template(outer: BaseModel, inner: str) -> tuple[str, str]:
+    """`outer`'s JSON split around `inner` (JSON that occurs in it): the
+    text before and after, to wrap other JSON in the same place."""
+    head, found, tail = outer.model_dump_json().partition(inner)
+    if not found:
+        raise ValueError(f"{inner!r} does not occur in {type(outer).__name__}'s JSON")
+    return head, tail
+
+
+def _json_string(text: str) -> str:
+    return to_json(text).decode()
+
+
+class _Chunks(Generic[C]):
+    """Stream deltas -> OpenAI chunk objects: one per delta, plus a usage
+    chunk at the end when asked for. `encode` gives them as JSON; a plain
+    delta (neither the first nor the last) is filled into a template made
+    once per stream, not built and dumped as models per token."""
+
+    _prefix: str
 
     def __init__(self, *, request_id: str, created: int, include_usage: bool) -> None:
-        self._id = f"chatcmpl-{request_id}"
+        self._id = f"{self._prefix}-{request_id}"
         self._created = created
         self._include_usage = include_usage
         self._model = ""
         self._first = True
+        self._plain: tuple[str, str] | None = None
 
-    def convert(self, chunk: generation_pb2.GenerateStreamResponse) -> list[protocol.ChatCompletionChunk]:
+    def _delta(self, text: str, finish_reason: str | None) -> C:
+        raise NotImplementedError
+
+    def _usage(self, value: protocol.Usage) -> C:
+        raise NotImplementedError
+
+    def convert(self, chunk: generation_pb2.GenerateStreamResponse) -> list[C]:
         if chunk.model:
             self._model = chunk.model
-        delta = protocol.ChunkDelta(role="assistant", content=chunk.text) if self._first else None
+        out = [self._delta(chunk.text, finish_reason_name(chunk.finish_reason))]
         self._first = False
-        out = [
-            protocol.ChatCompletionChunk(
-                id=self._id,
-                created=self._created,
-                model=self._model,
-                choices=[
-                    protocol.ChunkChoice(
-                        delta=delta or protocol.ChunkDelta(content=chunk.text),
-                        finish_reason=finish_reason_name(chunk.finish_reason),
-                    )
-                ],
-            )
-        ]
         if chunk.finish_reason and self._include_usage:
-            out.append(
-                protocol.ChatCompletionChunk(
-                    id=self._id, created=self._created, model=self._model, choices=[], usage=usage(chunk.usage)
-                )
-            )
+            out.append(self._usage(usage(chunk.usage)))
+        return out
+
+    def encode(self, chunk: generation_pb2.GenerateStreamResponse) -> list[str]:
+        """`convert(chunk)`, as JSON."""
+        plain = not chunk.finish_reason and not chunk.model
+        if plain and self._plain is not None:
+            head, tail = self._plain
+            return [head + _json_string(chunk.text) + tail]
+        out = [item.model_dump_json() for item in self.convert(chunk)]
+        if not chunk.finish_reason:
+            self._plain = json_template(self._delta(_PLACEHOLDER, None), _json_string(_PLACEHOLDER))
         return out
 
 
-class CompletionChunks:
-    """Stream deltas -> text_completion chunk objects (OpenAI's legacy stream)."""
+class ChatChunks(_Chunks[protocol.ChatCompletionChunk]):
+    """chat.completion.chunk objects; the first names the role."""
 
-    def __init__(self, *, request_id: str, created: int, include_usage: bool) -> None:
-        self._id = f"cmpl-{request_id}"
-        self._created = created
-        self._include_usage = include_usage
-        self._model = ""
+    _prefix = "chatcmpl"
 
-    def convert(self, chunk: generation_pb2.GenerateStreamResponse) -> list[protocol.Completion]:
-        if chunk.model:
-            self._model = chunk.model
-        out = [
-            protocol.Completion(
-                id=self._id,
-                created=self._created,
-                model=self._model,
-                choices=[
-                    protocol.CompletionChoice(text=chunk.text, finish_reason=finish_reason_name(chunk.finish_reason))
-                ],
-            )
-        ]
-        if chunk.finish_reason and self._include_usage:
-            out.append(
-                protocol.Completion(
-                    id=self._id, created=self._created, model=self._model, choices=[], usage=usage(chunk.usage)
-                )
-            )
-        return out
+    def _delta(self, text: str, finish_reason: str | None) -> protocol.ChatCompletionChunk:
+        delta = (
+            protocol.ChunkDelta(role="assistant", content=text) if self._first else protocol.ChunkDelta(content=text)
+        )
+        return protocol.ChatCompletionChunk(
+            id=self._id,
+            created=self._created,
+            model=self._model,
+            choices=[protocol.ChunkChoice(delta=delta, finish_reason=finish_reason)],
+        )
+
+    def _usage(self, value: protocol.Usage) -> protocol.ChatCompletionChunk:
+        return protocol.ChatCompletionChunk(
+            id=self._id, created=self._created, model=self._model, choices=[], usage=value
+        )
+
+
+class CompletionChunks(_Chunks[protocol.Completion]):
+    """text_completion chunk objects (OpenAI's legacy stream)."""
+
+    _prefix = "cmpl"
+
+    def _delta(self, text: str, finish_reason: str | None) -> protocol.Completion:
+        return protocol.Completion(
+            id=self._id,
+            created=self._created,
+            model=self._model,
+            choices=[protocol.CompletionChoice(text=text, finish_reason=finish_reason)],
+        )
+
+    def _usage(self, value: protocol.Usage) -> protocol.Completion:
+        return protocol.Completion(id=self._id, created=self._created, model=self._model, choices=[], usage=value)

@@ -51,6 +51,7 @@ from services.router.gateway.body import parse_model
 from services.router.gateway.dependencies import GatewayServices
 from services.router.gateway.errors import as_headrace_error, error_detail, internal_error
 from services.router.gateway.protocol import (
+    ChatCompletionChunk,
     RealtimeCancel,
     RealtimeChatRequest,
     RealtimeDelta,
@@ -120,9 +121,12 @@ class _Session:
             self._gone.set()
 
     async def _send(self, message: BaseModel) -> None:
+        await self._send_text(message.model_dump_json())
+
+    async def _send_text(self, text: str) -> None:
         try:
             async with self._send_lock:
-                await self._ws.send_text(message.model_dump_json())
+                await self._ws.send_text(text)
         except (WebSocketDisconnect, OSError, RuntimeError) as exc:
             raise ClientGone from exc
 
@@ -210,15 +214,19 @@ class _Session:
             request_id=request_id, created=int(time.time()), include_usage=options is not None and options.include_usage
         )
 
-        async def deltas() -> AsyncIterator[list[RealtimeDelta]]:
-            async with closing(chunks):
-                yield [RealtimeDelta(id=message.id, chunk=c) for c in chunker.convert(first)]
-                async for chunk in chunks:
-                    yield [RealtimeDelta(id=message.id, chunk=c) for c in chunker.convert(chunk)]
+        # A chat.delta message is the chunk's JSON in an envelope made once per request.
+        any_chunk = ChatCompletionChunk(id="", created=0, model="", choices=[])
+        head, tail = convert.json_template(RealtimeDelta(id=message.id, chunk=any_chunk), any_chunk.model_dump_json())
 
-        async def write(batch: list[RealtimeDelta]) -> None:
+        async def deltas() -> AsyncIterator[list[str]]:
+            async with closing(chunks):
+                yield [head + c + tail for c in chunker.encode(first)]
+                async for chunk in chunks:
+                    yield [head + c + tail for c in chunker.encode(chunk)]
+
+        async def write(batch: list[str]) -> None:
             for delta in batch:
-                await self._send(delta)
+                await self._send_text(delta)
 
         limits = self._services.relay_limits
         result = await relay(deltas(), write, limits=limits, stop=self._stopped)

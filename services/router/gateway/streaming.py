@@ -76,6 +76,11 @@ class _Relay(Generic[T]):
         self._write = write
         self._limits = limits
         self._buffer: asyncio.Queue[Any] = asyncio.Queue(maxsize=limits.buffer)
+        self._loop = asyncio.get_running_loop()
+        # When the write in progress began (None: no write in progress).
+        self._writing_since: float | None = None
+        self._stalled = False
+        self._watchdog: asyncio.TimerHandle | None = None
 
     async def produce(self) -> None:
         try:
@@ -91,19 +96,46 @@ class _Relay(Generic[T]):
             await self._buffer.put(_END)
 
     async def consume(self) -> RelayResult:
-        while True:
-            item = await self._buffer.get()
-            if item is _END:
-                return RelayResult(StreamEnd.COMPLETED)
-            if isinstance(item, _Failure):
-                return RelayResult(StreamEnd.FAILED, item.error)
-            try:
-                async with asyncio.timeout(self._limits.stall_timeout_s):
+        try:
+            while True:
+                item = await self._buffer.get()
+                if item is _END:
+                    return RelayResult(StreamEnd.COMPLETED)
+                if isinstance(item, _Failure):
+                    return RelayResult(StreamEnd.FAILED, item.error)
+                self._writing_since = self._loop.time()
+                try:
                     await self._write(item)
-            except TimeoutError:
-                return RelayResult(StreamEnd.STALLED)
-            except ClientGone:
-                return RelayResult(StreamEnd.DISCONNECTED)
+                except ClientGone:
+                    return RelayResult(StreamEnd.DISCONNECTED)
+                self._writing_since = None
+        except asyncio.CancelledError:
+            if not self._stalled:
+                raise
+            # The watchdog's cancel, not the caller's.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return RelayResult(StreamEnd.STALLED)
+
+    def watch(self, consumer: asyncio.Task[RelayResult]) -> None:
+        """Cut `consumer` off once one write has waited stall_timeout_s. One
+        timer per stall_timeout_s, re-armed from the write in progress,
+        instead of a timeout armed and cancelled around every write."""
+        now = self._loop.time()
+        since = self._writing_since
+        if since is not None and now - since >= self._limits.stall_timeout_s:
+            self._stalled = True
+            consumer.cancel()
+            self._watchdog = None
+            return
+        start = now if since is None else since
+        self._watchdog = self._loop.call_at(start + self._limits.stall_timeout_s, self.watch, consumer)
+
+    def stop_watching(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
 
 async def relay(
@@ -114,11 +146,13 @@ async def relay(
     stop: Callable[[], Coroutine[Any, Any, object]],
 ) -> RelayResult:
     """Write every item of `source` through `write` until it ends, fails,
-    the reader stalls, or `stop()` returns (the client left or cancelled).
-    The source is closed before this returns, however it ended."""
+    the reader stalls (one write takes stall_timeout_s), or `stop()` returns
+    (the client left or cancelled). The source is closed before this
+    returns, however it ended."""
     state: _Relay[T] = _Relay(source, write, limits)
     producer = asyncio.create_task(state.produce(), name="relay-produce")
     consumer = asyncio.create_task(state.consume(), name="relay-consume")
+    state.watch(consumer)
     watcher = asyncio.create_task(stop(), name="relay-watch")
     try:
         done, _pending = await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -126,6 +160,7 @@ async def relay(
             return consumer.result()
         return RelayResult(StreamEnd.DISCONNECTED)
     finally:
+        state.stop_watching()
         tasks = (watcher, consumer, producer)
         for task in tasks:
             task.cancel()

@@ -14,6 +14,7 @@ without a verdict (the request was cancelled).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import time
@@ -160,3 +161,6 @@ class CircuitBreakers:
                 return
             if self._breakers[key].state is BreakerState.CLOSED:
                 del self._breakers[key]
+                # Its gauge series goes too (a breaker that never opened has none).
+                with contextlib.suppress(KeyError):
+                    metrics.BREAKER_STATE.remove(self.kind, key)

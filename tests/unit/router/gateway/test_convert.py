@@ -13,7 +13,7 @@ import pytest
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.errors import InvalidArgument
 from headrace.v1 import generation_pb2
-from services.router.gateway import convert
+from services.router.gateway import convert, protocol
 from services.router.gateway.body import parse_model
 from services.router.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
@@ -199,3 +199,35 @@ def test_chat_chunks_name_the_role_first_and_add_usage_last() -> None:
 def test_a_stream_cut_short_does_not_pass_for_complete() -> None:
     assert convert.finish_reason_name(generation_pb2.FINISH_REASON_ABORT) == "abort"
     assert convert.finish_reason_name(generation_pb2.FINISH_REASON_UNSPECIFIED) is None
+
+
+@pytest.mark.parametrize("chunks_class", [convert.ChatChunks, convert.CompletionChunks])
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_encoded_chunks_are_the_models_json(
+    chunks_class: type[convert.ChatChunks] | type[convert.CompletionChunks], include_usage: bool
+) -> None:
+    stream = [
+        generation_pb2.GenerateStreamResponse(text="Hi", model="m@1"),
+        generation_pb2.GenerateStreamResponse(text=' "quoted"\n\ttab'),
+        generation_pb2.GenerateStreamResponse(text="é \u2028 \x00 \x7f 日本"),
+        generation_pb2.GenerateStreamResponse(text=""),
+        generation_pb2.GenerateStreamResponse(text=" then", model="m@2"),
+        generation_pb2.GenerateStreamResponse(text=" more"),
+        generation_pb2.GenerateStreamResponse(
+            text="!",
+            finish_reason=generation_pb2.FINISH_REASON_LENGTH,
+            usage=generation_pb2.Usage(prompt_tokens=2, completion_tokens=6),
+        ),
+    ]
+    as_models = chunks_class(request_id="r1", created=10, include_usage=include_usage)
+    as_json = chunks_class(request_id="r1", created=10, include_usage=include_usage)
+    for chunk in stream:
+        assert as_json.encode(chunk) == [item.model_dump_json() for item in as_models.convert(chunk)]
+
+
+def test_a_json_template_wraps_other_json_where_the_inner_json_was() -> None:
+    inner = protocol.Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+    head, tail = convert.json_template(protocol.ErrorDetail(message="x", type="t", code="c"), '"t"')
+    assert json.loads(head + '"u"' + tail) == {"message": "x", "type": "u", "param": None, "code": "c"}
+    with pytest.raises(ValueError):
+        convert.json_template(inner, '"absent"')

@@ -79,6 +79,30 @@ async def test_a_blocked_reader_pauses_the_pull_then_is_cut_off() -> None:
     assert source.closed
 
 
+async def test_the_stall_timeout_bounds_each_write_not_the_whole_stream() -> None:
+    written: list[int] = []
+
+    async def write(item: int) -> None:
+        await asyncio.sleep(0.05)  # slow, but never stalled for 0.12 s
+        written.append(item)
+
+    result = await relay(finite(6), write, limits=RelayLimits(buffer=2, stall_timeout_s=0.12), stop=never)
+    assert result.end is StreamEnd.COMPLETED
+    assert written == list(range(6))
+
+
+async def test_a_stalled_write_is_cut_off_after_the_stall_timeout() -> None:
+    async def write(item: int) -> None:
+        if item == 3:
+            await asyncio.Event().wait()
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await relay(finite(10), write, limits=RelayLimits(buffer=2, stall_timeout_s=0.2), stop=never)
+    assert result.end is StreamEnd.STALLED
+    assert 0.2 <= loop.time() - started < 1.0
+
+
 async def test_a_failing_stream_reports_its_error_after_what_it_produced() -> None:
     source = CountingSource(fail_after=3)
     written: list[int] = []

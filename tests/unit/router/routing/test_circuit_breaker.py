@@ -1,4 +1,5 @@
 import pytest
+from prometheus_client import REGISTRY
 
 from headrace.runtime.routing_settings import CircuitBreakerSettings
 from services.router.routing.circuit_breaker import BreakerState, CircuitBreakers
@@ -105,3 +106,24 @@ def test_closed_breakers_are_forgotten_beyond_the_bound(monkeypatch: pytest.Monk
         fail(b, f"w{i}")
     assert len(b._breakers) <= 5
     assert b.state("sick") is BreakerState.OPEN, "open breakers are kept"
+
+
+def test_a_forgotten_breaker_takes_its_state_gauge_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(CircuitBreakers, "MAX_KEYS", 2)
+    clock = Clock()
+    b = CircuitBreakers("gauge-test", CircuitBreakerSettings(failure_threshold=1, open_s=5.0), clock=clock)
+
+    def gauge(key: str) -> float | None:
+        return REGISTRY.get_sample_value("headrace_router_circuit_state", {"kind": "gauge-test", "key": key})
+
+    fail(b, "gone")
+    assert gauge("gone") == BreakerState.OPEN.value
+    clock.now += 5.0
+    b.begin("gone")
+    b.end("gone", True)
+    assert gauge("gone") == BreakerState.CLOSED.value
+    fail(b, "w1")
+    fail(b, "w2")
+    assert "gone" not in b._breakers
+    assert gauge("gone") is None
+    assert gauge("w2") == BreakerState.OPEN.value
