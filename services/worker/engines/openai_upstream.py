@@ -222,6 +222,10 @@ class OpenAIEngine:
         call.aborted.set()
         return True
 
+    @property
+    def running(self) -> int:
+        return self._slots.running
+
     def stats(self) -> EngineStats:
         return EngineStats(
             running=self._slots.running,
