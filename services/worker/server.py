@@ -15,7 +15,7 @@ from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_gr
 from headrace.validation import validate_embed_request, validate_generate_request
 from services.worker import metrics
 from services.worker.convert import delta_to_proto, generation_request_from_proto, stats_to_load
-from services.worker.engines.base import Engine
+from services.worker.engines.base import Engine, Priority
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +59,24 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self._check_model(request.model_version)
         validate_generate_request(request.request, self._limits)
         generation = generation_request_from_proto(request)
-        online = (request.priority or request.request.priority) != generation_pb2.PRIORITY_BATCH
+        online = generation.priority != Priority.BATCH
         self._online += online
         share = EngineShare()
         finished = False
         # whole_answer: deltas are held back and sent as one last message.
+        whole_answer = request.whole_answer
         held_text: list[str] = []
         held_ids: list[int] = []
         stream = self._engine.generate(generation)
         metrics.REQUESTS_IN_FLIGHT.inc()
         try:
             async for delta in stream:
-                share.advance(self._engine.stats().running)
-                if request.whole_answer and delta.finish_reason is None:
+                share.advance(self._engine.running)
+                if whole_answer and delta.finish_reason is None:
                     held_text.append(delta.text)
                     held_ids.extend(delta.token_ids)
                     continue
-                message = delta_to_proto(delta, request.request_id)
+                message = delta_to_proto(delta, generation.request_id)
                 if held_text:
                     message.text = "".join(held_text) + message.text
                     message.token_ids[:0] = held_ids

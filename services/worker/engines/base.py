@@ -110,6 +110,12 @@ class Engine(Protocol):
         """Stop a running request; False if it was not running."""
         ...
 
+    @property
+    def running(self) -> int:
+        """Sequences running now, as stats() counts them; cheap, because the
+        worker reads it for every delta it sends (EngineShare)."""
+        ...
+
     def stats(self) -> EngineStats: ...
 
     async def health(self) -> bool:

@@ -83,10 +83,6 @@ class DynamicBatcher(Generic[T, R]):
         self._running = 0
         self._largest = 0
 
-    @property
-    def max_batch_size(self) -> int:
-        return self._max_batch_size
-
     def stats(self) -> BatcherStats:
         return BatcherStats(
             calls=self._calls,

@@ -122,6 +122,10 @@ class EmbeddingsEngine:
         # texts behind and the batcher skips them.
         return False
 
+    @property
+    def running(self) -> int:
+        return self._batcher.stats().running
+
     def stats(self) -> EngineStats:
         batcher = self._batcher.stats()
         return EngineStats(

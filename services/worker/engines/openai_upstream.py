@@ -14,7 +14,7 @@ import contextlib
 import email.utils
 import os
 import time
-from collections.abc import AsyncGenerator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import httpx2
@@ -140,7 +140,6 @@ class OpenAIEngine:
             raise self._error(exc, "generate") from exc
         finally:
             del self._calls[request.request_id]
-            call.close()
 
     async def _streamed(self, request: GenerationRequest, call: _Call) -> AsyncGenerator[Delta, None]:
         chat = request.prompt is None
@@ -219,8 +218,12 @@ class OpenAIEngine:
         call = self._calls.get(request_id)
         if call is None:
             return False
-        call.aborted.set()
+        call.abort()
         return True
+
+    @property
+    def running(self) -> int:
+        return self._slots.running
 
     def stats(self) -> EngineStats:
         return EngineStats(
@@ -241,7 +244,7 @@ class OpenAIEngine:
 
     async def close(self) -> None:
         for call in self._calls.values():
-            call.aborted.set()
+            call.abort()
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -374,29 +377,37 @@ async def _next(chunks: Any) -> Any:
 
 
 class _Call:
-    """One request in flight: its abort signal, and a way to wait for an
-    upstream step unless the abort comes first."""
+    """One request in flight: a way to run an upstream step that abort()
+    cuts short. Only the step in progress is a task of its own, which
+    abort cancels (one task a step, not a race against an abort event)."""
 
     def __init__(self) -> None:
-        self.aborted = asyncio.Event()
-        self._waiter: asyncio.Task[bool] | None = None
+        self.aborted = False
+        self._step: asyncio.Future[Any] | None = None
 
-    async def until(self, step: Awaitable[_T]) -> _T | _Marker:
+    async def until(self, step: Coroutine[Any, Any, _T]) -> _T | _Marker:
         """step's result, or _ABORTED (with step cancelled) if abort comes first."""
-        if self._waiter is None:
-            self._waiter = asyncio.ensure_future(self.aborted.wait())
-        task = asyncio.ensure_future(step)
-        try:
-            await asyncio.wait((task, self._waiter), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if task.cancelled():
+        if self.aborted:
+            step.close()
             return _ABORTED
-        return task.result()
+        task: asyncio.Future[_T] = asyncio.ensure_future(step)
+        self._step = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            # abort() cancelled the step; a cancelled caller must still stop.
+            if self.aborted and not _caller_cancelled():
+                return _ABORTED
+            raise
+        finally:
+            self._step = None
 
-    def close(self) -> None:
-        if self._waiter is not None:
-            self._waiter.cancel()
+    def abort(self) -> None:
+        self.aborted = True
+        if self._step is not None:
+            self._step.cancel()
+
+
+def _caller_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

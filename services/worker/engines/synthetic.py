@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, Iterator, Sequence
 from headrace.runtime.engine_settings import SyntheticEngineSettings
 from headrace.runtime.errors import Internal, Unavailable
 from services.worker.engines.base import Delta, EngineStats, FinishReason, GenerationRequest
+from services.worker.engines.slots import Slots
 from services.worker.engines.throughput import ThroughputMeter
 
 _WORDS = (
@@ -28,9 +29,7 @@ class SyntheticEngine:
 
     def __init__(self, settings: SyntheticEngineSettings) -> None:
         self._settings = settings
-        self._slots = asyncio.Semaphore(settings.max_concurrency)
-        self._running = 0
-        self._waiting = 0
+        self._slots = Slots(settings.max_concurrency)
         self._aborted: set[str] = set()
         self._active: set[str] = set()
         self._random = random.Random(settings.seed)
@@ -45,44 +44,37 @@ class SyntheticEngine:
         prompt_text = request.prompt if request.prompt is not None else " ".join(t.content for t in request.messages)
         prompt_tokens = max(1, len(prompt_text.split()))
         max_tokens = request.sampling.max_tokens or settings.default_max_tokens
-        self._waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self._waiting -= 1
-        self._running += 1
-        self._active.add(request.request_id)
-        try:
-            await asyncio.sleep(settings.ttft_ms * settings.slowdown / 1000.0)
-            if settings.fail_rate and self._random.random() < settings.fail_rate:
-                raise Unavailable("synthetic engine: injected failure before the first token")
-            words = _word_stream(prompt_text, request.sampling.seed)
-            per_token_s = settings.slowdown / settings.tokens_per_s
-            started = time.monotonic()
-            for produced in range(1, max_tokens + 1):
-                if request.request_id in self._aborted:
-                    yield Delta("", (), FinishReason.ABORT, prompt_tokens, produced - 1)
-                    return
-                if settings.fail_after_tokens and produced > settings.fail_after_tokens:
-                    raise Internal(f"synthetic engine: injected failure after {settings.fail_after_tokens} tokens")
-                token_id, word = next(words)
-                self._meter.add(1)
-                last = produced == max_tokens
-                yield Delta(
-                    text=("" if produced == 1 else " ") + word,
-                    token_ids=(token_id,),
-                    finish_reason=FinishReason.LENGTH if last else None,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=produced,
-                )
-                if not last:
-                    # Pace against the start, so sleep overshoot does not add up.
-                    await asyncio.sleep(max(0.0, started + produced * per_token_s - time.monotonic()))
-        finally:
-            self._running -= 1
-            self._active.discard(request.request_id)
-            self._aborted.discard(request.request_id)
-            self._slots.release()
+        async with self._slots:
+            self._active.add(request.request_id)
+            try:
+                await asyncio.sleep(settings.ttft_ms * settings.slowdown / 1000.0)
+                if settings.fail_rate and self._random.random() < settings.fail_rate:
+                    raise Unavailable("synthetic engine: injected failure before the first token")
+                words = _word_stream(prompt_text, request.sampling.seed)
+                per_token_s = settings.slowdown / settings.tokens_per_s
+                started = time.monotonic()
+                for produced in range(1, max_tokens + 1):
+                    if request.request_id in self._aborted:
+                        yield Delta("", (), FinishReason.ABORT, prompt_tokens, produced - 1)
+                        return
+                    if settings.fail_after_tokens and produced > settings.fail_after_tokens:
+                        raise Internal(f"synthetic engine: injected failure after {settings.fail_after_tokens} tokens")
+                    token_id, word = next(words)
+                    self._meter.add(1)
+                    last = produced == max_tokens
+                    yield Delta(
+                        text=("" if produced == 1 else " ") + word,
+                        token_ids=(token_id,),
+                        finish_reason=FinishReason.LENGTH if last else None,
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=produced,
+                    )
+                    if not last:
+                        # Pace against the start, so sleep overshoot does not add up.
+                        await asyncio.sleep(max(0.0, started + produced * per_token_s - time.monotonic()))
+            finally:
+                self._active.discard(request.request_id)
+                self._aborted.discard(request.request_id)
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         return [_hash_embedding(text, self._settings.embedding_dim) for text in texts]
@@ -93,12 +85,17 @@ class SyntheticEngine:
         self._aborted.add(request_id)
         return True
 
+    @property
+    def running(self) -> int:
+        return self._slots.running
+
     def stats(self) -> EngineStats:
+        slots = self._slots
         return EngineStats(
-            running=self._running,
-            waiting=self._waiting,
-            capacity=self._settings.max_concurrency,
-            kv_cache_usage=self._running / self._settings.max_concurrency,
+            running=slots.running,
+            waiting=slots.waiting,
+            capacity=slots.capacity,
+            kv_cache_usage=slots.running / slots.capacity,
             tokens_per_second=self._meter.rate(),
         )
 

@@ -192,9 +192,12 @@ class TritonEngine:
                         raise self._error(exc, "generate") from exc
                     if error is not None:
                         raise self._error(error, "generate")
+                    counted = tally.completion_tokens
                     text = tally.add(plan, result)
+                    if tally.completion_tokens > counted:
+                        # Tokens, not responses: a response may report several.
+                        self._meter.add(tally.completion_tokens - counted)
                     if text:
-                        self._meter.add(1)
                         yield Delta(text, prompt_tokens=tally.prompt_tokens, completion_tokens=tally.completion_tokens)
                 finished = True
                 yield Delta(
@@ -250,6 +253,10 @@ class TritonEngine:
         self._aborting.add(request_id)
         stream.cancel()
         return True
+
+    @property
+    def running(self) -> int:
+        return self._slots.running
 
     def stats(self) -> EngineStats:
         return EngineStats(

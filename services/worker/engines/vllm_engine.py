@@ -66,22 +66,19 @@ class _SchedulerProbe:
 
     def __init__(self) -> None:
         # engine index -> (running, waiting, kv-cache usage 0..1)
-        self.by_engine: dict[int, tuple[int, int, float]] = {}
-        self.updated_at = 0.0
+        self._by_engine: dict[int, tuple[int, int, float]] = {}
+        # Totals over the engine cores, summed once a step: the worker reads
+        # `running` for every delta it sends.
+        self.running = 0
+        self.waiting = 0
+        self.kv_cache_usage = 0.0
 
     def record(self, engine_idx: int, running: int, waiting: int, kv_cache_usage: float) -> None:
-        self.by_engine[engine_idx] = (running, waiting, kv_cache_usage)
-        self.updated_at = time.monotonic()
-
-    def totals(self) -> tuple[int, int, float]:
-        if not self.by_engine:
-            return 0, 0, 0.0
-        values = self.by_engine.values()
-        return (
-            sum(v[0] for v in values),
-            sum(v[1] for v in values),
-            max(v[2] for v in values),
-        )
+        self._by_engine[engine_idx] = (running, waiting, kv_cache_usage)
+        values = self._by_engine.values()
+        self.running = sum(v[0] for v in values)
+        self.waiting = sum(v[1] for v in values)
+        self.kv_cache_usage = max(v[2] for v in values)
 
 
 def _stat_logger_factory(probe: _SchedulerProbe) -> Any:
@@ -215,13 +212,17 @@ class VllmEngine:
         await self._llm.abort(request_id)
         return True
 
+    @property
+    def running(self) -> int:
+        return self._probe.running
+
     def stats(self) -> EngineStats:
-        running, waiting, kv_usage = self._probe.totals()
+        probe = self._probe
         return EngineStats(
-            running=running,
-            waiting=waiting,
+            running=probe.running,
+            waiting=probe.waiting,
             capacity=self._settings.max_num_seqs,
-            kv_cache_usage=kv_usage,
+            kv_cache_usage=probe.kv_cache_usage,
             tokens_per_second=self._meter.rate(),
         )
 

@@ -4,8 +4,9 @@ errors map to Headrace errors."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx2
@@ -276,4 +277,59 @@ async def test_upstream_without_a_model_list_takes_the_configured_model() -> Non
 async def test_abort_of_an_unknown_request_is_false() -> None:
     engine = await started(FakeUpstream(error(500)))
     assert not await engine.abort("nope")
+    await engine.close()
+
+
+class StallingStream(httpx2.AsyncByteStream):
+    """An SSE body that sends one chunk, then nothing until it is closed."""
+
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield f"data: {json.dumps(chat_chunk('Once'))}\n\n".encode()
+        await asyncio.Event().wait()
+
+    async def aclose(self) -> None:
+        self.closed.set()
+
+
+def stalling(body: StallingStream) -> Handler:
+    return lambda _: httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=body)
+
+
+async def test_abort_while_the_upstream_is_silent_ends_the_stream_and_closes_the_response() -> None:
+    body = StallingStream()
+    engine = await started(FakeUpstream(stalling(body)))
+    stream = engine.generate(CHAT)
+    assert (await anext(stream)).text == "Once"
+    pending = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0.05)
+    assert not pending.done() and engine.stats().running == 1
+    assert await engine.abort("r1")
+    last = await asyncio.wait_for(pending, 5)
+    assert last.finish_reason is FinishReason.ABORT
+    assert body.closed.is_set()
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
+    assert engine.stats().running == 0 and not await engine.abort("r1")
+    await engine.close()
+
+
+async def test_a_cancelled_caller_is_cancelled_not_aborted() -> None:
+    body = StallingStream()
+    engine = await started(FakeUpstream(stalling(body)))
+
+    async def consume() -> list[Delta]:
+        return [delta async for delta in engine.generate(CHAT)]
+
+    task = asyncio.ensure_future(consume())
+    await asyncio.sleep(0.05)
+    # Abort and cancellation together: the caller's cancellation wins.
+    assert await engine.abort("r1")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert body.closed.is_set()
+    assert engine.stats().running == 0
     await engine.close()

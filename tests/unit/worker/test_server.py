@@ -1,0 +1,75 @@
+"""The Worker servicer's Generate on the synthetic engine: what it sends,
+what it charges, and what it counts as online work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from headrace.runtime.config import LimitSettings
+from headrace.runtime.engine_settings import SyntheticEngineSettings
+from headrace.v1 import generation_pb2, worker_pb2
+from services.worker.engines.synthetic import SyntheticEngine
+from services.worker.server import WorkerServicer
+
+pytestmark = pytest.mark.unit
+
+
+def request(priority: int, *, whole_answer: bool = False) -> worker_pb2.WorkerGenerateRequest:
+    return worker_pb2.WorkerGenerateRequest(
+        request_id="r1",
+        model_version="m@1",
+        request=generation_pb2.GenerateRequest(
+            prompt="a b c", sampling=generation_pb2.SamplingParams(max_tokens=4), priority=priority
+        ),
+        whole_answer=whole_answer,
+    )
+
+
+async def generate(servicer: WorkerServicer, call: worker_pb2.WorkerGenerateRequest) -> list[Any]:
+    return [message async for message in servicer.Generate(call, None)]  # type: ignore[arg-type]
+
+
+async def test_streams_each_token_and_charges_the_engine_time_on_the_last() -> None:
+    engine = SyntheticEngine(SyntheticEngineSettings(ttft_ms=0, tokens_per_s=200))
+    servicer = WorkerServicer(engine, model_versions=["m@1"], limits=LimitSettings())
+    messages = await generate(servicer, request(generation_pb2.PRIORITY_STANDARD))
+    assert len(messages) == 4
+    assert [m.finish_reason for m in messages[:-1]] == [generation_pb2.FINISH_REASON_UNSPECIFIED] * 3
+    last = messages[-1]
+    assert last.finish_reason == generation_pb2.FINISH_REASON_LENGTH and last.usage.completion_tokens == 4
+    # Three paced gaps of 5 ms, with the engine to itself.
+    assert 0.01 < last.cost.engine_seconds < 1.0
+    assert last.timing.engine_ms == pytest.approx(last.cost.engine_seconds * 1000.0)
+    assert engine.running == 0
+
+
+async def test_a_whole_answer_is_one_message_with_every_token() -> None:
+    engine = SyntheticEngine(SyntheticEngineSettings(ttft_ms=0, tokens_per_s=10_000))
+    servicer = WorkerServicer(engine, model_versions=["m@1"], limits=LimitSettings())
+    streamed = await generate(servicer, request(generation_pb2.PRIORITY_STANDARD))
+    (whole,) = await generate(servicer, request(generation_pb2.PRIORITY_STANDARD, whole_answer=True))
+    assert whole.text == "".join(m.text for m in streamed)
+    assert list(whole.token_ids) == [t for m in streamed for t in m.token_ids]
+    assert whole.finish_reason == generation_pb2.FINISH_REASON_LENGTH
+
+
+@pytest.mark.parametrize(
+    ("priority", "online"),
+    [
+        (generation_pb2.PRIORITY_INTERACTIVE, 1),
+        (generation_pb2.PRIORITY_UNSPECIFIED, 1),
+        (generation_pb2.PRIORITY_BATCH, 0),
+    ],
+)
+async def test_batch_rows_are_not_online_work(priority: int, online: int) -> None:
+    engine = SyntheticEngine(SyntheticEngineSettings(ttft_ms=0, tokens_per_s=10_000))
+    servicer = WorkerServicer(engine, model_versions=["m@1"], limits=LimitSettings())
+    stream = servicer.Generate(request(priority), None)  # type: ignore[arg-type]
+    await anext(stream)
+    load = await servicer.GetLoad(worker_pb2.GetLoadRequest(), None)  # type: ignore[arg-type]
+    assert (load.running, load.online) == (1, online)
+    await stream.aclose()
+    load = await servicer.GetLoad(worker_pb2.GetLoadRequest(), None)  # type: ignore[arg-type]
+    assert (load.running, load.online) == (0, 0)
