@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import platform
+import socket
 import statistics
 import tempfile
 import time
@@ -62,7 +63,11 @@ def running_mesh(config: dict[str, Any], *, timeout_s: float = 900.0) -> Iterato
             },
             "cache": {"port": free_port(), "metrics_port": free_port(), **config.get("cache", {})},
             "scheduler": {"port": free_port(), "metrics_port": free_port(), **config.get("scheduler", {})},
-            "worker": {"base_port": free_port(), "metrics_port_offset": None, **config.get("worker", {})},
+            "worker": {
+                "base_port": free_port_run(sum(spec.get("workers", 1) for spec in config.get("pools", {}).values())),
+                "metrics_port_offset": None,
+                **config.get("worker", {}),
+            },
         }
         config_path = Path(tmp) / "headrace.yaml"
         config_path.write_text(yaml.safe_dump(config))
@@ -88,6 +93,24 @@ def running_mesh(config: dict[str, Any], *, timeout_s: float = 900.0) -> Iterato
             else:
                 os.environ["HEADRACE_CONFIG"] = previous
             redis.stop()
+
+
+def free_port_run(count: int) -> int:
+    """A port P with P .. P+count-1 all free now: worker n of the mesh
+    listens on base_port + n, and a lone free port says nothing of the next."""
+    while True:
+        base = free_port()
+        if base + count <= 65536 and all(_port_free(base + n) for n in range(1, count)):
+            return base
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _group_members(pgid: int) -> Iterator[tuple[Path, list[str]]]:
