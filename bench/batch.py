@@ -46,8 +46,11 @@ import redis
 
 from bench.harness import (
     LatencySample,
+    closed_loop,
+    deadline_after,
     markdown_table,
     percentile,
+    process_group_cpu_s,
     process_group_rss_mib,
     running_mesh,
     write_results,
@@ -96,30 +99,16 @@ def input_file(rows: int, max_tokens: int, *, prefix: str = "r") -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def group_cpu_s(pgid: int) -> float:
-    """CPU seconds used so far by the live processes of a process group."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:
-                total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / tick
-
-
 class CpuMeter:
     """CPU seconds per process group, per phase."""
 
     def __init__(self, groups: dict[str, int]) -> None:
         self._groups = groups
-        self._last = {name: group_cpu_s(pgid) for name, pgid in groups.items()}
+        self._last = {name: process_group_cpu_s(pgid) for name, pgid in groups.items()}
         self.phases: dict[str, dict[str, float]] = {}
 
     def mark(self, phase: str) -> None:
-        now = {name: group_cpu_s(pgid) for name, pgid in self._groups.items()}
+        now = {name: process_group_cpu_s(pgid) for name, pgid in self._groups.items()}
         self.phases[phase] = {name: round(now[name] - self._last[name], 1) for name in now}
         self._last = now
 
@@ -216,30 +205,17 @@ async def online_load(
     router: router_pb2_grpc.RouterStub, *, callers: int, max_tokens: int, until: Callable[[], bool]
 ) -> LatencySample:
     """`callers` closed loops of streamed requests until `until()` holds."""
-    sample = LatencySample()
-    counter = iter(range(10**9))
 
-    async def caller() -> None:
-        while not until():
-            started = time.perf_counter()
-            ttft = 0.0
-            try:
-                async for chunk in router.GenerateStream(online_request(next(counter), max_tokens)):
-                    if not ttft and chunk.text:
-                        ttft = time.perf_counter() - started
-            except grpc.aio.AioRpcError:
-                sample.errors += 1
-                continue
-            sample.ttft_s.append(ttft)
-            sample.total_s.append(time.perf_counter() - started)
+    async def one(index: int) -> tuple[float, float]:
+        started = time.perf_counter()
+        ttft = 0.0
+        async for chunk in router.GenerateStream(online_request(index, max_tokens)):
+            if not ttft and chunk.text:
+                ttft = time.perf_counter() - started
+        return ttft, time.perf_counter() - started
 
-    await asyncio.gather(*(caller() for _ in range(callers)))
+    sample, _rate = await closed_loop(one, concurrency=callers, until=until)
     return sample
-
-
-def deadline_after(seconds: float) -> Callable[[], bool]:
-    stop_at = time.monotonic() + seconds
-    return lambda: time.monotonic() >= stop_at
 
 
 Load = Callable[[Callable[[], bool]], Awaitable[LatencySample]]

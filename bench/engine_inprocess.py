@@ -24,12 +24,13 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.harness import percentile
 from headrace.model_store import default_models_dir
 from headrace.runtime.engine_settings import EmbeddingsEngineSettings, VllmEngineSettings
 from services.worker.engines.base import Delta, GenerationRequest, Sampling
@@ -62,11 +63,6 @@ class EmbeddingResult:
     wall_s: float
     texts_per_s: float
     model_calls: int
-
-
-def _p(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def measure_generation(
@@ -108,7 +104,7 @@ async def measure_generation(
         wall_s=round(wall, 3),
         tokens_per_s=round(tokens / wall, 1),
         ttft_p50_ms=round(statistics.median(ttfts) * 1000, 1),
-        ttft_p95_ms=round(_p(ttfts, 0.95) * 1000, 1),
+        ttft_p95_ms=round(percentile(ttfts, 95) * 1000, 1),
     )
 
 

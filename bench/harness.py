@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import platform
+import socket
 import statistics
 import tempfile
 import time
@@ -62,7 +63,11 @@ def running_mesh(config: dict[str, Any], *, timeout_s: float = 900.0) -> Iterato
             },
             "cache": {"port": free_port(), "metrics_port": free_port(), **config.get("cache", {})},
             "scheduler": {"port": free_port(), "metrics_port": free_port(), **config.get("scheduler", {})},
-            "worker": {"base_port": free_port(), "metrics_port_offset": None, **config.get("worker", {})},
+            "worker": {
+                "base_port": free_port_run(sum(spec.get("workers", 1) for spec in config.get("pools", {}).values())),
+                "metrics_port_offset": None,
+                **config.get("worker", {}),
+            },
         }
         config_path = Path(tmp) / "headrace.yaml"
         config_path.write_text(yaml.safe_dump(config))
@@ -90,19 +95,53 @@ def running_mesh(config: dict[str, Any], *, timeout_s: float = 900.0) -> Iterato
             redis.stop()
 
 
-def process_group_rss_mib(pgid: int) -> float:
-    total_kib = 0
+def free_port_run(count: int) -> int:
+    """A port P with P .. P+count-1 all free now: worker n of the mesh
+    listens on base_port + n, and a lone free port says nothing of the next."""
+    while True:
+        base = free_port()
+        if base + count <= 65536 and all(_port_free(base + n) for n in range(1, count)):
+            return base
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _group_members(pgid: int) -> Iterator[tuple[Path, list[str]]]:
+    """(/proc/PID, the fields of its stat after the command name) for each
+    process of a process group."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
+            # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after ')'.
             fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) != pgid:
-                continue
-            for line in (stat.parent / "status").read_text().splitlines():
+            if int(fields[2]) == pgid:
+                yield stat.parent, fields
+        except (OSError, IndexError, ValueError):
+            continue
+
+
+def process_group_rss_mib(pgid: int) -> float:
+    total_kib = 0
+    for proc, _fields in _group_members(pgid):
+        try:
+            for line in (proc / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total_kib += int(line.split()[1])
         except (OSError, IndexError, ValueError):
             continue
     return total_kib / 1024.0
+
+
+def process_group_cpu_s(pgid: int) -> float:
+    """CPU seconds used so far by the live processes of a process group."""
+    ticks = sum(int(fields[11]) + int(fields[12]) for _proc, fields in _group_members(pgid))
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -135,15 +174,20 @@ class LatencySample:
 Request = Callable[[int], Awaitable[tuple[float, float]]]
 
 
-async def closed_loop(request: Request, *, concurrency: int, duration_s: float) -> tuple[LatencySample, float]:
+def deadline_after(seconds: float) -> Callable[[], bool]:
+    stop_at = time.monotonic() + seconds
+    return lambda: time.monotonic() >= stop_at
+
+
+async def closed_loop(request: Request, *, concurrency: int, until: Callable[[], bool]) -> tuple[LatencySample, float]:
     """`concurrency` callers, each sending the next request when the last
-    ends, for duration_s. Returns latencies and completed requests/s."""
+    ends, until `until()` holds (see deadline_after). Returns latencies and
+    completed requests/s."""
     sample = LatencySample()
-    stop_at = time.monotonic() + duration_s
     counter = iter(range(10**9))
 
     async def caller() -> None:
-        while time.monotonic() < stop_at:
+        while not until():
             try:
                 ttft, total = await request(next(counter))
             except Exception:

@@ -18,7 +18,15 @@ import uuid
 
 import grpc.aio
 
-from bench.harness import LatencySample, closed_loop, markdown_table, percentile, running_mesh, write_results
+from bench.harness import (
+    LatencySample,
+    closed_loop,
+    deadline_after,
+    markdown_table,
+    percentile,
+    running_mesh,
+    write_results,
+)
 from headrace.v1 import generation_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 TOKENS = 16
@@ -100,7 +108,9 @@ async def run(sequential: int, duration_s: float, concurrency: int) -> None:
             throughput: dict[str, float] = {}
             loaded: dict[str, LatencySample] = {}
             for name, call in paths.items():
-                loaded[name], throughput[name] = await closed_loop(call, concurrency=concurrency, duration_s=duration_s)
+                loaded[name], throughput[name] = await closed_loop(
+                    call, concurrency=concurrency, until=deadline_after(duration_s)
+                )
             rss = mesh.rss_mib()
 
     direct_s, routed_s = latency["direct to worker"], latency["through the router"]

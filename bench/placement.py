@@ -45,7 +45,14 @@ import grpc
 import grpc.aio
 import yaml
 
-from bench.harness import MeshUnderTest, markdown_table, percentile, running_mesh, write_results
+from bench.harness import (
+    MeshUnderTest,
+    markdown_table,
+    percentile,
+    process_group_rss_mib,
+    running_mesh,
+    write_results,
+)
 from headrace.local_mesh import LocalMesh, health_state
 from headrace.local_redis import free_port
 from headrace.v1 import generation_pb2, router_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
@@ -500,11 +507,13 @@ async def run_overload(args: argparse.Namespace) -> dict[str, Any]:
     rss: list[tuple[float, float]] = []
     with running_mesh(overload_config(args)) as mesh:
         began = time.monotonic()
+        # Only the scheduler's: each process's reading walks /proc, inside the open loop.
+        scheduler_pid = next(p.pid for p in mesh.processes if p.name == "scheduler")
 
         def sample() -> None:
             now = time.monotonic() - began
             if not rss or now - rss[-1][0] >= 5.0:
-                rss.append((now, mesh.rss_mib()["scheduler"]))
+                rss.append((now, process_group_rss_mib(scheduler_pid)))
 
         load_before = os.getloadavg()[0]
         async with grpc.aio.insecure_channel(mesh.router_address) as channel:
@@ -523,7 +532,7 @@ async def run_overload(args: argparse.Namespace) -> dict[str, Any]:
                 phases[name] = {"rate": overload_rate, "seconds": args.overload_seconds, "sent": sent}
                 phases[name].update(summary(outcome))
                 rows.append(latency_row(name, overload_rate, args.overload_seconds, sent, outcome))
-        rss.append((time.monotonic() - began, mesh.rss_mib()["scheduler"]))
+        rss.append((time.monotonic() - began, process_group_rss_mib(scheduler_pid)))
         async with grpc.aio.insecure_channel(mesh.scheduler_address) as scheduler_channel:
             status = await scheduler_pb2_grpc.SchedulerStub(scheduler_channel).GetPoolStatus(
                 scheduler_pb2.GetPoolStatusRequest()

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli_mesh import cli_env, headrace, live_processes_in_groups
 from tests.support.batch import chat_rows
+from tests.support.cli import headrace, live_processes_in_groups
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-__all__ = ["cli_env"]
 
 
 def test_batch_submit_waits_with_a_progress_bar_and_results_come_back(cli_env: dict[str, str], tmp_path: Path) -> None:

@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.cli import headrace, live_processes_in_groups, mesh_env
+from tests.support.cli import headrace, live_processes_in_groups
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-@pytest.fixture
-def cli_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    env = mesh_env(tmp_path / "state")
-    yield env
-    headrace(env, "down", timeout=120)
 
 
 def test_up_generate_status_down_leaves_nothing_behind(cli_env: dict[str, str]) -> None:

@@ -25,10 +25,14 @@ def real_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     env = mesh_env(tmp_path_factory.mktemp("real-mesh") / "state")
     prepare = headrace(env, "models", "prepare", timeout=600)
     assert prepare.returncode == 0, prepare.stdout + prepare.stderr
-    up = headrace(env, "up", "--detach", timeout=900)
-    assert up.returncode == 0, up.stdout + up.stderr
-    yield env
-    headrace(env, "down", timeout=120)
+    try:
+        # An `up` that runs past its timeout is killed, but the services it
+        # started (each in its own session) are not: `down` stops them.
+        up = headrace(env, "up", "--detach", timeout=900)
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield env
+    finally:
+        headrace(env, "down", timeout=120)
 
 
 def router(env: dict[str, str]) -> HeadraceClient:

@@ -14,11 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.test_cli_mesh import cli_env
 from tests.support.cli import headrace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-__all__ = ["cli_env"]
 
 
 def config(default_version: str, *, watch: bool, **extra: Any) -> dict[str, Any]:

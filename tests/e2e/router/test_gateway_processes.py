@@ -5,24 +5,20 @@ HTTP port stops the router at start with a clear error."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.support.cli import headrace, mesh_env
+from tests.support.cli import headrace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[dict[str, str]]:
+def env(cli_env: dict[str, str]) -> dict[str, str]:
     # About the gateway in the router's process: the cache stays exact-only.
-    values = {**mesh_env(tmp_path / "state"), "HEADRACE_CACHE__SEMANTIC__ENABLED": "false"}
-    yield values
-    headrace(values, "down")
+    return {**cli_env, "HEADRACE_CACHE__SEMANTIC__ENABLED": "false"}
 
 
 def test_the_router_process_serves_the_gateway_and_its_metrics(env: dict[str, str]) -> None:
