@@ -31,7 +31,7 @@ help:
 	@echo "make test           install, check protos and lint, run every test"
 	@echo "make test-unit      the fast unit tests only"
 	@echo "make protos         regenerate headrace/v1 from protos/"
-	@echo "make bench          every benchmark (see bench/README.md)"
+	@echo "make bench          every benchmark (results in bench/results/, table in README.md)"
 
 system-deps:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }

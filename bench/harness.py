@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import tempfile
 import time
@@ -21,7 +20,7 @@ from typing import Any
 import yaml
 
 from headrace.local_mesh import LocalMesh, ServiceProcess
-from headrace.local_redis import RedisServer, free_port
+from headrace.local_redis import RedisServer, free_port, free_port_run
 from headrace.runtime.config import Settings
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -93,24 +92,6 @@ def running_mesh(config: dict[str, Any], *, timeout_s: float = 900.0) -> Iterato
             else:
                 os.environ["HEADRACE_CONFIG"] = previous
             redis.stop()
-
-
-def free_port_run(count: int) -> int:
-    """A port P with P .. P+count-1 all free now: worker n of the mesh
-    listens on base_port + n, and a lone free port says nothing of the next."""
-    while True:
-        base = free_port()
-        if base + count <= 65536 and all(_port_free(base + n) for n in range(1, count)):
-            return base
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _group_members(pgid: int) -> Iterator[tuple[Path, list[str]]]:

