@@ -58,7 +58,7 @@ from bench.harness import (
 from headrace.batch.input_rows import parse_input
 from headrace.batch.model_choice import resolve_batch_model
 from headrace.batch.queue import consumer_heartbeat_key, consumer_name
-from headrace.local_redis import free_port
+from headrace.local.redis_server import free_port
 from headrace.runtime.config import Settings
 from headrace.v1 import batch_pb2, generation_pb2, router_pb2_grpc, worker_pb2
 from services.worker.__main__ import WorkerApp, build_worker, start_worker

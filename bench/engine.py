@@ -29,7 +29,7 @@ from typing import Any
 from bench.engine_inprocess import PROMPTS, GenerationResult, measure_generation
 from bench.harness import markdown_table, running_mesh, write_results
 from headrace.client import AsyncHeadraceClient
-from headrace.model_store import default_models_dir, prepare_model
+from headrace.models.store import default_models_dir, prepare_model
 from headrace.runtime.config import DEFAULT_PRICE_PER_HOUR
 from headrace.runtime.engine_settings import VllmEngineSettings
 from headrace.v1 import generation_pb2

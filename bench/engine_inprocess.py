@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import percentile
-from headrace.model_store import default_models_dir
+from headrace.models.store import default_models_dir
 from headrace.runtime.engine_settings import EmbeddingsEngineSettings, VllmEngineSettings
 from services.worker.engines.base import Delta, GenerationRequest, Sampling
 from services.worker.engines.embeddings import EmbeddingsEngine

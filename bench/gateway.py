@@ -31,7 +31,7 @@ from typing import Any
 import grpc.aio
 
 from bench.harness import markdown_table, percentile, running_mesh, write_results
-from headrace.model_store import default_models_dir, prepare_model
+from headrace.models.store import default_models_dir, prepare_model
 from headrace.v1 import generation_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 from tests.support.raw_http import RawHttpResponse
 

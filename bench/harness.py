@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from headrace.local_mesh import LocalMesh, ServiceProcess
-from headrace.local_redis import RedisServer, free_port, free_port_run
+from headrace.local.mesh import LocalMesh, ServiceProcess
+from headrace.local.redis_server import RedisServer, free_port, free_port_run
 from headrace.runtime.config import Settings
 
 RESULTS_DIR = Path(__file__).parent / "results"

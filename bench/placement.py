@@ -53,8 +53,8 @@ from bench.harness import (
     running_mesh,
     write_results,
 )
-from headrace.local_mesh import LocalMesh, health_state
-from headrace.local_redis import free_port
+from headrace.local.mesh import LocalMesh, health_state
+from headrace.local.redis_server import free_port
 from headrace.v1 import generation_pb2, router_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
 POOL = "smollm2"

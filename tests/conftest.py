@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 A job runs on one model version, chosen at submit time: aliases and bare
 names resolve to a version then (by the same registry the router uses,
-headrace/model_registry.py), and every row of the job runs on it, so a long
+headrace/models/registry.py), and every row of the job runs on it, so a long
 job is not split across versions when the default changes midway. Routing
 policies (A/B arms, canaries) are for online traffic and do not apply.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from headrace.model_registry import ModelRegistry, Task
+from headrace.models.registry import ModelRegistry, Task
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import HeadraceError
 

@@ -22,7 +22,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from headrace.model_store import default_models_dir
+from headrace.models.store import default_models_dir
 from headrace.runtime.engine_settings import (
     ENGINE_DEFAULTS,
     ENGINE_TASKS,

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 
-from headrace.cache_policy import bypass_reason, no_store_reason
+from headrace.request_rules.cache_policy import bypass_reason, no_store_reason
 from headrace.runtime.config import CacheSettings
 from headrace.v1 import generation_pb2
 from services.cache import metrics

@@ -13,7 +13,7 @@ import grpc.aio
 from fastapi import APIRouter
 from opentelemetry.sdk.trace import TracerProvider
 
-from headrace.model_registry import ModelRegistry
+from headrace.models.registry import ModelRegistry
 from headrace.runtime.aio import run
 from headrace.runtime.auth import ApiKeyAuthenticator
 from headrace.runtime.background import BackgroundTasks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc.aio
 
-from headrace.model_registry import ModelRegistry
+from headrace.models.registry import ModelRegistry
 from headrace.runtime.channels import ChannelPool, call_options
 from headrace.runtime.errors import from_rpc_error
 from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2_grpc

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import grpc
 import grpc.aio
 
-from headrace.model_registry import Resolution
-from headrace.prefix_hashing import request_prefix_hashes
+from headrace.models.registry import Resolution
+from headrace.request_rules.prefix_hashing import request_prefix_hashes
 from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.channels import ChannelPool, call_options
 from headrace.runtime.config import Settings
@@ -279,7 +279,7 @@ class GenerationFlow:
                         tenant=tenant,
                         priority=request.priority,
                         session_id=request.session_id,
-                        # For the scheduler's prefix affinity (headrace/prefix_hashing.py);
+                        # For the scheduler's prefix affinity (headrace/request_rules/prefix_hashing.py);
                         # per attempt, since a fallback is another model version.
                         prefix_hashes=request_prefix_hashes(request, resolution.model_version),
                         prompt_tokens=estimate_prompt_tokens(request),

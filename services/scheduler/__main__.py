@@ -13,7 +13,7 @@ from services.scheduler.batch_server import BatchRpcs
 from services.scheduler.batch_wiring import build_batch_service
 from services.scheduler.dispatcher import Dispatcher, PoolDirectory
 from services.scheduler.leases import LeaseTable
-from services.scheduler.registry import WorkerRegistry
+from services.scheduler.worker_roster import WorkerRoster
 from services.scheduler.server import SchedulerServicer
 
 
@@ -41,7 +41,7 @@ def build_host(
 
 def build_dispatcher(settings: Settings) -> Dispatcher:
     return Dispatcher(
-        registry=WorkerRegistry(stale_after_s=settings.scheduler.worker_stale_after_s),
+        registry=WorkerRoster(stale_after_s=settings.scheduler.worker_stale_after_s),
         leases=LeaseTable(ttl_s=settings.scheduler.lease_ttl_s),
         pools=PoolDirectory.from_settings(settings),
         orphan_grace_s=settings.scheduler.worker_stale_after_s,

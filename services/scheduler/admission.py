@@ -39,7 +39,7 @@ from services.scheduler.capacity import SlotModel
 from services.scheduler.fair_queue import FairQueue
 from services.scheduler.leases import LeaseRecord, LeaseTable
 from services.scheduler.placement import PlacementPolicy, PlacementRequest
-from services.scheduler.registry import WorkerRegistry, WorkerState
+from services.scheduler.worker_roster import WorkerRoster, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class PoolAdmission:
         *,
         pool: str,
         settings: PoolSchedulingSettings,
-        registry: WorkerRegistry,
+        registry: WorkerRoster,
         leases: LeaseTable,
         policy: PlacementPolicy,
         weight_of: Callable[[str], float],

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from headrace.runtime.config import PoolSchedulingSettings
-from services.scheduler.registry import WorkerState
+from services.scheduler.worker_roster import WorkerState
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from services.scheduler import metrics
 from services.scheduler.admission import Placement, PoolAdmission
 from services.scheduler.leases import LeaseRecord, LeaseTable
 from services.scheduler.placement import PlacementRequest, build_policy
-from services.scheduler.registry import LoadSnapshot, WorkerIdentity, WorkerRegistry, WorkerState
+from services.scheduler.worker_roster import LoadSnapshot, WorkerIdentity, WorkerRoster, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        registry: WorkerRegistry,
+        registry: WorkerRoster,
         leases: LeaseTable,
         pools: PoolDirectory | None = None,
         sweep_interval_s: float = 0.5,

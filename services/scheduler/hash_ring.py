@@ -16,7 +16,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 
-from services.scheduler.registry import WorkerState
+from services.scheduler.worker_roster import WorkerState
 
 _VIRTUAL_NODES = 64
 _CACHED_RINGS = 16

@@ -8,7 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from services.scheduler.registry import WorkerState
+from services.scheduler.worker_roster import WorkerState
 
 
 @dataclass

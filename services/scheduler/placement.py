@@ -19,7 +19,7 @@ from typing import Protocol
 from headrace.runtime.config import PoolSchedulingSettings
 from services.scheduler import metrics
 from services.scheduler.hash_ring import RingCache, bounded_choice, load_bound, stable_hash64
-from services.scheduler.registry import WorkerState
+from services.scheduler.worker_roster import WorkerState
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class PlacementRequest:
     priority: int
     session_id: str = ""
     # Hashes of the prompt's leading blocks, shortest prefix first
-    # (headrace/prefix_hashing.py).
+    # (headrace/request_rules/prefix_hashing.py).
     prefix_hashes: tuple[int, ...] = ()
     prompt_tokens: int = 0
     max_tokens: int = 0

@@ -16,7 +16,7 @@ from services.scheduler.admission import PRIORITY_NAMES
 from services.scheduler.batch_server import BatchRpcs
 from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.placement import PlacementRequest
-from services.scheduler.registry import LoadSnapshot, WorkerIdentity, WorkerState
+from services.scheduler.worker_roster import LoadSnapshot, WorkerIdentity, WorkerState
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import grpc.aio
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.errors import InvalidArgument, NotFound
 from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_grpc
-from headrace.validation import validate_embed_request, validate_generate_request
+from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 from services.worker import metrics
 from services.worker.convert import delta_to_proto, generation_request_from_proto, stats_to_load
 from services.worker.engines.base import Engine, Priority

@@ -10,7 +10,7 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from headrace.runtime.config import hash_api_key
 from headrace.v1 import generation_pb2, models_pb2
 from tests.integration.test_mesh_grpc import greedy, mesh_settings

@@ -14,7 +14,7 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from headrace.local_redis import RedisServer, free_port
+from headrace.local.redis_server import RedisServer, free_port
 from headrace.v1 import generation_pb2, worker_pb2
 from tests.integration.test_mesh_grpc import mesh_settings
 from tests.support.mesh import start_mesh

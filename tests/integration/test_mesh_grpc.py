@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from headrace.runtime.config import Settings
 from headrace.v1 import generation_pb2, models_pb2, scheduler_pb2, worker_pb2
 from tests.support.mesh import InProcessMesh, start_mesh

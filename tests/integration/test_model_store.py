@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from headrace.model_store import MANIFEST_NAME, list_prepared, model_path, prepare_model, sha256_file, verify_model
+from headrace.models.store import MANIFEST_NAME, list_prepared, model_path, prepare_model, sha256_file, verify_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

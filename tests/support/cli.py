@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from headrace.local_redis import free_port, free_port_run
+from headrace.local.redis_server import free_port, free_port_run
 
 
 def mesh_env(state_dir: Path) -> dict[str, str]:

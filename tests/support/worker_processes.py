@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from headrace.local_redis import free_port
+from headrace.local.redis_server import free_port
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from headrace.model_registry import ModelRegistry
+from headrace.models.registry import ModelRegistry
 from headrace.runtime.config import Settings
 from services.router.flow_protocols import Embedding, Generation
 from services.router.gateway.streaming import RelayLimits

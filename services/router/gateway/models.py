@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from headrace.model_registry import RegistryEntry
+from headrace.models.registry import RegistryEntry
 from headrace.runtime.errors import NotFound
 from services.router.gateway.answers import json_response
 from services.router.gateway.dependencies import GatewayServices

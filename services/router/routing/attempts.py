@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from opentelemetry import trace
 
-from headrace.model_registry import Resolution
+from headrace.models.registry import Resolution
 from headrace.runtime.errors import (
     Cancelled,
     DeadlineExceeded,

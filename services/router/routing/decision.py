@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from headrace.model_registry import Resolution
+from headrace.models.registry import Resolution
 
 
 @dataclass(frozen=True)

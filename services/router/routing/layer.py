@@ -24,7 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from headrace.model_registry import ModelRegistry, Resolution
+from headrace.models.registry import ModelRegistry, Resolution
 from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import Internal
@@ -37,7 +37,7 @@ from services.router.routing.circuit_breaker import CircuitBreakers
 from services.router.routing.decision import Choice, OutcomeObserver, RequestOutcome, RouteDecision, RoutingRequest
 from services.router.routing.policies.ab_split import ArmView
 from services.router.routing.policies.difficulty import TextEncoder
-from services.router.routing.registry import RoutingRegistry, build_route_table
+from services.router.routing.routing_table import RoutingTable, build_alias_routes
 from services.router.routing.retry_budget import Backoff, RetryBudget
 from services.router.routing.text_encoder import MiniLMEncoder
 
@@ -181,13 +181,13 @@ class RoutingLayer:
                 log.warning("A/B stats of %s unreadable (%s)", split.name, exc)
         return RouteDescription(policies=policies, canary=canary, arms=tuple(arms), resolves_to=new_target)
 
-    def _build(self, settings: Settings) -> RoutingRegistry:
-        table = build_route_table(
+    def _build(self, settings: Settings) -> RoutingTable:
+        table = build_alias_routes(
             settings, redis=self._redis, stats=self._stats, encoder=self._shared_encoder, rng=self._rng
         )
         # Its own snapshot of the model registry: a decision in flight during
         # a reload resolves against the config it started with.
-        return RoutingRegistry(settings, ModelRegistry(settings), table)
+        return RoutingTable(settings, ModelRegistry(settings), table)
 
     def _shared_encoder(self) -> TextEncoder:
         # One embedding model per process, kept across reloads.

@@ -25,7 +25,7 @@ from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from headrace.model_store import default_models_dir, model_path
+from headrace.models.store import default_models_dir, model_path
 from headrace.runtime.engine_settings import VllmEngineSettings
 from headrace.runtime.errors import (
     HeadraceError,

@@ -14,8 +14,8 @@ import openai
 import pytest
 import pytest_asyncio
 
-from headrace.local_redis import RedisServer
-from headrace.model_store import default_models_dir, prepare_model
+from headrace.local.redis_server import RedisServer
+from headrace.models.store import default_models_dir, prepare_model
 from headrace.runtime.config import Settings
 from tests.support.mesh import InProcessMesh, start_mesh
 

@@ -12,7 +12,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from headrace.runtime.config import hash_api_key
 from headrace.v1 import batch_pb2, generation_pb2, scheduler_pb2, worker_pb2
 from tests.integration.batch.conftest import batch_settings

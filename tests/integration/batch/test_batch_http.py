@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 
-from headrace.local_redis import RedisServer, free_port
+from headrace.local.redis_server import RedisServer, free_port
 from headrace.runtime.config import hash_api_key
 from headrace.v1 import scheduler_pb2_grpc
 from services.router.gateway.batch_routers import batch_routers

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from headrace.runtime.config import Settings
 from headrace.v1 import batch_pb2
 from tests.integration.batch.conftest import batch_settings

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from headrace.batch.store import BatchStore, FileRecord, JobRecord, encode_row, open_redis
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from headrace.runtime.errors import FailedPrecondition, NotFound
 from headrace.v1 import batch_pb2
 

@@ -10,7 +10,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from headrace.v1 import cache_pb2, generation_pb2
 from services.cache.embedder import MiniLmEncoder
 from services.cache.partition import PREFIX

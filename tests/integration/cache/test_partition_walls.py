@@ -12,7 +12,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from headrace.v1 import generation_pb2
 from services.cache.embedder import MiniLmEncoder
 from tests.integration.cache.support import RunningCache, ask, cache_redis_url, lookup, start_cache, store

@@ -9,7 +9,7 @@ from collections import Counter
 import grpc.aio
 import pytest
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from headrace.v1 import generation_pb2
 from tests.support.mesh import start_mesh
 from tests.support.routing import ask, generate_all, model_info, routing_settings, synthetic

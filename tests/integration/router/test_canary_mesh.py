@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from headrace.runtime.config import Settings
 from headrace.v1 import generation_pb2, models_pb2
 from services.router.__main__ import build_router

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from headrace.runtime.routing_settings import CanarySettings
 from services.router.routing.arm_stats import ArmStatsStore, Sample
 from services.router.routing.canary import CanaryController, CanaryStatus

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from headrace.local_redis import RedisServer
-from headrace.model_registry import ModelRegistry
+from headrace.local.redis_server import RedisServer
+from headrace.models.registry import ModelRegistry
 from headrace.runtime.config import Settings
 from headrace.runtime.routing_settings import AbPolicySettings, CanarySettings, FastAccuratePolicySettings
 from services.router import routing as routing_package

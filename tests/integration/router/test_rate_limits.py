@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from headrace.local_redis import RedisServer, free_port
+from headrace.local.redis_server import RedisServer, free_port
 from headrace.runtime.config import RateLimitSettings
 from headrace.runtime.errors import RateLimited
 from services.router.rate_limits import TenantRateLimiter, connect_limiter_redis

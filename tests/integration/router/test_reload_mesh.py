@@ -13,7 +13,7 @@ import grpc.aio
 import pytest
 import yaml
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from headrace.runtime.config import Settings, hash_api_key
 from headrace.v1 import models_pb2
 from tests.support.mesh import InProcessMesh, start_mesh

@@ -11,7 +11,7 @@ import grpc.aio
 import pytest
 from prometheus_client import REGISTRY
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from headrace.v1 import generation_pb2
 from tests.support.mesh import start_mesh
 from tests.support.routing import ask, generate_all, routing_settings, synthetic

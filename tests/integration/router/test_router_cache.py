@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from headrace.v1 import cache_pb2, generation_pb2
 from services.cache.embedder import MiniLmEncoder
 from tests.integration.test_mesh_grpc import mesh_settings

@@ -9,7 +9,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from tests.support.mesh import start_mesh
 from tests.support.routing import ask, routing_settings, synthetic
 

@@ -14,7 +14,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from headrace.runtime.config import Settings
 from headrace.v1 import generation_pb2
 from tests.support.mesh import InProcessMesh, start_mesh

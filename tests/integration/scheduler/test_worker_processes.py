@@ -16,7 +16,7 @@ import grpc.aio
 import pytest
 import yaml
 
-from headrace.local_redis import free_port
+from headrace.local.redis_server import free_port
 from headrace.runtime.config import Settings
 from headrace.runtime.server import GrpcServiceHost
 from headrace.v1 import generation_pb2, scheduler_pb2, scheduler_pb2_grpc

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest_asyncio
 
-from headrace.model_store import default_models_dir, prepare_model
+from headrace.models.store import default_models_dir, prepare_model
 from headrace.runtime.engine_settings import VllmEngineSettings
 from services.worker.engines.vllm_engine import VllmEngine
 

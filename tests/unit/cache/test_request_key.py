@@ -1,6 +1,6 @@
 import pytest
 
-from headrace.cache_policy import bypass_reason, is_deterministic, no_store_reason
+from headrace.request_rules.cache_policy import bypass_reason, is_deterministic, no_store_reason
 from headrace.v1 import generation_pb2
 from services.cache.request_key import exact_key
 

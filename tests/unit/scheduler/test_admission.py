@@ -17,7 +17,7 @@ from services.scheduler.admission import Placement
 from services.scheduler.dispatcher import Dispatcher, PoolDirectory
 from services.scheduler.leases import LeaseTable
 from services.scheduler.placement import PlacementRequest
-from services.scheduler.registry import LoadSnapshot, WorkerRegistry
+from services.scheduler.worker_roster import LoadSnapshot, WorkerRoster
 from tests.unit.scheduler.workers import identity
 
 INTERACTIVE, STANDARD, BATCH = 0, 1, 2
@@ -28,7 +28,7 @@ def make_dispatcher(
 ) -> Dispatcher:
     settings = PoolSchedulingSettings.model_validate({"policy": "least_load", **pool})
     return Dispatcher(
-        registry=WorkerRegistry(stale_after_s=30.0),
+        registry=WorkerRoster(stale_after_s=30.0),
         leases=LeaseTable(ttl_s=ttl_s),
         pools=PoolDirectory(
             model_pools={"m@1": "pool"}, pool_settings={"pool": settings}, tenant_weights=weights or {}

@@ -8,13 +8,13 @@ from headrace.runtime.errors import NoWorkerAvailable
 from services.scheduler.dispatcher import Dispatcher, PoolDirectory
 from services.scheduler.leases import LeaseTable
 from services.scheduler.placement import PlacementRequest
-from services.scheduler.registry import LoadSnapshot, WorkerIdentity, WorkerRegistry
+from services.scheduler.worker_roster import LoadSnapshot, WorkerIdentity, WorkerRoster
 from tests.unit.scheduler.workers import identity
 
 
 def make_dispatcher(stale_after_s: float = 3.0, ttl_s: float = 30.0, policy: str = "least_load") -> Dispatcher:
     return Dispatcher(
-        registry=WorkerRegistry(stale_after_s=stale_after_s),
+        registry=WorkerRoster(stale_after_s=stale_after_s),
         leases=LeaseTable(ttl_s=ttl_s),
         pools=PoolDirectory(model_pools={"m@1": "pool"}, pool_settings={"pool": PoolSchedulingSettings(policy=policy)}),
     )

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from headrace.prefix_hashing import prefix_hashes
+from headrace.request_rules.prefix_hashing import prefix_hashes
 from headrace.runtime.config import PlacementPolicyName, PoolSchedulingSettings
 from services.scheduler.placement import (
     POLICIES,
@@ -19,7 +19,7 @@ from services.scheduler.placement import (
     SessionAffinityPolicy,
     build_policy,
 )
-from services.scheduler.registry import WorkerState
+from services.scheduler.worker_roster import WorkerState
 from tests.unit.scheduler.workers import worker
 
 

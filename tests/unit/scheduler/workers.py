@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from services.scheduler.registry import LoadSnapshot, WorkerIdentity, WorkerState
+from services.scheduler.worker_roster import LoadSnapshot, WorkerIdentity, WorkerState
 
 
 def identity(worker_id: str, models: tuple[str, ...] = ("m@1",), pool: str = "pool") -> WorkerIdentity:

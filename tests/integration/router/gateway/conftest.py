@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from headrace.runtime.config import Settings
 from tests.support.mesh import InProcessMesh, start_mesh
 

@@ -14,7 +14,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from headrace.runtime.config import hash_api_key
 from tests.integration.router.gateway.conftest import gateway_settings, running_gateway
 from tests.support.mesh import InProcessMesh

@@ -13,7 +13,7 @@ import grpc.aio
 import httpx
 import pytest
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from headrace.runtime.config import hash_api_key
 from headrace.v1 import generation_pb2
 from services.router.__main__ import RouterApp, build_router

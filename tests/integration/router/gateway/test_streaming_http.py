@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from headrace.local_redis import RedisServer
+from headrace.local.redis_server import RedisServer
 from tests.integration.router.gateway.conftest import eventually, gateway_settings, running_gateway
 from tests.support.mesh import InProcessMesh
 from tests.support.raw_http import RawHttpResponse

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from headrace.model_store import default_models_dir, prepare_model
+from headrace.models.store import default_models_dir, prepare_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

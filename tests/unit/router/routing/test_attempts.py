@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from headrace.model_registry import Resolution
+from headrace.models.registry import Resolution
 from headrace.runtime.errors import Cancelled, Internal, InvalidArgument, NoWorkerAvailable, Unavailable
 from headrace.runtime.routing_settings import CircuitBreakerSettings, RetrySettings
 from services.router.routing.attempts import AttemptPlan

@@ -4,7 +4,7 @@ and asks Redis again only once per interval, so requests are not held up."""
 import pytest
 from prometheus_client import REGISTRY
 
-from headrace.local_redis import free_port
+from headrace.local.redis_server import free_port
 from headrace.runtime.routing_settings import CanarySettings
 from services.router.routing.arm_stats import ArmStatsStore
 from services.router.routing.canary import CanaryController

@@ -6,7 +6,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from headrace.local_redis import free_port
+from headrace.local.redis_server import free_port
 from headrace.runtime.config import LimitSettings
 from services.worker.consumer.attempt_errors import AttemptError, WorkerUnavailable
 from services.worker.consumer.worker_client import WorkerClient

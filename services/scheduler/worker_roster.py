@@ -78,7 +78,7 @@ class WorkerState:
         return (now if now is not None else time.monotonic()) - self.reported_at
 
 
-class WorkerRegistry:
+class WorkerRoster:
     def __init__(self, *, stale_after_s: float) -> None:
         self._stale_after_s = stale_after_s
         self._workers: dict[str, WorkerState] = {}

@@ -1,6 +1,6 @@
 import pytest
 
-from headrace.model_registry import ModelRegistry
+from headrace.models.registry import ModelRegistry
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import InvalidArgument, NotFound
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from headrace import model_store
-from headrace.model_store import (
+from headrace.models import store as model_store
+from headrace.models.store import (
     MANIFEST_NAME,
     list_prepared,
     model_path,

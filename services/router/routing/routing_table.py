@@ -1,5 +1,5 @@
 """The registry as the router routes by it: the model registry (models,
-versions, aliases; headrace/model_registry.py) plus the routing
+versions, aliases; headrace/models/registry.py) plus the routing
 table built from the same config (policies per alias, canaries and
 fallbacks per model). Both are built whole from one validated config and
 swapped together on reload, so a request never sees half of each.
@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 
-from headrace.model_registry import ModelRegistry, Task
+from headrace.models.registry import ModelRegistry, Task
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import Internal
 from headrace.runtime.routing_settings import FastAccuratePolicySettings
@@ -43,7 +43,7 @@ _MAX_DEPTH = 8
 
 
 @dataclass(frozen=True)
-class RouteTable:
+class AliasRoutes:
     # alias -> its policies, in order
     routes: Mapping[str, tuple[RoutingPolicy, ...]]
     # model -> its canary
@@ -55,14 +55,14 @@ class RouteTable:
     fallbacks: Mapping[str, tuple[str, ...]]
 
 
-def build_route_table(
+def build_alias_routes(
     settings: Settings,
     *,
     redis: aioredis.Redis,
     stats: ArmStatsStore,
     encoder: Callable[[], TextEncoder],
     rng: random.Random | None = None,
-) -> RouteTable:
+) -> AliasRoutes:
     routing = settings.routing
     routes: dict[str, tuple[RoutingPolicy, ...]] = {}
     splits: dict[str, tuple[AbSplitPolicy, ...]] = {}
@@ -85,7 +85,7 @@ def build_route_table(
             log.info("canary of %s: version %s is already the default; nothing to split", model, stable)
             continue
         controllers[model] = CanaryController(model, stable, canary, redis, stats, state_ttl_s=routing.state_ttl_s)
-    return RouteTable(
+    return AliasRoutes(
         routes=routes,
         canaries={model: CanaryPolicy(controller, rng=rng) for model, controller in controllers.items()},
         controllers=controllers,
@@ -94,11 +94,11 @@ def build_route_table(
     )
 
 
-class RoutingRegistry:
+class RoutingTable:
     """One config's model registry and routing table, and the decision
     they make for a request."""
 
-    def __init__(self, settings: Settings, models: ModelRegistry, table: RouteTable) -> None:
+    def __init__(self, settings: Settings, models: ModelRegistry, table: AliasRoutes) -> None:
         self.settings = settings
         self.models = models
         self.table = table

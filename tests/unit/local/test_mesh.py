@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from headrace.local_mesh import LocalMesh, MeshError, ServiceProcess
+from headrace.local.mesh import LocalMesh, MeshError, ServiceProcess
 from headrace.runtime.config import Settings
 
 pytestmark = pytest.mark.unit

@@ -7,17 +7,17 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from headrace.model_registry import ModelRegistry
+from headrace.models.registry import ModelRegistry
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import NotFound
 from services.router.routing.arm_stats import ArmStatsStore
 from services.router.routing.decision import RoutingRequest
-from services.router.routing.registry import RoutingRegistry, build_route_table
+from services.router.routing.routing_table import RoutingTable, build_alias_routes
 
 pytestmark = pytest.mark.unit
 
 
-def make(**routing: Any) -> RoutingRegistry:
+def make(**routing: Any) -> RoutingTable:
     settings = Settings(
         pools={
             "small": {"engine": {"kind": "synthetic"}, "price_per_hour": 0.1},
@@ -38,14 +38,14 @@ def make(**routing: Any) -> RoutingRegistry:
         routing=routing,
     )
     redis = aioredis.Redis()  # never connected without canaries
-    table = build_route_table(
+    table = build_alias_routes(
         settings,
         redis=redis,
         stats=ArmStatsStore(redis),
         encoder=lambda: None,
         rng=random.Random(1),  # type: ignore[arg-type,return-value]
     )
-    return RoutingRegistry(settings, ModelRegistry(settings), table)
+    return RoutingTable(settings, ModelRegistry(settings), table)
 
 
 def req(model: str, text: str = "What is the capital of France?", user: str = "") -> RoutingRequest:
