@@ -201,13 +201,49 @@ class SchedulerSettings(_Section):
     lease_ttl_s: float = Field(default=30.0, gt=0)
     # Admission and placement per pool; pools not listed get the defaults.
     pools: dict[str, PoolSchedulingSettings] = Field(default_factory=dict)
+    # Scheduler processes. Each admits on its own and owns 1/N of every
+    # worker's slots (N: the replicas alive now, from their heartbeats in
+    # Redis); docs/scheduler.md. `headrace up` runs them on port, port + 1, ...
+    replicas: int = Field(default=1, ge=1, le=16)
+    # host:port of each replica as the routers, consumers and workers of
+    # every host reach it (several hosts); empty: host:port, host:port+1, ...
+    # Names are resolved once, when a client starts.
+    addresses: list[str] = Field(default_factory=list)
+    # A replica whose heartbeat is older than this counts as dead, and the
+    # others take its share of every worker's slots. It beats every third of it.
+    replica_ttl_s: float = Field(default=1.5, ge=0.3, le=60)
 
     def for_pool(self, pool: str) -> PoolSchedulingSettings:
         return self.pools.get(pool) or PoolSchedulingSettings()
 
+    @model_validator(mode="after")
+    def _replica_addresses(self) -> SchedulerSettings:
+        if self.addresses and "replicas" in self.model_fields_set and self.replicas != len(self.addresses):
+            raise ValueError(
+                f"scheduler.replicas is {self.replicas} but scheduler.addresses names {len(self.addresses)}; "
+                "set one of them, or both alike"
+            )
+        for address in self.addresses:
+            host, sep, port = address.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"scheduler.addresses: {address!r} is not host:port")
+        if len(set(self.addresses)) != len(self.addresses):
+            raise ValueError("scheduler.addresses: each replica once")
+        return self
+
+    def targets(self) -> list[str]:
+        """host:port of every replica, in replica order."""
+        if self.addresses:
+            return list(self.addresses)
+        return [f"{self.host}:{self.port + index}" for index in range(self.replicas)]
+
 
 class WorkerSettings(_Section):
     host: str = LOOPBACK
+    # The host the schedulers and routers of other hosts reach this worker
+    # by (it registers as advertise_host:port); None: its bind host. Needed
+    # when it binds a wildcard (0.0.0.0) or a name others cannot resolve.
+    advertise_host: str | None = None
     # Workers take ports from here up, in pool order.
     base_port: int = Field(default=50061, ge=1, le=65535)
     # A worker serves /metrics on its gRPC port + this (50061 -> 60061); None: off.
@@ -496,6 +532,11 @@ class Settings(BaseSettings):
         if not self.auth_enabled:
             for section in (self.router, self.cache, self.scheduler, self.worker):
                 _require_loopback(section.host)
+        if self.worker.advertise_host is None and _is_wildcard(self.worker.host):
+            raise ValueError(
+                f"worker.host is {self.worker.host!r} (every interface), which no other host can dial: "
+                "set worker.advertise_host to the address the schedulers and routers reach it by"
+            )
         return self
 
     @property
@@ -548,6 +589,13 @@ def _require_loopback(host: str) -> None:
             f"refusing to bind {host!r}: no API keys are configured (open dev mode), so every "
             "service stays on loopback; configure tenants with api_key_sha256 to serve beyond it"
         )
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 def hash_api_key(key: str) -> str:

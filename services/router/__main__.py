@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc.aio
 from fastapi import APIRouter
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -21,9 +20,10 @@ from headrace.runtime.channels import ChannelPool, open_channel
 from headrace.runtime.config import Settings, load_settings
 from headrace.runtime.errors import HeadraceError
 from headrace.runtime.request_context import current_tenant
+from headrace.runtime.scheduler_replicas import SchedulerReplicas
 from headrace.runtime.server import GrpcServiceHost, ServiceRegistration, serve
 from headrace.runtime.telemetry import build_tracer_provider, configure_logging, start_metrics_server
-from headrace.v1 import cache_pb2_grpc, router_pb2_grpc, scheduler_pb2_grpc
+from headrace.v1 import cache_pb2_grpc, router_pb2_grpc
 from services.router.cache_client import CacheClient
 from services.router.embedding_flow import EmbeddingFlow
 from services.router.gateway import GatewayServices, HttpServer, build_gateway_app
@@ -70,16 +70,18 @@ def build_router(
 ) -> RouterApp:
     """`http_routers`: more APIRouters for the gateway, beside /v1/files and /v1/batches."""
     tracer_provider = tracer_provider or build_tracer_provider("headrace-router", settings.telemetry)
-    scheduler_channel = open_channel(
-        scheduler_target or f"{settings.scheduler.host}:{settings.scheduler.port}", settings.limits
+    # Every scheduler replica: leases from any (with failover), batch and
+    # listing calls balanced over all.
+    schedulers = SchedulerReplicas(
+        [scheduler_target] if scheduler_target else settings.scheduler.targets(), settings.limits
     )
     cache_channel = open_channel(cache_target or f"{settings.cache.host}:{settings.cache.port}", settings.limits)
-    scheduler = scheduler_pb2_grpc.SchedulerStub(scheduler_channel)
+    scheduler = schedulers.any_replica
     cache = cache_pb2_grpc.CacheStub(cache_channel)
     workers = ChannelPool(settings.limits)
     background = BackgroundTasks()
     registry = ModelRegistry(settings)
-    leasing = Leasing(scheduler, background, renew_margin_s=settings.router.lease_renew_margin_s)
+    leasing = Leasing(schedulers, background, renew_margin_s=settings.router.lease_renew_margin_s)
     # Canary state and A/B statistics, shared by every router replica.
     redis = routing_redis(settings.redis_url)
     routing = RoutingLayer(settings, registry=registry, redis=redis, background=background)
@@ -160,9 +162,8 @@ def build_router(
             await http.stop()
         await background.drain()
         await workers.close()
-        channels: list[grpc.aio.Channel] = [scheduler_channel, cache_channel]
-        for channel in channels:
-            await channel.close()
+        await schedulers.close()
+        await cache_channel.close()
         await limiter_redis.aclose()
         await redis.aclose()
 

@@ -56,10 +56,12 @@ class SlotModel:
         return max(0, limit)
 
     def free(self, state: WorkerState) -> int:
-        """New sequences the worker can take now. An idle worker always
-        takes one: a stale high KV reading must not stall it for good."""
+        """New sequences the worker can take now: within its limit, and
+        within this replica's share of it (replica_set.py). An idle worker
+        always takes one: a stale high KV reading must not stall it for good."""
         outstanding = state.outstanding
-        free = self.limit(state) - outstanding
+        limit = self.limit(state)
+        free = min(limit - outstanding, state.share.of(state.worker_id, limit) - state.leases)
         if outstanding == 0:
             free = max(free, 1)
         return max(0, free)

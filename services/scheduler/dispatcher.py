@@ -190,6 +190,11 @@ class Dispatcher:
         metrics.WORKERS.set(len(self.registry))
         self._kick_all()
 
+    def kick(self) -> None:
+        """Something outside changed what fits (e.g. this replica's share):
+        run every pool's scheduling step."""
+        self._kick_all()
+
     def _kick_all(self) -> None:
         for admission in self._admissions.values():
             admission.kick()

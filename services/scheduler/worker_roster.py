@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from services.scheduler.replica_set import SlotShare, WholeShare
+
 # Budget assumed for a sequence we know nothing of (not leased by us).
 TOKENS_PER_UNKNOWN_SEQUENCE = 512
 
@@ -51,6 +53,8 @@ class WorkerState:
     # The report stream that owns this entry: when a worker reconnects, the
     # old stream's end must not remove the new registration.
     stream_token: object | None = None
+    # This replica's part of the worker's slots (replica_set.py).
+    share: SlotShare = field(default_factory=WholeShare)
 
     @property
     def worker_id(self) -> str:
@@ -79,8 +83,9 @@ class WorkerState:
 
 
 class WorkerRoster:
-    def __init__(self, *, stale_after_s: float) -> None:
+    def __init__(self, *, stale_after_s: float, share: SlotShare | None = None) -> None:
         self._stale_after_s = stale_after_s
+        self._share = share or WholeShare()
         self._workers: dict[str, WorkerState] = {}
 
     def __len__(self) -> int:
@@ -93,7 +98,7 @@ class WorkerRoster:
             # New, or restarted with another identity: start clean, but keep
             # the leases already granted on it.
             previous = state
-            state = WorkerState(identity=identity, load=load, reported_at=now, draining=draining)
+            state = WorkerState(identity=identity, load=load, reported_at=now, draining=draining, share=self._share)
             if previous is not None:
                 state.leases, state.leased_tokens, state.lease_ids = (
                     previous.leases,

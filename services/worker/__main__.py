@@ -29,6 +29,13 @@ class WorkerApp:
     host: GrpcServiceHost
     reporter: LoadReporter
     engine: Engine
+    # The host others dial (None: the bind host).
+    advertise_host: str | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """Where routers reach this worker: the address it registers by."""
+        return f"{self.advertise_host or self.host.bound_host}:{self.host.port}"
 
     async def close(self) -> None:
         await self.reporter.stop()
@@ -62,13 +69,14 @@ def build_worker(
         tracer_provider=tracer_provider or build_tracer_provider(f"headrace-worker-{worker_id}", settings.telemetry),
     )
     reporter = LoadReporter(
-        scheduler_targets=scheduler_targets or [f"{settings.scheduler.host}:{settings.scheduler.port}"],
+        # Every replica: each admits on its own, from these reports.
+        scheduler_targets=scheduler_targets or settings.scheduler.targets(),
         worker=scheduler_pb2.WorkerInfo(worker_id=worker_id, pool=pool, models=model_versions, engine=engine.kind),
         engine=engine,
         limits=settings.limits,
         interval_s=settings.scheduler.report_interval_ms / 1000.0,
     )
-    return WorkerApp(host=host, reporter=reporter, engine=engine)
+    return WorkerApp(host=host, reporter=reporter, engine=engine, advertise_host=settings.worker.advertise_host)
 
 
 async def start_worker(app: WorkerApp) -> int:
@@ -76,7 +84,7 @@ async def start_worker(app: WorkerApp) -> int:
     only once the port is bound)."""
     await app.engine.start()
     port = await app.host.start()
-    app.reporter.set_endpoint(f"{app.host.bound_host}:{port}")
+    app.reporter.set_endpoint(app.endpoint)
     await app.reporter.start()
     return port
 
@@ -98,7 +106,7 @@ async def main(settings: Settings, pool: str, index: int, port: int | None) -> N
 
 
 async def _report(app: WorkerApp) -> None:
-    app.reporter.set_endpoint(f"{app.host.bound_host}:{app.host.port}")
+    app.reporter.set_endpoint(app.endpoint)
     await app.reporter.start()
 
 

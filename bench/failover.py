@@ -1,0 +1,263 @@
+"""make bench-failover: kill -9 one scheduler replica under load.
+
+The mesh runs as `headrace up` runs it (LocalMesh), with
+`scheduler: {replicas: 2}`, two synthetic workers of `max_concurrency`
+slots each and closed-loop load through the router at twice the pool's
+slots, so every slot is always taken and requests queue in both replicas.
+After a warm-up, replica 0 is killed with SIGKILL; the load goes on.
+
+Measured:
+- requests lost: every request the router answered with an error (must be
+  0: a Place queued on the dead replica fails UNAVAILABLE and the router
+  places it on the survivor before any token is sent);
+- extra slots: the most sequences any worker held beyond its capacity
+  (running + waiting - capacity, sampled every 20 ms from the worker's
+  GetLoad), summed over workers, before and after the kill;
+- time to the survivor's first grant after the kill (a request that
+  started after the kill and completed), and time to recover: until the
+  survivor leases the whole pool (its ListWorkers lease count reaches
+  the pool's slots: it holds the dead replica's share as well as its own).
+
+Everything runs on this machine, shared with other work, so times include
+its load; the replica TTL is the config's (1.0 s here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from bench.harness import MeshUnderTest, markdown_table, percentile, running_mesh, write_results
+from headrace.local.mesh import LocalMesh
+from headrace.local.redis_server import free_port_run
+from headrace.v1 import generation_pb2, router_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
+
+POOL = "gen"
+REPLICAS = 2
+WORKERS = 2
+SLOTS = 4
+MAX_TOKENS = 12
+TOKENS_PER_S = 60.0
+REPLICA_TTL_S = 1.0
+REPORT_INTERVAL_MS = 100
+
+
+def mesh_config() -> dict[str, Any]:
+    return {
+        "pools": {
+            POOL: {
+                "workers": WORKERS,
+                "engine": {
+                    "kind": "synthetic",
+                    "ttft_ms": 5,
+                    "tokens_per_s": TOKENS_PER_S,
+                    "max_concurrency": SLOTS,
+                },
+            }
+        },
+        "models": {"gen": {"default_version": "1", "versions": {"1": {"pool": POOL}}}},
+        "default_model": "gen",
+        "default_embedding_model": "",
+        "cache": {"semantic": {"enabled": False}},
+        "scheduler": {
+            "replicas": REPLICAS,
+            "port": free_port_run(REPLICAS),
+            "metrics_port": None,
+            "report_interval_ms": REPORT_INTERVAL_MS,
+            "replica_ttl_s": REPLICA_TTL_S,
+            "worker_stale_after_s": 3.0,
+            "pools": {POOL: {"batch_headroom": 0.0}},
+        },
+    }
+
+
+@dataclass
+class FailoverResult:
+    requests: int = 0
+    lost: int = 0
+    lost_by_status: dict[str, int] = field(default_factory=dict)
+    started_after_kill_ok: int = 0
+    extra_slots_before_kill: int = 0
+    extra_slots_after_kill: int = 0
+    # Seconds from the kill.
+    first_grant_after_kill_s: float | None = None
+    recovered_s: float | None = None
+    survivor_leases_max: int = 0
+    pool_slots: int = WORKERS * SLOTS
+    replica_ttl_s: float = REPLICA_TTL_S
+    report_interval_ms: int = REPORT_INTERVAL_MS
+    # Places the router moved to the survivor after UNAVAILABLE (its log).
+    places_failed_over: int = 0
+    # Completed requests/s, and the longest time without a completion.
+    throughput_before: float = 0.0
+    throughput_after: float = 0.0
+    longest_gap_before_s: float = 0.0
+    longest_gap_after_s: float = 0.0
+    latency_p50_ms: float = 0.0
+    latency_p99_ms: float = 0.0
+    # `headrace status` for each scheduler replica after the kill.
+    status_after_kill: dict[str, str] = field(default_factory=dict)
+
+
+async def run_failover(mesh: MeshUnderTest, *, warmup_s: float, after_s: float, concurrency: int) -> FailoverResult:
+    result = FailoverResult()
+    schedulers = [p for p in mesh.processes if p.module == "services.scheduler"]
+    victim, survivor = schedulers[0], schedulers[1]
+    killed_at: float | None = None
+    stop = False
+    latencies: list[float] = []
+    completions: list[float] = []
+    errors: Counter[str] = Counter()
+
+    async with (
+        grpc.aio.insecure_channel(mesh.router_address) as router_channel,
+        grpc.aio.insecure_channel(survivor.address) as survivor_channel,
+    ):
+        router = router_pb2_grpc.RouterStub(router_channel)
+        survivor_stub = scheduler_pb2_grpc.SchedulerStub(survivor_channel)
+        worker_channels = [grpc.aio.insecure_channel(a) for a in mesh.worker_addresses()]
+        workers = [worker_pb2_grpc.WorkerStub(c) for c in worker_channels]
+
+        async def caller(index: int) -> None:
+            n = 0
+            while not stop:
+                n += 1
+                started = time.monotonic()
+                request = generation_pb2.GenerateRequest(
+                    prompt=f"caller {index} request {n}",
+                    sampling=generation_pb2.SamplingParams(max_tokens=MAX_TOKENS),
+                    cache=generation_pb2.CachePolicy(no_cache=True, no_store=True),
+                )
+                try:
+                    await router.Generate(request, timeout=30.0)
+                except grpc.aio.AioRpcError as exc:
+                    errors[exc.code().name] += 1
+                    continue
+                latencies.append(time.monotonic() - started)
+                completions.append(time.monotonic())
+                if killed_at is not None and started > killed_at:
+                    result.started_after_kill_ok += 1
+                    done = time.monotonic() - killed_at
+                    if result.first_grant_after_kill_s is None or done < result.first_grant_after_kill_s:
+                        result.first_grant_after_kill_s = done
+
+        async def sample() -> None:
+            while not stop:
+                loads = await asyncio.gather(
+                    *(w.GetLoad(worker_pb2.GetLoadRequest(), timeout=2.0) for w in workers), return_exceptions=True
+                )
+                extra = sum(
+                    max(0, load.running + load.waiting - load.capacity)
+                    for load in loads
+                    if isinstance(load, scheduler_pb2.WorkerLoad)
+                )
+                if killed_at is None:
+                    result.extra_slots_before_kill = max(result.extra_slots_before_kill, extra)
+                else:
+                    result.extra_slots_after_kill = max(result.extra_slots_after_kill, extra)
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        listing = await survivor_stub.ListWorkers(
+                            scheduler_pb2.ListWorkersRequest(pool=POOL), timeout=2.0
+                        )
+                        leases = sum(w.leases for w in listing.workers)
+                        result.survivor_leases_max = max(result.survivor_leases_max, leases)
+                        if result.recovered_s is None and leases >= result.pool_slots:
+                            result.recovered_s = time.monotonic() - killed_at
+                await asyncio.sleep(0.02)
+
+        tasks = [asyncio.create_task(caller(i)) for i in range(concurrency)]
+        sampler = asyncio.create_task(sample())
+        began = time.monotonic()
+        await asyncio.sleep(warmup_s)
+        # SIGKILL the replica's process group: no goodbye, no key deleted.
+        os.killpg(victim.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        await asyncio.sleep(after_s)
+        stop = True
+        ended = time.monotonic()
+        await asyncio.gather(*tasks, sampler)
+        for channel in worker_channels:
+            await channel.close()
+
+    states = {s.name: s.state for s in LocalMesh(mesh.settings, echo=lambda _line: None).status()}
+    result.status_after_kill = {p.name: states.get(p.name, "?") for p in schedulers}
+    assert killed_at is not None
+    # The first second after the start is warm-up, not counted.
+    before = [t for t in completions if began + 1.0 <= t < killed_at]
+    after = [t for t in completions if killed_at <= t <= ended]
+    result.throughput_before = len(before) / max(1e-9, killed_at - began - 1.0)
+    result.throughput_after = len(after) / max(1e-9, ended - killed_at)
+    result.longest_gap_before_s = _longest_gap(before, began + 1.0, killed_at)
+    result.longest_gap_after_s = _longest_gap(after, killed_at, ended)
+    router_log = next(p.log_path for p in mesh.processes if p.module == "services.router")
+    with open(router_log, errors="replace") as log:
+        result.places_failed_over = sum(1 for line in log if ": Place UNAVAILABLE" in line)
+    result.requests = len(latencies) + sum(errors.values())
+    result.lost = sum(errors.values())
+    result.lost_by_status = dict(errors)
+    result.latency_p50_ms = percentile(latencies, 50) * 1000
+    result.latency_p99_ms = percentile(latencies, 99) * 1000
+    return result
+
+
+def _longest_gap(times: list[float], start: float, end: float) -> float:
+    points = [start, *sorted(times), end]
+    return max(b - a for a, b in zip(points, points[1:], strict=False))
+
+
+def table(result: FailoverResult) -> str:
+    def seconds(value: float | None) -> str:
+        return "never" if value is None else f"{value:.2f} s"
+
+    rows = [
+        ["requests (closed loop, 2x the pool's slots)", str(result.requests)],
+        ["requests lost", f"{result.lost} {result.lost_by_status or ''}".strip()],
+        ["requests started after the kill and served", str(result.started_after_kill_ok)],
+        ["Places the router moved to the survivor", str(result.places_failed_over)],
+        ["extra slots before the kill (max, all workers)", str(result.extra_slots_before_kill)],
+        ["extra slots after the kill (max, all workers)", str(result.extra_slots_after_kill)],
+        [
+            "completed requests/s before / after the kill",
+            f"{result.throughput_before:.1f} / {result.throughput_after:.1f} "
+            f"({result.throughput_after / max(1e-9, result.throughput_before):.2f}x)",
+        ],
+        [
+            "longest time without a completion, before / after",
+            f"{result.longest_gap_before_s:.2f} / {result.longest_gap_after_s:.2f} s",
+        ],
+        ["first request started after the kill done", seconds(result.first_grant_after_kill_s)],
+        [f"recovered: survivor leases all {result.pool_slots} slots", seconds(result.recovered_s)],
+        ["latency p50 / p99", f"{result.latency_p50_ms:.0f} / {result.latency_p99_ms:.0f} ms"],
+        ["`headrace status` after the kill", ", ".join(f"{k} {v}" for k, v in result.status_after_kill.items())],
+    ]
+    header = (
+        f"Scheduler replica failover: {REPLICAS} replicas, {WORKERS} synthetic workers x {SLOTS} slots, "
+        f"replica_ttl_s {REPLICA_TTL_S}, report interval {REPORT_INTERVAL_MS} ms; replica 0 killed with SIGKILL.\n\n"
+    )
+    return header + markdown_table(["", "measured"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.failover")
+    parser.add_argument("--warmup-s", type=float, default=4.0)
+    parser.add_argument("--after-s", type=float, default=8.0)
+    args = parser.parse_args()
+    with running_mesh(mesh_config(), timeout_s=300) as mesh:
+        result = asyncio.run(
+            run_failover(mesh, warmup_s=args.warmup_s, after_s=args.after_s, concurrency=2 * WORKERS * SLOTS)
+        )
+    write_results("failover", asdict(result), table(result))
+
+
+if __name__ == "__main__":
+    main()

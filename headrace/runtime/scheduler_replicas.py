@@ -1,0 +1,162 @@
+"""The scheduler replicas, as the services that lease slots (routers, batch
+consumers) call them.
+
+Place goes to the replicas in turn and fails over: a replica that answers
+UNAVAILABLE (it is down, stopping, or its connection broke while the call
+waited in its queue) is skipped and the next one asked, so a request
+queued on a replica that dies is placed by a survivor before its first
+token. Replicas whose connection is known broken are tried last. A lease
+belongs to the replica that granted it, so RenewLease and Release go back
+to that one; if it died, its leases died with it (the survivors see the
+work only as the engines report it).
+
+Calls that any replica answers alike (batch jobs and files in Redis, worker
+listings) use `any_replica`: one channel over every replica with gRPC's
+round_robin balancing and a retry on UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from headrace.runtime.channels import channel_options, open_channel
+from headrace.runtime.config import LimitSettings
+from headrace.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# Bound on leases remembered (a caller that never releases must not grow
+# the table without end): the oldest are forgotten first, and their
+# Release goes to the first replica, where it is a no-op.
+MAX_TRACKED_LEASES = 100_000
+
+_RETRY_ON_UNAVAILABLE = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{"service": "headrace.v1.Scheduler"}],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
+
+
+def balanced_target(targets: Sequence[str]) -> str:
+    """One gRPC target naming every replica (`ipv4:a:p,b:q`), names
+    resolved once, now; a single target is returned as it is."""
+    if len(targets) == 1:
+        return targets[0]
+    addresses = []
+    for target in targets:
+        host, _, port = target.rpartition(":")
+        host = host.strip("[]")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = ipaddress.ip_address(socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0][4][0])
+        addresses.append((ip, port))
+    if all(ip.version == 4 for ip, _ in addresses):
+        return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in addresses)
+    return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip, port in addresses)
+
+
+def open_balanced_channel(targets: Sequence[str], limits: LimitSettings) -> grpc.aio.Channel:
+    """A channel over every replica for calls any of them answers."""
+    if len(targets) == 1:
+        return open_channel(targets[0], limits)
+    return grpc.aio.insecure_channel(
+        balanced_target(targets),
+        options=[*channel_options(limits), ("grpc.service_config", _RETRY_ON_UNAVAILABLE), ("grpc.enable_retries", 1)],
+    )
+
+
+class SchedulerReplicas:
+    def __init__(self, targets: Sequence[str], limits: LimitSettings) -> None:
+        if not targets:
+            raise ValueError("SchedulerReplicas needs at least one scheduler address")
+        self.targets = list(targets)
+        self._channels = [open_channel(target, limits) for target in self.targets]
+        self._stubs = [scheduler_pb2_grpc.SchedulerStub(channel) for channel in self._channels]
+        self._balanced = open_balanced_channel(self.targets, limits) if len(targets) > 1 else self._channels[0]
+        self.any_replica = scheduler_pb2_grpc.SchedulerStub(self._balanced)
+        self._turn = itertools.count()
+        # lease id -> index of the replica that granted it.
+        self._owners: dict[str, int] = {}
+        # Places that moved on to another replica after UNAVAILABLE.
+        self.failovers = 0
+
+    def _order(self) -> list[int]:
+        """Every replica once, starting from the next in turn; those whose
+        connection is broken last (they may be back, so still tried)."""
+        n = len(self._stubs)
+        start = next(self._turn) % n
+        ring = [(start + i) % n for i in range(n)]
+        broken = [i for i in ring if self._channels[i].get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE]
+        return [i for i in ring if i not in broken] + broken
+
+    async def place(
+        self, request: scheduler_pb2.PlaceRequest, *, options: Callable[[], dict[str, Any]] = dict
+    ) -> scheduler_pb2.PlaceResponse:
+        """A lease from the first replica that answers; `options` gives each
+        attempt its call options (so a failover gets what is left of the
+        deadline, not all of it again)."""
+        order = self._order()
+        for attempt, index in enumerate(order):
+            try:
+                response: scheduler_pb2.PlaceResponse = await self._stubs[index].Place(request, **options())
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == len(order) - 1:
+                    raise
+                self.failovers += 1
+                log.warning(
+                    "scheduler %s: Place %s (%s); trying %s",
+                    self.targets[index],
+                    exc.code().name,
+                    exc.details(),
+                    self.targets[order[attempt + 1]],
+                )
+                continue
+            self._remember(response.lease.lease_id, index)
+            return response
+        raise AssertionError("unreachable: the last attempt raises or returns")
+
+    def _remember(self, lease_id: str, index: int) -> None:
+        if len(self._owners) >= MAX_TRACKED_LEASES:
+            self._owners.pop(next(iter(self._owners)))
+        self._owners[lease_id] = index
+
+    def owner_of(self, lease_id: str) -> str:
+        """The address of the replica that granted a lease."""
+        return self.targets[self._owners.get(lease_id, 0)]
+
+    async def renew(self, request: scheduler_pb2.RenewLeaseRequest, **options: Any) -> scheduler_pb2.RenewLeaseResponse:
+        stub = self._stubs[self._owners.get(request.lease_id, 0)]
+        response: scheduler_pb2.RenewLeaseResponse = await stub.RenewLease(request, **options)
+        return response
+
+    async def release(self, request: scheduler_pb2.ReleaseRequest, **options: Any) -> scheduler_pb2.ReleaseResponse:
+        stub = self._stubs[self._owners.pop(request.lease_id, 0)]
+        response: scheduler_pb2.ReleaseResponse = await stub.Release(request, **options)
+        return response
+
+    async def close(self) -> None:
+        channels = {id(c): c for c in [*self._channels, self._balanced]}
+        for channel in channels.values():
+            await channel.close()
