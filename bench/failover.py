@@ -27,11 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -200,8 +202,7 @@ async def run_failover(mesh: MeshUnderTest, *, warmup_s: float, after_s: float, 
     result.longest_gap_before_s = _longest_gap(before, began + 1.0, killed_at)
     result.longest_gap_after_s = _longest_gap(after, killed_at, ended)
     router_log = next(p.log_path for p in mesh.processes if p.module == "services.router")
-    with open(router_log, errors="replace") as log:
-        result.places_failed_over = sum(1 for line in log if ": Place UNAVAILABLE" in line)
+    result.places_failed_over = _failovers_logged(router_log)
     result.requests = len(latencies) + sum(errors.values())
     result.lost = sum(errors.values())
     result.lost_by_status = dict(errors)
@@ -212,7 +213,13 @@ async def run_failover(mesh: MeshUnderTest, *, warmup_s: float, after_s: float, 
 
 def _longest_gap(times: list[float], start: float, end: float) -> float:
     points = [start, *sorted(times), end]
-    return max(b - a for a, b in zip(points, points[1:], strict=False))
+    return max(b - a for a, b in itertools.pairwise(points))
+
+
+def _failovers_logged(log_path: str) -> int:
+    """Place calls the router's SchedulerReplicas moved to another replica."""
+    text = Path(log_path).read_text(errors="replace") if Path(log_path).exists() else ""
+    return sum(1 for line in text.splitlines() if ": Place UNAVAILABLE" in line)
 
 
 def table(result: FailoverResult) -> str:

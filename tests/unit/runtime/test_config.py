@@ -104,3 +104,28 @@ def test_own_pools_without_models_keep_the_default_models_that_fit() -> None:
             pools={"smollm2": {"engine": {"kind": "synthetic"}}},
             models={"minilm": {"task": "embed", "default_version": "1", "versions": {"1": {"pool": "minilm"}}}},
         )
+
+
+@pytest.mark.unit
+def test_scheduler_replicas_give_every_client_the_same_address_list() -> None:
+    assert Settings(scheduler={"port": 50100, "replicas": 2}).scheduler.targets() == [  # type: ignore[arg-type]
+        "127.0.0.1:50100",
+        "127.0.0.1:50101",
+    ]
+    listed = Settings(scheduler={"addresses": ["10.0.0.1:50053", "10.0.0.2:50053"]})  # type: ignore[arg-type]
+    assert listed.scheduler.targets() == ["10.0.0.1:50053", "10.0.0.2:50053"]
+    with pytest.raises(ValueError, match="replicas is 3 but scheduler.addresses names 2"):
+        Settings(scheduler={"replicas": 3, "addresses": ["a:1", "b:2"]})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not host:port"):
+        Settings(scheduler={"addresses": ["nohost"]})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="each replica once"):
+        Settings(scheduler={"addresses": ["a:1", "a:1"]})  # type: ignore[arg-type]
+
+
+@pytest.mark.unit
+def test_a_worker_on_every_interface_must_say_how_others_reach_it() -> None:
+    keys = {"t": {"api_key_sha256": [hash_api_key("k")]}}
+    with pytest.raises(ValueError, match="set worker.advertise_host"):
+        Settings(tenants=keys, worker={"host": "0.0.0.0"})  # type: ignore[arg-type]
+    settings = Settings(tenants=keys, worker={"host": "0.0.0.0", "advertise_host": "10.1.2.3"})  # type: ignore[arg-type]
+    assert settings.worker.advertise_host == "10.1.2.3"

@@ -1,0 +1,73 @@
+"""A scheduler replica's share of each worker's slots (replica_set.py,
+capacity.py): shares of replicas that agree on who is alive add up to the
+worker's limit, so they cannot double-book it between them."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.scheduler.capacity import SlotModel
+from services.scheduler.replica_set import share_of
+from tests.unit.scheduler.workers import worker
+
+pytestmark = pytest.mark.unit
+
+MODEL = SlotModel(default_slots=16, engine_queue_slots=0, batch_headroom=0.25)
+
+
+class FixedShare:
+    def __init__(self, rank: int, live: int) -> None:
+        self.rank, self.live = rank, live
+
+    def of(self, worker_id: str, limit: int) -> int:
+        return share_of(limit, worker_id=worker_id, rank=self.rank, live=self.live)
+
+
+@given(
+    limit=st.integers(0, 512),
+    live=st.integers(1, 16),
+    worker_id=st.text(min_size=1, max_size=20),
+)
+def test_shares_of_the_live_replicas_add_up_to_the_limit(limit: int, live: int, worker_id: str) -> None:
+    shares = [share_of(limit, worker_id=worker_id, rank=rank, live=live) for rank in range(live)]
+    assert sum(shares) == limit
+    assert max(shares) - min(shares) <= 1
+
+
+def test_the_remainder_goes_to_different_replicas_for_different_workers() -> None:
+    owners = {next(r for r in range(2) if share_of(1, worker_id=f"gen-{i}", rank=r, live=2)) for i in range(16)}
+    assert owners == {0, 1}
+
+
+def test_a_replica_leases_only_its_share_of_a_worker() -> None:
+    state = worker("w", capacity=8)
+    state.share = FixedShare(rank=0, live=2)
+    assert MODEL.free(state) == 4
+    state.leases = state.leases_at_report = 4
+    state.load = type(state.load)(running=4, capacity=8)
+    # The other half is the other replica's, though the engine runs only ours.
+    assert MODEL.free(state) == 0
+    # Alone again (the other replica died): the whole worker, minus what runs.
+    state.share = FixedShare(rank=0, live=1)
+    assert MODEL.free(state) == 4
+
+
+def test_a_dead_replicas_running_work_still_counts_against_the_survivor() -> None:
+    # The survivor holds 2 leases; the engine also runs 3 of the dead replica's.
+    state = worker("w", capacity=8, running=5, leases=2)
+    state.share = FixedShare(rank=0, live=1)
+    assert MODEL.free(state) == 3
+
+
+def test_the_idle_rule_still_lets_a_replica_without_share_serve_an_idle_worker() -> None:
+    # One slot, two replicas: one of them has no share of this worker, but
+    # an idle worker takes one from anyone (the bounded double-booking).
+    shares = [FixedShare(rank, 2) for rank in range(2)]
+    free = []
+    for share in shares:
+        state = worker("w", capacity=1)
+        state.share = share
+        free.append(MODEL.free(state))
+    assert free == [1, 1]
