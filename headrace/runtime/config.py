@@ -251,6 +251,18 @@ class WorkerSettings(_Section):
     # Seconds a stopping worker waits for running requests.
     drain_timeout_s: float = Field(default=10.0, ge=0)
 
+    def reachable_host(self) -> str:
+        """The host a worker registers by: advertise_host, else its bind
+        host; a wildcard bind (0.0.0.0) with nothing advertised is refused."""
+        if self.advertise_host:
+            return self.advertise_host
+        if _is_wildcard(self.host):
+            raise ValueError(
+                f"worker.host is {self.host!r} (every interface), which no other host can dial: "
+                "set worker.advertise_host to the address the schedulers and routers reach it by"
+            )
+        return self.host
+
 
 class LimitSettings(_Section):
     """Bounds on what a request may carry; never unlimited."""
@@ -532,11 +544,6 @@ class Settings(BaseSettings):
         if not self.auth_enabled:
             for section in (self.router, self.cache, self.scheduler, self.worker):
                 _require_loopback(section.host)
-        if self.worker.advertise_host is None and _is_wildcard(self.worker.host):
-            raise ValueError(
-                f"worker.host is {self.worker.host!r} (every interface), which no other host can dial: "
-                "set worker.advertise_host to the address the schedulers and routers reach it by"
-            )
         return self
 
     @property

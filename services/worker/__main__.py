@@ -29,7 +29,7 @@ class WorkerApp:
     host: GrpcServiceHost
     reporter: LoadReporter
     engine: Engine
-    # The host others dial (None: the bind host).
+    # The host others dial (worker.advertise_host, else the bind host).
     advertise_host: str | None = None
 
     @property
@@ -53,6 +53,10 @@ def build_worker(
 ) -> WorkerApp:
     if pool not in settings.pools:
         raise SystemExit(f"unknown pool {pool!r}; configured: {', '.join(sorted(settings.pools))}")
+    try:
+        reachable = settings.worker.reachable_host()
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     model_versions = settings.pool_models(pool)
     engine = build_engine(settings.pool_engine(pool), models_dir=settings.models_dir)
     servicer = WorkerServicer(engine, model_versions=model_versions, limits=settings.limits)
@@ -76,7 +80,7 @@ def build_worker(
         limits=settings.limits,
         interval_s=settings.scheduler.report_interval_ms / 1000.0,
     )
-    return WorkerApp(host=host, reporter=reporter, engine=engine, advertise_host=settings.worker.advertise_host)
+    return WorkerApp(host=host, reporter=reporter, engine=engine, advertise_host=reachable)
 
 
 async def start_worker(app: WorkerApp) -> int:

@@ -125,7 +125,11 @@ def test_scheduler_replicas_give_every_client_the_same_address_list() -> None:
 @pytest.mark.unit
 def test_a_worker_on_every_interface_must_say_how_others_reach_it() -> None:
     keys = {"t": {"api_key_sha256": [hash_api_key("k")]}}
+    # The shared config is fine (routers and schedulers read it too) ...
+    wildcard = Settings(tenants=keys, worker={"host": "0.0.0.0"})  # type: ignore[arg-type]
+    # ... but the worker refuses to register by an address nobody can dial.
     with pytest.raises(ValueError, match="set worker.advertise_host"):
-        Settings(tenants=keys, worker={"host": "0.0.0.0"})  # type: ignore[arg-type]
+        wildcard.worker.reachable_host()
     settings = Settings(tenants=keys, worker={"host": "0.0.0.0", "advertise_host": "10.1.2.3"})  # type: ignore[arg-type]
-    assert settings.worker.advertise_host == "10.1.2.3"
+    assert settings.worker.reachable_host() == "10.1.2.3"
+    assert Settings().worker.reachable_host() == "127.0.0.1"
