@@ -19,7 +19,7 @@ PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # buf breaking compares the protos with this git revision.
 BUF_AGAINST ?= HEAD~1
 PYTEST_ARGS ?=
-BENCHMARKS := bench-overhead bench-engine bench-placement bench-gateway bench-cache bench-routing bench-batch
+BENCHMARKS := bench-overhead bench-engine bench-placement bench-gateway bench-cache bench-routing bench-batch bench-failover
 # protoc finds its mypy plugins (protoc-gen-mypy) in the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -140,6 +140,11 @@ BENCH_BATCH_ARGS ?=
 bench-batch: install
 	$(HEADRACE) models prepare
 	$(PY) -m bench.batch $(BENCH_BATCH_ARGS)
+
+# Scheduler replica failover: kill -9 one of two replicas under load through the
+# router (synthetic engine): requests lost, extra slots, time to recover.
+bench-failover: install
+	$(PY) -m bench.failover
 
 clean:
 	rm -rf $(VENV) .venv-triton .tools .mypy_cache .ruff_cache .pytest_cache

@@ -8,6 +8,9 @@ message through an extra layer, and the router relays every token."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -68,6 +71,43 @@ def call_options(timeout: float | None = None, metadata: Sequence[tuple[str, str
 def open_channel(target: str, limits: LimitSettings) -> grpc.aio.Channel:
     """An insecure channel (loopback / trusted network) to another service."""
     return grpc.aio.insecure_channel(target, options=channel_options(limits))
+
+
+# Round robin over the replicas that are up. No retry policy: a call a
+# replica received and failed may have done its work (SubmitBatch), so only
+# gRPC's transparent retries apply (calls that never reached a server).
+_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+def balanced_target(targets: Sequence[str]) -> str:
+    """One gRPC target naming every replica (`ipv4:a:p,b:q`), names
+    resolved once, now; a single target is returned as it is."""
+    if len(targets) == 1:
+        return targets[0]
+    addresses = []
+    for target in targets:
+        host, _, port = target.rpartition(":")
+        host = host.strip("[]")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = ipaddress.ip_address(socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0][4][0])
+        addresses.append((ip, port))
+    if all(ip.version == 4 for ip, _ in addresses):
+        return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in addresses)
+    return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip, port in addresses)
+
+
+def open_balanced_channel(targets: Sequence[str], limits: LimitSettings) -> grpc.aio.Channel:
+    """One channel over several replicas of a service (gRPC's round_robin:
+    a replica that is down gets no calls once its connection has failed),
+    for calls any of them answers alike. Same credentials as open_channel."""
+    if len(targets) == 1:
+        return open_channel(targets[0], limits)
+    return grpc.aio.insecure_channel(
+        balanced_target(targets),
+        options=[*channel_options(limits), ("grpc.service_config", _ROUND_ROBIN)],
+    )
 
 
 class ChannelPool:

@@ -12,23 +12,21 @@ work only as the engines report it).
 
 Calls that any replica answers alike (batch jobs and files in Redis, worker
 listings) use `any_replica`: one channel over every replica with gRPC's
-round_robin balancing and a retry on UNAVAILABLE.
+round_robin balancing, which stops sending to a replica once its
+connection fails (a call in flight on it when it dies fails UNAVAILABLE).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
-import json
 import logging
-import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from headrace.runtime.channels import channel_options, open_channel
+from headrace.runtime.channels import open_balanced_channel, open_channel
 from headrace.runtime.config import LimitSettings
 from headrace.v1 import scheduler_pb2, scheduler_pb2_grpc
 
@@ -38,53 +36,6 @@ log = logging.getLogger(__name__)
 # the table without end): the oldest are forgotten first, and their
 # Release goes to the first replica, where it is a no-op.
 MAX_TRACKED_LEASES = 100_000
-
-_RETRY_ON_UNAVAILABLE = json.dumps(
-    {
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "methodConfig": [
-            {
-                "name": [{"service": "headrace.v1.Scheduler"}],
-                "retryPolicy": {
-                    "maxAttempts": 4,
-                    "initialBackoff": "0.05s",
-                    "maxBackoff": "0.5s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ],
-    }
-)
-
-
-def balanced_target(targets: Sequence[str]) -> str:
-    """One gRPC target naming every replica (`ipv4:a:p,b:q`), names
-    resolved once, now; a single target is returned as it is."""
-    if len(targets) == 1:
-        return targets[0]
-    addresses = []
-    for target in targets:
-        host, _, port = target.rpartition(":")
-        host = host.strip("[]")
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            ip = ipaddress.ip_address(socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0][4][0])
-        addresses.append((ip, port))
-    if all(ip.version == 4 for ip, _ in addresses):
-        return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in addresses)
-    return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip, port in addresses)
-
-
-def open_balanced_channel(targets: Sequence[str], limits: LimitSettings) -> grpc.aio.Channel:
-    """A channel over every replica for calls any of them answers."""
-    if len(targets) == 1:
-        return open_channel(targets[0], limits)
-    return grpc.aio.insecure_channel(
-        balanced_target(targets),
-        options=[*channel_options(limits), ("grpc.service_config", _RETRY_ON_UNAVAILABLE), ("grpc.enable_retries", 1)],
-    )
 
 
 class SchedulerReplicas:
