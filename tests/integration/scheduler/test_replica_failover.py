@@ -5,6 +5,8 @@ run, shorter)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from bench.failover import REPLICAS, SLOTS, WORKERS, mesh_config, run_failover
@@ -24,8 +26,9 @@ async def test_killing_a_replica_under_load_loses_nothing_and_the_survivor_takes
     assert result.started_after_kill_ok > 0, result
     # The survivor ends up leasing the whole pool (the dead replica's share too) ...
     assert result.recovered_s is not None and result.survivor_leases_max == WORKERS * SLOTS, result
-    # ... and with two replicas no worker is ever booked beyond its slots:
-    # their shares sum to the limit, and the dead one's running sequences
-    # count against the survivor as reported load (docs/scheduler.md).
-    assert result.extra_slots_before_kill == 0 and result.extra_slots_after_kill == 0, result
+    # ... and double-booking stays within its bound: none while both live
+    # (their shares sum to each worker's limit); after the kill at most the
+    # dead replica's share of each worker (docs/scheduler.md, "Consistency").
+    assert result.extra_slots_before_kill == 0, result
+    assert result.extra_slots_after_kill <= WORKERS * math.ceil(SLOTS / REPLICAS), result
     assert result.status_after_kill == {"scheduler-0": "DOWN", "scheduler-1": "SERVING"}
