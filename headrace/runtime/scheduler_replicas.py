@@ -54,13 +54,17 @@ class SchedulerReplicas:
         self.failovers = 0
 
     def _order(self) -> list[int]:
-        """Every replica once, starting from the next in turn; those whose
-        connection is broken last (they may be back, so still tried)."""
+        """Every replica once: those with a working connection in turn (each
+        gets an even part of the calls: a replica's unused share of the
+        workers is not lent to the others), then the broken ones (they may
+        be back, so still tried)."""
         n = len(self._stubs)
-        start = next(self._turn) % n
-        ring = [(start + i) % n for i in range(n)]
-        broken = [i for i in ring if self._channels[i].get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE]
-        return [i for i in ring if i not in broken] + broken
+        broken = [i for i in range(n) if self._channels[i].get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE]
+        working = [i for i in range(n) if i not in broken]
+        if working:
+            start = next(self._turn) % len(working)
+            working = working[start:] + working[:start]
+        return working + broken
 
     async def place(
         self, request: scheduler_pb2.PlaceRequest, *, options: Callable[[], dict[str, Any]] = dict
