@@ -60,6 +60,9 @@ REPORT_INTERVAL_MS = 100
 
 
 def mesh_config(replicas: int = REPLICAS) -> dict[str, Any]:
+    # One run of free ports for the replicas and the workers together: ports
+    # picked apart, before anything binds them, could overlap.
+    base = free_port_run(replicas + WORKERS)
     return {
         "pools": {
             POOL: {
@@ -78,13 +81,13 @@ def mesh_config(replicas: int = REPLICAS) -> dict[str, Any]:
         "cache": {"semantic": {"enabled": False}},
         "scheduler": {
             "replicas": replicas,
-            "port": free_port_run(replicas),
+            "port": base,
             "metrics_port": None,
             "report_interval_ms": REPORT_INTERVAL_MS,
             "replica_ttl_s": REPLICA_TTL_S,
             "worker_stale_after_s": 3.0,
-            "pools": {POOL: {"batch_headroom": 0.0}},
         },
+        "worker": {"base_port": base + replicas, "metrics_port_offset": None},
     }
 
 
