@@ -1,6 +1,6 @@
 """Workers on other hosts, for real: three network namespaces on one bridge
 with private 10.x addresses (made and removed by the test). The router,
-the scheduler and Redis run in "core"; one worker each in "a" and "b",
+two scheduler replicas and Redis run in "core"; one worker each in "a" and "b",
 bound to every interface of their namespace and registered by the
 address they advertise. Traffic reaches both; when a's link goes down, its
 worker goes stale and the traffic moves to b's, with nothing lost.
@@ -49,7 +49,7 @@ def config(core: Host) -> dict[str, object]:
         "scheduler": {
             # Bound on every interface of core; everyone dials it by its bridge address.
             "host": "0.0.0.0",
-            "addresses": [f"{core.address}:{SCHEDULER_PORT}"],
+            "addresses": [f"{core.address}:{SCHEDULER_PORT}", f"{core.address}:{SCHEDULER_PORT + 1}"],
             "metrics_port": None,
             "report_interval_ms": 200,
             "worker_stale_after_s": 1.5,
@@ -95,7 +95,13 @@ def test_workers_on_two_other_hosts_serve_and_a_cut_host_goes_stale(hosts: dict[
             env=env,
             log_path=logs / "redis.log",
         )
-        processes.spawn(core, [sys.executable, "-m", "services.scheduler"], env=env, log_path=logs / "scheduler.log")
+        for replica in range(2):
+            processes.spawn(
+                core,
+                [sys.executable, "-m", "services.scheduler", "--replica", str(replica)],
+                env=env,
+                log_path=logs / f"scheduler-{replica}.log",
+            )
         processes.spawn(core, [sys.executable, "-m", "services.router"], env=env, log_path=logs / "router.log")
         for index, host in enumerate((host_a, host_b)):
             # Bound to every interface of its host; it registers by the address it advertises.
@@ -117,10 +123,12 @@ def test_workers_on_two_other_hosts_serve_and_a_cut_host_goes_stale(hosts: dict[
                 env=worker_env,
                 log_path=logs / f"worker-{index}.log",
             )
-        scheduler = f"{core.address}:{SCHEDULER_PORT}"
+        schedulers = [f"{core.address}:{SCHEDULER_PORT + replica}" for replica in range(2)]
         both = f"{host_a.address}:{WORKER_PORT},{host_b.address}:{WORKER_PORT}"
-        registered = client(core, "workers", "--scheduler", scheduler, "--accepting", both)
-        assert registered["ok"], (registered, _logs(logs))
+        for scheduler in schedulers:
+            # Each worker reports to every replica, by its advertised address.
+            registered = client(core, "workers", "--scheduler", scheduler, "--accepting", both)
+            assert registered["ok"], (registered, _logs(logs))
 
         served = client(core, "generate", "--router", f"127.0.0.1:{ROUTER_PORT}", "--key", API_KEY, "--count", "12")
         assert served["errors"] == [], (served, _logs(logs))
@@ -129,8 +137,9 @@ def test_workers_on_two_other_hosts_serve_and_a_cut_host_goes_stale(hosts: dict[
         # Host a is cut off: no RST, its reports just stop arriving.
         host_a.link_down()
         only_b = f"{host_b.address}:{WORKER_PORT}"
-        stale = client(core, "workers", "--scheduler", scheduler, "--accepting", only_b)
-        assert stale["ok"], (stale, _logs(logs))
+        for scheduler in schedulers:
+            stale = client(core, "workers", "--scheduler", scheduler, "--accepting", only_b)
+            assert stale["ok"], (stale, _logs(logs))
         moved = client(core, "generate", "--router", f"127.0.0.1:{ROUTER_PORT}", "--key", API_KEY, "--count", "8")
         assert moved == {"served": {"gen-1": 8}, "errors": []}, (moved, _logs(logs))
     finally:
