@@ -76,6 +76,7 @@ async def main(settings: Settings, replica: int = 0) -> None:
             redis,
             replica_id=targets[replica],
             ttl_s=settings.scheduler.replica_ttl_s,
+            expected=targets,
             on_change=lambda: dispatcher.kick() if dispatcher is not None else None,
         )
     dispatcher = build_dispatcher(settings, share=replicas)

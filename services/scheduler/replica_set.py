@@ -15,7 +15,8 @@ to look for. A replica killed outright stops beating, its key expires, and
 the survivors' next beat sees N - 1 and gives them its share: within
 `replica_ttl_s` plus one beat. A replica that stops cleanly deletes its key
 at once. If Redis cannot be reached, a replica keeps the view it had (so it
-never grows its share on a guess) and says so in its log.
+never grows its share on a guess) and says so in its log; until its first
+beat succeeds, that view is every configured replica.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -70,8 +71,12 @@ class ReplicaSet:
         replica_id: str,
         ttl_s: float,
         key_prefix: str = KEY_PREFIX,
+        expected: Sequence[str] = (),
         on_change: Callable[[], None] | None = None,
     ) -> None:
+        """`expected`: the configured replicas, assumed alive until Redis
+        says otherwise (a replica that cannot reach Redis at its start
+        must not take the whole of every worker)."""
         self.replica_id = replica_id
         self._redis = redis
         self._ttl_ms = max(1, int(ttl_s * 1000))
@@ -79,9 +84,8 @@ class ReplicaSet:
         self._members_key = f"{key_prefix}replicas"
         self._key_prefix = f"{key_prefix}replica:"
         self._on_change = on_change
-        # Until the first beat: alone (the first beat runs before serving).
-        self.live: tuple[str, ...] = (replica_id,)
-        self._rank = 0
+        self.live: tuple[str, ...] = tuple(sorted({replica_id, *expected}))
+        self._rank = self.live.index(replica_id)
         self._task: asyncio.Task[None] | None = None
         self._failing_since: float | None = None
 

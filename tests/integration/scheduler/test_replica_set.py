@@ -77,3 +77,14 @@ async def test_a_replica_that_cannot_reach_redis_keeps_its_view(tmp_path: Path) 
     finally:
         server.kill()
         await redis.aclose()
+
+
+async def test_a_replica_that_cannot_reach_redis_at_its_start_assumes_every_configured_replica_alive() -> None:
+    broken = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, socket_timeout=0.2)
+    replica = ReplicaSet(broken, replica_id="b:1", ttl_s=5.0, expected=["a:1", "b:1", "c:1"])
+    try:
+        await replica.beat()
+        assert replica.live == ("a:1", "b:1", "c:1")
+        assert replica.of("gen-0", 9) == 3
+    finally:
+        await broken.aclose()
