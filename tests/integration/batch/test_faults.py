@@ -6,6 +6,7 @@ engine, paced so a job takes a few seconds)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from headrace.local.redis_server import RedisServer
-from headrace.runtime.config import Settings
+from headrace.runtime.config import BatchSettings, Settings
 from headrace.v1 import batch_pb2
 from tests.integration.batch.conftest import batch_settings
 from tests.support.batch import (
@@ -104,10 +105,20 @@ async def assert_every_row_once(mesh: InProcessMesh, job: batch_pb2.BatchJob, ro
     )
 
 
+# The recovery settings as shipped: what a user gets after a kill -9.
+DEFAULT_RECOVERY = {
+    name: BatchSettings.model_fields[name].default
+    for name in ("visibility_timeout_s", "restore_interval_s", "chunk_timeout_s")
+}
+
+
+@pytest.mark.slow
 async def test_a_consumer_killed_mid_job_loses_no_row_and_doubles_none(
     tmp_path: Path, redis_server: RedisServer, consumers: list[ConsumerProcess]
 ) -> None:
-    mesh = await start_mesh(fault_settings(redis_server.url, max_inflight_rows=8))
+    # Default visibility timeout, sweep and chunk timeout: the victim's
+    # chunks come back because it stops renewing them, in seconds.
+    mesh = await start_mesh(fault_settings(redis_server.url, max_inflight_rows=8, **DEFAULT_RECOVERY))
     try:
         victim, survivor = await start_consumers(mesh, 2, tmp_path, consumers)
         stub = mesh.router_stub()
@@ -126,10 +137,17 @@ async def test_a_consumer_killed_mid_job_loses_no_row_and_doubles_none(
             job.id, [row for row, who in started.items() if who.startswith(f"{victim.name}:")]
         )
         victim.kill()
+        killed_at = time.monotonic()
+
+        async def interrupted_done() -> bool:
+            return not await store.unfinished(job.id, interrupted)
+
+        # The bound is generous (the target is 18 s): a loaded machine is slow.
+        await wait_until(interrupted_done, timeout_s=90, what="the victim's rows to be run again")
+        # Reported, not asserted (bench/ holds timings): how long the rows stood.
+        print(f"\nrecovery after kill -9: the victim's rows done {time.monotonic() - killed_at:.1f}s after")
         done = await wait_for_job(stub, job.id, timeout_s=60)
         await assert_every_row_once(mesh, done, 48)
-        # The rows the victim was running when it died were run again.
-        assert not await store.unfinished(job.id, interrupted)
         assert survivor.process.poll() is None
     finally:
         await mesh.close()
