@@ -154,8 +154,13 @@ class PoolSchedulingSettings(_Section):
     defaults."""
 
     policy: PlacementPolicyName = "least_outstanding_tokens"
-    # Requests waiting for a slot, all priority classes together; over it:
-    # RESOURCE_EXHAUSTED with a retry-after hint (0: never wait).
+    # Requests waiting for a slot, all priority classes together, are
+    # bounded by their expected wait: as many as the pool drains (slots /
+    # mean lease hold time) within max_expected_wait_s. Over it:
+    # RESOURCE_EXHAUSTED with a retry-after from the queue's state
+    # (services/scheduler/wait_bound.py).
+    max_expected_wait_s: float = Field(default=5.0, gt=0, le=3600)
+    # A ceiling on that count whatever the estimate (memory; 0: never wait).
     queue_limit: int = Field(default=256, ge=0, le=100_000)
     # Longest wait for a slot when the caller set no shorter deadline.
     max_queue_wait_s: float = Field(default=60.0, gt=0, le=3600)
