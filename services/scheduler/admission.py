@@ -152,7 +152,7 @@ class PoolAdmission:
             placement = await self._place_now(waiter)
             if placement is not None:
                 return placement
-        self.queue.limit = self.wait_bound.limit(self.capacity())
+        self.queue.limit = self.wait_bound.limit(self.nominal_slots())
         admission = self.queue.push(waiter, cls=priority, tenant=request.tenant, cost=request_cost(request))
         if not admission.admitted:
             self._reject(priority, "queue_full")
@@ -222,7 +222,7 @@ class PoolAdmission:
 
     def retry_after_s(self) -> float:
         """When a slot is likely: once the queue ahead has drained."""
-        return self.wait_bound.retry_after_s(len(self.queue), self.capacity())
+        return self.wait_bound.retry_after_s(len(self.queue), self.nominal_slots())
 
     def _abandon(self, waiter: Waiter) -> None:
         """The caller gives up: free its place, or the lease it just got."""
@@ -367,6 +367,13 @@ class PoolAdmission:
             for s in (workers if workers is not None else self.workers())
             if self._registry.accepting(s, now)
         )
+
+    def nominal_slots(self) -> int:
+        """Sequences the live workers run at once when busy: what the drain
+        rate scales with (capacity() is what they take now, 0 while full)."""
+        now = time.monotonic()
+        default = self.settings.default_worker_slots
+        return sum(s.load.capacity or default for s in self.workers() if self._registry.accepting(s, now))
 
     def refresh_gauges(self) -> None:
         workers = self.workers()

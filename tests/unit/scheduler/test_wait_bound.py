@@ -108,3 +108,14 @@ async def test_admission_bounds_its_queue_by_expected_wait_and_says_when_to_retr
     for placement in held:
         dispatcher.release(placement.lease.lease_id)
     await dispatcher.close()
+
+
+async def test_the_drain_rate_counts_a_full_workers_slots() -> None:
+    # A worker whose KV cache is full takes nothing new (capacity() is 0),
+    # yet it drains its 4 sequences as fast as ever.
+    dispatcher = make_dispatcher(queue_limit=100)
+    add_worker(dispatcher, capacity=4, running=4, kv_cache_usage=1.0)
+    admission = dispatcher.admission("pool")
+    assert admission.capacity() == 0
+    assert admission.nominal_slots() == 4
+    await dispatcher.close()
