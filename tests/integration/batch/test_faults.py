@@ -205,3 +205,31 @@ async def test_cancel_mid_job_starts_no_new_row_and_keeps_finished_ones(redis_se
         assert len(await results(stub, job.id)) == finished
     finally:
         await mesh.close()
+
+
+@pytest.mark.slow
+async def test_a_chunk_running_past_the_visibility_timeout_is_not_handed_out_twice(
+    tmp_path: Path, redis_server: RedisServer, consumers: list[ConsumerProcess]
+) -> None:
+    # Rows of 4 s against a 2 s visibility timeout swept every second: only
+    # the running consumer's renewals keep its chunks from the idle one.
+    slow = {**SLOW_POOLS, "smollm2": {"engine": {"kind": "synthetic", "ttft_ms": 20, "tokens_per_s": 2}}}
+    settings = batch_settings(
+        redis_server.url,
+        pools=slow,
+        batch={"visibility_timeout_s": 2, "restore_interval_s": 1, "chunk_timeout_s": 60, "max_inflight_rows": 8},
+    )
+    mesh = await start_mesh(settings)
+    try:
+        await start_consumers(mesh, 2, tmp_path, consumers)
+        stub = mesh.router_stub()
+        store = mesh.batch.store if mesh.batch else None
+        assert store is not None
+        job = await stub.SubmitBatch(batch_pb2.SubmitBatchRequest(input_jsonl=chat_rows(8, max_tokens=ROW_TOKENS)))
+        done = await wait_for_job(stub, job.id, timeout_s=60)
+        await assert_every_row_once(mesh, done, 8)
+        attempts = await store.redis.hgetall(store.job_key(job.id, "attempts"))
+        assert len(attempts) == 8
+        assert {int(v) for v in attempts.values()} == {1}, attempts
+    finally:
+        await mesh.close()
