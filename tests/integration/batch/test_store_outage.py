@@ -67,9 +67,7 @@ async def outage_answers(mesh: InProcessMesh, batch_id: str, file_id: str) -> di
     )
     await grpc_call(
         "SubmitBatch",
-        lambda: stub.SubmitBatch(
-            batch_pb2.SubmitBatchRequest(input_jsonl=chat_rows(2)), timeout=CALLER_TIMEOUT_S
-        ),
+        lambda: stub.SubmitBatch(batch_pb2.SubmitBatchRequest(input_jsonl=chat_rows(2)), timeout=CALLER_TIMEOUT_S),
     )
     async with httpx.AsyncClient(base_url=mesh.http_url, timeout=CALLER_TIMEOUT_S) as http:
         calls = {
@@ -100,9 +98,7 @@ async def a_job_and_a_file(mesh: InProcessMesh) -> tuple[str, str]:
     return job.id, job.input_file_id
 
 
-async def test_redis_stopped_answers_503_at_once_and_recovers(
-    mesh: InProcessMesh, private_redis: RedisServer
-) -> None:
+async def test_redis_stopped_answers_503_at_once_and_recovers(mesh: InProcessMesh, private_redis: RedisServer) -> None:
     batch_id, file_id = await a_job_and_a_file(mesh)
     private_redis.kill()
     took = await outage_answers(mesh, batch_id, file_id)
