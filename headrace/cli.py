@@ -79,7 +79,12 @@ def up(detach: bool, engine: str | None, timeout: float) -> None:
     logs = Path(settings.state_dir) / "logs"
     click.echo(f"starting the mesh (logs in {logs})")
     started_at = time.monotonic()
-    supervisor = _start_supervisor(env, logs, timeout)
+    try:
+        supervisor = _start_supervisor(env, logs, timeout)
+    except KeyboardInterrupt:
+        # Ctrl-C while starting: stop what was started so far, supervisor first.
+        mesh.down()
+        raise
     click.echo(f"mesh SERVING in {time.monotonic() - started_at:.1f}s; router at {_router_target(settings)}")
     if settings.gateway.enabled:
         host = f"[{settings.router.host}]" if ":" in settings.router.host else settings.router.host
