@@ -9,6 +9,7 @@ headrace batch submit|status|results|cancel|list
 headrace models list
 headrace models reload
 headrace keys hash KEY                   the digest to put in the config
+headrace bench trace OUT | replay TRACE  a production-shaped workload, replayed at its timestamps
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from headrace.runtime.config import Settings, hash_api_key, load_settings
 from headrace.runtime.engine_settings import ENGINE_DEFAULTS, VllmEngineSettings
 from headrace.runtime.errors import HeadraceError
 from headrace.v1 import batch_pb2, models_pb2, scheduler_pb2, scheduler_pb2_grpc
+from headrace.workload.cli import bench
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -494,6 +496,8 @@ def keys_hash(key: str) -> None:
     """Print the SHA-256 digest of KEY for a tenant's api_key_sha256."""
     click.echo(hash_api_key(key))
 
+
+main.add_command(bench)
 
 if __name__ == "__main__":
     main()
