@@ -220,12 +220,17 @@ class Dispatcher:
         workers = admission.workers()
         capacity = admission.capacity(workers)
         per_worker = capacity / len(workers) if workers else float(admission.settings.default_worker_slots)
+        # With several scheduler replicas each sees only its own queue and
+        # leases. Callers spread their Places evenly over the replicas, so
+        # the pool's queue is about this one's times the replicas alive, and
+        # the busy slots are ours plus the others' work as engines report it.
+        replicas = self.registry.replicas_live()
         decision = self.autoscaling.evaluate(
             pool,
             now=now,
             workers=len(workers),
-            queued=len(admission.queue),
-            leased=sum(s.leases for s in workers),
+            queued=len(admission.queue) * replicas,
+            leased=sum(s.leases if replicas == 1 else s.outstanding for s in workers),
             slots_per_worker=per_worker,
         )
         metrics.DESIRED_WORKERS.labels(pool=pool).set(decision.desired)

@@ -40,6 +40,11 @@ KEY_PREFIX = "headrace:scheduler:"
 
 
 class SlotShare(Protocol):
+    @property
+    def replicas(self) -> int:
+        """Replicas sharing the slots, this one included."""
+        ...
+
     def of(self, worker_id: str, limit: int) -> int:
         """How many of the worker's `limit` slots this replica may lease."""
         ...
@@ -47,6 +52,8 @@ class SlotShare(Protocol):
 
 class WholeShare:
     """One scheduler: every slot is its own."""
+
+    replicas = 1
 
     def of(self, worker_id: str, limit: int) -> int:
         return limit
@@ -88,6 +95,10 @@ class ReplicaSet:
         self._rank = self.live.index(replica_id)
         self._task: asyncio.Task[None] | None = None
         self._failing_since: float | None = None
+
+    @property
+    def replicas(self) -> int:
+        return len(self.live)
 
     def of(self, worker_id: str, limit: int) -> int:
         return share_of(limit, worker_id=worker_id, rank=self._rank, live=len(self.live))

@@ -113,6 +113,10 @@ class WorkerRoster:
         state.leases_at_report = state.leases
         return state
 
+    def replicas_live(self) -> int:
+        """Scheduler replicas sharing these workers' slots (1: this one alone)."""
+        return self._share.replicas
+
     def remove(self, worker_id: str) -> WorkerState | None:
         return self._workers.pop(worker_id, None)
 

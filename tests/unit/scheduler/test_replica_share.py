@@ -21,6 +21,10 @@ class FixedShare:
     def __init__(self, rank: int, live: int) -> None:
         self.rank, self.live = rank, live
 
+    @property
+    def replicas(self) -> int:
+        return self.live
+
     def of(self, worker_id: str, limit: int) -> int:
         return share_of(limit, worker_id=worker_id, rank=self.rank, live=self.live)
 
@@ -71,3 +75,29 @@ def test_the_idle_rule_still_lets_a_replica_without_share_serve_an_idle_worker()
         state.share = share
         free.append(MODEL.free(state))
     assert free == [1, 1]
+
+
+def test_the_autoscaler_of_one_replica_counts_the_whole_pools_demand() -> None:
+    """Each replica sees its own queue and leases only: its autoscaling
+    reading scales its queue by the replicas alive and counts busy slots
+    as the engines report them."""
+    from services.scheduler.dispatcher import Dispatcher
+    from services.scheduler.leases import LeaseTable
+    from services.scheduler.worker_roster import WorkerRoster
+    from tests.unit.scheduler.workers import identity
+
+    roster = WorkerRoster(stale_after_s=3.0, share=FixedShare(rank=0, live=2))
+    dispatcher = Dispatcher(registry=roster, leases=LeaseTable(ttl_s=30.0))
+    assert roster.replicas_live() == 2
+    # The engine runs 6 sequences, none of them ours: the other replica's.
+    roster.report(identity("w", pool="pool"), type(worker("w").load)(running=6, capacity=8), draining=False)
+    seen: dict[str, float] = {}
+    real = dispatcher.autoscaling.evaluate
+
+    def spy(pool: str, **reading: float) -> object:
+        seen.update(reading)
+        return real(pool, **reading)  # type: ignore[arg-type]
+
+    dispatcher.autoscaling.evaluate = spy  # type: ignore[method-assign,assignment]
+    dispatcher.autoscale("pool", 0.0)
+    assert seen["leased"] == 6
