@@ -166,17 +166,21 @@ def status() -> None:
 
 
 def _pool_lines(settings: Settings) -> list[str]:
-    """Each pool's workers against the autoscaler's decision, as the
-    scheduler reports them (nothing when it does not answer)."""
-    address = f"{settings.scheduler.host}:{settings.scheduler.port}"
-    try:
-        with grpc.insecure_channel(address) as channel:
-            pools = (
-                scheduler_pb2_grpc.SchedulerStub(channel)
-                .GetPoolStatus(scheduler_pb2.GetPoolStatusRequest(), timeout=2.0)
-                .pools
-            )
-    except grpc.RpcError:
+    """Each pool's workers against the autoscaler's decision, as the first
+    scheduler replica that answers reports them (nothing when none does)."""
+    pools = None
+    for address in settings.scheduler.targets():
+        try:
+            with grpc.insecure_channel(address) as channel:
+                pools = (
+                    scheduler_pb2_grpc.SchedulerStub(channel)
+                    .GetPoolStatus(scheduler_pb2.GetPoolStatusRequest(), timeout=2.0)
+                    .pools
+                )
+            break
+        except grpc.RpcError:
+            continue
+    if pools is None:
         return []
     lines = []
     for pool in pools:
