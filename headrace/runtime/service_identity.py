@@ -37,9 +37,7 @@ ACCESS: Final[Mapping[Role, frozenset[str]]] = {
     # A worker reports its load, nothing else: it never reads a job or a lease.
     Role.WORKER: frozenset({"/headrace.v1.Scheduler/ReportLoad"}),
     # The batch consumer runs rows on the worker beside it.
-    Role.CONSUMER: frozenset(
-        {"/headrace.v1.Worker/Generate", "/headrace.v1.Worker/Embed", "/headrace.v1.Worker/GetLoad", "/headrace.v1.Worker/Abort"}
-    ),
+    Role.CONSUMER: frozenset(f"/headrace.v1.Worker/{method}" for method in ("Generate", "Embed", "GetLoad", "Abort")),
     # The operator's tools: status, never a tenant's data.
     Role.ADMIN: frozenset(
         {"/headrace.v1.Scheduler/ListWorkers", "/headrace.v1.Scheduler/GetPoolStatus", "/headrace.v1.Worker/GetLoad"}
