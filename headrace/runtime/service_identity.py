@@ -30,10 +30,19 @@ from headrace.runtime.config import Settings
 from headrace.runtime.errors import FailedPrecondition, PermissionDenied, Unauthenticated
 from headrace.runtime.service_certs import CA_CERT, Role, cert_path, key_path, server_name
 
+_ROUTER_SCHEDULER_METHODS: Final = (
+    *("Place", "Release", "RenewLease", "ListWorkers", "GetPoolStatus"),
+    *("SubmitBatch", "GetBatch", "CancelBatch", "ListBatches", "StreamBatchResults"),
+    *("UploadFile", "GetFile", "GetFileContent", "DeleteFile"),
+)
 # Who may call what ("/package.Service/Method"; "Service/*" for all of one
 # service). Health and reflection are open to every authenticated peer.
 ACCESS: Final[Mapping[Role, frozenset[str]]] = {
-    Role.ROUTER: frozenset({"/headrace.v1.Cache/*", "/headrace.v1.Scheduler/*", "/headrace.v1.Worker/*"}),
+    # Everything it needs to serve a request, except speaking for a worker.
+    Role.ROUTER: frozenset(
+        {"/headrace.v1.Cache/*", "/headrace.v1.Worker/*"}
+        | {f"/headrace.v1.Scheduler/{method}" for method in _ROUTER_SCHEDULER_METHODS}
+    ),
     # A worker reports its load, nothing else: it never reads a job or a lease.
     Role.WORKER: frozenset({"/headrace.v1.Scheduler/ReportLoad"}),
     # The batch consumer runs rows on the worker beside it.
