@@ -238,7 +238,11 @@ class LocalMesh:
         return env
 
     def _admin(self) -> ServiceIdentity | None:
-        return service_identity(self._settings, Role.ADMIN)
+        try:
+            return service_identity(self._settings, Role.ADMIN)
+        except FailedPrecondition:
+            # Keys configured, never `up` here: nothing of ours can be running.
+            return None
 
     def _ensure_redis(self) -> ServiceProcess | None:
         url = self._settings.redis_url
