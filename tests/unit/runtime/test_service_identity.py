@@ -4,14 +4,28 @@ call what (the table every internal server checks per call)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import grpc
+import grpc.aio
 import pytest
+from click.testing import CliRunner
 from cryptography import x509
 
+from headrace import cli
 from headrace.runtime.config import Settings, hash_api_key
 from headrace.runtime.errors import FailedPrecondition, PermissionDenied, Unauthenticated
+from headrace.runtime.interceptors import ServerInterceptor
+from headrace.runtime.request_context import current_tenant
 from headrace.runtime.service_certs import Role, cert_path, init_deployment, issue, server_name
-from headrace.runtime.service_identity import ACCESS, PeerIdentity, admit, load_identity, service_identity
+from headrace.runtime.service_identity import (
+    ACCESS,
+    PeerIdentity,
+    admit,
+    current_peer,
+    load_identity,
+    service_identity,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -125,3 +139,78 @@ def test_with_api_keys_internal_calls_must_have_an_identity(tmp_path: Path) -> N
         service_identity(Settings(tenants=keys), Role.ROUTER)
     with pytest.raises(FailedPrecondition, match="headrace certs init"):
         service_identity(Settings(tenants=keys, internal_tls={"certs_dir": str(tmp_path)}), Role.ROUTER)
+
+
+class _Item:
+    def __init__(self, key: str, value: str) -> None:
+        self.key, self.value = key, value
+
+
+class _PeerContext:
+    """What a grpc.aio servicer context shows the interceptor of a call."""
+
+    def __init__(self, auth: dict[str, list[bytes]], tenant: str) -> None:
+        self._auth = auth
+        self._metadata = (_Item("x-headrace-tenant", tenant),)
+        self.aborted: grpc.StatusCode | None = None
+
+    def invocation_metadata(self) -> tuple[_Item, ...]:
+        return self._metadata
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return self._auth
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    async def abort(self, code: grpc.StatusCode, details: str, trailing: Any = ()) -> None:
+        self.aborted = code
+        raise grpc.aio.AbortError()
+
+
+class _Details:
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+
+async def test_the_interceptor_checks_the_peer_before_the_handler_runs() -> None:
+    ran: list[tuple[str, Role | None]] = []
+
+    async def behavior(request: Any, context: Any) -> str:
+        peer = current_peer()
+        ran.append((current_tenant(), peer.role if peer else None))
+        return "ok"
+
+    handler = grpc.unary_unary_rpc_method_handler(behavior)
+
+    async def continuation(details: Any) -> grpc.RpcMethodHandler:
+        return handler
+
+    interceptor = ServerInterceptor(authenticator=None, service_identity=True)
+    wrapped = await interceptor.intercept_service(continuation, _Details("/headrace.v1.Cache/Store"))
+    denied = _PeerContext(auth_context("worker", "127.0.0.1"), tenant="acme")
+    with pytest.raises(grpc.aio.AbortError):
+        await wrapped.unary_unary("req", denied)
+    assert denied.aborted == grpc.StatusCode.PERMISSION_DENIED and ran == []
+    assert await wrapped.unary_unary("req", _PeerContext(auth_context("router"), tenant="acme")) == "ok"
+    assert ran == [("acme", Role.ROUTER)]
+
+
+def test_the_cli_makes_a_deployment_and_a_hosts_credentials(tmp_path: Path) -> None:
+    runner = CliRunner()
+    made = runner.invoke(cli.main, ["certs", "init", str(tmp_path / "ca"), "--worker-host", "10.0.0.5"])
+    assert made.exit_code == 0, made.output
+    assert "ca.key off the service hosts" in made.output
+    again = runner.invoke(cli.main, ["certs", "init", str(tmp_path / "ca")])
+    assert again.exit_code != 0 and "already holds a CA" in again.output
+    host = tmp_path / "host"
+    roles = ["--role", "worker", "--role", "consumer"]
+    issued = runner.invoke(
+        cli.main, ["certs", "issue", "--ca", str(tmp_path / "ca"), *roles, "--host", "10.0.0.7", "--out", str(host)]
+    )
+    assert issued.exit_code == 0, issued.output
+    worker = load_identity(host, Role.WORKER)
+    peer = x509.load_pem_x509_certificate(worker.cert_pem)
+    names = peer.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
+    assert not (host / "ca.key").exists()
