@@ -78,7 +78,14 @@ def open_channel(
 ) -> grpc.aio.Channel:
     """A channel to another service (`server`: its role). With this process's
     identity: mutual TLS; without (open dev mode): plaintext on loopback."""
-    options = channel_options(limits)
+    return dial(target, channel_options(limits), identity, server=server)
+
+
+def dial(
+    target: str, options: list[tuple[str, Any]], identity: ServiceIdentity | None, *, server: Role
+) -> grpc.aio.Channel:
+    """The one place an internal channel gets its credentials (any target
+    form gRPC takes, e.g. several replicas behind one channel)."""
     if identity is None:
         return grpc.aio.insecure_channel(target, options=options)
     return grpc.aio.secure_channel(target, identity.channel_credentials(), options=_secure_options(options, server))
