@@ -100,6 +100,8 @@ def test_up_with_api_keys_secures_every_internal_hop_by_itself(cli_env: dict[str
 
     status = headrace(cli_env, "status")
     assert status.returncode == 0 and status.stdout.count("SERVING") == 8, status.stdout + status.stderr
+    # Pool status comes from the scheduler, asked with the operator's certificate.
+    assert "pool smollm2" in status.stdout, status.stdout
     answer = headrace({**cli_env, "HEADRACE_API_KEY": "acme-key"}, "generate", "Say hello", "--max-tokens", "4")
     assert answer.returncode == 0 and len(answer.stdout.split()) == 4, answer.stderr
 
