@@ -108,6 +108,11 @@ class RedisServer:
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (fault tests SIGSTOP it)."""
+        return self._process.pid if self._process is not None else None
+
     def start(self, timeout_s: float = 10.0) -> None:
         self._data_dir.mkdir(parents=True, exist_ok=True)
         config = None

@@ -193,8 +193,13 @@ class PoolSchedulingSettings(_Section):
     defaults."""
 
     policy: PlacementPolicyName = "least_outstanding_tokens"
-    # Requests waiting for a slot, all priority classes together; over it:
-    # RESOURCE_EXHAUSTED with a retry-after hint (0: never wait).
+    # Requests waiting for a slot, all priority classes together, are
+    # bounded by their expected wait: as many as the pool drains (slots /
+    # mean lease hold time) within max_expected_wait_s. Over it:
+    # RESOURCE_EXHAUSTED with a retry-after from the queue's state
+    # (services/scheduler/wait_bound.py).
+    max_expected_wait_s: float = Field(default=5.0, gt=0, le=3600)
+    # A ceiling on that count whatever the estimate (memory; 0: never wait).
     queue_limit: int = Field(default=256, ge=0, le=100_000)
     # Longest wait for a slot when the caller set no shorter deadline.
     max_queue_wait_s: float = Field(default=60.0, gt=0, le=3600)
@@ -321,11 +326,21 @@ class BatchSettings(_Section):
     # A chunk whose worker is unreachable is retried this often (backoff)
     # before its rows are failed.
     chunk_max_retries: int = Field(default=10, ge=0)
-    # Redis redelivers an unacknowledged task after this long (acks_late:
-    # a consumer killed mid-chunk loses nothing). Must exceed chunk_timeout_s.
-    visibility_timeout_s: float = Field(default=7200.0, gt=0)
-    # How often consumers look for tasks past their visibility timeout.
-    restore_interval_s: float = Field(default=10.0, gt=0)
+    # A consumer that dies (kill -9, a lost host) gives its chunks back this
+    # long after it last renewed them: a live consumer renews the messages
+    # it holds (running or prefetched) every quarter of it, so a chunk may
+    # run far longer than this. Recovery takes at most this plus one
+    # restore_interval_s (18 s by default). A Redis outage longer than
+    # three renewals may run a chunk twice, which writes no row twice.
+    visibility_timeout_s: float = Field(default=15.0, ge=2)
+    # How often consumers look for messages past their visibility timeout.
+    restore_interval_s: float = Field(default=3.0, gt=0)
+    # The scheduler's job store answers callers within this or says 503 /
+    # UNAVAILABLE (Redis down or frozen), with this Retry-After. Each Redis
+    # command's connect and read are bounded by it; consumers, whom nobody
+    # waits on, ride a Redis restart out instead.
+    store_timeout_s: float = Field(default=0.5, gt=0, le=10)
+    store_unavailable_retry_after_s: float = Field(default=5.0, gt=0)
     # Per consumer: chunk tasks run at once, and rows in flight at its
     # worker (a hard cap; the worker's capacity is the usual bound). The
     # chunks hold more rows (16 x 16) than the engine runs at once, so rows
@@ -350,15 +365,6 @@ class BatchSettings(_Section):
     load_poll_s: float = Field(default=0.25, gt=0)
     # Finished jobs (and their results) are kept this long.
     retention_s: int = Field(default=7 * 86400, ge=60)
-
-    @model_validator(mode="after")
-    def _visibility_above_chunk(self) -> BatchSettings:
-        if self.visibility_timeout_s <= self.chunk_timeout_s:
-            raise ValueError(
-                f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed chunk_timeout_s "
-                f"({self.chunk_timeout_s}): a chunk still running would be delivered twice"
-            )
-        return self
 
 
 class TenantSettings(_Section):
