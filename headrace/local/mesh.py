@@ -143,22 +143,9 @@ class LocalMesh:
                 str(logs / "scheduler.log"),
             ),
         ]
-        port = s.worker.base_port
-        for pool, spec in s.pools.items():
-            for index in range(spec.workers):
-                name = f"worker-{pool}-{index}"
-                processes.append(
-                    ServiceProcess(
-                        name,
-                        "services.worker",
-                        ["--pool", pool, "--index", str(index), "--port", str(port)],
-                        f"{s.worker.host}:{port}",
-                        "headrace.v1.Worker",
-                        str(logs / f"{name}.log"),
-                    )
-                )
-                processes.append(self._consumer_process(pool, index, f"{s.worker.host}:{port}", logs))
-                port += 1
+        for pool in s.pools:
+            for index in range(self.initial_workers(pool)):
+                processes += self.worker_processes(pool, index)
         processes.append(
             ServiceProcess(
                 "router",
@@ -170,6 +157,57 @@ class LocalMesh:
             )
         )
         return processes
+
+    def initial_workers(self, pool: str) -> int:
+        """Workers a pool starts with: its configured count, within the
+        autoscaler's bounds when it has one."""
+        spec = self._settings.pools[pool]
+        scaling = self._settings.scheduler.for_pool(pool).autoscale
+        if not scaling.enabled:
+            return spec.workers
+        return max(scaling.min_workers, min(scaling.max_workers, spec.workers))
+
+    def max_workers(self, pool: str) -> int:
+        """Workers a pool may ever have here (its share of the port range)."""
+        spec = self._settings.pools[pool]
+        scaling = self._settings.scheduler.for_pool(pool).autoscale
+        return max(spec.workers, scaling.max_workers) if scaling.enabled else spec.workers
+
+    def worker_port(self, pool: str, index: int) -> int:
+        """Ports from worker.base_port up, in pool order; each pool keeps
+        room for its most workers, so one scaling up never takes another's."""
+        port = self._settings.worker.base_port
+        for name in self._settings.pools:
+            if name == pool:
+                return port + index
+            port += self.max_workers(name)
+        raise KeyError(pool)
+
+    def worker_processes(self, pool: str, index: int) -> list[ServiceProcess]:
+        """Worker `index` of a pool and the batch consumer beside it."""
+        s = self._settings
+        logs = self._state_dir / "logs"
+        port = self.worker_port(pool, index)
+        name = f"worker-{pool}-{index}"
+        worker = ServiceProcess(
+            name,
+            "services.worker",
+            ["--pool", pool, "--index", str(index), "--port", str(port)],
+            f"{s.worker.host}:{port}",
+            "headrace.v1.Worker",
+            str(logs / f"{name}.log"),
+        )
+        return [worker, self._consumer_process(pool, index, worker.address, logs)]
+
+    def spawn(self, process: ServiceProcess, env: dict[str, str]) -> None:
+        """Start a process of the plan that is not running (a scale-up)."""
+        self._echo(f"  {process.name:<11} starting (log: {process.log_path})")
+        self._spawn(process, env)
+
+    def retire(self, process: ServiceProcess) -> None:
+        """Ask a process to stop (SIGTERM: a worker finishes what it runs,
+        within worker.drain_timeout_s; a consumer its current rows)."""
+        _signal_group(process.pid, signal.SIGTERM)
 
     def _consumer_process(self, pool: str, index: int, worker_address: str, logs: Path) -> ServiceProcess:
         """The batch consumer beside a worker (services/worker/consumer)."""
@@ -273,7 +311,8 @@ class LocalMesh:
             env["HEADRACE_INTERNAL_TLS__CERTS_DIR"] = str(certs_dir)
         return env
 
-    def _admin(self) -> ServiceIdentity | None:
+    def admin_identity(self) -> ServiceIdentity | None:
+        """The operator's certificate for status calls; None in open dev mode."""
         try:
             return service_identity(self._settings, Role.ADMIN)
         except FailedPrecondition:
@@ -352,7 +391,7 @@ class LocalMesh:
         find no worker: wait for them."""
         expected = {p.address for p in plan if p.module == "services.worker"}
         scheduler = next(p for p in plan if p.module == "services.scheduler")
-        with open_sync_channel(scheduler.address, self._admin(), server=Role.SCHEDULER) as channel:
+        with open_sync_channel(scheduler.address, self.admin_identity(), server=Role.SCHEDULER) as channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
             while True:
                 try:
@@ -422,7 +461,11 @@ class LocalMesh:
             return "SERVING" if redis_key_exists(self._settings.redis_url, process.heartbeat_key) else "DOWN"
         if process.name == "redis" or not process.health_service:
             return "SERVING" if redis_answers(self._settings.redis_url) else "DOWN"
-        return health_state(process.address, process.health_service, self._admin())
+        return health_state(process.address, process.health_service, self.admin_identity())
+
+
+def is_running(process: ServiceProcess) -> bool:
+    return _alive(process.pid)
 
 
 def _alive(pid: int) -> bool:
