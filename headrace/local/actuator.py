@@ -21,9 +21,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import grpc
-
 from headrace.local.mesh import LocalMesh, ServiceProcess, is_running
+from headrace.runtime.channels import open_sync_channel
+from headrace.runtime.service_certs import Role
+from headrace.runtime.service_identity import ServiceIdentity
 from headrace.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 log = logging.getLogger("headrace.local.actuator")
@@ -113,9 +114,12 @@ class LocalActuator:
         self.retiring[pool] = still
 
 
-def fetch_decisions(scheduler_address: str, timeout_s: float = 2.0) -> dict[str, int]:
-    """Each pool's desired worker count, as the scheduler decided it."""
-    with grpc.insecure_channel(scheduler_address) as channel:
+def fetch_decisions(
+    scheduler_address: str, identity: ServiceIdentity | None = None, timeout_s: float = 2.0
+) -> dict[str, int]:
+    """Each pool's desired worker count, as the scheduler decided it
+    (`identity`: the admin certificate, when the mesh has API keys)."""
+    with open_sync_channel(scheduler_address, identity, server=Role.SCHEDULER) as channel:
         response = scheduler_pb2_grpc.SchedulerStub(channel).GetPoolStatus(
             scheduler_pb2.GetPoolStatusRequest(), timeout=timeout_s
         )

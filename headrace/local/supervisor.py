@@ -140,7 +140,7 @@ class Supervisor:
             return
         actuator, pools, address = self._actuator
         try:
-            decisions = fetch_decisions(address)
+            decisions = fetch_decisions(address, self._mesh.admin_identity())
         except grpc.RpcError as exc:
             # The scheduler restarting: keep what runs, ask again later.
             log.warning("autoscaling: no decision from the scheduler (%s)", exc.code().name)
@@ -225,7 +225,6 @@ def main() -> None:
 
     mesh = LocalMesh(settings, echo=progress.echo)
     mesh.supervisor_pid = os.getpid()
-    env = dict(os.environ)
     try:
         processes = mesh.up(env_overrides={}, timeout_s=args.timeout)
     except HeadraceError as exc:
@@ -240,6 +239,8 @@ def main() -> None:
     progress.send(ready=True)
     progress.detach()
     log.info("mesh SERVING; supervising %d processes", len(processes))
+    # What `up` gave each process, secrets included, for restarts and new workers.
+    env = mesh.process_env
     supervisor = Supervisor(mesh, processes, env)
     autoscaled = [pool for pool in settings.pools if settings.scheduler.for_pool(pool).autoscale.enabled]
     if autoscaled:

@@ -28,6 +28,8 @@ import grpc.aio
 
 from headrace.runtime.channels import open_balanced_channel, open_channel
 from headrace.runtime.config import LimitSettings
+from headrace.runtime.service_certs import Role
+from headrace.runtime.service_identity import ServiceIdentity
 from headrace.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -39,13 +41,18 @@ MAX_TRACKED_LEASES = 100_000
 
 
 class SchedulerReplicas:
-    def __init__(self, targets: Sequence[str], limits: LimitSettings) -> None:
+    def __init__(self, targets: Sequence[str], limits: LimitSettings, identity: ServiceIdentity | None) -> None:
+        """`identity`: this process's service credential (None: open dev mode)."""
         if not targets:
             raise ValueError("SchedulerReplicas needs at least one scheduler address")
         self.targets = list(targets)
-        self._channels = [open_channel(target, limits) for target in self.targets]
+        self._channels = [open_channel(t, limits, identity, server=Role.SCHEDULER) for t in self.targets]
         self._stubs = [scheduler_pb2_grpc.SchedulerStub(channel) for channel in self._channels]
-        self._balanced = open_balanced_channel(self.targets, limits) if len(targets) > 1 else self._channels[0]
+        self._balanced = (
+            open_balanced_channel(self.targets, limits, identity, server=Role.SCHEDULER)
+            if len(targets) > 1
+            else self._channels[0]
+        )
         self.any_replica = scheduler_pb2_grpc.SchedulerStub(self._balanced)
         self._turn = itertools.count()
         # lease id -> index of the replica that granted it.

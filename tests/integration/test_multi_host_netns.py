@@ -5,8 +5,10 @@ bound to every interface of their namespace and registered by the
 address they advertise. Traffic reaches both; when a's link goes down, its
 worker goes stale and the traffic moves to b's, with nothing lost.
 
-Every process, and the client, runs inside a namespace the test created:
-no traffic goes anywhere else."""
+Beyond loopback the mesh needs API keys (the router's door) and service
+identity (mutual TLS between the services, with certificates that name
+the worker hosts): the test makes both. Every process, and the client,
+runs inside a namespace the test created: no traffic goes anywhere else."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import yaml
 
 from headrace.local.redis_server import redis_server_argv, redis_server_binary
 from headrace.runtime.config import hash_api_key
+from headrace.runtime.service_certs import init_deployment
 from tests.support.netns import Host, Processes, bridged_hosts, netns_unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -34,11 +37,14 @@ ROUTER_PORT = 50051
 WORKER_PORT = 50061
 
 
-def config(core: Host) -> dict[str, object]:
+def config(core: Host, certs: Path) -> dict[str, object]:
     return {
         "redis_url": f"redis://127.0.0.1:{REDIS_PORT}/0",
         # Serving beyond loopback takes API keys (open dev mode refuses).
         "tenants": {"netns": {"api_key_sha256": [hash_api_key(API_KEY)]}},
+        # ... and calls between services on different hosts go over mutual
+        # TLS with the deployment's certificates.
+        "internal_tls": {"certs_dir": str(certs)},
         "pools": {"gen": {"workers": 2, "engine": {"kind": "synthetic", "ttft_ms": 1, "max_concurrency": 4}}},
         "models": {"gen": {"default_version": "1", "versions": {"1": {"pool": "gen"}}}},
         "default_model": "gen",
@@ -82,7 +88,10 @@ def hosts() -> Iterator[dict[str, Host]]:
 def test_workers_on_two_other_hosts_serve_and_a_cut_host_goes_stale(hosts: dict[str, Host], tmp_path: Path) -> None:
     core, host_a, host_b = hosts["core"], hosts["a"], hosts["b"]
     config_path = tmp_path / "headrace.yaml"
-    config_path.write_text(yaml.safe_dump(config(core)))
+    certs = tmp_path / "certs"
+    # The worker certificate names the addresses workers may announce.
+    init_deployment(certs, worker_hosts=[host_a.address, host_b.address])
+    config_path.write_text(yaml.safe_dump(config(core, certs)))
     env = {**os.environ, "HEADRACE_CONFIG": str(config_path), "HEADRACE_STATE_DIR": str(tmp_path / "state")}
     logs = tmp_path / "logs"
     processes = Processes()
@@ -127,7 +136,7 @@ def test_workers_on_two_other_hosts_serve_and_a_cut_host_goes_stale(hosts: dict[
         both = f"{host_a.address}:{WORKER_PORT},{host_b.address}:{WORKER_PORT}"
         for scheduler in schedulers:
             # Each worker reports to every replica, by its advertised address.
-            registered = client(core, "workers", "--scheduler", scheduler, "--accepting", both)
+            registered = client(core, "workers", "--scheduler", scheduler, "--accepting", both, "--certs", str(certs))
             assert registered["ok"], (registered, _logs(logs))
 
         served = client(core, "generate", "--router", f"127.0.0.1:{ROUTER_PORT}", "--key", API_KEY, "--count", "12")
@@ -138,7 +147,7 @@ def test_workers_on_two_other_hosts_serve_and_a_cut_host_goes_stale(hosts: dict[
         host_a.link_down()
         only_b = f"{host_b.address}:{WORKER_PORT}"
         for scheduler in schedulers:
-            stale = client(core, "workers", "--scheduler", scheduler, "--accepting", only_b)
+            stale = client(core, "workers", "--scheduler", scheduler, "--accepting", only_b, "--certs", str(certs))
             assert stale["ok"], (stale, _logs(logs))
         moved = client(core, "generate", "--router", f"127.0.0.1:{ROUTER_PORT}", "--key", API_KEY, "--count", "8")
         assert moved == {"served": {"gen-1": 8}, "errors": []}, (moved, _logs(logs))

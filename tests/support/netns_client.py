@@ -2,8 +2,9 @@
 python -m tests.support.netns_client ...`) and prints what it saw as one
 JSON line: the test's own namespace cannot reach the addresses in there.
 
-    workers --scheduler ADDR --accepting E1,E2 [--timeout S]
+    workers --scheduler ADDR --accepting E1,E2 [--timeout S] [--certs DIR]
         wait until exactly these endpoints are accepting; print the listing
+        (--certs: the deployment's certificates; asks as the admin role)
     generate --router ADDR --key KEY --count N
         send N requests; print the worker of each answer and any errors
 """
@@ -15,17 +16,22 @@ import asyncio
 import json
 import time
 from collections import Counter
+from pathlib import Path
 
 import grpc
 import grpc.aio
 
+from headrace.runtime.channels import dial
+from headrace.runtime.service_certs import Role
+from headrace.runtime.service_identity import load_identity
 from headrace.v1 import generation_pb2, router_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
 
-async def workers(scheduler: str, accepting: set[str], timeout_s: float) -> dict[str, object]:
+async def workers(scheduler: str, accepting: set[str], timeout_s: float, certs: str | None) -> dict[str, object]:
     deadline = time.monotonic() + timeout_s
     listing: list[dict[str, object]] = []
-    async with grpc.aio.insecure_channel(scheduler) as channel:
+    identity = load_identity(Path(certs), Role.ADMIN) if certs else None
+    async with dial(scheduler, [], identity, server=Role.SCHEDULER) as channel:
         stub = scheduler_pb2_grpc.SchedulerStub(channel)
         while True:
             try:
@@ -68,13 +74,15 @@ def main() -> None:
     listing.add_argument("--scheduler", required=True)
     listing.add_argument("--accepting", required=True)
     listing.add_argument("--timeout", type=float, default=60.0)
+    listing.add_argument("--certs", default=None)
     sending = commands.add_parser("generate")
     sending.add_argument("--router", required=True)
     sending.add_argument("--key", required=True)
     sending.add_argument("--count", type=int, default=8)
     args = parser.parse_args()
     if args.command == "workers":
-        result = asyncio.run(workers(args.scheduler, set(filter(None, args.accepting.split(","))), args.timeout))
+        accepting = set(filter(None, args.accepting.split(",")))
+        result = asyncio.run(workers(args.scheduler, accepting, args.timeout, args.certs))
     else:
         result = asyncio.run(generate(args.router, args.key, args.count))
     print(json.dumps(result))

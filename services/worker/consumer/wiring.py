@@ -19,6 +19,8 @@ from opentelemetry.trace import TracerProvider
 from headrace.batch.queue import build_celery_app, consumer_heartbeat_key, consumer_name, queue_name
 from headrace.batch.store import BatchStore, open_redis
 from headrace.runtime.config import Settings
+from headrace.runtime.service_certs import Role
+from headrace.runtime.service_identity import service_identity
 from headrace.runtime.telemetry import build_tracer_provider
 from services.worker.consumer.admission import AdmissionGate
 from services.worker.consumer.attempt_errors import ChunkTimedOut
@@ -78,6 +80,7 @@ class BatchConsumer:
             self.settings.limits,
             worker_id=self._worker_id,
             price_per_hour=self.settings.pools[self.pool].price_per_hour,
+            identity=service_identity(self.settings, Role.CONSUMER),
         )
         self._gate = AdmissionGate(
             self._client,

@@ -69,7 +69,7 @@ async def pair() -> AsyncIterator[Pair]:
         replicas.append(Replica(dispatcher, host, f"127.0.0.1:{await host.start()}"))
     worker = build_worker(config, pool="gen", index=0, port=0, scheduler_targets=[r.address for r in replicas])
     await start_worker(worker)
-    client = SchedulerReplicas([r.address for r in replicas], config.limits)
+    client = SchedulerReplicas([r.address for r in replicas], config.limits, None)
     deadline = time.monotonic() + 10
     while not all(r.dispatcher.registry.has_candidate(MODEL) for r in replicas):
         assert time.monotonic() < deadline, "the worker did not report to both replicas"

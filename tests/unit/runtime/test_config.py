@@ -42,9 +42,20 @@ def test_open_dev_mode_refuses_non_loopback_binds() -> None:
 
 
 @pytest.mark.unit
-def test_with_api_keys_any_address_may_be_bound() -> None:
+def test_with_api_keys_the_router_may_bind_any_address() -> None:
     settings = Settings(router={"host": "0.0.0.0"}, tenants={"acme": {"api_key_sha256": [hash_api_key("k")]}})
     assert settings.auth_enabled
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("section", ["cache", "scheduler", "worker"])
+def test_internal_services_leave_loopback_only_with_service_identity(section: str, tmp_path: Path) -> None:
+    # API keys guard the router's door; they say nothing of who calls the cache.
+    keys = {"acme": {"api_key_sha256": [hash_api_key("k")]}}
+    with pytest.raises(ValueError, match="refusing to bind '0.0.0.0': internal_tls.certs_dir is not set"):
+        Settings(**{section: {"host": "0.0.0.0"}}, tenants=keys)
+    settings = Settings(**{section: {"host": "0.0.0.0"}}, tenants=keys, internal_tls={"certs_dir": str(tmp_path)})
+    assert settings.internal_tls.certs_dir == tmp_path
 
 
 @pytest.mark.unit
@@ -124,12 +135,17 @@ def test_scheduler_replicas_give_every_client_the_same_address_list() -> None:
 
 @pytest.mark.unit
 def test_a_worker_on_every_interface_must_say_how_others_reach_it() -> None:
-    keys = {"t": {"api_key_sha256": [hash_api_key("k")]}}
+    # Beyond loopback: API keys and service identity (the certificates are
+    # only read when a service starts).
+    secured: dict[str, object] = {
+        "tenants": {"t": {"api_key_sha256": [hash_api_key("k")]}},
+        "internal_tls": {"certs_dir": "/nonexistent/certs"},
+    }
     # The shared config is fine (routers and schedulers read it too) ...
-    wildcard = Settings(tenants=keys, worker={"host": "0.0.0.0"})  # type: ignore[arg-type]
+    wildcard = Settings(**secured, worker={"host": "0.0.0.0"})  # type: ignore[arg-type]
     # ... but the worker refuses to register by an address nobody can dial.
     with pytest.raises(ValueError, match="set worker.advertise_host"):
         wildcard.worker.reachable_host()
-    settings = Settings(tenants=keys, worker={"host": "0.0.0.0", "advertise_host": "10.1.2.3"})  # type: ignore[arg-type]
+    settings = Settings(**secured, worker={"host": "0.0.0.0", "advertise_host": "10.1.2.3"})  # type: ignore[arg-type]
     assert settings.worker.reachable_host() == "10.1.2.3"
     assert Settings().worker.reachable_host() == "127.0.0.1"
