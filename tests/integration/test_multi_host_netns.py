@@ -59,6 +59,9 @@ def config(core: Host, certs: Path) -> dict[str, object]:
             "metrics_port": None,
             "report_interval_ms": 200,
             "worker_stale_after_s": 1.5,
+            # Each replica takes the workers in turn: both hosts get traffic
+            # (least-load ties on idle workers always pick the same one).
+            "pools": {"gen": {"policy": "round_robin"}},
         },
         "worker": {"host": "0.0.0.0", "metrics_port_offset": None},
     }
