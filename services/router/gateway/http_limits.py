@@ -87,8 +87,12 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         crowded = len(self.connections) >= self.limits.max_connections
         super().connection_made(transport)
         if crowded:
+            # Closed at once, not lingering: under a flood, every refused
+            # connection kept open a moment longer is an open file more.
             message = f"the gateway holds {self.limits.max_connections} connections, its limit; retry shortly"
-            self._refuse(refusal(503, message, code="too_many_connections", retry_after_s=1))
+            self._draining = True
+            transport.write(refusal(503, message, code="too_many_connections", retry_after_s=1))
+            transport.close()
             return
         self._arm(self.limits.header_timeout_s, self._head_timed_out)
 
