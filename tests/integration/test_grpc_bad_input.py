@@ -43,9 +43,8 @@ def add_echo(server: grpc.aio.Server) -> None:
 async def test_undecodable_requests_are_invalid_argument_without_a_traceback(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    host = GrpcServiceHost(
-        [ServiceRegistration("test.Echo", add_echo)], host="127.0.0.1", port=0, limits=LimitSettings()
-    )
+    echo = ServiceRegistration("test.Echo", add_echo)
+    host = GrpcServiceHost([echo], host="127.0.0.1", port=0, limits=LimitSettings(), identity=None)
     port = await host.start()
     garbage = b"\xff\xff\xff\xff\x0f"
     try:
