@@ -99,7 +99,10 @@ requests_ = st.one_of(
     st.tuples(st.just("POST"), st.just("/v1/chat/completions"), fuzzing.bodies(fuzzing.CHAT)),
     st.tuples(st.just("POST"), st.just("/v1/completions"), fuzzing.bodies(fuzzing.COMPLETION)),
     st.tuples(st.just("POST"), st.just("/v1/embeddings"), fuzzing.bodies(fuzzing.EMBEDDING)),
-    # TEMP st.tuples(st.just("POST"), st.just("/v1/batches"), fuzzing.bodies(fuzzing.BATCH)),
+    # POST /v1/batches joins once its route reads its body through body.read_model
+    # (the wt/house branch): until then it decodes JSON on its own and a deep or
+    # surrogate-laden body is still a 500 there. With both merged it passes:
+    # st.tuples(st.just("POST"), st.just("/v1/batches"), fuzzing.bodies(fuzzing.BATCH)),
     st.tuples(st.sampled_from(["GET", "POST", "DELETE"]), _ID.map(lambda i: f"/v1/batches/{i}"), st.just(b"")),
     st.tuples(st.just("POST"), _ID.map(lambda i: f"/v1/batches/{i}/cancel"), st.just(b"")),
     st.tuples(st.sampled_from(["GET", "DELETE"]), _ID.map(lambda i: f"/v1/files/{i}"), st.just(b"")),
