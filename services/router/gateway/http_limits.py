@@ -168,7 +168,12 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def _body_timed_out(self) -> None:
         self._timer = None
         cycle = self.cycle
-        if not self._live() or cycle is None or cycle.response_complete:
+        if not self._live() or cycle is None:
+            return
+        if cycle.response_complete:
+            # Answered without reading it all, and the rest trickles in:
+            # nothing is waiting for it.
+            self.transport.close()
             return
         answer = b""
         if not cycle.response_started:

@@ -125,6 +125,20 @@ async def test_a_stalled_body_is_408_and_the_app_sees_a_disconnect() -> None:
         await server.stop()
 
 
+async def test_a_body_left_unsent_after_the_answer_is_closed_too() -> None:
+    # The app answers without reading the body; the client never finishes it.
+    settings = GatewaySettings(body_timeout_s=0.3, keepalive_timeout_s=3600)
+    server = HttpServer(hello, host="127.0.0.1", port=0, settings=settings)
+    await server.start()
+    try:
+        head, body = await exchange(
+            server.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n", b"x" * 10
+        )
+        assert head.startswith(b"HTTP/1.1 200") and body == b"hello"
+    finally:
+        await server.stop()
+
+
 async def test_connections_past_the_cap_are_refused_at_once_and_idle_ones_closed() -> None:
     server = await limited_server(max_connections=3, keepalive_timeout_s=1)
     try:
