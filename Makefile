@@ -19,7 +19,7 @@ PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # buf breaking compares the protos with this git revision.
 BUF_AGAINST ?= HEAD~1
 PYTEST_ARGS ?=
-BENCHMARKS := bench-overhead bench-engine bench-placement bench-overload bench-gateway bench-cache bench-routing bench-batch
+BENCHMARKS := bench-overhead bench-engine bench-placement bench-overload bench-gateway bench-connection-limits bench-cache bench-routing bench-batch
 # protoc finds its mypy plugins (protoc-gen-mypy) in the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -128,6 +128,9 @@ bench-overload: install
 bench-gateway: install
 	$(HEADRACE) models prepare
 	$(PY) -m bench.gateway
+
+bench-connection-limits: install
+	$(PY) -m bench.connection_limits
 
 # Semantic cache hit rate and wrong hits on held-out paraphrase pairs; lookup latency.
 bench-cache: install

@@ -1,4 +1,4 @@
-"""python -m bench.connection_limits: what the gateway's connection limits
+"""make bench-connection-limits: what the gateway's connection limits
 hold against, with the defaults and with the limits lifted, side by side in
 one run (the router as `headrace up` runs it, synthetic engine).
 
