@@ -114,6 +114,19 @@ class GatewaySettings(_Section):
     open_metrics: bool = False
     # Seconds in-flight HTTP requests get to finish when the router stops.
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+    # Connection limits (services/router/gateway/http_limits.py). A request
+    # line and headers over max_header_bytes: 431. Headers not complete
+    # within header_timeout_s of a connection or request starting: 408 and
+    # closed (slowloris). A body that stalls for body_timeout_s between
+    # reads: 408 and closed. An idle keep-alive connection is closed after
+    # keepalive_timeout_s. Past max_connections open connections (WebSockets
+    # included), a new one is answered 503 and closed at once, so open
+    # files stay bounded whatever a client opens.
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    keepalive_timeout_s: int = Field(default=5, ge=1)
+    max_connections: int = Field(default=1024, ge=1)
 
 
 class RateLimitSettings(_Section):
