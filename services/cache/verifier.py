@@ -18,6 +18,7 @@ two texts' structure, cheaply (tens of microseconds, no model):
 - direction and order: two shared words in opposite order with an
   asymmetric word between them in both ("Java faster than Python",
   "from Paris to London", "does smoking cause cancer");
+- unrelated: not one content word in common;
 - slot changes: the texts share their content but one swaps one or two
   content words for others ("dose for adults" / "dose for children",
   lowercase "france" / "germany") and the swap is not a known synonym.
@@ -30,6 +31,7 @@ generation; an accepted near-miss serves a wrong answer.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ class Check(Enum):
     ENTITY = "entity"
     ORDER = "order"
     SLOT = "slot"
+    UNRELATED = "unrelated"
     NO_TEXT = "no-text"
 
 
@@ -105,9 +108,9 @@ _CONTRACTIONS = [
 _TOKEN = re.compile(r"[a-z0-9_]+(?:[.,][0-9]+)*|[%$€£¥°#+]")
 
 NEGATIONS = frozenset(
-    "not no never without none nobody nothing neither nor nowhere noone hardly barely lack lacking".split()
+    "not no non never without none nobody nothing neither nor nowhere noone hardly barely lack lacking".split()
 )
-_NEGATIVE_PREFIXES = ("un", "in", "il", "im", "ir", "dis", "non", "a")
+_NEGATIVE_PREFIXES = ("un", "in", "il", "im", "ir", "dis", "non", "ab", "a")
 
 STOPWORDS = frozenset(
     """a an the of in on at for to from by with about as into onto over under than then and or but if so
@@ -116,7 +119,7 @@ STOPWORDS = frozenset(
     this that these those there here what which who whom whose when where why how whether
     any some each every all both either much many more most very really just also too quite
     way ways please tell explain know want need like get got go going thing things someone something
-    anyone anything one's possible able best-way kind sort type""".split()
+    anyone anything one's possible able kind sort type between one""".split()
 )
 
 _NUMBER_WORDS = {
@@ -132,9 +135,11 @@ _NUMBER_WORDS.update(
         "ninety": "90", "hundred": "100", "thousand": "1000", "million": "1000000", "billion": "1000000000",
         "first": "1", "second": "2", "third": "3", "fourth": "4", "fifth": "5", "sixth": "6", "seventh": "7",
         "eighth": "8", "ninth": "9", "tenth": "10", "half": "0.5", "twice": "2", "double": "2", "triple": "3",
-        "dozen": "12", "single": "1", "once": "1", "thrice": "3", "quarter": "0.25",
+        "dozen": "12", "thrice": "3", "quarter": "0.25",
     }
 )  # fmt: skip
+# "One" is as often "a" or a pronoun ("how do I write one?"): digits only.
+del _NUMBER_WORDS["one"]
 _ORDINAL = re.compile(r"^([0-9]+)(st|nd|rd|th|s)$")
 
 _MONTHS = {
@@ -230,7 +235,7 @@ _SYNONYM_GROUPS = """
 fix repair solve resolve troubleshoot
 make create build generate produce
 buy purchase
-big large huge
+huge enormous
 small little tiny
 begin start commence
 end finish stop terminate
@@ -275,6 +280,18 @@ tire tyre
 color colour
 center centre
 favorite favourite
+undo revert
+last recent latest
+tall high
+quit exit leave
+pan skillet
+fridge refrigerator
+join connect
+check see view
+difference different differ
+big large biggest largest
+trip travel journey
+upgrade update
 """.splitlines()
 SYNONYMS: dict[str, str] = {}
 for _line in _SYNONYM_GROUPS:
@@ -282,6 +299,12 @@ for _line in _SYNONYM_GROUPS:
     for _w in _words:
         SYNONYMS.setdefault(_w, _words[0])
 
+# Verbs that relate two things one way round ("does smoking cause cancer").
+_RELATIONS = frozenset(
+    """cause affect beat defeat eat transmit border orbit succeed precede follow replace kill attack marry
+    owe pay send sue hire bite chase prefer outperform lead feed infect carry contain own buy sell give
+    teach help trust depend convert translate become""".split()
+)
 # Words between two swapped names that do not make an order matter.
 _SYMMETRIC = frozenset({"and", "or", "vs", "versus", "with", "between", "the", "a", "an", "&", "both", "nor"})
 
@@ -290,24 +313,41 @@ _SYMMETRIC = frozenset({"and", "or", "vs", "versus", "with", "between", "the", "
 
 
 def _stem(word: str) -> str:
-    """A light stem (plural and third person -s): 'tables' and 'table' match."""
-    if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        return word[:-1]
-    return word
+    """A light stem, so that inflections match: merged/merge, making/make,
+    tables/table, viruses/virus, used/use."""
+    if len(word) <= 3 or not word.isalpha() or not any(c in "aeiouy" for c in word[:-2]):
+        # Short words, codes, and acronyms (https is not http's plural).
+        return word
+    for suffix in ("ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            if suffix == "s" and word.endswith(("ss", "us", "is")):
+                break
+            if suffix == "es" and not word.endswith(("ses", "xes", "zes", "ches", "shes")):
+                continue
+            word = word[: -len(suffix)]
+            break
+    if word.endswith("ie"):
+        word = word[:-2] + "y"
+    if len(word) > 3 and word[-1] == word[-2] and word[-1] not in "aeiouls":
+        word = word[:-1]  # stopped -> stopp -> stop
+    return word.rstrip("e") if len(word) > 3 else word
 
 
 @dataclass(frozen=True)
 class _Analysis:
     tokens: tuple[str, ...]
-    # Content words, stemmed and mapped to a synonym group's first word.
-    content: tuple[str, ...]
+    # Per token: its content key (stemmed, mapped to a synonym group's
+    # first word), or "" for stopwords, negations and numbers.
+    keys: tuple[str, ...]
     negated: bool
     numbers: Counter[str]
     dates: Counter[str]
     units: Counter[str]
     entities: frozenset[str]
+
+    @property
+    def content(self) -> tuple[str, ...]:
+        return tuple(k for k in self.keys if k)
 
 
 def _normalize(text: str) -> str:
@@ -331,6 +371,11 @@ def _number(token: str) -> str | None:
     return None
 
 
+# Words in names that a paraphrase may leave out (New York City, Mount
+# Everest); what remains of the name must still match.
+_NAME_PARTS = frozenset("city state county river lake mount mountain island university street inc ltd co".split())
+
+
 def _entities(text: str) -> frozenset[str]:
     """Names: capitalized past the first word, all caps (2+ letters), or
     letters mixed with digits; as lowercase stems."""
@@ -339,7 +384,7 @@ def _entities(text: str) -> frozenset[str]:
     for i, word in enumerate(words):
         word = word.rstrip(".")
         lower = word.lower()
-        if lower in STOPWORDS or lower in _NUMBER_WORDS or lower in _DATE_WORDS or lower in _UNITS:
+        if lower in STOPWORDS or lower in _NUMBER_WORDS or lower in _DATE_WORDS or lower in _UNITS or lower in _NAME_PARTS:
             continue
         named = (i > 0 and word[0].isupper()) or (len(word) >= 2 and word.isupper())
         named = named or (any(c.isdigit() for c in word) and any(c.isalpha() for c in word))
@@ -353,13 +398,11 @@ def analyse(text: str) -> _Analysis:
     numbers: Counter[str] = Counter()
     dates: Counter[str] = Counter()
     units: Counter[str] = Counter()
-    content: list[str] = []
+    keys: list[str] = []
     for i, token in enumerate(tokens):
         number = _number(token)
         if number is not None:
             numbers[number] += 1
-            if token in _NUMBER_WORDS:
-                continue
         month = _MONTHS.get(token[:3]) if len(token) >= 3 and token in (*_MONTHS, *_MONTHS.values()) else None
         date = month or (token if token in _DATE_WORDS else None)
         if date is not None:
@@ -371,22 +414,28 @@ def analyse(text: str) -> _Analysis:
                 or (_number(following) is not None)
             ):
                 dates[date] += 1
-        if token in _UNITS and (len(token) > 1 or (i > 0 and _number(tokens[i - 1]) is not None)):
-            # One-letter units count only after a number: "m" and "l" are
-            # also letters.
+        if token in _UNITS and _next_to_number(tokens, i):
+            # A unit counts beside a number ("5 km", "$ 20"): "time of year"
+            # holds no quantity, and a unit word alone that differs is a
+            # slot change.
             units[_UNITS[token]] += 1
         if token in STOPWORDS or token in NEGATIONS or number is not None:
-            continue
-        content.append(_stem(SYNONYMS.get(token, SYNONYMS.get(_stem(token), token))))
+            keys.append("")
+        else:
+            keys.append(_stem(SYNONYMS.get(token, SYNONYMS.get(_stem(token), token))))
     return _Analysis(
         tokens=tokens,
-        content=tuple(content),
+        keys=tuple(keys),
         negated=any(t in NEGATIONS for t in tokens),
         numbers=numbers,
         dates=dates,
         units=units,
         entities=_entities(text),
     )
+
+
+def _next_to_number(tokens: tuple[str, ...], i: int) -> bool:
+    return any(0 <= j < len(tokens) and _number(tokens[j]) is not None for j in (i - 1, i + 1))
 
 
 def _negative_forms(word: str) -> set[str]:
@@ -400,15 +449,11 @@ def _diff(a: Counter[str], b: Counter[str]) -> str:
 
 
 def _order_swap(a: _Analysis, b: _Analysis) -> str:
-    """Two words both texts share, in opposite order, linked in both by a
-    word that makes order matter; "" if none."""
-    shared = set(a.content) & set(b.content)
-    # Numbers and units count as words whose order matters (20 C to F).
-    pos_a = {t: i for i, t in reversed(list(enumerate(a.tokens)))}
-    pos_b = {t: i for i, t in reversed(list(enumerate(b.tokens)))}
-    raw_shared = {t for t in set(a.tokens) & set(b.tokens) if t not in STOPWORDS and t not in NEGATIONS}
-    raw_shared |= {t for t in shared if t in pos_a and t in pos_b}
-    words = sorted(raw_shared, key=lambda t: pos_a[t])
+    """Two content words both texts share, in opposite order, linked in
+    both by the same word that makes order matter; "" if none."""
+    pos_a = {k: i for i, k in reversed(list(enumerate(a.keys))) if k}
+    pos_b = {k: i for i, k in reversed(list(enumerate(b.keys))) if k}
+    words = sorted(set(pos_a) & set(pos_b), key=lambda k: pos_a[k])
     for i, first in enumerate(words):
         for second in words[i + 1 :]:
             if pos_b[first] <= pos_b[second]:
@@ -418,23 +463,43 @@ def _order_swap(a: _Analysis, b: _Analysis) -> str:
             # The same asymmetric link in both ("to", "than", "cause"): a
             # swap. A sentence turned around (active to passive) links its
             # words with other words, and is left to the threshold.
-            link = (set(between_a) & set(between_b)) - _SYMMETRIC - NEGATIONS
-            if link:
+            if {t for t in set(between_a) & set(between_b) if _is_link(t)}:
                 return f"{first}..{second}"
     return ""
+
+
+def _is_link(token: str) -> bool:
+    """A word that makes the order of the words around it matter: a
+    function word (to, than, from, into, in, over ...) or a relation."""
+    if token in _SYMMETRIC or token in NEGATIONS or _number(token) is not None:
+        return False
+    return token in STOPWORDS or token in _RELATIONS or _stem(token) in _RELATIONS
+
+
+def _slot_change(a: _Analysis, b: _Analysis, max_words: int) -> str:
+    """The content words of both, in order, are the same but for one run
+    of at most `max_words` words replaced by another: a template with one
+    slot filled differently ("dose for adults" / "dose for children").
+    Paraphrases reword more than one place, or insert and drop words."""
+    matcher = difflib.SequenceMatcher(None, a.content, b.content, autojunk=False)
+    changes = [op for op in matcher.get_opcodes() if op[0] != "equal"]
+    if len(changes) != 1 or changes[0][0] != "replace" or len(changes) == len(matcher.get_opcodes()):
+        return ""
+    _, i1, i2, j1, j2 = changes[0]
+    if i2 - i1 > max_words or j2 - j1 > max_words:
+        return ""
+    return f"{' '.join(a.content[i1:i2])}/{' '.join(b.content[j1:j2])}"
 
 
 class LexicalVerifier:
     """Structural and lexical checks (see the module's docstring).
 
-    `max_slot_words`: a change of at most this many content words on each
-    side, with at least `min_shared` content words shared, is a slot change."""
+    `max_slot_words`: the most content words a slot change replaces."""
 
     name = "lexical"
 
-    def __init__(self, *, max_slot_words: int = 2, min_shared: int = 1) -> None:
+    def __init__(self, *, max_slot_words: int = 3) -> None:
         self._max_slot_words = max_slot_words
-        self._min_shared = min_shared
 
     def verify(self, query: str, stored: str) -> Verdict:
         if not stored:
@@ -448,16 +513,16 @@ class LexicalVerifier:
             return Verdict(False, Check.DATE, _diff(a.dates, b.dates))
         if a.units != b.units:
             return Verdict(False, Check.UNIT, _diff(a.units, b.units))
-        words_a, words_b = set(a.content), set(b.content)
-        only_a, only_b = words_a - words_b, words_b - words_a
-        for word in only_a:
-            if _negative_forms(word) & only_b or any(word in _negative_forms(w) for w in only_b):
-                return Verdict(False, Check.NEGATION, f"{word}/{' '.join(sorted(only_b))}")
         raw_a, raw_b = set(a.tokens), set(b.tokens)
-        for word in raw_a - raw_b:
-            opposite = ANTONYMS.get(word, set()) & (raw_b - raw_a)
+        only_raw_a, only_raw_b = raw_a - raw_b, raw_b - raw_a
+        for word in only_raw_a:
+            negative = _negative_forms(word) & only_raw_b or {w for w in only_raw_b if word in _negative_forms(w)}
+            if negative:
+                return Verdict(False, Check.NEGATION, f"{word}/{min(negative)}")
+            opposite = ANTONYMS.get(word, set()) & only_raw_b
             if opposite:
                 return Verdict(False, Check.ANTONYM, f"{word}/{min(opposite)}")
+        words_a, words_b = set(a.content), set(b.content)
         missing = {e for e in a.entities if e not in words_b and e not in raw_b}
         missing |= {e for e in b.entities if e not in words_a and e not in raw_a}
         if missing:
@@ -465,13 +530,11 @@ class LexicalVerifier:
         swap = _order_swap(a, b)
         if swap:
             return Verdict(False, Check.ORDER, swap)
-        shared = words_a & words_b
-        if (
-            only_a
-            and only_b
-            and len(only_a) <= self._max_slot_words
-            and len(only_b) <= self._max_slot_words
-            and len(shared) >= self._min_shared
-        ):
-            return Verdict(False, Check.SLOT, f"{' '.join(sorted(only_a))}/{' '.join(sorted(only_b))}")
+        if not words_a & words_b and (words_a or words_b):
+            # Not one content word in common (synonyms and inflections
+            # counted): whatever the vectors say, nothing shows the same ask.
+            return Verdict(False, Check.UNRELATED)
+        slot = _slot_change(a, b, self._max_slot_words)
+        if slot:
+            return Verdict(False, Check.SLOT, slot)
         return ACCEPT
