@@ -19,8 +19,10 @@ from services.cache.embedding_cache import EmbeddingCache
 from services.cache.entry_store import EntryStore
 from services.cache.response_cache import ResponseCache, SemanticParts
 from services.cache.semantic_index import SemanticIndex
+from services.cache.semantic_serving import SemanticServing
 from services.cache.server import CacheServicer
 from services.cache.vector_index import HnswParams
+from services.cache.verifier import AcceptAll, HitVerifier, LexicalVerifier
 
 
 @dataclass
@@ -54,8 +56,11 @@ def build_cache(
         embedder = BatchingEmbedder(
             encoder, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, max_pending=config.max_pending
         )
+        verifier: HitVerifier = LexicalVerifier() if config.verifier == "lexical" else AcceptAll()
         semantic = SemanticParts(
             encoder=encoder,
+            verifier=verifier,
+            serving=SemanticServing.from_record(config, model_id=encoder.model_id, verifier=verifier.name),
             embeddings=EmbeddingCache(
                 client, embedder, model_id=encoder.model_id, dimension=encoder.dimension, ttl_s=config.embedding_ttl_s
             ),

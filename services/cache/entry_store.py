@@ -116,6 +116,9 @@ class StoredEntry:
     tags: tuple[str, ...]
     # Context scope of a semantic entry, "" otherwise.
     scope: str
+    # The semantic key's text (the last user turn) of a semantic entry, for
+    # the verifier; "" otherwise, and for entries stored before it was kept.
+    text: str = ""
 
     def age_s(self, now: float | None = None) -> float:
         return (now if now is not None else time.time()) - self.created_at
@@ -198,6 +201,7 @@ class EntryStore:
             expires_at=float(fields.get(b"expires_at", b"0")),
             tags=tuple(json.loads(fields.get(b"tags", b"[]"))),
             scope=_text(fields.get(b"scope")),
+            text=_text(fields.get(b"text")),
         )
         if entry.tenant != partition.tenant or entry.model_version != partition.model_version:
             return None
@@ -217,6 +221,7 @@ class EntryStore:
         max_entries: int,
         scope: str = "",
         vector: Vectors | None = None,
+        text: str = "",
     ) -> bool:
         """Store the entry; False when an invalidation newer than the
         request that produced it matches it (the answer may be stale)."""
@@ -234,7 +239,7 @@ class EntryStore:
         ]  # fmt: skip
         semantic = vector is not None and bool(scope)
         if semantic and vector is not None:
-            fields += ["scope", scope, "vector", np.asarray(vector, dtype=np.float32).tobytes()]
+            fields += ["scope", scope, "text", text, "vector", np.asarray(vector, dtype=np.float32).tobytes()]
         keys = [
             entry_key(entry_id),
             log_key(partition),

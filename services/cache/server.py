@@ -33,6 +33,8 @@ def _reply(result: LookupResult) -> cache_pb2.CacheLookupResponse:
     reply.similarity = result.similarity
     reply.entry_id = result.entry.entry_id
     reply.age_s = result.entry.age_s()
+    if result.outcome is Outcome.HIT_SEMANTIC:
+        reply.verdict = f"{result.verifier}:{result.verdict}"
     return reply
 
 
@@ -46,6 +48,13 @@ def _note_on_trace(result: LookupResult) -> None:
     if result.entry is not None:
         span.set_attribute("headrace.cache.entry_id", result.entry.entry_id)
         span.set_attribute("headrace.cache.similarity", result.similarity)
+    if result.verdict:
+        # On a semantic hit the verdict that let it through; on a miss the
+        # first candidate the verifier turned down, and why.
+        span.set_attribute("headrace.cache.verifier", result.verifier)
+        span.set_attribute("headrace.cache.verdict", result.verdict)
+        if result.verdict_detail:
+            span.set_attribute("headrace.cache.verdict_detail", result.verdict_detail)
 
 
 def criteria_from(request: cache_pb2.InvalidateRequest) -> InvalidateCriteria:

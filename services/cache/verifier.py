@@ -32,6 +32,7 @@ generation; an accepted near-miss serves a wrong answer.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ class Verdict:
 
     @property
     def label(self) -> str:
-        """"accept", or "reject:<check>"."""
+        """ "accept", or "reject:<check>"."""
         return "accept" if self.accepted else f"reject:{self.check.value}"
 
 
@@ -143,8 +144,7 @@ del _NUMBER_WORDS["one"]
 _ORDINAL = re.compile(r"^([0-9]+)(st|nd|rd|th|s)$")
 
 _MONTHS = {
-    m[:3]: m
-    for m in "january february march april may june july august september october november december".split()
+    m[:3]: m for m in "january february march april may june july august september october november december".split()
 }
 _DATE_WORDS = frozenset(
     list(_MONTHS.values())
@@ -351,7 +351,7 @@ class _Analysis:
 
 
 def _normalize(text: str) -> str:
-    text = text.lower().replace("’", "'").replace("‘", "'")
+    text = text.lower().replace("\u2019", "'").replace("\u2018", "'")
     text = re.sub(r"°\s*([cf])\b", r"°\1", text)
     # 5kg, 10km, 3pm: the number and the unit are separate tokens.
     text = re.sub(r"\b([0-9]+(?:\.[0-9]+)?)([a-z°%$€£]+)\b", r"\1 \2", text)
@@ -384,7 +384,13 @@ def _entities(text: str) -> frozenset[str]:
     for i, word in enumerate(words):
         word = word.rstrip(".")
         lower = word.lower()
-        if lower in STOPWORDS or lower in _NUMBER_WORDS or lower in _DATE_WORDS or lower in _UNITS or lower in _NAME_PARTS:
+        if (
+            lower in STOPWORDS
+            or lower in _NUMBER_WORDS
+            or lower in _DATE_WORDS
+            or lower in _UNITS
+            or lower in _NAME_PARTS
+        ):
             continue
         named = (i > 0 and word[0].isupper()) or (len(word) >= 2 and word.isupper())
         named = named or (any(c.isdigit() for c in word) and any(c.isalpha() for c in word))
@@ -393,7 +399,10 @@ def _entities(text: str) -> frozenset[str]:
     return frozenset(found)
 
 
+@functools.lru_cache(maxsize=4096)
 def analyse(text: str) -> _Analysis:
+    """What the checks compare; cached, since a stored question is
+    compared again at each lookup that finds it."""
     tokens = tuple(_TOKEN.findall(_normalize(text)))
     numbers: Counter[str] = Counter()
     dates: Counter[str] = Counter()

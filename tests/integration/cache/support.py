@@ -37,9 +37,11 @@ class RunningCache:
 
 
 async def start_cache(redis_url: str, encoder: TextEncoder | None, **semantic: Any) -> RunningCache:
+    """Semantic hits served ("serve": "on") unless the test says otherwise:
+    these tests check the mechanics, not the calibration's verdict."""
     settings = Settings(
         redis_url=redis_url,
-        cache={"metrics_port": None, "semantic": {"enabled": encoder is not None, **semantic}},
+        cache={"metrics_port": None, "semantic": {"enabled": encoder is not None, "serve": "on", **semantic}},
     )
     client = aioredis.Redis.from_url(redis_url)
     app = build_cache(settings, client, encoder=encoder, port=0)
