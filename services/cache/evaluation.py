@@ -101,6 +101,36 @@ def split(pairs: Sequence[LabelledPair]) -> tuple[list[LabelledPair], list[Label
 
 
 @dataclass(frozen=True)
+class Probe:
+    """One lookup of an evaluation: its text, category, and the stored
+    questions (texts) that answer it rightly."""
+
+    text: str
+    category: str
+    right: frozenset[str]
+
+
+def plan(pairs: Sequence[LabelledPair]) -> tuple[list[str], list[Probe]]:
+    """What to store (each stored question once, less the open set) and
+    what to look up, with what would be right."""
+    present = [p for p in pairs if not p.stored_absent]
+    stored = list(dict.fromkeys(p.stored for p in present))
+    by_text = {normalize(t): t for t in stored}
+    right_of: dict[str, set[str]] = {}
+    for p in present:
+        if p.category == PARAPHRASE:
+            right_of.setdefault(normalize(p.query), set()).add(p.stored)
+    probes = []
+    for pair in pairs:
+        right = set(right_of.get(normalize(pair.query), set()))
+        if normalize(pair.query) in by_text:
+            right.add(by_text[normalize(pair.query)])
+        category = ABSENT if pair.category == PARAPHRASE and pair.stored_absent else pair.category
+        probes.append(Probe(pair.query, category, frozenset(right)))
+    return stored, probes
+
+
+@dataclass(frozen=True)
 class _Candidate:
     stored: int
     similarity: float
@@ -192,31 +222,23 @@ class Scored:
         extra_stored: Iterable[str] = (),
     ) -> None:
         self.verifier = verifier.name
-        present = [p for p in pairs if not p.stored_absent]
-        stored_texts = list(dict.fromkeys([*(p.stored for p in present), *extra_stored]))
-        index = {normalize(t): i for i, t in enumerate(stored_texts)}
+        stored, probes = plan(pairs)
+        stored_texts = list(dict.fromkeys([*stored, *extra_stored]))
         self._stored = stored_texts
-        self._texts: list[str] = [p.query for p in pairs]
+        self._texts: list[str] = [p.text for p in probes]
         stored_vectors = encoder.encode(stored_texts)
         query_vectors = encoder.encode(self._texts)
         scores = query_vectors @ stored_vectors.T
         k = min(candidates, len(stored_texts))
         nearest = np.argsort(-scores, axis=1)[:, :k]
-        right_of: dict[str, set[int]] = {}
-        for p in present:
-            if p.category == PARAPHRASE:
-                right_of.setdefault(normalize(p.query), set()).add(index[normalize(p.stored)])
+        position = {t: i for i, t in enumerate(stored_texts)}
         self._queries: list[_Query] = []
-        for row, pair in enumerate(pairs):
-            right = set(right_of.get(normalize(pair.query), set()))
-            if normalize(pair.query) in index:
-                right.add(index[normalize(pair.query)])
-            category = ABSENT if pair.category == PARAPHRASE and pair.stored_absent else pair.category
+        for row, probe in enumerate(probes):
             found = tuple(
-                _Candidate(int(j), float(scores[row, j]), verifier.verify(pair.query, stored_texts[j]))
+                _Candidate(int(j), float(scores[row, j]), verifier.verify(probe.text, stored_texts[j]))
                 for j in nearest[row]
             )
-            self._queries.append(_Query(category, frozenset(right), found))
+            self._queries.append(_Query(probe.category, frozenset(position[t] for t in probe.right), found))
 
     def report(self, threshold: float, *, verify: bool = True) -> Report:
         result = Report(threshold, self.verifier if verify else "none")
