@@ -156,7 +156,7 @@ class Burst:
 
 
 async def lookup_bursts(
-    stub: cache_pb2_grpc.CacheStub, tenant: str, stored: list[str], rounds: int, size: int
+    stub: cache_pb2_grpc.CacheStub, tenant: str, stored: list[str], rounds: int, size: int, first_round: int = 0
 ) -> Burst:
     """`rounds` bursts of `size` lookups at once, new text every time (so
     each is embedded): half paraphrase a stored question, half are new."""
@@ -180,15 +180,24 @@ async def lookup_bursts(
             burst.lookups += 1
         burst.hits += reply.outcome in HIT
 
-    for round_number in range(rounds):
+    for round_number in range(first_round, first_round + rounds):
+        # New to the embedding cache every round, and no digits in the
+        # paraphrases (a number the stored question lacks is a near miss).
+        lead = _LEADS[round_number % len(_LEADS)]
         texts = [
-            f"{stored[(round_number * size + i) % len(stored)].rstrip('?')}, please? (round {round_number})"
+            f"{lead} {stored[(round_number * size + i) % len(stored)]}"
             if i % 2 == 0
             else f"What would a {round_number}-year study of topic {i} in garden soil find?"
             for i in range(size)
         ]
         await asyncio.gather(*(one(text) for text in texts))
     return burst
+
+
+_LEADS = (
+    "Quick question:", "Hi,", "Hello!", "Please help:", "I wonder,", "Tell me:", "Could you answer this:",
+    "Question:", "Hey there,", "Help me out:", "Excuse me,", "Good morning!",
+)  # fmt: skip
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -277,13 +286,13 @@ async def measure_mesh(verifier: str, rounds: int) -> dict[str, Any]:
             for probe in probes:
                 await bench.lookup(f"bench-{verifier}", probe.text, "semantic lookup, embedding cached")
             result["latency"] = bench.latency
-            result["burst"] = await lookup_bursts(stub, f"burst-{verifier}", stored, rounds, BURST)
+            result["burst"] = await lookup_bursts(stub, f"bench-{verifier}", stored, rounds, BURST)
             # Far past the model's rate: 8 x 32 at once.
-            result["saturated"] = await lookup_bursts(stub, f"flood-{verifier}", stored, 1, 8 * BURST)
+            result["saturated"] = await lookup_bursts(stub, f"bench-{verifier}", stored, 1, 8 * BURST, rounds)
             cache_metrics = scrape(f"http://127.0.0.1:{mesh.settings.cache.metrics_port}/metrics")
             result["fast_misses"] = {
                 reason: counted(cache_metrics, "headrace_cache_semantic_skipped_total", reason=reason)
-                for reason in ("embedder-busy", "embedder-timeout")
+                for reason in ("embedder-busy", "embedder-timeout", "deadline")
             }
         if verifier == "lexical":
             result["router"] = await router_bursts(mesh.router_address, f"{mesh.http_url}/metrics", max(1, rounds // 2))

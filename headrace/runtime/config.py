@@ -164,6 +164,10 @@ class CacheSettings(_Section):
     # Give up on a lookup after this long and treat it as a miss: a slow
     # cache must never slow a request down more than this.
     lookup_timeout_s: float = Field(default=0.25, gt=0)
+    # The cache service answers a lookup "miss" (reason deadline) this long
+    # before the caller's gRPC deadline rather than let it expire: a miss
+    # costs the caller nothing, a timeout costs it the whole wait and an error.
+    lookup_reply_margin_ms: float = Field(default=30.0, ge=0)
     semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
 
 

@@ -74,7 +74,7 @@ def build_cache(
             ),
         )
     cache = ResponseCache(store, settings.cache, semantic)
-    servicer = CacheServicer(cache)
+    servicer = CacheServicer(cache, reply_margin_s=settings.cache.lookup_reply_margin_ms / 1000.0)
     host = GrpcServiceHost(
         [ServiceRegistration("headrace.v1.Cache", lambda s: cache_pb2_grpc.add_CacheServicer_to_server(servicer, s))],
         host=settings.cache.host,

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 # invalidation watermarks: transit time and clock differences between
 # cache replicas.
 _START_MARGIN_S = 1.0
+# Time kept, out of a lookup's deadline, for what follows the embedding.
+_AFTER_EMBEDDING_S = 0.01
 
 
 class Outcome(Enum):
@@ -84,7 +86,12 @@ class ResponseCache:
         self._settings = settings
         self._semantic = semantic
 
-    async def lookup(self, partition: Partition, request: generation_pb2.GenerateRequest) -> LookupResult:
+    async def lookup(
+        self, partition: Partition, request: generation_pb2.GenerateRequest, *, deadline_s: float | None = None
+    ) -> LookupResult:
+        """`deadline_s`: the time left to answer; the embedding gets at most
+        what remains of it (and of lookup_embed_budget_ms)."""
+        deadline_at = None if deadline_s is None else time.monotonic() + deadline_s
         bypass = bypass_reason(request)
         if bypass is not None:
             return LookupResult(Outcome.BYPASS, reason=bypass)
@@ -98,6 +105,9 @@ class ResponseCache:
             metrics.SEMANTIC_SKIPPED.labels(reason=reason).inc()
             return LookupResult(Outcome.MISS, reason=reason)
         budget_s = self._settings.semantic.lookup_embed_budget_ms / 1000.0
+        if deadline_at is not None:
+            # Leave a little for the search and the read-back after it.
+            budget_s = min(budget_s, deadline_at - time.monotonic() - _AFTER_EMBEDDING_S)
         try:
             vector = (await self._semantic.embeddings.embed(partition.tenant, [key.text], deadline_s=budget_s))[0]
         except EmbedderBusy as exc:

@@ -3,6 +3,7 @@ and back, and notes each lookup's outcome on the trace."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc.aio
@@ -84,15 +85,31 @@ def criteria_from(request: cache_pb2.InvalidateRequest) -> InvalidateCriteria:
 
 
 class CacheServicer(cache_pb2_grpc.CacheServicer):
-    def __init__(self, cache: ResponseCache) -> None:
+    def __init__(self, cache: ResponseCache, *, reply_margin_s: float = 0.03) -> None:
         self._cache = cache
+        self._reply_margin_s = reply_margin_s
 
     async def Lookup(
         self, request: cache_pb2.CacheLookupRequest, context: grpc.aio.ServicerContext
     ) -> cache_pb2.CacheLookupResponse:
         started = time.perf_counter()
         partition = partition_of(request.tenant, request.model_version)
-        result = await self._cache.lookup(partition, request.request)
+        remaining = context.time_remaining()
+        if remaining is None:
+            result = await self._cache.lookup(partition, request.request)
+        else:
+            # Answer before the caller gives up: a miss in time is better
+            # than a DEADLINE_EXCEEDED after the whole wait.
+            budget_s = remaining - self._reply_margin_s
+            try:
+                if budget_s <= 0:
+                    raise TimeoutError
+                result = await asyncio.wait_for(
+                    self._cache.lookup(partition, request.request, deadline_s=budget_s), budget_s
+                )
+            except TimeoutError:
+                metrics.SEMANTIC_SKIPPED.labels(reason="deadline").inc()
+                result = LookupResult(Outcome.MISS, reason="deadline")
         metrics.LOOKUPS.labels(outcome=result.outcome.value).inc()
         metrics.LOOKUP_SECONDS.labels(outcome=result.outcome.value).observe(time.perf_counter() - started)
         _note_on_trace(result)
