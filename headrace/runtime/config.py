@@ -102,7 +102,7 @@ class SemanticCacheSettings(_Section):
     # ahead would take the model longer than that. Below the router's
     # cache.lookup_timeout_s, so that a saturated model costs a fast miss,
     # not the whole lookup timeout.
-    lookup_embed_budget_ms: float = Field(default=150.0, gt=0)
+    lookup_embed_budget_ms: float = Field(default=120.0, gt=0)
     # Embeddings kept in Redis (per tenant) so a text is embedded once.
     embedding_ttl_s: int = Field(default=86400, ge=1)
     # Entries per partition; the soonest to expire are evicted past it.
@@ -167,7 +167,7 @@ class CacheSettings(_Section):
     # The cache service answers a lookup "miss" (reason deadline) this long
     # before the caller's gRPC deadline rather than let it expire: a miss
     # costs the caller nothing, a timeout costs it the whole wait and an error.
-    lookup_reply_margin_ms: float = Field(default=30.0, ge=0)
+    lookup_reply_margin_ms: float = Field(default=50.0, ge=0)
     semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
 
 

@@ -217,7 +217,9 @@ class BatchingEmbedder:
         try:
             return np.stack(await asyncio.wait_for(waiting, deadline_s))
         except TimeoutError:
-            # wait_for cancelled the futures: the worker skips them.
+            # wait_for cancelled the futures: the worker skips them. The
+            # gathering future's own CancelledError is nobody's to read.
+            waiting.add_done_callback(lambda done: done.cancelled() or done.exception())
             raise EmbedderTimeout(f"no embedding within {deadline_s * 1000:.0f} ms") from None
 
     async def _run(self) -> None:
