@@ -35,7 +35,16 @@ async def mesh(
 ) -> AsyncIterator[InProcessMesh]:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    settings = mesh_settings(redis_server.url, cache={"metrics_port": None, "semantic": {"serve": "on"}})
+    # Served whatever the calibration says, and with time to embed on a busy
+    # test host: these tests check the path, not a saturated model.
+    settings = mesh_settings(
+        redis_server.url,
+        cache={
+            "metrics_port": None,
+            "lookup_timeout_s": 30.0,
+            "semantic": {"serve": "on", "lookup_embed_budget_ms": 20_000},
+        },
+    )
     # Entries of earlier tests (which share this Redis) out of the way first.
     flusher = aioredis.Redis.from_url(redis_server.url)
     for key in await flusher.keys("hr:cache:v1:*"):
