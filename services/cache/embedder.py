@@ -10,6 +10,7 @@ import importlib.metadata
 import logging
 import os
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -173,14 +174,18 @@ class BatchingEmbedder:
     whose deadline passes while it waits gets EmbedderTimeout, and its
     texts are dropped from the batch. So when the model is saturated a
     lookup costs microseconds and answers miss, instead of every lookup
-    waiting out the router's timeout."""
+    waiting out the router's timeout. Lookups are embedded before stores
+    (which have no deadline and are off the request's path)."""
 
     def __init__(self, encoder: TextEncoder, *, max_batch: int, max_wait_ms: float, max_pending: int) -> None:
         self.encoder = encoder
         self._max_batch = max_batch
         self._max_wait_s = max_wait_ms / 1000.0
         self._max_pending = max_pending
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        # Lookups (callers with a deadline) go first; stores wait behind them.
+        self._urgent: deque[_Pending] = deque()
+        self._patient: deque[_Pending] = deque()
+        self._work = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
         self._worker: asyncio.Task[None] | None = None
         self._running = 0
@@ -189,8 +194,9 @@ class BatchingEmbedder:
 
     def expected_wait_s(self, texts: int) -> float:
         """How long `texts` more would take to come back: the batch running,
-        then the queue and these texts in batches of max_batch."""
-        queued = self._queue.qsize() + texts
+        then the lookups queued ahead and these texts in batches of max_batch
+        (stores wait behind lookups)."""
+        queued = len(self._urgent) + texts
         batches = -(-queued // self._max_batch)
         running = self.cost.seconds(self._running) if self._running else 0.0
         return running + batches * self.cost.seconds(0) + self.cost.seconds(queued) - self.cost.seconds(0)
@@ -198,8 +204,9 @@ class BatchingEmbedder:
     async def embed(self, texts: list[str], *, deadline_s: float | None = None) -> Vectors:
         if not texts:
             return np.zeros((0, self.encoder.dimension), dtype=np.float32)
-        if self._queue.qsize() + len(texts) > self._max_pending:
-            raise EmbedderBusy(f"{self._queue.qsize()} texts are waiting for the embedding model")
+        waiting = len(self._urgent) + len(self._patient)
+        if waiting + len(texts) > self._max_pending:
+            raise EmbedderBusy(f"{waiting} texts are waiting for the embedding model")
         if deadline_s is not None and self.expected_wait_s(len(texts)) > deadline_s:
             raise EmbedderBusy(
                 f"the embedding model is saturated: ~{self.expected_wait_s(len(texts)) * 1000:.0f} ms of work "
@@ -209,24 +216,28 @@ class BatchingEmbedder:
             self._worker = asyncio.create_task(self._run(), name="embedder")
         loop = asyncio.get_running_loop()
         pending = [_Pending(text, loop.create_future()) for text in texts]
-        for item in pending:
-            self._queue.put_nowait(item)
-        waiting = asyncio.gather(*(item.future for item in pending))
+        (self._patient if deadline_s is None else self._urgent).extend(pending)
+        self._work.set()
+        gathered = asyncio.gather(*(item.future for item in pending))
         if deadline_s is None:
-            return np.stack(await waiting)
+            return np.stack(await gathered)
         try:
-            return np.stack(await asyncio.wait_for(waiting, deadline_s))
+            return np.stack(await asyncio.wait_for(gathered, deadline_s))
         except TimeoutError:
             # wait_for cancelled the futures: the worker skips them. The
             # gathering future's own CancelledError is nobody's to read.
-            waiting.add_done_callback(lambda done: done.cancelled() or done.exception())
+            gathered.add_done_callback(lambda done: done.cancelled() or done.exception())
             raise EmbedderTimeout(f"no embedding within {deadline_s * 1000:.0f} ms") from None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
+            await self._work.wait()
+            batch: list[_Pending] = []
             self._drain_into(batch)
+            if not batch:
+                self._work.clear()
+                continue
             if len(batch) < self._max_batch and self._max_wait_s > 0:
                 # One short wait for company, then whatever has arrived.
                 await asyncio.sleep(self._max_wait_s)
@@ -253,8 +264,9 @@ class BatchingEmbedder:
                     item.future.set_result(row)
 
     def _drain_into(self, batch: list[_Pending]) -> None:
-        while len(batch) < self._max_batch and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
+        for source in (self._urgent, self._patient):
+            while len(batch) < self._max_batch and source:
+                batch.append(source.popleft())
 
     async def close(self) -> None:
         if self._worker is not None:

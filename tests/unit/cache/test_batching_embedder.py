@@ -43,23 +43,43 @@ def test_the_batch_cost_is_fitted_as_overhead_plus_per_text() -> None:
     assert cost.seconds(0) == pytest.approx(0.010, rel=0.02)
 
 
-async def test_a_saturated_model_turns_lookups_away_at_once_and_stores_still_wait() -> None:
+async def test_a_saturated_model_turns_lookups_away_at_once() -> None:
     encoder = SlowEncoder(seconds_per_batch=0.05)
     embedder = BatchingEmbedder(encoder, max_batch=4, max_wait_ms=0, max_pending=1000)
     try:
         await embedder.embed(["warm up"])  # one batch seen: ~50 ms a batch
-        encoder.release.clear()  # the model stalls; work piles up
-        stores = [asyncio.create_task(embedder.embed([f"store {i}"])) for i in range(16)]
+        encoder.release.clear()  # the model stalls; lookups pile up
+        patient = [asyncio.create_task(embedder.embed([f"lookup {i}"], deadline_s=30)) for i in range(16)]
         await asyncio.sleep(0.01)
         # 16 texts ahead, 4 a batch, ~50 ms each: ~200 ms of work > 100 ms.
         assert embedder.expected_wait_s(1) > 0.1
         with pytest.raises(EmbedderBusy) as busy:
-            await embedder.embed(["lookup"], deadline_s=0.1)
+            await embedder.embed(["hurried lookup"], deadline_s=0.1)
         assert busy.value.reason == "embedder-busy" and "saturated" in str(busy.value)
         encoder.release.set()
-        vectors = await asyncio.gather(*stores)  # nothing without a deadline is dropped
-        assert all(v.shape == (1, 4) for v in vectors)
-        assert "lookup" not in [t for batch in encoder.batches for t in batch]
+        assert all(v.shape == (1, 4) for v in await asyncio.gather(*patient))
+        assert "hurried lookup" not in [t for batch in encoder.batches for t in batch]
+    finally:
+        encoder.release.set()
+        await embedder.close()
+
+
+async def test_lookups_go_before_stores_and_stores_still_come_through() -> None:
+    encoder = SlowEncoder(seconds_per_batch=0.0)
+    embedder = BatchingEmbedder(encoder, max_batch=2, max_wait_ms=0, max_pending=1000)
+    try:
+        encoder.release.clear()
+        first = asyncio.create_task(embedder.embed(["running"]))
+        await asyncio.sleep(0.01)  # the model is busy with it
+        stores = [asyncio.create_task(embedder.embed([f"store {i}"])) for i in range(4)]
+        await asyncio.sleep(0)
+        lookup = asyncio.create_task(embedder.embed(["lookup"], deadline_s=30))
+        await asyncio.sleep(0.01)
+        encoder.release.set()
+        await asyncio.gather(first, lookup, *stores)
+        order = [t for batch in encoder.batches for t in batch]
+        assert order.index("lookup") < order.index("store 0")
+        assert sorted(order) == sorted(["running", "lookup", *(f"store {i}" for i in range(4))])
     finally:
         encoder.release.set()
         await embedder.close()
