@@ -124,6 +124,11 @@ class EmbedderTimeout(EmbedderBusy):
     reason = "embedder-timeout"
 
 
+def _consume(done: asyncio.Future[Any]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
 class BatchCost:
     """Seconds a batch of n texts takes, as overhead + n x per text: a
     least-squares line through the recent batches (older ones weigh less),
@@ -219,14 +224,15 @@ class BatchingEmbedder:
         (self._patient if deadline_s is None else self._urgent).extend(pending)
         self._work.set()
         gathered = asyncio.gather(*(item.future for item in pending))
+        # When the caller gives up (its deadline, or its own cancellation),
+        # the gathering future ends in a CancelledError nobody reads.
+        gathered.add_done_callback(_consume)
         if deadline_s is None:
             return np.stack(await gathered)
         try:
             return np.stack(await asyncio.wait_for(gathered, deadline_s))
         except TimeoutError:
-            # wait_for cancelled the futures: the worker skips them. The
-            # gathering future's own CancelledError is nobody's to read.
-            gathered.add_done_callback(lambda done: done.cancelled() or done.exception())
+            # wait_for cancelled the futures: the worker skips them.
             raise EmbedderTimeout(f"no embedding within {deadline_s * 1000:.0f} ms") from None
 
     async def _run(self) -> None:
