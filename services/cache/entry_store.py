@@ -209,6 +209,18 @@ class EntryStore:
             return None
         return entry
 
+    async def texts(self, entry_ids: Sequence[str]) -> list[str | None]:
+        """The semantic key text of each entry ("" if it has none), None
+        where the entry is gone: one round trip, so that the verifier can
+        judge every candidate before any answer is read."""
+        if not entry_ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry_id in entry_ids:
+                pipe.hmget(entry_key(entry_id), ["text", "tenant"])
+            rows = cast(list[list[bytes | None]], await pipe.execute())
+        return [None if tenant is None else _text(text) for text, tenant in rows]
+
     async def put(
         self,
         entry_id: str,

@@ -124,21 +124,26 @@ class ResponseCache:
         best = matches[0].similarity if matches else 0.0
         verifier = self._semantic.verifier
         turned_down: Verdict | None = None
-        for match in matches:
-            if match.similarity < threshold:
-                break
-            now = time.time()
-            entry = await self._store.get(match.entry_id, partition, now=now)
-            if entry is None:
+        above = [match for match in matches if match.similarity >= threshold]
+        # The verifier judges every candidate on its text (one round trip)
+        # before any entry, answer and all, is read.
+        texts = await self._store.texts([match.entry_id for match in above])
+        for match, text in zip(above, texts, strict=True):
+            if text is None:
                 # Expired or invalidated elsewhere: this copy is stale.
                 self._semantic.index.remove(partition, [match.entry_id])
                 continue
-            if entry.scope != key.scope or (max_age is not None and entry.age_s(now) > max_age):
-                continue
-            verdict = verifier.verify(key.text, entry.text)
+            verdict = verifier.verify(key.text, text)
             metrics.VERDICTS.labels(verdict=verdict.label).inc()
             if not verdict.accepted:
                 turned_down = turned_down or verdict
+                continue
+            now = time.time()
+            entry = await self._store.get(match.entry_id, partition, now=now)
+            if entry is None:
+                self._semantic.index.remove(partition, [match.entry_id])
+                continue
+            if entry.scope != key.scope or (max_age is not None and entry.age_s(now) > max_age):
                 continue
             metrics.SEMANTIC_SIMILARITY.labels(result="hit").observe(match.similarity)
             return LookupResult(
