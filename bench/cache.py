@@ -34,6 +34,7 @@ import grpc.aio
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.harness import markdown_table, percentile, running_mesh, write_results
+from headrace.runtime.service_certs import Role
 from headrace.v1 import cache_pb2, cache_pb2_grpc, generation_pb2, router_pb2_grpc
 from services.cache.calibration import RECORD
 from services.cache.evaluation import ABSENT, CONTRASTIVE, GOALS, PARAPHRASE, Probe, load_labelled, plan, split
@@ -281,7 +282,7 @@ async def measure_mesh(verifier: str, rounds: int) -> dict[str, Any]:
     stored, probes = plan(held_out)
     result: dict[str, Any] = {"verifier": verifier}
     with running_mesh(mesh_config(verifier)) as mesh:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.settings.cache.port}") as channel:
+        async with mesh.internal_channel(f"127.0.0.1:{mesh.settings.cache.port}", Role.CACHE) as channel:
             stub = cache_pb2_grpc.CacheStub(channel)
             bench = CacheBench(stub)
             result["accuracy"] = await accuracy(bench, f"bench-{verifier}", stored, probes)
