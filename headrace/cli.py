@@ -22,13 +22,13 @@ from typing import Any
 
 import click
 
-from headrace.models import store as model_store
 from headrace.client import DEFAULT_TARGET, HeadraceClient
 from headrace.local.mesh import LocalMesh, health_state
+from headrace.models import store as model_store
+from headrace.request_rules.served_by import cache_header_value
 from headrace.runtime.config import Settings, hash_api_key, load_settings
 from headrace.runtime.engine_settings import ENGINE_DEFAULTS, VllmEngineSettings
 from headrace.runtime.errors import HeadraceError
-from headrace.request_rules.served_by import cache_header_value
 from headrace.v1 import batch_pb2, models_pb2
 
 

@@ -8,11 +8,12 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc.aio
+from opentelemetry import trace
 
+from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.errors import InvalidArgument, NotFound
 from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_grpc
-from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 from services.worker import metrics
 from services.worker.convert import delta_to_proto, generation_request_from_proto, stats_to_load
 from services.worker.engines.base import Engine, Priority
@@ -36,8 +37,16 @@ class EngineShare:
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, engine: Engine, *, model_versions: list[str], limits: LimitSettings) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        model_versions: list[str],
+        limits: LimitSettings,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
         self._engine = engine
+        self._tracer = tracer or trace.get_tracer(__name__)
         self._model_versions = frozenset(model_versions)
         self._limits = limits
         # Generate calls in flight that are not batch rows: batch consumers
@@ -69,8 +78,23 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         held_ids: list[int] = []
         stream = self._engine.generate(generation)
         metrics.REQUESTS_IN_FLIGHT.inc()
+        # The engine's part of the request, under the Generate span. Started,
+        # not made current: this generator is resumed once per token, and a
+        # context attached here could be detached in another one.
+        engine_span = self._tracer.start_span(
+            "headrace.engine.generate",
+            attributes={
+                "headrace.engine": self._engine.kind,
+                "headrace.model_version": request.model_version,
+                "headrace.priority": int(generation.priority),
+            },
+        )
+        started = time.monotonic()
+        first_token_s: float | None = None
         try:
             async for delta in stream:
+                if first_token_s is None:
+                    first_token_s = time.monotonic() - started
                 share.advance(self._engine.running)
                 if whole_answer and delta.finish_reason is None:
                     held_text.append(delta.text)
@@ -85,8 +109,22 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     message.timing.engine_ms = share.seconds * 1000.0
                     message.cost.engine_seconds = share.seconds
                     metrics.TOKENS.inc(delta.completion_tokens)
+                    engine_span.set_attributes(
+                        {
+                            "headrace.prompt_tokens": delta.prompt_tokens,
+                            "headrace.completion_tokens": delta.completion_tokens,
+                            "headrace.cached_prompt_tokens": delta.cached_prompt_tokens,
+                            "headrace.engine_seconds": share.seconds,
+                            "headrace.finish_reason": delta.finish_reason.value,
+                        }
+                    )
                 yield message
         finally:
+            if first_token_s is not None:
+                engine_span.set_attribute("headrace.engine_first_token_seconds", first_token_s)
+            if not finished:
+                engine_span.set_status(trace.Status(trace.StatusCode.ERROR, "ended before its last token"))
+            engine_span.end()
             self._online -= online
             metrics.REQUESTS_IN_FLIGHT.dec()
             # Runs on completion, error and cancellation alike: closing the
