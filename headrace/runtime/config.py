@@ -244,8 +244,14 @@ class BatchSettings(_Section):
 
     # Celery broker; None: the same Redis as redis_url.
     broker_url: str | None = None
-    # Redis keys of jobs, files and results start with this.
+    # Redis keys of jobs, files and results start with this, and so do the
+    # Celery queues' (kombu's global_keyprefix): tools reading the broker
+    # (celery -A headrace.batch.celery_app, Flower) must use the same one.
     key_prefix: str = "headrace:batch:"
+    # Consumers answer `celery inspect` / `celery control` (remote control)
+    # and send task and heartbeat events (Flower, `celery events`).
+    remote_control: bool = True
+    events: bool = True
     # Input rows per chunk task.
     chunk_rows: int = Field(default=16, ge=1, le=1000)
     # Bounds at submit time: rows of one job, bytes of one input file, and
