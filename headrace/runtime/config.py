@@ -341,6 +341,11 @@ class PoolSettings(_Section):
     workers: int = Field(default=1, ge=0, le=64)
     # USD per hour of the capacity one worker uses; cost = engine seconds x this.
     price_per_hour: float = Field(default=0.0, ge=0)
+    # A request's engine seconds are its share of each engine window, by the
+    # tokens it processed there: a decoded token weighs 1, a prompt token
+    # computed in prefill this much (prefill runs many tokens in one pass;
+    # calibrate per engine and hardware: docs/observability.md, "Cost").
+    prefill_token_weight: float = Field(default=0.25, ge=0)
 
 
 class ModelVersionSettings(_Section):

@@ -55,6 +55,7 @@ def build_worker(
         model_versions=model_versions,
         limits=settings.limits,
         tracer=tracer_provider.get_tracer("headrace.worker"),
+        prefill_token_weight=settings.pools[pool].prefill_token_weight,
     )
     host = GrpcServiceHost(
         [
