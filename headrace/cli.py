@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from headrace.client import DEFAULT_TARGET, HeadraceClient
+from headrace.cost_report import cost_rows, format_table
 from headrace.local.mesh import LocalMesh, health_state
 from headrace.models import store as model_store
 from headrace.request_rules.served_by import cache_header_value
@@ -113,6 +114,15 @@ def status() -> None:
         click.echo(f"{row.name:<22} {row.address:<22} {row.state:<12} pid {pid}")
     if any(row.state != "SERVING" for row in rows):
         sys.exit(1)
+
+
+@main.command()
+@click.option("--window", default="1h", show_default=True, help="Time window, as Prometheus writes it: 15m, 1h, 7d.")
+@click.option("--prometheus", default=None, help="Prometheus URL (default: telemetry.prometheus_url).")
+def cost(window: str, prometheus: str | None) -> None:
+    """What each tenant's answers cost per model over a time window (from Prometheus)."""
+    url = prometheus or _settings().telemetry.prometheus_url
+    click.echo(format_table(cost_rows(url, window), window))
 
 
 @main.command()

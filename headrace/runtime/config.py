@@ -236,6 +236,8 @@ class TelemetrySettings(_Section):
     # OTLP/gRPC collector, e.g. "127.0.0.1:4317"; none: spans stay in-process.
     otlp_endpoint: str | None = None
     log_level: str = "INFO"
+    # The Prometheus that scrapes the mesh (`headrace cost` reads it).
+    prometheus_url: str = "http://127.0.0.1:9090"
 
 
 class BatchSettings(_Section):

@@ -94,7 +94,7 @@ class GenerationFlow:
             route.cache_entry_id = lookup.entry_id
             note_on_trace(route)
             # Counted here, for the gRPC and HTTP APIs alike.
-            metrics.count_cache_outcome(route.cache)
+            metrics.count_answer(tenant, route.model_version, route.cache)
             for chunk in cached_stream(lookup, route, request_id, started):
                 yield chunk
             return
@@ -109,7 +109,7 @@ class GenerationFlow:
             if not counted:
                 # An answer is served once its first delta is: count it then.
                 counted = True
-                metrics.count_cache_outcome(route.cache)
+                metrics.count_answer(tenant, route.model_version, route.cache)
             yield chunk
         if answer.last is not None and route.cache != generation_pb2.CACHE_OUTCOME_BYPASS:
             # Stored under the version that answered (a fallback or an

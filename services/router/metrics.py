@@ -23,6 +23,11 @@ PROMPT_TOKENS = Counter("headrace_prompt_tokens_total", "Prompt tokens", ["tenan
 COMPLETION_TOKENS = Counter("headrace_completion_tokens_total", "Completion tokens", ["tenant", "model"])
 ENGINE_SECONDS = Counter("headrace_engine_seconds_total", "Engine time charged", ["tenant", "model"])
 COST_USD = Counter("headrace_cost_usd_total", "Cost of answers, USD", ["tenant", "model"])
+ANSWERS = Counter(
+    "headrace_router_answers_total",
+    "Answers served (engine or cache), HTTP and gRPC, by tenant and the model version that served them",
+    ["tenant", "model"],
+)
 
 # Label values in the words of the x-headrace-cache header (which says
 # "miss" for a bypass too; the metric keeps bypass apart, to tell a cold
@@ -35,5 +40,7 @@ _CACHE_WORDS = {
 }
 
 
-def count_cache_outcome(outcome: generation_pb2.CacheOutcome.ValueType) -> None:
+def count_answer(tenant: str, model: str, outcome: generation_pb2.CacheOutcome.ValueType) -> None:
+    """An answer started reaching its client: how it was served, and for whom."""
     CACHE_OUTCOMES.labels(outcome=_CACHE_WORDS.get(outcome, "miss")).inc()
+    ANSWERS.labels(tenant=tenant, model=model).inc()
