@@ -40,6 +40,15 @@ def start_prometheus(tmp_path: Path, target: str) -> tuple[subprocess.Popen[byte
     return process, f"http://127.0.0.1:{port}"
 
 
+def cli_cost(window: str, url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "headrace.cli", "cost", "--window", window, "--prometheus", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 async def answered(url: str, at_least: float, timeout_s: float = 30.0) -> list[CostRow]:
     """The report once Prometheus has scraped `at_least` answers of smollm2@1 in the window."""
     deadline = time.monotonic() + timeout_s
@@ -73,12 +82,7 @@ async def test_cost_table_for_a_window(redis_server: RedisServer, tmp_path: Path
         await asyncio.sleep(2.5)
         await ask(mesh, 4, 1)
         rows = await answered(url, 3.5)
-        report = subprocess.run(
-            [sys.executable, "-m", "headrace.cli", "cost", "--window", "5m", "--prometheus", url],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        report = await asyncio.to_thread(cli_cost, "5m", url)
     finally:
         prometheus.terminate()
         prometheus.wait(timeout=30)
@@ -95,10 +99,5 @@ async def test_cost_table_for_a_window(redis_server: RedisServer, tmp_path: Path
 
 
 def test_a_bad_window_is_refused_clearly() -> None:
-    report = subprocess.run(
-        [sys.executable, "-m", "headrace.cli", "cost", "--window", "an hour", "--prometheus", "http://127.0.0.1:9"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    report = cli_cost("an hour", "http://127.0.0.1:9")
     assert report.returncode != 0 and "window: a Prometheus duration" in report.stderr
