@@ -10,8 +10,9 @@ import grpc.aio
 from opentelemetry import trace
 
 from headrace.runtime.config import SchedulerSettings
-from headrace.runtime.errors import InvalidArgument, NotFound, Unimplemented
+from headrace.runtime.errors import InvalidArgument, NotFound, PermissionDenied, Unimplemented
 from headrace.runtime.request_context import remaining_s
+from headrace.runtime.service_identity import current_peer
 from headrace.v1 import batch_pb2, generation_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler.admission import PRIORITY_NAMES
 from services.scheduler.batch_server import BatchRpcs
@@ -143,7 +144,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def Release(
         self, request: scheduler_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.ReleaseResponse:
-        return scheduler_pb2.ReleaseResponse(released=self._dispatcher.release(request.lease_id) is not None)
+        ttft_s = request.ttft_ms / 1000.0 if request.ttft_ms > 0 else None
+        released = self._dispatcher.release(request.lease_id, ttft_s=ttft_s)
+        return scheduler_pb2.ReleaseResponse(released=released is not None)
 
     async def RenewLease(
         self, request: scheduler_pb2.RenewLeaseRequest, context: grpc.aio.ServicerContext
@@ -165,6 +168,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         try:
             async for report in request_iterator:
                 first = state is None
+                _check_announced_endpoint(report.worker.endpoint)
                 state = self._dispatcher.report(
                     identity_from_proto(report.worker), load_from_proto(report.load), draining=report.draining
                 )
@@ -196,6 +200,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 continue
             admission = self._dispatcher.admission(pool)
             workers = admission.workers()
+            decision = self._dispatcher.autoscaling.decision(pool, len(workers))
             pools.append(
                 scheduler_pb2.PoolStatus(
                     pool=pool,
@@ -204,8 +209,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                     leased=sum(s.leases for s in workers),
                     capacity=admission.capacity(workers),
                     queue_limit=admission.queue.limit,
-                    # Until an autoscaler decides otherwise: the workers there are.
-                    desired_workers=len(workers),
+                    desired_workers=decision.desired,
+                    desired_reason=decision.reason,
                 )
             )
         return scheduler_pb2.GetPoolStatusResponse(pools=pools)
@@ -260,3 +265,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, request: batch_pb2.DeleteFileRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.DeleteFileResponse:
         return await self._batch().DeleteFile(request)
+
+
+def _check_announced_endpoint(endpoint: str) -> None:
+    """With service identity, a worker may announce only a host its
+    certificate names: a stolen worker credential cannot draw requests to
+    a machine of the thief's choosing."""
+    peer = current_peer()
+    if peer is not None and not peer.may_announce(endpoint):
+        raise PermissionDenied(
+            f"this worker's certificate does not name the host of {endpoint!r}; "
+            "issue it one that does (`headrace certs issue --role worker --host HOST`)"
+        )
