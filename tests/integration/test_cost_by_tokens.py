@@ -28,42 +28,34 @@ def busy_seconds() -> float:
 
 async def test_costs_split_by_tokens_add_up_to_the_workers_busy_time(redis_server: RedisServer) -> None:
     mesh = await start_mesh(mesh_settings(redis_server.url), http=True)
+    long_prompt = " ".join("w" for _ in range(3000))
+    costs: list[float] = []
     try:
         stub = mesh.router_stub()
         before = busy_seconds()
-        long_prompt = " ".join("w" for _ in range(3000))
 
-        async def grpc_answer(i: int, prompt: str) -> generation_pb2.GenerateResponse:
-            response: generation_pb2.GenerateResponse = await stub.Generate(greedy(f"{i} {prompt}", max_tokens=24))
-            return response
+        async def grpc_cost(i: int, prompt: str) -> float:
+            answer: generation_pb2.GenerateResponse = await stub.Generate(greedy(f"{i} {prompt}", max_tokens=200))
+            return answer.cost.usd
 
         async with httpx.AsyncClient(base_url=mesh.http_url, timeout=60) as client:
 
-            async def http_answer(i: int, prompt: str) -> httpx.Response:
-                body = {"model": "smollm2", "prompt": f"{i} {prompt}", "max_tokens": 24, "temperature": 0}
-                return await client.post("/v1/completions", json=body)
+            async def http_cost(i: int, prompt: str) -> float:
+                body = {"model": "smollm2", "prompt": f"{i} {prompt}", "max_tokens": 200, "temperature": 0}
+                answer = await client.post("/v1/completions", json=body)
+                assert answer.status_code == 200, answer.text
+                cost = float(answer.json()["usage"]["cost_usd"])
+                assert float(answer.headers["x-headrace-cost-usd"]) == pytest.approx(cost, abs=1e-9)
+                return cost
 
-            results = await asyncio.gather(
-                *(grpc_answer(i, long_prompt) for i in range(3)),
-                *(grpc_answer(i, "short") for i in range(3, 6)),
-                *(http_answer(i, long_prompt) for i in range(6, 8)),
-                *(http_answer(i, "short") for i in range(8, 10)),
-            )
+            # Pairs sharing the engine: same completion length, a 3,000-token
+            # prompt beside a 2-token one. The long one pays for its prefill.
+            for i, ask in enumerate((grpc_cost, grpc_cost, http_cost)):
+                long, short = await asyncio.gather(ask(2 * i, long_prompt), ask(2 * i + 1, "short"))
+                assert long > short > 0, (ask.__name__, long, short)
+                costs += [long, short]
         spent_s = busy_seconds() - before
     finally:
         await mesh.close()
-    grpc_long = [r.cost.usd for r in results[:3] if isinstance(r, generation_pb2.GenerateResponse)]
-    grpc_short = [r.cost.usd for r in results[3:6] if isinstance(r, generation_pb2.GenerateResponse)]
-    http_costs = []
-    for answer in results[6:]:
-        assert isinstance(answer, httpx.Response) and answer.status_code == 200, answer
-        cost = answer.json()["usage"]["cost_usd"]
-        assert float(answer.headers["x-headrace-cost-usd"]) == pytest.approx(cost, abs=1e-9)
-        http_costs.append(cost)
-    assert len(grpc_long) == len(grpc_short) == 3 and all(c > 0 for c in grpc_long + grpc_short + http_costs)
-    # Same completion length, sharing the engine: the 3,000-token prompts pay for their prefill.
-    assert min(grpc_long) > max(grpc_short)
-    assert min(http_costs[:2]) > max(http_costs[2:])
     # Conservation: every busy second of the worker is charged to some request, once.
-    total = sum(grpc_long) + sum(grpc_short) + sum(http_costs)
-    assert total == pytest.approx(spent_s * PRICE_PER_HOUR / 3600.0, rel=0.01)
+    assert sum(costs) == pytest.approx(spent_s * PRICE_PER_HOUR / 3600.0, rel=0.01)
