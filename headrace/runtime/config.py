@@ -169,8 +169,18 @@ class PoolSchedulingSettings(_Section):
     # (so its next batch is ready); an engine already queueing more than
     # this gets nothing new.
     engine_queue_slots: int = Field(default=0, ge=0, le=10_000)
-    # Share of each worker's slots batch work must leave free for online work.
-    batch_headroom: float = Field(default=0.25, ge=0, lt=1)
+    # Batch rows run under leases of the batch class, from the same queue
+    # as online work (docs/scheduler.md, "One owner of capacity"): alone,
+    # batch may fill every slot; while online work is around (queued, or
+    # holding leases, or seen in the last online_linger_s), no new batch
+    # lease is granted while an online request waits, and batch holds at
+    # most this share of each worker's slots.
+    batch_share_while_online: float = Field(default=0.5, gt=0, le=1)
+    online_linger_s: float = Field(default=2.0, ge=0, le=3600)
+    # Online requests may take slots held by batch rows the worker can
+    # preempt (the worker stops the newest preemptible row, which the
+    # consumer retries once): an online request then waits for no row.
+    online_preempts_batch: bool = False
     # Affinity policies keep a key on its worker while that worker's
     # outstanding sequences stay within factor x the average + slack
     # (bounded-load consistent hashing). The slack keeps keys home through

@@ -30,6 +30,7 @@ class WorkerGenerateRequest(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     WHOLE_ANSWER_FIELD_NUMBER: _builtins.int
+    PREEMPTIBLE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     model_version: _builtins.str
     """The model version to run, e.g. "smollm2@1"."""
@@ -41,6 +42,11 @@ class WorkerGenerateRequest(_message.Message):
     """Send the answer as one message when it is done instead of a delta per
     step: for callers that only want the whole answer (batch rows), it
     spares both sides a message per token.
+    """
+    preemptible: _builtins.bool
+    """A batch row the worker may stop to make room for online work (ABORTED,
+    "preempted"). The consumer retries a preempted row once, not
+    preemptible, so no row is preempted twice, lost or written twice.
     """
     @_builtins.property
     def request(self) -> _generation_pb2.GenerateRequest: ...
@@ -54,10 +60,11 @@ class WorkerGenerateRequest(_message.Message):
         tenant: _builtins.str = ...,
         priority: _generation_pb2.Priority.ValueType = ...,
         whole_answer: _builtins.bool = ...,
+        preemptible: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "model_version", b"model_version", "priority", b"priority", "request", b"request", "request_id", b"request_id", "tenant", b"tenant", "whole_answer", b"whole_answer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "model_version", b"model_version", "preemptible", b"preemptible", "priority", b"priority", "request", b"request", "request_id", b"request_id", "tenant", b"tenant", "whole_answer", b"whole_answer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

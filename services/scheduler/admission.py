@@ -9,10 +9,14 @@ free slot (capacity.py), as chosen by the pool's policy (placement.py),
 until nothing more fits. The step runs in its own task so a caller that
 gives up mid-step cannot interrupt it.
 
-Batch waiters are considered only when no online (interactive or
-standard) waiter is queued, and only on slots left over after the batch
-headroom: an online request waits at most one scheduling step for a slot
-batch work could have taken.
+Batch rows are admitted here too, as waiters of the batch class (the
+consumer beside each worker asks for a lease on its worker before a row
+runs). Batch waiters are considered only when no online (interactive or
+standard) waiter is queued: the first slot a batch row gives back goes to
+the online request waiting for it. Alone, batch may fill every slot; while
+online work is around (queued, leased, or seen within online_linger_s),
+batch holds at most batch_share_while_online of a worker's slots
+(capacity.py).
 
 Every waiter ends one way: leased; refused at once (queue full:
 RESOURCE_EXHAUSTED + retry-after); pushed out by more important or fairer
@@ -127,6 +131,8 @@ class PoolAdmission:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._grants = _RateMeter()
+        # When online work was last seen (arrived, granted or released).
+        self._online_seen_at = float("-inf")
         # Leases granted so far.
         self.granted = 0
         self._closed = False
@@ -165,6 +171,8 @@ class PoolAdmission:
         self.start()
         priority = min(request.priority, BATCH)
         waiter = Waiter(request, asyncio.get_running_loop().create_future(), time.monotonic())
+        if priority < BATCH:
+            self._online_seen_at = waiter.enqueued_at
         deadline = None if timeout_s is None else waiter.enqueued_at + timeout_s
         if not self._ahead_of(priority):
             # Nobody queued comes first: take a free slot now, if there is one.
@@ -232,7 +240,7 @@ class PoolAdmission:
             return None
         chosen = await self.policy.choose(waiter.request, candidates)
         # The choice may have taken a while: is the worker still free?
-        if chosen is None or chosen not in candidates or not self._still_free(chosen, batch=batch):
+        if chosen is None or chosen not in candidates or not self._still_free(chosen, waiter.request, batch=batch):
             return None
         self._grant(waiter, chosen)
         return waiter.future.result()
@@ -258,8 +266,21 @@ class PoolAdmission:
 
     def release(self, lease: LeaseRecord) -> LeaseRecord | None:
         released = self._leases.release(lease.lease_id, self._registry.get(lease.worker_id))
+        if released is not None and not released.batch:
+            self._online_seen_at = time.monotonic()
         self.kick()
         return released
+
+    def online_active(self, now: float | None = None) -> bool:
+        """Whether online work is around: queued, holding leases in this
+        pool, or seen within online_linger_s (it comes in bursts; batch
+        must not refill the slots between two requests of a burst)."""
+        now = time.monotonic() if now is None else now
+        if now - self._online_seen_at < self.settings.online_linger_s:
+            return True
+        if any(self.queue.depth(cls) for cls in range(BATCH)):
+            return True
+        return any(s.leases > s.batch_leases for s in self.workers())
 
     # --- the scheduling step ---------------------------------------------
 
@@ -292,17 +313,21 @@ class PoolAdmission:
         # take now: the waiters behind them with the same needs are skipped
         # without another walk over the workers (a full pool's step would
         # otherwise cost queue length x workers, on every report).
-        no_room: set[tuple[str, frozenset[str], bool]] = set()
+        no_room: set[tuple[str, frozenset[str], str, bool]] = set()
+        online_active: bool | None = None
         for waiter in self.queue.ordered():
             batch = self.queue.class_of(waiter) >= BATCH
             if batch and online_waiting:
                 # Batch only runs when no online request waits (ordered()
                 # lists batch last, so nothing after this can run either).
                 return False
-            needs = (waiter.request.model_version, waiter.request.exclude, batch)
+            request = waiter.request
+            needs = (request.model_version, request.exclude, request.worker_id, batch)
             if needs in no_room:
                 continue
-            candidates = self.candidates(waiter.request, batch=batch)
+            if batch and online_active is None:
+                online_active = self.online_active()
+            candidates = self.candidates(request, batch=batch, online_active=bool(online_active))
             if not candidates:
                 no_room.add(needs)
                 continue
@@ -319,15 +344,25 @@ class PoolAdmission:
             return True
         return False
 
-    def candidates(self, request: PlacementRequest, *, batch: bool = False) -> list[WorkerState]:
-        free = self.slots.free_for_batch if batch else self.slots.free
-        return [state for state in self._registry.candidates(request.model_version, request.exclude) if free(state) > 0]
+    def candidates(
+        self, request: PlacementRequest, *, batch: bool = False, online_active: bool | None = None
+    ) -> list[WorkerState]:
+        workers = self._registry.candidates(request.model_version, request.exclude)
+        if request.worker_id:
+            workers = [state for state in workers if state.worker_id == request.worker_id]
+        if not workers:
+            return []
+        if not batch:
+            return [state for state in workers if self.slots.free_for_online(state) > 0]
+        active = self.online_active() if online_active is None else online_active
+        return [state for state in workers if self.slots.free_for_batch(state, online_active=active) > 0]
 
-    def _still_free(self, state: WorkerState, *, batch: bool) -> bool:
+    def _still_free(self, state: WorkerState, request: PlacementRequest, *, batch: bool) -> bool:
         """Whether a worker that was a candidate still is: the same registry
         entry (a new identity replaces it), accepting, with a free slot."""
-        free = self.slots.free_for_batch if batch else self.slots.free
-        return self._registry.get(state.worker_id) is state and self._registry.accepting(state) and free(state) > 0
+        if self._registry.get(state.worker_id) is not state or not self._registry.accepting(state):
+            return False
+        return state in self.candidates(request, batch=batch)
 
     def _grant(self, waiter: Waiter, worker: WorkerState) -> None:
         request = waiter.request
@@ -337,7 +372,10 @@ class PoolAdmission:
             request_id=request.request_id,
             model_version=request.model_version,
             tokens=request_tokens(request),
+            batch=min(request.priority, BATCH) >= BATCH,
         )
+        if not lease.batch:
+            self._online_seen_at = time.monotonic()
         if waiter in self.queue:
             self.queue.take(waiter)
         self.granted += 1
@@ -358,7 +396,7 @@ class PoolAdmission:
         failed = 0
         for waiter in self.queue.ordered():
             request = waiter.request
-            if self._registry.has_candidate(request.model_version, request.exclude):
+            if self._registry.has_candidate(request.model_version, request.exclude, request.worker_id):
                 waiter.orphaned_since = None
                 continue
             if waiter.orphaned_since is None:

@@ -6,6 +6,12 @@ admitted into a full cache is preempted or queued inside the engine, where
 the scheduler can no longer choose for it), and closes when the engine is
 already queueing work. What is outstanding on the worker is our leases
 (exact, at once) plus the work others placed there (as last reported).
+
+Online and batch work share the slots (docs/scheduler.md, "One owner of
+capacity"): batch alone may fill a worker; while online work is around,
+batch holds at most batch_share_while_online of each worker's slots, and
+where the worker preempts batch rows for online work, an online request
+may take a slot a batch row holds.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ class SlotModel:
     kv_soft_limit: float = 0.85
     kv_hard_limit: float = 0.97
     engine_queue_slots: int = 0
-    batch_headroom: float = 0.25
+    batch_share_while_online: float = 0.5
+    online_preempts_batch: bool = False
 
     @classmethod
     def from_settings(cls, settings: PoolSchedulingSettings) -> SlotModel:
@@ -32,7 +39,8 @@ class SlotModel:
             kv_soft_limit=settings.kv_cache_soft_limit,
             kv_hard_limit=settings.kv_cache_hard_limit,
             engine_queue_slots=settings.engine_queue_slots,
-            batch_headroom=settings.batch_headroom,
+            batch_share_while_online=settings.batch_share_while_online,
+            online_preempts_batch=settings.online_preempts_batch,
         )
 
     def kv_factor(self, kv_cache_usage: float) -> float:
@@ -64,13 +72,22 @@ class SlotModel:
             free = max(free, 1)
         return max(0, free)
 
-    def free_for_batch(self, state: WorkerState) -> int:
-        """Slots batch work may take: what is left after keeping
-        batch_headroom of the worker's slots free for online requests, so an
-        online request arriving next finds a slot without waiting."""
-        reserve = math.ceil(self.limit(state) * self.batch_headroom)
-        free = max(0, self.free(state) - reserve)
-        if state.outstanding == 0:
-            # An idle worker is idle capacity, however small its limit.
-            free = max(free, 1)
-        return free
+    def free_for_online(self, state: WorkerState) -> int:
+        """Slots an online request may take: the free ones, plus, where the
+        worker preempts batch rows for online work, those batch rows hold
+        (never more than the worker's limit in online work)."""
+        free = self.free(state)
+        if self.online_preempts_batch and state.batch_leases:
+            online = state.outstanding - state.batch_leases
+            free = max(free, self.limit(state) - online)
+        return max(0, free)
+
+    def free_for_batch(self, state: WorkerState, *, online_active: bool) -> int:
+        """Slots a batch row may take. Alone, batch gets the whole worker;
+        while online work is around, at most batch_share_while_online of
+        its slots (at least one), so online requests keep finding room."""
+        free = self.free(state)
+        if online_active:
+            share = max(1, math.floor(self.limit(state) * self.batch_share_while_online + 1e-9))
+            free = min(free, share - state.batch_leases)
+        return max(0, free)

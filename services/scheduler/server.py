@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 # Bounds on what one PlaceRequest may carry.
 MAX_PREFIX_HASHES = 256
 MAX_EXCLUDED_WORKERS = 64
+MAX_WORKER_ID_CHARS = 256
 
 # Proto priority -> queue class (0 interactive, 1 standard, 2 batch);
 # unspecified means standard.
@@ -70,6 +71,8 @@ def placement_from_proto(request: scheduler_pb2.PlaceRequest) -> PlacementReques
         raise InvalidArgument(f"prefix_hashes: at most {MAX_PREFIX_HASHES}, got {len(request.prefix_hashes)}")
     if len(request.exclude_workers) > MAX_EXCLUDED_WORKERS:
         raise InvalidArgument(f"exclude_workers: at most {MAX_EXCLUDED_WORKERS}, got {len(request.exclude_workers)}")
+    if len(request.worker_id) > MAX_WORKER_ID_CHARS:
+        raise InvalidArgument(f"worker_id: at most {MAX_WORKER_ID_CHARS} characters")
     return PlacementRequest(
         request_id=request.request_id,
         model_version=request.model_version,
@@ -80,6 +83,7 @@ def placement_from_proto(request: scheduler_pb2.PlaceRequest) -> PlacementReques
         prompt_tokens=request.prompt_tokens,
         max_tokens=request.max_tokens,
         exclude=frozenset(request.exclude_workers),
+        worker_id=request.worker_id,
     )
 
 
@@ -134,7 +138,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def Release(
         self, request: scheduler_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.ReleaseResponse:
-        return scheduler_pb2.ReleaseResponse(released=self._dispatcher.release(request.lease_id) is not None)
+        served = request.outcome == scheduler_pb2.LEASE_OUTCOME_OK
+        return scheduler_pb2.ReleaseResponse(
+            released=self._dispatcher.release(request.lease_id, served=served) is not None
+        )
 
     async def RenewLease(
         self, request: scheduler_pb2.RenewLeaseRequest, context: grpc.aio.ServicerContext

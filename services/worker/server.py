@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 
 import grpc.aio
 
-from headrace.runtime.config import LimitSettings
-from headrace.runtime.errors import InvalidArgument, NotFound
-from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_grpc
 from headrace.request_rules.validation import validate_embed_request, validate_generate_request
+from headrace.runtime.config import LimitSettings
+from headrace.runtime.errors import InvalidArgument, NotFound, Preempted
+from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.worker import metrics
 from services.worker.convert import delta_to_proto, generation_request_from_proto, stats_to_load
-from services.worker.engines.base import Engine, Priority
+from services.worker.engines.base import Engine, FinishReason, Priority
+from services.worker.preemption import BatchPreemption
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         # Generate calls in flight that are not batch rows: batch consumers
         # make room for them.
         self._online = 0
+        self.preemption = BatchPreemption()
 
     def _check_model(self, model_version: str) -> None:
         if model_version not in self._model_versions:
@@ -60,6 +62,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         validate_generate_request(request.request, self._limits)
         generation = generation_request_from_proto(request)
         online = generation.priority != Priority.BATCH
+        preemptible = not online and request.preemptible
+        if online:
+            await self._make_room()
+        elif preemptible:
+            self.preemption.started(generation.request_id)
         self._online += online
         share = EngineShare()
         finished = False
@@ -72,6 +79,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         try:
             async for delta in stream:
                 share.advance(self._engine.running)
+                if (
+                    preemptible
+                    and delta.finish_reason is FinishReason.ABORT
+                    and self.preemption.finished(generation.request_id)
+                ):
+                    finished = True
+                    raise Preempted("preempted: this batch row made room for online work; retry it")
                 if whole_answer and delta.finish_reason is None:
                     held_text.append(delta.text)
                     held_ids.extend(delta.token_ids)
@@ -87,6 +101,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     metrics.TOKENS.inc(delta.completion_tokens)
                 yield message
         finally:
+            if preemptible:
+                self.preemption.finished(generation.request_id)
             self._online -= online
             metrics.REQUESTS_IN_FLIGHT.dec()
             # Runs on completion, error and cancellation alike: closing the
@@ -95,6 +111,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             await stream.aclose()
             if not finished:
                 await self._engine.abort(request.request_id)
+
+    async def _make_room(self) -> None:
+        """An online request arrives: if the engine is full, stop the
+        newest preemptible batch row (preemption.py)."""
+        stats = self._engine.stats()
+        victim = self.preemption.victim(engine_full=stats.running + stats.waiting >= stats.capacity)
+        if victim is not None:
+            log.info("preempting batch row %s for online work", victim)
+            metrics.PREEMPTIONS.inc()
+            await self._engine.abort(victim)
 
     async def Embed(
         self, request: generation_pb2.EmbedRequest, context: grpc.aio.ServicerContext

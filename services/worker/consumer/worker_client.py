@@ -1,6 +1,7 @@
 """The consumer's calls to its own worker, over gRPC on loopback: one row
 as a whole answer (the worker's token stream gathered up), embeddings, and
-the worker's load. gRPC failures become AttemptError / WorkerUnavailable."""
+whether the worker answers at all. gRPC failures become AttemptError /
+WorkerUnavailable (a preempted row: AttemptError "preempted")."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from headrace.runtime.channels import open_channel, outgoing_metadata
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.request_context import REQUEST_ID_KEY, TENANT_KEY
 from headrace.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
-from services.worker.consumer.admission import WorkerLoadReading
-from services.worker.consumer.attempt_errors import AttemptError, WorkerUnavailable
+from services.worker.consumer.attempt_errors import PREEMPTED, AttemptError, WorkerUnavailable
 
 # The row itself is at fault: another attempt would fail the same way.
 _PERMANENT = frozenset(
@@ -43,21 +43,18 @@ class WorkerClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def load(self) -> WorkerLoadReading | None:
-        """The worker's load now; None when it does not answer."""
+    async def reachable(self) -> bool:
+        """Whether the worker answers and says it is healthy."""
         try:
             load = await self._stub.GetLoad(worker_pb2.GetLoadRequest(), timeout=self._load_timeout_s)
         except grpc.aio.AioRpcError:
-            return None
-        if not load.healthy:
-            return None
-        return WorkerLoadReading(running=load.running, waiting=load.waiting, capacity=load.capacity, online=load.online)
-
-    async def reachable(self) -> bool:
-        return await self.load() is not None
+            return False
+        return bool(load.healthy)
 
     async def _failure(self, exc: grpc.aio.AioRpcError) -> Exception:
         code = exc.code()
+        if code == grpc.StatusCode.ABORTED:
+            return AttemptError(PREEMPTED, exc.details() or "preempted", retryable=True)
         if code in _PERMANENT:
             return AttemptError(code.name.lower(), exc.details() or code.name, retryable=False)
         if code == grpc.StatusCode.UNAVAILABLE and not await self.reachable():
@@ -72,6 +69,7 @@ class WorkerClient:
         request_id: str,
         tenant: str,
         timeout_s: float,
+        preemptible: bool = False,
     ) -> generation_pb2.GenerateResponse:
         started = time.monotonic()
         call = self._stub.Generate(
@@ -83,6 +81,7 @@ class WorkerClient:
                 priority=generation_pb2.PRIORITY_BATCH,
                 # Nobody watches a batch row's tokens arrive.
                 whole_answer=True,
+                preemptible=preemptible,
             ),
             metadata=outgoing_metadata([(REQUEST_ID_KEY, request_id), (TENANT_KEY, tenant)]),
             timeout=timeout_s,
