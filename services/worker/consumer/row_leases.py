@@ -26,9 +26,10 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
-from headrace.runtime.channels import open_channel
+from headrace.runtime.channels import open_channel, outgoing_metadata
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.errors import RETRY_AFTER_KEY
+from headrace.runtime.request_context import REQUEST_ID_KEY, TENANT_KEY
 from headrace.v1 import generation_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.worker.consumer.attempt_errors import WorkerUnavailable
 
@@ -136,10 +137,14 @@ class RowLeases:
             max_tokens=ask.max_tokens,
             worker_id=self._worker_id,
         )
+        # The row's span is current: the Place call joins the job's trace.
+        metadata = outgoing_metadata([(REQUEST_ID_KEY, ask.request_id), (TENANT_KEY, ask.tenant)])
         unavailable_since: float | None = None
         while True:
             try:
-                response: scheduler_pb2.PlaceResponse = await self._scheduler.Place(request, timeout=_PLACE_TIMEOUT_S)
+                response: scheduler_pb2.PlaceResponse = await self._scheduler.Place(
+                    request, metadata=metadata, timeout=_PLACE_TIMEOUT_S
+                )
                 return response.lease
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()

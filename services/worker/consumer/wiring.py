@@ -47,6 +47,7 @@ class BatchConsumer:
         pool: str,
         index: int,
         worker_address: str,
+        worker_id: str | None = None,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
         if pool not in settings.pools:
@@ -54,7 +55,9 @@ class BatchConsumer:
         self.settings = settings
         self.pool = pool
         self.name = consumer_name(pool, index)
-        self._worker_id = f"{pool}-{index}"
+        # The worker whose slots its rows are leased on (by default, worker
+        # N of the pool: the one it runs beside).
+        self._worker_id = worker_id or f"{pool}-{index}"
         self._worker_address = worker_address
         self._tracer_provider = tracer_provider or build_tracer_provider(
             f"headrace-batch-consumer-{self._worker_id}", settings.telemetry

@@ -34,7 +34,7 @@ async def test_one_trace_spans_submit_chunk_row_and_worker(redis_server: RedisSe
     try:
         stub = mesh.router_stub()
         async with running_consumer(
-            settings, pool="smollm2", worker_address=mesh.workers[0].address, tracer_provider=provider
+            mesh.settings, pool="smollm2", worker_address=mesh.workers[0].address, tracer_provider=provider
         ):
             job = await stub.SubmitBatch(
                 batch_pb2.SubmitBatchRequest(input_jsonl=chat_rows(4)),
