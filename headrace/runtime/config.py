@@ -284,28 +284,13 @@ class BatchSettings(_Section):
     visibility_timeout_s: float = Field(default=7200.0, gt=0)
     # How often consumers look for tasks past their visibility timeout.
     restore_interval_s: float = Field(default=10.0, gt=0)
-    # Per consumer: chunk tasks run at once, and rows in flight at its
-    # worker (a hard cap; the worker's capacity is the usual bound). The
-    # chunks hold more rows (16 x 16) than the engine runs at once, so rows
-    # are ready when a row ends, even while a chunk's last rows still run.
+    # Per consumer: chunk tasks run at once, and rows asking the scheduler
+    # for a lease or running (a hard cap; the scheduler's leases are the
+    # usual bound). The chunks hold more rows (16 x 16) than the engine runs
+    # at once, so rows are ready when a row ends, even while a chunk's last
+    # rows still run.
     consumer_chunks: int = Field(default=16, ge=1, le=64)
     max_inflight_rows: int = Field(default=256, ge=1)
-    # Share of the worker's capacity batch rows leave free for online
-    # requests (0: fill it all; online requests still go first, since no
-    # new row starts while the engine has requests waiting).
-    online_reserve_fraction: float = Field(default=0.0, ge=0, lt=1)
-    # While online requests run (seen in the last few seconds), batch rows
-    # may use at most this share of the capacity: on an engine whose every
-    # step slows with each sequence it decodes (a CPU), fewer batch rows
-    # keep online latency down. 1: no limit beyond the online work itself.
-    share_while_online: float = Field(default=0.5, gt=0, le=1)
-    # Rows let into the engine's own queue beyond its capacity, so it never
-    # runs dry when rows end together (rows of one length end in waves) and
-    # the next ones are still on their way. Engines that schedule by
-    # priority (vllm) still put online requests ahead of them.
-    queue_ahead_rows: int = Field(default=32, ge=0)
-    # How often the consumer reads its worker's load while it has rows.
-    load_poll_s: float = Field(default=0.25, gt=0)
     # Finished jobs (and their results) are kept this long.
     retention_s: int = Field(default=7 * 86400, ge=60)
 
