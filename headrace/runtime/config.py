@@ -177,9 +177,17 @@ class PoolSchedulingSettings(_Section):
     # most this share of each worker's slots.
     batch_share_while_online: float = Field(default=0.5, gt=0, le=1)
     online_linger_s: float = Field(default=2.0, ge=0, le=3600)
-    # Online requests may take slots held by batch rows the worker can
-    # preempt (the worker stops the newest preemptible row, which the
-    # consumer retries once): an online request then waits for no row.
+    # Batch rows leased beyond what a worker runs at once while no online
+    # work is around, waiting in the engine's own queue: the engine never
+    # runs dry between one row ending and the next row's lease arriving.
+    # Engines run online requests ahead of them (vLLM's priority
+    # scheduling; the others' request slots), and batch leases never keep
+    # an online request from a worker whose online work fits its width:
+    # it waits at most for one running sequence to end.
+    batch_queue_ahead: int = Field(default=32, ge=0, le=10_000)
+    # Beyond that, the worker stops the newest preemptible batch row when an
+    # online request finds its engine full (the consumer retries the row
+    # once, not preemptible): an online request then waits for no row.
     online_preempts_batch: bool = False
     # Affinity policies keep a key on its worker while that worker's
     # outstanding sequences stay within factor x the average + slack

@@ -8,10 +8,11 @@ already queueing work. What is outstanding on the worker is our leases
 (exact, at once) plus the work others placed there (as last reported).
 
 Online and batch work share the slots (docs/scheduler.md, "One owner of
-capacity"): batch alone may fill a worker; while online work is around,
-batch holds at most batch_share_while_online of each worker's slots, and
-where the worker preempts batch rows for online work, an online request
-may take a slot a batch row holds.
+capacity"): batch alone may fill a worker, plus batch_queue_ahead rows
+waiting in its engine; while online work is around, batch holds at most
+batch_share_while_online of each worker's slots. Batch leases never keep
+online work off a worker: engines run online requests ahead of batch rows
+(priority), so online work is placed while online work alone fits.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class SlotModel:
     kv_hard_limit: float = 0.97
     engine_queue_slots: int = 0
     batch_share_while_online: float = 0.5
-    online_preempts_batch: bool = False
+    batch_queue_ahead: int = 0
 
     @classmethod
     def from_settings(cls, settings: PoolSchedulingSettings) -> SlotModel:
@@ -40,7 +41,7 @@ class SlotModel:
             kv_hard_limit=settings.kv_cache_hard_limit,
             engine_queue_slots=settings.engine_queue_slots,
             batch_share_while_online=settings.batch_share_while_online,
-            online_preempts_batch=settings.online_preempts_batch,
+            batch_queue_ahead=settings.batch_queue_ahead,
         )
 
     def kv_factor(self, kv_cache_usage: float) -> float:
@@ -73,21 +74,24 @@ class SlotModel:
         return max(0, free)
 
     def free_for_online(self, state: WorkerState) -> int:
-        """Slots an online request may take: the free ones, plus, where the
-        worker preempts batch rows for online work, those batch rows hold
-        (never more than the worker's limit in online work)."""
+        """Slots an online request may take: the free ones, or, with batch
+        rows on the worker, room while the online work there (and others'
+        work we cannot classify) stays within its limit. The engine runs
+        online requests first, so one waits at most for a running sequence
+        to end, never behind the batch rows queued there."""
         free = self.free(state)
-        if self.online_preempts_batch and state.batch_leases:
+        if state.batch_leases:
             online = state.outstanding - state.batch_leases
             free = max(free, self.limit(state) - online)
         return max(0, free)
 
     def free_for_batch(self, state: WorkerState, *, online_active: bool) -> int:
-        """Slots a batch row may take. Alone, batch gets the whole worker;
-        while online work is around, at most batch_share_while_online of
-        its slots (at least one), so online requests keep finding room."""
-        free = self.free(state)
-        if online_active:
-            share = max(1, math.floor(self.limit(state) * self.batch_share_while_online + 1e-9))
-            free = min(free, share - state.batch_leases)
-        return max(0, free)
+        """Slots a batch row may take. Alone, batch gets the whole worker and
+        batch_queue_ahead rows more in its engine's queue; while online work
+        is around, at most batch_share_while_online of its slots (at least
+        one), so online requests keep finding room."""
+        if not online_active:
+            limit = self.limit(state)
+            return max(0, limit + self.batch_queue_ahead - state.outstanding, self.free(state))
+        share = max(1, math.floor(self.limit(state) * self.batch_share_while_online + 1e-9))
+        return max(0, min(self.free(state), share - state.batch_leases))

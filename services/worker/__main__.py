@@ -48,7 +48,12 @@ def build_worker(
         raise SystemExit(f"unknown pool {pool!r}; configured: {', '.join(sorted(settings.pools))}")
     model_versions = settings.pool_models(pool)
     engine = build_engine(settings.pool_engine(pool), models_dir=settings.models_dir)
-    servicer = WorkerServicer(engine, model_versions=model_versions, limits=settings.limits)
+    servicer = WorkerServicer(
+        engine,
+        model_versions=model_versions,
+        limits=settings.limits,
+        preempt_batch=settings.scheduler.for_pool(pool).online_preempts_batch,
+    )
     worker_id = f"{pool}-{index}"
     host = GrpcServiceHost(
         [

@@ -37,13 +37,18 @@ class EngineShare:
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, engine: Engine, *, model_versions: list[str], limits: LimitSettings) -> None:
+    def __init__(
+        self, engine: Engine, *, model_versions: list[str], limits: LimitSettings, preempt_batch: bool = False
+    ) -> None:
         self._engine = engine
         self._model_versions = frozenset(model_versions)
         self._limits = limits
         # Generate calls in flight that are not batch rows: batch consumers
         # make room for them.
         self._online = 0
+        # Stop a preemptible batch row when an online request finds the
+        # engine full (the pool's online_preempts_batch).
+        self._preempt_batch = preempt_batch
         self.preemption = BatchPreemption()
 
     def _check_model(self, model_version: str) -> None:
@@ -62,8 +67,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         validate_generate_request(request.request, self._limits)
         generation = generation_request_from_proto(request)
         online = generation.priority != Priority.BATCH
-        preemptible = not online and request.preemptible
-        if online:
+        preemptible = not online and request.preemptible and self._preempt_batch
+        if online and self._preempt_batch:
             await self._make_room()
         elif preemptible:
             self.preemption.started(generation.request_id)

@@ -85,7 +85,11 @@ async def test_an_online_request_gets_in_after_at_most_one_wave_of_a_saturating_
         async with running_consumer(mesh.settings, pool=POOL, worker_address=mesh.workers[0].address):
             job = await stub.SubmitBatch(batch_pb2.SubmitBatchRequest(input_jsonl=chat_rows(16, max_tokens=50)))
             # The batch alone takes the whole pool.
-            await wait_until(now(lambda: worker_leases(mesh) == (4, 4)), what="the batch holding all 4 slots")
+            engine = mesh.workers[0].app.engine
+            await wait_until(
+                now(lambda: engine.stats().running == 4 and worker_leases(mesh)[1] >= 4),
+                what="the batch running in all 4 slots",
+            )
             before = await finished_rows(mesh, job.id)
             answer = await stub.Generate(online())
             after = await finished_rows(mesh, job.id)
@@ -139,6 +143,8 @@ async def test_batch_tenants_share_the_pool_by_weight(redis_server: RedisServer)
         slots=1,
         tokens_per_s=500,
         batch={"chunk_rows": 4, "consumer_chunks": 6, "max_inflight_rows": 32},
+        # One row at a time: the order they are leased in is the order they end.
+        scheduling={"batch_queue_ahead": 0},
         tenants={
             "gold": {"api_key_sha256": [hash_api_key("gold-key")], "weight": 3.0},
             "basic": {"api_key_sha256": [hash_api_key("basic-key")], "weight": 1.0},

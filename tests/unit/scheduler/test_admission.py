@@ -200,26 +200,24 @@ async def test_a_waiter_no_worker_can_take_does_not_hold_up_those_behind_it() ->
 
 
 @pytest.mark.unit
-async def test_batch_alone_fills_the_pool_and_the_first_slot_it_frees_goes_to_online_work() -> None:
-    dispatcher = make_dispatcher(queue_limit=10, batch_share_while_online=0.5)
+async def test_batch_alone_fills_the_pool_yet_online_work_is_placed_at_once() -> None:
+    dispatcher = make_dispatcher(queue_limit=10, batch_share_while_online=0.5, batch_queue_ahead=2)
     add_worker(dispatcher, capacity=4)
-    batch = [await asyncio.wait_for(dispatcher.place(req(BATCH)), 0.5) for _ in range(4)]
+    # Alone, batch takes every slot and two more in the engine's queue.
+    batch = [await asyncio.wait_for(dispatcher.place(req(BATCH)), 0.5) for _ in range(6)]
     waiting_batch = asyncio.create_task(dispatcher.place(req(BATCH)))
     await settle()
-    online = asyncio.create_task(dispatcher.place(req(INTERACTIVE)))
-    await settle()
-    assert not online.done() and not waiting_batch.done()
-    dispatcher.release(batch[0].lease.lease_id)
-    placed = await asyncio.wait_for(online, 0.5)
-    await settle()
-    # The freed slot went to online work; batch now holds 3 of 4 slots,
-    # over its share (2) while online work is around: it gets nothing.
     assert not waiting_batch.done()
-    dispatcher.release(placed.lease.lease_id)
-    dispatcher.release(batch[1].lease.lease_id)
-    await settle()
-    assert not waiting_batch.done()
-    dispatcher.release(batch[2].lease.lease_id)
+    # The engine runs online work first: it is placed without waiting.
+    online = await asyncio.wait_for(dispatcher.place(req(INTERACTIVE)), 0.5)
+    assert online.lease.worker_id == "w"
+    # While online work is around, batch gets nothing until it holds
+    # less than its share (2 of 4 slots).
+    for lease in batch[:4]:
+        dispatcher.release(lease.lease.lease_id)
+        await settle()
+        assert not waiting_batch.done()
+    dispatcher.release(batch[4].lease.lease_id)
     await asyncio.wait_for(waiting_batch, 1.0)
     await dispatcher.close()
 
@@ -241,7 +239,7 @@ async def test_once_online_work_has_gone_batch_may_fill_the_pool_again() -> None
 
 @pytest.mark.unit
 async def test_a_pinned_request_waits_for_its_own_worker() -> None:
-    dispatcher = make_dispatcher(queue_limit=10)
+    dispatcher = make_dispatcher(queue_limit=10, batch_queue_ahead=0)
     add_worker(dispatcher, "w1", capacity=1)
     add_worker(dispatcher, "w2", capacity=1)
     first = await dispatcher.place(PlacementRequest("p1", "m@1", "t", BATCH, worker_id="w1"))

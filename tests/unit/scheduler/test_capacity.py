@@ -8,7 +8,7 @@ from tests.unit.scheduler.workers import worker
 MODEL = SlotModel(
     default_slots=16, kv_soft_limit=0.8, kv_hard_limit=0.95, engine_queue_slots=0, batch_share_while_online=0.5
 )
-PREEMPTING = SlotModel(batch_share_while_online=0.5, online_preempts_batch=True)
+QUEUEING = SlotModel(batch_share_while_online=0.5, batch_queue_ahead=4)
 
 
 @pytest.mark.unit
@@ -46,9 +46,15 @@ def test_an_idle_worker_always_takes_one_even_with_a_stale_full_kv_reading() -> 
 
 
 @pytest.mark.unit
-def test_batch_alone_gets_the_whole_worker() -> None:
+def test_batch_alone_gets_the_whole_worker_and_its_queue_ahead() -> None:
     assert MODEL.free_for_batch(worker("a", capacity=8), online_active=False) == 8
     assert MODEL.free_for_batch(worker("a", capacity=8, leases=7, batch_leases=7), online_active=False) == 1
+    assert QUEUEING.free_for_batch(worker("a", capacity=8, leases=8, batch_leases=8), online_active=False) == 4
+    # Rows queued in the engine: its limit closes to what runs, not the queue-ahead.
+    queued = worker("a", capacity=8, running=8, waiting=4, leases=12, batch_leases=12)
+    assert QUEUEING.free_for_batch(queued, online_active=False) == 0
+    # Not while online work is around.
+    assert QUEUEING.free_for_batch(worker("a", capacity=8, leases=4, batch_leases=4), online_active=True) == 0
 
 
 @pytest.mark.unit
@@ -64,13 +70,14 @@ def test_while_online_work_is_around_batch_holds_at_most_its_share() -> None:
 
 
 @pytest.mark.unit
-def test_online_work_takes_slots_of_preemptible_batch_rows() -> None:
-    full_of_batch = worker("a", capacity=4, leases=4, batch_leases=4)
-    assert MODEL.free_for_online(full_of_batch) == 0
-    assert PREEMPTING.free_for_online(full_of_batch) == 4
-    # Never more online work than the worker's limit.
+def test_batch_leases_never_keep_online_work_off_a_worker() -> None:
+    full_of_batch = worker("a", capacity=4, running=4, waiting=4, leases=8, batch_leases=8)
+    assert MODEL.free(full_of_batch) == 0
+    # The engine runs online work first: room for as much as fits its width.
+    assert MODEL.free_for_online(full_of_batch) == 4
     mixed = worker("a", capacity=4, leases=4, batch_leases=1)
-    assert PREEMPTING.free_for_online(mixed) == 1
+    assert MODEL.free_for_online(mixed) == 1
+    assert MODEL.free_for_online(worker("a", capacity=4, leases=4)) == 0
 
 
 @pytest.mark.unit
@@ -95,5 +102,6 @@ def test_free_slots_are_never_negative_and_batch_never_gets_more_than_online(
     for online_active in (False, True):
         assert 0 <= MODEL.free_for_batch(state, online_active=online_active) <= MODEL.free(state)
     assert MODEL.free_for_batch(state, online_active=True) <= MODEL.free_for_batch(state, online_active=False)
-    assert PREEMPTING.free_for_online(state) >= PREEMPTING.free(state)
+    assert MODEL.free_for_online(state) >= MODEL.free(state)
+    assert MODEL.free_for_online(state) <= max(MODEL.free(state), MODEL.limit(state))
     assert MODEL.free(state) <= max(1, (capacity or 16) - leases)
