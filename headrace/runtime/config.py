@@ -299,6 +299,9 @@ class BatchSettings(_Section):
     # rows still run.
     consumer_chunks: int = Field(default=16, ge=1, le=64)
     max_inflight_rows: int = Field(default=256, ge=1)
+    # Rows whose leases arrive together go to the worker in one call
+    # (Worker.GenerateBatch), at most this many; 1: a Generate call per row.
+    rows_per_worker_call: int = Field(default=64, ge=1, le=256)
     # Finished jobs (and their results) are kept this long.
     retention_s: int = Field(default=7 * 86400, ge=60)
 

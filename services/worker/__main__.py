@@ -48,13 +48,15 @@ def build_worker(
         raise SystemExit(f"unknown pool {pool!r}; configured: {', '.join(sorted(settings.pools))}")
     model_versions = settings.pool_models(pool)
     engine = build_engine(settings.pool_engine(pool), models_dir=settings.models_dir)
+    worker_id = f"{pool}-{index}"
+    tracer_provider = tracer_provider or build_tracer_provider(f"headrace-worker-{worker_id}", settings.telemetry)
     servicer = WorkerServicer(
         engine,
         model_versions=model_versions,
         limits=settings.limits,
         preempt_batch=settings.scheduler.for_pool(pool).online_preempts_batch,
+        tracer=tracer_provider.get_tracer("headrace.worker"),
     )
-    worker_id = f"{pool}-{index}"
     host = GrpcServiceHost(
         [
             ServiceRegistration(
@@ -64,7 +66,7 @@ def build_worker(
         host=settings.worker.host,
         port=port,
         limits=settings.limits,
-        tracer_provider=tracer_provider or build_tracer_provider(f"headrace-worker-{worker_id}", settings.telemetry),
+        tracer_provider=tracer_provider,
     )
     reporter = LoadReporter(
         scheduler_targets=scheduler_targets or [f"{settings.scheduler.host}:{settings.scheduler.port}"],

@@ -84,6 +84,8 @@ class BatchConsumer:
             self.settings.limits,
             worker_id=self._worker_id,
             price_per_hour=self.settings.pools[self.pool].price_per_hour,
+            rows_per_call=batch.rows_per_worker_call,
+            call_timeout_s=batch.row_timeout_s,
         )
         # Every row runs under the scheduler's lease on this worker.
         self._leases, self._scheduler_channel = RowLeases.open(
