@@ -19,7 +19,7 @@ PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # buf breaking compares the protos with this git revision.
 BUF_AGAINST ?= HEAD~1
 PYTEST_ARGS ?=
-BENCHMARKS := bench-overhead bench-engine bench-placement bench-gateway bench-cache bench-routing bench-batch bench-embeddings
+BENCHMARKS := bench-overhead bench-engine bench-placement bench-overload bench-gateway bench-cache bench-routing bench-batch bench-embeddings
 # protoc finds its mypy plugins (protoc-gen-mypy) in the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -117,6 +117,11 @@ bench-engine: install
 bench-placement: install
 	$(HEADRACE) models prepare
 	$(PY) -m bench.placement
+
+# 10x overload with the default admission (queue bounded by expected wait)
+# vs a queue bounded by count alone, side by side (synthetic engine).
+bench-overload: install
+	$(PY) -m bench.overload
 
 # The gateway's added TTFT and per-token latency vs the router and the worker
 # (vLLM on SmolLM2, then the synthetic engine).

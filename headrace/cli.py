@@ -9,27 +9,32 @@ headrace batch submit|status|results|cancel|list
 headrace models list
 headrace models reload
 headrace keys hash KEY                   the digest to put in the config
+headrace bench trace OUT | replay TRACE  a production-shaped workload, replayed at its timestamps
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import click
+import grpc
 
-from headrace.models import store as model_store
 from headrace.client import DEFAULT_TARGET, HeadraceClient
 from headrace.local.mesh import LocalMesh, health_state
+from headrace.models import store as model_store
+from headrace.request_rules.served_by import cache_header_value
 from headrace.runtime.config import Settings, hash_api_key, load_settings
 from headrace.runtime.engine_settings import ENGINE_DEFAULTS, VllmEngineSettings
 from headrace.runtime.errors import HeadraceError
-from headrace.request_rules.served_by import cache_header_value
-from headrace.v1 import batch_pb2, models_pb2
+from headrace.v1 import batch_pb2, models_pb2, scheduler_pb2, scheduler_pb2_grpc
+from headrace.workload.cli import bench
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -68,17 +73,25 @@ def main() -> None:
 )
 @click.option("--timeout", default=900.0, show_default=True, help="Seconds to wait for everything to be SERVING.")
 def up(detach: bool, engine: str | None, timeout: float) -> None:
-    """Start Redis (when none answers), cache, scheduler, workers and router."""
+    """Start Redis (when none answers), cache, scheduler, workers and router,
+    under a supervisor that restarts whatever dies."""
     settings = _settings(**({"engine_override": engine} if engine else {}))
     mesh = LocalMesh(settings, echo=click.echo)
-    env = {"HEADRACE_ENGINE_OVERRIDE": engine} if engine else {}
-    click.echo(f"starting the mesh (logs in {Path(settings.state_dir) / 'logs'})")
+    env = {**os.environ, **({"HEADRACE_ENGINE_OVERRIDE": engine} if engine else {})}
+    logs = Path(settings.state_dir) / "logs"
+    click.echo(f"starting the mesh (logs in {logs})")
     started_at = time.monotonic()
-    mesh.up(env_overrides=env, timeout_s=timeout)
+    try:
+        supervisor = _start_supervisor(env, logs, timeout)
+    except KeyboardInterrupt:
+        # Ctrl-C while starting: stop what was started so far, supervisor first.
+        mesh.down()
+        raise
     click.echo(f"mesh SERVING in {time.monotonic() - started_at:.1f}s; router at {_router_target(settings)}")
     if settings.gateway.enabled:
         host = f"[{settings.router.host}]" if ":" in settings.router.host else settings.router.host
         click.echo(f"OpenAI-compatible API at http://{host}:{settings.router.http_port}/v1")
+    click.echo("supervised: a process that dies is started again (`headrace status` counts restarts)")
     if detach:
         return
     click.echo("Ctrl-C stops it")
@@ -90,10 +103,44 @@ def up(detach: bool, engine: str | None, timeout: float) -> None:
 
     signal.signal(signal.SIGINT, _request_stop)
     signal.signal(signal.SIGTERM, _request_stop)
-    while not stop and mesh.running():
+    while not stop and supervisor.poll() is None:
         time.sleep(0.5)
     click.echo("stopping")
     mesh.down()
+
+
+def _start_supervisor(env: dict[str, str], logs: Path, timeout: float) -> subprocess.Popen[str]:
+    """Run headrace.local.supervisor in a session of its own (it outlives
+    `up --detach`), echo its progress, and return once it says the mesh is
+    SERVING; its failure is raised as the MeshError it reported."""
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / "supervisor.out").open("ab") as stderr:
+        supervisor = subprocess.Popen(
+            [sys.executable, "-m", "headrace.local.supervisor", "--timeout", str(timeout)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
+    assert supervisor.stdout is not None
+    error = ""
+    for line in supervisor.stdout:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            click.echo(line.rstrip())
+            continue
+        if "echo" in message:
+            click.echo(message["echo"])
+        elif "error" in message:
+            error = str(message["error"])
+        elif message.get("ready"):
+            supervisor.stdout.close()
+            return supervisor
+    code = supervisor.wait()
+    raise click.ClickException(error or f"the supervisor exited ({code}) before the mesh was up; see {logs}")
 
 
 @main.command()
@@ -110,9 +157,35 @@ def status() -> None:
     rows = LocalMesh(settings).status()
     for row in rows:
         pid = str(row.pid) if row.pid else "-"
-        click.echo(f"{row.name:<22} {row.address:<22} {row.state:<12} pid {pid}")
+        restarts = f"  restarts {row.restarts}, last exit: {row.last_exit}" if row.restarts or row.last_exit else ""
+        click.echo(f"{row.name:<22} {row.address:<22} {row.state:<12} pid {pid}{restarts}")
+    for line in _pool_lines(settings):
+        click.echo(line)
     if any(row.state != "SERVING" for row in rows):
         sys.exit(1)
+
+
+def _pool_lines(settings: Settings) -> list[str]:
+    """Each pool's workers against the autoscaler's decision, as the
+    scheduler reports them (nothing when it does not answer)."""
+    address = f"{settings.scheduler.host}:{settings.scheduler.port}"
+    try:
+        with grpc.insecure_channel(address) as channel:
+            pools = (
+                scheduler_pb2_grpc.SchedulerStub(channel)
+                .GetPoolStatus(scheduler_pb2.GetPoolStatusRequest(), timeout=2.0)
+                .pools
+            )
+    except grpc.RpcError:
+        return []
+    lines = []
+    for pool in pools:
+        queued = sum(pool.queued.values())
+        lines.append(
+            f"pool {pool.pool:<17} workers {pool.workers} desired {pool.desired_workers} "
+            f"({pool.desired_reason}); {pool.leased}/{pool.capacity} slots leased, {queued} queued"
+        )
+    return lines
 
 
 @main.command()
@@ -423,6 +496,8 @@ def keys_hash(key: str) -> None:
     """Print the SHA-256 digest of KEY for a tenant's api_key_sha256."""
     click.echo(hash_api_key(key))
 
+
+main.add_command(bench)
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,9 @@
 """The whole mesh on one machine, as processes: what `headrace up`, `down`
 and `status` drive. Redis is started too when nothing answers at
 HEADRACE_REDIS_URL. Every process gets its own process group, so `down`
-stops it with everything it spawned (vLLM's engine processes included)."""
+stops it with everything it spawned (vLLM's engine processes included).
+`up` runs all this inside a supervisor process (headrace/local/supervisor.py)
+that restarts what dies; `down` stops the supervisor first."""
 
 from __future__ import annotations
 
@@ -20,12 +22,20 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from headrace.batch.queue import consumer_heartbeat_key, consumer_name
-from headrace.local.redis_server import INSTALL_HINT, redis_answers, redis_key_exists, redis_server_argv, redis_server_binary
+from headrace.local.redis_server import (
+    INSTALL_HINT,
+    redis_answers,
+    redis_key_exists,
+    redis_server_argv,
+    redis_server_binary,
+)
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import FailedPrecondition
 from headrace.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 STATE_FILE = "mesh.json"
+# While a process starts, `up` says every this often what its log says.
+PROGRESS_EVERY_S = 10.0
 
 
 @dataclass
@@ -43,6 +53,9 @@ class ServiceProcess:
     # Processes without a gRPC server (batch consumers): SERVING while this
     # Redis key exists.
     heartbeat_key: str = ""
+    # Times the supervisor restarted it, and how its last run ended.
+    restarts: int = 0
+    last_exit: str = ""
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,8 @@ class ServiceHealth:
     address: str
     pid: int
     state: str  # SERVING, NOT_SERVING, DOWN
+    restarts: int = 0
+    last_exit: str = ""
 
 
 class MeshError(FailedPrecondition):
@@ -73,6 +88,12 @@ class LocalMesh:
         self._settings = settings
         self._state_dir = Path(settings.state_dir)
         self._echo = echo
+        # Set in the supervisor process: saved with the state, so `down` stops it first.
+        self.supervisor_pid = 0
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
 
     @property
     def state_path(self) -> Path:
@@ -152,11 +173,27 @@ class LocalMesh:
         data = json.loads(self.state_path.read_text())
         return [ServiceProcess(**entry) for entry in data["processes"]]
 
+    def _load_supervisor_pid(self) -> int:
+        if not self.state_path.exists():
+            return 0
+        return int(json.loads(self.state_path.read_text()).get("supervisor_pid", 0))
+
     def _save_state(self, processes: list[ServiceProcess]) -> None:
         self._state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"processes": [asdict(p) for p in processes]}, indent=2))
+        state = {"supervisor_pid": self.supervisor_pid, "processes": [asdict(p) for p in processes]}
+        tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_path)
+
+    def save_state(self, processes: list[ServiceProcess]) -> None:
+        """Record the processes (the supervisor, after each restart)."""
+        self._save_state(processes)
+
+    def respawn(self, process: ServiceProcess, env: dict[str, str]) -> None:
+        """Start a process again, with what its dead run left in its group
+        (an engine's own processes, holding its port) killed first."""
+        _signal_group(process.pid, signal.SIGKILL)
+        self._spawn(process, env)
 
     def running(self) -> list[ServiceProcess]:
         return [p for p in self._load_state() if _alive(p.pid)]
@@ -183,6 +220,7 @@ class LocalMesh:
             deadline = time.monotonic() + timeout_s
             for stage in stages:
                 for process in stage:
+                    self._echo(f"  {process.name:<11} starting (log: {process.log_path})")
                     self._spawn(process, env)
                     started.append(process)
                     self._save_state(started)
@@ -235,6 +273,9 @@ class LocalMesh:
         process.pid = popen.pid
 
     def _wait_serving(self, process: ServiceProcess, deadline: float) -> None:
+        # A worker loading its model takes a minute: say what it is doing.
+        report_at = time.monotonic() + PROGRESS_EVERY_S
+        started = time.monotonic()
         while True:
             if not _alive(process.pid):
                 raise MeshError(
@@ -245,7 +286,14 @@ class LocalMesh:
                 self._echo(f"  {process.name:<11} {process.address} SERVING")
                 return
             if time.monotonic() > deadline:
-                raise MeshError(f"{process.name} was not SERVING in time; see {process.log_path}")
+                raise MeshError(
+                    f"{process.name} was not SERVING in time; last lines of {process.log_path}:\n"
+                    + _tail(process.log_path)
+                )
+            if time.monotonic() >= report_at:
+                report_at += PROGRESS_EVERY_S
+                last = _tail(process.log_path, 1).strip()[:160]
+                self._echo(f"  {process.name:<11} still starting ({time.monotonic() - started:.0f}s): {last}")
             time.sleep(0.25)
 
     def _wait_workers_registered(self, plan: list[ServiceProcess], deadline: float) -> None:
@@ -273,10 +321,22 @@ class LocalMesh:
                 time.sleep(0.1)
 
     def down(self, *, grace_s: float = 20.0) -> list[ServiceProcess]:
+        # The supervisor first: it would restart what is being stopped. On
+        # SIGTERM it stops its processes itself.
+        supervisor = self._load_supervisor_pid()
+        if supervisor and _alive(supervisor):
+            _signal_group(supervisor, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s * 2
+            while _alive(supervisor) and time.monotonic() < deadline:
+                time.sleep(0.1)
         processes = self._load_state()
         self._stop(processes, grace_s=grace_s)
         self.state_path.unlink(missing_ok=True)
         return processes
+
+    def stop_all(self, processes: list[ServiceProcess]) -> None:
+        """Stop the processes, newest first (the supervisor, on SIGTERM)."""
+        self._stop(processes)
 
     def _stop(self, processes: list[ServiceProcess], *, grace_s: float = 20.0) -> None:
         """SIGTERM each process group, newest first (router before workers,
@@ -294,7 +354,16 @@ class LocalMesh:
         processes = self._load_state() or self.plan()
         result = []
         for process in processes:
-            result.append(ServiceHealth(process.name, process.address, process.pid, self._state_of(process)))
+            result.append(
+                ServiceHealth(
+                    process.name,
+                    process.address,
+                    process.pid,
+                    self._state_of(process),
+                    restarts=process.restarts,
+                    last_exit=process.last_exit,
+                )
+            )
         return result
 
     def _state_of(self, process: ServiceProcess) -> str:

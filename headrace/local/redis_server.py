@@ -88,6 +88,11 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (fault tests SIGSTOP it)."""
+        return self._process.pid if self._process is not None else None
+
     def start(self, timeout_s: float = 10.0) -> None:
         self._data_dir.mkdir(parents=True, exist_ok=True)
         argv = redis_server_argv(self._binary, port=self.port, data_dir=self._data_dir, appendonly=self._appendonly)

@@ -143,6 +143,45 @@ class CacheSettings(_Section):
     semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
 
 
+class AutoscaleSettings(_Section):
+    """How many workers a pool should have (docs/autoscaling.md). The
+    scheduler decides; an actuator (`headrace up`, KEDA, compose --scale)
+    follows. Off: the decision is the pool's configured `workers`."""
+
+    enabled: bool = False
+    min_workers: int = Field(default=1, ge=0, le=1000)
+    max_workers: int = Field(default=4, ge=1, le=1000)
+    # Share of the pool's slots that should be busy at steady state: room
+    # for bursts while new workers start.
+    target_utilisation: float = Field(default=0.75, gt=0, le=1)
+    # What users feel, as p95 over `window_s`: over either, add a worker.
+    ttft_slo_s: float = Field(default=2.0, gt=0)
+    queue_wait_slo_s: float = Field(default=1.0, gt=0)
+    window_s: float = Field(default=30.0, gt=0)
+    # Up fast, down slow: a scale-up waits this long after the last one; a
+    # scale-down after any change, and only to the highest recommendation
+    # seen over `scale_down_window_s` (so a dip does not remove a worker
+    # the next burst needs).
+    scale_up_cooldown_s: float = Field(default=10.0, ge=0)
+    scale_down_cooldown_s: float = Field(default=120.0, ge=0)
+    scale_down_window_s: float = Field(default=300.0, ge=0)
+    max_scale_up_step: int = Field(default=4, ge=1)
+    # Zero workers when the pool has been idle this long; the first request
+    # then waits a cold start (`cold_start_s`, also how long a requested
+    # worker counts as coming before it reports in).
+    scale_to_zero: bool = False
+    idle_before_zero_s: float = Field(default=600.0, gt=0)
+    cold_start_s: float = Field(default=60.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> AutoscaleSettings:
+        if self.min_workers > self.max_workers:
+            raise ValueError("autoscale.min_workers must not exceed max_workers")
+        if self.min_workers == 0 and not self.scale_to_zero:
+            raise ValueError("autoscale.min_workers 0 needs scale_to_zero: true")
+        return self
+
+
 PlacementPolicyName = Literal[
     "least_load", "least_outstanding_tokens", "power_of_two", "prefix_affinity", "session_affinity", "round_robin"
 ]
@@ -154,8 +193,13 @@ class PoolSchedulingSettings(_Section):
     defaults."""
 
     policy: PlacementPolicyName = "least_outstanding_tokens"
-    # Requests waiting for a slot, all priority classes together; over it:
-    # RESOURCE_EXHAUSTED with a retry-after hint (0: never wait).
+    # Requests waiting for a slot, all priority classes together, are
+    # bounded by their expected wait: as many as the pool drains (slots /
+    # mean lease hold time) within max_expected_wait_s. Over it:
+    # RESOURCE_EXHAUSTED with a retry-after from the queue's state
+    # (services/scheduler/wait_bound.py).
+    max_expected_wait_s: float = Field(default=5.0, gt=0, le=3600)
+    # A ceiling on that count whatever the estimate (memory; 0: never wait).
     queue_limit: int = Field(default=256, ge=0, le=100_000)
     # Longest wait for a slot when the caller set no shorter deadline.
     max_queue_wait_s: float = Field(default=60.0, gt=0, le=3600)
@@ -199,6 +243,8 @@ class PoolSchedulingSettings(_Section):
     # Prefix affinity keys on the hash of this many leading prompt blocks
     # (fewer when the prompt is shorter).
     prefix_key_blocks: int = Field(default=4, ge=1, le=64)
+    # Worker count decisions for this pool.
+    autoscale: AutoscaleSettings = Field(default_factory=AutoscaleSettings)
 
     @model_validator(mode="after")
     def _kv_limits_ordered(self) -> PoolSchedulingSettings:
@@ -287,11 +333,21 @@ class BatchSettings(_Section):
     # A chunk whose worker is unreachable is retried this often (backoff)
     # before its rows are failed.
     chunk_max_retries: int = Field(default=10, ge=0)
-    # Redis redelivers an unacknowledged task after this long (acks_late:
-    # a consumer killed mid-chunk loses nothing). Must exceed chunk_timeout_s.
-    visibility_timeout_s: float = Field(default=7200.0, gt=0)
-    # How often consumers look for tasks past their visibility timeout.
-    restore_interval_s: float = Field(default=10.0, gt=0)
+    # A consumer that dies (kill -9, a lost host) gives its chunks back this
+    # long after it last renewed them: a live consumer renews the messages
+    # it holds (running or prefetched) every quarter of it, so a chunk may
+    # run far longer than this. Recovery takes at most this plus one
+    # restore_interval_s (18 s by default). A Redis outage longer than
+    # three renewals may run a chunk twice, which writes no row twice.
+    visibility_timeout_s: float = Field(default=15.0, ge=2)
+    # How often consumers look for messages past their visibility timeout.
+    restore_interval_s: float = Field(default=3.0, gt=0)
+    # The scheduler's job store answers callers within this or says 503 /
+    # UNAVAILABLE (Redis down or frozen), with this Retry-After. Each Redis
+    # command's connect and read are bounded by it; consumers, whom nobody
+    # waits on, ride a Redis restart out instead.
+    store_timeout_s: float = Field(default=0.5, gt=0, le=10)
+    store_unavailable_retry_after_s: float = Field(default=5.0, gt=0)
     # Per consumer: chunk tasks run at once, and rows asking the scheduler
     # for a lease or running (a hard cap; the scheduler's leases are the
     # usual bound). The chunks hold more rows (16 x 16) than the engine runs
@@ -304,15 +360,6 @@ class BatchSettings(_Section):
     rows_per_worker_call: int = Field(default=64, ge=1, le=256)
     # Finished jobs (and their results) are kept this long.
     retention_s: int = Field(default=7 * 86400, ge=60)
-
-    @model_validator(mode="after")
-    def _visibility_above_chunk(self) -> BatchSettings:
-        if self.visibility_timeout_s <= self.chunk_timeout_s:
-            raise ValueError(
-                f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed chunk_timeout_s "
-                f"({self.chunk_timeout_s}): a chunk still running would be delivered twice"
-            )
-        return self
 
 
 class TenantSettings(_Section):

@@ -11,11 +11,12 @@ import grpc
 import grpc.aio
 
 from headrace.models.registry import ModelRegistry
+from headrace.request_rules.served_by import served_by_headers
+from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 from headrace.runtime.channels import call_options
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import PermissionDenied, Unimplemented, from_rpc_error
 from headrace.runtime.request_context import current_request_id, current_tenant
-from headrace.request_rules.served_by import served_by_headers
 from headrace.v1 import (
     batch_pb2,
     cache_pb2,
@@ -26,7 +27,6 @@ from headrace.v1 import (
     scheduler_pb2,
     scheduler_pb2_grpc,
 )
-from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 from services.router import metrics
 from services.router.flow_protocols import Embedding, Generation
 from services.router.routing.layer import RoutingLayer

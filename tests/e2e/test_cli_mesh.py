@@ -4,7 +4,10 @@ status, down, and nothing is left running."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +58,13 @@ def test_up_generate_status_down_leaves_nothing_behind(cli_env: dict[str, str]) 
     vectors = json.loads(embedded.stdout)
     assert len(vectors) == 2 and len(vectors[0]) == 384
 
+    # Supervised: a worker and a batch consumer killed with -9 come back.
+    supervised_comeback(cli_env, ["worker-smollm2-0", "batch-smollm2-0"])
+    again = headrace(cli_env, "generate", "Say hello", "--max-tokens", "3")
+    assert again.returncode == 0, again.stderr
+    state = json.loads((Path(cli_env["HEADRACE_STATE_DIR"]) / "mesh.json").read_text())
+    pgids |= {p["pid"] for p in state["processes"]}
+
     bad = headrace(cli_env, "generate", "x", "--model", "nope")
     assert bad.returncode != 0 and "NotFound: unknown model 'nope'" in bad.stderr
 
@@ -66,6 +76,28 @@ def test_up_generate_status_down_leaves_nothing_behind(cli_env: dict[str, str]) 
     assert live_processes_in_groups(pgids) == []
     after = headrace(cli_env, "status")
     assert after.returncode == 1 and "DOWN" in after.stdout
+
+
+def supervised_comeback(cli_env: dict[str, str], names: list[str], timeout_s: float = 120) -> None:
+    state_path = Path(cli_env["HEADRACE_STATE_DIR"]) / "mesh.json"
+    pids = {p["name"]: p["pid"] for p in json.loads(state_path.read_text())["processes"]}
+    for name in names:
+        os.kill(pids[name], signal.SIGKILL)
+    killed_at = time.monotonic()
+    while True:
+        status = headrace(cli_env, "status")
+        rows = {line.split()[0]: line for line in status.stdout.splitlines() if line.strip()}
+        back = all(
+            "SERVING" in rows[name] and "restarts 1, last exit: killed by SIGKILL" in rows[name] for name in names
+        )
+        if status.returncode == 0 and back:
+            break
+        assert time.monotonic() - killed_at < timeout_s, status.stdout
+        time.sleep(0.5)
+    # Reported, not asserted: how long the mesh had a hole.
+    print(f"\nkilled {names}; SERVING again {time.monotonic() - killed_at:.1f}s later")
+    restarted = {p["name"]: p["pid"] for p in json.loads(state_path.read_text())["processes"]}
+    assert all(restarted[name] != pids[name] for name in names)
 
 
 def test_up_reports_a_service_that_fails_to_start(cli_env: dict[str, str]) -> None:

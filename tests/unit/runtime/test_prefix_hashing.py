@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headrace.request_rules.prefix_hashing import BLOCK_CHARS, MAX_BLOCKS, prefix_hashes, prompt_text, request_prefix_hashes
+from headrace.request_rules.prefix_hashing import (
+    BLOCK_CHARS,
+    MAX_BLOCKS,
+    prefix_hashes,
+    prompt_text,
+    request_prefix_hashes,
+)
 from headrace.v1 import generation_pb2
 
 SYSTEM = "You are a careful assistant for a water mill. " * 30
@@ -76,7 +82,10 @@ def test_bounded_however_long_the_prompt() -> None:
 @pytest.mark.unit
 def test_every_process_computes_the_same_hashes() -> None:
     """Routers and scheduler replicas must agree: no per-process salt."""
-    code = f"from headrace.request_rules.prefix_hashing import prefix_hashes; print(prefix_hashes({SYSTEM!r}, namespace='m@1'))"
+    code = (
+        "from headrace.request_rules.prefix_hashing import prefix_hashes; "
+        f"print(prefix_hashes({SYSTEM!r}, namespace='m@1'))"
+    )
     output = subprocess.run(
         [sys.executable, "-c", code],
         env={**os.environ, "PYTHONHASHSEED": "12345"},

@@ -1,9 +1,9 @@
 import pytest
 
+from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.errors import InvalidArgument
 from headrace.v1 import generation_pb2
-from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 
 LIMITS = LimitSettings(max_prompt_chars=100, max_tokens=64, max_messages=3)
 
