@@ -52,12 +52,14 @@ class SlotModel:
             return 0.0
         return (self.kv_hard_limit - kv_cache_usage) / (self.kv_hard_limit - self.kv_soft_limit)
 
-    def limit(self, state: WorkerState) -> int:
-        """Sequences the worker should hold now, ours and others' together."""
+    def limit(self, state: WorkerState, *, kv: bool = True) -> int:
+        """Sequences the worker should hold now, ours and others' together
+        (kv=False: as if its KV cache had room, see free_for_online)."""
         load = state.load
         capacity = load.capacity or self.default_slots
+        kv_factor = self.kv_factor(load.kv_cache_usage) if kv else 1.0
         # (+1e-9: 8 x 0.25 must not come out as 1.999... and floor to 1.)
-        limit = math.floor(capacity * self.kv_factor(load.kv_cache_usage) + 1e-9) + self.engine_queue_slots
+        limit = math.floor(capacity * kv_factor + 1e-9) + self.engine_queue_slots
         if load.waiting > self.engine_queue_slots:
             # The engine cannot fit what it has (KV cache or batch size):
             # nothing more until its queue drains.
@@ -76,13 +78,16 @@ class SlotModel:
     def free_for_online(self, state: WorkerState) -> int:
         """Slots an online request may take: the free ones, or, with batch
         rows on the worker, room while the online work there (and others'
-        work we cannot classify) stays within its limit. The engine runs
+        work we cannot classify) stays within its width. The engine runs
         online requests first, so one waits at most for a running sequence
         to end, never behind the batch rows queued there."""
         free = self.free(state)
         if state.batch_leases:
+            # A KV cache full of batch sequences is room too: the engine
+            # preempts batch sequences for online ones (vLLM's priority
+            # policy recomputes them later).
             online = state.outstanding - state.batch_leases
-            free = max(free, self.limit(state) - online)
+            free = max(free, self.limit(state, kv=False) - online)
         return max(0, free)
 
     def free_for_batch(self, state: WorkerState, *, online_active: bool) -> int:

@@ -77,6 +77,9 @@ def test_batch_leases_never_keep_online_work_off_a_worker() -> None:
     assert MODEL.free_for_online(full_of_batch) == 4
     mixed = worker("a", capacity=4, leases=4, batch_leases=1)
     assert MODEL.free_for_online(mixed) == 1
+    # A KV cache full of batch sequences: the engine preempts them for online work.
+    kv_full_of_batch = worker("a", capacity=4, running=4, leases=4, batch_leases=4, kv=1.0)
+    assert MODEL.free(kv_full_of_batch) == 0 and MODEL.free_for_online(kv_full_of_batch) == 4
     assert MODEL.free_for_online(worker("a", capacity=4, leases=4)) == 0
 
 
@@ -103,5 +106,5 @@ def test_free_slots_are_never_negative_and_batch_never_gets_more_than_online(
         assert 0 <= MODEL.free_for_batch(state, online_active=online_active) <= MODEL.free(state)
     assert MODEL.free_for_batch(state, online_active=True) <= MODEL.free_for_batch(state, online_active=False)
     assert MODEL.free_for_online(state) >= MODEL.free(state)
-    assert MODEL.free_for_online(state) <= max(MODEL.free(state), MODEL.limit(state))
+    assert MODEL.free_for_online(state) <= max(MODEL.free(state), MODEL.limit(state, kv=False))
     assert MODEL.free(state) <= max(1, (capacity or 16) - leases)
