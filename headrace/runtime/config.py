@@ -358,6 +358,8 @@ class BatchSettings(_Section):
     # Rows whose leases arrive together go to the worker in one call
     # (Worker.GenerateBatch), at most this many; 1: a Generate call per row.
     rows_per_worker_call: int = Field(default=64, ge=1, le=256)
+    # How long the first row ready waits for others to share its call.
+    worker_call_window_ms: float = Field(default=20.0, ge=0, le=1000)
     # Finished jobs (and their results) are kept this long.
     retention_s: int = Field(default=7 * 86400, ge=60)
 

@@ -2,10 +2,12 @@
 
 Per-row calls cost the worker most of its CPU on a batch job (grpc.aio's
 own work per call: docs/batch.md). Here every row still asks for its own
-lease and waits for its own result, but the rows ready at the same moment
-(leases tend to come in bursts, as rows end in waves) leave in one call,
-and each row's whole answer comes back on that call's stream as soon as
-it ends. Nothing waits for company: a row ready alone leaves alone.
+lease and waits for its own result, but the rows ready within `window_s`
+of the first (leases come in bursts, as rows end in waves, each row a
+Redis round trip apart) leave in one call, and each row's whole answer
+comes back on that call's stream as soon as it ends. The window is small
+beside a row's run, and the engine's queue-ahead rows keep it busy
+meanwhile; a full call (max_rows) leaves at once.
 """
 
 from __future__ import annotations
@@ -30,12 +32,16 @@ _Pending = tuple[worker_pb2.WorkerGenerateRequest, "asyncio.Future[worker_pb2.Ge
 
 
 class RowCalls:
-    def __init__(self, stub: worker_pb2_grpc.WorkerStub, *, max_rows: int, timeout_s: float) -> None:
+    def __init__(
+        self, stub: worker_pb2_grpc.WorkerStub, *, max_rows: int, timeout_s: float, window_s: float = 0.005
+    ) -> None:
         self._stub = stub
         self._max_rows = max_rows
+        self._window_s = window_s
         self._timeout_s = timeout_s
         self._pending: deque[_Pending] = deque()
         self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
         self._calls: set[asyncio.Task[None]] = set()
         # Calls made and rows sent (for tests and metrics).
         self.calls = 0
@@ -46,10 +52,12 @@ class RowCalls:
         whole failed. A caller that leaves has its row aborted."""
         future: asyncio.Future[worker_pb2.GenerateBatchResult] = asyncio.get_running_loop().create_future()
         self._pending.append((row, future))
-        if not self._flush_scheduled:
-            # Once the rows ready now have all been queued: one call for them.
+        if len(self._pending) >= self._max_rows:
+            self._flush()
+        elif not self._flush_scheduled:
+            # The rows ready within the window share one call.
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._timer = asyncio.get_running_loop().call_later(self._window_s, self._flush)
         try:
             return await future
         except asyncio.CancelledError:
@@ -63,6 +71,9 @@ class RowCalls:
         await asyncio.gather(*self._calls, return_exceptions=True)
 
     def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._flush_scheduled = False
         while self._pending:
             rows: list[_Pending] = []

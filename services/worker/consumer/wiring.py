@@ -90,6 +90,7 @@ class BatchConsumer:
             price_per_hour=self.settings.pools[self.pool].price_per_hour,
             rows_per_call=batch.rows_per_worker_call,
             call_timeout_s=batch.row_timeout_s,
+            call_window_s=batch.worker_call_window_ms / 1000.0,
         )
         # Every row runs under the scheduler's lease on this worker.
         self._leases, self._scheduler_channel = RowLeases.open(

@@ -47,12 +47,15 @@ class WorkerClient:
         load_timeout_s: float = 1.0,
         rows_per_call: int = 1,
         call_timeout_s: float = 600.0,
+        call_window_s: float = 0.005,
     ) -> None:
         self._channel = open_channel(address, limits)
         self._stub = worker_pb2_grpc.WorkerStub(self._channel)
         # Rows ready together share a GenerateBatch call (1: a Generate call per row).
         self.rows = (
-            RowCalls(self._stub, max_rows=rows_per_call, timeout_s=call_timeout_s) if rows_per_call > 1 else None
+            RowCalls(self._stub, max_rows=rows_per_call, timeout_s=call_timeout_s, window_s=call_window_s)
+            if rows_per_call > 1
+            else None
         )
         self._worker_id = worker_id
         self._price_per_hour = price_per_hour
