@@ -12,11 +12,11 @@ gives up mid-step cannot interrupt it.
 Batch rows are admitted here too, as waiters of the batch class (the
 consumer beside each worker asks for a lease on its worker before a row
 runs). Batch waiters are considered only when no online (interactive or
-standard) waiter is queued: the first slot a batch row gives back goes to
-the online request waiting for it. Alone, batch may fill every slot; while
-online work is around (queued, leased, or seen within online_linger_s),
-batch holds at most batch_share_while_online of a worker's slots
-(capacity.py).
+standard) waiter is queued, and batch leases never keep an online request
+off a worker (engines run online work first). Alone, batch may fill every
+slot and batch_queue_ahead more; while online work is around (queued,
+leased, or seen within online_linger_s), batch holds at most
+batch_share_while_online of a worker's slots (capacity.py).
 
 The queue holds as many waiters as the pool drains within
 max_expected_wait_s, and a refusal's retry-after is when the queue ahead
