@@ -27,12 +27,16 @@ import click
 import grpc
 
 from headrace.client import DEFAULT_TARGET, HeadraceClient
+from headrace.local.deployment_secrets import local_deployment
 from headrace.local.mesh import LocalMesh, health_state
 from headrace.models import store as model_store
 from headrace.request_rules.served_by import cache_header_value
+from headrace.runtime.channels import open_sync_channel
 from headrace.runtime.config import Settings, hash_api_key, load_settings
 from headrace.runtime.engine_settings import ENGINE_DEFAULTS, VllmEngineSettings
 from headrace.runtime.errors import HeadraceError
+from headrace.runtime.service_certs import CA_KEY, LEAF_VALID_DAYS, Role, init_deployment, issue
+from headrace.runtime.service_identity import service_identity
 from headrace.v1 import batch_pb2, models_pb2, scheduler_pb2, scheduler_pb2_grpc
 from headrace.workload.cli import bench
 
@@ -170,13 +174,15 @@ def _pool_lines(settings: Settings) -> list[str]:
     scheduler reports them (nothing when it does not answer)."""
     address = f"{settings.scheduler.host}:{settings.scheduler.port}"
     try:
-        with grpc.insecure_channel(address) as channel:
+        # With API keys, the scheduler wants the operator's certificate.
+        identity = service_identity(local_deployment(settings, create=False), Role.ADMIN)
+        with open_sync_channel(address, identity, server=Role.SCHEDULER) as channel:
             pools = (
                 scheduler_pb2_grpc.SchedulerStub(channel)
                 .GetPoolStatus(scheduler_pb2.GetPoolStatusRequest(), timeout=2.0)
                 .pools
             )
-    except grpc.RpcError:
+    except (grpc.RpcError, HeadraceError):
         return []
     lines = []
     for pool in pools:
@@ -192,8 +198,10 @@ def _pool_lines(settings: Settings) -> list[str]:
 @click.argument("address")
 @click.option("--service", default="", help="Full gRPC service name; empty: the server as a whole.")
 def health(address: str, service: str) -> None:
-    """Exit 0 if the gRPC server at ADDRESS reports SERVING (container health checks)."""
-    state = health_state(address, service)
+    """Exit 0 if the gRPC server at ADDRESS reports SERVING (container health checks).
+    Internal services with service identity are asked with the admin certificate."""
+    settings = _settings()
+    state = health_state(address, service, service_identity(settings, Role.ADMIN))
     click.echo(state)
     if state != "SERVING":
         sys.exit(1)
@@ -495,6 +503,42 @@ def keys() -> None:
 def keys_hash(key: str) -> None:
     """Print the SHA-256 digest of KEY for a tenant's api_key_sha256."""
     click.echo(hash_api_key(key))
+
+
+@main.group()
+def certs() -> None:
+    """Service certificates: mutual TLS between the mesh's services (docs/security.md)."""
+
+
+@certs.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--worker-host", multiple=True, help="A host workers may announce, beside this machine (repeatable).")
+def certs_init(directory: Path, worker_host: tuple[str, ...]) -> None:
+    """Make a CA and one certificate per role in DIRECTORY; point
+    internal_tls.certs_dir (HEADRACE_INTERNAL_TLS__CERTS_DIR) at it."""
+    try:
+        init_deployment(directory, worker_hosts=worker_host)
+    except FileExistsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"CA and certificates for {', '.join(r.value for r in Role)} in {directory}")
+    click.echo(f"keep {directory / CA_KEY} off the service hosts (it issues new identities)")
+
+
+_DIR = click.Path(file_okay=False, path_type=Path)
+
+
+@certs.command("issue")
+@click.option("--ca", "ca_dir", required=True, type=_DIR, help="The CA's folder.")
+@click.option("--role", "roles", required=True, multiple=True, type=click.Choice([r.value for r in Role]))
+@click.option("--host", "hosts", multiple=True, help="For a worker: a host it may announce (repeatable).")
+@click.option("--out", "out_dir", required=True, type=_DIR)
+@click.option("--days", default=LEAF_VALID_DAYS, show_default=True, help="Validity.")
+def certs_issue(ca_dir: Path, roles: tuple[str, ...], hosts: tuple[str, ...], out_dir: Path, days: int) -> None:
+    """Certificates for one host (e.g. `--role worker --role consumer --host 10.0.0.5`),
+    with the CA certificate but not its key: copy OUT to that host."""
+    for role in roles:
+        path = issue(ca_dir, Role(role), out_dir=out_dir, hosts=hosts, valid_days=days)
+        click.echo(f"{role}: {path}")
 
 
 main.add_command(bench)

@@ -29,6 +29,9 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+import grpc
+
+from headrace.local.actuator import Actuator, LocalActuator, fetch_decisions, follow
 from headrace.local.mesh import LocalMesh, ServiceProcess
 from headrace.runtime.config import load_settings
 from headrace.runtime.errors import HeadraceError
@@ -40,6 +43,8 @@ BACKOFF_MAX_S = 30.0
 # A run this long resets the backoff: the process was healthy, then died.
 STABLE_AFTER_S = 30.0
 WATCH_EVERY_S = 0.25
+# How often the autoscaler's decisions are read and followed.
+FOLLOW_EVERY_S = 1.0
 
 
 def describe_exit(status: int) -> str:
@@ -79,6 +84,24 @@ class Supervisor:
         self._clock = clock
         now = clock()
         self._watches = [_Watch(process, now) for process in processes]
+        self._actuator: tuple[Actuator, list[str], str] | None = None
+
+    @property
+    def processes(self) -> list[ServiceProcess]:
+        return self._processes
+
+    def add(self, process: ServiceProcess) -> None:
+        """Watch a process started after `up` (a scale-up)."""
+        self._processes.append(process)
+        self._watches.append(_Watch(process, self._clock()))
+        self._mesh.save_state(self._processes)
+
+    def forget(self, process: ServiceProcess) -> None:
+        """Stop watching a process that is being retired (a scale-down): its
+        exit is expected, not restarted."""
+        self._watches = [w for w in self._watches if w.process is not process]
+        self._processes.remove(process)
+        self._mesh.save_state(self._processes)
 
     def watch_once(self) -> None:
         """Collect exited children; start again those whose backoff is over."""
@@ -107,9 +130,30 @@ class Supervisor:
         if changed:
             self._mesh.save_state(self._processes)
 
+    def follow_decisions(self, actuator: Actuator, pools: list[str], scheduler_address: str) -> None:
+        """Also make the autoscaler's decisions for these pools real (local
+        actuator), every FOLLOW_EVERY_S."""
+        self._actuator = (actuator, pools, scheduler_address)
+
+    def follow_once(self) -> None:
+        if self._actuator is None:
+            return
+        actuator, pools, address = self._actuator
+        try:
+            decisions = fetch_decisions(address, self._mesh.admin_identity())
+        except grpc.RpcError as exc:
+            # The scheduler restarting: keep what runs, ask again later.
+            log.warning("autoscaling: no decision from the scheduler (%s)", exc.code().name)
+            return
+        follow(actuator, decisions, pools)
+
     def run(self, stopping: Callable[[], bool]) -> None:
+        follow_at = self._clock()
         while not stopping():
             self.watch_once()
+            if self._clock() >= follow_at:
+                follow_at = self._clock() + FOLLOW_EVERY_S
+                self.follow_once()
             time.sleep(WATCH_EVERY_S)
 
 
@@ -181,7 +225,6 @@ def main() -> None:
 
     mesh = LocalMesh(settings, echo=progress.echo)
     mesh.supervisor_pid = os.getpid()
-    env = dict(os.environ)
     try:
         processes = mesh.up(env_overrides={}, timeout_s=args.timeout)
     except HeadraceError as exc:
@@ -196,7 +239,16 @@ def main() -> None:
     progress.send(ready=True)
     progress.detach()
     log.info("mesh SERVING; supervising %d processes", len(processes))
+    # What `up` gave each process, secrets included, for restarts and new workers.
+    env = mesh.process_env
     supervisor = Supervisor(mesh, processes, env)
+    autoscaled = [pool for pool in settings.pools if settings.scheduler.for_pool(pool).autoscale.enabled]
+    if autoscaled:
+        supervisor.follow_decisions(
+            LocalActuator.over(mesh, supervisor, processes, env),
+            autoscaled,
+            f"{settings.scheduler.host}:{settings.scheduler.port}",
+        )
     try:
         supervisor.run(lambda: stop)
     finally:

@@ -296,6 +296,17 @@ class LimitSettings(_Section):
     max_id_chars: int = Field(default=256, ge=1)
 
 
+class InternalTlsSettings(_Section):
+    """Service identity between the mesh's services: mutual TLS with the
+    deployment's own CA (docs/security.md). Required when API keys are
+    configured, and for any internal service bound beyond loopback."""
+
+    # A folder with ca.crt and <role>.crt/<role>.key (`headrace certs init
+    # DIR`; `headrace certs issue` for a host that gets only its own roles).
+    # None: internal calls are plaintext and unauthenticated (open dev mode).
+    certs_dir: Path | None = None
+
+
 class TelemetrySettings(_Section):
     # OTLP/gRPC collector, e.g. "127.0.0.1:4317"; none: spans stay in-process.
     otlp_endpoint: str | None = None
@@ -483,6 +494,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    internal_tls: InternalTlsSettings = Field(default_factory=InternalTlsSettings)
 
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)
     pools: dict[str, PoolSettings] = Field(default_factory=_default_pools)
@@ -550,7 +562,12 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown engine {self.engine_override!r}; known: {', '.join(sorted(ENGINE_DEFAULTS))}")
         if not self.auth_enabled:
             for section in (self.router, self.cache, self.scheduler, self.worker):
-                _require_loopback(section.host)
+                _require_loopback(section.host, "no API keys are configured (open dev mode)")
+        if self.internal_tls.certs_dir is None:
+            # API keys guard the router's door only; the internal services
+            # leave loopback only with service identity (mutual TLS).
+            for section in (self.cache, self.scheduler, self.worker):
+                _require_loopback(section.host, "internal_tls.certs_dir is not set (internal calls unauthenticated)")
         return self
 
     @property
@@ -591,7 +608,7 @@ class Settings(BaseSettings):
         )
 
 
-def _require_loopback(host: str) -> None:
+def _require_loopback(host: str, why: str) -> None:
     if host in ("localhost",):
         return
     try:
@@ -600,8 +617,8 @@ def _require_loopback(host: str) -> None:
         loopback = False
     if not loopback:
         raise ValueError(
-            f"refusing to bind {host!r}: no API keys are configured (open dev mode), so every "
-            "service stays on loopback; configure tenants with api_key_sha256 to serve beyond it"
+            f"refusing to bind {host!r}: {why}, so the service stays on loopback; configure tenants "
+            "with api_key_sha256 and internal_tls.certs_dir (`headrace certs init DIR`) to serve beyond it"
         )
 
 

@@ -2,6 +2,9 @@
 
 1. request context: the request id (the caller's, if safe, else a new one),
    the deadline, and on internal hops the tenant from x-headrace-tenant;
+1b. service identity (internal services with internal TLS): the peer's
+   certificate role must be allowed the method, and only a role that
+   vouches for tenants may send x-headrace-tenant (service_identity.py);
 2. authentication (router only): `authorization` metadata -> tenant;
 3. the handler;
 4. metrics: every RPC counted by method and status, and timed;
@@ -39,6 +42,7 @@ from headrace.runtime.request_context import (
     request_id_var,
     tenant_var,
 )
+from headrace.runtime.service_identity import admit, peer_var
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +86,10 @@ def _status_name(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, *, authenticator: Authenticator | None) -> None:
+    def __init__(self, *, authenticator: Authenticator | None, service_identity: bool = False) -> None:
         self._authenticator = authenticator
+        # Internal servers behind mutual TLS check each peer's role per call.
+        self._service_identity = service_identity
         # Wrapped once per method, not per call: method -> (handler, wrapped).
         # Bounded by the methods the server has (unknown ones get None).
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -156,10 +162,19 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         deadline_var.set(deadline_from_remaining(context.time_remaining()))
         if self._authenticator is None:
             # Internal hop: the router authenticated and passed the tenant on.
-            tenant_var.set(metadata_value(context, TENANT_KEY) or "")
+            tenant = metadata_value(context, TENANT_KEY) or ""
+            if self._service_identity:
+                self._admit_peer(context, method, tenant)
+            tenant_var.set(tenant)
         elif not method.startswith(_OPEN_METHOD_PREFIXES):
             # Never from the caller's x-headrace-tenant: only from its key.
             tenant_var.set(self._authenticator.authenticate(metadata_value(context, AUTHORIZATION_KEY)))
+
+    @staticmethod
+    def _admit_peer(context: grpc.aio.ServicerContext, method: str, tenant: str) -> None:
+        """Step 1b: who is calling (the TLS handshake verified the certificate
+        against the deployment's CA), and may it make this call?"""
+        peer_var.set(admit(context.auth_context(), method, tenant))
 
     async def _fail(self, exc: BaseException, context: grpc.aio.ServicerContext, method: str, started: float) -> None:
         """Count the failure, then turn it into a status (AbortError), unless

@@ -30,6 +30,8 @@ from headrace.runtime.channels import open_channel, outgoing_metadata
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.errors import RETRY_AFTER_KEY
 from headrace.runtime.request_context import REQUEST_ID_KEY, TENANT_KEY
+from headrace.runtime.service_certs import Role
+from headrace.runtime.service_identity import ServiceIdentity
 from headrace.v1 import generation_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.worker.consumer.attempt_errors import WorkerUnavailable
 
@@ -104,9 +106,15 @@ class RowLeases:
 
     @classmethod
     def open(
-        cls, target: str, limits: LimitSettings, *, worker_id: str, max_inflight: int
+        cls,
+        target: str,
+        limits: LimitSettings,
+        identity: ServiceIdentity | None,
+        *,
+        worker_id: str,
+        max_inflight: int,
     ) -> tuple[RowLeases, grpc.aio.Channel]:
-        channel = open_channel(target, limits)
+        channel = open_channel(target, limits, identity, server=Role.SCHEDULER)
         return cls(scheduler_pb2_grpc.SchedulerStub(channel), worker_id=worker_id, max_inflight=max_inflight), channel
 
     @contextlib.asynccontextmanager

@@ -20,6 +20,8 @@ from opentelemetry.trace import TracerProvider
 from headrace.batch.queue import build_celery_app, consumer_heartbeat_key, consumer_name, queue_name
 from headrace.batch.store import BatchStore, open_redis
 from headrace.runtime.config import Settings
+from headrace.runtime.service_certs import Role
+from headrace.runtime.service_identity import service_identity
 from headrace.runtime.telemetry import build_tracer_provider
 from services.worker.consumer.attempt_errors import ChunkTimedOut
 from services.worker.consumer.chunk_runner import ChunkRunner
@@ -83,6 +85,7 @@ class BatchConsumer:
         batch = self.settings.batch
         redis = open_redis(self.settings.redis_url)
         self.store = BatchStore(redis, prefix=batch.key_prefix, retention_s=batch.retention_s)
+        identity = service_identity(self.settings, Role.CONSUMER)
         self._client = WorkerClient(
             self._worker_address,
             self.settings.limits,
@@ -91,11 +94,13 @@ class BatchConsumer:
             rows_per_call=batch.rows_per_worker_call,
             call_timeout_s=batch.row_timeout_s,
             call_window_s=batch.worker_call_window_ms / 1000.0,
+            identity=identity,
         )
         # Every row runs under the scheduler's lease on this worker.
         self._leases, self._scheduler_channel = RowLeases.open(
             scheduler_target(self.settings),
             self.settings.limits,
+            identity,
             worker_id=self._worker_id,
             max_inflight=batch.max_inflight_rows,
         )

@@ -15,6 +15,8 @@ from opentelemetry import propagate
 from headrace.runtime.channels import open_channel, outgoing_metadata
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.request_context import REQUEST_ID_KEY, TENANT_KEY
+from headrace.runtime.service_certs import Role
+from headrace.runtime.service_identity import ServiceIdentity
 from headrace.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
 from services.worker.consumer.attempt_errors import PREEMPTED, AttemptError, WorkerUnavailable
 from services.worker.consumer.row_calls import RowCalls
@@ -44,12 +46,13 @@ class WorkerClient:
         *,
         worker_id: str,
         price_per_hour: float,
+        identity: ServiceIdentity | None = None,
         load_timeout_s: float = 1.0,
         rows_per_call: int = 1,
         call_timeout_s: float = 600.0,
         call_window_s: float = 0.005,
     ) -> None:
-        self._channel = open_channel(address, limits)
+        self._channel = open_channel(address, limits, identity, server=Role.WORKER)
         self._stub = worker_pb2_grpc.WorkerStub(self._channel)
         # Rows ready together share a GenerateBatch call (1: a Generate call per row).
         self.rows = (
