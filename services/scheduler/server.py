@@ -11,6 +11,7 @@ import grpc.aio
 from headrace.runtime.config import SchedulerSettings
 from headrace.runtime.errors import InvalidArgument, NotFound, PermissionDenied, Unimplemented
 from headrace.runtime.request_context import remaining_s
+from headrace.runtime.service_certs import Role
 from headrace.runtime.service_identity import current_peer
 from headrace.v1 import batch_pb2, generation_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler.admission import PRIORITY_NAMES
@@ -112,6 +113,10 @@ def worker_status(state: WorkerState, *, accepting: bool) -> scheduler_pb2.Worke
     )
 
 
+def _batch_row_lease(request: scheduler_pb2.PlaceRequest) -> bool:
+    return request.priority == generation_pb2.PRIORITY_BATCH and bool(request.worker_id)
+
+
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(
         self, dispatcher: Dispatcher, settings: SchedulerSettings, *, batches: BatchRpcs | None = None
@@ -123,6 +128,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def Place(
         self, request: scheduler_pb2.PlaceRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.PlaceResponse:
+        peer = current_peer()
+        if peer is not None and peer.role == Role.CONSUMER and not _batch_row_lease(request):
+            # A batch consumer leases slots for its rows only: never online
+            # capacity, never another worker's.
+            raise PermissionDenied("a batch consumer may ask only for batch leases on its worker (worker_id)")
         placement = await self._dispatcher.place(placement_from_proto(request), timeout_s=remaining_s())
         lease = placement.lease
         return scheduler_pb2.PlaceResponse(
