@@ -160,7 +160,11 @@ class PoolAdmission:
             placement = await self._place_now(waiter)
             if placement is not None:
                 return placement
-        self.queue.limit = self.wait_bound.limit(self.nominal_slots())
+        # The expected-wait bound is for online work; batch waits by design,
+        # up to queue_limit, and an online newcomer pushes a batch waiter out.
+        self.queue.limit = (
+            self.settings.queue_limit if priority >= BATCH else self.wait_bound.limit(self.nominal_slots())
+        )
         admission = self.queue.push(waiter, cls=priority, tenant=request.tenant, cost=request_cost(request))
         if not admission.admitted:
             self._reject(priority, "queue_full")
@@ -249,8 +253,10 @@ class PoolAdmission:
         if released is not None and not released.batch:
             self._online_seen_at = time.monotonic()
         now = time.monotonic()
-        if released is not None and now < released.expires_at:
-            # Released by its holder (an expired lease says nothing of the engine).
+        if released is not None and now < released.expires_at and not released.batch:
+            # Released by its holder (an expired lease says nothing of the
+            # engine); online holds only: a batch row's says nothing of how
+            # fast online waiters get slots.
             self.wait_bound.observe_hold(now - released.granted_at)
         self.kick()
         return released

@@ -419,3 +419,18 @@ async def test_queue_depth_waits_placements_and_rejections_are_counted() -> None
     assert sample("headrace_scheduler_placements_total", pool="pool", policy="least_load") == placed_before + 2
     assert sample("headrace_scheduler_queue_wait_seconds_count", **labels) == waits_before + 2
     await dispatcher.close()
+
+
+@pytest.mark.unit
+async def test_only_online_leases_tell_how_fast_online_waiters_get_slots() -> None:
+    dispatcher = make_dispatcher(queue_limit=10)
+    add_worker(dispatcher, capacity=2)
+    bound = dispatcher.admission("pool").wait_bound
+    batch = await dispatcher.place(req(BATCH))
+    dispatcher.release(batch.lease.lease_id)
+    # A batch row's hold says nothing of online waits.
+    assert bound.hold_s is None
+    online = await dispatcher.place(req(INTERACTIVE))
+    dispatcher.release(online.lease.lease_id)
+    assert bound.hold_s is not None
+    await dispatcher.close()
