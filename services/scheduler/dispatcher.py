@@ -164,9 +164,7 @@ class Dispatcher:
             parts.append(f"not accepting (stale, unhealthy or draining): {', '.join(not_accepting)}")
         return f"no worker available for {request.model_version}: " + "; ".join(parts)
 
-    def release(
-        self, lease_id: str, *, ttft_s: float | None = None, served: bool = False
-    ) -> LeaseRecord | None:
+    def release(self, lease_id: str, *, ttft_s: float | None = None, served: bool = False) -> LeaseRecord | None:
         """Give a lease back; `served`: its request went well, which says
         the worker is alive even when its load reports come late."""
         lease = self.leases.get(lease_id)
