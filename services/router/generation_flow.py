@@ -92,6 +92,7 @@ class GenerationFlow:
         if lookup.outcome in (generation_pb2.CACHE_OUTCOME_HIT_EXACT, generation_pb2.CACHE_OUTCOME_HIT_SEMANTIC):
             route.cache_similarity = lookup.similarity
             route.cache_entry_id = lookup.entry_id
+            route.cache_verdict = lookup.verdict
             note_on_trace(route)
             for chunk in cached_stream(lookup, route, request_id, started):
                 yield chunk
