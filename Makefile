@@ -19,11 +19,11 @@ PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # buf breaking compares the protos with this git revision.
 BUF_AGAINST ?= HEAD~1
 PYTEST_ARGS ?=
-BENCHMARKS := bench-autoscale bench-overhead bench-engine bench-placement bench-overload bench-gateway bench-connection-limits bench-cache bench-routing bench-batch bench-failover
+BENCHMARKS := bench-autoscale bench-overhead bench-engine bench-placement bench-overload bench-gateway bench-connection-limits bench-cache bench-routing bench-batch bench-embeddings bench-failover
 # protoc finds its mypy plugins (protoc-gen-mypy) in the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install install-test system-deps protos check-protos lint test test-unit up down status bench $(BENCHMARKS) clean
+.PHONY: help install install-test system-deps protos check-protos check-monitoring lint test test-unit up down status bench $(BENCHMARKS) clean
 
 help:
 	@echo "make up             install, start the mesh (Redis too if needed), send a sample request"
@@ -31,11 +31,13 @@ help:
 	@echo "make test           install, check protos and lint, run every test"
 	@echo "make test-unit      the fast unit tests only"
 	@echo "make protos         regenerate headrace/v1 from protos/"
+	@echo "make check-monitoring  promtool: Prometheus config, SLO rules and their alert unit tests"
 	@echo "make bench          every benchmark (results in bench/results/, table in README.md)"
 
 system-deps:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
 	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq npm; }
+	@command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq prometheus; }
 
 $(VENV)/.installed: requirements/lock.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,12 +76,19 @@ check-protos: $(VENV)/.installed $(BUF)
 		echo "no breaking change against $(BUF_AGAINST)"; \
 	else echo "buf breaking: $(BUF_AGAINST) has no protos/ to compare with; skipped"; fi
 
+# The shipped Prometheus config and rules are valid, and every alert fires
+# (and stays quiet) as its unit tests say; promtool is Debian's `prometheus`.
+check-monitoring: system-deps
+	promtool check config compose/prometheus/prometheus.yml
+	promtool check rules compose/prometheus/rules/*.yml
+	promtool test rules compose/prometheus/tests/*.yml
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy headrace services bench
 
-test: install-test check-protos lint
+test: install-test check-protos check-monitoring lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(VENV)/.installed
@@ -159,6 +168,10 @@ bench-batch: install
 # router (synthetic engine): requests lost, extra slots, time to recover.
 bench-failover: install
 	$(PY) -m bench.failover
+
+# Dynamic batching of embeddings through the gateway vs max_batch_size 1 (MiniLM on the CPU).
+bench-embeddings: install
+	$(PY) -m bench.embeddings
 
 clean:
 	rm -rf $(VENV) .venv-triton .tools .mypy_cache .ruff_cache .pytest_cache

@@ -27,7 +27,6 @@ from headrace.v1 import (
     scheduler_pb2,
     scheduler_pb2_grpc,
 )
-from services.router import metrics
 from services.router.flow_protocols import Embedding, Generation
 from services.router.routing.layer import RoutingLayer
 from services.router.routing.reload import ConfigReloader
@@ -66,7 +65,6 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         validate_generate_request(request, self._settings.limits)
         response = await self._generation.complete(request, tenant=current_tenant(), request_id=current_request_id())
         await context.send_initial_metadata(served_by_headers(response.request_id, response.route))
-        metrics.CACHE_OUTCOMES.labels(outcome=generation_pb2.CacheOutcome.Name(response.route.cache)).inc()
         return response
 
     async def GenerateStream(
@@ -79,7 +77,6 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             if first:
                 first = False
                 await context.send_initial_metadata(served_by_headers(request_id, chunk.route))
-                metrics.CACHE_OUTCOMES.labels(outcome=generation_pb2.CacheOutcome.Name(chunk.route.cache)).inc()
             yield chunk
 
     async def Embed(

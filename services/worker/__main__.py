@@ -61,8 +61,16 @@ def build_worker(
         raise SystemExit(str(exc)) from exc
     model_versions = settings.pool_models(pool)
     engine = build_engine(settings.pool_engine(pool), models_dir=settings.models_dir)
-    servicer = WorkerServicer(engine, model_versions=model_versions, limits=settings.limits)
     worker_id = f"{pool}-{index}"
+    tracer_provider = tracer_provider or build_tracer_provider(f"headrace-worker-{worker_id}", settings.telemetry)
+    servicer = WorkerServicer(
+        engine,
+        model_versions=model_versions,
+        limits=settings.limits,
+        tracer=tracer_provider.get_tracer("headrace.worker"),
+        prefill_token_weight=settings.pools[pool].prefill_token_weight,
+        preempt_batch=settings.scheduler.for_pool(pool).online_preempts_batch,
+    )
     identity = service_identity(settings, Role.WORKER)
     host = GrpcServiceHost(
         [
@@ -73,7 +81,7 @@ def build_worker(
         host=settings.worker.host,
         port=port,
         limits=settings.limits,
-        tracer_provider=tracer_provider or build_tracer_provider(f"headrace-worker-{worker_id}", settings.telemetry),
+        tracer_provider=tracer_provider,
         identity=identity,
     )
     reporter = LoadReporter(
