@@ -26,13 +26,13 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
-from headrace.runtime.channels import open_channel, outgoing_metadata
+from headrace.runtime.channels import outgoing_metadata
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.errors import RETRY_AFTER_KEY
 from headrace.runtime.request_context import REQUEST_ID_KEY, TENANT_KEY
-from headrace.runtime.service_certs import Role
+from headrace.runtime.scheduler_replicas import SchedulerReplicas
 from headrace.runtime.service_identity import ServiceIdentity
-from headrace.v1 import generation_pb2, scheduler_pb2, scheduler_pb2_grpc
+from headrace.v1 import generation_pb2, scheduler_pb2
 from services.worker.consumer.attempt_errors import WorkerUnavailable
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def embed_ask(request_id: str, model_version: str, tenant: str, request: generat
 class RowLeases:
     def __init__(
         self,
-        scheduler: scheduler_pb2_grpc.SchedulerStub,
+        scheduler: SchedulerReplicas,
         *,
         worker_id: str,
         max_inflight: int,
@@ -107,15 +107,17 @@ class RowLeases:
     @classmethod
     def open(
         cls,
-        target: str,
+        targets: list[str],
         limits: LimitSettings,
         identity: ServiceIdentity | None,
         *,
         worker_id: str,
         max_inflight: int,
-    ) -> tuple[RowLeases, grpc.aio.Channel]:
-        channel = open_channel(target, limits, identity, server=Role.SCHEDULER)
-        return cls(scheduler_pb2_grpc.SchedulerStub(channel), worker_id=worker_id, max_inflight=max_inflight), channel
+    ) -> tuple[RowLeases, SchedulerReplicas]:
+        """Over every scheduler replica: a row's Place goes to the next one
+        in turn and moves on when one is down (scheduler_replicas.py)."""
+        schedulers = SchedulerReplicas(targets, limits, identity)
+        return cls(schedulers, worker_id=worker_id, max_inflight=max_inflight), schedulers
 
     @contextlib.asynccontextmanager
     async def lease(self, ask: RowAsk) -> AsyncIterator[HeldLease]:
@@ -150,8 +152,8 @@ class RowLeases:
         unavailable_since: float | None = None
         while True:
             try:
-                response: scheduler_pb2.PlaceResponse = await self._scheduler.Place(
-                    request, metadata=metadata, timeout=_PLACE_TIMEOUT_S
+                response = await self._scheduler.place(
+                    request, options=lambda: {"metadata": metadata, "timeout": _PLACE_TIMEOUT_S}
                 )
                 return response.lease
             except grpc.aio.AioRpcError as exc:
@@ -176,7 +178,7 @@ class RowLeases:
         while True:
             await asyncio.sleep(max(1.0, expires_at - time.time() - self._renew_margin_s))
             try:
-                renewed = await self._scheduler.RenewLease(
+                renewed = await self._scheduler.renew(
                     scheduler_pb2.RenewLeaseRequest(lease_id=lease.lease_id), timeout=5.0
                 )
             except grpc.aio.AioRpcError as exc:
@@ -186,7 +188,7 @@ class RowLeases:
 
     async def _release(self, held: HeldLease) -> None:
         try:
-            await self._scheduler.Release(
+            await self._scheduler.release(
                 scheduler_pb2.ReleaseRequest(lease_id=held.lease.lease_id, outcome=held.outcome), timeout=5.0
             )
         except grpc.aio.AioRpcError as exc:

@@ -12,7 +12,6 @@ import os
 import socket
 from typing import Any
 
-import grpc.aio
 from celery import Celery, bootsteps
 from celery.apps.worker import Worker
 from opentelemetry.trace import TracerProvider
@@ -20,6 +19,7 @@ from opentelemetry.trace import TracerProvider
 from headrace.batch.queue import build_celery_app, consumer_heartbeat_key, consumer_name, queue_name
 from headrace.batch.store import BatchStore, open_redis
 from headrace.runtime.config import Settings
+from headrace.runtime.scheduler_replicas import SchedulerReplicas
 from headrace.runtime.service_certs import Role
 from headrace.runtime.service_identity import service_identity
 from headrace.runtime.telemetry import build_tracer_provider
@@ -37,9 +37,9 @@ HEARTBEAT_TTL_S = 10
 HEARTBEAT_EVERY_S = 2.0
 
 
-def scheduler_target(settings: Settings) -> str:
-    """Where the consumer asks for its rows' leases."""
-    return f"{settings.scheduler.host}:{settings.scheduler.port}"
+def scheduler_targets(settings: Settings) -> list[str]:
+    """Where the consumer asks for its rows' leases: every scheduler replica."""
+    return settings.scheduler.targets()
 
 
 class BatchConsumer:
@@ -78,7 +78,7 @@ class BatchConsumer:
         self.store: BatchStore
         self._client: WorkerClient
         self._leases: RowLeases
-        self._scheduler_channel: grpc.aio.Channel
+        self._schedulers: SchedulerReplicas
         self._loop.call(self._build(), timeout_s=30)
 
     async def _build(self) -> None:
@@ -97,8 +97,8 @@ class BatchConsumer:
             identity=identity,
         )
         # Every row runs under the scheduler's lease on this worker.
-        self._leases, self._scheduler_channel = RowLeases.open(
-            scheduler_target(self.settings),
+        self._leases, self._schedulers = RowLeases.open(
+            scheduler_targets(self.settings),
             self.settings.limits,
             identity,
             worker_id=self._worker_id,
@@ -187,7 +187,7 @@ class BatchConsumer:
                 await self._heartbeat
             with contextlib.suppress(Exception):
                 await self.store.redis.delete(consumer_heartbeat_key(self.settings, self.name))
-        await self._scheduler_channel.close()
+        await self._schedulers.close()
         await self._client.close()
         await self.store.redis.aclose()
 

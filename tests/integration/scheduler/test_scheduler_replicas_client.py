@@ -113,3 +113,18 @@ async def test_a_replica_that_is_gone_is_skipped(pair: Pair) -> None:
     # The balanced channel for calls any replica answers fails over too.
     listing = await pair.client.any_replica.ListWorkers(scheduler_pb2.ListWorkersRequest(), timeout=5)
     assert [w.info.worker_id for w in listing.workers] == ["gen-0"]
+
+
+async def test_a_batch_consumers_row_leases_come_from_a_replica_that_is_up(pair: Pair) -> None:
+    """The consumer beside a worker asks every replica too: with one gone,
+    its rows' batch leases come from the other and go back there."""
+    from services.worker.consumer.row_leases import RowAsk, RowLeases
+
+    gone, alive = pair.replicas
+    await gone.stop()
+    leases = RowLeases(pair.client, worker_id="gen-0", max_inflight=2)
+    for n in range(3):
+        async with leases.lease(RowAsk(request_id=f"row-{n}", model_version=MODEL, tenant="t", max_tokens=4)) as held:
+            assert pair.client.owner_of(held.lease.lease_id) == alive.address
+            assert alive.dispatcher.leases.get(held.lease.lease_id) is not None
+    assert len(alive.dispatcher.leases) == 0

@@ -14,7 +14,7 @@ from tests.unit.scheduler.workers import worker
 
 pytestmark = pytest.mark.unit
 
-MODEL = SlotModel(default_slots=16, engine_queue_slots=0, batch_headroom=0.25)
+MODEL = SlotModel(default_slots=16, engine_queue_slots=0)
 
 
 class FixedShare:
