@@ -19,9 +19,9 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
+from headrace.request_rules.served_by import served_by_headers
 from headrace.runtime.errors import Cancelled, Internal
 from headrace.runtime.request_context import current_request_id, current_tenant
-from headrace.request_rules.served_by import served_by_headers
 from headrace.v1 import generation_pb2
 from services.router.flow_protocols import closing
 from services.router.gateway.dependencies import GatewayServices

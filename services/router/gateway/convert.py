@@ -12,10 +12,10 @@ from typing import Generic, TypeVar
 from pydantic import BaseModel
 from pydantic_core import to_json
 
+from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.errors import InvalidArgument
 from headrace.v1 import generation_pb2
-from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 from services.router.gateway import protocol
 
 C = TypeVar("C", protocol.ChatCompletionChunk, protocol.Completion)

@@ -6,8 +6,8 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from headrace.runtime.request_context import current_request_id, current_tenant
 from headrace.request_rules.served_by import served_by_headers
+from headrace.runtime.request_context import current_request_id, current_tenant
 from services.router.gateway import convert
 from services.router.gateway.answers import json_response, until_disconnected
 from services.router.gateway.body import read_model

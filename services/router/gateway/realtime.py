@@ -28,6 +28,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from headrace.request_rules.served_by import served_by_headers
 from headrace.runtime.errors import (
     Cancelled,
     HeadraceError,
@@ -43,7 +44,6 @@ from headrace.runtime.request_context import (
     new_request_id,
     request_id_var,
 )
-from headrace.request_rules.served_by import served_by_headers
 from headrace.v1 import generation_pb2
 from services.router.flow_protocols import closing
 from services.router.gateway import convert, metrics
