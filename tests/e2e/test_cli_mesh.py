@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.cli import headrace, live_processes_in_groups
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def test_up_generate_status_down_leaves_nothing_behind(cli_env: dict[str, str]) -> None:

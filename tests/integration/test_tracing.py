@@ -3,7 +3,6 @@ the router to the scheduler, the cache and the worker."""
 
 from __future__ import annotations
 
-import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -11,8 +10,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from headrace.local.redis_server import RedisServer
 from tests.integration.test_mesh_grpc import greedy, mesh_settings
 from tests.support.mesh import start_mesh
-
-pytestmark = pytest.mark.integration
 
 CALLER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN_ID = "00f067aa0ba902b7"

@@ -19,7 +19,7 @@ from headrace.models.store import default_models_dir, prepare_model
 from headrace.runtime.config import Settings
 from tests.support.mesh import InProcessMesh, start_mesh
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -21,8 +21,6 @@ from tests.integration.batch.conftest import batch_settings
 from tests.support.batch import chat_rows, parse_jsonl, running_consumer
 from tests.support.mesh import InProcessMesh, start_mesh
 
-pytestmark = pytest.mark.integration
-
 MAX_FILE_BYTES = 256 * 1024
 TENANTS = {
     "acme": {"api_key_sha256": [hash_api_key("key-acme")]},

@@ -4,7 +4,6 @@ message's headers), each row, and the worker running it."""
 
 from __future__ import annotations
 
-import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -14,8 +13,6 @@ from headrace.v1 import batch_pb2
 from tests.integration.batch.conftest import batch_settings
 from tests.support.batch import chat_rows, running_consumer, wait_for_job
 from tests.support.mesh import start_mesh
-
-pytestmark = pytest.mark.integration
 
 CALLER_TRACE_ID = "5bf92f3577b34da6a3ce929d0e0e4737"
 CALLER_SPAN_ID = "10f067aa0ba902b8"

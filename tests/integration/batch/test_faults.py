@@ -28,8 +28,6 @@ from tests.support.batch import (
 )
 from tests.support.mesh import InProcessMesh, start_mesh
 
-pytestmark = pytest.mark.integration
-
 # 8 tokens at 10 tokens/s: each row takes about 0.8 s.
 SLOW_POOLS: dict[str, Any] = {
     "smollm2": {"engine": {"kind": "synthetic", "ttft_ms": 20, "tokens_per_s": 10}},

@@ -15,8 +15,6 @@ from headrace.local.redis_server import RedisServer
 from headrace.runtime.errors import FailedPrecondition, NotFound
 from headrace.v1 import batch_pb2
 
-pytestmark = pytest.mark.integration
-
 
 class Clock:
     def __init__(self) -> None:

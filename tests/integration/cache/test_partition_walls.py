@@ -17,7 +17,7 @@ from headrace.v1 import generation_pb2
 from services.cache.embedder import MiniLmEncoder
 from tests.integration.cache.support import RunningCache, ask, cache_redis_url, lookup, start_cache, store
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 TENANTS = [
     "acme",

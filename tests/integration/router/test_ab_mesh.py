@@ -7,14 +7,11 @@ import asyncio
 from collections import Counter
 
 import grpc.aio
-import pytest
 
 from headrace.local.redis_server import RedisServer
 from headrace.v1 import generation_pb2
 from tests.support.mesh import start_mesh
 from tests.support.routing import ask, generate_all, model_info, routing_settings, synthetic
-
-pytestmark = pytest.mark.integration
 
 
 async def test_users_stick_to_their_arm_and_each_arm_reports_its_results(redis_server: RedisServer) -> None:

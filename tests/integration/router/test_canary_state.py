@@ -16,8 +16,6 @@ from services.router.routing.arm_stats import ArmStatsStore, Sample
 from services.router.routing.canary import CanaryController, CanaryStatus
 from services.router.routing.decision import RequestOutcome
 
-pytestmark = pytest.mark.integration
-
 _models = itertools.count()
 
 

@@ -25,8 +25,6 @@ from services.router.routing.policies import ab_split, canary, fast_accurate
 from services.router.routing.policies.base import RoutingPolicy
 from services.router.routing.policies.difficulty import DifficultyScorer
 
-pytestmark = pytest.mark.integration
-
 SETTINGS = Settings(
     pools={"p": {"engine": {"kind": "synthetic"}}},
     models={

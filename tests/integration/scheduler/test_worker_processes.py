@@ -24,8 +24,6 @@ from services.scheduler.__main__ import build_dispatcher, build_host
 from services.scheduler.dispatcher import Dispatcher
 from tests.support.worker_processes import WorkerProcess, spawn_worker
 
-pytestmark = pytest.mark.integration
-
 POOL = "gen"
 MODEL = "gen@1"
 SLOTS_PER_WORKER = 2

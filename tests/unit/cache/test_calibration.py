@@ -14,8 +14,6 @@ from services.cache.calibration import (
     split_pairs,
 )
 
-pytestmark = pytest.mark.unit
-
 
 def test_the_split_is_fixed_and_keeps_duplicate_origins_together() -> None:
     pairs = [Pair(f"Sentence number {i}.", f"Paraphrase {i}.") for i in range(200)]

@@ -3,8 +3,6 @@ import pytest
 
 from services.cache.vector_index import FlatIndex, HnswIndex, HnswParams, PartitionIndex
 
-pytestmark = pytest.mark.unit
-
 DIM = 16
 
 

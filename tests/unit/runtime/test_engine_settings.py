@@ -20,8 +20,6 @@ from headrace.runtime.engine_settings import (
 from services.worker.engines import build_engine
 from services.worker.engines.vllm_engine import cpu_list, engine_args, engine_environment
 
-pytestmark = pytest.mark.unit
-
 ADAPTER: TypeAdapter[EngineSettings] = TypeAdapter(EngineSettings)
 
 

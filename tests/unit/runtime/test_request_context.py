@@ -21,7 +21,6 @@ def _restore_context() -> Iterator[None]:
         var.reset(token)  # type: ignore[attr-defined]
 
 
-@pytest.mark.unit
 def test_safe_request_ids_are_kept_and_unsafe_replaced() -> None:
     assert accept_request_id("req-123.abc:x") == "req-123.abc:x"
     replaced = accept_request_id("bad id\nwith newline")
@@ -30,7 +29,6 @@ def test_safe_request_ids_are_kept_and_unsafe_replaced() -> None:
     assert len(accept_request_id(None)) == 32
 
 
-@pytest.mark.unit
 def test_outgoing_calls_carry_request_id_and_tenant() -> None:
     request_id_var.set("r1")
     tenant_var.set("acme")
@@ -39,7 +37,6 @@ def test_outgoing_calls_carry_request_id_and_tenant() -> None:
     assert outgoing_metadata([("x-request-id", "mine")]) == [("x-request-id", "mine"), ("x-headrace-tenant", "acme")]
 
 
-@pytest.mark.unit
 def test_deadline_bounds_outgoing_timeouts() -> None:
     deadline_var.set(float("inf"))
     assert propagated_timeout(None) is None

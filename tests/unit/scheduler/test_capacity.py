@@ -1,4 +1,3 @@
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -8,7 +7,6 @@ from tests.unit.scheduler.workers import worker
 MODEL = SlotModel(default_slots=16, kv_soft_limit=0.8, kv_hard_limit=0.95, engine_queue_slots=0, batch_headroom=0.25)
 
 
-@pytest.mark.unit
 def test_slots_come_from_the_reported_capacity_minus_what_is_outstanding() -> None:
     assert MODEL.free(worker("a", capacity=8)) == 8
     assert MODEL.free(worker("a", capacity=8, leases=3)) == 5
@@ -19,7 +17,6 @@ def test_slots_come_from_the_reported_capacity_minus_what_is_outstanding() -> No
     assert MODEL.free(worker("a", capacity=0)) == 16
 
 
-@pytest.mark.unit
 def test_a_filling_kv_cache_shrinks_the_slots_and_a_full_one_closes_them() -> None:
     free = [MODEL.free(worker("a", capacity=16, running=2, kv=kv)) for kv in (0.5, 0.8, 0.85, 0.9, 0.95, 0.99)]
     assert free[0] == free[1] == 14
@@ -27,7 +24,6 @@ def test_a_filling_kv_cache_shrinks_the_slots_and_a_full_one_closes_them() -> No
     assert free[4] == free[5] == 0
 
 
-@pytest.mark.unit
 def test_an_engine_that_queues_gets_nothing_new() -> None:
     assert MODEL.free(worker("a", capacity=16, running=6, waiting=3)) == 0
     allowing = SlotModel(engine_queue_slots=2)
@@ -36,13 +32,11 @@ def test_an_engine_that_queues_gets_nothing_new() -> None:
     assert allowing.free(worker("a", capacity=16, running=6, waiting=3)) == 0
 
 
-@pytest.mark.unit
 def test_an_idle_worker_always_takes_one_even_with_a_stale_full_kv_reading() -> None:
     assert MODEL.free(worker("a", capacity=16, kv=1.0)) == 1
     assert MODEL.free(worker("a", capacity=16, kv=1.0, leases=1)) == 0
 
 
-@pytest.mark.unit
 def test_batch_leaves_headroom_for_online_work() -> None:
     # 8 slots, 25% headroom: batch may fill 6, online all 8.
     assert MODEL.free_for_batch(worker("a", capacity=8, leases=5)) == 1
@@ -51,7 +45,6 @@ def test_batch_leaves_headroom_for_online_work() -> None:
     assert MODEL.free_for_batch(worker("a", capacity=8)) == 6
 
 
-@pytest.mark.unit
 # No per-example deadline: the machine is shared, and this is about results, not speed.
 @settings(deadline=None)
 @given(

@@ -13,8 +13,6 @@ from headrace.v1 import generation_pb2, worker_pb2
 from services.worker.engines.synthetic import SyntheticEngine
 from services.worker.server import WorkerServicer
 
-pytestmark = pytest.mark.unit
-
 
 def request(priority: int, *, whole_answer: bool = False) -> worker_pb2.WorkerGenerateRequest:
     return worker_pb2.WorkerGenerateRequest(

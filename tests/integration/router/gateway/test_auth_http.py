@@ -19,8 +19,6 @@ from headrace.runtime.config import hash_api_key
 from tests.integration.router.gateway.conftest import gateway_settings, running_gateway
 from tests.support.mesh import InProcessMesh
 
-pytestmark = pytest.mark.integration
-
 CHAT = {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/v1/chat/completions", CHAT),

@@ -11,8 +11,6 @@ import pytest
 
 from tests.support.mesh import InProcessMesh
 
-pytestmark = pytest.mark.integration
-
 CHAT = [{"role": "user", "content": "Name a river."}]
 
 

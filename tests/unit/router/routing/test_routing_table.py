@@ -14,8 +14,6 @@ from services.router.routing.arm_stats import ArmStatsStore
 from services.router.routing.decision import RoutingRequest
 from services.router.routing.routing_table import RoutingTable, build_alias_routes
 
-pytestmark = pytest.mark.unit
-
 
 def make(**routing: Any) -> RoutingTable:
     settings = Settings(

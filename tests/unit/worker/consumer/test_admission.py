@@ -9,8 +9,6 @@ import pytest
 from services.worker.consumer.admission import AdmissionGate, WorkerLoadReading
 from services.worker.consumer.attempt_errors import WorkerUnavailable
 
-pytestmark = pytest.mark.unit
-
 
 class ScriptedLoad:
     """The worker's load as the test sets it."""
