@@ -77,7 +77,7 @@ check-protos: $(VENV)/.installed $(BUF)
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy headrace services bench
+	$(VENV)/bin/mypy headrace services bench tests
 
 test: install-test check-protos lint
 	$(PY) -m pytest $(PYTEST_ARGS)

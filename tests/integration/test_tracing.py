@@ -41,6 +41,8 @@ async def test_one_trace_spans_router_scheduler_cache_and_worker(redis_server: R
         "/headrace.v1.Worker/Generate",
     ):
         assert format(spans[name].context.trace_id, "032x") == CALLER_TRACE_ID, name
+    assert router.parent is not None and router.context is not None
     assert format(router.parent.span_id, "016x") == CALLER_SPAN_ID
-    assert spans["/headrace.v1.Worker/Generate"].parent.span_id == router.context.span_id
-    assert spans["/headrace.v1.Scheduler/Place"].parent.span_id == router.context.span_id
+    for child in ("/headrace.v1.Worker/Generate", "/headrace.v1.Scheduler/Place"):
+        parent = spans[child].parent
+        assert parent is not None and parent.span_id == router.context.span_id, child

@@ -143,7 +143,7 @@ async def test_redis_restarted_mid_job_and_the_job_completes(
         job = await stub.SubmitBatch(batch_pb2.SubmitBatchRequest(input_jsonl=chat_rows(32, max_tokens=ROW_TOKENS)))
 
         async def some_done() -> bool:
-            current = await stub.GetBatch(batch_pb2.GetBatchRequest(batch_id=job.id))
+            current: batch_pb2.BatchJob = await stub.GetBatch(batch_pb2.GetBatchRequest(batch_id=job.id))
             return 0 < current.request_counts.completed < 32
 
         await wait_until(some_done, what="the first results")
@@ -164,7 +164,7 @@ async def test_cancel_mid_job_starts_no_new_row_and_keeps_finished_ones(redis_se
             job = await stub.SubmitBatch(batch_pb2.SubmitBatchRequest(input_jsonl=chat_rows(40, max_tokens=ROW_TOKENS)))
 
             async def some_done() -> bool:
-                current = await stub.GetBatch(batch_pb2.GetBatchRequest(batch_id=job.id))
+                current: batch_pb2.BatchJob = await stub.GetBatch(batch_pb2.GetBatchRequest(batch_id=job.id))
                 return current.request_counts.completed >= 4
 
             await wait_until(some_done, what="the first results")

@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,7 +53,7 @@ def test_with_api_keys_any_address_may_be_bound() -> None:
         ({"tenants": {"t": {"api_key_sha256": ["not-hex"]}}}, "64 lowercase hex"),
     ],
 )
-def test_inconsistent_config_is_rejected(overrides: dict[str, object], message: str) -> None:
+def test_inconsistent_config_is_rejected(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Settings(**overrides)
 

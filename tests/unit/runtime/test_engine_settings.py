@@ -128,5 +128,5 @@ def test_every_engine_kind_has_tasks_and_defaults_named_by_its_own_kind() -> Non
     # added to one and not the other would break `headrace up --engine`.
     assert set(ENGINE_TASKS) == set(ENGINE_DEFAULTS)
     for kind, settings_type in ENGINE_DEFAULTS.items():
-        assert settings_type().kind == kind
+        assert settings_type().model_dump()["kind"] == kind
         assert ENGINE_TASKS[kind] <= {"generate", "embed"} and ENGINE_TASKS[kind]

@@ -15,10 +15,13 @@ from headrace.runtime.request_context import (
 
 @pytest.fixture(autouse=True)
 def _restore_context() -> Iterator[None]:
-    tokens = [var.set(var.get()) for var in (request_id_var, tenant_var, deadline_var)]
+    request_id = request_id_var.set(request_id_var.get())
+    tenant = tenant_var.set(tenant_var.get())
+    deadline = deadline_var.set(deadline_var.get())
     yield
-    for var, token in zip((request_id_var, tenant_var, deadline_var), tokens, strict=True):
-        var.reset(token)  # type: ignore[attr-defined]
+    deadline_var.reset(deadline)
+    tenant_var.reset(tenant)
+    request_id_var.reset(request_id)
 
 
 def test_safe_request_ids_are_kept_and_unsafe_replaced() -> None:

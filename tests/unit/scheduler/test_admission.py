@@ -300,7 +300,7 @@ async def test_a_worker_with_a_filling_kv_cache_takes_less() -> None:
     dispatcher = make_dispatcher(queue_limit=0, kv_cache_soft_limit=0.5, kv_cache_hard_limit=0.9)
     add_worker(dispatcher, name="cool", capacity=8)
     add_worker(dispatcher, name="hot", capacity=8, kv_cache_usage=0.8)
-    placed = Counter()
+    placed: Counter[str] = Counter()
     with pytest.raises(QueueFull):
         while True:
             placed[(await dispatcher.place(req())).lease.worker_id] += 1
