@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headrace.batch.model_choice import BatchModel, Task
+from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.errors import HeadraceError, InvalidArgument
 from headrace.v1 import generation_pb2
-from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 
 ENDPOINT_TASKS: dict[str, Task] = {
     "/v1/chat/completions": "generate",

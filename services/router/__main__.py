@@ -92,7 +92,6 @@ def build_router(
     limiter = TenantRateLimiter(limiter_redis)
     generation = RateLimitedGeneration(
         GenerationFlow(
-            settings=settings,
             routing=routing,
             leasing=leasing,
             cache=CacheClient(cache, settings.cache),

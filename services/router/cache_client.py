@@ -11,9 +11,9 @@ import grpc.aio
 from opentelemetry import trace
 
 from headrace.request_rules.cache_policy import bypass_reason
+from headrace.request_rules.served_by import cache_header_value
 from headrace.runtime.channels import call_options
 from headrace.runtime.config import CacheSettings
-from headrace.request_rules.served_by import cache_header_value
 from headrace.v1 import cache_pb2, cache_pb2_grpc, generation_pb2
 from services.router import metrics
 

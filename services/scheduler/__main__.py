@@ -13,8 +13,8 @@ from services.scheduler.batch_server import BatchRpcs
 from services.scheduler.batch_wiring import build_batch_service
 from services.scheduler.dispatcher import Dispatcher, PoolDirectory
 from services.scheduler.leases import LeaseTable
-from services.scheduler.worker_roster import WorkerRoster
 from services.scheduler.server import SchedulerServicer
+from services.scheduler.worker_roster import WorkerRoster
 
 
 def build_host(

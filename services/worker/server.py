@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 import grpc.aio
 
+from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.errors import InvalidArgument, NotFound
 from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_grpc
-from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 from services.worker import metrics
 from services.worker.convert import delta_to_proto, generation_request_from_proto, stats_to_load
 from services.worker.engines.base import Engine, Priority

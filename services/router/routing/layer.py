@@ -37,8 +37,8 @@ from services.router.routing.circuit_breaker import CircuitBreakers
 from services.router.routing.decision import Choice, OutcomeObserver, RequestOutcome, RouteDecision, RoutingRequest
 from services.router.routing.policies.ab_split import ArmView
 from services.router.routing.policies.difficulty import TextEncoder
-from services.router.routing.routing_table import RoutingTable, build_alias_routes
 from services.router.routing.retry_budget import Backoff, RetryBudget
+from services.router.routing.routing_table import RoutingTable, build_alias_routes
 from services.router.routing.text_encoder import MiniLMEncoder
 
 log = logging.getLogger(__name__)
