@@ -21,15 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import click
+import grpc
 
-from headrace.models import store as model_store
 from headrace.client import DEFAULT_TARGET, HeadraceClient
 from headrace.local.mesh import LocalMesh, health_state
+from headrace.models import store as model_store
+from headrace.request_rules.served_by import cache_header_value
 from headrace.runtime.config import Settings, hash_api_key, load_settings
 from headrace.runtime.engine_settings import ENGINE_DEFAULTS, VllmEngineSettings
 from headrace.runtime.errors import HeadraceError
-from headrace.request_rules.served_by import cache_header_value
-from headrace.v1 import batch_pb2, models_pb2
+from headrace.v1 import batch_pb2, models_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -111,8 +112,33 @@ def status() -> None:
     for row in rows:
         pid = str(row.pid) if row.pid else "-"
         click.echo(f"{row.name:<22} {row.address:<22} {row.state:<12} pid {pid}")
+    for line in _pool_lines(settings):
+        click.echo(line)
     if any(row.state != "SERVING" for row in rows):
         sys.exit(1)
+
+
+def _pool_lines(settings: Settings) -> list[str]:
+    """Each pool's workers against the autoscaler's decision, as the
+    scheduler reports them (nothing when it does not answer)."""
+    address = f"{settings.scheduler.host}:{settings.scheduler.port}"
+    try:
+        with grpc.insecure_channel(address) as channel:
+            pools = (
+                scheduler_pb2_grpc.SchedulerStub(channel)
+                .GetPoolStatus(scheduler_pb2.GetPoolStatusRequest(), timeout=2.0)
+                .pools
+            )
+    except grpc.RpcError:
+        return []
+    lines = []
+    for pool in pools:
+        queued = sum(pool.queued.values())
+        lines.append(
+            f"pool {pool.pool:<17} workers {pool.workers} desired {pool.desired_workers} "
+            f"({pool.desired_reason}); {pool.leased}/{pool.capacity} slots leased, {queued} queued"
+        )
+    return lines
 
 
 @main.command()

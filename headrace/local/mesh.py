@@ -20,7 +20,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from headrace.batch.queue import consumer_heartbeat_key, consumer_name
-from headrace.local.redis_server import INSTALL_HINT, redis_answers, redis_key_exists, redis_server_argv, redis_server_binary
+from headrace.local.redis_server import (
+    INSTALL_HINT,
+    redis_answers,
+    redis_key_exists,
+    redis_server_argv,
+    redis_server_binary,
+)
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import FailedPrecondition
 from headrace.v1 import scheduler_pb2, scheduler_pb2_grpc

@@ -1,2 +1,1 @@
-"""Rules every service applies to a request the same way: validation, cache
-policy, prefix hashes, how an answer was served."""
+"""Rules every service applies to a request alike: validation, cache policy, prefix hashes, how it was served."""

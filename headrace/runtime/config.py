@@ -143,6 +143,45 @@ class CacheSettings(_Section):
     semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
 
 
+class AutoscaleSettings(_Section):
+    """How many workers a pool should have (docs/autoscaling.md). The
+    scheduler decides; an actuator (`headrace up`, KEDA, compose --scale)
+    follows. Off: the decision is the pool's configured `workers`."""
+
+    enabled: bool = False
+    min_workers: int = Field(default=1, ge=0, le=1000)
+    max_workers: int = Field(default=4, ge=1, le=1000)
+    # Share of the pool's slots that should be busy at steady state: room
+    # for bursts while new workers start.
+    target_utilisation: float = Field(default=0.75, gt=0, le=1)
+    # What users feel, as p95 over `window_s`: over either, add a worker.
+    ttft_slo_s: float = Field(default=2.0, gt=0)
+    queue_wait_slo_s: float = Field(default=1.0, gt=0)
+    window_s: float = Field(default=30.0, gt=0)
+    # Up fast, down slow: a scale-up waits this long after the last one; a
+    # scale-down after any change, and only to the highest recommendation
+    # seen over `scale_down_window_s` (so a dip does not remove a worker
+    # the next burst needs).
+    scale_up_cooldown_s: float = Field(default=10.0, ge=0)
+    scale_down_cooldown_s: float = Field(default=120.0, ge=0)
+    scale_down_window_s: float = Field(default=300.0, ge=0)
+    max_scale_up_step: int = Field(default=4, ge=1)
+    # Zero workers when the pool has been idle this long; the first request
+    # then waits a cold start (`cold_start_s`, also how long a requested
+    # worker counts as coming before it reports in).
+    scale_to_zero: bool = False
+    idle_before_zero_s: float = Field(default=600.0, gt=0)
+    cold_start_s: float = Field(default=60.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> AutoscaleSettings:
+        if self.min_workers > self.max_workers:
+            raise ValueError("autoscale.min_workers must not exceed max_workers")
+        if self.min_workers == 0 and not self.scale_to_zero:
+            raise ValueError("autoscale.min_workers 0 needs scale_to_zero: true")
+        return self
+
+
 PlacementPolicyName = Literal[
     "least_load", "least_outstanding_tokens", "power_of_two", "prefix_affinity", "session_affinity", "round_robin"
 ]
@@ -181,6 +220,8 @@ class PoolSchedulingSettings(_Section):
     # Prefix affinity keys on the hash of this many leading prompt blocks
     # (fewer when the prompt is shorter).
     prefix_key_blocks: int = Field(default=4, ge=1, le=64)
+    # Worker count decisions for this pool.
+    autoscale: AutoscaleSettings = Field(default_factory=AutoscaleSettings)
 
     @model_validator(mode="after")
     def _kv_limits_ordered(self) -> PoolSchedulingSettings:

@@ -168,9 +168,15 @@ class ReleaseRequest(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     ENGINE_MS_FIELD_NUMBER: _builtins.int
+    TTFT_MS_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     outcome: Global___LeaseOutcome.ValueType
     engine_ms: _builtins.float
+    ttft_ms: _builtins.float
+    """Time to the first token as the caller saw it (queue wait included);
+    0: none came. Feeds the pool's TTFT p95 that the autoscaler holds
+    against the SLO.
+    """
     @_builtins.property
     def usage(self) -> _generation_pb2.Usage: ...
     def __init__(
@@ -180,10 +186,11 @@ class ReleaseRequest(_message.Message):
         outcome: Global___LeaseOutcome.ValueType = ...,
         usage: _generation_pb2.Usage | None = ...,
         engine_ms: _builtins.float = ...,
+        ttft_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine_ms", b"engine_ms", "lease_id", b"lease_id", "outcome", b"outcome", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine_ms", b"engine_ms", "lease_id", b"lease_id", "outcome", b"outcome", "ttft_ms", b"ttft_ms", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -530,6 +537,7 @@ class PoolStatus(_message.Message):
     CAPACITY_FIELD_NUMBER: _builtins.int
     QUEUE_LIMIT_FIELD_NUMBER: _builtins.int
     DESIRED_WORKERS_FIELD_NUMBER: _builtins.int
+    DESIRED_REASON_FIELD_NUMBER: _builtins.int
     pool: _builtins.str
     workers: _builtins.int
     leased: _builtins.int
@@ -539,6 +547,8 @@ class PoolStatus(_message.Message):
     queue_limit: _builtins.int
     desired_workers: _builtins.int
     """Workers the autoscaler would run now."""
+    desired_reason: _builtins.str
+    """Why desired_workers is what it is (the autoscaler's last reason)."""
     @_builtins.property
     def queued(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Requests waiting for a slot, per priority class name."""
@@ -553,10 +563,11 @@ class PoolStatus(_message.Message):
         capacity: _builtins.int = ...,
         queue_limit: _builtins.int = ...,
         desired_workers: _builtins.int = ...,
+        desired_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "desired_workers", b"desired_workers", "leased", b"leased", "pool", b"pool", "queue_limit", b"queue_limit", "queued", b"queued", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "desired_reason", b"desired_reason", "desired_workers", b"desired_workers", "leased", b"leased", "pool", b"pool", "queue_limit", b"queue_limit", "queued", b"queued", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

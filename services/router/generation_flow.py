@@ -316,7 +316,7 @@ class GenerationFlow:
                             chunk.route.CopyFrom(route)
                             chunk.model = resolution.model_version
                             now = time.monotonic()
-                            ttft_s = answer.ttft_s = now - started
+                            ttft_s = answer.ttft_s = use.ttft_s = now - started
                             attempt_ttft_s = now - attempt.started
                             metrics.TTFT.labels(model=resolution.model_version).observe(ttft_s)
                         answer.text.append(chunk.text)

@@ -27,6 +27,8 @@ class LeaseUse:
     lease: scheduler_pb2.Lease
     outcome: scheduler_pb2.LeaseOutcome.ValueType = scheduler_pb2.LEASE_OUTCOME_ERROR
     usage: generation_pb2.Usage | None = None
+    # Seconds from the request's start to its first token, once it came.
+    ttft_s: float | None = None
 
 
 class Leasing:
@@ -74,7 +76,12 @@ class Leasing:
     async def _release(self, use: LeaseUse) -> None:
         try:
             await self._scheduler.Release(
-                scheduler_pb2.ReleaseRequest(lease_id=use.lease.lease_id, outcome=use.outcome, usage=use.usage),
+                scheduler_pb2.ReleaseRequest(
+                    lease_id=use.lease.lease_id,
+                    outcome=use.outcome,
+                    usage=use.usage,
+                    ttft_ms=0.0 if use.ttft_s is None else use.ttft_s * 1000.0,
+                ),
                 **call_options(timeout=5.0),
             )
         except grpc.aio.AioRpcError as exc:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from headrace.runtime.config import PoolSchedulingSettings, Settings
 from headrace.runtime.errors import NoWorkerAvailable
 from services.scheduler import metrics
-from services.scheduler.admission import Placement, PoolAdmission
+from services.scheduler.admission import BATCH, Placement, PoolAdmission
+from services.scheduler.autoscaler import Decision, PoolAutoscaling
 from services.scheduler.leases import LeaseRecord, LeaseTable
 from services.scheduler.placement import PlacementRequest, build_policy
 from services.scheduler.worker_roster import LoadSnapshot, WorkerIdentity, WorkerRoster, WorkerState
@@ -39,6 +40,8 @@ class PoolDirectory:
     pool_settings: Mapping[str, PoolSchedulingSettings] = field(default_factory=dict)
     # Tenant -> weight within its priority class (unknown tenants: 1).
     tenant_weights: Mapping[str, float] = field(default_factory=dict)
+    # Pool -> the worker count its config asks for (the autoscaler's start).
+    configured_workers: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PoolDirectory:
@@ -46,6 +49,7 @@ class PoolDirectory:
             model_pools={version: pool for pool in settings.pools for version in settings.pool_models(pool)},
             pool_settings={pool: settings.scheduler.for_pool(pool) for pool in settings.pools},
             tenant_weights={name: tenant.weight for name, tenant in settings.tenants.items()},
+            configured_workers={name: pool.workers for name, pool in settings.pools.items()},
         )
 
     def settings_for(self, pool: str) -> PoolSchedulingSettings:
@@ -74,6 +78,9 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._admissions: dict[str, PoolAdmission] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self.autoscaling = PoolAutoscaling(
+            lambda pool: self.pools.settings_for(pool).autoscale, self.pools.configured_workers
+        )
 
     async def start(self) -> None:
         for pool in self.pools.pool_settings:
@@ -130,7 +137,13 @@ class Dispatcher:
         if pool is None or not self.registry.has_candidate(request.model_version, request.exclude):
             # Nothing could ever take it: say so now rather than queue.
             raise NoWorkerAvailable(self._why_no_worker(request), retry_after_s=1.0)
-        return await self.admission(pool).place(request, timeout_s=timeout_s)
+        asked_at = time.monotonic()
+        placement = await self.admission(pool).place(request, timeout_s=timeout_s)
+        if request.priority < BATCH:
+            # Online waits are what users feel; batch waits by design.
+            now = time.monotonic()
+            self.autoscaling.observe_queue_wait(pool, now, now - asked_at)
+        return placement
 
     def _why_no_worker(self, request: PlacementRequest) -> str:
         serving = self.registry.serving(request.model_version)
@@ -145,10 +158,12 @@ class Dispatcher:
             parts.append(f"not accepting (stale, unhealthy or draining): {', '.join(not_accepting)}")
         return f"no worker available for {request.model_version}: " + "; ".join(parts)
 
-    def release(self, lease_id: str) -> LeaseRecord | None:
+    def release(self, lease_id: str, *, ttft_s: float | None = None) -> LeaseRecord | None:
         lease = self.leases.get(lease_id)
         if lease is None:
             return None
+        if ttft_s is not None:
+            self.autoscaling.observe_ttft(lease.pool, time.monotonic(), ttft_s)
         return self.admission(lease.pool).release(lease)
 
     def renew(self, lease_id: str) -> LeaseRecord | None:
@@ -187,8 +202,31 @@ class Dispatcher:
         for admission in self._admissions.values():
             admission.fail_orphans(now)
             admission.refresh_gauges()
+        for pool in self.pool_names():
+            self.autoscale(pool, now)
         metrics.WORKERS.set(len(self.registry))
         self._kick_all()
+
+    # --- autoscaling -------------------------------------------------------
+
+    def autoscale(self, pool: str, now: float) -> Decision:
+        """A new reading of the pool for its worker-count decision."""
+        admission = self.admission(pool)
+        workers = admission.workers()
+        capacity = admission.capacity(workers)
+        per_worker = capacity / len(workers) if workers else float(admission.settings.default_worker_slots)
+        decision = self.autoscaling.evaluate(
+            pool,
+            now=now,
+            workers=len(workers),
+            queued=len(admission.queue),
+            leased=sum(s.leases for s in workers),
+            slots_per_worker=per_worker,
+        )
+        metrics.DESIRED_WORKERS.labels(pool=pool).set(decision.desired)
+        if decision.changed:
+            metrics.AUTOSCALE_CHANGES.labels(pool=pool).inc()
+        return decision
 
     def _kick_all(self) -> None:
         for admission in self._admissions.values():

@@ -27,3 +27,12 @@ LEASED = Gauge("headrace_scheduler_leased", "Leases held now", ["pool"])
 WORKERS_DROPPED = Counter("headrace_scheduler_workers_dropped_total", "Workers dropped for stale reports")
 LEASES_EXPIRED = Counter("headrace_scheduler_lease_expiries_total", "Leases that expired unreleased", ["pool"])
 WORKERS = Gauge("headrace_scheduler_workers", "Workers reporting in")
+DESIRED_WORKERS = Gauge(
+    "headrace_scheduler_desired_workers",
+    "Workers the pool should have (the autoscaler's decision; the configured count when autoscaling is off). "
+    "Actuators follow it: headrace up, KEDA's Prometheus trigger, compose --scale",
+    ["pool"],
+)
+AUTOSCALE_CHANGES = Counter(
+    "headrace_scheduler_autoscale_changes_total", "Times the desired worker count of a pool changed", ["pool"]
+)

@@ -134,7 +134,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def Release(
         self, request: scheduler_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.ReleaseResponse:
-        return scheduler_pb2.ReleaseResponse(released=self._dispatcher.release(request.lease_id) is not None)
+        ttft_s = request.ttft_ms / 1000.0 if request.ttft_ms > 0 else None
+        released = self._dispatcher.release(request.lease_id, ttft_s=ttft_s)
+        return scheduler_pb2.ReleaseResponse(released=released is not None)
 
     async def RenewLease(
         self, request: scheduler_pb2.RenewLeaseRequest, context: grpc.aio.ServicerContext
@@ -187,6 +189,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 continue
             admission = self._dispatcher.admission(pool)
             workers = admission.workers()
+            decision = self._dispatcher.autoscaling.decision(pool, len(workers))
             pools.append(
                 scheduler_pb2.PoolStatus(
                     pool=pool,
@@ -195,8 +198,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                     leased=sum(s.leases for s in workers),
                     capacity=admission.capacity(workers),
                     queue_limit=admission.queue.limit,
-                    # Until an autoscaler decides otherwise: the workers there are.
-                    desired_workers=len(workers),
+                    desired_workers=decision.desired,
+                    desired_reason=decision.reason,
                 )
             )
         return scheduler_pb2.GetPoolStatusResponse(pools=pools)

@@ -1,0 +1,239 @@
+"""How many workers each pool should have: a decision from what users feel
+(queue wait and TTFT p95 against the pool's SLO), how busy the pool is
+(leased + queued sequences against its slots) and what it costs (no more
+workers than that needs, zero when idle if allowed). Knows nothing of gRPC
+or of how workers are started: actuators read the number (the scheduler's
+GetPoolStatus, the `headrace_scheduler_desired_workers` gauge that KEDA's
+Prometheus trigger scales on, `headrace status`).
+
+Up fast, down slow, never flapping:
+- scale-up acts on the current recommendation, at most `max_scale_up_step`
+  at a time and not again within `scale_up_cooldown_s`; a worker asked for
+  counts as coming for `cold_start_s`, so a slow start is not answered with
+  more and more workers;
+- scale-down takes the highest recommendation of the last
+  `scale_down_window_s` (as Kubernetes' HPA stabilisation window does) and
+  waits `scale_down_cooldown_s` after any change;
+- the result always lies within [min_workers, max_workers] (0 only with
+  scale_to_zero, after `idle_before_zero_s` without demand).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from headrace.runtime.config import AutoscaleSettings
+
+log = logging.getLogger(__name__)
+
+
+class SampleWindow:
+    """Recent observations (queue waits, TTFTs) and their p95 over a
+    sliding time window; bounded so a flood of samples cannot grow it."""
+
+    def __init__(self, window_s: float, max_samples: int = 4096) -> None:
+        self._window_s = window_s
+        self._samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
+
+    def add(self, now: float, value: float) -> None:
+        self._samples.append((now, value))
+
+    def p95(self, now: float) -> float | None:
+        cutoff = now - self._window_s
+        while self._samples and self._samples[0][0] < cutoff:
+            self._samples.popleft()
+        if not self._samples:
+            return None
+        values = sorted(value for _, value in self._samples)
+        return values[min(len(values) - 1, math.ceil(0.95 * len(values)) - 1)]
+
+
+@dataclass(frozen=True)
+class PoolSignals:
+    """One reading of a pool, taken by the scheduler."""
+
+    now: float
+    # Workers reporting in and accepting work.
+    workers: int
+    # Sequences waiting for a slot, and holding one.
+    queued: int
+    leased: int
+    # Sequences one worker holds at once (the pool's slots over its workers,
+    # or the configured default while it has none).
+    slots_per_worker: float
+    queue_wait_p95_s: float | None = None
+    ttft_p95_s: float | None = None
+
+    @property
+    def demand(self) -> int:
+        return self.queued + self.leased
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: int
+    # Why, in words an operator reads in a log line or `headrace status`.
+    reason: str
+    # Whether this reading changed the number.
+    changed: bool = False
+
+
+class Autoscaler:
+    """The decision for one pool; call `decide` with each new reading."""
+
+    def __init__(self, pool: str, settings: AutoscaleSettings, *, initial: int) -> None:
+        self.pool = pool
+        self.settings = settings
+        self._desired = self._clamp(initial)
+        self._reason = "start"
+        self._last_up_at: float | None = None
+        self._last_change_at: float | None = None
+        # (time, recommendation) for the scale-down stabilisation window.
+        self._recommendations: deque[tuple[float, int]] = deque()
+        self._idle_since: float | None = None
+        self.changes = 0
+
+    @property
+    def desired(self) -> int:
+        return self._desired
+
+    @property
+    def reason(self) -> str:
+        return self._reason
+
+    def _clamp(self, count: int) -> int:
+        low = 0 if self.settings.scale_to_zero else max(1, self.settings.min_workers)
+        low = max(low, self.settings.min_workers)
+        return max(low, min(self.settings.max_workers, count))
+
+    def recommend(self, signals: PoolSignals) -> tuple[int, str]:
+        """What this reading alone asks for, and why (before cooldowns)."""
+        s = self.settings
+        per_worker = max(1.0, signals.slots_per_worker)
+        # Workers asked for but not reporting yet count as coming while a
+        # cold start lasts: do not answer a slow start with more workers.
+        starting = (
+            self._last_up_at is not None
+            and signals.now - self._last_up_at < s.cold_start_s
+            and signals.workers < self._desired
+        )
+        effective = self._desired if starting else signals.workers
+        wanted = math.ceil(signals.demand / (per_worker * s.target_utilisation)) if signals.demand else 0
+        reason = f"demand {signals.demand} sequences at {per_worker:g} per worker, target {s.target_utilisation:g}"
+        breach = self._slo_breach(signals)
+        if breach and signals.queued > 0 and not starting:
+            # Users wait and work queues: one more than there is, at least.
+            if effective + 1 > wanted:
+                wanted, reason = effective + 1, breach
+        if signals.demand == 0:
+            if self._idle_since is None:
+                self._idle_since = signals.now
+            idle_s = signals.now - self._idle_since
+            if s.scale_to_zero and idle_s >= s.idle_before_zero_s:
+                return 0, f"idle for {idle_s:.0f}s: scale to zero"
+            return self._clamp(1), "idle"
+        self._idle_since = None
+        if effective == 0:
+            # Nothing runs and work waits: a worker now, whatever the rest says.
+            reason = f"cold start: {signals.demand} waiting, first worker in ~{s.cold_start_s:g}s"
+            wanted = max(wanted, 1)
+        return self._clamp(wanted), reason
+
+    def _slo_breach(self, signals: PoolSignals) -> str:
+        s = self.settings
+        if signals.ttft_p95_s is not None and signals.ttft_p95_s > s.ttft_slo_s:
+            return f"TTFT p95 {signals.ttft_p95_s:.2f}s over the SLO {s.ttft_slo_s:g}s"
+        if signals.queue_wait_p95_s is not None and signals.queue_wait_p95_s > s.queue_wait_slo_s:
+            return f"queue wait p95 {signals.queue_wait_p95_s:.2f}s over the SLO {s.queue_wait_slo_s:g}s"
+        return ""
+
+    def decide(self, signals: PoolSignals) -> Decision:
+        s = self.settings
+        now = signals.now
+        wanted, why = self.recommend(signals)
+        self._recommendations.append((now, wanted))
+        while self._recommendations and self._recommendations[0][0] < now - s.scale_down_window_s:
+            self._recommendations.popleft()
+        current = self._desired
+        if wanted > current:
+            if self._last_up_at is not None and now - self._last_up_at < s.scale_up_cooldown_s:
+                return Decision(current, self._reason)
+            return self._change(now, min(wanted, current + s.max_scale_up_step), why, up=True)
+        if wanted < current:
+            if self._last_change_at is not None and now - self._last_change_at < s.scale_down_cooldown_s:
+                return Decision(current, self._reason)
+            # The highest recommendation of the window: a dip is not a trend.
+            # Zero comes only from a whole idle period, its own stabilisation.
+            floor = 0 if wanted == 0 else max(value for _, value in self._recommendations)
+            if floor < current:
+                return self._change(now, floor, why, up=False)
+        return Decision(current, self._reason)
+
+    def _change(self, now: float, desired: int, why: str, *, up: bool) -> Decision:
+        previous = self._desired
+        self._desired = desired
+        self._reason = why
+        self._last_change_at = now
+        if up:
+            self._last_up_at = now
+        self.changes += 1
+        log.info("pool %s: desired workers %d -> %d (%s)", self.pool, previous, desired, why)
+        return Decision(desired, why, changed=True)
+
+
+class PoolAutoscaling:
+    """The decisions of every pool and the samples they read: queue waits of
+    online work (batch waits by design) and TTFTs the router reports on
+    Release. A pool with autoscaling off keeps its configured worker count."""
+
+    def __init__(self, settings_for: Callable[[str], AutoscaleSettings], configured: Mapping[str, int]) -> None:
+        self._settings_for = settings_for
+        self._configured = configured
+        self._scalers: dict[str, Autoscaler] = {}
+        self._waits: dict[str, SampleWindow] = {}
+        self._ttfts: dict[str, SampleWindow] = {}
+
+    def _window(self, table: dict[str, SampleWindow], pool: str) -> SampleWindow:
+        window = table.get(pool)
+        if window is None:
+            window = table[pool] = SampleWindow(self._settings_for(pool).window_s)
+        return window
+
+    def observe_queue_wait(self, pool: str, now: float, wait_s: float) -> None:
+        self._window(self._waits, pool).add(now, wait_s)
+
+    def observe_ttft(self, pool: str, now: float, ttft_s: float) -> None:
+        self._window(self._ttfts, pool).add(now, ttft_s)
+
+    def evaluate(
+        self, pool: str, *, now: float, workers: int, queued: int, leased: int, slots_per_worker: float
+    ) -> Decision:
+        settings = self._settings_for(pool)
+        if not settings.enabled:
+            configured = self._configured.get(pool, workers)
+            return Decision(configured, "autoscaling off: the configured worker count")
+        scaler = self._scalers.get(pool)
+        if scaler is None:
+            scaler = self._scalers[pool] = Autoscaler(pool, settings, initial=self._configured.get(pool, workers))
+        return scaler.decide(
+            PoolSignals(
+                now=now,
+                workers=workers,
+                queued=queued,
+                leased=leased,
+                slots_per_worker=slots_per_worker,
+                queue_wait_p95_s=self._window(self._waits, pool).p95(now),
+                ttft_p95_s=self._window(self._ttfts, pool).p95(now),
+            )
+        )
+
+    def decision(self, pool: str, workers: int) -> Decision:
+        """The last decision, without a new reading (status calls)."""
+        scaler = self._scalers.get(pool)
+        if scaler is None:
+            return Decision(self._configured.get(pool, workers), "autoscaling off: the configured worker count")
+        return Decision(scaler.desired, scaler.reason)
