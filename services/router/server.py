@@ -1,6 +1,7 @@
 """The Router servicer: the public gRPC API. Validates at the door, sends
 how-it-was-served metadata, and delegates to the flows; batch and file
-RPCs go to the scheduler (through the gateway's forwarder), cache invalidation to the cache."""
+RPCs go to the scheduler (through BatchForwarder, as the HTTP gateway's
+do), cache invalidation to the cache."""
 
 from __future__ import annotations
 
