@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc.aio
-
 from bench.harness import markdown_table, percentile, running_mesh, write_results
+from headrace.runtime.service_certs import Role
 from headrace.v1 import cache_pb2, cache_pb2_grpc, generation_pb2
 from services.cache.calibration import DEFAULT_DATA, RECORD, Pair, load_pairs, normalize, split_pairs
 
@@ -118,7 +117,7 @@ async def run(data: Path) -> None:
     started = time.monotonic()
     with running_mesh(CONFIG) as mesh:
         threshold = mesh.settings.cache.semantic.similarity_threshold
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.settings.cache.port}") as channel:
+        async with mesh.internal_channel(f"127.0.0.1:{mesh.settings.cache.port}", Role.CACHE) as channel:
             bench = CacheBench(cache_pb2_grpc.CacheStub(channel))
             closed = await measure(bench, "bench-closed", held_out, held_out)
             stored_half = [p for p in held_out if half(p)]

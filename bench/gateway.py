@@ -32,6 +32,7 @@ import grpc.aio
 
 from bench.harness import markdown_table, percentile, running_mesh, write_results
 from headrace.models.store import default_models_dir, prepare_model
+from headrace.runtime.service_certs import Role
 from headrace.v1 import generation_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 from tests.support.raw_http import RawHttpResponse
 
@@ -148,7 +149,7 @@ async def measure(engine: str, *, tokens: int, duration_s: float, levels: tuple[
         prepare_model("smollm2", default_models_dir(), progress=False)
     with running_mesh(config) as mesh:
         async with (
-            grpc.aio.insecure_channel(mesh.worker_addresses()[0]) as worker_channel,
+            mesh.internal_channel(mesh.worker_addresses()[0], Role.WORKER) as worker_channel,
             grpc.aio.insecure_channel(mesh.router_address) as router_channel,
         ):
             worker = worker_pb2_grpc.WorkerStub(worker_channel)

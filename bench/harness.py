@@ -17,11 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc.aio
 import yaml
 
+from headrace.local.deployment_secrets import local_deployment
 from headrace.local.mesh import LocalMesh, ServiceProcess
 from headrace.local.redis_server import RedisServer, free_port, free_port_run
+from headrace.runtime.channels import open_channel
 from headrace.runtime.config import Settings
+from headrace.runtime.service_certs import Role
+from headrace.runtime.service_identity import service_identity
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -34,6 +39,12 @@ class MeshUnderTest:
     scheduler_address: str
     # The router's HTTP gateway.
     http_url: str
+
+    def internal_channel(self, address: str, server: Role) -> grpc.aio.Channel:
+        """A channel to the cache, scheduler or a worker, calling as the router
+        (with the deployment's certificate when the mesh has API keys)."""
+        identity = service_identity(local_deployment(self.settings, create=False), Role.ROUTER)
+        return open_channel(address, self.settings.limits, identity, server=server)
 
     def worker_addresses(self) -> list[str]:
         return [p.address for p in self.processes if p.module == "services.worker"]

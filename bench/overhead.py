@@ -27,6 +27,7 @@ from bench.harness import (
     running_mesh,
     write_results,
 )
+from headrace.runtime.service_certs import Role
 from headrace.v1 import generation_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 TOKENS = 16
@@ -73,7 +74,7 @@ async def run(sequential: int, duration_s: float, concurrency: int) -> None:
         worker_address = mesh.worker_addresses()[0]
         async with (
             grpc.aio.insecure_channel(mesh.router_address) as router_channel,
-            grpc.aio.insecure_channel(worker_address) as worker_channel,
+            mesh.internal_channel(worker_address, Role.WORKER) as worker_channel,
         ):
             router = router_pb2_grpc.RouterStub(router_channel)
             worker = worker_pb2_grpc.WorkerStub(worker_channel)

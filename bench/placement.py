@@ -55,6 +55,7 @@ from bench.harness import (
 )
 from headrace.local.mesh import LocalMesh, health_state
 from headrace.local.redis_server import free_port
+from headrace.runtime.service_certs import Role
 from headrace.v1 import generation_pb2, router_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
 POOL = "smollm2"
@@ -533,7 +534,7 @@ async def run_overload(args: argparse.Namespace) -> dict[str, Any]:
                 phases[name].update(summary(outcome))
                 rows.append(latency_row(name, overload_rate, args.overload_seconds, sent, outcome))
         rss.append((time.monotonic() - began, process_group_rss_mib(scheduler_pid)))
-        async with grpc.aio.insecure_channel(mesh.scheduler_address) as scheduler_channel:
+        async with mesh.internal_channel(mesh.scheduler_address, Role.SCHEDULER) as scheduler_channel:
             status = await scheduler_pb2_grpc.SchedulerStub(scheduler_channel).GetPoolStatus(
                 scheduler_pb2.GetPoolStatusRequest()
             )

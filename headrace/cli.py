@@ -9,12 +9,15 @@ headrace batch submit|status|results|cancel|list
 headrace models list
 headrace models reload
 headrace keys hash KEY                   the digest to put in the config
+headrace bench trace OUT | replay TRACE  a production-shaped workload, replayed at its timestamps
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,13 +27,18 @@ import click
 import grpc
 
 from headrace.client import DEFAULT_TARGET, HeadraceClient
+from headrace.local.deployment_secrets import local_deployment
 from headrace.local.mesh import LocalMesh, health_state
 from headrace.models import store as model_store
 from headrace.request_rules.served_by import cache_header_value
+from headrace.runtime.channels import open_sync_channel
 from headrace.runtime.config import Settings, hash_api_key, load_settings
 from headrace.runtime.engine_settings import ENGINE_DEFAULTS, VllmEngineSettings
 from headrace.runtime.errors import HeadraceError
+from headrace.runtime.service_certs import CA_KEY, LEAF_VALID_DAYS, Role, init_deployment, issue
+from headrace.runtime.service_identity import service_identity
 from headrace.v1 import batch_pb2, models_pb2, scheduler_pb2, scheduler_pb2_grpc
+from headrace.workload.cli import bench
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -69,17 +77,25 @@ def main() -> None:
 )
 @click.option("--timeout", default=900.0, show_default=True, help="Seconds to wait for everything to be SERVING.")
 def up(detach: bool, engine: str | None, timeout: float) -> None:
-    """Start Redis (when none answers), cache, scheduler, workers and router."""
+    """Start Redis (when none answers), cache, scheduler, workers and router,
+    under a supervisor that restarts whatever dies."""
     settings = _settings(**({"engine_override": engine} if engine else {}))
     mesh = LocalMesh(settings, echo=click.echo)
-    env = {"HEADRACE_ENGINE_OVERRIDE": engine} if engine else {}
-    click.echo(f"starting the mesh (logs in {Path(settings.state_dir) / 'logs'})")
+    env = {**os.environ, **({"HEADRACE_ENGINE_OVERRIDE": engine} if engine else {})}
+    logs = Path(settings.state_dir) / "logs"
+    click.echo(f"starting the mesh (logs in {logs})")
     started_at = time.monotonic()
-    mesh.up(env_overrides=env, timeout_s=timeout)
+    try:
+        supervisor = _start_supervisor(env, logs, timeout)
+    except KeyboardInterrupt:
+        # Ctrl-C while starting: stop what was started so far, supervisor first.
+        mesh.down()
+        raise
     click.echo(f"mesh SERVING in {time.monotonic() - started_at:.1f}s; router at {_router_target(settings)}")
     if settings.gateway.enabled:
         host = f"[{settings.router.host}]" if ":" in settings.router.host else settings.router.host
         click.echo(f"OpenAI-compatible API at http://{host}:{settings.router.http_port}/v1")
+    click.echo("supervised: a process that dies is started again (`headrace status` counts restarts)")
     if detach:
         return
     click.echo("Ctrl-C stops it")
@@ -91,10 +107,44 @@ def up(detach: bool, engine: str | None, timeout: float) -> None:
 
     signal.signal(signal.SIGINT, _request_stop)
     signal.signal(signal.SIGTERM, _request_stop)
-    while not stop and mesh.running():
+    while not stop and supervisor.poll() is None:
         time.sleep(0.5)
     click.echo("stopping")
     mesh.down()
+
+
+def _start_supervisor(env: dict[str, str], logs: Path, timeout: float) -> subprocess.Popen[str]:
+    """Run headrace.local.supervisor in a session of its own (it outlives
+    `up --detach`), echo its progress, and return once it says the mesh is
+    SERVING; its failure is raised as the MeshError it reported."""
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / "supervisor.out").open("ab") as stderr:
+        supervisor = subprocess.Popen(
+            [sys.executable, "-m", "headrace.local.supervisor", "--timeout", str(timeout)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
+    assert supervisor.stdout is not None
+    error = ""
+    for line in supervisor.stdout:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            click.echo(line.rstrip())
+            continue
+        if "echo" in message:
+            click.echo(message["echo"])
+        elif "error" in message:
+            error = str(message["error"])
+        elif message.get("ready"):
+            supervisor.stdout.close()
+            return supervisor
+    code = supervisor.wait()
+    raise click.ClickException(error or f"the supervisor exited ({code}) before the mesh was up; see {logs}")
 
 
 @main.command()
@@ -111,7 +161,8 @@ def status() -> None:
     rows = LocalMesh(settings).status()
     for row in rows:
         pid = str(row.pid) if row.pid else "-"
-        click.echo(f"{row.name:<22} {row.address:<22} {row.state:<12} pid {pid}")
+        restarts = f"  restarts {row.restarts}, last exit: {row.last_exit}" if row.restarts or row.last_exit else ""
+        click.echo(f"{row.name:<22} {row.address:<22} {row.state:<12} pid {pid}{restarts}")
     for line in _pool_lines(settings):
         click.echo(line)
     if any(row.state != "SERVING" for row in rows):
@@ -123,13 +174,15 @@ def _pool_lines(settings: Settings) -> list[str]:
     scheduler reports them (nothing when it does not answer)."""
     address = f"{settings.scheduler.host}:{settings.scheduler.port}"
     try:
-        with grpc.insecure_channel(address) as channel:
+        # With API keys, the scheduler wants the operator's certificate.
+        identity = service_identity(local_deployment(settings, create=False), Role.ADMIN)
+        with open_sync_channel(address, identity, server=Role.SCHEDULER) as channel:
             pools = (
                 scheduler_pb2_grpc.SchedulerStub(channel)
                 .GetPoolStatus(scheduler_pb2.GetPoolStatusRequest(), timeout=2.0)
                 .pools
             )
-    except grpc.RpcError:
+    except (grpc.RpcError, HeadraceError):
         return []
     lines = []
     for pool in pools:
@@ -145,8 +198,10 @@ def _pool_lines(settings: Settings) -> list[str]:
 @click.argument("address")
 @click.option("--service", default="", help="Full gRPC service name; empty: the server as a whole.")
 def health(address: str, service: str) -> None:
-    """Exit 0 if the gRPC server at ADDRESS reports SERVING (container health checks)."""
-    state = health_state(address, service)
+    """Exit 0 if the gRPC server at ADDRESS reports SERVING (container health checks).
+    Internal services with service identity are asked with the admin certificate."""
+    settings = _settings()
+    state = health_state(address, service, service_identity(settings, Role.ADMIN))
     click.echo(state)
     if state != "SERVING":
         sys.exit(1)
@@ -449,6 +504,44 @@ def keys_hash(key: str) -> None:
     """Print the SHA-256 digest of KEY for a tenant's api_key_sha256."""
     click.echo(hash_api_key(key))
 
+
+@main.group()
+def certs() -> None:
+    """Service certificates: mutual TLS between the mesh's services (docs/security.md)."""
+
+
+@certs.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--worker-host", multiple=True, help="A host workers may announce, beside this machine (repeatable).")
+def certs_init(directory: Path, worker_host: tuple[str, ...]) -> None:
+    """Make a CA and one certificate per role in DIRECTORY; point
+    internal_tls.certs_dir (HEADRACE_INTERNAL_TLS__CERTS_DIR) at it."""
+    try:
+        init_deployment(directory, worker_hosts=worker_host)
+    except FileExistsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"CA and certificates for {', '.join(r.value for r in Role)} in {directory}")
+    click.echo(f"keep {directory / CA_KEY} off the service hosts (it issues new identities)")
+
+
+_DIR = click.Path(file_okay=False, path_type=Path)
+
+
+@certs.command("issue")
+@click.option("--ca", "ca_dir", required=True, type=_DIR, help="The CA's folder.")
+@click.option("--role", "roles", required=True, multiple=True, type=click.Choice([r.value for r in Role]))
+@click.option("--host", "hosts", multiple=True, help="For a worker: a host it may announce (repeatable).")
+@click.option("--out", "out_dir", required=True, type=_DIR)
+@click.option("--days", default=LEAF_VALID_DAYS, show_default=True, help="Validity.")
+def certs_issue(ca_dir: Path, roles: tuple[str, ...], hosts: tuple[str, ...], out_dir: Path, days: int) -> None:
+    """Certificates for one host (e.g. `--role worker --role consumer --host 10.0.0.5`),
+    with the CA certificate but not its key: copy OUT to that host."""
+    for role in roles:
+        path = issue(ca_dir, Role(role), out_dir=out_dir, hosts=hosts, valid_days=days)
+        click.echo(f"{role}: {path}")
+
+
+main.add_command(bench)
 
 if __name__ == "__main__":
     main()

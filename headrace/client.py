@@ -268,3 +268,26 @@ class AsyncHeadraceClient:
             self._stub.ReloadConfig, models_pb2.ReloadConfigRequest()
         )
         return response
+
+    async def submit_batch(
+        self, jsonl: bytes, *, endpoint: str = "/v1/chat/completions", metadata: Mapping[str, str] | None = None
+    ) -> batch_pb2.BatchJob:
+        response: batch_pb2.BatchJob = await self._unary(
+            self._stub.SubmitBatch,
+            batch_pb2.SubmitBatchRequest(
+                input_jsonl=jsonl, endpoint=endpoint, completion_window="24h", metadata=dict(metadata or {})
+            ),
+        )
+        return response
+
+    async def get_batch(self, batch_id: str) -> batch_pb2.BatchJob:
+        response: batch_pb2.BatchJob = await self._unary(
+            self._stub.GetBatch, batch_pb2.GetBatchRequest(batch_id=batch_id)
+        )
+        return response
+
+    async def cancel_batch(self, batch_id: str) -> batch_pb2.BatchJob:
+        response: batch_pb2.BatchJob = await self._unary(
+            self._stub.CancelBatch, batch_pb2.CancelBatchRequest(batch_id=batch_id)
+        )
+        return response

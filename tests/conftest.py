@@ -43,6 +43,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reads the developer's config or state."""
-    for name in ("HEADRACE_CONFIG", "HEADRACE_ENGINE_OVERRIDE", "HEADRACE_API_KEY"):
+    for name in ("HEADRACE_CONFIG", "HEADRACE_ENGINE_OVERRIDE", "HEADRACE_API_KEY", "HEADRACE_INTERNAL_TLS__CERTS_DIR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HEADRACE_STATE_DIR", str(tmp_path / "state"))

@@ -12,13 +12,13 @@ nothing runs from a file with a bad line.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from headrace.batch.model_choice import BatchModel, Task
+from headrace.request_rules.json_input import JsonInputError, loads_bounded
 from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.errors import HeadraceError, InvalidArgument
@@ -137,9 +137,9 @@ def _parse_line(
     raw: str, number: int, endpoint: str, task: Task, limits: LimitSettings, resolve_model: ModelResolver
 ) -> tuple[BatchRow, BatchModel]:
     try:
-        item = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise _RowProblem("invalid_json_line", f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+        item = loads_bounded(raw, root="line")
+    except JsonInputError as exc:
+        raise _RowProblem("invalid_json_line", exc.message, _param_of(exc.message)) from None
     if not isinstance(item, dict):
         raise _RowProblem("invalid_json_line", "each line must be a JSON object")
     custom_id = item.get("custom_id")
@@ -168,6 +168,13 @@ def _parse_line(
         raise _RowProblem("invalid_value", exc.message, "body.model") from None
     request = _BUILDERS[endpoint](body, model.model_version, limits)
     return BatchRow(line=number, custom_id=custom_id, request=request), model
+
+
+def _param_of(message: str) -> str:
+    """The parameter a JSON problem names ("line.body.messages[0]: ..."
+    -> "body.messages[0]"), or "" for the line as a whole."""
+    place = message.partition(": ")[0]
+    return place.removeprefix("line.") if place.startswith("line.") else ""
 
 
 # Parameters accepted and passed on, per endpoint; the rest are refused by

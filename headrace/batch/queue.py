@@ -9,10 +9,12 @@ rows stay in Redis, the message says which job and chunk), and is counted
 and timed in one place.
 
 Delivery: acks_late, so a message is acknowledged only when its chunk has
-run; a consumer killed mid-chunk leaves it unacknowledged, and Redis hands
-it out again after the visibility timeout (above the longest chunk, see
-BatchSettings). Rows are idempotent (store.record writes a result once), so
-running a chunk twice writes nothing twice.
+run; a consumer killed mid-chunk leaves it unacknowledged, and the sweep of
+any live consumer hands it out again once its visibility timeout passes.
+The timeout is short (seconds): a live consumer renews the messages it
+holds (services/worker/consumer/visibility.py), a dead one stops. Rows
+are idempotent (store.record writes a result once), so running a chunk
+twice writes nothing twice.
 """
 
 from __future__ import annotations

@@ -35,11 +35,11 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from headrace.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from headrace.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from headrace.v1 import batch_pb2
 
 TERMINAL_STATUSES = frozenset({"failed", "completed", "expired", "cancelled"})
@@ -49,7 +49,8 @@ INPUT, OUTPUT, ERROR = "input", "output", "error"
 def open_redis(url: str) -> aioredis.Redis:
     """A client that rides out a Redis restart: commands are retried with
     backoff for about half a minute before an error surfaces. Every write
-    the batch code makes is idempotent, so a retried one does no harm."""
+    the batch code makes is idempotent, so a retried one does no harm. For
+    work nobody waits on (the consumers); callers get open_redis_for_requests."""
     return aioredis.Redis.from_url(
         url,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=40),
@@ -57,6 +58,34 @@ def open_redis(url: str) -> aioredis.Redis:
         socket_connect_timeout=2.0,
         health_check_interval=5,
     )
+
+
+def open_redis_for_requests(url: str, *, timeout_s: float) -> aioredis.Redis:
+    """A client for the request path, where a caller waits: every connect
+    and every read gives up after timeout_s, so Redis down (refused) or
+    frozen (connected, silent) surfaces at once as a RedisError that
+    `store_unavailable` turns into a 503 the caller may retry. One quick
+    retry on a refused or reset connection: a pooled connection that a
+    Redis restart closed is replaced without the caller seeing it."""
+    return aioredis.Redis.from_url(
+        url,
+        # Only connection errors: a read that timed out is not retried
+        # (Retry's default would, doubling the wait on a frozen Redis).
+        retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+    )
+
+
+# What a Redis that is down, restarting or frozen raises (BusyLoadingError,
+# while it loads its data, is a ConnectionError).
+STORE_DOWN_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+
+
+def store_unavailable(exc: Exception, *, retry_after_s: float) -> Unavailable:
+    """The Headrace error for a batch store that does not answer (503 /
+    UNAVAILABLE with retry-after, from the one error table)."""
+    return Unavailable(f"the batch store (Redis) does not answer ({type(exc).__name__})", retry_after_s=retry_after_s)
 
 
 def _text(value: object) -> str:
@@ -326,9 +355,18 @@ class AttemptVerdict:
 
 class BatchStore:
     def __init__(
-        self, redis: aioredis.Redis, *, prefix: str, retention_s: int, clock: Callable[[], float] = time.time
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str,
+        retention_s: int,
+        clock: Callable[[], float] = time.time,
+        max_block_ms: int | None = None,
     ) -> None:
         self._redis = redis
+        # A blocking read waits at most this long: under a client's read
+        # timeout, or the wait itself would read as Redis gone.
+        self._max_block_ms = max_block_ms
         self._prefix = prefix
         self._retention_s = retention_s
         self._clock = clock
@@ -575,6 +613,8 @@ class BatchStore:
         if block_ms is None:
             entries = cast(Any, await self._redis.xrange(key, min=f"({after}" if after != "0" else "-", count=count))
         else:
+            if self._max_block_ms is not None:
+                block_ms = min(block_ms, self._max_block_ms)
             streams = cast(Any, await self._redis.xread({key: after}, count=count, block=block_ms))
             entries = streams[0][1] if streams else []
         if not entries:

@@ -1,7 +1,9 @@
 """The whole mesh on one machine, as processes: what `headrace up`, `down`
 and `status` drive. Redis is started too when nothing answers at
 HEADRACE_REDIS_URL. Every process gets its own process group, so `down`
-stops it with everything it spawned (vLLM's engine processes included)."""
+stops it with everything it spawned (vLLM's engine processes included).
+`up` runs all this inside a supervisor process (headrace/local/supervisor.py)
+that restarts what dies; `down` stops the supervisor first."""
 
 from __future__ import annotations
 
@@ -20,18 +22,25 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from headrace.batch.queue import consumer_heartbeat_key, consumer_name
+from headrace.local.deployment_secrets import local_deployment, redacted, url_password
 from headrace.local.redis_server import (
     INSTALL_HINT,
     redis_answers,
     redis_key_exists,
     redis_server_argv,
     redis_server_binary,
+    write_auth_config,
 )
+from headrace.runtime.channels import open_sync_channel
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import FailedPrecondition
+from headrace.runtime.service_certs import Role
+from headrace.runtime.service_identity import ServiceIdentity, service_identity
 from headrace.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 STATE_FILE = "mesh.json"
+# While a process starts, `up` says every this often what its log says.
+PROGRESS_EVERY_S = 10.0
 
 
 @dataclass
@@ -49,6 +58,9 @@ class ServiceProcess:
     # Processes without a gRPC server (batch consumers): SERVING while this
     # Redis key exists.
     heartbeat_key: str = ""
+    # Times the supervisor restarted it, and how its last run ended.
+    restarts: int = 0
+    last_exit: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,14 +69,27 @@ class ServiceHealth:
     address: str
     pid: int
     state: str  # SERVING, NOT_SERVING, DOWN
+    restarts: int = 0
+    last_exit: str = ""
 
 
 class MeshError(FailedPrecondition):
     """The mesh could not be started or stopped as asked."""
 
 
-def health_state(address: str, service: str, timeout_s: float = 1.0) -> str:
-    with grpc.insecure_channel(address) as channel:
+# The role behind each internal service's port; the router's is public.
+_SERVICE_ROLES = {
+    "headrace.v1.Cache": Role.CACHE,
+    "headrace.v1.Scheduler": Role.SCHEDULER,
+    "headrace.v1.Worker": Role.WORKER,
+}
+
+
+def health_state(address: str, service: str, identity: ServiceIdentity | None = None, timeout_s: float = 1.0) -> str:
+    """`identity`: the caller's credential, for internal services with
+    service identity (the server's role comes from `service`)."""
+    role = _SERVICE_ROLES.get(service)
+    with open_sync_channel(address, identity if role else None, server=role or Role.ROUTER) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
@@ -76,9 +101,21 @@ def health_state(address: str, service: str, timeout_s: float = 1.0) -> str:
 
 class LocalMesh:
     def __init__(self, settings: Settings, *, echo: Callable[[str], None] = print) -> None:
-        self._settings = settings
+        # As configured, plus the secrets `up` made for a deployment with
+        # API keys (certificates, Redis password), when they exist.
+        self._configured = settings
+        self._settings = local_deployment(settings, create=False)
         self._state_dir = Path(settings.state_dir)
         self._echo = echo
+        # Set in the supervisor process: saved with the state, so `down` stops it first.
+        self.supervisor_pid = 0
+        # The environment `up` gave every process (with the deployment's
+        # secrets when keys are configured): restarts get the same.
+        self.process_env: dict[str, str] = dict(os.environ)
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
 
     @property
     def state_path(self) -> Path:
@@ -106,22 +143,9 @@ class LocalMesh:
                 str(logs / "scheduler.log"),
             ),
         ]
-        port = s.worker.base_port
-        for pool, spec in s.pools.items():
-            for index in range(spec.workers):
-                name = f"worker-{pool}-{index}"
-                processes.append(
-                    ServiceProcess(
-                        name,
-                        "services.worker",
-                        ["--pool", pool, "--index", str(index), "--port", str(port)],
-                        f"{s.worker.host}:{port}",
-                        "headrace.v1.Worker",
-                        str(logs / f"{name}.log"),
-                    )
-                )
-                processes.append(self._consumer_process(pool, index, f"{s.worker.host}:{port}", logs))
-                port += 1
+        for pool in s.pools:
+            for index in range(self.initial_workers(pool)):
+                processes += self.worker_processes(pool, index)
         processes.append(
             ServiceProcess(
                 "router",
@@ -133,6 +157,57 @@ class LocalMesh:
             )
         )
         return processes
+
+    def initial_workers(self, pool: str) -> int:
+        """Workers a pool starts with: its configured count, within the
+        autoscaler's bounds when it has one."""
+        spec = self._settings.pools[pool]
+        scaling = self._settings.scheduler.for_pool(pool).autoscale
+        if not scaling.enabled:
+            return spec.workers
+        return max(scaling.min_workers, min(scaling.max_workers, spec.workers))
+
+    def max_workers(self, pool: str) -> int:
+        """Workers a pool may ever have here (its share of the port range)."""
+        spec = self._settings.pools[pool]
+        scaling = self._settings.scheduler.for_pool(pool).autoscale
+        return max(spec.workers, scaling.max_workers) if scaling.enabled else spec.workers
+
+    def worker_port(self, pool: str, index: int) -> int:
+        """Ports from worker.base_port up, in pool order; each pool keeps
+        room for its most workers, so one scaling up never takes another's."""
+        port = self._settings.worker.base_port
+        for name in self._settings.pools:
+            if name == pool:
+                return port + index
+            port += self.max_workers(name)
+        raise KeyError(pool)
+
+    def worker_processes(self, pool: str, index: int) -> list[ServiceProcess]:
+        """Worker `index` of a pool and the batch consumer beside it."""
+        s = self._settings
+        logs = self._state_dir / "logs"
+        port = self.worker_port(pool, index)
+        name = f"worker-{pool}-{index}"
+        worker = ServiceProcess(
+            name,
+            "services.worker",
+            ["--pool", pool, "--index", str(index), "--port", str(port)],
+            f"{s.worker.host}:{port}",
+            "headrace.v1.Worker",
+            str(logs / f"{name}.log"),
+        )
+        return [worker, self._consumer_process(pool, index, worker.address, logs)]
+
+    def spawn(self, process: ServiceProcess, env: dict[str, str]) -> None:
+        """Start a process of the plan that is not running (a scale-up)."""
+        self._echo(f"  {process.name:<11} starting (log: {process.log_path})")
+        self._spawn(process, env)
+
+    def retire(self, process: ServiceProcess) -> None:
+        """Ask a process to stop (SIGTERM: a worker finishes what it runs,
+        within worker.drain_timeout_s; a consumer its current rows)."""
+        _signal_group(process.pid, signal.SIGTERM)
 
     def _consumer_process(self, pool: str, index: int, worker_address: str, logs: Path) -> ServiceProcess:
         """The batch consumer beside a worker (services/worker/consumer)."""
@@ -158,11 +233,27 @@ class LocalMesh:
         data = json.loads(self.state_path.read_text())
         return [ServiceProcess(**entry) for entry in data["processes"]]
 
+    def _load_supervisor_pid(self) -> int:
+        if not self.state_path.exists():
+            return 0
+        return int(json.loads(self.state_path.read_text()).get("supervisor_pid", 0))
+
     def _save_state(self, processes: list[ServiceProcess]) -> None:
         self._state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"processes": [asdict(p) for p in processes]}, indent=2))
+        state = {"supervisor_pid": self.supervisor_pid, "processes": [asdict(p) for p in processes]}
+        tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_path)
+
+    def save_state(self, processes: list[ServiceProcess]) -> None:
+        """Record the processes (the supervisor, after each restart)."""
+        self._save_state(processes)
+
+    def respawn(self, process: ServiceProcess, env: dict[str, str]) -> None:
+        """Start a process again, with what its dead run left in its group
+        (an engine's own processes, holding its port) killed first."""
+        _signal_group(process.pid, signal.SIGKILL)
+        self._spawn(process, env)
 
     def running(self) -> list[ServiceProcess]:
         return [p for p in self._load_state() if _alive(p.pid)]
@@ -172,11 +263,12 @@ class LocalMesh:
             raise MeshError(f"a mesh started from {self._state_dir} is already running; run `headrace down` first")
         started: list[ServiceProcess] = []
         try:
+            env = {**os.environ, **env_overrides, **self._secure()}
+            self.process_env = env
             redis_process = self._ensure_redis()
             if redis_process is not None:
                 started.append(redis_process)
                 self._save_state(started)
-            env = {**os.environ, **env_overrides}
             plan = self.plan()
             # Cache and scheduler first, then the workers (the slow part:
             # model loading), the batch consumers beside them, then the router.
@@ -189,6 +281,7 @@ class LocalMesh:
             deadline = time.monotonic() + timeout_s
             for stage in stages:
                 for process in stage:
+                    self._echo(f"  {process.name:<11} starting (log: {process.log_path})")
                     self._spawn(process, env)
                     started.append(process)
                     self._save_state(started)
@@ -201,6 +294,31 @@ class LocalMesh:
             raise
         return started
 
+    def _secure(self) -> dict[str, str]:
+        """With API keys: make the deployment's secrets (first `up` only)
+        and hand them to every process through its environment."""
+        if not self._configured.auth_enabled:
+            return {}
+        url = self._configured.redis_url
+        # A Redis of the user's own, answering without a password, is used as it is.
+        own_open_redis = url_password(url) is None and redis_answers(url)
+        if own_open_redis:
+            self._echo(f"  warning: the Redis at {url} has no password; see docs/security.md")
+        self._settings = local_deployment(self._configured, create=True, redis_password=not own_open_redis)
+        env = {"HEADRACE_REDIS_URL": self._settings.redis_url}
+        certs_dir = self._settings.internal_tls.certs_dir
+        if certs_dir is not None:
+            env["HEADRACE_INTERNAL_TLS__CERTS_DIR"] = str(certs_dir)
+        return env
+
+    def admin_identity(self) -> ServiceIdentity | None:
+        """The operator's certificate for status calls; None in open dev mode."""
+        try:
+            return service_identity(self._settings, Role.ADMIN)
+        except FailedPrecondition:
+            # Keys configured, never `up` here: nothing of ours can be running.
+            return None
+
     def _ensure_redis(self) -> ServiceProcess | None:
         url = self._settings.redis_url
         if redis_answers(url):
@@ -208,16 +326,20 @@ class LocalMesh:
         parsed = urlparse(url)
         host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
         if host not in ("127.0.0.1", "localhost", "::1"):
-            raise MeshError(f"no Redis answers at {url}; start it, or point HEADRACE_REDIS_URL at one that runs")
+            raise MeshError(
+                f"no Redis answers at {redacted(url)}; start it, or point HEADRACE_REDIS_URL at one that runs"
+            )
         binary = redis_server_binary()
         if binary is None:
             raise MeshError(
-                f"no Redis answers at {url} and redis-server is not installed: install it "
+                f"no Redis answers at {redacted(url)} and redis-server is not installed: install it "
                 f"({INSTALL_HINT}) or set HEADRACE_REDIS_URL to a running Redis"
             )
         data_dir = self._state_dir / "redis"
         data_dir.mkdir(parents=True, exist_ok=True)
-        argv = redis_server_argv(binary, port=port, data_dir=data_dir, appendonly=True)
+        password = url_password(url)
+        config = write_auth_config(data_dir / "redis-auth.conf", password) if password else None
+        argv = redis_server_argv(binary, port=port, data_dir=data_dir, appendonly=True, config_file=config)
         process = ServiceProcess("redis", "", argv, f"{host}:{port}", "", str(self._state_dir / "logs" / "redis.log"))
         self._spawn(process, dict(os.environ))
         deadline = time.monotonic() + 10.0
@@ -225,9 +347,9 @@ class LocalMesh:
             if not _alive(process.pid):
                 raise MeshError(f"redis-server exited at start; see {process.log_path}\n{_tail(process.log_path)}")
             if time.monotonic() > deadline:
-                raise MeshError(f"redis-server did not answer at {url} within 10 s; see {process.log_path}")
+                raise MeshError(f"redis-server did not answer at {redacted(url)} within 10 s; see {process.log_path}")
             time.sleep(0.1)
-        self._echo(f"  redis       {url} (started: nothing answered there)")
+        self._echo(f"  redis       {redacted(url)} (started: nothing answered there)")
         return process
 
     def _spawn(self, process: ServiceProcess, env: dict[str, str]) -> None:
@@ -241,6 +363,9 @@ class LocalMesh:
         process.pid = popen.pid
 
     def _wait_serving(self, process: ServiceProcess, deadline: float) -> None:
+        # A worker loading its model takes a minute: say what it is doing.
+        report_at = time.monotonic() + PROGRESS_EVERY_S
+        started = time.monotonic()
         while True:
             if not _alive(process.pid):
                 raise MeshError(
@@ -251,7 +376,14 @@ class LocalMesh:
                 self._echo(f"  {process.name:<11} {process.address} SERVING")
                 return
             if time.monotonic() > deadline:
-                raise MeshError(f"{process.name} was not SERVING in time; see {process.log_path}")
+                raise MeshError(
+                    f"{process.name} was not SERVING in time; last lines of {process.log_path}:\n"
+                    + _tail(process.log_path)
+                )
+            if time.monotonic() >= report_at:
+                report_at += PROGRESS_EVERY_S
+                last = _tail(process.log_path, 1).strip()[:160]
+                self._echo(f"  {process.name:<11} still starting ({time.monotonic() - started:.0f}s): {last}")
             time.sleep(0.25)
 
     def _wait_workers_registered(self, plan: list[ServiceProcess], deadline: float) -> None:
@@ -259,7 +391,7 @@ class LocalMesh:
         find no worker: wait for them."""
         expected = {p.address for p in plan if p.module == "services.worker"}
         scheduler = next(p for p in plan if p.module == "services.scheduler")
-        with grpc.insecure_channel(scheduler.address) as channel:
+        with open_sync_channel(scheduler.address, self.admin_identity(), server=Role.SCHEDULER) as channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
             while True:
                 try:
@@ -279,10 +411,22 @@ class LocalMesh:
                 time.sleep(0.1)
 
     def down(self, *, grace_s: float = 20.0) -> list[ServiceProcess]:
+        # The supervisor first: it would restart what is being stopped. On
+        # SIGTERM it stops its processes itself.
+        supervisor = self._load_supervisor_pid()
+        if supervisor and _alive(supervisor):
+            _signal_group(supervisor, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s * 2
+            while _alive(supervisor) and time.monotonic() < deadline:
+                time.sleep(0.1)
         processes = self._load_state()
         self._stop(processes, grace_s=grace_s)
         self.state_path.unlink(missing_ok=True)
         return processes
+
+    def stop_all(self, processes: list[ServiceProcess]) -> None:
+        """Stop the processes, newest first (the supervisor, on SIGTERM)."""
+        self._stop(processes)
 
     def _stop(self, processes: list[ServiceProcess], *, grace_s: float = 20.0) -> None:
         """SIGTERM each process group, newest first (router before workers,
@@ -300,7 +444,16 @@ class LocalMesh:
         processes = self._load_state() or self.plan()
         result = []
         for process in processes:
-            result.append(ServiceHealth(process.name, process.address, process.pid, self._state_of(process)))
+            result.append(
+                ServiceHealth(
+                    process.name,
+                    process.address,
+                    process.pid,
+                    self._state_of(process),
+                    restarts=process.restarts,
+                    last_exit=process.last_exit,
+                )
+            )
         return result
 
     def _state_of(self, process: ServiceProcess) -> str:
@@ -308,7 +461,11 @@ class LocalMesh:
             return "SERVING" if redis_key_exists(self._settings.redis_url, process.heartbeat_key) else "DOWN"
         if process.name == "redis" or not process.health_service:
             return "SERVING" if redis_answers(self._settings.redis_url) else "DOWN"
-        return health_state(process.address, process.health_service)
+        return health_state(process.address, process.health_service, self.admin_identity())
+
+
+def is_running(process: ServiceProcess) -> bool:
+    return _alive(process.pid)
 
 
 def _alive(pid: int) -> bool:

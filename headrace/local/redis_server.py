@@ -3,11 +3,13 @@ sessions and benchmarks (a private one each, on a free port)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -42,11 +44,24 @@ def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
 
 
-def redis_server_argv(binary: str, *, port: int, data_dir: Path, appendonly: bool) -> list[str]:
+def write_auth_config(path: Path, password: str) -> Path:
+    """A redis.conf (0600) that sets `requirepass`: on argv the password
+    would show in every user's `ps`."""
+    escaped = password.replace("\\", "\\\\").replace('"', '\\"')
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f'requirepass "{escaped}"\n')
+    return path
+
+
+def redis_server_argv(
+    binary: str, *, port: int, data_dir: Path, appendonly: bool, config_file: Path | None = None
+) -> list[str]:
     # Loopback only; append-only persistence so queued batch work survives a
-    # restart; no RDB snapshots.
+    # restart; no RDB snapshots. config_file: e.g. write_auth_config's.
     return [
         binary,
+        *([str(config_file)] if config_file is not None else []),
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--dir", str(data_dir),
@@ -74,23 +89,38 @@ def redis_key_exists(url: str, key: str, timeout_s: float = 0.5) -> bool:
 class RedisServer:
     """A private redis-server owned by the caller (started, restarted, stopped)."""
 
-    def __init__(self, data_dir: Path, *, appendonly: bool = True, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, appendonly: bool = True, port: int | None = None, password: str | None = None
+    ) -> None:
+        """`password`: requirepass (the url carries it)."""
         binary = redis_server_binary()
         if binary is None:
             raise RuntimeError(f"redis-server is not installed ({INSTALL_HINT})")
         self._binary = binary
         self._data_dir = data_dir
         self._appendonly = appendonly
+        self.password = password
         self.port = port or free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (fault tests SIGSTOP it)."""
+        return self._process.pid if self._process is not None else None
 
     def start(self, timeout_s: float = 10.0) -> None:
         self._data_dir.mkdir(parents=True, exist_ok=True)
-        argv = redis_server_argv(self._binary, port=self.port, data_dir=self._data_dir, appendonly=self._appendonly)
+        config = None
+        if self.password:
+            config = write_auth_config(self._data_dir / "redis-auth.conf", self.password)
+        argv = redis_server_argv(
+            self._binary, port=self.port, data_dir=self._data_dir, appendonly=self._appendonly, config_file=config
+        )
         self._process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while not redis_answers(self.url):

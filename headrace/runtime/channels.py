@@ -18,6 +18,8 @@ from opentelemetry import propagate
 
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.request_context import REQUEST_ID_KEY, TENANT_KEY, deadline_var, request_id_var, tenant_var
+from headrace.runtime.service_certs import Role, server_name
+from headrace.runtime.service_identity import ServiceIdentity
 
 
 def channel_options(limits: LimitSettings) -> list[tuple[str, Any]]:
@@ -65,23 +67,51 @@ def call_options(timeout: float | None = None, metadata: Sequence[tuple[str, str
     return {"metadata": outgoing_metadata(metadata), "timeout": propagated_timeout(timeout)}
 
 
-def open_channel(target: str, limits: LimitSettings) -> grpc.aio.Channel:
-    """An insecure channel (loopback / trusted network) to another service."""
-    return grpc.aio.insecure_channel(target, options=channel_options(limits))
+def _secure_options(options: list[tuple[str, Any]], server: Role) -> list[tuple[str, Any]]:
+    # Check the server's certificate names the role we meant to reach,
+    # whatever address we dialled (workers on other hosts included).
+    return [*options, ("grpc.ssl_target_name_override", server_name(server))]
+
+
+def open_channel(
+    target: str, limits: LimitSettings, identity: ServiceIdentity | None, *, server: Role
+) -> grpc.aio.Channel:
+    """A channel to another service (`server`: its role). With this process's
+    identity: mutual TLS; without (open dev mode): plaintext on loopback."""
+    return dial(target, channel_options(limits), identity, server=server)
+
+
+def dial(
+    target: str, options: list[tuple[str, Any]], identity: ServiceIdentity | None, *, server: Role
+) -> grpc.aio.Channel:
+    """The one place an internal channel gets its credentials (any target
+    form gRPC takes, e.g. several replicas behind one channel)."""
+    if identity is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, identity.channel_credentials(), options=_secure_options(options, server))
+
+
+def open_sync_channel(target: str, identity: ServiceIdentity | None, *, server: Role) -> grpc.Channel:
+    """The same for synchronous callers (the CLI)."""
+    if identity is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, identity.channel_credentials(), options=_secure_options([], server))
 
 
 class ChannelPool:
     """One channel per endpoint, reused for every call to it (the router
     talks to many workers)."""
 
-    def __init__(self, limits: LimitSettings) -> None:
+    def __init__(self, limits: LimitSettings, identity: ServiceIdentity | None, *, server: Role) -> None:
         self._limits = limits
+        self._identity = identity
+        self._server = server
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def get(self, endpoint: str) -> grpc.aio.Channel:
         channel = self._channels.get(endpoint)
         if channel is None:
-            channel = open_channel(endpoint, self._limits)
+            channel = open_channel(endpoint, self._limits, self._identity, server=self._server)
             self._channels[endpoint] = channel
         return channel
 

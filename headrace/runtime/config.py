@@ -114,6 +114,19 @@ class GatewaySettings(_Section):
     open_metrics: bool = False
     # Seconds in-flight HTTP requests get to finish when the router stops.
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+    # Connection limits (services/router/gateway/http_limits.py). A request
+    # line and headers over max_header_bytes: 431. Headers not complete
+    # within header_timeout_s of a connection or request starting: 408 and
+    # closed (slowloris). A body that stalls for body_timeout_s between
+    # reads: 408 and closed. An idle keep-alive connection is closed after
+    # keepalive_timeout_s. Past max_connections open connections (WebSockets
+    # included), a new one is answered 503 and closed at once, so open
+    # files stay bounded whatever a client opens.
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    keepalive_timeout_s: int = Field(default=5, ge=1)
+    max_connections: int = Field(default=1024, ge=1)
 
 
 class RateLimitSettings(_Section):
@@ -193,8 +206,13 @@ class PoolSchedulingSettings(_Section):
     defaults."""
 
     policy: PlacementPolicyName = "least_outstanding_tokens"
-    # Requests waiting for a slot, all priority classes together; over it:
-    # RESOURCE_EXHAUSTED with a retry-after hint (0: never wait).
+    # Requests waiting for a slot, all priority classes together, are
+    # bounded by their expected wait: as many as the pool drains (slots /
+    # mean lease hold time) within max_expected_wait_s. Over it:
+    # RESOURCE_EXHAUSTED with a retry-after from the queue's state
+    # (services/scheduler/wait_bound.py).
+    max_expected_wait_s: float = Field(default=5.0, gt=0, le=3600)
+    # A ceiling on that count whatever the estimate (memory; 0: never wait).
     queue_limit: int = Field(default=256, ge=0, le=100_000)
     # Longest wait for a slot when the caller set no shorter deadline.
     max_queue_wait_s: float = Field(default=60.0, gt=0, le=3600)
@@ -273,6 +291,17 @@ class LimitSettings(_Section):
     max_id_chars: int = Field(default=256, ge=1)
 
 
+class InternalTlsSettings(_Section):
+    """Service identity between the mesh's services: mutual TLS with the
+    deployment's own CA (docs/security.md). Required when API keys are
+    configured, and for any internal service bound beyond loopback."""
+
+    # A folder with ca.crt and <role>.crt/<role>.key (`headrace certs init
+    # DIR`; `headrace certs issue` for a host that gets only its own roles).
+    # None: internal calls are plaintext and unauthenticated (open dev mode).
+    certs_dir: Path | None = None
+
+
 class TelemetrySettings(_Section):
     # OTLP/gRPC collector, e.g. "127.0.0.1:4317"; none: spans stay in-process.
     otlp_endpoint: str | None = None
@@ -310,11 +339,21 @@ class BatchSettings(_Section):
     # A chunk whose worker is unreachable is retried this often (backoff)
     # before its rows are failed.
     chunk_max_retries: int = Field(default=10, ge=0)
-    # Redis redelivers an unacknowledged task after this long (acks_late:
-    # a consumer killed mid-chunk loses nothing). Must exceed chunk_timeout_s.
-    visibility_timeout_s: float = Field(default=7200.0, gt=0)
-    # How often consumers look for tasks past their visibility timeout.
-    restore_interval_s: float = Field(default=10.0, gt=0)
+    # A consumer that dies (kill -9, a lost host) gives its chunks back this
+    # long after it last renewed them: a live consumer renews the messages
+    # it holds (running or prefetched) every quarter of it, so a chunk may
+    # run far longer than this. Recovery takes at most this plus one
+    # restore_interval_s (18 s by default). A Redis outage longer than
+    # three renewals may run a chunk twice, which writes no row twice.
+    visibility_timeout_s: float = Field(default=15.0, ge=2)
+    # How often consumers look for messages past their visibility timeout.
+    restore_interval_s: float = Field(default=3.0, gt=0)
+    # The scheduler's job store answers callers within this or says 503 /
+    # UNAVAILABLE (Redis down or frozen), with this Retry-After. Each Redis
+    # command's connect and read are bounded by it; consumers, whom nobody
+    # waits on, ride a Redis restart out instead.
+    store_timeout_s: float = Field(default=0.5, gt=0, le=10)
+    store_unavailable_retry_after_s: float = Field(default=5.0, gt=0)
     # Per consumer: chunk tasks run at once, and rows in flight at its
     # worker (a hard cap; the worker's capacity is the usual bound). The
     # chunks hold more rows (16 x 16) than the engine runs at once, so rows
@@ -339,15 +378,6 @@ class BatchSettings(_Section):
     load_poll_s: float = Field(default=0.25, gt=0)
     # Finished jobs (and their results) are kept this long.
     retention_s: int = Field(default=7 * 86400, ge=60)
-
-    @model_validator(mode="after")
-    def _visibility_above_chunk(self) -> BatchSettings:
-        if self.visibility_timeout_s <= self.chunk_timeout_s:
-            raise ValueError(
-                f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed chunk_timeout_s "
-                f"({self.chunk_timeout_s}): a chunk still running would be delivered twice"
-            )
-        return self
 
 
 class TenantSettings(_Section):
@@ -469,6 +499,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    internal_tls: InternalTlsSettings = Field(default_factory=InternalTlsSettings)
 
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)
     pools: dict[str, PoolSettings] = Field(default_factory=_default_pools)
@@ -536,7 +567,12 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown engine {self.engine_override!r}; known: {', '.join(sorted(ENGINE_DEFAULTS))}")
         if not self.auth_enabled:
             for section in (self.router, self.cache, self.scheduler, self.worker):
-                _require_loopback(section.host)
+                _require_loopback(section.host, "no API keys are configured (open dev mode)")
+        if self.internal_tls.certs_dir is None:
+            # API keys guard the router's door only; the internal services
+            # leave loopback only with service identity (mutual TLS).
+            for section in (self.cache, self.scheduler, self.worker):
+                _require_loopback(section.host, "internal_tls.certs_dir is not set (internal calls unauthenticated)")
         return self
 
     @property
@@ -577,7 +613,7 @@ class Settings(BaseSettings):
         )
 
 
-def _require_loopback(host: str) -> None:
+def _require_loopback(host: str, why: str) -> None:
     if host in ("localhost",):
         return
     try:
@@ -586,8 +622,8 @@ def _require_loopback(host: str) -> None:
         loopback = False
     if not loopback:
         raise ValueError(
-            f"refusing to bind {host!r}: no API keys are configured (open dev mode), so every "
-            "service stays on loopback; configure tenants with api_key_sha256 to serve beyond it"
+            f"refusing to bind {host!r}: {why}, so the service stays on loopback; configure tenants "
+            "with api_key_sha256 and internal_tls.certs_dir (`headrace certs init DIR`) to serve beyond it"
         )
 
 

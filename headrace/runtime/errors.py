@@ -7,7 +7,7 @@ statuses in one table.
     ├── PermissionDenied           PERMISSION_DENIED    403
     ├── NotFound                   NOT_FOUND            404
     ├── FailedPrecondition         FAILED_PRECONDITION  409
-    ├── PayloadTooLarge            RESOURCE_EXHAUSTED   413
+    ├── PayloadTooLarge            INVALID_ARGUMENT     413  (+ headrace-error trailer)
     ├── ResourceExhausted          RESOURCE_EXHAUSTED   429  (+ retry-after)
     │   ├── QueueFull
     │   └── RateLimited
@@ -17,6 +17,13 @@ statuses in one table.
     │   └── NoWorkerAvailable
     ├── DeadlineExceeded           DEADLINE_EXCEEDED    504
     └── Internal                   INTERNAL             500
+
+RESOURCE_EXHAUSTED means load (retry later) and nothing else: a request
+over a size limit is the request's fault, INVALID_ARGUMENT over gRPC and
+413 over HTTP. gRPC's own size checks answer RESOURCE_EXHAUSTED before any
+handler runs ("Received message larger than max", "metadata size exceeds
+... limit"); `error_from_status` reads those as PayloadTooLarge (or, for an
+answer too large to receive, Internal), so they never pass for load.
 
 Domain code raises these; the server's error interceptor turns them into a
 gRPC status with the message and, where it applies, a `retry-after`
@@ -33,6 +40,8 @@ from dataclasses import dataclass
 import grpc
 
 RETRY_AFTER_KEY = "retry-after"
+# Names an error whose gRPC code is shared with others (see status_trailers).
+ERROR_KIND_KEY = "headrace-error"
 
 
 class HeadraceError(Exception):
@@ -124,7 +133,7 @@ ERROR_TABLE: dict[type[HeadraceError], ErrorMapping] = {
     PermissionDenied: ErrorMapping(grpc.StatusCode.PERMISSION_DENIED, 403, "permission_error"),
     NotFound: ErrorMapping(grpc.StatusCode.NOT_FOUND, 404, "not_found_error"),
     FailedPrecondition: ErrorMapping(grpc.StatusCode.FAILED_PRECONDITION, 409, "invalid_request_error"),
-    PayloadTooLarge: ErrorMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 413, "invalid_request_error"),
+    PayloadTooLarge: ErrorMapping(grpc.StatusCode.INVALID_ARGUMENT, 413, "invalid_request_error"),
     ResourceExhausted: ErrorMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_error"),
     Cancelled: ErrorMapping(grpc.StatusCode.CANCELLED, 499, "cancelled"),
     Unimplemented: ErrorMapping(grpc.StatusCode.UNIMPLEMENTED, 501, "not_implemented"),
@@ -152,6 +161,10 @@ _CLASS_FOR_CODE: dict[grpc.StatusCode, type[HeadraceError]] = {
 }
 
 
+# Errors told apart by the ERROR_KIND_KEY trailer, by its value.
+_KIND_CLASSES: dict[str, type[HeadraceError]] = {"payload-too-large": PayloadTooLarge}
+
+
 def mapping_for(error: HeadraceError) -> ErrorMapping:
     for cls in type(error).__mro__:
         mapping = ERROR_TABLE.get(cls)  # type: ignore[call-overload]
@@ -175,6 +188,26 @@ def trailing_metadata_for(error: HeadraceError) -> tuple[tuple[str, str], ...]:
     return ((RETRY_AFTER_KEY, str(max(1, math.ceil(error.retry_after_s)))),)
 
 
+def status_trailers(error: HeadraceError) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata for `error`'s gRPC status: retry-after, and the
+    error's kind where its code alone would lose it (413 travels as
+    INVALID_ARGUMENT)."""
+    kind = next((name for name, cls in _KIND_CLASSES.items() if isinstance(error, cls)), None)
+    return trailing_metadata_for(error) + (((ERROR_KIND_KEY, kind),) if kind else ())
+
+
+def _size_limit_error(details: str) -> HeadraceError | None:
+    """gRPC's own size checks, which answer RESOURCE_EXHAUSTED: the request
+    (or its metadata) over a limit, or an answer too large to receive."""
+    if "CLIENT: Received message larger than max" in details:
+        return Internal(
+            f"an answer from another service is over the message size limit (limits.max_message_bytes): {details}"
+        )
+    if "message larger than max" in details or "metadata size exceeds" in details:
+        return PayloadTooLarge(f"request: over a size limit: {details}")
+    return None
+
+
 def error_from_status(
     code: grpc.StatusCode,
     details: str | None,
@@ -182,14 +215,23 @@ def error_from_status(
 ) -> HeadraceError:
     """Rebuild the Headrace error a peer reported as a gRPC status."""
     retry_after: float | None = None
+    kind: str | None = None
     for key, value in trailing_metadata or ():
-        if key == RETRY_AFTER_KEY:
+        if key == ERROR_KIND_KEY:
+            kind = value.decode() if isinstance(value, bytes) else value
+        elif key == RETRY_AFTER_KEY:
             try:
                 retry_after = float(value)
             except ValueError:
                 retry_after = None
-    cls = _CLASS_FOR_CODE.get(code, Internal)
     message = details or code.name.lower()
+    if kind is not None and kind in _KIND_CLASSES:
+        return _KIND_CLASSES[kind](message)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is None:
+        size_error = _size_limit_error(message)
+        if size_error is not None:
+            return size_error
+    cls = _CLASS_FOR_CODE.get(code, Internal)
     return cls(message, retry_after_s=retry_after)
 
 

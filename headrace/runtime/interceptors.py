@@ -2,6 +2,9 @@
 
 1. request context: the request id (the caller's, if safe, else a new one),
    the deadline, and on internal hops the tenant from x-headrace-tenant;
+1b. service identity (internal services with internal TLS): the peer's
+   certificate role must be allowed the method, and only a role that
+   vouches for tenants may send x-headrace-tenant (service_identity.py);
 2. authentication (router only): `authorization` metadata -> tenant;
 3. the handler;
 4. metrics: every RPC counted by method and status, and timed;
@@ -29,7 +32,9 @@ import grpc.aio
 from prometheus_client import Counter, Histogram
 
 from headrace.runtime.auth import AUTHORIZATION_KEY, Authenticator
-from headrace.runtime.errors import HeadraceError, from_rpc_error, status_code_for, trailing_metadata_for
+from headrace.runtime.errors import HeadraceError, from_rpc_error, status_code_for, status_trailers
+from headrace.runtime.log_limits import RepeatLimitedLog
+from headrace.runtime.message_decoding import decoded, decoded_stream, tolerant
 from headrace.runtime.request_context import (
     REQUEST_ID_KEY,
     TENANT_KEY,
@@ -39,8 +44,10 @@ from headrace.runtime.request_context import (
     request_id_var,
     tenant_var,
 )
+from headrace.runtime.service_identity import admit, peer_var
 
 log = logging.getLogger(__name__)
+_UNHANDLED = RepeatLimitedLog(log)
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
@@ -82,8 +89,10 @@ def _status_name(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, *, authenticator: Authenticator | None) -> None:
+    def __init__(self, *, authenticator: Authenticator | None, service_identity: bool = False) -> None:
         self._authenticator = authenticator
+        # Internal servers behind mutual TLS check each peer's role per call.
+        self._service_identity = service_identity
         # Wrapped once per method, not per call: method -> (handler, wrapped).
         # Bounded by the methods the server has (unknown ones get None).
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -106,7 +115,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         kwargs = {
-            "request_deserializer": handler.request_deserializer,
+            # Bytes that do not decode reach the handler as a marker, and
+            # become INVALID_ARGUMENT below (message_decoding.py).
+            "request_deserializer": tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
@@ -114,16 +125,21 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(self._wrap_stream(handler.unary_stream, method), **kwargs)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(self._wrap_unary(handler.stream_unary, method), **kwargs)
-        return grpc.stream_stream_rpc_method_handler(self._wrap_stream(handler.stream_stream, method), **kwargs)
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, method, client_streams=True), **kwargs
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(handler.stream_stream, method, client_streams=True), **kwargs
+        )
 
-    def _wrap_unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
+    def _wrap_unary(self, behavior: UnaryBehavior, method: str, *, client_streams: bool = False) -> UnaryBehavior:
         handled_ok, handling = _HANDLED.labels(method=method, code="OK"), _HANDLING.labels(method=method)
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             try:
                 self._enter(context, method)
+                request = decoded_stream(request) if client_streams else decoded(request)
                 result = await behavior(request, context)
             except BaseException as exc:
                 await self._fail(exc, context, method, started)
@@ -134,13 +150,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         return unary
 
-    def _wrap_stream(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
+    def _wrap_stream(self, behavior: StreamBehavior, method: str, *, client_streams: bool = False) -> StreamBehavior:
         handled_ok, handling = _HANDLED.labels(method=method, code="OK"), _HANDLING.labels(method=method)
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
             try:
                 self._enter(context, method)
+                request = decoded_stream(request) if client_streams else decoded(request)
                 async for item in behavior(request, context):
                     yield item
             except BaseException as exc:
@@ -156,10 +173,19 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         deadline_var.set(deadline_from_remaining(context.time_remaining()))
         if self._authenticator is None:
             # Internal hop: the router authenticated and passed the tenant on.
-            tenant_var.set(metadata_value(context, TENANT_KEY) or "")
+            tenant = metadata_value(context, TENANT_KEY) or ""
+            if self._service_identity:
+                self._admit_peer(context, method, tenant)
+            tenant_var.set(tenant)
         elif not method.startswith(_OPEN_METHOD_PREFIXES):
             # Never from the caller's x-headrace-tenant: only from its key.
             tenant_var.set(self._authenticator.authenticate(metadata_value(context, AUTHORIZATION_KEY)))
+
+    @staticmethod
+    def _admit_peer(context: grpc.aio.ServicerContext, method: str, tenant: str) -> None:
+        """Step 1b: who is calling (the TLS handshake verified the certificate
+        against the deployment's CA), and may it make this call?"""
+        peer_var.set(admit(context.auth_context(), method, tenant))
 
     async def _fail(self, exc: BaseException, context: grpc.aio.ServicerContext, method: str, started: float) -> None:
         """Count the failure, then turn it into a status (AbortError), unless
@@ -171,8 +197,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         error = from_rpc_error(exc) if isinstance(exc, grpc.aio.AioRpcError) else exc
         request_id = ((REQUEST_ID_KEY, request_id_var.get()),)
         if isinstance(error, HeadraceError):
-            await context.abort(status_code_for(error), error.message, trailing_metadata_for(error) + request_id)
-        log.exception("unhandled error in %s", method)
+            await context.abort(status_code_for(error), error.message, status_trailers(error) + request_id)
+        # Once per method and kind of failure per interval: a failure on
+        # every call (a dependency down) would otherwise log a traceback each.
+        _UNHANDLED.error((method, type(exc).__name__), "unhandled error in %s", method, exc_info=exc)
         await context.abort(
             grpc.StatusCode.INTERNAL,
             f"internal error (request id {request_id_var.get()}); see the service log",

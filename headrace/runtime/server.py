@@ -22,6 +22,7 @@ from headrace.runtime.auth import Authenticator
 from headrace.runtime.channels import channel_options
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.interceptors import ServerInterceptor
+from headrace.runtime.service_identity import ServiceIdentity
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,13 @@ class GrpcServiceHost:
         limits: LimitSettings,
         tracer_provider: TracerProvider | None = None,
         authenticator: Authenticator | None = None,
+        identity: ServiceIdentity | None,
     ) -> None:
+        """`identity`: this internal service's credential; with one, it serves
+        mutual TLS only and checks each peer's role. None: plaintext (the
+        router's public port, or open dev mode)."""
         self._services = list(services)
+        self._identity = identity
         self.bound_host = host
         self._address = f"{host}:{port}"
         self._health = health.aio.HealthServicer()
@@ -56,7 +62,7 @@ class GrpcServiceHost:
         if tracer_provider is not None:
             # Outermost, so the span covers everything else.
             interceptors.append(aio_server_interceptor(tracer_provider=tracer_provider))
-        interceptors.append(ServerInterceptor(authenticator=authenticator))
+        interceptors.append(ServerInterceptor(authenticator=authenticator, service_identity=identity is not None))
         # No SO_REUSEPORT: a second server on a taken port must fail, not
         # silently share it.
         options = [*channel_options(limits), ("grpc.so_reuseport", 0)]
@@ -73,7 +79,10 @@ class GrpcServiceHost:
             self._server,
         )
         try:
-            self.port = self._server.add_insecure_port(self._address)
+            if self._identity is None:
+                self.port = self._server.add_insecure_port(self._address)
+            else:
+                self.port = self._server.add_secure_port(self._address, self._identity.server_credentials())
         except RuntimeError as exc:
             raise OSError(f"could not bind {self._address}: is the port in use by another program?") from exc
         await self._server.start()

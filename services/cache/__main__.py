@@ -12,6 +12,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from headrace.runtime.aio import run
 from headrace.runtime.config import Settings, load_settings
 from headrace.runtime.server import GrpcServiceHost, ServiceRegistration, serve
+from headrace.runtime.service_certs import Role
+from headrace.runtime.service_identity import service_identity
 from headrace.runtime.telemetry import build_tracer_provider, configure_logging, start_metrics_server
 from headrace.v1 import cache_pb2_grpc
 from services.cache.embedder import BatchingEmbedder, MiniLmEncoder, TextEncoder
@@ -76,6 +78,7 @@ def build_cache(
         port=settings.cache.port if port is None else port,
         limits=settings.limits,
         tracer_provider=tracer_provider or build_tracer_provider("headrace-cache", settings.telemetry),
+        identity=service_identity(settings, Role.CACHE),
     )
     sweeper: list[asyncio.Task[None]] = []
 

@@ -3,12 +3,17 @@ and back, and notes each lookup's outcome on the trace."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Iterator
 
 import grpc.aio
 from opentelemetry import trace
+from redis.exceptions import RedisError
 
-from headrace.runtime.errors import InvalidArgument
+from headrace.runtime.errors import InvalidArgument, Unavailable
+from headrace.runtime.log_limits import RepeatLimitedLog
 from headrace.v1 import cache_pb2, cache_pb2_grpc, generation_pb2
 from services.cache import metrics
 from services.cache.entry_store import InvalidateCriteria
@@ -21,6 +26,7 @@ _OUTCOMES = {
     Outcome.HIT_EXACT: generation_pb2.CACHE_OUTCOME_HIT_EXACT,
     Outcome.HIT_SEMANTIC: generation_pb2.CACHE_OUTCOME_HIT_SEMANTIC,
 }
+log = logging.getLogger(__name__)
 MAX_INVALIDATE_IDS = 1024
 MAX_INVALIDATE_TAGS = 256
 
@@ -74,6 +80,21 @@ def criteria_from(request: cache_pb2.InvalidateRequest) -> InvalidateCriteria:
     )
 
 
+# Redis down fails every call the same way: one log line per interval.
+_OUTAGES = RepeatLimitedLog(log, interval_s=30.0)
+
+
+@contextlib.contextmanager
+def redis_outage_as_unavailable(method: str) -> Iterator[None]:
+    """Redis unreachable: UNAVAILABLE with a short Retry-After (the router
+    answers from the engine meanwhile), logged without a traceback per call."""
+    try:
+        yield
+    except RedisError as exc:
+        _OUTAGES.warning(type(exc).__name__, "cache store (Redis) unavailable in %s: %s", method, exc)
+        raise Unavailable(f"the cache's store is unavailable ({type(exc).__name__})", retry_after_s=1) from None
+
+
 class CacheServicer(cache_pb2_grpc.CacheServicer):
     def __init__(self, cache: ResponseCache) -> None:
         self._cache = cache
@@ -83,7 +104,8 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
     ) -> cache_pb2.CacheLookupResponse:
         started = time.perf_counter()
         partition = partition_of(request.tenant, request.model_version)
-        result = await self._cache.lookup(partition, request.request)
+        with redis_outage_as_unavailable("Lookup"):
+            result = await self._cache.lookup(partition, request.request)
         metrics.LOOKUPS.labels(outcome=result.outcome.value).inc()
         metrics.LOOKUP_SECONDS.labels(outcome=result.outcome.value).observe(time.perf_counter() - started)
         _note_on_trace(result)
@@ -95,13 +117,14 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
         partition = partition_of(request.tenant, request.model_version)
         # What a hit replies with, less what each hit fills in.
         answer = cache_pb2.CacheLookupResponse(response=request.response, deltas=request.deltas)
-        result = await self._cache.store(
-            partition,
-            request.request,
-            request.response,
-            answer=answer.SerializeToString(),
-            request_age_s=request.request_age_s,
-        )
+        with redis_outage_as_unavailable("Store"):
+            result = await self._cache.store(
+                partition,
+                request.request,
+                request.response,
+                answer=answer.SerializeToString(),
+                request_age_s=request.request_age_s,
+            )
         return cache_pb2.CacheStoreResponse(
             stored=result.stored, entry_id=result.entry_id, reason=result.reason, semantic=result.semantic
         )
@@ -109,5 +132,7 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
     async def Invalidate(
         self, request: cache_pb2.InvalidateRequest, context: grpc.aio.ServicerContext
     ) -> cache_pb2.InvalidateResponse:
-        removed = await self._cache.invalidate(criteria_from(request))
+        criteria = criteria_from(request)
+        with redis_outage_as_unavailable("Invalidate"):
+            removed = await self._cache.invalidate(criteria)
         return cache_pb2.InvalidateResponse(removed=removed)

@@ -21,6 +21,8 @@ from headrace.runtime.channels import ChannelPool, open_channel
 from headrace.runtime.config import Settings, load_settings
 from headrace.runtime.errors import HeadraceError
 from headrace.runtime.server import GrpcServiceHost, ServiceRegistration, serve
+from headrace.runtime.service_certs import Role
+from headrace.runtime.service_identity import service_identity
 from headrace.runtime.telemetry import build_tracer_provider, configure_logging, start_metrics_server
 from headrace.v1 import cache_pb2_grpc, router_pb2_grpc, scheduler_pb2_grpc
 from services.router.batch_forwarding import BatchForwarder
@@ -70,13 +72,21 @@ def build_router(
 ) -> RouterApp:
     """`http_routers`: more APIRouters for the gateway, beside /v1/files and /v1/batches."""
     tracer_provider = tracer_provider or build_tracer_provider("headrace-router", settings.telemetry)
+    # The router's own credential for the internal hops (its public port
+    # authenticates API keys instead).
+    identity = service_identity(settings, Role.ROUTER)
     scheduler_channel = open_channel(
-        scheduler_target or f"{settings.scheduler.host}:{settings.scheduler.port}", settings.limits
+        scheduler_target or f"{settings.scheduler.host}:{settings.scheduler.port}",
+        settings.limits,
+        identity,
+        server=Role.SCHEDULER,
     )
-    cache_channel = open_channel(cache_target or f"{settings.cache.host}:{settings.cache.port}", settings.limits)
+    cache_channel = open_channel(
+        cache_target or f"{settings.cache.host}:{settings.cache.port}", settings.limits, identity, server=Role.CACHE
+    )
     scheduler = scheduler_pb2_grpc.SchedulerStub(scheduler_channel)
     cache = cache_pb2_grpc.CacheStub(cache_channel)
-    workers = ChannelPool(settings.limits)
+    workers = ChannelPool(settings.limits, identity, server=Role.WORKER)
     background = BackgroundTasks()
     registry = ModelRegistry(settings)
     leasing = Leasing(scheduler, background, renew_margin_s=settings.router.lease_renew_margin_s)
@@ -133,6 +143,8 @@ def build_router(
         limits=settings.limits,
         tracer_provider=tracer_provider,
         authenticator=authenticator,
+        # The public door: API keys, not service certificates.
+        identity=None,
     )
     readiness = Readiness()
     http: HttpServer | None = None

@@ -14,10 +14,14 @@ from headrace.request_rules.cache_policy import bypass_reason
 from headrace.request_rules.served_by import cache_header_value
 from headrace.runtime.channels import call_options
 from headrace.runtime.config import CacheSettings
+from headrace.runtime.log_limits import RepeatLimitedLog
 from headrace.v1 import cache_pb2, cache_pb2_grpc, generation_pb2
 from services.router import metrics
 
 log = logging.getLogger(__name__)
+# A cache that is down fails every request alike: counted in metrics,
+# logged once per interval.
+_FAILURES = RepeatLimitedLog(log)
 
 
 class CacheClient:
@@ -40,7 +44,9 @@ class CacheClient:
             return response
         except grpc.aio.AioRpcError as exc:
             metrics.CACHE_ERRORS.labels(op="lookup", code=exc.code().name).inc()
-            log.warning("cache lookup failed (%s): answering without the cache", exc.code().name)
+            _FAILURES.warning(
+                ("lookup", exc.code()), "cache lookup failed (%s): answering without the cache", exc.code().name
+            )
             return bypass
 
     async def store(
@@ -72,7 +78,7 @@ class CacheClient:
             )
         except grpc.aio.AioRpcError as exc:
             metrics.CACHE_ERRORS.labels(op="store", code=exc.code().name).inc()
-            log.warning("cache store failed (%s)", exc.code().name)
+            _FAILURES.warning(("store", exc.code()), "cache store failed (%s)", exc.code().name)
 
 
 def note_on_trace(route: generation_pb2.RouteInfo) -> None:

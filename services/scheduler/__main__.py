@@ -7,6 +7,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from headrace.runtime.aio import run
 from headrace.runtime.config import Settings, load_settings
 from headrace.runtime.server import GrpcServiceHost, ServiceRegistration, serve
+from headrace.runtime.service_certs import Role
+from headrace.runtime.service_identity import service_identity
 from headrace.runtime.telemetry import build_tracer_provider, configure_logging, start_metrics_server
 from headrace.v1 import scheduler_pb2_grpc
 from services.scheduler.batch_server import BatchRpcs
@@ -36,6 +38,7 @@ def build_host(
         port=settings.scheduler.port if port is None else port,
         limits=settings.limits,
         tracer_provider=tracer_provider or build_tracer_provider("headrace-scheduler", settings.telemetry),
+        identity=service_identity(settings, Role.SCHEDULER),
     )
 
 

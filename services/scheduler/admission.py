@@ -14,6 +14,10 @@ standard) waiter is queued, and only on slots left over after the batch
 headroom: an online request waits at most one scheduling step for a slot
 batch work could have taken.
 
+The queue holds as many waiters as the pool drains within
+max_expected_wait_s, and a refusal's retry-after is when the queue ahead
+will have drained (wait_bound.py).
+
 Every waiter ends one way: leased; refused at once (queue full:
 RESOURCE_EXHAUSTED + retry-after); pushed out by more important or fairer
 work (the same); out of time (the caller's deadline: DEADLINE_EXCEEDED;
@@ -28,7 +32,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +42,7 @@ from services.scheduler.capacity import SlotModel
 from services.scheduler.fair_queue import FairQueue
 from services.scheduler.leases import LeaseRecord, LeaseTable
 from services.scheduler.placement import PlacementPolicy, PlacementRequest
+from services.scheduler.wait_bound import WaitBound
 from services.scheduler.worker_roster import WorkerRoster, WorkerState
 
 log = logging.getLogger(__name__)
@@ -67,30 +71,6 @@ class Waiter:
     enqueued_at: float
     # When no live worker could take it any more (None: one could).
     orphaned_since: float | None = None
-
-
-class _RateMeter:
-    """Events per second over a sliding window of whole seconds."""
-
-    def __init__(self, window_s: int = 5) -> None:
-        self._window_s = window_s
-        self._buckets: deque[list[int]] = deque()
-
-    def add(self, now: float) -> None:
-        second = int(now)
-        if self._buckets and self._buckets[-1][0] == second:
-            self._buckets[-1][1] += 1
-        else:
-            self._buckets.append([second, 1])
-        self._trim(second)
-
-    def rate(self, now: float) -> float:
-        self._trim(int(now))
-        return sum(count for _, count in self._buckets) / self._window_s
-
-    def _trim(self, second: int) -> None:
-        while self._buckets and self._buckets[0][0] <= second - self._window_s:
-            self._buckets.popleft()
 
 
 def request_tokens(request: PlacementRequest) -> int:
@@ -126,7 +106,8 @@ class PoolAdmission:
         self._orphan_grace_s = orphan_grace_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._grants = _RateMeter()
+        # Queue bound and retry-after from the pool's drain rate.
+        self.wait_bound = WaitBound(max_wait_s=settings.max_expected_wait_s, ceiling=settings.queue_limit)
         # Leases granted so far.
         self.granted = 0
         self._closed = False
@@ -171,11 +152,13 @@ class PoolAdmission:
             placement = await self._place_now(waiter)
             if placement is not None:
                 return placement
+        self.queue.limit = self.wait_bound.limit(self.nominal_slots())
         admission = self.queue.push(waiter, cls=priority, tenant=request.tenant, cost=request_cost(request))
         if not admission.admitted:
             self._reject(priority, "queue_full")
             raise QueueFull(
-                f"no free slot in pool {self.pool!r} and its queue is full ({self.queue.limit} waiting); retry later",
+                f"no free slot in pool {self.pool!r} and its queue is full ({self.queue.limit} waiting, "
+                f"about {self.settings.max_expected_wait_s:g}s of work); retry later",
                 retry_after_s=self.retry_after_s(),
             )
         if admission.evicted is not None:
@@ -238,11 +221,8 @@ class PoolAdmission:
         return waiter.future.result()
 
     def retry_after_s(self) -> float:
-        """When a slot is likely: the queue ahead over the recent grant rate."""
-        rate = self._grants.rate(time.monotonic())
-        if rate <= 0:
-            return 1.0
-        return min(30.0, max(1.0, len(self.queue) / rate))
+        """When a slot is likely: once the queue ahead has drained."""
+        return self.wait_bound.retry_after_s(len(self.queue), self.nominal_slots())
 
     def _abandon(self, waiter: Waiter) -> None:
         """The caller gives up: free its place, or the lease it just got."""
@@ -258,6 +238,10 @@ class PoolAdmission:
 
     def release(self, lease: LeaseRecord) -> LeaseRecord | None:
         released = self._leases.release(lease.lease_id, self._registry.get(lease.worker_id))
+        now = time.monotonic()
+        if released is not None and now < released.expires_at:
+            # Released by its holder (an expired lease says nothing of the engine).
+            self.wait_bound.observe_hold(now - released.granted_at)
         self.kick()
         return released
 
@@ -342,7 +326,6 @@ class PoolAdmission:
             self.queue.take(waiter)
         self.granted += 1
         now = time.monotonic()
-        self._grants.add(now)
         waited = now - waiter.enqueued_at
         self._placed.inc()
         self._queue_wait[min(request.priority, BATCH)].observe(waited)
@@ -384,6 +367,13 @@ class PoolAdmission:
             for s in (workers if workers is not None else self.workers())
             if self._registry.accepting(s, now)
         )
+
+    def nominal_slots(self) -> int:
+        """Sequences the live workers run at once when busy: what the drain
+        rate scales with (capacity() is what they take now, 0 while full)."""
+        now = time.monotonic()
+        default = self.settings.default_worker_slots
+        return sum(s.load.capacity or default for s in self.workers() if self._registry.accepting(s, now))
 
     def refresh_gauges(self) -> None:
         workers = self.workers()

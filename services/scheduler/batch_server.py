@@ -3,9 +3,10 @@ the router passed on, and delegate to BatchJobs."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 
-from headrace.batch.store import FileRecord, JobRecord
+from headrace.batch.store import STORE_DOWN_ERRORS, FileRecord, JobRecord, store_unavailable
 from headrace.runtime.request_context import current_tenant
 from headrace.v1 import batch_pb2
 from services.scheduler.batch_jobs import BatchJobs, SubmitSpec
@@ -73,48 +74,67 @@ class BatchRpcs:
     """The batch half of the Scheduler servicer (SchedulerServicer forwards
     these RPCs here)."""
 
-    def __init__(self, jobs: BatchJobs) -> None:
+    def __init__(self, jobs: BatchJobs, *, store_retry_after_s: float = 5.0) -> None:
         self._jobs = jobs
+        self._store_retry_after_s = store_retry_after_s
+
+    @contextlib.contextmanager
+    def _store_answers(self) -> Iterator[None]:
+        """Redis down or frozen: UNAVAILABLE with retry-after (HTTP 503),
+        at once, rather than INTERNAL or a wait until the caller gives up."""
+        try:
+            yield
+        except STORE_DOWN_ERRORS as exc:
+            raise store_unavailable(exc, retry_after_s=self._store_retry_after_s) from exc
 
     async def SubmitBatch(self, request: batch_pb2.SubmitBatchRequest) -> batch_pb2.BatchJob:
-        spec = SubmitSpec(
-            input_jsonl=request.input_jsonl,
-            input_file_id=request.input_file_id,
-            endpoint=request.endpoint,
-            completion_window=request.completion_window,
-            metadata=dict(request.metadata),
-        )
-        return job_to_proto(await self._jobs.submit(current_tenant(), spec))
+        with self._store_answers():
+            spec = SubmitSpec(
+                input_jsonl=request.input_jsonl,
+                input_file_id=request.input_file_id,
+                endpoint=request.endpoint,
+                completion_window=request.completion_window,
+                metadata=dict(request.metadata),
+            )
+            return job_to_proto(await self._jobs.submit(current_tenant(), spec))
 
     async def GetBatch(self, request: batch_pb2.GetBatchRequest) -> batch_pb2.BatchJob:
-        return job_to_proto(await self._jobs.get(current_tenant(), request.batch_id))
+        with self._store_answers():
+            return job_to_proto(await self._jobs.get(current_tenant(), request.batch_id))
 
     async def CancelBatch(self, request: batch_pb2.CancelBatchRequest) -> batch_pb2.BatchJob:
-        return job_to_proto(await self._jobs.cancel(current_tenant(), request.batch_id))
+        with self._store_answers():
+            return job_to_proto(await self._jobs.cancel(current_tenant(), request.batch_id))
 
     async def ListBatches(self, request: batch_pb2.ListBatchesRequest) -> batch_pb2.ListBatchesResponse:
-        jobs, has_more = await self._jobs.list(current_tenant(), limit=request.limit, after=request.after)
-        return batch_pb2.ListBatchesResponse(batches=[job_to_proto(job) for job in jobs], has_more=has_more)
+        with self._store_answers():
+            jobs, has_more = await self._jobs.list(current_tenant(), limit=request.limit, after=request.after)
+            return batch_pb2.ListBatchesResponse(batches=[job_to_proto(job) for job in jobs], has_more=has_more)
 
     async def StreamBatchResults(
         self, request: batch_pb2.StreamBatchResultsRequest
     ) -> AsyncIterator[batch_pb2.BatchResult]:
-        async for result in self._jobs.results(current_tenant(), request.batch_id, follow=request.follow):
-            yield result
+        with self._store_answers():
+            async for result in self._jobs.results(current_tenant(), request.batch_id, follow=request.follow):
+                yield result
 
     async def UploadFile(self, request: batch_pb2.UploadFileRequest) -> batch_pb2.FileInfo:
-        record = await self._jobs.upload_file(
-            current_tenant(), filename=request.filename, purpose=request.purpose, content=request.content
-        )
-        return file_to_proto(record)
+        with self._store_answers():
+            record = await self._jobs.upload_file(
+                current_tenant(), filename=request.filename, purpose=request.purpose, content=request.content
+            )
+            return file_to_proto(record)
 
     async def GetFile(self, request: batch_pb2.GetFileRequest) -> batch_pb2.FileInfo:
-        return file_to_proto(await self._jobs.get_file(current_tenant(), request.file_id))
+        with self._store_answers():
+            return file_to_proto(await self._jobs.get_file(current_tenant(), request.file_id))
 
     async def GetFileContent(self, request: batch_pb2.GetFileContentRequest) -> batch_pb2.FileContent:
-        record, content = await self._jobs.file_content(current_tenant(), request.file_id)
-        return batch_pb2.FileContent(info=file_to_proto(record), content=content)
+        with self._store_answers():
+            record, content = await self._jobs.file_content(current_tenant(), request.file_id)
+            return batch_pb2.FileContent(info=file_to_proto(record), content=content)
 
     async def DeleteFile(self, request: batch_pb2.DeleteFileRequest) -> batch_pb2.DeleteFileResponse:
-        await self._jobs.delete_file(current_tenant(), request.file_id)
-        return batch_pb2.DeleteFileResponse(file_id=request.file_id, deleted=True)
+        with self._store_answers():
+            await self._jobs.delete_file(current_tenant(), request.file_id)
+            return batch_pb2.DeleteFileResponse(file_id=request.file_id, deleted=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from opentelemetry.trace import TracerProvider
 
 from headrace.batch.queue import CeleryChunkPublisher, build_celery_app
-from headrace.batch.store import BatchStore, open_redis
+from headrace.batch.store import BatchStore, open_redis_for_requests
 from headrace.runtime.config import Settings
 from services.scheduler.batch_jobs import BatchJobs
 from services.scheduler.batch_server import BatchRpcs
@@ -32,8 +32,15 @@ class BatchService:
 
 def build_batch_service(settings: Settings, tracer_provider: TracerProvider | None = None) -> BatchService:
     batch = settings.batch
-    store = BatchStore(open_redis(settings.redis_url), prefix=batch.key_prefix, retention_s=batch.retention_s)
+    # Callers wait on this store: bounded timeouts, a fast 503 when Redis is down.
+    store = BatchStore(
+        open_redis_for_requests(settings.redis_url, timeout_s=batch.store_timeout_s),
+        prefix=batch.key_prefix,
+        retention_s=batch.retention_s,
+        max_block_ms=int(batch.store_timeout_s * 1000 / 2),
+    )
     publisher = CeleryChunkPublisher(build_celery_app(settings, name="headrace-scheduler"))
     tracer = tracer_provider.get_tracer("headrace.scheduler.batch") if tracer_provider is not None else None
     jobs = BatchJobs(settings=settings, store=store, publisher=publisher, tracer=tracer)
-    return BatchService(jobs=jobs, rpcs=BatchRpcs(jobs), store=store, publisher=publisher)
+    rpcs = BatchRpcs(jobs, store_retry_after_s=batch.store_unavailable_retry_after_s)
+    return BatchService(jobs=jobs, rpcs=rpcs, store=store, publisher=publisher)

@@ -19,6 +19,7 @@ class LeaseRecord:
     request_id: str
     model_version: str
     tokens: int
+    granted_at: float
     # time.monotonic() after which the lease expires, and the same moment in
     # wall-clock milliseconds for the caller.
     expires_at: float
@@ -42,6 +43,7 @@ class LeaseTable:
             request_id=request_id,
             model_version=model_version,
             tokens=tokens,
+            granted_at=now,
             expires_at=now + self._ttl_s,
             expires_at_ms=int((time.time() + self._ttl_s) * 1000),
         )

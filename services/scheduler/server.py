@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 import grpc.aio
 
 from headrace.runtime.config import SchedulerSettings
-from headrace.runtime.errors import InvalidArgument, NotFound, Unimplemented
+from headrace.runtime.errors import InvalidArgument, NotFound, PermissionDenied, Unimplemented
 from headrace.runtime.request_context import remaining_s
+from headrace.runtime.service_identity import current_peer
 from headrace.v1 import batch_pb2, generation_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler.admission import PRIORITY_NAMES
 from services.scheduler.batch_server import BatchRpcs
@@ -158,6 +159,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         try:
             async for report in request_iterator:
                 first = state is None
+                _check_announced_endpoint(report.worker.endpoint)
                 state = self._dispatcher.report(
                     identity_from_proto(report.worker), load_from_proto(report.load), draining=report.draining
                 )
@@ -254,3 +256,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, request: batch_pb2.DeleteFileRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.DeleteFileResponse:
         return await self._batch().DeleteFile(request)
+
+
+def _check_announced_endpoint(endpoint: str) -> None:
+    """With service identity, a worker may announce only a host its
+    certificate names: a stolen worker credential cannot draw requests to
+    a machine of the thief's choosing."""
+    peer = current_peer()
+    if peer is not None and not peer.may_announce(endpoint):
+        raise PermissionDenied(
+            f"this worker's certificate does not name the host of {endpoint!r}; "
+            "issue it one that does (`headrace certs issue --role worker --host HOST`)"
+        )

@@ -14,6 +14,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from headrace.runtime.aio import run
 from headrace.runtime.config import Settings, load_settings
 from headrace.runtime.server import GrpcServiceHost, ServiceRegistration, serve
+from headrace.runtime.service_certs import Role
+from headrace.runtime.service_identity import service_identity
 from headrace.runtime.telemetry import build_tracer_provider, configure_logging, start_metrics_server
 from headrace.v1 import scheduler_pb2, worker_pb2_grpc
 from services.worker.engines import build_engine
@@ -50,6 +52,7 @@ def build_worker(
     engine = build_engine(settings.pool_engine(pool), models_dir=settings.models_dir)
     servicer = WorkerServicer(engine, model_versions=model_versions, limits=settings.limits)
     worker_id = f"{pool}-{index}"
+    identity = service_identity(settings, Role.WORKER)
     host = GrpcServiceHost(
         [
             ServiceRegistration(
@@ -60,12 +63,14 @@ def build_worker(
         port=port,
         limits=settings.limits,
         tracer_provider=tracer_provider or build_tracer_provider(f"headrace-worker-{worker_id}", settings.telemetry),
+        identity=identity,
     )
     reporter = LoadReporter(
         scheduler_targets=scheduler_targets or [f"{settings.scheduler.host}:{settings.scheduler.port}"],
         worker=scheduler_pb2.WorkerInfo(worker_id=worker_id, pool=pool, models=model_versions, engine=engine.kind),
         engine=engine,
         limits=settings.limits,
+        identity=identity,
         interval_s=settings.scheduler.report_interval_ms / 1000.0,
     )
     return WorkerApp(host=host, reporter=reporter, engine=engine)

@@ -14,6 +14,8 @@ import grpc.aio
 
 from headrace.runtime.channels import open_channel
 from headrace.runtime.config import LimitSettings
+from headrace.runtime.service_certs import Role
+from headrace.runtime.service_identity import ServiceIdentity
 from headrace.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.worker.convert import stats_to_load
 from services.worker.engines.base import Engine
@@ -29,12 +31,16 @@ class LoadReporter:
         worker: scheduler_pb2.WorkerInfo,
         engine: Engine,
         limits: LimitSettings,
+        identity: ServiceIdentity | None,
         interval_s: float = 0.5,
     ) -> None:
+        """`identity`: the worker's credential (its certificate must name the
+        host it announces), None in open dev mode."""
         self._targets = scheduler_targets
         self._worker = worker
         self._engine = engine
         self._limits = limits
+        self._identity = identity
         self._interval_s = interval_s
         self._draining = False
         self._wake = asyncio.Event()
@@ -62,7 +68,7 @@ class LoadReporter:
 
     async def _keep_stream(self, target: str) -> None:
         backoff = 0.1
-        async with open_channel(target, self._limits) as channel:
+        async with open_channel(target, self._limits, self._identity, server=Role.SCHEDULER) as channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
             while True:
                 try:

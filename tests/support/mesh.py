@@ -12,8 +12,11 @@ import grpc.aio
 import redis.asyncio as aioredis
 from opentelemetry.sdk.trace import TracerProvider
 
+from headrace.runtime.channels import open_channel
 from headrace.runtime.config import Settings
 from headrace.runtime.server import GrpcServiceHost
+from headrace.runtime.service_certs import Role
+from headrace.runtime.service_identity import service_identity
 from headrace.v1 import router_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, worker_pb2_grpc
 from services.cache.__main__ import CacheApp, build_cache
 from services.cache.embedder import TextEncoder
@@ -23,6 +26,7 @@ from services.scheduler.__main__ import build_host as build_scheduler_host
 from services.scheduler.batch_wiring import BatchService, build_batch_service
 from services.scheduler.dispatcher import Dispatcher
 from services.worker.__main__ import WorkerApp, build_worker, start_worker
+from tests.support.identity import with_service_identity
 
 
 @dataclass
@@ -52,9 +56,23 @@ class InProcessMesh:
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def channel(self, address: str) -> grpc.aio.Channel:
-        channel = grpc.aio.insecure_channel(address)
+        """A channel to one of the mesh's servers. To the internal ones the
+        test calls as the router (with its certificate when the mesh has
+        service identity); the router's own port is public."""
+        if address == self.router_address:
+            channel = grpc.aio.insecure_channel(address)
+        else:
+            identity = service_identity(self.settings, Role.ROUTER)
+            channel = open_channel(address, self.settings.limits, identity, server=self._role_at(address))
         self._channels.append(channel)
         return channel
+
+    def _role_at(self, address: str) -> Role:
+        if address == self.scheduler_address:
+            return Role.SCHEDULER
+        if address == self.cache_address:
+            return Role.CACHE
+        return Role.WORKER
 
     def router_stub(self) -> router_pb2_grpc.RouterStub:
         return router_pb2_grpc.RouterStub(self.channel(self.router_address))
@@ -123,7 +141,9 @@ async def start_mesh(
 ) -> InProcessMesh:
     """`encoder`: a loaded embedding model, for meshes with the semantic cache
     on. `http`: also start the router's HTTP gateway, on a free port
-    (mesh.http_url)."""
+    (mesh.http_url). With API keys configured, the mesh gets service
+    certificates (as from `headrace up`): mesh.settings has them."""
+    settings = with_service_identity(settings)
     dispatcher = build_dispatcher(settings)
     await dispatcher.start()
     batch = build_batch_service(settings, tracer_provider)

@@ -1,17 +1,20 @@
 """Request bodies: bounded in size (413 past the limit, before the body is
-read when Content-Length says so), parsed as JSON, and validated into the
-protocol's models with errors that name the field (400)."""
+read when Content-Length says so), decoded as bounded JSON (UTF-8, no lone
+surrogates, nesting bounded: headrace/request_rules/json_input.py) and
+validated into the protocol's models, with errors that name the field
+(400). Every JSON body and WebSocket message the gateway takes comes
+through here."""
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from headrace.runtime.errors import InvalidArgument, PayloadTooLarge
+from headrace.request_rules.json_input import JsonInputError, loads_bounded
+from headrace.runtime.errors import Cancelled, InvalidArgument, PayloadTooLarge
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -29,10 +32,15 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_large(int(declared), max_bytes)
     received = bytearray()
-    async for chunk in request.stream():
-        received += chunk
-        if len(received) > max_bytes:
-            raise too_large(len(received), max_bytes)
+    try:
+        async for chunk in request.stream():
+            received += chunk
+            if len(received) > max_bytes:
+                raise too_large(len(received), max_bytes)
+    except ClientDisconnect:
+        # Gone mid-body, or cut off by the server's body read timeout
+        # (http_limits.py): nobody is left to answer, and no bug to log.
+        raise Cancelled("request body: the client went away before sending all of it") from None
     return bytes(received)
 
 
@@ -59,17 +67,26 @@ def describe(error: ValidationError) -> str:
     return "; ".join(dict.fromkeys(messages))
 
 
-def parse_model(raw: bytes | str, model: type[M]) -> M:
+def parse_object(raw: bytes | str) -> dict[str, Any]:
+    """A JSON object from a body or message, or InvalidArgument (400)."""
     try:
-        data: Any = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidArgument(f"request body: not valid JSON ({exc})") from exc
+        data: Any = loads_bounded(raw)
+    except JsonInputError as exc:
+        raise InvalidArgument(exc.message) from None
     if not isinstance(data, dict):
         raise InvalidArgument("request body: expected a JSON object")
+    return data
+
+
+def validate_model(data: dict[str, Any], model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise InvalidArgument(describe(exc)) from exc
+
+
+def parse_model(raw: bytes | str, model: type[M]) -> M:
+    return validate_model(parse_object(raw), model)
 
 
 async def read_model(request: Request, model: type[M], *, max_bytes: int) -> M:

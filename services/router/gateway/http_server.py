@@ -20,6 +20,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from headrace.runtime.config import GatewaySettings
+from services.router.gateway.http_limits import limited_protocol
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class HttpServer:
             access_log=False,
             server_header=False,
             ws_max_size=settings.max_body_bytes,
+            # Head size, read timeouts and the connection cap (http_limits.py).
+            http=limited_protocol(settings),
+            timeout_keep_alive=settings.keepalive_timeout_s,
             # Never None (wait forever): at least a second.
             timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_grace_s)),
         )

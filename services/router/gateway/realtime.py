@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -47,7 +46,7 @@ from headrace.v1 import generation_pb2
 from services.router.flow_protocols import closing
 from services.router.gateway import convert, metrics
 from services.router.gateway.answers import until_stopped
-from services.router.gateway.body import parse_model
+from services.router.gateway.body import parse_object, validate_model
 from services.router.gateway.dependencies import GatewayServices
 from services.router.gateway.errors import as_headrace_error, error_detail, internal_error
 from services.router.gateway.protocol import (
@@ -101,7 +100,13 @@ class _Session:
         requests queue (bounded)."""
         try:
             while True:
-                text = await self._ws.receive_text()
+                received = await self._ws.receive()
+                if received["type"] == "websocket.disconnect":
+                    break
+                text = received.get("text")
+                if text is None:
+                    await self._send_error(None, InvalidArgument("expected JSON in a text message, got binary"))
+                    continue
                 try:
                     message = _parse(text)
                 except InvalidArgument as exc:
@@ -116,6 +121,13 @@ class _Session:
         except (WebSocketDisconnect, ClientGone, RuntimeError):
             # RuntimeError: Starlette's "not connected" once the socket closed.
             pass
+        except Exception:
+            # A bug, not the client's doing: say so and close as a server
+            # error (1011) rather than drop the socket without a word.
+            log.exception("realtime session failed reading a message")
+            with contextlib.suppress(Exception):
+                await self._send_error(None, internal_error())
+                await self._ws.close(code=1011)
         finally:
             self._gone.set()
 
@@ -235,13 +247,12 @@ class _Session:
 
 
 def _parse(text: str) -> RealtimeChatRequest | RealtimeCancel:
-    kind = None
-    with contextlib.suppress(ValueError, AttributeError):
-        kind = json.loads(text).get("type")
+    data = parse_object(text)
+    kind = data.get("type")
     if kind == "chat.request":
-        return parse_model(text, RealtimeChatRequest)
+        return validate_model(data, RealtimeChatRequest)
     if kind == "chat.cancel":
-        return parse_model(text, RealtimeCancel)
+        return validate_model(data, RealtimeCancel)
     raise InvalidArgument(f"type: expected 'chat.request' or 'chat.cancel', got {kind!r}")
 
 

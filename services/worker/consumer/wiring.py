@@ -19,12 +19,15 @@ from opentelemetry.trace import TracerProvider
 from headrace.batch.queue import build_celery_app, consumer_heartbeat_key, consumer_name, queue_name
 from headrace.batch.store import BatchStore, open_redis
 from headrace.runtime.config import Settings
+from headrace.runtime.service_certs import Role
+from headrace.runtime.service_identity import service_identity
 from headrace.runtime.telemetry import build_tracer_provider
 from services.worker.consumer.admission import AdmissionGate
 from services.worker.consumer.attempt_errors import ChunkTimedOut
 from services.worker.consumer.chunk_runner import ChunkRunner
 from services.worker.consumer.loop_thread import LoopThread
 from services.worker.consumer.tasks import register_batch_tasks
+from services.worker.consumer.visibility import VisibilityExtender, delivered_tags
 from services.worker.consumer.worker_client import WorkerClient
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,9 @@ class BatchConsumer:
         self._loop = LoopThread(f"{self.name}-loop")
         self._loop.start()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._extender: asyncio.Task[None] | None = None
+        # The Celery consumer (set by the heartbeat step): where the held messages are.
+        self._celery_consumer: Any = None
         self.runner: ChunkRunner
         self.store: BatchStore
         self._client: WorkerClient
@@ -74,6 +80,7 @@ class BatchConsumer:
             self.settings.limits,
             worker_id=self._worker_id,
             price_per_hour=self.settings.pools[self.pool].price_per_hour,
+            identity=service_identity(self.settings, Role.CONSUMER),
         )
         self._gate = AdmissionGate(
             self._client,
@@ -124,12 +131,27 @@ class BatchConsumer:
         )
         return worker
 
-    def start_heartbeat(self) -> None:
+    def start_heartbeat(self, celery_consumer: Any = None) -> None:
+        self._celery_consumer = celery_consumer
         self._loop.loop.call_soon_threadsafe(self._start_heartbeat)
 
     def _start_heartbeat(self) -> None:
         if self._heartbeat is None:
             self._heartbeat = asyncio.create_task(self._beat(), name="batch-consumer-heartbeat")
+        if self._extender is None:
+            extender = VisibilityExtender(
+                self.store.redis,
+                key_prefix=self.settings.batch.key_prefix,
+                visibility_timeout_s=self.settings.batch.visibility_timeout_s,
+                held_tags=self._held_tags,
+            )
+            self._extender = asyncio.create_task(extender.run(), name="batch-visibility-renewal")
+
+    def _held_tags(self) -> list[str]:
+        """The messages this consumer holds unacknowledged (none while it reconnects)."""
+        task_consumer = getattr(self._celery_consumer, "task_consumer", None)
+        channel = getattr(task_consumer, "channel", None)
+        return delivered_tags(getattr(channel, "qos", None))
 
     async def _beat(self) -> None:
         key = consumer_heartbeat_key(self.settings, self.name)
@@ -141,6 +163,10 @@ class BatchConsumer:
             await asyncio.sleep(HEARTBEAT_EVERY_S)
 
     async def _close(self) -> None:
+        if self._extender is not None:
+            self._extender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._extender
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -166,6 +192,6 @@ def _heartbeat_step(consumer: BatchConsumer) -> type[bootsteps.StartStopStep]:
         requires = ("celery.worker.consumer.tasks:Tasks",)
 
         def start(self, parent: Any) -> None:
-            consumer.start_heartbeat()
+            consumer.start_heartbeat(parent)
 
     return Heartbeat

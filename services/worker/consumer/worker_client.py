@@ -12,6 +12,8 @@ import grpc.aio
 from headrace.runtime.channels import open_channel, outgoing_metadata
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.request_context import REQUEST_ID_KEY, TENANT_KEY
+from headrace.runtime.service_certs import Role
+from headrace.runtime.service_identity import ServiceIdentity
 from headrace.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
 from services.worker.consumer.admission import WorkerLoadReading
 from services.worker.consumer.attempt_errors import AttemptError, WorkerUnavailable
@@ -32,9 +34,16 @@ _PERMANENT = frozenset(
 
 class WorkerClient:
     def __init__(
-        self, address: str, limits: LimitSettings, *, worker_id: str, price_per_hour: float, load_timeout_s: float = 1.0
+        self,
+        address: str,
+        limits: LimitSettings,
+        *,
+        worker_id: str,
+        price_per_hour: float,
+        identity: ServiceIdentity | None = None,
+        load_timeout_s: float = 1.0,
     ) -> None:
-        self._channel = open_channel(address, limits)
+        self._channel = open_channel(address, limits, identity, server=Role.WORKER)
         self._stub = worker_pb2_grpc.WorkerStub(self._channel)
         self._worker_id = worker_id
         self._price_per_hour = price_per_hour

@@ -6,6 +6,7 @@ engine, paced so a job takes a few seconds)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from headrace.local.redis_server import RedisServer
-from headrace.runtime.config import Settings
+from headrace.runtime.config import BatchSettings, Settings
 from headrace.v1 import batch_pb2
 from tests.integration.batch.conftest import batch_settings
 from tests.support.batch import (
@@ -102,10 +103,20 @@ async def assert_every_row_once(mesh: InProcessMesh, job: batch_pb2.BatchJob, ro
     )
 
 
+# The recovery settings as shipped: what a user gets after a kill -9.
+DEFAULT_RECOVERY = {
+    name: BatchSettings.model_fields[name].default
+    for name in ("visibility_timeout_s", "restore_interval_s", "chunk_timeout_s")
+}
+
+
+@pytest.mark.slow
 async def test_a_consumer_killed_mid_job_loses_no_row_and_doubles_none(
     tmp_path: Path, redis_server: RedisServer, consumers: list[ConsumerProcess]
 ) -> None:
-    mesh = await start_mesh(fault_settings(redis_server.url, max_inflight_rows=8))
+    # Default visibility timeout, sweep and chunk timeout: the victim's
+    # chunks come back because it stops renewing them, in seconds.
+    mesh = await start_mesh(fault_settings(redis_server.url, max_inflight_rows=8, **DEFAULT_RECOVERY))
     try:
         victim, survivor = await start_consumers(mesh, 2, tmp_path, consumers)
         stub = mesh.router_stub()
@@ -124,10 +135,17 @@ async def test_a_consumer_killed_mid_job_loses_no_row_and_doubles_none(
             job.id, [row for row, who in started.items() if who.startswith(f"{victim.name}:")]
         )
         victim.kill()
+        killed_at = time.monotonic()
+
+        async def interrupted_done() -> bool:
+            return not await store.unfinished(job.id, interrupted)
+
+        # The bound is generous (the target is 18 s): a loaded machine is slow.
+        await wait_until(interrupted_done, timeout_s=90, what="the victim's rows to be run again")
+        # Reported, not asserted (bench/ holds timings): how long the rows stood.
+        print(f"\nrecovery after kill -9: the victim's rows done {time.monotonic() - killed_at:.1f}s after")
         done = await wait_for_job(stub, job.id, timeout_s=60)
         await assert_every_row_once(mesh, done, 48)
-        # The rows the victim was running when it died were run again.
-        assert not await store.unfinished(job.id, interrupted)
         assert survivor.process.poll() is None
     finally:
         await mesh.close()
@@ -183,5 +201,33 @@ async def test_cancel_mid_job_starts_no_new_row_and_keeps_finished_ones(redis_se
         content = await stub.GetFileContent(batch_pb2.GetFileContentRequest(file_id=done.output_file_id))
         assert len(parse_jsonl(content.content)) == done.request_counts.completed
         assert len(await results(stub, job.id)) == finished
+    finally:
+        await mesh.close()
+
+
+@pytest.mark.slow
+async def test_a_chunk_running_past_the_visibility_timeout_is_not_handed_out_twice(
+    tmp_path: Path, redis_server: RedisServer, consumers: list[ConsumerProcess]
+) -> None:
+    # Rows of 4 s against a 2 s visibility timeout swept every second: only
+    # the running consumer's renewals keep its chunks from the idle one.
+    slow = {**SLOW_POOLS, "smollm2": {"engine": {"kind": "synthetic", "ttft_ms": 20, "tokens_per_s": 2}}}
+    settings = batch_settings(
+        redis_server.url,
+        pools=slow,
+        batch={"visibility_timeout_s": 2, "restore_interval_s": 1, "chunk_timeout_s": 60, "max_inflight_rows": 8},
+    )
+    mesh = await start_mesh(settings)
+    try:
+        await start_consumers(mesh, 2, tmp_path, consumers)
+        stub = mesh.router_stub()
+        store = mesh.batch.store if mesh.batch else None
+        assert store is not None
+        job = await stub.SubmitBatch(batch_pb2.SubmitBatchRequest(input_jsonl=chat_rows(8, max_tokens=ROW_TOKENS)))
+        done = await wait_for_job(stub, job.id, timeout_s=60)
+        await assert_every_row_once(mesh, done, 8)
+        attempts = await store.redis.hgetall(store.job_key(job.id, "attempts"))
+        assert len(attempts) == 8
+        assert {int(v) for v in attempts.values()} == {1}, attempts
     finally:
         await mesh.close()

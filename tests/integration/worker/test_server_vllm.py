@@ -36,6 +36,7 @@ async def worker_address(vllm_engine: VllmEngine) -> AsyncIterator[str]:
         host="127.0.0.1",
         port=0,
         limits=LimitSettings(),
+        identity=None,
     )
     port = await host.start()
     yield f"127.0.0.1:{port}"

@@ -108,6 +108,13 @@ def test_blank_lines_are_skipped_and_lines_keep_their_numbers() -> None:
     [
         (b"{not json\n", (1, "invalid_json_line", "")),
         (b"[1, 2]\n", (1, "invalid_json_line", "")),
+        # Valid JSON that protobuf would refuse, or the decoder choke on.
+        (
+            line({**CHAT, "messages": [{"role": "user", "content": "\ud800"}]}),
+            (1, "invalid_json_line", "body.messages[0].content"),
+        ),
+        (line(CHAT, custom_id="\udc00"), (1, "invalid_json_line", "custom_id")),
+        (b'{"custom_id": ' + b"[" * 5000 + b"]" * 5000 + b"}\n", (1, "invalid_json_line", "")),
         (line(CHAT, custom_id=""), (1, "missing_required_parameter", "custom_id")),
         (line(CHAT, custom_id="x" * 513), (1, "invalid_value", "custom_id")),
         (line(CHAT, method="GET"), (1, "invalid_value", "method")),

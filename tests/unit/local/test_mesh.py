@@ -43,3 +43,26 @@ def test_a_scheduler_that_does_not_answer_yet_is_asked_again_until_the_deadline(
     mesh = LocalMesh(Settings(state_dir=tmp_path))
     with pytest.raises(MeshError, match="did not register"):
         mesh._wait_workers_registered(_plan(tmp_path, scheduler_pid=os.getpid()), time.monotonic() + 0.5)
+
+
+def test_each_autoscaled_pool_keeps_ports_for_its_most_workers(tmp_path: Path) -> None:
+    settings = Settings(
+        state_dir=str(tmp_path),
+        pools={
+            "a": {"workers": 1, "engine": {"kind": "synthetic"}},
+            "b": {"workers": 2, "engine": {"kind": "synthetic"}},
+            "c": {"workers": 1, "engine": {"kind": "synthetic"}},
+        },
+        models={name: {"default_version": "1", "versions": {"1": {"pool": name}}} for name in "abc"},
+        default_model="a",
+        scheduler={"pools": {"a": {"autoscale": {"enabled": True, "min_workers": 1, "max_workers": 3}}}},
+        worker={"base_port": 50061},
+    )  # type: ignore[arg-type]
+    mesh = LocalMesh(settings)
+    # a may grow to 3 (50061-50063), b has its 2 (50064-50065), then c.
+    assert [mesh.worker_port("a", i) for i in range(3)] == [50061, 50062, 50063]
+    assert [mesh.worker_port("b", i) for i in range(2)] == [50064, 50065]
+    assert mesh.worker_port("c", 0) == 50066
+    names = [p.name for p in mesh.plan()]
+    # Each pool starts with its configured count; a's others come when the autoscaler asks.
+    assert [n for n in names if n.startswith("worker-")] == ["worker-a-0", "worker-b-0", "worker-b-1", "worker-c-0"]

@@ -38,9 +38,22 @@ def test_open_dev_mode_refuses_non_loopback_binds() -> None:
         Settings(router={"host": "0.0.0.0"})
 
 
-def test_with_api_keys_any_address_may_be_bound() -> None:
+def test_with_api_keys_the_router_may_bind_any_address() -> None:
     settings = Settings(router={"host": "0.0.0.0"}, tenants={"acme": {"api_key_sha256": [hash_api_key("k")]}})
     assert settings.auth_enabled
+
+
+@pytest.mark.parametrize("section", ["cache", "scheduler", "worker"])
+def test_internal_services_leave_loopback_only_with_service_identity(section: str, tmp_path: Path) -> None:
+    # API keys guard the router's door; they say nothing of who calls the cache.
+    overrides: dict[str, Any] = {
+        section: {"host": "0.0.0.0"},
+        "tenants": {"acme": {"api_key_sha256": [hash_api_key("k")]}},
+    }
+    with pytest.raises(ValueError, match="refusing to bind '0.0.0.0': internal_tls.certs_dir is not set"):
+        Settings(**overrides)
+    settings = Settings(**overrides, internal_tls={"certs_dir": str(tmp_path)})
+    assert settings.internal_tls.certs_dir == tmp_path
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ from headrace.runtime import errors
         (errors.InvalidArgument("x"), grpc.StatusCode.INVALID_ARGUMENT, 400),
         (errors.Unauthenticated("x"), grpc.StatusCode.UNAUTHENTICATED, 401),
         (errors.NotFound("x"), grpc.StatusCode.NOT_FOUND, 404),
-        (errors.PayloadTooLarge("x"), grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
+        # The request's fault, not load: never RESOURCE_EXHAUSTED.
+        (errors.PayloadTooLarge("x"), grpc.StatusCode.INVALID_ARGUMENT, 413),
         (errors.QueueFull("x"), grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
         (errors.RateLimited("x"), grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
         (errors.NoWorkerAvailable("x"), grpc.StatusCode.UNAVAILABLE, 503),
@@ -49,3 +50,30 @@ def test_unknown_codes_become_internal() -> None:
     rebuilt = errors.error_from_status(grpc.StatusCode.DATA_LOSS, None)
     assert isinstance(rebuilt, errors.Internal)
     assert rebuilt.message == "data_loss"
+
+
+def test_a_payload_too_large_keeps_its_kind_across_a_hop() -> None:
+    error = errors.PayloadTooLarge("file: 9000000 bytes is over the limit of 8000000")
+    trailers = errors.status_trailers(error)
+    assert trailers == (("headrace-error", "payload-too-large"),)
+    rebuilt = errors.error_from_status(errors.status_code_for(error), error.message, trailers)
+    assert isinstance(rebuilt, errors.PayloadTooLarge) and rebuilt.message == error.message
+    # Without the trailer, INVALID_ARGUMENT is a plain 400.
+    assert type(errors.error_from_status(grpc.StatusCode.INVALID_ARGUMENT, "x", ())) is errors.InvalidArgument
+
+
+@pytest.mark.parametrize(
+    ("details", "expected"),
+    [
+        ("SERVER: Received message larger than max (2000001 vs. 1048576)", errors.PayloadTooLarge),
+        ("CLIENT: Sent message larger than max (2001 vs. 1000)", errors.PayloadTooLarge),
+        ("received metadata size exceeds hard limit (value length 20000 vs. 16384)", errors.PayloadTooLarge),
+        ("Stream removed (CLIENT: Received message larger than max (2 vs. 1))", errors.Internal),
+        ("queue full", errors.ResourceExhausted),
+    ],
+)
+def test_grpc_size_checks_never_pass_for_load(details: str, expected: type[errors.HeadraceError]) -> None:
+    rebuilt = errors.error_from_status(grpc.StatusCode.RESOURCE_EXHAUSTED, details, ())
+    assert type(rebuilt) is expected
+    assert details in rebuilt.message
+    assert errors.http_status_for(rebuilt) != 429 or expected is errors.ResourceExhausted

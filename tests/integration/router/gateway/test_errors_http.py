@@ -41,6 +41,17 @@ async def http(gateway_mesh: InProcessMesh) -> AsyncIterator[httpx.AsyncClient]:
     ("body", "headers", "message"),
     [
         (b"{not json", {}, "request body: not valid JSON"),
+        # Valid JSON, but not text: protobuf would refuse it deep inside.
+        (
+            b'{"model": "smollm2", "messages": [{"role": "user", "content": "a\\ud800b"}]}',
+            {},
+            "messages[0].content: not valid Unicode (a lone UTF-16 surrogate, \\ud800, at character 1)",
+        ),
+        (b'{"model": "smollm2", "user": "\\udfff"}', {}, "user: not valid Unicode"),
+        (b"\xed\xa0\x80", {}, "request body: not UTF-8"),
+        # Deeper than any request nests, and far deeper than the decoder's stack.
+        (b'{"metadata": ' + b"[" * 1000 + b"]" * 1000 + b"}", {}, "request body: nested deeper than 64 levels"),
+        (b'{"metadata": ' + b"[" * 100 + b"]" * 100 + b"}", {}, "request body: nested deeper than 64 levels"),
         (chat(frobnicate=True), {}, "Unrecognized request argument supplied: frobnicate"),
         (chat(max_tokens=100_000), {}, "max_tokens: 100000 is outside [1, 512]"),
         (chat(messages=[{"role": "user", "content": "y" * 20_000}]), {}, "over the limit of 10000"),

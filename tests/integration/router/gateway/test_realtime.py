@@ -80,6 +80,17 @@ async def test_errors_are_messages_and_the_socket_stays_usable(gateway_mesh: InP
         await ws.send(json.dumps({"type": "chat.request", "request": {"messages": []}}))
         error = await receive(ws)
         assert error["status"] == 400 and "request.messages" in error["error"]["message"]
+        # Not text (a lone surrogate), nested past any request, or binary:
+        # each answered by name, and the socket stays open.
+        await ws.send(request("s", 2, user="\ud800"))
+        error = await receive(ws)
+        assert error["status"] == 400 and "request.user: not valid Unicode" in error["error"]["message"]
+        await ws.send('{"type": "chat.request", "request": ' + "[" * 1000 + "]" * 1000 + "}")
+        error = await receive(ws)
+        assert error["status"] == 400 and "nested deeper than 64 levels" in error["error"]["message"]
+        await ws.send(b'{"type": "chat.cancel"}')
+        error = await receive(ws)
+        assert error["status"] == 400 and "got binary" in error["error"]["message"]
         await ws.send(request("ok", 1))
         assert (await until(ws, "chat.done"))[-1]["id"] == "ok"
 
