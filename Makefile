@@ -20,7 +20,7 @@ PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # buf breaking compares the protos with this git revision.
 BUF_AGAINST ?= HEAD~1
 PYTEST_ARGS ?=
-BENCHMARKS := bench-overhead bench-engine bench-placement bench-overload bench-gateway bench-connection-limits bench-cache bench-routing bench-batch
+BENCHMARKS := bench-autoscale bench-overhead bench-engine bench-placement bench-overload bench-gateway bench-connection-limits bench-cache bench-routing bench-batch
 # protoc finds its mypy plugins (protoc-gen-mypy) in the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -145,6 +145,12 @@ bench-gateway: install
 
 bench-connection-limits: install
 	$(PY) -m bench.connection_limits
+
+# A ramp to 10x replayed against static max / static min / the autoscaler
+# with the local actuator (synthetic engine with a start-up delay).
+BENCH_AUTOSCALE_ARGS ?=
+bench-autoscale: install
+	$(PY) -m bench.autoscale $(BENCH_AUTOSCALE_ARGS)
 
 # Semantic cache hit rate and wrong hits on held-out paraphrase pairs; lookup latency.
 bench-cache: install

@@ -9,6 +9,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -55,9 +57,13 @@ class MeshUnderTest:
 
 
 @contextmanager
-def running_mesh(config: dict[str, Any], *, timeout_s: float = 900.0) -> Iterator[MeshUnderTest]:
+def running_mesh(
+    config: dict[str, Any], *, timeout_s: float = 900.0, supervised: bool = False
+) -> Iterator[MeshUnderTest]:
     """Start the mesh described by `config` (YAML-shaped) on free ports with
-    a private Redis, and stop all of it afterwards."""
+    a private Redis, and stop all of it afterwards. `supervised`: as
+    `headrace up --detach` starts it, under its supervisor (restarts, and
+    the local autoscaling actuator)."""
     with tempfile.TemporaryDirectory(prefix="headrace-bench-") as tmp:
         redis = RedisServer(Path(tmp) / "redis", appendonly=False)
         redis.start()
@@ -74,7 +80,7 @@ def running_mesh(config: dict[str, Any], *, timeout_s: float = 900.0) -> Iterato
             "cache": {"port": free_port(), "metrics_port": free_port(), **config.get("cache", {})},
             "scheduler": {"port": free_port(), "metrics_port": free_port(), **config.get("scheduler", {})},
             "worker": {
-                "base_port": free_port_run(sum(spec.get("workers", 1) for spec in config.get("pools", {}).values())),
+                "base_port": free_port_run(_worker_ports(config)),
                 "metrics_port_offset": None,
                 **config.get("worker", {}),
             },
@@ -86,7 +92,11 @@ def running_mesh(config: dict[str, Any], *, timeout_s: float = 900.0) -> Iterato
         try:
             settings = Settings()
             mesh = LocalMesh(settings, echo=lambda line: print(line, flush=True))
-            processes = mesh.up(env_overrides={"HEADRACE_CONFIG": str(config_path)}, timeout_s=timeout_s)
+            if supervised:
+                _headrace_cli("up", "--detach", "--timeout", str(timeout_s))
+                processes = mesh.running()
+            else:
+                processes = mesh.up(env_overrides={"HEADRACE_CONFIG": str(config_path)}, timeout_s=timeout_s)
             try:
                 yield MeshUnderTest(
                     settings=settings,
@@ -103,6 +113,25 @@ def running_mesh(config: dict[str, Any], *, timeout_s: float = 900.0) -> Iterato
             else:
                 os.environ["HEADRACE_CONFIG"] = previous
             redis.stop()
+
+
+def _worker_ports(config: dict[str, Any]) -> int:
+    """Worker ports the mesh may take: each pool's workers, or its
+    autoscaler's max_workers where that is more."""
+    scheduler_pools = config.get("scheduler", {}).get("pools", {})
+    total = 0
+    for name, spec in config.get("pools", {}).items():
+        scaling = scheduler_pools.get(name, {}).get("autoscale", {})
+        workers = spec.get("workers", 1)
+        total += max(workers, scaling.get("max_workers", 4)) if scaling.get("enabled") else workers
+    return total
+
+
+def _headrace_cli(*args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "headrace.cli", *args], capture_output=True, text=True)
+    print(done.stdout, end="", flush=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"headrace {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
 
 
 def _group_members(pgid: int) -> Iterator[tuple[Path, list[str]]]:

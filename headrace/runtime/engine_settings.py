@@ -31,6 +31,9 @@ class SyntheticEngineSettings(_EngineSettings):
     fail_after_tokens: int = Field(default=0, ge=0)
     # Multiplies ttft and per-token time (a slow version for canary tests).
     slowdown: float = Field(default=1.0, gt=0)
+    # Seconds its start takes, as a model load would (cold starts in the
+    # autoscaling benchmark).
+    start_delay_s: float = Field(default=0.0, ge=0, le=3600)
     # Dimensions of its (hash-based) embeddings.
     embedding_dim: int = Field(default=384, ge=1)
     seed: int = 0

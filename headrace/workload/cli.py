@@ -36,6 +36,7 @@ def bench() -> None:
 @click.option("--arrivals", type=click.Choice(["poisson", "bursty"]), default="poisson", show_default=True)
 @click.option("--profile", type=click.Choice(["steady", "ramp"]), default="steady", show_default=True)
 @click.option("--peak-factor", default=10.0, show_default=True, help="ramp: peak rate over the base rate.")
+@click.option("--lead", "lead_s", default=0.0, show_default=True, help="ramp: seconds at the base rate first.")
 @click.option("--ramp", "ramp_s", default=20.0, show_default=True, help="ramp: seconds up (and down).")
 @click.option("--hold", "hold_s", default=20.0, show_default=True, help="ramp: seconds at the peak.")
 @click.option("--repeats", "repeat_share", default=0.2, show_default=True, help="Share of exact repeats.")

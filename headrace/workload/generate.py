@@ -5,8 +5,9 @@ paraphrase; from GPTCache's benchmark data), deterministic for a seed.
 The shape, and the parameter behind each part (`WorkloadShape`):
 - arrivals: a Poisson process at `rate_rps`, or `bursty` (on/off periods,
   `burst_factor` times the rate while on, the same mean overall); a rate
-  profile on top: `steady`, or `ramp` (up to `peak_factor` x over
-  `ramp_s`, held `hold_s`, back down over `ramp_s`: the autoscaler's test);
+  profile on top: `steady`, or `ramp` (after `lead_s` at the base rate, up
+  to `peak_factor` x over `ramp_s`, held `hold_s`, back down over `ramp_s`:
+  the autoscaler's test);
 - repeats: `repeat_share` of requests ask an earlier question again word for
   word, `paraphrase_share` in other words; which earlier question follows a
   Zipf law (`zipf_s`): a few are asked very often, most once;
@@ -53,6 +54,8 @@ class WorkloadShape:
     burst_period_s: float = 5.0
     profile: Profile = "steady"
     peak_factor: float = 10.0
+    # ramp: seconds at the base rate before it starts rising.
+    lead_s: float = 0.0
     ramp_s: float = 20.0
     hold_s: float = 20.0
     repeat_share: float = 0.2
@@ -80,6 +83,9 @@ class WorkloadShape:
     def rate_at(self, t: float) -> float:
         """The profile's request rate at t (before bursts)."""
         if self.profile == "steady":
+            return self.rate_rps
+        t -= self.lead_s
+        if t < 0:
             return self.rate_rps
         up_end, hold_end, down_end = self.ramp_s, self.ramp_s + self.hold_s, 2 * self.ramp_s + self.hold_s
         extra = self.peak_factor - 1.0

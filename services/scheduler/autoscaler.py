@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 
 class SampleWindow:
-    """Recent observations (queue waits, TTFTs) and their p95 over a
-    sliding time window; bounded so a flood of samples cannot grow it."""
+    """Recent observations (queue waits, TTFTs, demand) and their p95 or
+    mean over a sliding time window; bounded so a flood of samples cannot
+    grow it."""
 
     def __init__(self, window_s: float, max_samples: int = 4096) -> None:
         self._window_s = window_s
@@ -42,10 +43,19 @@ class SampleWindow:
     def add(self, now: float, value: float) -> None:
         self._samples.append((now, value))
 
-    def p95(self, now: float) -> float | None:
+    def _trim(self, now: float) -> None:
         cutoff = now - self._window_s
         while self._samples and self._samples[0][0] < cutoff:
             self._samples.popleft()
+
+    def mean(self, now: float) -> float | None:
+        self._trim(now)
+        if not self._samples:
+            return None
+        return sum(value for _, value in self._samples) / len(self._samples)
+
+    def p95(self, now: float) -> float | None:
+        self._trim(now)
         if not self._samples:
             return None
         values = sorted(value for _, value in self._samples)
@@ -67,10 +77,14 @@ class PoolSignals:
     slots_per_worker: float
     queue_wait_p95_s: float | None = None
     ttft_p95_s: float | None = None
+    # Mean of queued + leased over the window: what sizing follows (one
+    # reading is noisy: Poisson arrivals leave a pool idle half the time at
+    # a load one worker carries easily, and bursty the next moment).
+    mean_demand: float | None = None
 
     @property
-    def demand(self) -> int:
-        return self.queued + self.leased
+    def demand(self) -> float:
+        return self.queued + self.leased if self.mean_demand is None else self.mean_demand
 
 
 @dataclass(frozen=True)
@@ -123,7 +137,7 @@ class Autoscaler:
         )
         effective = self._desired if starting else signals.workers
         wanted = math.ceil(signals.demand / (per_worker * s.target_utilisation)) if signals.demand else 0
-        reason = f"demand {signals.demand} sequences at {per_worker:g} per worker, target {s.target_utilisation:g}"
+        reason = f"demand {signals.demand:.1f} sequences at {per_worker:g} per worker, target {s.target_utilisation:g}"
         breach = self._slo_breach(signals)
         if breach and signals.queued > 0 and not starting:
             # Users wait and work queues: one more than there is, at least.
@@ -196,6 +210,7 @@ class PoolAutoscaling:
         self._scalers: dict[str, Autoscaler] = {}
         self._waits: dict[str, SampleWindow] = {}
         self._ttfts: dict[str, SampleWindow] = {}
+        self._demand: dict[str, SampleWindow] = {}
 
     def _window(self, table: dict[str, SampleWindow], pool: str) -> SampleWindow:
         window = table.get(pool)
@@ -219,6 +234,8 @@ class PoolAutoscaling:
         scaler = self._scalers.get(pool)
         if scaler is None:
             scaler = self._scalers[pool] = Autoscaler(pool, settings, initial=self._configured.get(pool, workers))
+        demand = self._window(self._demand, pool)
+        demand.add(now, queued + leased)
         return scaler.decide(
             PoolSignals(
                 now=now,
@@ -228,6 +245,7 @@ class PoolAutoscaling:
                 slots_per_worker=slots_per_worker,
                 queue_wait_p95_s=self._window(self._waits, pool).p95(now),
                 ttft_p95_s=self._window(self._ttfts, pool).p95(now),
+                mean_demand=demand.mean(now),
             )
         )
 

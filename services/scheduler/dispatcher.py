@@ -213,8 +213,11 @@ class Dispatcher:
         """A new reading of the pool for its worker-count decision."""
         admission = self.admission(pool)
         workers = admission.workers()
-        capacity = admission.capacity(workers)
-        per_worker = capacity / len(workers) if workers else float(admission.settings.default_worker_slots)
+        # What a worker holds when busy (capacity() is what it takes now: it
+        # shrinks while the engine queues, which is no reason to want more).
+        per_worker = (
+            admission.nominal_slots() / len(workers) if workers else float(admission.settings.default_worker_slots)
+        )
         decision = self.autoscaling.evaluate(
             pool,
             now=now,

@@ -37,7 +37,8 @@ class SyntheticEngine:
         self._closed = False
 
     async def start(self) -> None:
-        return None
+        if self._settings.start_delay_s:
+            await asyncio.sleep(self._settings.start_delay_s)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         settings = self._settings
