@@ -1,7 +1,8 @@
 # Headrace: `make up` runs the mesh and a sample request; `make test` runs the tests.
 # Both install what they need first: the Python venv in .venv, and redis-server
-# from Debian/Ubuntu's packages when it is missing. Only the proto checks (make
-# check-protos, lint, test) also need buf, from npm, in .tools (make proto-tools).
+# from Debian/Ubuntu's packages when it is missing. Only the checks need more:
+# buf, from npm, in .tools (make proto-tools: check-protos, lint) and promtool,
+# Debian's prometheus (make monitoring-tools: check-monitoring); make test has both.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -24,7 +25,7 @@ BENCHMARKS := bench-autoscale bench-overhead bench-engine bench-placement bench-
 # protoc finds its mypy plugins (protoc-gen-mypy) in the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install install-test system-deps proto-tools lock protos check-protos lint test test-unit up down status bench $(BENCHMARKS) clean
+.PHONY: help install install-test system-deps proto-tools monitoring-tools lock protos check-protos check-monitoring lint test test-unit up down status bench $(BENCHMARKS) clean
 
 help:
 	@echo "make up             install, start the mesh (Redis too if needed), send a sample request"
@@ -33,6 +34,7 @@ help:
 	@echo "make test-unit      the fast unit tests only"
 	@echo "make protos         regenerate headrace/v1 from protos/"
 	@echo "make lock           regenerate requirements/lock.txt from requirements/direct.txt"
+	@echo "make check-monitoring  promtool: Prometheus config, SLO rules and their alert unit tests"
 	@echo "make bench          every benchmark (results in bench/results/, table in README.md)"
 
 system-deps:
@@ -86,13 +88,24 @@ check-protos: $(VENV)/.installed proto-tools
 		echo "no breaking change against $(BUF_AGAINST)"; \
 	else echo "buf breaking: $(BUF_AGAINST) has no protos/ to compare with; skipped"; fi
 
+# The shipped Prometheus config and rules are valid, and every alert fires
+# (and stays quiet) as its unit tests say; promtool is Debian's `prometheus`
+# (make monitoring-tools: only this check needs it, make up does not).
+monitoring-tools:
+	@command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq prometheus; }
+
+check-monitoring: monitoring-tools
+	promtool check config compose/prometheus/prometheus.yml
+	promtool check rules compose/prometheus/rules/*.yml
+	promtool test rules compose/prometheus/tests/*.yml
+
 lint: $(VENV)/.installed proto-tools
 	$(BUF) lint protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy headrace services bench tests
 
-test: install-test check-protos lint
+test: install-test check-protos check-monitoring lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(VENV)/.installed

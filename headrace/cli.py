@@ -27,6 +27,7 @@ import click
 import grpc
 
 from headrace.client import DEFAULT_TARGET, HeadraceClient
+from headrace.cost_report import cost_rows, format_table
 from headrace.local.deployment_secrets import local_deployment
 from headrace.local.mesh import LocalMesh, health_state
 from headrace.models import store as model_store
@@ -192,6 +193,15 @@ def _pool_lines(settings: Settings) -> list[str]:
             f"({pool.desired_reason}); {pool.leased}/{pool.capacity} slots leased, {queued} queued"
         )
     return lines
+
+
+@main.command()
+@click.option("--window", default="1h", show_default=True, help="Time window, as Prometheus writes it: 15m, 1h, 7d.")
+@click.option("--prometheus", default=None, help="Prometheus URL (default: telemetry.prometheus_url).")
+def cost(window: str, prometheus: str | None) -> None:
+    """What each tenant's answers cost per model over a time window (from Prometheus)."""
+    url = prometheus or _settings().telemetry.prometheus_url
+    click.echo(format_table(cost_rows(url, window), window))
 
 
 @main.command()

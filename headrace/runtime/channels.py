@@ -21,6 +21,9 @@ from headrace.runtime.request_context import REQUEST_ID_KEY, TENANT_KEY, deadlin
 from headrace.runtime.service_certs import Role, server_name
 from headrace.runtime.service_identity import ServiceIdentity
 
+# Clients ping an idle connection this often (servers accept it: server.py).
+CLIENT_KEEPALIVE_TIME_MS = 10_000
+
 
 def channel_options(limits: LimitSettings) -> list[tuple[str, Any]]:
     """Options shared by servers and channels: message sizes are bounded,
@@ -28,7 +31,7 @@ def channel_options(limits: LimitSettings) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_send_message_length", limits.max_message_bytes),
         ("grpc.max_receive_message_length", limits.max_message_bytes),
-        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_time_ms", CLIENT_KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),

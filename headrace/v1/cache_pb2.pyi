@@ -62,6 +62,7 @@ class CacheLookupResponse(_message.Message):
     ENTRY_ID_FIELD_NUMBER: _builtins.int
     AGE_S_FIELD_NUMBER: _builtins.int
     DELTAS_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
     outcome: _generation_pb2.CacheOutcome.ValueType
     """MISS, HIT_EXACT, HIT_SEMANTIC, or BYPASS when the request may not be
     answered from the cache.
@@ -71,6 +72,10 @@ class CacheLookupResponse(_message.Message):
     entry_id: _builtins.str
     age_s: _builtins.float
     """How old the entry is."""
+    verdict: _builtins.str
+    """A semantic hit: the verifier that agreed and its verdict, as
+    "<verifier>:<verdict>", e.g. "lexical:accept". Empty otherwise.
+    """
     @_builtins.property
     def response(self) -> _generation_pb2.GenerateResponse: ...
     @_builtins.property
@@ -88,10 +93,11 @@ class CacheLookupResponse(_message.Message):
         entry_id: _builtins.str = ...,
         age_s: _builtins.float = ...,
         deltas: _abc.Iterable[Global___CachedDelta] | None = ...,
+        verdict: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_s", b"age_s", "deltas", b"deltas", "entry_id", b"entry_id", "outcome", b"outcome", "response", b"response", "similarity", b"similarity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_s", b"age_s", "deltas", b"deltas", "entry_id", b"entry_id", "outcome", b"outcome", "response", b"response", "similarity", b"similarity", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

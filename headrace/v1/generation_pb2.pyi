@@ -424,6 +424,7 @@ class RouteInfo(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     DEPRECATION_FIELD_NUMBER: _builtins.int
+    CACHE_VERDICT_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     """The model version that served the answer, e.g. "smollm2@1"."""
     reason: _builtins.str
@@ -441,6 +442,10 @@ class RouteInfo(_message.Message):
     """Placements tried, 1 when the first one succeeded."""
     deprecation: _builtins.str
     """Set when the model version is deprecated: what to move to."""
+    cache_verdict: _builtins.str
+    """A semantic hit: the cache's verifier and its verdict, as
+    "<verifier>:<verdict>" (e.g. "lexical:accept"); empty otherwise.
+    """
     def __init__(
         self,
         *,
@@ -452,10 +457,11 @@ class RouteInfo(_message.Message):
         worker_id: _builtins.str = ...,
         attempts: _builtins.int = ...,
         deprecation: _builtins.str = ...,
+        cache_verdict: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache", b"cache", "cache_entry_id", b"cache_entry_id", "cache_similarity", b"cache_similarity", "deprecation", b"deprecation", "model_version", b"model_version", "reason", b"reason", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache", b"cache", "cache_entry_id", b"cache_entry_id", "cache_similarity", b"cache_similarity", "cache_verdict", b"cache_verdict", "deprecation", b"deprecation", "model_version", b"model_version", "reason", b"reason", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -21,8 +21,10 @@ from services.cache.embedding_cache import EmbeddingCache
 from services.cache.entry_store import EntryStore
 from services.cache.response_cache import ResponseCache, SemanticParts
 from services.cache.semantic_index import SemanticIndex
+from services.cache.semantic_serving import SemanticServing
 from services.cache.server import CacheServicer
 from services.cache.vector_index import HnswParams
+from services.cache.verifier import AcceptAll, HitVerifier, LexicalVerifier
 
 
 @dataclass
@@ -56,8 +58,11 @@ def build_cache(
         embedder = BatchingEmbedder(
             encoder, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, max_pending=config.max_pending
         )
+        verifier: HitVerifier = LexicalVerifier() if config.verifier == "lexical" else AcceptAll()
         semantic = SemanticParts(
             encoder=encoder,
+            verifier=verifier,
+            serving=SemanticServing.from_record(config, model_id=encoder.model_id, verifier=verifier.name),
             embeddings=EmbeddingCache(
                 client, embedder, model_id=encoder.model_id, dimension=encoder.dimension, ttl_s=config.embedding_ttl_s
             ),
@@ -71,7 +76,7 @@ def build_cache(
             ),
         )
     cache = ResponseCache(store, settings.cache, semantic)
-    servicer = CacheServicer(cache)
+    servicer = CacheServicer(cache, reply_margin_s=settings.cache.lookup_reply_margin_ms / 1000.0)
     host = GrpcServiceHost(
         [ServiceRegistration("headrace.v1.Cache", lambda s: cache_pb2_grpc.add_CacheServicer_to_server(servicer, s))],
         host=settings.cache.host,

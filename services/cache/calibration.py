@@ -1,22 +1,26 @@
-"""Calibrate the semantic cache's similarity threshold on labelled pairs,
-for a target wrong-hit rate, instead of guessing it.
+"""Calibrate the semantic cache: the similarity threshold that, with the
+verifier after the vector search, keeps the wrong hits within the goals on
+labelled pairs, instead of a guessed number.
 
-    python -m services.cache.calibration [--data PATH] [--target 0.01]
+    python -m services.cache.calibration [--pairs PATH] [--docs-pairs PATH]
 
-Data: paraphrase-pairs.json in the project's shared data folder, pairs
-{"origin", "similar"}. The split is fixed and never tuned: a pair belongs to
-the calibration split when SHA-256 of its normalized origin, read as a
-number from its first 8 hex digits, is even; the others are held out (only
-bench/cache.py measures them). Pairs with the same origin share a split.
+Data and counting: services/cache/evaluation.py (bench/data/
+semantic-cache-pairs.txt, a fixed calibration / held-out split). The
+threshold is the lowest on the 0.005 grid (from 0.80) at which, on the
+calibration part, >= 99% of all hits are right and no near-miss category
+gets more than 1% wrong hits. The held-out part is then scored with it,
+and the goals there (the same two, plus >= 55% of paraphrases hit) decide
+`goals_met`: with `cache.semantic.serve: auto` (the default), semantic
+hits are served only where the record says the goals were met for the
+embedding model, verifier and threshold in use (docs/cache.md).
 
-What is measured is the cache's own rule: the calibration split's origins
-are stored, each paraphrase is looked up, the nearest origin answers when
-its cosine similarity reaches the threshold. A hit is correct when that
-origin is the paraphrase's own (same normalized text), wrong otherwise.
-The threshold is the smallest value on a 0.005 grid whose wrong-hit rate
-(wrong hits / hits) is at most the target. The result, with its provenance,
-goes to services/cache/calibration.json; SemanticCacheSettings carries the
-value (a unit test keeps the two equal).
+`--docs-pairs` (paraphrase-pairs.json from the shared data folder:
+documentation sentences and their paraphrases) is scored too, held out
+whole, and recorded for information: it does not decide anything.
+
+The result and its provenance go to services/cache/calibration.json;
+SemanticCacheSettings' default threshold is the value there (a unit test
+keeps the two equal).
 """
 
 from __future__ import annotations
@@ -25,132 +29,109 @@ import argparse
 import hashlib
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
-from services.cache.embedder import MiniLmEncoder, TextEncoder, Vectors
+from services.cache.embedder import MiniLmEncoder, TextEncoder
+from services.cache.evaluation import (
+    GOALS,
+    PAIRS,
+    PARAPHRASE,
+    LabelledPair,
+    Report,
+    Scored,
+    choose_threshold,
+    load_labelled,
+    normalize,
+    split,
+)
+from services.cache.verifier import HitVerifier, LexicalVerifier
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "paraphrase-pairs.json"
+DEFAULT_DOCS_PAIRS = REPO_ROOT.parent / "shared" / "data" / "paraphrase-pairs.json"
 RECORD = Path(__file__).with_name("calibration.json")
-TARGET_WRONG_HIT_RATE = 0.01
-GRID = tuple(round(0.5 + 0.005 * i, 3) for i in range(101))  # 0.500 .. 1.000
+
+__all__ = ["RECORD", "calibrate", "goals_met_for", "load_docs_pairs", "normalize"]
 
 
-@dataclass(frozen=True)
-class Pair:
-    origin: str
-    similar: str
+def load_docs_pairs(path: Path) -> list[LabelledPair]:
+    """paraphrase-pairs.json ({"origin", "similar"}) as paraphrase pairs."""
+    return [LabelledPair(PARAPHRASE, str(i["origin"]), str(i["similar"])) for i in json.loads(path.read_text())]
 
 
-def normalize(text: str) -> str:
-    return " ".join(text.lower().split())
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load_pairs(path: Path) -> list[Pair]:
-    return [Pair(str(item["origin"]), str(item["similar"])) for item in json.loads(path.read_text())]
+def _row(report: Report) -> dict[str, object]:
+    return {**report.summary(), "goals_met": report.meets(GOALS)}
 
 
-def in_calibration_split(pair: Pair) -> bool:
-    return int(hashlib.sha256(normalize(pair.origin).encode()).hexdigest()[:8], 16) % 2 == 0
-
-
-def split_pairs(pairs: Sequence[Pair]) -> tuple[list[Pair], list[Pair]]:
-    """(calibration, held out)."""
-    calibration = [p for p in pairs if in_calibration_split(p)]
-    held_out = [p for p in pairs if not in_calibration_split(p)]
-    return calibration, held_out
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    threshold: float
-    queries: int
-    hits: int
-    wrong_hits: int
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hits / self.queries if self.queries else 0.0
-
-    @property
-    def wrong_hit_rate(self) -> float:
-        """Share of hits that answered with another pair's entry."""
-        return self.wrong_hits / self.hits if self.hits else 0.0
-
-
-@dataclass(frozen=True)
-class NearestOrigins:
-    """For each paraphrase: the similarity of the nearest stored origin and
-    whether that origin is its own."""
-
-    similarity: Vectors
-    correct: np.ndarray
-
-
-def nearest_origins(pairs: Sequence[Pair], encoder: TextEncoder) -> NearestOrigins:
-    origins = list(dict.fromkeys(normalize(p.origin) for p in pairs))
-    first_text = {normalize(p.origin): p.origin for p in reversed(pairs)}
-    stored = encoder.encode([first_text[o] for o in origins])
-    queries = encoder.encode([p.similar for p in pairs])
-    scores = queries @ stored.T
-    best = scores.argmax(axis=1)
-    own = np.array([origins.index(normalize(p.origin)) for p in pairs])
-    return NearestOrigins(similarity=scores.max(axis=1).astype(np.float32), correct=best == own)
-
-
-def evaluate(nearest: NearestOrigins, threshold: float) -> Evaluation:
-    hit = nearest.similarity >= threshold
-    return Evaluation(
-        threshold=threshold,
-        queries=len(hit),
-        hits=int(hit.sum()),
-        wrong_hits=int((hit & ~nearest.correct).sum()),
-    )
-
-
-def choose_threshold(nearest: NearestOrigins, target: float, grid: Sequence[float] = GRID) -> Evaluation:
-    """The lowest threshold (most hits) whose wrong-hit rate is <= target."""
-    for threshold in sorted(grid):
-        evaluation = evaluate(nearest, threshold)
-        if evaluation.hits and evaluation.wrong_hit_rate <= target:
-            return evaluation
-    raise ValueError(f"no threshold on the grid reaches a wrong-hit rate of {target:.2%}")
-
-
-def calibrate(data: Path, encoder: TextEncoder, target: float) -> dict[str, object]:
-    pairs = load_pairs(data)
-    calibration, held_out = split_pairs(pairs)
-    chosen = choose_threshold(nearest_origins(calibration, encoder), target)
-    return {
+def calibrate(
+    encoder: TextEncoder, verifier: HitVerifier, *, pairs_path: Path = PAIRS, docs_path: Path | None = None
+) -> dict[str, object]:
+    pairs = load_labelled(pairs_path)
+    calibration, held_out = split(pairs)
+    chosen = choose_threshold(Scored(calibration, encoder, verifier))
+    held = Scored(held_out, encoder, verifier)
+    held_report = held.report(chosen.threshold)
+    record: dict[str, object] = {
         "similarity_threshold": chosen.threshold,
-        "target_wrong_hit_rate": target,
-        "calibration": {**asdict(chosen), "hit_rate": chosen.hit_rate, "wrong_hit_rate": chosen.wrong_hit_rate},
+        "verifier": verifier.name,
         "model": encoder.model_id,
+        "goals": {
+            "min_precision": GOALS.min_precision,
+            "max_contrastive_wrong_rate": GOALS.max_contrastive_wrong_rate,
+            "min_paraphrase_hit_rate": GOALS.min_paraphrase_hit_rate,
+        },
+        # The decision `serve: auto` reads: the held-out part, never tuned on.
+        "goals_met": held_report.meets(GOALS),
+        "calibration": _row(chosen),
+        "held_out": _row(held_report),
+        "held_out_without_verifier": _row(held.report(chosen.threshold, verify=False)),
         "data": {
-            "file": data.name,
-            "sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+            "file": str(pairs_path.relative_to(REPO_ROOT)) if pairs_path.is_relative_to(REPO_ROOT) else str(pairs_path),
+            "sha256": _sha256(pairs_path),
             "pairs": len(pairs),
             "calibration_pairs": len(calibration),
             "held_out_pairs": len(held_out),
         },
-        "split": "calibration: int(sha256(normalized origin)[:8], 16) is even; held out: odd",
-        "rule": "smallest threshold on a 0.005 grid with wrong hits / hits <= target; nearest stored origin",
+        "split": "calibration: int(sha256(normalized stored question)[:8], 16) is even; held out: odd",
+        "rule": "lowest threshold on a 0.005 grid from 0.80 with precision >= 99% and every near-miss category's "
+        "wrong hits <= 1% of its questions on the calibration part",
         "when": time.strftime("%Y-%m-%d"),
         "command": "python -m services.cache.calibration",
     }
+    if docs_path is not None and docs_path.exists():
+        docs = Scored(load_docs_pairs(docs_path), encoder, verifier)
+        record["documentation_sentences"] = {
+            "file": docs_path.name,
+            "sha256": _sha256(docs_path),
+            "with_verifier": _row(docs.report(chosen.threshold)),
+            "without_verifier": _row(docs.report(chosen.threshold, verify=False)),
+        }
+    return record
+
+
+def goals_met_for(record: dict[str, object], *, model_id: str, verifier: str, threshold: float) -> bool:
+    """Whether the record vouches for this model, verifier and threshold
+    (a threshold at or above the calibrated one only hits less)."""
+    calibrated = record.get("similarity_threshold")
+    return (
+        record.get("goals_met") is True
+        and record.get("model") == model_id
+        and record.get("verifier") == verifier
+        and isinstance(calibrated, int | float)
+        and threshold >= calibrated
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--target", type=float, default=TARGET_WRONG_HIT_RATE)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--pairs", type=Path, default=PAIRS)
+    parser.add_argument("--docs-pairs", type=Path, default=DEFAULT_DOCS_PAIRS)
     parser.add_argument("--out", type=Path, default=RECORD)
     args = parser.parse_args()
-    record = calibrate(args.data, MiniLmEncoder(), args.target)
+    record = calibrate(MiniLmEncoder(), LexicalVerifier(), pairs_path=args.pairs, docs_path=args.docs_pairs)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     print(f"written: {args.out}; set cache.semantic.similarity_threshold to {record['similarity_threshold']}")

@@ -15,7 +15,7 @@ from services.cache.partition import embedding_key
 
 
 class Embedder(Protocol):
-    async def embed(self, texts: list[str]) -> Vectors: ...
+    async def embed(self, texts: list[str], *, deadline_s: float | None = None) -> Vectors: ...
 
 
 class EmbeddingCache:
@@ -26,7 +26,9 @@ class EmbeddingCache:
         self._dimension = dimension
         self._ttl_s = ttl_s
 
-    async def embed(self, tenant: str, texts: list[str]) -> Vectors:
+    async def embed(self, tenant: str, texts: list[str], *, deadline_s: float | None = None) -> Vectors:
+        """`deadline_s`: how long the model may take (a lookup's budget);
+        past it, or when it could not make it, EmbedderBusy."""
         keys = [embedding_key(tenant, self._model_id, text) for text in texts]
         stored = cast(list[bytes | None], await self._redis.mget(keys))
         result = np.zeros((len(texts), self._dimension), dtype=np.float32)
@@ -38,7 +40,7 @@ class EmbeddingCache:
                 missing.append(index)
         metrics.EMBEDDINGS.labels(source="redis").inc(len(texts) - len(missing))
         if missing:
-            fresh = await self._embedder.embed([texts[i] for i in missing])
+            fresh = await self._embedder.embed([texts[i] for i in missing], deadline_s=deadline_s)
             metrics.EMBEDDINGS.labels(source="model").inc(len(missing))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for row, index in enumerate(missing):

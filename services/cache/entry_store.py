@@ -116,6 +116,9 @@ class StoredEntry:
     tags: tuple[str, ...]
     # Context scope of a semantic entry, "" otherwise.
     scope: str
+    # The semantic key's text (the last user turn) of a semantic entry, for
+    # the verifier; "" otherwise, and for entries stored before it was kept.
+    text: str = ""
 
     def age_s(self, now: float | None = None) -> float:
         return (now if now is not None else time.time()) - self.created_at
@@ -198,12 +201,25 @@ class EntryStore:
             expires_at=float(fields.get(b"expires_at", b"0")),
             tags=tuple(json.loads(fields.get(b"tags", b"[]"))),
             scope=_text(fields.get(b"scope")),
+            text=_text(fields.get(b"text")),
         )
         if entry.tenant != partition.tenant or entry.model_version != partition.model_version:
             return None
         if entry.expires_at <= (now if now is not None else time.time()):
             return None
         return entry
+
+    async def texts(self, entry_ids: Sequence[str]) -> list[str | None]:
+        """The semantic key text of each entry ("" if it has none), None
+        where the entry is gone: one round trip, so that the verifier can
+        judge every candidate before any answer is read."""
+        if not entry_ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry_id in entry_ids:
+                pipe.hmget(entry_key(entry_id), ["text", "tenant"])
+            rows = cast(list[list[bytes | None]], await pipe.execute())
+        return [None if tenant is None else _text(text) for text, tenant in rows]
 
     async def put(
         self,
@@ -217,6 +233,7 @@ class EntryStore:
         max_entries: int,
         scope: str = "",
         vector: Vectors | None = None,
+        text: str = "",
     ) -> bool:
         """Store the entry; False when an invalidation newer than the
         request that produced it matches it (the answer may be stale)."""
@@ -234,7 +251,7 @@ class EntryStore:
         ]  # fmt: skip
         semantic = vector is not None and bool(scope)
         if semantic and vector is not None:
-            fields += ["scope", scope, "vector", np.asarray(vector, dtype=np.float32).tobytes()]
+            fields += ["scope", scope, "text", text, "vector", np.asarray(vector, dtype=np.float32).tobytes()]
         keys = [
             entry_key(entry_id),
             log_key(partition),

@@ -23,3 +23,8 @@ STORES_REFUSED = Counter("headrace_cache_stores_refused_total", "Answers not sto
 INVALIDATED = Counter("headrace_cache_invalidated_total", "Entries dropped by Invalidate")
 EMBEDDINGS = Counter("headrace_cache_embeddings_total", "Embeddings served, by source", ["source"])
 INDEXED = Gauge("headrace_cache_semantic_entries", "Entries in this replica's semantic index")
+VERDICTS = Counter(
+    "headrace_cache_semantic_verdicts_total",
+    "The verifier's verdicts on semantic candidates above the threshold",
+    ["verdict"],
+)

@@ -26,6 +26,8 @@ from services.cache.partition import Partition
 from services.cache.request_key import exact_key
 from services.cache.semantic_index import SemanticIndex
 from services.cache.semantic_key import SemanticKey, semantic_key, semantic_requested
+from services.cache.semantic_serving import SemanticServing
+from services.cache.verifier import HitVerifier, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 # invalidation watermarks: transit time and clock differences between
 # cache replicas.
 _START_MARGIN_S = 1.0
+# Time kept, out of a lookup's deadline, for what follows the embedding.
+_AFTER_EMBEDDING_S = 0.01
 
 
 class Outcome(Enum):
@@ -50,6 +54,11 @@ class LookupResult:
     # Best similarity seen by a semantic lookup, hit or not.
     best_similarity: float = 0.0
     reason: str = ""
+    # A semantic lookup's verifier and its verdict on the hit, or on the
+    # first candidate it turned down ("accept", "reject:negation", ...).
+    verifier: str = ""
+    verdict: str = ""
+    verdict_detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,8 @@ class SemanticParts:
     encoder: TextEncoder
     embeddings: EmbeddingCache
     index: SemanticIndex
+    verifier: HitVerifier
+    serving: SemanticServing
 
 
 class ResponseCache:
@@ -75,7 +86,12 @@ class ResponseCache:
         self._settings = settings
         self._semantic = semantic
 
-    async def lookup(self, partition: Partition, request: generation_pb2.GenerateRequest) -> LookupResult:
+    async def lookup(
+        self, partition: Partition, request: generation_pb2.GenerateRequest, *, deadline_s: float | None = None
+    ) -> LookupResult:
+        """`deadline_s`: the time left to answer; the embedding gets at most
+        what remains of it (and of lookup_embed_budget_ms)."""
+        deadline_at = None if deadline_s is None else time.monotonic() + deadline_s
         bypass = bypass_reason(request)
         if bypass is not None:
             return LookupResult(Outcome.BYPASS, reason=bypass)
@@ -88,11 +104,15 @@ class ResponseCache:
         if key is None or self._semantic is None:
             metrics.SEMANTIC_SKIPPED.labels(reason=reason).inc()
             return LookupResult(Outcome.MISS, reason=reason)
+        budget_s = self._settings.semantic.lookup_embed_budget_ms / 1000.0
+        if deadline_at is not None:
+            # Leave a little for the search and the read-back after it.
+            budget_s = min(budget_s, deadline_at - time.monotonic() - _AFTER_EMBEDDING_S)
         try:
-            vector = (await self._semantic.embeddings.embed(partition.tenant, [key.text]))[0]
-        except EmbedderBusy:
-            metrics.SEMANTIC_SKIPPED.labels(reason="embedder-busy").inc()
-            return LookupResult(Outcome.MISS, reason="embedder-busy")
+            vector = (await self._semantic.embeddings.embed(partition.tenant, [key.text], deadline_s=budget_s))[0]
+        except EmbedderBusy as exc:
+            metrics.SEMANTIC_SKIPPED.labels(reason=exc.reason).inc()
+            return LookupResult(Outcome.MISS, reason=exc.reason)
         return await self._semantic_lookup(partition, key, vector, max_age)
 
     async def _semantic_lookup(
@@ -102,21 +122,49 @@ class ResponseCache:
         threshold = self._settings.semantic.similarity_threshold
         matches = await self._semantic.index.search(partition, key.scope, vector, self._settings.semantic.candidates)
         best = matches[0].similarity if matches else 0.0
-        for match in matches:
-            if match.similarity < threshold:
-                break
+        verifier = self._semantic.verifier
+        turned_down: Verdict | None = None
+        above = [match for match in matches if match.similarity >= threshold]
+        # The verifier judges every candidate on its text (one round trip)
+        # before any entry, answer and all, is read.
+        texts = await self._store.texts([match.entry_id for match in above])
+        for match, text in zip(above, texts, strict=True):
+            if text is None:
+                # Expired or invalidated elsewhere: this copy is stale.
+                self._semantic.index.remove(partition, [match.entry_id])
+                continue
+            verdict = verifier.verify(key.text, text)
+            metrics.VERDICTS.labels(verdict=verdict.label).inc()
+            if not verdict.accepted:
+                turned_down = turned_down or verdict
+                continue
             now = time.time()
             entry = await self._store.get(match.entry_id, partition, now=now)
             if entry is None:
-                # Expired or invalidated elsewhere: this copy is stale.
                 self._semantic.index.remove(partition, [match.entry_id])
                 continue
             if entry.scope != key.scope or (max_age is not None and entry.age_s(now) > max_age):
                 continue
             metrics.SEMANTIC_SIMILARITY.labels(result="hit").observe(match.similarity)
-            return LookupResult(Outcome.HIT_SEMANTIC, entry=entry, similarity=match.similarity, best_similarity=best)
+            return LookupResult(
+                Outcome.HIT_SEMANTIC,
+                entry=entry,
+                similarity=match.similarity,
+                best_similarity=best,
+                verifier=verifier.name,
+                verdict=verdict.label,
+            )
         if matches:
             metrics.SEMANTIC_SIMILARITY.labels(result="miss").observe(best)
+        if turned_down is not None:
+            return LookupResult(
+                Outcome.MISS,
+                best_similarity=best,
+                reason="verifier",
+                verifier=verifier.name,
+                verdict=turned_down.label,
+                verdict_detail=turned_down.detail,
+            )
         return LookupResult(Outcome.MISS, best_similarity=best)
 
     def _semantic_key(
@@ -127,6 +175,9 @@ class ResponseCache:
             return None, "disabled"
         if not semantic_requested(request.cache, self._settings.semantic.default_on):
             return None, "not-requested"
+        if not self._semantic.serving.serves(partition):
+            # Off by default where the calibration does not vouch for it.
+            return None, "semantic-off"
         key = semantic_key(partition, request)
         if key is None:
             return None, "no-user-turn-last"
@@ -158,8 +209,8 @@ class ResponseCache:
         if key is not None and self._semantic is not None:
             try:
                 vector = (await self._semantic.embeddings.embed(partition.tenant, [key.text]))[0]
-            except EmbedderBusy:
-                metrics.SEMANTIC_SKIPPED.labels(reason="embedder-busy").inc()
+            except EmbedderBusy as exc:
+                metrics.SEMANTIC_SKIPPED.labels(reason=exc.reason).inc()
         # A vector means a key and the semantic parts: a semantic entry.
         scope = key.scope if key is not None and vector is not None else ""
         stored = await self._store.put(
@@ -172,6 +223,7 @@ class ResponseCache:
             max_entries=self._settings.semantic.max_entries_per_partition,
             scope=scope,
             vector=vector,
+            text=key.text if key is not None and vector is not None else "",
         )
         if not stored:
             metrics.STORES_REFUSED.labels(reason="invalidated").inc()

@@ -3,6 +3,7 @@ and back, and notes each lookup's outcome on the trace."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -39,6 +40,8 @@ def _reply(result: LookupResult) -> cache_pb2.CacheLookupResponse:
     reply.similarity = result.similarity
     reply.entry_id = result.entry.entry_id
     reply.age_s = result.entry.age_s()
+    if result.outcome is Outcome.HIT_SEMANTIC:
+        reply.verdict = f"{result.verifier}:{result.verdict}"
     return reply
 
 
@@ -52,6 +55,13 @@ def _note_on_trace(result: LookupResult) -> None:
     if result.entry is not None:
         span.set_attribute("headrace.cache.entry_id", result.entry.entry_id)
         span.set_attribute("headrace.cache.similarity", result.similarity)
+    if result.verdict:
+        # On a semantic hit the verdict that let it through; on a miss the
+        # first candidate the verifier turned down, and why.
+        span.set_attribute("headrace.cache.verifier", result.verifier)
+        span.set_attribute("headrace.cache.verdict", result.verdict)
+        if result.verdict_detail:
+            span.set_attribute("headrace.cache.verdict_detail", result.verdict_detail)
 
 
 def criteria_from(request: cache_pb2.InvalidateRequest) -> InvalidateCriteria:
@@ -96,16 +106,32 @@ def redis_outage_as_unavailable(method: str) -> Iterator[None]:
 
 
 class CacheServicer(cache_pb2_grpc.CacheServicer):
-    def __init__(self, cache: ResponseCache) -> None:
+    def __init__(self, cache: ResponseCache, *, reply_margin_s: float = 0.03) -> None:
         self._cache = cache
+        self._reply_margin_s = reply_margin_s
 
     async def Lookup(
         self, request: cache_pb2.CacheLookupRequest, context: grpc.aio.ServicerContext
     ) -> cache_pb2.CacheLookupResponse:
         started = time.perf_counter()
         partition = partition_of(request.tenant, request.model_version)
+        remaining = context.time_remaining()
         with redis_outage_as_unavailable("Lookup"):
-            result = await self._cache.lookup(partition, request.request)
+            if remaining is None:
+                result = await self._cache.lookup(partition, request.request)
+            else:
+                # Answer before the caller gives up: a miss in time is better
+                # than a DEADLINE_EXCEEDED after the whole wait.
+                budget_s = remaining - self._reply_margin_s
+                try:
+                    if budget_s <= 0:
+                        raise TimeoutError
+                    result = await asyncio.wait_for(
+                        self._cache.lookup(partition, request.request, deadline_s=budget_s), budget_s
+                    )
+                except TimeoutError:
+                    metrics.SEMANTIC_SKIPPED.labels(reason="deadline").inc()
+                    result = LookupResult(Outcome.MISS, reason="deadline")
         metrics.LOOKUPS.labels(outcome=result.outcome.value).inc()
         metrics.LOOKUP_SECONDS.labels(outcome=result.outcome.value).observe(time.perf_counter() - started)
         _note_on_trace(result)

@@ -158,6 +158,7 @@ def build_router(
                 *http_routers,
             ],
             serving=lambda: readiness.serving,
+            tracer_provider=tracer_provider,
         )
         # On the router's host: open dev mode's loopback-only rule covers it.
         http = HttpServer(

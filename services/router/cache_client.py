@@ -88,3 +88,5 @@ def note_on_trace(route: generation_pb2.RouteInfo) -> None:
     if route.cache_entry_id:
         span.set_attribute("headrace.cache.entry_id", route.cache_entry_id)
         span.set_attribute("headrace.cache.similarity", route.cache_similarity)
+    if route.cache_verdict:
+        span.set_attribute("headrace.cache.verdict", route.cache_verdict)

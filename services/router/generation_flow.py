@@ -89,7 +89,10 @@ class GenerationFlow:
         if lookup.outcome in (generation_pb2.CACHE_OUTCOME_HIT_EXACT, generation_pb2.CACHE_OUTCOME_HIT_SEMANTIC):
             route.cache_similarity = lookup.similarity
             route.cache_entry_id = lookup.entry_id
+            route.cache_verdict = lookup.verdict
             note_on_trace(route)
+            # Counted here, for the gRPC and HTTP APIs alike.
+            metrics.count_answer(tenant, route.model_version, route.cache)
             for chunk in cached_stream(lookup, route, request_id, started):
                 yield chunk
             return
@@ -99,7 +102,12 @@ class GenerationFlow:
             chunks = self._generate_cascade(request, decision, route, tenant, request_id, started, answer)
         else:
             chunks = self._generate_routed(request, decision, route, tenant, request_id, started, answer)
+        counted = False
         async for chunk in chunks:
+            if not counted:
+                # An answer is served once its first delta is: count it then.
+                counted = True
+                metrics.count_answer(tenant, route.model_version, route.cache)
             yield chunk
         if answer.last is not None and route.cache != generation_pb2.CACHE_OUTCOME_BYPASS:
             # Stored under the version that answered (a fallback or an
@@ -368,6 +376,11 @@ class GenerationFlow:
         chunk.cost.usd = engine_seconds * resolution.price_per_hour / 3600.0
         chunk.timing.queue_ms = queue_ms
         chunk.timing.total_ms = (time.monotonic() - started) * 1000.0
+        decoded = chunk.usage.completion_tokens - 1
+        if decoded > 0:
+            metrics.TPOT.labels(model=resolution.model_version).observe(
+                max(0.0, chunk.timing.total_ms - chunk.timing.ttft_ms) / 1000.0 / decoded
+            )
         metrics.COMPLETION_TOKENS.labels(tenant=tenant, model=resolution.model_version).inc(
             chunk.usage.completion_tokens
         )

@@ -28,7 +28,6 @@ from headrace.v1 import (
     scheduler_pb2,
     scheduler_pb2_grpc,
 )
-from services.router import metrics
 from services.router.batch_forwarding import BatchForwarder
 from services.router.flow_protocols import Embedding, Generation
 from services.router.routing.layer import RoutingLayer
@@ -70,7 +69,6 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         validate_generate_request(request, self._settings.limits)
         response = await self._generation.complete(request, tenant=current_tenant(), request_id=current_request_id())
         await context.send_initial_metadata(served_by_headers(response.request_id, response.route))
-        metrics.CACHE_OUTCOMES.labels(outcome=generation_pb2.CacheOutcome.Name(response.route.cache)).inc()
         return response
 
     async def GenerateStream(
@@ -83,7 +81,6 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             if first:
                 first = False
                 await context.send_initial_metadata(served_by_headers(request_id, chunk.route))
-                metrics.CACHE_OUTCOMES.labels(outcome=generation_pb2.CacheOutcome.Name(chunk.route.cache)).inc()
             yield chunk
 
     async def Embed(

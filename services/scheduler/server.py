@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc.aio
+from opentelemetry import trace
 
 from headrace.runtime.config import SchedulerSettings
 from headrace.runtime.errors import InvalidArgument, NotFound, PermissionDenied, Unimplemented
@@ -121,6 +122,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     ) -> scheduler_pb2.PlaceResponse:
         placement = await self._dispatcher.place(placement_from_proto(request), timeout_s=remaining_s())
         lease = placement.lease
+        # On the Place span: how long the request queued, and where it went.
+        trace.get_current_span().set_attributes(
+            {
+                "headrace.queue_wait_seconds": placement.queue_ms / 1000.0,
+                "headrace.worker_id": lease.worker_id,
+                "headrace.placement_policy": placement.policy,
+            }
+        )
         return scheduler_pb2.PlaceResponse(
             lease=scheduler_pb2.Lease(
                 lease_id=lease.lease_id,

@@ -50,8 +50,15 @@ def build_worker(
         raise SystemExit(f"unknown pool {pool!r}; configured: {', '.join(sorted(settings.pools))}")
     model_versions = settings.pool_models(pool)
     engine = build_engine(settings.pool_engine(pool), models_dir=settings.models_dir)
-    servicer = WorkerServicer(engine, model_versions=model_versions, limits=settings.limits)
     worker_id = f"{pool}-{index}"
+    tracer_provider = tracer_provider or build_tracer_provider(f"headrace-worker-{worker_id}", settings.telemetry)
+    servicer = WorkerServicer(
+        engine,
+        model_versions=model_versions,
+        limits=settings.limits,
+        tracer=tracer_provider.get_tracer("headrace.worker"),
+        prefill_token_weight=settings.pools[pool].prefill_token_weight,
+    )
     identity = service_identity(settings, Role.WORKER)
     host = GrpcServiceHost(
         [
@@ -62,7 +69,7 @@ def build_worker(
         host=settings.worker.host,
         port=port,
         limits=settings.limits,
-        tracer_provider=tracer_provider or build_tracer_provider(f"headrace-worker-{worker_id}", settings.telemetry),
+        tracer_provider=tracer_provider,
         identity=identity,
     )
     reporter = LoadReporter(

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc.aio
+from opentelemetry import trace
 
 from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 from headrace.runtime.config import LimitSettings
@@ -15,29 +16,26 @@ from headrace.runtime.errors import InvalidArgument, NotFound
 from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.worker import metrics
 from services.worker.convert import delta_to_proto, generation_request_from_proto, stats_to_load
+from services.worker.cost_ledger import TokenShareLedger
 from services.worker.engines.base import Engine, Priority
 
 log = logging.getLogger(__name__)
 
 
-class EngineShare:
-    """The engine time a request is charged for: wall time divided by the
-    sequences sharing the engine at that moment, so the shares of requests
-    batched together add up to the engine's real time (and cost)."""
-
-    def __init__(self) -> None:
-        self._last = time.monotonic()
-        self.seconds = 0.0
-
-    def advance(self, running: int) -> None:
-        now = time.monotonic()
-        self.seconds += (now - self._last) / max(1, running)
-        self._last = now
-
-
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, engine: Engine, *, model_versions: list[str], limits: LimitSettings) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        model_versions: list[str],
+        limits: LimitSettings,
+        tracer: trace.Tracer | None = None,
+        prefill_token_weight: float = 0.25,
+    ) -> None:
         self._engine = engine
+        # Engine time by token share, shared by every request on this engine.
+        self._ledger = TokenShareLedger(prefill_token_weight=prefill_token_weight)
+        self._tracer = tracer or trace.get_tracer(__name__)
         self._model_versions = frozenset(model_versions)
         self._limits = limits
         # Generate calls in flight that are not batch rows: batch consumers
@@ -61,7 +59,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         generation = generation_request_from_proto(request)
         online = generation.priority != Priority.BATCH
         self._online += online
-        share = EngineShare()
+        ledger_key = object()
+        prefilled, counted = False, 0
         finished = False
         # whole_answer: deltas are held back and sent as one last message.
         whole_answer = request.whole_answer
@@ -69,9 +68,33 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         held_ids: list[int] = []
         stream = self._engine.generate(generation)
         metrics.REQUESTS_IN_FLIGHT.inc()
+        self._ledger.start(ledger_key)
+        # The engine's part of the request, under the Generate span. Started,
+        # not made current: this generator is resumed once per token, and a
+        # context attached here could be detached in another one.
+        engine_span = self._tracer.start_span(
+            "headrace.engine.generate",
+            attributes={
+                "headrace.engine": self._engine.kind,
+                "headrace.model_version": request.model_version,
+                "headrace.priority": int(generation.priority),
+            },
+        )
+        started = time.monotonic()
+        first_token_s: float | None = None
         try:
             async for delta in stream:
-                share.advance(self._engine.running)
+                if first_token_s is None:
+                    first_token_s = time.monotonic() - started
+                # Deltas carry running totals where the engine knows them.
+                decoded = delta.completion_tokens - counted if delta.completion_tokens else len(delta.token_ids)
+                counted += decoded
+                self._ledger.processed(
+                    ledger_key,
+                    prefill_tokens=0 if prefilled else delta.prompt_tokens - delta.cached_prompt_tokens,
+                    decoded_tokens=decoded,
+                )
+                prefilled = True
                 if whole_answer and delta.finish_reason is None:
                     held_text.append(delta.text)
                     held_ids.extend(delta.token_ids)
@@ -82,11 +105,29 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     message.token_ids[:0] = held_ids
                 if delta.finish_reason is not None:
                     finished = True
-                    message.timing.engine_ms = share.seconds * 1000.0
-                    message.cost.engine_seconds = share.seconds
+                    engine_seconds = self._ledger.finish(ledger_key)
+                    message.timing.engine_ms = engine_seconds * 1000.0
+                    message.cost.engine_seconds = engine_seconds
                     metrics.TOKENS.inc(delta.completion_tokens)
+                    engine_span.set_attributes(
+                        {
+                            "headrace.prompt_tokens": delta.prompt_tokens,
+                            "headrace.completion_tokens": delta.completion_tokens,
+                            "headrace.cached_prompt_tokens": delta.cached_prompt_tokens,
+                            "headrace.engine_seconds": engine_seconds,
+                            "headrace.finish_reason": delta.finish_reason.value,
+                        }
+                    )
                 yield message
         finally:
+            if not finished:
+                # Failed or cancelled: its time is still charged, to no answer.
+                self._ledger.finish(ledger_key)
+            if first_token_s is not None:
+                engine_span.set_attribute("headrace.engine_first_token_seconds", first_token_s)
+            if not finished:
+                engine_span.set_status(trace.Status(trace.StatusCode.ERROR, "ended before its last token"))
+            engine_span.end()
             self._online -= online
             metrics.REQUESTS_IN_FLIGHT.dec()
             # Runs on completion, error and cancellation alike: closing the

@@ -27,6 +27,9 @@ from services.router.flow_protocols import closing
 from services.router.gateway.dependencies import GatewayServices
 from services.router.gateway.streaming import EventStreamResponse, sse_event
 
+# What a whole answer cost, USD (streams: in the last chunk's usage.cost_usd).
+COST_KEY = "x-headrace-cost-usd"
+
 T = TypeVar("T")
 
 # How long a stream's final event (an error, or [DONE] after a stall) may
@@ -109,7 +112,10 @@ async def answer_generation(
         response = await until_disconnected(
             request, services.generation.complete(proto, tenant=tenant, request_id=request_id)
         )
-        return json_response(whole(response, created), served_by_headers(response.request_id, response.route))
+        return json_response(
+            whole(response, created),
+            [*served_by_headers(response.request_id, response.route), (COST_KEY, f"{response.cost.usd:.10f}")],
+        )
     chunks = services.generation.stream(proto, tenant=tenant, request_id=request_id)
     first = await until_disconnected(request, _first(chunks))
     return EventStreamResponse(

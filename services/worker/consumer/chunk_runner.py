@@ -27,6 +27,7 @@ from opentelemetry import propagate, trace
 from headrace.batch.output_lines import row_request_id
 from headrace.batch.store import BatchStore, JobRecord, StoredRow
 from headrace.runtime.config import BatchSettings
+from headrace.runtime.request_context import request_id_var
 from headrace.v1 import batch_pb2, generation_pb2
 from services.worker.consumer.admission import AdmissionGate
 from services.worker.consumer.attempt_errors import AttemptError, WorkerUnavailable
@@ -127,6 +128,9 @@ class ChunkRunner:
         return float(ceiling * self._rng.uniform(0.5, 1.0))
 
     async def _run_row(self, job: JobRecord, row: StoredRow) -> bool:
+        # The row's request id (its output line says it too) on its spans and
+        # logs; each row runs in a task of its own, so this stays the row's.
+        request_id_var.set(row_request_id(job.id, row.line))
         with self._tracer.start_as_current_span(
             "batch.row", attributes={"batch.id": job.id, "batch.line": row.line, "batch.custom_id": row.custom_id}
         ):

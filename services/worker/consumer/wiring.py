@@ -124,7 +124,8 @@ class BatchConsumer:
             queues=[queue_name(self.pool)],
             pool_cls="threads",
             concurrency=self.settings.batch.consumer_chunks,
-            without_heartbeat=True,
+            # Heartbeat events tell Flower the consumer is online.
+            without_heartbeat=not self.settings.batch.events,
             without_mingle=True,
             without_gossip=True,
             **options,

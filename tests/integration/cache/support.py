@@ -37,10 +37,12 @@ class RunningCache:
 
 
 async def start_cache(redis_url: str, encoder: TextEncoder | None, **semantic: Any) -> RunningCache:
-    settings = Settings(
-        redis_url=redis_url,
-        cache={"metrics_port": None, "semantic": {"enabled": encoder is not None, **semantic}},
-    )
+    """Semantic hits served ("serve": "on") and a generous embedding budget
+    unless the test says otherwise: these tests check the mechanics, not
+    the calibration's verdict or the behaviour of a saturated model on a
+    busy test host."""
+    semantic = {"enabled": encoder is not None, "serve": "on", "lookup_embed_budget_ms": 30_000, **semantic}
+    settings = Settings(redis_url=redis_url, cache={"metrics_port": None, "semantic": semantic})
     client = aioredis.Redis.from_url(redis_url)
     app = build_cache(settings, client, encoder=encoder, port=0)
     await app.start()

@@ -1,54 +1,161 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from headrace.runtime.config import SemanticCacheSettings
-from services.cache.calibration import (
-    RECORD,
-    NearestOrigins,
-    Pair,
+from services.cache.calibration import RECORD, goals_met_for
+from services.cache.embedder import Vectors
+from services.cache.evaluation import (
+    ABSENT,
+    CATEGORIES,
+    CONTRASTIVE,
+    PAIRS,
+    LabelledPair,
+    Scored,
     choose_threshold,
-    evaluate,
-    in_calibration_split,
-    split_pairs,
+    load_labelled,
+    split,
 )
+from services.cache.verifier import AcceptAll, LexicalVerifier
 
 
-def test_the_split_is_fixed_and_keeps_duplicate_origins_together() -> None:
-    pairs = [Pair(f"Sentence number {i}.", f"Paraphrase {i}.") for i in range(200)]
-    calibration, held_out = split_pairs(pairs)
-    assert len(calibration) + len(held_out) == 200
-    assert 60 < len(calibration) < 140  # a hash split, roughly half
-    assert split_pairs(pairs) == (calibration, held_out)
-    # Case and spacing do not move a pair to the other split.
+def test_the_evaluation_set_is_large_labelled_and_split_for_good() -> None:
+    pairs = load_labelled()
+    assert len(pairs) >= 300
+    assert {p.category for p in pairs} == set(CATEGORIES)
+    for category in CATEGORIES:
+        assert sum(p.category == category for p in pairs) >= 30, category
+    calibration, held_out = split(pairs)
+    assert len(calibration) + len(held_out) == len(pairs)
+    assert 0.35 < len(calibration) / len(pairs) < 0.65
+    # Pairs sharing a stored question share a part, whatever its case or spacing.
     for pair in pairs:
-        twin = Pair("  " + pair.origin.upper().replace(" ", "  "), "another paraphrase")
-        assert in_calibration_split(twin) == in_calibration_split(pair)
+        twin = LabelledPair(pair.category, "  " + pair.stored.upper(), "x")
+        assert twin.in_calibration == pair.in_calibration
 
 
-def nearest(similarity: list[float], correct: list[bool]) -> NearestOrigins:
-    return NearestOrigins(np.array(similarity, dtype=np.float32), np.array(correct))
+def test_a_malformed_line_is_refused_with_its_place(tmp_path: Path) -> None:
+    bad = tmp_path / "pairs.txt"
+    bad.write_text("# comment\nparaphrase | a | b\nsarcasm | a | b\n")
+    with pytest.raises(ValueError, match="pairs.txt:3"):
+        load_labelled(bad)
 
 
-def test_evaluation_counts_hits_and_wrong_hits() -> None:
-    result = evaluate(nearest([0.99, 0.95, 0.90, 0.80], [True, False, True, True]), 0.9)
-    assert (result.queries, result.hits, result.wrong_hits) == (4, 3, 1)
-    assert result.hit_rate == pytest.approx(0.75) and result.wrong_hit_rate == pytest.approx(1 / 3)
+class TableEncoder:
+    """Vectors from a table: each text's direction is given by the test."""
+
+    model_id = "table"
+    dimension = 3
+
+    def __init__(self, table: dict[str, list[float]]) -> None:
+        self._table = table
+
+    def fits(self, text: str) -> bool:
+        return True
+
+    def encode(self, texts: list[str]) -> Vectors:
+        rows = np.array([self._table[t] for t in texts], dtype=np.float32)
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-def test_the_lowest_threshold_that_meets_the_target_is_chosen() -> None:
-    # Wrong hits at 0.93 and 0.86: under 0.86 two in ten hits are wrong.
-    sims = [0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93, 0.92, 0.91, 0.90, 0.86, 0.85]
-    ok = [True, True, True, True, True, True, False, True, True, True, False, True]
-    assert choose_threshold(nearest(sims, ok), target=0.0, grid=[0.85, 0.9, 0.935, 0.95]).threshold == 0.935
-    assert choose_threshold(nearest(sims, ok), target=0.1, grid=[0.85, 0.9, 0.935, 0.95]).threshold == 0.9
+def stored_pair(category: str, stored: str, query: str) -> LabelledPair:
+    """A pair whose stored question is not in the open set."""
+    pair = LabelledPair(category, stored, query)
+    assert not pair.stored_absent
+    return pair
+
+
+def test_every_hit_counts_and_the_verifier_decides_among_candidates() -> None:
+    pairs = [
+        stored_pair("paraphrase", "How do I reset my account password?", "How can I reset my account password?"),
+        stored_pair("negation", "Is it legal to record a phone call?", "Is it illegal to record a phone call?"),
+        stored_pair("antonym", "What is the best case of quicksort?", "What is the worst case of quicksort?"),
+    ]
+    encoder = TableEncoder(
+        {
+            "How do I reset my account password?": [1, 0, 0],
+            "How can I reset my account password?": [1, 0.1, 0],
+            "Is it legal to record a phone call?": [0, 1, 0],
+            "Is it illegal to record a phone call?": [0, 1, 0.05],
+            "What is the best case of quicksort?": [0, 0, 1],
+            "What is the worst case of quicksort?": [0.05, 0, 1],
+        }
+    )
+    without = Scored(pairs, encoder, AcceptAll()).report(0.9)
+    assert without.hits == 3 and without.right == 1
+    assert without.precision == pytest.approx(1 / 3)
+    assert without.tallies["negation"].wrong_rate == 1.0 and without.worst_contrastive() == 1.0
+    verified = Scored(pairs, encoder, LexicalVerifier()).report(0.9)
+    assert (verified.hits, verified.right, verified.precision) == (1, 1, 1.0)
+    assert verified.paraphrase_hit_rate == 1.0 and verified.worst_contrastive() == 0.0
+    # Above every similarity: nothing hits, nothing is wrong.
+    assert Scored(pairs, encoder, AcceptAll()).report(0.9999).hits == 0
+
+
+def test_a_paraphrase_whose_question_was_never_stored_can_only_hit_wrongly() -> None:
+    absent = next(
+        LabelledPair("paraphrase", f"Question number {i}?", f"Paraphrase {i}?")
+        for i in range(100)
+        if LabelledPair("paraphrase", f"Question number {i}?", "").stored_absent
+    )
+    present = stored_pair("paraphrase", "How do I boil an egg?", "How should I boil an egg?")
+    encoder = TableEncoder(
+        {
+            absent.stored: [0, 1, 0],
+            absent.query: [1, 0.05, 0],
+            present.stored: [1, 0, 0],
+            present.query: [1, 0.01, 0],
+        }
+    )
+    report = Scored([absent, present], encoder, AcceptAll()).report(0.9)
+    assert report.tallies[ABSENT].queries == 1 and report.tallies[ABSENT].wrong == 1
+    assert report.precision == 0.5
+
+
+def test_the_lowest_threshold_within_the_goals_is_chosen() -> None:
+    pairs = [
+        stored_pair("paraphrase", "How do I reset my account password?", "How can I reset my account password?"),
+        stored_pair("slot", "How do I store fresh basil?", "How do I store fresh parsley?"),
+    ]
+    encoder = TableEncoder(
+        {
+            "How do I reset my account password?": [1, 0, 0],
+            "How can I reset my account password?": [1, 0.3, 0],  # ~0.958
+            "How do I store fresh basil?": [0, 1, 0],
+            "How do I store fresh parsley?": [0, 1, 0.2],  # ~0.981
+        }
+    )
+    # Without a verifier only a threshold above the near miss keeps it out,
+    # and then the paraphrase is lost too: no threshold keeps both goals.
     with pytest.raises(ValueError, match="no threshold"):
-        choose_threshold(nearest([0.99], [False]), target=0.0, grid=[0.5, 0.9])
+        choose_threshold(Scored(pairs, encoder, AcceptAll()), grid=[0.9, 0.95])
+    chosen = choose_threshold(Scored(pairs, encoder, LexicalVerifier()), grid=[0.9, 0.95])
+    assert chosen.threshold == 0.9 and chosen.paraphrase_hit_rate == 1.0
 
 
 def test_the_configured_threshold_is_the_calibrated_one() -> None:
     record = json.loads(RECORD.read_text())
-    assert SemanticCacheSettings().similarity_threshold == record["similarity_threshold"]
-    assert record["calibration"]["wrong_hit_rate"] <= record["target_wrong_hit_rate"]
-    assert record["data"]["calibration_pairs"] + record["data"]["held_out_pairs"] == record["data"]["pairs"]
+    settings = SemanticCacheSettings()
+    assert settings.similarity_threshold == record["similarity_threshold"]
+    assert settings.verifier == record["verifier"]
+    assert record["data"]["sha256"] and record["data"]["pairs"] == len(load_labelled(PAIRS))
+    calibration = record["calibration"]
+    assert calibration["precision"] >= record["goals"]["min_precision"]
+    for category in CONTRASTIVE:
+        tally = calibration["categories"][category]
+        assert tally["wrong"] <= record["goals"]["max_contrastive_wrong_rate"] * tally["queries"]
+    # The decision "auto" reads is the held-out part's.
+    assert record["goals_met"] == record["held_out"]["goals_met"]
+
+
+def test_a_record_vouches_only_for_its_own_model_verifier_and_threshold() -> None:
+    record = {"goals_met": True, "model": "m", "verifier": "lexical", "similarity_threshold": 0.8}
+    assert goals_met_for(record, model_id="m", verifier="lexical", threshold=0.8)
+    assert goals_met_for(record, model_id="m", verifier="lexical", threshold=0.9)
+    assert not goals_met_for(record, model_id="m", verifier="lexical", threshold=0.79)
+    assert not goals_met_for(record, model_id="other", verifier="lexical", threshold=0.8)
+    assert not goals_met_for(record, model_id="m", verifier="none", threshold=0.8)
+    assert not goals_met_for({**record, "goals_met": False}, model_id="m", verifier="lexical", threshold=0.8)
+    assert not goals_met_for({}, model_id="m", verifier="lexical", threshold=0.8)

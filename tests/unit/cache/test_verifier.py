@@ -1,0 +1,78 @@
+import pytest
+
+from services.cache.verifier import AcceptAll, Check, LexicalVerifier
+
+pytestmark = pytest.mark.unit
+
+verifier = LexicalVerifier()
+
+
+@pytest.mark.parametrize(
+    ("stored", "query", "check"),
+    [
+        ("Is it legal to record a phone call?", "Is it illegal to record a phone call?", Check.NEGATION),
+        ("Can I take ibuprofen with alcohol?", "Can I not take ibuprofen with alcohol?", Check.NEGATION),
+        ("Why does my car start in the cold?", "Why won't my car start in the cold?", Check.NEGATION),
+        ("Is nuclear power renewable?", "Is nuclear power non-renewable?", Check.NEGATION),
+        (
+            "Is it possible to travel faster than light?",
+            "Is it impossible to travel faster than light?",
+            Check.NEGATION,
+        ),
+        ("Is it normal to feel tired?", "Is it abnormal to feel tired?", Check.NEGATION),
+        ("How do I convert Celsius to Fahrenheit?", "How do I convert Fahrenheit to Celsius?", Check.ORDER),
+        ("Is Java faster than Python?", "Is Python faster than Java?", Check.ORDER),
+        ("Does smoking cause cancer?", "Does cancer cause smoking?", Check.ORDER),
+        ("How do I redirect HTTP to HTTPS?", "How do I redirect HTTPS to HTTP?", Check.ORDER),
+        ("Convert US dollars to euros", "Convert euros to US dollars", Check.ORDER),
+        ("Convert 1 US dollar to euros", "Convert 1 euro to US dollars", Check.UNIT),
+        ("What is the best case of quicksort?", "What is the worst case of quicksort?", Check.ANTONYM),
+        ("How do I encrypt a file?", "How do I decrypt a file?", Check.ANTONYM),
+        ("What is the paracetamol dose for adults?", "What is the paracetamol dose for children?", Check.ANTONYM),
+        ("What is the capital of France?", "What is the capital of Germany?", Check.ENTITY),
+        ("How do I read a CSV file in Python?", "How do I read a CSV file in R?", Check.ENTITY),
+        ("what is the capital of france", "what is the capital of germany", Check.SLOT),
+        ("How do I store fresh basil?", "How do I store fresh parsley?", Check.SLOT),
+        ("What is 2 + 2?", "What is 2 + 3?", Check.NUMBER),
+        ("How many calories are in two eggs?", "How many calories are in 3 eggs?", Check.NUMBER),
+        ("What is the weather in Rome in May?", "What is the weather in Rome in June?", Check.DATE),
+        ("How long does it take to walk 5 km?", "How long does it take to walk 5 miles?", Check.UNIT),
+        ("How do I boil an egg?", "Why is the sky blue?", Check.UNRELATED),
+        ("How do I reset my password?", "", Check.NO_TEXT),
+    ],
+)
+def test_near_misses_are_turned_down_for_the_right_reason(stored: str, query: str, check: Check) -> None:
+    if not query:
+        query, stored = stored, ""
+    verdict = verifier.verify(query, stored)
+    assert not verdict.accepted
+    assert verdict.check is check, verdict
+    assert verdict.label == f"reject:{check.value}"
+    # Either way round.
+    if stored:
+        assert not verifier.verify(stored, query).accepted
+
+
+@pytest.mark.parametrize(
+    ("stored", "query"),
+    [
+        ("How do I reset my password?", "How can I reset my password?"),
+        ("How do I fix a flat tire?", "How do I repair a flat tyre?"),
+        ("How many days are in a week?", "How many days does a week have?"),
+        ("What's the best way to learn Python?", "How can I learn Python effectively?"),
+        ("Who painted the Mona Lisa?", "Which artist painted the Mona Lisa?"),
+        ("How do I merge two dictionaries in Python?", "How can two Python dictionaries be merged?"),
+        ("What is the capital of France?", "what's the capital of france"),
+        ("What time zone is New York in?", "Which time zone is New York City in?"),
+        ("How many calories are in two eggs?", "How many calories do 2 eggs have?"),
+        ("Python vs Java: which is faster?", "Java vs Python: which is faster?"),
+    ],
+)
+def test_paraphrases_pass(stored: str, query: str) -> None:
+    verdict = verifier.verify(query, stored)
+    assert verdict.accepted, verdict
+    assert verdict.label == "accept"
+
+
+def test_accept_all_is_the_threshold_alone() -> None:
+    assert AcceptAll().verify("Is it legal?", "Is it illegal?").accepted
