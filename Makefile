@@ -21,7 +21,7 @@ PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # buf breaking compares the protos with this git revision.
 BUF_AGAINST ?= HEAD~1
 PYTEST_ARGS ?=
-BENCHMARKS := bench-autoscale bench-overhead bench-engine bench-placement bench-overload bench-gateway bench-connection-limits bench-cache bench-routing bench-batch
+BENCHMARKS := bench-autoscale bench-overhead bench-engine bench-placement bench-overload bench-gateway bench-connection-limits bench-cache bench-routing bench-batch bench-embeddings
 # protoc finds its mypy plugins (protoc-gen-mypy) in the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -181,6 +181,10 @@ BENCH_BATCH_ARGS ?=
 bench-batch: install
 	$(HEADRACE) models prepare
 	$(PY) -m bench.batch $(BENCH_BATCH_ARGS)
+
+# Dynamic batching of embeddings through the gateway vs max_batch_size 1 (MiniLM on the CPU).
+bench-embeddings: install
+	$(PY) -m bench.embeddings
 
 clean:
 	rm -rf $(VENV) .venv-triton .tools .mypy_cache .ruff_cache .pytest_cache

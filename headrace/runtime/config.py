@@ -254,8 +254,26 @@ class PoolSchedulingSettings(_Section):
     # (so its next batch is ready); an engine already queueing more than
     # this gets nothing new.
     engine_queue_slots: int = Field(default=0, ge=0, le=10_000)
-    # Share of each worker's slots batch work must leave free for online work.
-    batch_headroom: float = Field(default=0.25, ge=0, lt=1)
+    # Batch rows run under leases of the batch class, from the same queue
+    # as online work (docs/scheduler.md, "One owner of capacity"): alone,
+    # batch may fill every slot; while online work is around (queued, or
+    # holding leases, or seen in the last online_linger_s), no new batch
+    # lease is granted while an online request waits, and batch holds at
+    # most this share of each worker's slots.
+    batch_share_while_online: float = Field(default=0.5, gt=0, le=1)
+    online_linger_s: float = Field(default=2.0, ge=0, le=3600)
+    # Batch rows leased beyond what a worker runs at once while no online
+    # work is around, waiting in the engine's own queue: the engine never
+    # runs dry between one row ending and the next row's lease arriving.
+    # Engines run online requests ahead of them (vLLM's priority
+    # scheduling; the others' request slots), and batch leases never keep
+    # an online request from a worker whose online work fits its width:
+    # it waits at most for one running sequence to end.
+    batch_queue_ahead: int = Field(default=32, ge=0, le=10_000)
+    # Beyond that, the worker stops the newest preemptible batch row when an
+    # online request finds its engine full (the consumer retries the row
+    # once, not preemptible): an online request then waits for no row.
+    online_preempts_batch: bool = False
     # Affinity policies keep a key on its worker while that worker's
     # outstanding sequences stay within factor x the average + slack
     # (bounded-load consistent hashing). The slack keeps keys home through
@@ -390,28 +408,18 @@ class BatchSettings(_Section):
     # waits on, ride a Redis restart out instead.
     store_timeout_s: float = Field(default=0.5, gt=0, le=10)
     store_unavailable_retry_after_s: float = Field(default=5.0, gt=0)
-    # Per consumer: chunk tasks run at once, and rows in flight at its
-    # worker (a hard cap; the worker's capacity is the usual bound). The
-    # chunks hold more rows (16 x 16) than the engine runs at once, so rows
-    # are ready when a row ends, even while a chunk's last rows still run.
+    # Per consumer: chunk tasks run at once, and rows asking the scheduler
+    # for a lease or running (a hard cap; the scheduler's leases are the
+    # usual bound). The chunks hold more rows (16 x 16) than the engine runs
+    # at once, so rows are ready when a row ends, even while a chunk's last
+    # rows still run.
     consumer_chunks: int = Field(default=16, ge=1, le=64)
     max_inflight_rows: int = Field(default=256, ge=1)
-    # Share of the worker's capacity batch rows leave free for online
-    # requests (0: fill it all; online requests still go first, since no
-    # new row starts while the engine has requests waiting).
-    online_reserve_fraction: float = Field(default=0.0, ge=0, lt=1)
-    # While online requests run (seen in the last few seconds), batch rows
-    # may use at most this share of the capacity: on an engine whose every
-    # step slows with each sequence it decodes (a CPU), fewer batch rows
-    # keep online latency down. 1: no limit beyond the online work itself.
-    share_while_online: float = Field(default=0.5, gt=0, le=1)
-    # Rows let into the engine's own queue beyond its capacity, so it never
-    # runs dry when rows end together (rows of one length end in waves) and
-    # the next ones are still on their way. Engines that schedule by
-    # priority (vllm) still put online requests ahead of them.
-    queue_ahead_rows: int = Field(default=32, ge=0)
-    # How often the consumer reads its worker's load while it has rows.
-    load_poll_s: float = Field(default=0.25, gt=0)
+    # Rows whose leases arrive together go to the worker in one call
+    # (Worker.GenerateBatch), at most this many; 1: a Generate call per row.
+    rows_per_worker_call: int = Field(default=64, ge=1, le=256)
+    # How long the first row ready waits for others to share its call.
+    worker_call_window_ms: float = Field(default=20.0, ge=0, le=1000)
     # Finished jobs (and their results) are kept this long.
     retention_s: int = Field(default=7 * 86400, ge=60)
 

@@ -45,8 +45,12 @@ ACCESS: Final[Mapping[Role, frozenset[str]]] = {
     ),
     # A worker reports its load, nothing else: it never reads a job or a lease.
     Role.WORKER: frozenset({"/headrace.v1.Scheduler/ReportLoad"}),
-    # The batch consumer runs rows on the worker beside it.
-    Role.CONSUMER: frozenset(f"/headrace.v1.Worker/{method}" for method in ("Generate", "Embed", "GetLoad", "Abort")),
+    # The batch consumer runs rows on the worker beside it, each under a
+    # lease it asks the scheduler for (docs/scheduler.md, "One owner of capacity").
+    Role.CONSUMER: frozenset(
+        {f"/headrace.v1.Worker/{method}" for method in ("Generate", "GenerateBatch", "Embed", "GetLoad", "Abort")}
+        | {f"/headrace.v1.Scheduler/{method}" for method in ("Place", "Release", "RenewLease")}
+    ),
     # The operator's tools: status, never a tenant's data.
     Role.ADMIN: frozenset(
         {"/headrace.v1.Scheduler/ListWorkers", "/headrace.v1.Scheduler/GetPoolStatus", "/headrace.v1.Worker/GetLoad"}

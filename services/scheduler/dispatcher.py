@@ -134,7 +134,7 @@ class Dispatcher:
         """A lease on a worker for the request, once a slot is free; see
         admission.py for every way this ends."""
         pool = self._pool_of(request.model_version)
-        if pool is None or not self.registry.has_candidate(request.model_version, request.exclude):
+        if pool is None or not self.registry.has_candidate(request.model_version, request.exclude, request.worker_id):
             # Nothing could ever take it: say so now rather than queue.
             raise NoWorkerAvailable(self._why_no_worker(request), retry_after_s=1.0)
         asked_at = time.monotonic()
@@ -149,8 +149,14 @@ class Dispatcher:
         serving = self.registry.serving(request.model_version)
         if not serving:
             return f"no worker serves {request.model_version}: none has reported in"
+        if request.worker_id and request.worker_id not in {s.worker_id for s in serving}:
+            return f"worker {request.worker_id} does not serve {request.model_version} (or has not reported in)"
         excluded = [s.worker_id for s in serving if s.worker_id in request.exclude]
-        not_accepting = [s.worker_id for s in serving if s.worker_id not in request.exclude]
+        not_accepting = [
+            s.worker_id
+            for s in serving
+            if s.worker_id not in request.exclude and (not request.worker_id or s.worker_id == request.worker_id)
+        ]
         parts = []
         if excluded:
             parts.append(f"already tried {', '.join(excluded)}")
@@ -158,16 +164,25 @@ class Dispatcher:
             parts.append(f"not accepting (stale, unhealthy or draining): {', '.join(not_accepting)}")
         return f"no worker available for {request.model_version}: " + "; ".join(parts)
 
-    def release(self, lease_id: str, *, ttft_s: float | None = None) -> LeaseRecord | None:
+    def release(self, lease_id: str, *, ttft_s: float | None = None, served: bool = False) -> LeaseRecord | None:
+        """Give a lease back; `served`: its request went well, which says
+        the worker is alive even when its load reports come late."""
         lease = self.leases.get(lease_id)
         if lease is None:
             return None
+        if served:
+            self._note_alive(lease.worker_id)
         if ttft_s is not None:
             self.autoscaling.observe_ttft(lease.pool, time.monotonic(), ttft_s)
         return self.admission(lease.pool).release(lease)
 
     def renew(self, lease_id: str) -> LeaseRecord | None:
         return self.leases.renew(lease_id)
+
+    def _note_alive(self, worker_id: str) -> None:
+        state = self.registry.get(worker_id)
+        if state is not None:
+            state.alive_at = time.monotonic()
 
     # --- workers -------------------------------------------------------------
 
@@ -193,7 +208,12 @@ class Dispatcher:
         for state in self.registry.drop_stale():
             self.leases.drop_worker(state)
             metrics.WORKERS_DROPPED.inc()
-            log.warning("worker %s dropped: no report for %.1fs", state.worker_id, state.age_s())
+            log.warning(
+                "worker %s dropped: no sign of life for %.1fs (last report %.1fs ago)",
+                state.worker_id,
+                state.silent_s(),
+                state.age_s(),
+            )
         for lease in self.leases.expired():
             self.admission(lease.pool).release(lease)
             metrics.LEASES_EXPIRED.labels(pool=lease.pool).inc()

@@ -58,6 +58,7 @@ def build_worker(
         limits=settings.limits,
         tracer=tracer_provider.get_tracer("headrace.worker"),
         prefill_token_weight=settings.pools[pool].prefill_token_weight,
+        preempt_batch=settings.scheduler.for_pool(pool).online_preempts_batch,
     )
     identity = service_identity(settings, Role.WORKER)
     host = GrpcServiceHost(

@@ -8,3 +8,4 @@ BUSY_SECONDS = Counter(
     "headrace_worker_busy_seconds_total",
     "Engine busy time (one or more sequences in it): the worker-seconds the requests' engine seconds add up to",
 )
+PREEMPTIONS = Counter("headrace_worker_batch_preemptions_total", "Batch rows stopped to make room for online requests")

@@ -128,7 +128,7 @@ class OpenAIEngine:
         call = _Call()
         self._calls[request.request_id] = call
         try:
-            async with self._load.slots:
+            async with self._load.slots.at(request.priority):
                 steps = self._streamed(request, call) if self._settings.stream else self._whole(request, call)
                 async for delta in steps:
                     yield delta

@@ -166,7 +166,7 @@ class TritonEngine:
         max_tokens = request.sampling.max_tokens or self._settings.default_max_tokens
         message = self._stream_request(plan, request, prompt, max_tokens)
         tally = _Tally()
-        async with self._load.slots:
+        async with self._load.slots.at(request.priority):
             stream = self._client.stream_infer(_once(message), stream_timeout=self._settings.stream_timeout_s)
             self._streams[request.request_id] = stream
             finished = False

@@ -31,7 +31,7 @@ async def test_one_trace_spans_submit_chunk_row_and_worker(redis_server: RedisSe
     try:
         stub = mesh.router_stub()
         async with running_consumer(
-            settings, pool="smollm2", worker_address=mesh.workers[0].address, tracer_provider=provider
+            mesh.settings, pool="smollm2", worker_address=mesh.workers[0].address, tracer_provider=provider
         ):
             job = await stub.SubmitBatch(
                 batch_pb2.SubmitBatchRequest(input_jsonl=chat_rows(4)),
@@ -47,11 +47,12 @@ async def test_one_trace_spans_submit_chunk_row_and_worker(redis_server: RedisSe
     (router,) = by_name["/headrace.v1.Router/SubmitBatch"]
     (scheduler,) = by_name["/headrace.v1.Scheduler/SubmitBatch"]
     (enqueue,) = by_name["batch.enqueue"]
-    chunks, rows, generations = by_name["batch.chunk"], by_name["batch.row"], by_name["/headrace.v1.Worker/Generate"]
+    chunks, rows, generations = by_name["batch.chunk"], by_name["batch.row"], by_name["worker.batch_row"]
     assert router.parent is not None and format(router.parent.span_id, "016x") == CALLER_SPAN_ID
     assert scheduler.parent is not None and scheduler.parent.span_id == router.context.span_id
     assert enqueue.parent is not None and enqueue.parent.span_id == scheduler.context.span_id
-    # Two chunks of two rows, each row run once on the worker.
+    # Two chunks of two rows, each row run once on the worker (rows ready
+    # together share a GenerateBatch call; each row's span joins its trace).
     assert len(chunks) == 2 and len(rows) == 4 and len(generations) == 4
     assert {c.parent.span_id for c in chunks if c.parent} == {enqueue.context.span_id}
     chunk_ids = {c.context.span_id for c in chunks}

@@ -81,6 +81,7 @@ async def start_consumers(
                 pool="smollm2",
                 index=index,
                 worker_address=mesh.workers[0].address,
+                worker_id="smollm2-0",
                 log_path=tmp_path / f"consumer-{index}.log",
             )
         )

@@ -47,7 +47,7 @@ def config(scheduler_port: int) -> dict[str, object]:
             "report_interval_ms": 100,
             "worker_stale_after_s": 2.0,
             "lease_ttl_s": LEASE_TTL_S,
-            "pools": {POOL: {"policy": "least_load", "queue_limit": 3, "batch_headroom": 0.0}},
+            "pools": {POOL: {"policy": "least_load", "queue_limit": 3}},
         },
         "worker": {"metrics_port_offset": None},
     }

@@ -73,6 +73,20 @@ async def test_a_lone_item_waits_the_max_delay_then_goes_alone() -> None:
     await b.close()
 
 
+async def test_after_a_lone_batch_a_lone_caller_does_not_wait_for_company() -> None:
+    model = Model()
+    b = batcher(model, size=8, delay_s=0.3)
+    assert await b.submit(["first"]) == ["FIRST"]
+    # A caller one at a time: its next item leaves at once, without the
+    # one arriving a moment later (within the delay it would have waited).
+    alone = asyncio.create_task(b.submit(["second"]))
+    await asyncio.sleep(0.05)
+    late = asyncio.create_task(b.submit(["third"]))
+    assert await alone == ["SECOND"] and await late == ["THIRD"]
+    assert model.batches == [["first"], ["second"], ["third"]]
+    await b.close()
+
+
 async def test_late_arrivals_within_the_delay_join_the_batch() -> None:
     model = Model()
     b = batcher(model, size=8, delay_s=0.3)
