@@ -24,8 +24,6 @@ from tests.support.mesh import InProcessMesh, start_mesh
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan, SpanTree, otlp_receiver
 from tests.support.routing import ask, routing_settings, synthetic
 
-pytestmark = pytest.mark.integration
-
 CALLER_SPAN_ID = "00f067aa0ba902b7"
 PLACE, LOOKUP, WORKER, ENGINE = (
     "/headrace.v1.Scheduler/Place",
