@@ -19,13 +19,13 @@ from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.channels import ChannelPool, open_channel
 from headrace.runtime.config import Settings, load_settings
 from headrace.runtime.errors import HeadraceError
-from headrace.runtime.request_context import current_tenant
 from headrace.runtime.scheduler_replicas import SchedulerReplicas
 from headrace.runtime.server import GrpcServiceHost, ServiceRegistration, serve
 from headrace.runtime.service_certs import Role
 from headrace.runtime.service_identity import service_identity
 from headrace.runtime.telemetry import build_tracer_provider, configure_logging, start_metrics_server
 from headrace.v1 import cache_pb2_grpc, router_pb2_grpc
+from services.router.batch_forwarding import BatchForwarder
 from services.router.cache_client import CacheClient
 from services.router.embedding_flow import EmbeddingFlow
 from services.router.gateway import GatewayServices, HttpServer, build_gateway_app
@@ -101,7 +101,6 @@ def build_router(
     limiter = TenantRateLimiter(limiter_redis)
     generation = RateLimitedGeneration(
         GenerationFlow(
-            settings=settings,
             routing=routing,
             leasing=leasing,
             cache=CacheClient(cache, settings.cache),
@@ -118,6 +117,8 @@ def build_router(
         settings=settings,
         background=background,
     )
+    # Batch jobs and files, for both doors (gRPC and HTTP).
+    batches = BatchForwarder(scheduler)
     servicer = RouterServicer(
         settings=settings,
         registry=registry,
@@ -126,6 +127,7 @@ def build_router(
         generation=generation,
         embedding=embedding,
         scheduler=scheduler,
+        batches=batches,
         cache=cache,
     )
     authenticator = ApiKeyAuthenticator(settings.tenants)
@@ -149,10 +151,9 @@ def build_router(
         gateway = build_gateway_app(
             GatewayServices(settings=settings, generation=generation, embedding=embedding, registry=registry),
             authenticator=authenticator,
-            # /v1/files and /v1/batches forward to the scheduler; the gateway's
-            # middleware has already authenticated the caller.
+            # /v1/files and /v1/batches: behind the same middleware and errors.
             extra_routers=[
-                *batch_routers(scheduler, settings, tenant_of=lambda _request: current_tenant()),
+                *batch_routers(batches, settings),
                 *http_routers,
             ],
             serving=lambda: readiness.serving,

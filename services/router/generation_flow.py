@@ -27,7 +27,6 @@ from headrace.models.registry import Resolution
 from headrace.request_rules.prefix_hashing import request_prefix_hashes
 from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.channels import ChannelPool, call_options
-from headrace.runtime.config import Settings
 from headrace.runtime.errors import HeadraceError, Internal, Unavailable, from_rpc_error, status_code_for
 from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.router import metrics
@@ -65,14 +64,12 @@ class GenerationFlow:
     def __init__(
         self,
         *,
-        settings: Settings,
         routing: RoutingLayer,
         leasing: Leasing,
         cache: CacheClient,
         workers: ChannelPool,
         background: BackgroundTasks,
     ) -> None:
-        self._settings = settings
         self._routing = routing
         self._leasing = leasing
         self._cache = cache
@@ -256,7 +253,6 @@ class GenerationFlow:
                 decision,
                 RequestOutcome(
                     attempts=plan.attempts,
-                    served_version=route.model_version if last is not None else "",
                     error=error if last is None else "",
                     ttft_s=answer.ttft_s,
                     total_s=time.monotonic() - started,

@@ -14,6 +14,7 @@ from opentelemetry import propagate, trace
 from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.errors import HeadraceError, InvalidArgument, NotFound, Preempted, status_code_for
+from headrace.runtime.request_context import request_id_var
 from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.worker import metrics
 from services.worker.convert import delta_to_proto, generation_request_from_proto, stats_to_load
@@ -84,6 +85,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         ended: asyncio.Queue[worker_pb2.GenerateBatchResult] = asyncio.Queue()
 
         async def run(row: worker_pb2.WorkerGenerateRequest) -> None:
+            # Each row is a request of its own (its task, its context): its
+            # id, not the call's, on its spans and logs.
+            request_id_var.set(row.request_id)
             result = worker_pb2.GenerateBatchResult(request_id=row.request_id)
             try:
                 with self._tracer.start_as_current_span(

@@ -20,7 +20,7 @@ import yaml
 from headrace.local.redis_server import free_port
 from tests.support.cli import headrace
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).parents[2]
 PROMETHEUS = ROOT / "compose" / "prometheus"
@@ -34,7 +34,7 @@ _TYPE_LINE = re.compile(r"^# TYPE (\S+) (\w+)$", re.MULTILINE)
 
 def scrape_targets() -> list[str]:
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
-    urls = []
+    urls: list[str] = []
     for job in config["scrape_configs"]:
         path = job.get("metrics_path", "/metrics")
         for group in job["static_configs"]:

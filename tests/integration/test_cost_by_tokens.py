@@ -17,8 +17,6 @@ from headrace.v1 import generation_pb2
 from tests.integration.test_mesh_grpc import greedy, mesh_settings
 from tests.support.mesh import start_mesh
 
-pytestmark = pytest.mark.integration
-
 PRICE_PER_HOUR = 3.6  # mesh_settings' smollm2 pool
 
 

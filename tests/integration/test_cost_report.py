@@ -17,7 +17,7 @@ from headrace.local.redis_server import RedisServer, free_port
 from tests.integration.test_mesh_grpc import greedy, mesh_settings
 from tests.support.mesh import InProcessMesh, start_mesh
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def start_prometheus(tmp_path: Path, target: str) -> tuple[subprocess.Popen[bytes], str]:

@@ -38,8 +38,6 @@ from tests.integration.batch.conftest import batch_settings
 from tests.support.batch import chat_rows, running_consumer, wait_for_job
 from tests.support.mesh import InProcessMesh, start_mesh
 
-pytestmark = pytest.mark.integration
-
 ACME = (("authorization", "Bearer acme-key"),)
 GLOBEX = (("authorization", "Bearer globex-key"),)
 FORGED_TENANT = (("x-headrace-tenant", "acme"),)

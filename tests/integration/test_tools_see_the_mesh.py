@@ -21,8 +21,6 @@ from tests.integration.test_mesh_grpc import mesh_settings
 from tests.support.mesh import start_mesh
 from tests.support.otlp_receiver import otlp_receiver
 
-pytestmark = pytest.mark.integration
-
 EXPECTED = {
     "router": "headrace.v1.Router",
     "cache": "headrace.v1.Cache",

@@ -64,7 +64,7 @@ async def wait_for_job(
     stub: router_pb2_grpc.RouterStub,
     batch_id: str,
     *,
-    statuses: set[int] = TERMINAL,
+    statuses: set[batch_pb2.BatchStatus.ValueType] = TERMINAL,
     timeout_s: float = 30.0,
     metadata: tuple[tuple[str, str], ...] = (),
 ) -> batch_pb2.BatchJob:

@@ -4,13 +4,11 @@ ports on 127.0.0.1 only."""
 
 from pathlib import Path
 
-import pytest
 import yaml
 
 COMPOSE = Path(__file__).parents[2] / "compose" / "docker-compose.yml"
 
 
-@pytest.mark.unit
 def test_services_share_one_loopback_and_publish_on_localhost_only() -> None:
     spec = yaml.safe_load(COMPOSE.read_text())
     services = spec["services"]
@@ -23,7 +21,6 @@ def test_services_share_one_loopback_and_publish_on_localhost_only() -> None:
         assert mapping.startswith("127.0.0.1:"), mapping
 
 
-@pytest.mark.unit
 def test_every_mesh_service_runs_and_is_health_checked() -> None:
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     commands = {name: " ".join(s["command"]) for name, s in services.items() if "command" in s}

@@ -10,10 +10,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import pytest
 import yaml
-
-pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).parents[2]
 PROMETHEUS = ROOT / "compose" / "prometheus"
@@ -29,7 +26,7 @@ def generator() -> ModuleType:
 
 
 def alerts() -> list[dict[str, object]]:
-    found = []
+    found: list[dict[str, object]] = []
     for path in sorted((PROMETHEUS / "rules").glob("*.yml")):
         for group in yaml.safe_load(path.read_text())["groups"]:
             found.extend(rule for rule in group["rules"] if "alert" in rule)

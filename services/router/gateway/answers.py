@@ -43,26 +43,33 @@ class Chunker(Protocol):
         ...
 
 
-async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """`work`'s result, or Cancelled if the client leaves first (the work is
-    cancelled then: the flow cancels the worker call, the engine aborts)."""
+async def until_stopped(work: Awaitable[T], stop: Awaitable[None], *, reason: str) -> T:
+    """`work`'s result, or Cancelled(reason) if `stop` completes first (the
+    work is cancelled then: the flow cancels the worker call, the engine
+    aborts). HTTP stops on the client's disconnect, the WebSocket on a
+    cancel message too (realtime.py)."""
     task = asyncio.ensure_future(work)
-
-    async def client_left() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.create_task(client_left())
+    watcher = asyncio.ensure_future(stop)
     try:
         done, _pending = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             return task.result()
-        raise Cancelled("the client disconnected")
+        raise Cancelled(reason)
     finally:
         watcher.cancel()
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result, or Cancelled if the client leaves first."""
+
+    async def client_left() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return await until_stopped(work, client_left(), reason="the client disconnected")
 
 
 def json_response(body: BaseModel, headers: Sequence[tuple[str, str]]) -> Response:

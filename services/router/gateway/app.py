@@ -19,8 +19,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.trace import TracerProvider
 
 from headrace.runtime.auth import Authenticator
-from services.router.gateway.chat_completions import chat_completions_router
-from services.router.gateway.completions import completions_router
+from services.router.gateway.completions import completions_routers
 from services.router.gateway.dependencies import GatewayServices
 from services.router.gateway.embeddings import embeddings_router
 from services.router.gateway.errors import install_error_handlers
@@ -44,8 +43,7 @@ def build_gateway_app(
     # errors), so the schema FastAPI would publish would be wrong.
     app = FastAPI(title="Headrace", openapi_url=None, docs_url=None, redoc_url=None)
     for router in (
-        chat_completions_router(services),
-        completions_router(services),
+        *completions_routers(services),
         embeddings_router(services),
         models_router(services),
         realtime_router(services),

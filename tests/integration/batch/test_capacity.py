@@ -22,7 +22,7 @@ from tests.integration.batch.conftest import batch_settings
 from tests.support.batch import chat_rows, results, running_consumer, wait_for_job, wait_until
 from tests.support.mesh import InProcessMesh, start_mesh
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 POOL = "smollm2"
 WORKER = f"{POOL}-0"
@@ -181,7 +181,10 @@ async def test_batch_tenants_share_the_pool_by_weight(redis_server: RedisServer)
         finished: list[tuple[bytes, str]] = []
         for tenant, job in jobs.items():
             entries = await client.xrange(store.job_key(job.id, "events"))
-            finished.extend((entry_id, tenant) for entry_id, _ in entries)
+            assert entries is not None
+            for entry_id, _ in entries:
+                assert isinstance(entry_id, bytes)
+                finished.append((entry_id, tenant))
         await client.aclose()
         order = [tenant for _, tenant in sorted(finished, key=lambda e: tuple(map(int, e[0].split(b"-"))))]
         assert len(order) == 24

@@ -20,7 +20,7 @@ from tests.integration.batch.conftest import batch_settings
 from tests.support.batch import ConsumerProcess, write_config
 from tests.support.mesh import InProcessMesh, start_mesh
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

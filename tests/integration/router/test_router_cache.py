@@ -21,7 +21,7 @@ from services.cache.embedder import MiniLmEncoder
 from tests.integration.test_mesh_grpc import mesh_settings
 from tests.support.mesh import InProcessMesh, start_mesh
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

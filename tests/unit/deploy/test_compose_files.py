@@ -13,10 +13,6 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.unit
-
 ROOT = Path(__file__).resolve().parents[3]
 
 

@@ -13,8 +13,6 @@ import pytest
 from headrace.local.mesh import LocalMesh, MeshError, ServiceProcess
 from headrace.runtime.config import Settings
 
-pytestmark = pytest.mark.unit
-
 
 def _closed_port() -> int:
     with socket.socket() as sock:

@@ -27,8 +27,6 @@ from headrace.runtime.service_identity import (
     service_identity,
 )
 
-pytestmark = pytest.mark.unit
-
 
 def auth_context(role: str, *hosts: str) -> dict[str, list[bytes]]:
     """What gRPC reports for a verified client certificate."""

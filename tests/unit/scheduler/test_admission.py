@@ -65,7 +65,6 @@ def queued(dispatcher: Dispatcher) -> int:
     return len(dispatcher.admission("pool").queue)
 
 
-@pytest.mark.unit
 async def test_place_waits_for_a_slot_and_gets_the_released_one(dispatcher: Dispatcher) -> None:
     add_worker(dispatcher, capacity=2)
     first = await dispatcher.place(req())
@@ -80,7 +79,6 @@ async def test_place_waits_for_a_slot_and_gets_the_released_one(dispatcher: Disp
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_a_full_queue_answers_at_once_with_a_retry_after_hint(dispatcher: Dispatcher) -> None:
     add_worker(dispatcher)
     await dispatcher.place(req())
@@ -97,7 +95,6 @@ async def test_a_full_queue_answers_at_once_with_a_retry_after_hint(dispatcher: 
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_the_callers_deadline_ends_the_wait_and_frees_its_place(dispatcher: Dispatcher) -> None:
     add_worker(dispatcher)
     held = await dispatcher.place(req())
@@ -110,7 +107,6 @@ async def test_the_callers_deadline_ends_the_wait_and_frees_its_place(dispatcher
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_the_pools_longest_wait_bounds_a_caller_without_deadline() -> None:
     dispatcher = make_dispatcher(max_queue_wait_s=0.1)
     add_worker(dispatcher)
@@ -121,7 +117,6 @@ async def test_the_pools_longest_wait_bounds_a_caller_without_deadline() -> None
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_a_cancelled_place_frees_its_place(dispatcher: Dispatcher) -> None:
     add_worker(dispatcher)
     held = await dispatcher.place(req())
@@ -138,7 +133,6 @@ async def test_a_cancelled_place_frees_its_place(dispatcher: Dispatcher) -> None
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_a_lease_granted_as_its_caller_leaves_is_released(dispatcher: Dispatcher) -> None:
     add_worker(dispatcher)
     held = await dispatcher.place(req())
@@ -157,7 +151,6 @@ async def test_a_lease_granted_as_its_caller_leaves_is_released(dispatcher: Disp
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_slots_open_in_priority_order() -> None:
     dispatcher = make_dispatcher(queue_limit=10)
     add_worker(dispatcher)
@@ -180,7 +173,6 @@ async def test_slots_open_in_priority_order() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_a_waiter_no_worker_can_take_does_not_hold_up_those_behind_it() -> None:
     dispatcher = make_dispatcher(queue_limit=10)
     add_worker(dispatcher, "w1", capacity=1)
@@ -199,7 +191,6 @@ async def test_a_waiter_no_worker_can_take_does_not_hold_up_those_behind_it() ->
     await asyncio.gather(*stuck, return_exceptions=True)
 
 
-@pytest.mark.unit
 async def test_batch_alone_fills_the_pool_yet_online_work_is_placed_at_once() -> None:
     dispatcher = make_dispatcher(queue_limit=10, batch_share_while_online=0.5, batch_queue_ahead=2)
     add_worker(dispatcher, capacity=4)
@@ -222,7 +213,6 @@ async def test_batch_alone_fills_the_pool_yet_online_work_is_placed_at_once() ->
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_once_online_work_has_gone_batch_may_fill_the_pool_again() -> None:
     dispatcher = make_dispatcher(queue_limit=10, batch_share_while_online=0.5, online_linger_s=0.0)
     add_worker(dispatcher, capacity=4)
@@ -237,7 +227,6 @@ async def test_once_online_work_has_gone_batch_may_fill_the_pool_again() -> None
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_a_pinned_request_waits_for_its_own_worker() -> None:
     dispatcher = make_dispatcher(queue_limit=10, batch_queue_ahead=0)
     add_worker(dispatcher, "w1", capacity=1)
@@ -255,7 +244,6 @@ async def test_a_pinned_request_waits_for_its_own_worker() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_a_well_served_lease_keeps_a_late_reporting_worker_alive() -> None:
     dispatcher = Dispatcher(
         registry=WorkerRoster(stale_after_s=0.2),
@@ -276,7 +264,6 @@ async def test_a_well_served_lease_keeps_a_late_reporting_worker_alive() -> None
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_batch_waits_while_any_online_request_waits() -> None:
     dispatcher = make_dispatcher(queue_limit=10)
     add_worker(dispatcher, capacity=1)
@@ -294,7 +281,6 @@ async def test_batch_waits_while_any_online_request_waits() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_tenants_share_a_busy_pool_by_weight() -> None:
     dispatcher = make_dispatcher(queue_limit=200, weights={"gold": 3.0, "basic": 1.0})
     add_worker(dispatcher, capacity=1)
@@ -317,7 +303,6 @@ async def test_tenants_share_a_busy_pool_by_weight() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_online_work_pushes_batch_out_of_a_full_queue(dispatcher: Dispatcher) -> None:
     add_worker(dispatcher)
     held = await dispatcher.place(req())
@@ -337,7 +322,6 @@ async def test_online_work_pushes_batch_out_of_a_full_queue(dispatcher: Dispatch
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_waiters_fail_when_their_workers_are_gone_for_good() -> None:
     dispatcher = make_dispatcher(queue_limit=4, orphan_grace_s=0.05)
     add_worker(dispatcher)
@@ -356,7 +340,6 @@ async def test_waiters_fail_when_their_workers_are_gone_for_good() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_an_expired_lease_hands_its_slot_to_a_waiter() -> None:
     dispatcher = make_dispatcher(ttl_s=0.05, queue_limit=4)
     add_worker(dispatcher)
@@ -369,12 +352,11 @@ async def test_an_expired_lease_hands_its_slot_to_a_waiter() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_a_worker_with_a_filling_kv_cache_takes_less() -> None:
     dispatcher = make_dispatcher(queue_limit=0, kv_cache_soft_limit=0.5, kv_cache_hard_limit=0.9)
     add_worker(dispatcher, name="cool", capacity=8)
     add_worker(dispatcher, name="hot", capacity=8, kv_cache_usage=0.8)
-    placed = Counter()
+    placed: Counter[str] = Counter()
     with pytest.raises(QueueFull):
         while True:
             placed[(await dispatcher.place(req())).lease.worker_id] += 1
@@ -382,7 +364,6 @@ async def test_a_worker_with_a_filling_kv_cache_takes_less() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_closing_fails_the_waiters() -> None:
     dispatcher = make_dispatcher(queue_limit=4)
     add_worker(dispatcher)
@@ -398,7 +379,6 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-@pytest.mark.unit
 async def test_queue_depth_waits_placements_and_rejections_are_counted() -> None:
     dispatcher = make_dispatcher(queue_limit=1)
     add_worker(dispatcher)
@@ -421,7 +401,6 @@ async def test_queue_depth_waits_placements_and_rejections_are_counted() -> None
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_only_online_leases_tell_how_fast_online_waiters_get_slots() -> None:
     dispatcher = make_dispatcher(queue_limit=10)
     add_worker(dispatcher, capacity=2)

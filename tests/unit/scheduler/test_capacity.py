@@ -1,4 +1,3 @@
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,7 +10,6 @@ MODEL = SlotModel(
 QUEUEING = SlotModel(batch_share_while_online=0.5, batch_queue_ahead=4)
 
 
-@pytest.mark.unit
 def test_slots_come_from_the_reported_capacity_minus_what_is_outstanding() -> None:
     assert MODEL.free(worker("a", capacity=8)) == 8
     assert MODEL.free(worker("a", capacity=8, leases=3)) == 5
@@ -22,7 +20,6 @@ def test_slots_come_from_the_reported_capacity_minus_what_is_outstanding() -> No
     assert MODEL.free(worker("a", capacity=0)) == 16
 
 
-@pytest.mark.unit
 def test_a_filling_kv_cache_shrinks_the_slots_and_a_full_one_closes_them() -> None:
     free = [MODEL.free(worker("a", capacity=16, running=2, kv=kv)) for kv in (0.5, 0.8, 0.85, 0.9, 0.95, 0.99)]
     assert free[0] == free[1] == 14
@@ -30,7 +27,6 @@ def test_a_filling_kv_cache_shrinks_the_slots_and_a_full_one_closes_them() -> No
     assert free[4] == free[5] == 0
 
 
-@pytest.mark.unit
 def test_an_engine_that_queues_gets_nothing_new() -> None:
     assert MODEL.free(worker("a", capacity=16, running=6, waiting=3)) == 0
     allowing = SlotModel(engine_queue_slots=2)
@@ -39,13 +35,11 @@ def test_an_engine_that_queues_gets_nothing_new() -> None:
     assert allowing.free(worker("a", capacity=16, running=6, waiting=3)) == 0
 
 
-@pytest.mark.unit
 def test_an_idle_worker_always_takes_one_even_with_a_stale_full_kv_reading() -> None:
     assert MODEL.free(worker("a", capacity=16, kv=1.0)) == 1
     assert MODEL.free(worker("a", capacity=16, kv=1.0, leases=1)) == 0
 
 
-@pytest.mark.unit
 def test_batch_alone_gets_the_whole_worker_and_its_queue_ahead() -> None:
     assert MODEL.free_for_batch(worker("a", capacity=8), online_active=False) == 8
     assert MODEL.free_for_batch(worker("a", capacity=8, leases=7, batch_leases=7), online_active=False) == 1
@@ -57,7 +51,6 @@ def test_batch_alone_gets_the_whole_worker_and_its_queue_ahead() -> None:
     assert QUEUEING.free_for_batch(worker("a", capacity=8, leases=4, batch_leases=4), online_active=True) == 0
 
 
-@pytest.mark.unit
 def test_while_online_work_is_around_batch_holds_at_most_its_share() -> None:
     # 8 slots, share 0.5: batch may hold 4 while online work is around.
     assert MODEL.free_for_batch(worker("a", capacity=8), online_active=True) == 4
@@ -69,7 +62,6 @@ def test_while_online_work_is_around_batch_holds_at_most_its_share() -> None:
     assert MODEL.free_for_batch(worker("a", capacity=1), online_active=True) == 1
 
 
-@pytest.mark.unit
 def test_batch_leases_never_keep_online_work_off_a_worker() -> None:
     full_of_batch = worker("a", capacity=4, running=4, waiting=4, leases=8, batch_leases=8)
     assert MODEL.free(full_of_batch) == 0
@@ -83,7 +75,6 @@ def test_batch_leases_never_keep_online_work_off_a_worker() -> None:
     assert MODEL.free_for_online(worker("a", capacity=4, leases=4)) == 0
 
 
-@pytest.mark.unit
 # No per-example deadline: the machine is shared, and this is about results, not speed.
 @settings(deadline=None)
 @given(

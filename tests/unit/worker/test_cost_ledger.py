@@ -8,8 +8,6 @@ import pytest
 
 from services.worker.cost_ledger import TokenShareLedger
 
-pytestmark = pytest.mark.unit
-
 
 class Clock:
     def __init__(self) -> None:

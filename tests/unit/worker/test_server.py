@@ -3,6 +3,7 @@ what it charges, and what it counts as online work."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -14,10 +15,10 @@ from headrace.v1 import generation_pb2, worker_pb2
 from services.worker.engines.synthetic import SyntheticEngine
 from services.worker.server import WorkerServicer
 
-pytestmark = pytest.mark.unit
 
-
-def request(priority: int, *, whole_answer: bool = False) -> worker_pb2.WorkerGenerateRequest:
+def request(
+    priority: generation_pb2.Priority.ValueType, *, whole_answer: bool = False
+) -> worker_pb2.WorkerGenerateRequest:
     return worker_pb2.WorkerGenerateRequest(
         request_id="r1",
         model_version="m@1",
@@ -64,13 +65,14 @@ async def test_a_whole_answer_is_one_message_with_every_token() -> None:
         (generation_pb2.PRIORITY_BATCH, 0),
     ],
 )
-async def test_batch_rows_are_not_online_work(priority: int, online: int) -> None:
+async def test_batch_rows_are_not_online_work(priority: generation_pb2.Priority.ValueType, online: int) -> None:
     engine = SyntheticEngine(SyntheticEngineSettings(ttft_ms=0, tokens_per_s=10_000))
     servicer = WorkerServicer(engine, model_versions=["m@1"], limits=LimitSettings())
     stream = servicer.Generate(request(priority), None)  # type: ignore[arg-type]
     await anext(stream)
     load = await servicer.GetLoad(worker_pb2.GetLoadRequest(), None)  # type: ignore[arg-type]
     assert (load.running, load.online) == (1, online)
+    assert isinstance(stream, AsyncGenerator)
     await stream.aclose()
     load = await servicer.GetLoad(worker_pb2.GetLoadRequest(), None)  # type: ignore[arg-type]
     assert (load.running, load.online) == (0, 0)

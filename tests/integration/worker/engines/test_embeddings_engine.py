@@ -14,7 +14,7 @@ from headrace.runtime.errors import Unimplemented
 from services.worker.engines.base import Engine, GenerationRequest
 from services.worker.engines.embeddings import EmbeddingsEngine
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

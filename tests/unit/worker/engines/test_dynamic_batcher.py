@@ -11,8 +11,6 @@ import pytest
 from headrace.runtime.errors import Internal, InvalidArgument, QueueFull, Unavailable
 from services.worker.engines.dynamic_batcher import DynamicBatcher
 
-pytestmark = pytest.mark.unit
-
 
 class Model:
     """A stand-in model call that records the batches it gets."""

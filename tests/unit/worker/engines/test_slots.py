@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from services.worker.engines.base import Priority
 from services.worker.engines.slots import Slots
 
@@ -15,7 +13,6 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-@pytest.mark.unit
 async def test_waiting_requests_get_places_in_priority_order() -> None:
     slots = Slots(1)
     order: list[str] = []
@@ -44,7 +41,6 @@ async def test_waiting_requests_get_places_in_priority_order() -> None:
     assert (slots.running, slots.waiting) == (0, 0)
 
 
-@pytest.mark.unit
 async def test_a_waiter_that_leaves_loses_its_turn_and_nothing_else() -> None:
     slots = Slots(1)
     await slots.__aenter__()
