@@ -27,7 +27,7 @@ from headrace.runtime.config import hash_api_key
 from headrace.runtime.service_certs import init_deployment
 from tests.support.netns import Host, Processes, bridged_hosts, netns_unavailable
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 WHY_NOT = netns_unavailable()
 API_KEY = "netns-test-key"

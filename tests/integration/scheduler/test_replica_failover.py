@@ -12,7 +12,7 @@ import pytest
 from bench.failover import REPLICAS, SLOTS, WORKERS, mesh_config, run_failover
 from bench.harness import running_mesh
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 async def test_killing_a_replica_under_load_loses_nothing_and_the_survivor_takes_the_pool() -> None:

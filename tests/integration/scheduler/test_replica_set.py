@@ -8,13 +8,10 @@ import asyncio
 import time
 from pathlib import Path
 
-import pytest
 import redis.asyncio as aioredis
 
 from headrace.local.redis_server import RedisServer
 from services.scheduler.replica_set import ReplicaSet
-
-pytestmark = pytest.mark.integration
 
 TTL_S = 0.6
 

@@ -21,8 +21,6 @@ from services.scheduler.__main__ import build_dispatcher, build_host
 from services.scheduler.dispatcher import Dispatcher
 from services.worker.__main__ import WorkerApp, build_worker, start_worker
 
-pytestmark = pytest.mark.integration
-
 MODEL = "gen@1"
 
 

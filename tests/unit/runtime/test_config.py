@@ -110,7 +110,6 @@ def test_own_pools_without_models_keep_the_default_models_that_fit() -> None:
         )
 
 
-@pytest.mark.unit
 def test_scheduler_replicas_give_every_client_the_same_address_list() -> None:
     assert Settings(scheduler={"port": 50100, "replicas": 2}).scheduler.targets() == [  # type: ignore[arg-type]
         "127.0.0.1:50100",
@@ -126,7 +125,6 @@ def test_scheduler_replicas_give_every_client_the_same_address_list() -> None:
         Settings(scheduler={"addresses": ["a:1", "a:1"]})  # type: ignore[arg-type]
 
 
-@pytest.mark.unit
 def test_a_worker_on_every_interface_must_say_how_others_reach_it() -> None:
     # Beyond loopback: API keys and service identity (the certificates are
     # only read when a service starts).

@@ -4,15 +4,12 @@ worker's limit, so they cannot double-book it between them."""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from services.scheduler.capacity import SlotModel
 from services.scheduler.replica_set import share_of
 from tests.unit.scheduler.workers import worker
-
-pytestmark = pytest.mark.unit
 
 MODEL = SlotModel(default_slots=16, engine_queue_slots=0)
 
