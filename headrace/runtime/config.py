@@ -503,10 +503,18 @@ class PoolSettings(_Section):
     # computed in prefill this much (prefill runs many tokens in one pass;
     # calibrate per engine and hardware: docs/observability.md, "Cost").
     prefill_token_weight: float = Field(default=0.25, ge=0)
+    # Tokens/s one worker of this pool delivers, until its workers' reports
+    # measure it: what placement's cost per token starts from when a model
+    # version is served by several pools (docs/autoscaling.md).
+    throughput_tokens_per_s: float | None = Field(default=None, gt=0)
 
 
 class ModelVersionSettings(_Section):
     pool: str
+    # More pools that serve this version too (e.g. a CPU pool beside a GPU
+    # one): each request goes to the cheapest per token whose queue keeps
+    # its SLO (services/scheduler/pool_choice.py).
+    also_pools: list[str] = Field(default_factory=list, max_length=8)
     context_length: int = Field(default=0, ge=0)
     # Still served, with a warning naming replaced_by.
     deprecated: bool = False
@@ -644,6 +652,11 @@ class Settings(BaseSettings):
             for version, spec in model.versions.items():
                 if spec.pool not in self.pools:
                     raise ValueError(f"model {name}@{version} names pool {spec.pool!r}, which is not configured")
+                for extra in spec.also_pools:
+                    if extra not in self.pools or extra == spec.pool:
+                        raise ValueError(
+                            f"model {name}@{version}: also_pools names {extra!r}, which is not another configured pool"
+                        )
         for pool in self.scheduler.pools:
             if pool not in self.pools:
                 raise ValueError(f"scheduler.pools names pool {pool!r}, which is not configured")
@@ -706,8 +719,17 @@ class Settings(BaseSettings):
             f"{name}@{version}"
             for name, model in self.models.items()
             for version, spec in model.versions.items()
-            if spec.pool == pool and not spec.removed
+            if (spec.pool == pool or pool in spec.also_pools) and not spec.removed
         )
+
+    def version_pools(self, model_version: str) -> list[str]:
+        """Every pool serving a version ("name@version"), its own pool first."""
+        name, _, version = model_version.partition("@")
+        spec = self.models.get(name, None)
+        found = spec.versions.get(version) if spec is not None else None
+        if found is None or found.removed:
+            return []
+        return [found.pool, *found.also_pools]
 
 
 def _require_loopback(host: str, why: str) -> None:

@@ -144,10 +144,17 @@ class PlaceResponse(_message.Message):
     LEASE_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     QUEUE_MS_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    PRICE_PER_HOUR_FIELD_NUMBER: _builtins.int
     policy: _builtins.str
     """The placement policy that chose the worker."""
     queue_ms: _builtins.float
     """Time spent waiting for a slot."""
+    pool: _builtins.str
+    """The pool of the worker chosen (a version may be served by several),
+    and that pool's price per worker-hour: what the answer's cost uses.
+    """
+    price_per_hour: _builtins.float
     @_builtins.property
     def lease(self) -> Global___Lease: ...
     def __init__(
@@ -156,10 +163,12 @@ class PlaceResponse(_message.Message):
         lease: Global___Lease | None = ...,
         policy: _builtins.str = ...,
         queue_ms: _builtins.float = ...,
+        pool: _builtins.str = ...,
+        price_per_hour: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "policy", b"policy", "queue_ms", b"queue_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "policy", b"policy", "pool", b"pool", "price_per_hour", b"price_per_hour", "queue_ms", b"queue_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -332,7 +332,7 @@ class GenerationFlow:
                         answer.token_counts.append(len(chunk.token_ids))
                         if chunk.finish_reason:
                             chunk.timing.ttft_ms = ttft_s * 1000.0
-                            self._finish(chunk, resolution, placed.queue_ms, started, tenant)
+                            self._finish(chunk, resolution, placed, started, tenant)
                             answer.last = chunk
                             use.usage = chunk.usage
                         yield chunk
@@ -367,14 +367,16 @@ class GenerationFlow:
         self,
         chunk: generation_pb2.GenerateStreamResponse,
         resolution: Resolution,
-        queue_ms: float,
+        placed: scheduler_pb2.PlaceResponse,
         started: float,
         tenant: str,
     ) -> None:
         """Fill in timing and cost on the last chunk, and count them."""
         engine_seconds = chunk.cost.engine_seconds
-        chunk.cost.usd = engine_seconds * resolution.price_per_hour / 3600.0
-        chunk.timing.queue_ms = queue_ms
+        # The version's own price, unless another of its pools served it.
+        price = placed.price_per_hour if placed.pool and placed.pool != resolution.pool else resolution.price_per_hour
+        chunk.cost.usd = engine_seconds * price / 3600.0
+        chunk.timing.queue_ms = placed.queue_ms
         chunk.timing.total_ms = (time.monotonic() - started) * 1000.0
         decoded = chunk.usage.completion_tokens - 1
         if decoded > 0:

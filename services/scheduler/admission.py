@@ -337,7 +337,10 @@ class PoolAdmission:
     def candidates(
         self, request: PlacementRequest, *, batch: bool = False, online_active: bool | None = None
     ) -> list[WorkerState]:
-        workers = self._registry.candidates(request.model_version, request.exclude)
+        # This pool's workers only: a version may be served by several pools.
+        workers = [
+            s for s in self._registry.candidates(request.model_version, request.exclude) if s.identity.pool == self.pool
+        ]
         if request.worker_id:
             workers = [state for state in workers if state.worker_id == request.worker_id]
         if not workers:

@@ -24,6 +24,7 @@ from services.scheduler.admission import BATCH, Placement, PoolAdmission
 from services.scheduler.autoscaler import Decision, PoolAutoscaling
 from services.scheduler.leases import LeaseRecord, LeaseTable
 from services.scheduler.placement import PlacementRequest, build_policy
+from services.scheduler.pool_choice import PoolOption, choose_pool
 from services.scheduler.worker_roster import LoadSnapshot, WorkerIdentity, WorkerRoster, WorkerState
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,32 @@ class PoolDirectory:
     tenant_weights: Mapping[str, float] = field(default_factory=dict)
     # Pool -> the worker count its config asks for (the autoscaler's start).
     configured_workers: Mapping[str, int] = field(default_factory=dict)
+    # "name@version" -> every pool serving it, its own first (only versions
+    # with more than one), and what each pool costs and delivers.
+    version_pools: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    pool_prices: Mapping[str, float] = field(default_factory=dict)
+    pool_throughput: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PoolDirectory:
         return cls(
-            model_pools={version: pool for pool in settings.pools for version in settings.pool_models(pool)},
+            model_pools={
+                version: settings.version_pools(version)[0]
+                for pool in settings.pools
+                for version in settings.pool_models(pool)
+            },
+            version_pools={
+                version: tuple(pools)
+                for pool in settings.pools
+                for version in settings.pool_models(pool)
+                if len(pools := settings.version_pools(version)) > 1
+            },
+            pool_prices={name: pool.price_per_hour for name, pool in settings.pools.items()},
+            pool_throughput={
+                name: pool.throughput_tokens_per_s
+                for name, pool in settings.pools.items()
+                if pool.throughput_tokens_per_s is not None
+            },
             pool_settings={pool: settings.scheduler.for_pool(pool) for pool in settings.pools},
             tenant_weights={name: tenant.weight for name, tenant in settings.tenants.items()},
             configured_workers={name: pool.workers for name, pool in settings.pools.items()},
@@ -78,6 +100,7 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._admissions: dict[str, PoolAdmission] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._best_throughput: dict[str, float] = {}
         self.autoscaling = PoolAutoscaling(
             lambda pool: self.pools.settings_for(pool).autoscale, self.pools.configured_workers
         )
@@ -134,6 +157,9 @@ class Dispatcher:
         """A lease on a worker for the request, once a slot is free; see
         admission.py for every way this ends."""
         pool = self._pool_of(request.model_version)
+        pools = self.pools.version_pools.get(request.model_version)
+        if pools and not request.worker_id:
+            pool = self._cheapest_pool(request, pools)
         if pool is None or not self.registry.has_candidate(request.model_version, request.exclude, request.worker_id):
             # Nothing could ever take it: say so now rather than queue.
             raise NoWorkerAvailable(self._why_no_worker(request), retry_after_s=1.0)
@@ -144,6 +170,49 @@ class Dispatcher:
             now = time.monotonic()
             self.autoscaling.observe_queue_wait(pool, now, now - asked_at)
         return placement
+
+    def _cheapest_pool(self, request: PlacementRequest, pools: tuple[str, ...]) -> str:
+        """Of the pools serving the version, the cheapest per token whose
+        queue keeps its SLO (pool_choice.py). A cheaper pool passed over for
+        its wait feels it as a wait: its autoscaler grows it first."""
+        options = []
+        now = time.monotonic()
+        for name in pools:
+            admission = self.admission(name)
+            workers = [s for s in admission.workers() if s.worker_id not in request.exclude]
+            free_now = bool(admission.candidates(request, batch=request.priority >= BATCH))
+            wait = admission.wait_bound.expected_wait_s(len(admission.queue), admission.nominal_slots())
+            options.append(
+                PoolOption(
+                    pool=name,
+                    price_per_hour=self.pools.pool_prices.get(name, 0.0),
+                    tokens_per_s=self._throughput(name, workers),
+                    workers=len(workers),
+                    expected_wait_s=0.0 if free_now else wait,
+                    wait_slo_s=self.pools.settings_for(name).autoscale.queue_wait_slo_s,
+                )
+            )
+        choice = choose_pool(options, batch=request.priority >= BATCH)
+        for option in options:
+            if option.pool in choice.passed_over:
+                self.autoscaling.observe_queue_wait(option.pool, now, option.wait_s)
+        metrics.POOL_CHOICES.labels(pool=choice.pool, reason=choice.reason).inc()
+        return choice.pool
+
+    def _throughput(self, pool: str, workers: list[WorkerState]) -> float | None:
+        """Tokens/s one worker of the pool delivers: the configured figure
+        (a benchmark's), else the best its workers have reported while
+        running (a lightly loaded worker reports less than it can do, so
+        this only grows with use)."""
+        configured = self.pools.pool_throughput.get(pool)
+        if configured is not None:
+            return configured
+        reading = max((s.load.tokens_per_second for s in workers if s.load.running > 0), default=0.0)
+        best = max(self._best_throughput.get(pool, 0.0), reading)
+        if best <= 0:
+            return None
+        self._best_throughput[pool] = best
+        return best
 
     def _why_no_worker(self, request: PlacementRequest) -> str:
         serving = self.registry.serving(request.model_version)

@@ -37,3 +37,9 @@ DESIRED_WORKERS = Gauge(
 AUTOSCALE_CHANGES = Counter(
     "headrace_scheduler_autoscale_changes_total", "Times the desired worker count of a pool changed", ["pool"]
 )
+POOL_CHOICES = Counter(
+    "headrace_scheduler_pool_choices_total",
+    "Requests for a version served by several pools, by the pool chosen and why: cheapest, spill (a cheaper "
+    "pool's queue would break its SLO), soonest (every pool's would), batch-cheapest",
+    ["pool", "reason"],
+)

@@ -153,6 +153,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             ),
             policy=placement.policy,
             queue_ms=placement.queue_ms,
+            pool=lease.pool,
+            price_per_hour=self._dispatcher.pools.pool_prices.get(lease.pool, 0.0),
         )
 
     async def Release(
