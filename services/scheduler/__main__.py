@@ -66,7 +66,11 @@ async def main(settings: Settings, replica: int = 0) -> None:
     targets = settings.scheduler.targets()
     port = replica_port(settings, replica)
     metrics_port = settings.scheduler.metrics_port
-    start_metrics_server(settings.scheduler.host, None if metrics_port is None else metrics_port + replica)
+    # The metrics port moves with the gRPC port: replicas on one host (headrace
+    # up: 50053, 50054, ...) get 60053, 60054, ...; replicas on hosts of their
+    # own (Kubernetes: every pod on 50053) all serve 60053.
+    shift = port - settings.scheduler.port
+    start_metrics_server(settings.scheduler.host, None if metrics_port is None else metrics_port + shift)
     replicas: ReplicaSet | None = None
     redis: aioredis.Redis | None = None
     dispatcher: Dispatcher | None = None
