@@ -18,7 +18,6 @@ from cloudcoil.models.keda.v1alpha1 import ScaledObject
 from headrace.runtime.config import load_settings
 from headrace.runtime.service_identity import Role
 
-pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[3] / "deploy" / "k8s"
 KUBERNETES = "1.32"
