@@ -16,8 +16,7 @@ import yaml
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 
 from headrace.runtime.config import load_settings
-from headrace.runtime.service_identity import Role
-
+from headrace.runtime.service_certs import Role
 
 ROOT = Path(__file__).resolve().parents[3] / "deploy" / "k8s"
 KUBERNETES = "1.32"
