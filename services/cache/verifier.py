@@ -109,7 +109,9 @@ _CONTRACTIONS = [
 _TOKEN = re.compile(r"[a-z0-9_]+(?:[.,][0-9]+)*|[%$€£¥°#+]")
 
 NEGATIONS = frozenset(
-    "not no non never without none nobody nothing neither nor nowhere noone hardly barely lack lacking".split()
+    # "fail to", "unable to", "refuse to": a negation in a verb.
+    """not no non never without none nobody nothing neither nor nowhere noone hardly barely lack lacking
+    fail fails failed failing unable refuse refuses refused""".split()
 )
 _NEGATIVE_PREFIXES = ("un", "in", "il", "im", "ir", "dis", "non", "ab", "a")
 
@@ -311,7 +313,11 @@ _SAME_LINK = {"into": "to", "onto": "to", "towards": "to", "toward": "to", "unto
 # something comes from, and where it goes. "from London to Paris" and "to
 # Paris from London" give each city the same role in the same order or not;
 # "from Paris to London" swaps them whatever the word order.
-_ROLES = {"for": "audience", "from": "source", "to": "target", "into": "target", "onto": "target", "towards": "target", "toward": "target"}
+_ROLES = {
+    "for": "audience",
+    "from": "source",
+    **dict.fromkeys(("to", "into", "onto", "towards", "toward"), "target"),
+}
 # Words a role's phrase may start with ("to a new cat").
 _DETERMINERS = frozenset("a an the my your our their his her its this that these those some".split())
 # Words between two swapped names that do not make an order matter.
@@ -483,6 +489,13 @@ def _order_swap(a: _Analysis, b: _Analysis) -> str:
             # words with other words, and is left to the threshold.
             links_a = {_SAME_LINK.get(t, t) for t in between_a if _is_link(t)}
             links_b = {_SAME_LINK.get(t, t) for t in between_b if _is_link(t)}
+            # A verb both put between the two ("a landlord evicts a tenant"
+            # / "a tenant evicts a landlord"): subject and object swapped.
+            # Not when one is passive ("how can two tables be joined"):
+            # there the object comes first.
+            if not (_passive(a) or _passive(b)):
+                links_a |= _verbs_between(a, pos_a[first], pos_a[second])
+                links_b |= _verbs_between(b, pos_b[second], pos_b[first])
             if links_a & links_b:
                 return f"{first}..{second}"
     return ""
@@ -509,6 +522,12 @@ def _roles(a: _Analysis) -> dict[str, set[str]]:
     return roles
 
 
+def _verbs_between(a: _Analysis, start: int, end: int) -> set[str]:
+    """The content keys between two positions, less the symmetric words
+    ("Python vs Java")."""
+    return {a.keys[i] for i in range(start + 1, end) if a.keys[i] and a.tokens[i] not in _SYMMETRIC}
+
+
 def _role_swap(a: _Analysis, b: _Analysis) -> str:
     """A word both texts share that is where something goes (or comes from)
     in one and not in the other, while the other names another shared word
@@ -522,6 +541,17 @@ def _role_swap(a: _Analysis, b: _Analysis) -> str:
         if in_a and in_b and not in_a & in_b:
             return f"{role}:{' '.join(sorted(in_a))}/{' '.join(sorted(in_b))}"
     return ""
+
+
+_BE = frozenset("be been being is are was were get gets got".split())
+
+
+def _passive(a: _Analysis) -> bool:
+    """ "by" anywhere, or a form of "be"/"get" before a participle."""
+    tokens = a.tokens
+    return "by" in tokens or any(
+        t in _BE and i + 1 < len(tokens) and tokens[i + 1].endswith(("ed", "en")) for i, t in enumerate(tokens)
+    )
 
 
 def _is_link(token: str) -> bool:
@@ -584,6 +614,8 @@ class LexicalVerifier:
         only_raw_a, only_raw_b = raw_a - raw_b, raw_b - raw_a
         for word in only_raw_a:
             negative = _negative_forms(word) & only_raw_b or {w for w in only_raw_b if word in _negative_forms(w)}
+            # Two function words are no negation: "into" is not "to" negated.
+            negative = {w for w in negative if not (w in STOPWORDS and word in STOPWORDS)}
             if negative:
                 return Verdict(False, Check.NEGATION, f"{word}/{min(negative)}")
             opposite = ANTONYMS.get(word, set()) & only_raw_b
