@@ -1,6 +1,8 @@
 # Headrace: `make up` runs the mesh and a sample request; `make test` runs the tests.
-# Both install what they need first (Python venv in .venv, buf in .tools, and
-# redis-server from Debian/Ubuntu's packages when it is missing).
+# Both install what they need first: the Python venv in .venv, and redis-server
+# from Debian/Ubuntu's packages when it is missing. Only the checks need more:
+# buf, from npm, in .tools (make proto-tools: check-protos, lint) and promtool,
+# Debian's prometheus (make monitoring-tools: check-monitoring); make test has both.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -19,11 +21,11 @@ PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # buf breaking compares the protos with this git revision.
 BUF_AGAINST ?= HEAD~1
 PYTEST_ARGS ?=
-BENCHMARKS := bench-autoscale bench-overhead bench-engine bench-placement bench-overload bench-gateway bench-connection-limits bench-cache bench-routing bench-batch
+BENCHMARKS := bench-autoscale bench-overhead bench-engine bench-placement bench-overload bench-gateway bench-connection-limits bench-cache bench-routing bench-batch bench-embeddings bench-failover
 # protoc finds its mypy plugins (protoc-gen-mypy) in the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install install-test system-deps protos check-protos lint test test-unit up down status bench $(BENCHMARKS) clean
+.PHONY: help install install-test system-deps proto-tools monitoring-tools lock protos check-protos check-monitoring lint test test-unit up down status bench $(BENCHMARKS) clean
 
 help:
 	@echo "make up             install, start the mesh (Redis too if needed), send a sample request"
@@ -31,11 +33,12 @@ help:
 	@echo "make test           install, check protos and lint, run every test"
 	@echo "make test-unit      the fast unit tests only"
 	@echo "make protos         regenerate headrace/v1 from protos/"
+	@echo "make lock           regenerate requirements/lock.txt from requirements/direct.txt"
+	@echo "make check-monitoring  promtool: Prometheus config, SLO rules and their alert unit tests"
 	@echo "make bench          every benchmark (results in bench/results/, table in README.md)"
 
 system-deps:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
-	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq npm; }
 
 $(VENV)/.installed: requirements/lock.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,9 +48,21 @@ $(VENV)/.installed: requirements/lock.txt pyproject.toml
 	@touch $@
 
 $(BUF):
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq npm; }
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
-install: system-deps $(VENV)/.installed $(BUF)
+# buf (lint and breaking-change checks of protos/): only the proto checks need it.
+proto-tools: $(BUF)
+
+install: system-deps $(VENV)/.installed
+
+# requirements/lock.txt from requirements/direct.txt and pyproject's build backend,
+# resolved by pip into an empty environment (scripts/lock.py says what is left
+# out). The lock's versions are kept; UPGRADE=1 takes the newest that fit.
+UPGRADE ?=
+lock: $(VENV)/.installed
+	$(PY) scripts/lock.py $(if $(UPGRADE),--upgrade,) $(PIP_EXTRA) > requirements/lock.txt.new
+	mv requirements/lock.txt.new requirements/lock.txt
 
 # The Triton engine's tests run a real Triton server from its own venv
 # (pytriton needs numpy<2; vLLM needs numpy>=2).
@@ -58,9 +73,9 @@ protos: $(VENV)/.installed
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
 		protos/headrace/v1/*.proto 2>/dev/null
 
-# Generated code must match the protos; the protos must lint and must not
-# break what BUF_AGAINST shipped.
-check-protos: $(VENV)/.installed $(BUF)
+# Generated code must match the protos, and the protos must not break what
+# BUF_AGAINST shipped (make lint runs buf lint).
+check-protos: $(VENV)/.installed proto-tools
 	@tmp=$$(mktemp -d) && \
 	$(PY) -m grpc_tools.protoc -I protos --python_out=$$tmp --grpc_python_out=$$tmp --mypy_out=$$tmp \
 		--mypy_grpc_out=$$tmp protos/headrace/v1/*.proto >/dev/null 2>$$tmp/protoc.log || \
@@ -68,18 +83,29 @@ check-protos: $(VENV)/.installed $(BUF)
 	for f in $$tmp/headrace/v1/*; do cmp -s $$f headrace/v1/$$(basename $$f) || \
 		{ echo "headrace/v1/$$(basename $$f) differs from protos/: run make protos and commit"; exit 1; }; done && \
 	rm -rf $$tmp && echo "generated code matches protos/"
-	$(BUF) lint protos
 	@if git rev-parse -q --verify "$(BUF_AGAINST):protos" >/dev/null; then \
 		$(BUF) breaking protos --against ".git#ref=$(BUF_AGAINST),subdir=protos" && \
 		echo "no breaking change against $(BUF_AGAINST)"; \
 	else echo "buf breaking: $(BUF_AGAINST) has no protos/ to compare with; skipped"; fi
 
-lint: $(VENV)/.installed
+# The shipped Prometheus config and rules are valid, and every alert fires
+# (and stays quiet) as its unit tests say; promtool is Debian's `prometheus`
+# (make monitoring-tools: only this check needs it, make up does not).
+monitoring-tools:
+	@command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq prometheus; }
+
+check-monitoring: monitoring-tools
+	promtool check config compose/prometheus/prometheus.yml
+	promtool check rules compose/prometheus/rules/*.yml
+	promtool test rules compose/prometheus/tests/*.yml
+
+lint: $(VENV)/.installed proto-tools
+	$(BUF) lint protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy headrace services bench
+	$(VENV)/bin/mypy headrace services bench tests
 
-test: install-test check-protos lint
+test: install-test check-protos check-monitoring lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(VENV)/.installed
@@ -89,8 +115,9 @@ up: install
 	$(HEADRACE) models prepare
 	$(HEADRACE) up --detach
 	$(HEADRACE) status
-	@echo "--- sample request: headrace generate \"...\" --stream"
-	$(HEADRACE) generate "In one sentence, what does a mill's headrace do?" --stream --max-tokens 48
+	@echo "--- sample request: headrace generate \"...\" --stream --temperature 0"
+	@echo "    (a 135M model, 4-bit GGUF dequantized: answers are often wrong; greedy, --temperature 0, is steadier)"
+	$(HEADRACE) generate "In one sentence, what does a mill's headrace do?" --stream --max-tokens 48 --temperature 0
 	@echo "--- the mesh keeps running: stop it with make down"
 
 down:
@@ -154,6 +181,15 @@ BENCH_BATCH_ARGS ?=
 bench-batch: install
 	$(HEADRACE) models prepare
 	$(PY) -m bench.batch $(BENCH_BATCH_ARGS)
+
+# Scheduler replica failover: kill -9 one of two replicas under load through the
+# router (synthetic engine): requests lost, extra slots, time to recover.
+bench-failover: install
+	$(PY) -m bench.failover
+
+# Dynamic batching of embeddings through the gateway vs max_batch_size 1 (MiniLM on the CPU).
+bench-embeddings: install
+	$(PY) -m bench.embeddings
 
 clean:
 	rm -rf $(VENV) .venv-triton .tools .mypy_cache .ruff_cache .pytest_cache

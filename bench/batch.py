@@ -19,6 +19,11 @@ consumer as its own process beside the worker, as `headrace up` runs it.
                  is against their mean
     online       a few callers send short interactive requests: alone, then
                  while the job runs once more
+    arrivals     the case that found issue 11: the job first, and once it
+                 holds every slot, online requests arriving one at a time
+                 (every --arrival-gap-s); their queue wait at the scheduler
+                 and TTFT, against the same arrivals with no batch running,
+                 and against one batch row's duration
 
 Every row and online request decodes exactly --max-tokens tokens
 (ignore_eos), so the paths do the same work. Engines: vllm (the real model;
@@ -60,7 +65,7 @@ from headrace.batch.model_choice import resolve_batch_model
 from headrace.batch.queue import consumer_heartbeat_key, consumer_name
 from headrace.local.redis_server import free_port
 from headrace.runtime.config import Settings
-from headrace.v1 import batch_pb2, generation_pb2, router_pb2_grpc, worker_pb2
+from headrace.v1 import batch_pb2, generation_pb2, router_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, worker_pb2
 from services.worker.__main__ import WorkerApp, build_worker, start_worker
 from services.worker.convert import generation_request_from_proto
 
@@ -74,12 +79,15 @@ ENGINES: dict[str, dict[str, Any]] = {
 WARM_ROWS = 64
 
 
-def mesh_config(engine: str, batch: dict[str, Any] | None = None) -> dict[str, Any]:
+def mesh_config(
+    engine: str, batch: dict[str, Any] | None = None, scheduling: dict[str, Any] | None = None
+) -> dict[str, Any]:
     # No worker processes: the worker runs in this process (see above).
     return {
         "pools": {POOL: {"engine": ENGINES[engine], "workers": 0}},
         "telemetry": {"log_level": "WARNING"},
         "batch": batch or {},
+        "scheduler": {"pools": {POOL: scheduling or {}}},
     }
 
 
@@ -119,6 +127,8 @@ class Throughput:
     tokens: int
     wall_s: float
     load_average: float = 0.0
+    # Median time one row took at the worker (through the queue only).
+    row_ms_p50: float = 0.0
 
     @property
     def rows_per_s(self) -> float:
@@ -184,12 +194,17 @@ async def run_job(router: router_pb2_grpc.RouterStub, data: bytes) -> tuple[Thro
     if job.status == batch_pb2.BATCH_STATUS_FAILED:
         raise RuntimeError(f"the job failed validation: {list(job.errors)[:3]}")
     rows = tokens = 0
+    row_s: list[float] = []
     async for result in router.StreamBatchResults(batch_pb2.StreamBatchResultsRequest(batch_id=job.id, follow=True)):
         rows += 1
         tokens += result.response.usage.completion_tokens
+        row_s.append(result.response.timing.total_ms / 1000.0)
     wall = time.monotonic() - started
     done = await router.GetBatch(batch_pb2.GetBatchRequest(batch_id=job.id))
-    return Throughput(rows=rows, tokens=tokens, wall_s=wall, load_average=os.getloadavg()[0]), done
+    throughput = Throughput(
+        rows=rows, tokens=tokens, wall_s=wall, load_average=os.getloadavg()[0], row_ms_p50=percentile(row_s, 50) * 1000
+    )
+    return throughput, done
 
 
 def online_request(index: int, max_tokens: int) -> generation_pb2.GenerateRequest:
@@ -216,6 +231,90 @@ async def online_load(
 
     sample, _rate = await closed_loop(one, concurrency=callers, until=until)
     return sample
+
+
+@dataclass
+class Arrivals:
+    """Online requests arriving one at a time: their queue wait at the
+    scheduler, time to first token and total, in seconds."""
+
+    queue_s: list[float]
+    sample: LatencySample
+
+    def summary_ms(self) -> dict[str, float]:
+        return {
+            **self.sample.summary_ms(),
+            "queue_p50_ms": percentile(self.queue_s, 50) * 1000,
+            "queue_p99_ms": percentile(self.queue_s, 99) * 1000,
+        }
+
+
+async def online_arrivals(
+    router: router_pb2_grpc.RouterStub, *, gap_s: float, max_tokens: int, until: Callable[[], bool]
+) -> Arrivals:
+    """One online request every gap_s (open loop: each arrives whether or
+    not the last has ended), until `until()` holds."""
+    arrivals = Arrivals(queue_s=[], sample=LatencySample())
+
+    async def one(index: int) -> None:
+        started = time.perf_counter()
+        ttft = 0.0
+        try:
+            async for chunk in router.GenerateStream(online_request(index, max_tokens)):
+                if not ttft and chunk.text:
+                    ttft = time.perf_counter() - started
+                if chunk.HasField("timing") and chunk.timing.total_ms:
+                    arrivals.queue_s.append(chunk.timing.queue_ms / 1000.0)
+        except grpc.aio.AioRpcError:
+            arrivals.sample.errors += 1
+            return
+        arrivals.sample.ttft_s.append(ttft)
+        arrivals.sample.total_s.append(time.perf_counter() - started)
+
+    tasks = []
+    index = 0
+    while not until():
+        tasks.append(asyncio.create_task(one(index)))
+        index += 1
+        await asyncio.sleep(gap_s)
+    await asyncio.gather(*tasks)
+    return arrivals
+
+
+async def pool_full(scheduler: scheduler_pb2_grpc.SchedulerStub, *, timeout_s: float = 120.0) -> None:
+    """Wait until the pool's leases fill its capacity (the batch holds it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = await scheduler.GetPoolStatus(scheduler_pb2.GetPoolStatusRequest(pool=POOL))
+        pool = status.pools[0] if status.pools else None
+        if pool is not None and pool.capacity and pool.leased >= pool.capacity:
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError("the batch never filled the pool")
+
+
+async def batch_then_online(
+    router: router_pb2_grpc.RouterStub,
+    scheduler: scheduler_pb2_grpc.SchedulerStub,
+    data: bytes,
+    *,
+    gap_s: float,
+    max_tokens: int,
+) -> tuple[Throughput, batch_pb2.BatchJob, Arrivals]:
+    """The job first; once it holds every slot, online arrivals until it ends."""
+    finished = asyncio.Event()
+
+    async def tracked() -> tuple[Throughput, batch_pb2.BatchJob]:
+        try:
+            return await run_job(router, data)
+        finally:
+            finished.set()
+
+    job = asyncio.create_task(tracked())
+    await pool_full(scheduler)
+    arrivals = await online_arrivals(router, gap_s=gap_s, max_tokens=max_tokens, until=finished.is_set)
+    throughput, done = await job
+    return throughput, done, arrivals
 
 
 Load = Callable[[Callable[[], bool]], Awaitable[LatencySample]]
@@ -271,8 +370,9 @@ class Consumer:
 
 async def run(args: argparse.Namespace) -> None:
     batch = dict(pair.split("=", 1) for pair in args.batch)
+    scheduling = dict(pair.split("=", 1) for pair in args.scheduling)
     data = input_file(args.rows, args.max_tokens)
-    with running_mesh(mesh_config(args.engine, batch)) as mesh:
+    with running_mesh(mesh_config(args.engine, batch, scheduling)) as mesh:
         settings = mesh.settings
         worker = build_worker(
             settings, pool=POOL, index=0, port=free_port(), scheduler_targets=[mesh.scheduler_address]
@@ -290,9 +390,13 @@ async def run(args: argparse.Namespace) -> None:
                     "worker + engine + bench": os.getpgid(0),
                 }
             )
-            async with grpc.aio.insecure_channel(mesh.router_address) as channel:
+            async with (
+                grpc.aio.insecure_channel(mesh.router_address) as channel,
+                grpc.aio.insecure_channel(mesh.scheduler_address) as scheduler_channel,
+            ):
                 router = router_pb2_grpc.RouterStub(channel)
-                results = await measure(args, settings, worker, router, data, cpu)
+                scheduler = scheduler_pb2_grpc.SchedulerStub(scheduler_channel)
+                results = await measure(args, settings, worker, router, scheduler, data, cpu)
             results["cpu"] = cpu.phases
             rss = {**mesh.rss_mib(), "worker (this process)": process_group_rss_mib(os.getpgid(0))}
             rss["batch consumer"] = process_group_rss_mib(consumer.process.pid)
@@ -300,7 +404,7 @@ async def run(args: argparse.Namespace) -> None:
             consumer.stop()
             await worker.host.stop(1.0)
             await worker.close()
-    report(args, batch, results, rss)
+    report(args, {**batch, **{f"scheduler.{k}": v for k, v in scheduling.items()}}, results, rss)
 
 
 async def measure(
@@ -308,17 +412,21 @@ async def measure(
     settings: Settings,
     worker: WorkerApp,
     router: router_pb2_grpc.RouterStub,
+    scheduler: scheduler_pb2_grpc.SchedulerStub,
     data: bytes,
     cpu: CpuMeter,
 ) -> dict[str, Any]:
     requests = parsed_requests(settings, data)
 
+    def arrivals(until: Callable[[], bool]) -> Awaitable[Arrivals]:
+        return online_arrivals(router, gap_s=args.arrival_gap_s, max_tokens=args.max_tokens, until=until)
+
     def load(until: Callable[[], bool]) -> Awaitable[LatencySample]:
         return online_load(router, callers=args.online_callers, max_tokens=args.max_tokens, until=until)
 
-    # As many rows in flight as the engine runs at once, and the few more
-    # the consumer lets queue in it.
-    concurrency = worker.engine.stats().capacity + settings.batch.queue_ahead_rows
+    # As many rows in flight as the scheduler leases at once: the engine's
+    # width, and the few more the pool lets queue in it.
+    concurrency = worker.engine.stats().capacity + settings.scheduler.for_pool(POOL).engine_queue_slots
     # Warm every path at full width (engine, channels, consumer, router).
     await run_offline(worker, requests[:WARM_ROWS], concurrency=concurrency)
     await run_job(router, input_file(WARM_ROWS, args.max_tokens, prefix="warm"))
@@ -340,7 +448,22 @@ async def measure(
     mixed, mixed_job, during = await while_running(run_job(router, data), load)
     cpu.mark("queue + online")
     print(f"queue with online load: {mixed.rows_per_s:.2f} rows/s", flush=True)
+    arrivals_alone = await arrivals(deadline_after(args.online_seconds))
+    cpu.mark("arrivals alone")
+    first_job, first_done, arrivals_during = await batch_then_online(
+        router, scheduler, data, gap_s=args.arrival_gap_s, max_tokens=args.max_tokens
+    )
+    cpu.mark("batch first, then arrivals")
+    print(
+        f"batch first, then {len(arrivals_during.queue_s)} arrivals: queue p99 "
+        f"{percentile(arrivals_during.queue_s, 99) * 1000:.0f} ms (a row: {first_job.row_ms_p50:.0f} ms)",
+        flush=True,
+    )
     return {
+        "arrivals_alone": arrivals_alone,
+        "arrivals_during": arrivals_during,
+        "first_job": first_job,
+        "first_done": first_done,
         "offline": [first, second],
         "queue": queued,
         "job": job,
@@ -376,7 +499,26 @@ def report(args: argparse.Namespace, batch: dict[str, Any], results: dict[str, A
         )
     p99_alone = percentile(alone.total_s, 99) * 1000
     p99_during = percentile(during.total_s, 99) * 1000
-    failed = job.request_counts.failed + mixed_job.request_counts.failed
+    failed = job.request_counts.failed + mixed_job.request_counts.failed + results["first_done"].request_counts.failed
+    first_job: Throughput = results["first_job"]
+    arrivals_alone: Arrivals = results["arrivals_alone"]
+    arrivals_during: Arrivals = results["arrivals_during"]
+    arrival_rows = []
+    for name, arrivals in (("alone", arrivals_alone), ("the batch first, holding every slot", arrivals_during)):
+        a = arrivals.summary_ms()
+        arrival_rows.append(
+            [
+                name,
+                a["requests"],
+                a["queue_p50_ms"],
+                a["queue_p99_ms"],
+                a["ttft_p50_ms"],
+                a["ttft_p99_ms"],
+                a["total_p99_ms"],
+                a["errors"],
+            ]
+        )
+    ttft_ratio = arrivals_during.summary_ms()["ttft_p99_ms"] / arrivals_alone.summary_ms()["ttft_p99_ms"]
     table = "\n".join(
         [
             f"## Batch through the queue vs offline ({args.engine} engine, {args.rows} rows of "
@@ -397,6 +539,29 @@ def report(args: argparse.Namespace, batch: dict[str, Any], results: dict[str, A
             "",
             f"Online p99 while the batch runs: {p99_during:.0f} ms vs {p99_alone:.0f} ms alone "
             f"({p99_during / p99_alone:.2f}x).",
+            "",
+            f"### Batch first, then online arrivals (one every {args.arrival_gap_s:g} s, interactive)",
+            "",
+            "The job starts alone and takes every slot; then online requests arrive one at a time until it ends "
+            "(the case of issue 11). Queue: the wait for a slot at the scheduler.",
+            "",
+            markdown_table(
+                [
+                    "online arrivals",
+                    "requests",
+                    "queue p50 ms",
+                    "queue p99 ms",
+                    "ttft p50 ms",
+                    "ttft p99 ms",
+                    "total p99 ms",
+                    "errors",
+                ],
+                arrival_rows,
+            ),
+            "",
+            f"Queue wait p99 {arrivals_during.summary_ms()['queue_p99_ms']:.0f} ms against one batch row's "
+            f"{first_job.row_ms_p50:.0f} ms (median; goal: at most one row); TTFT p99 {ttft_ratio:.2f}x alone "
+            f"(goal on vLLM <= 1.5x). The job meanwhile: {first_job.rows_per_s:.2f} rows/s.",
             "",
             "CPU seconds per phase (2 cores: at most 2 s per second of wall time):",
             "",
@@ -424,6 +589,11 @@ def report(args: argparse.Namespace, batch: dict[str, Any], results: dict[str, A
             "online_callers": args.online_callers,
             "online_alone": alone.summary_ms(),
             "online_during_batch": during.summary_ms(),
+            "arrival_gap_s": args.arrival_gap_s,
+            "arrivals_alone": arrivals_alone.summary_ms(),
+            "arrivals_after_batch": arrivals_during.summary_ms(),
+            "arrivals_ttft_p99_ratio": ttft_ratio,
+            "batch_row_ms_p50": first_job.row_ms_p50,
             "rss_mib": rss,
             "cpu_seconds": results["cpu"],
             "batch_settings": batch,
@@ -442,6 +612,14 @@ def main() -> None:
     parser.add_argument(
         "--batch", action="append", default=[], metavar="KEY=VALUE", help="a batch setting for the mesh (repeatable)"
     )
+    parser.add_argument(
+        "--scheduling",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a scheduler setting for the pool, e.g. online_preempts_batch=true (repeatable)",
+    )
+    parser.add_argument("--arrival-gap-s", type=float, default=0.5, help="between online arrivals (batch-first case)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     asyncio.run(run(args))

@@ -27,6 +27,7 @@ import click
 import grpc
 
 from headrace.client import DEFAULT_TARGET, HeadraceClient
+from headrace.cost_report import cost_rows, format_table
 from headrace.local.deployment_secrets import local_deployment
 from headrace.local.mesh import LocalMesh, health_state
 from headrace.models import store as model_store
@@ -170,19 +171,26 @@ def status() -> None:
 
 
 def _pool_lines(settings: Settings) -> list[str]:
-    """Each pool's workers against the autoscaler's decision, as the
-    scheduler reports them (nothing when it does not answer)."""
-    address = f"{settings.scheduler.host}:{settings.scheduler.port}"
+    """Each pool's workers against the autoscaler's decision, as the first
+    scheduler replica that answers reports them (nothing when none does)."""
     try:
-        # With API keys, the scheduler wants the operator's certificate.
+        # With API keys, the schedulers want the operator's certificate.
         identity = service_identity(local_deployment(settings, create=False), Role.ADMIN)
-        with open_sync_channel(address, identity, server=Role.SCHEDULER) as channel:
-            pools = (
-                scheduler_pb2_grpc.SchedulerStub(channel)
-                .GetPoolStatus(scheduler_pb2.GetPoolStatusRequest(), timeout=2.0)
-                .pools
-            )
-    except (grpc.RpcError, HeadraceError):
+    except HeadraceError:
+        return []
+    pools = None
+    for address in settings.scheduler.targets():
+        try:
+            with open_sync_channel(address, identity, server=Role.SCHEDULER) as channel:
+                pools = (
+                    scheduler_pb2_grpc.SchedulerStub(channel)
+                    .GetPoolStatus(scheduler_pb2.GetPoolStatusRequest(), timeout=2.0)
+                    .pools
+                )
+            break
+        except grpc.RpcError:
+            continue
+    if pools is None:
         return []
     lines = []
     for pool in pools:
@@ -192,6 +200,15 @@ def _pool_lines(settings: Settings) -> list[str]:
             f"({pool.desired_reason}); {pool.leased}/{pool.capacity} slots leased, {queued} queued"
         )
     return lines
+
+
+@main.command()
+@click.option("--window", default="1h", show_default=True, help="Time window, as Prometheus writes it: 15m, 1h, 7d.")
+@click.option("--prometheus", default=None, help="Prometheus URL (default: telemetry.prometheus_url).")
+def cost(window: str, prometheus: str | None) -> None:
+    """What each tenant's answers cost per model over a time window (from Prometheus)."""
+    url = prometheus or _settings().telemetry.prometheus_url
+    click.echo(format_table(cost_rows(url, window), window))
 
 
 @main.command()

@@ -13,7 +13,7 @@ InvalidArgument, ResourceExhausted with retry_after_s, ...).
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Generator, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import grpc
@@ -126,12 +126,12 @@ class HeadraceClient:
 
     def generate_stream(
         self, prompt: str | None = None, **kwargs: Any
-    ) -> Iterator[generation_pb2.GenerateStreamResponse]:
+    ) -> Generator[generation_pb2.GenerateStreamResponse, None, None]:
         yield from self.generate_stream_request(build_generate_request(prompt, **kwargs))
 
     def generate_stream_request(
         self, request: generation_pb2.GenerateRequest
-    ) -> Iterator[generation_pb2.GenerateStreamResponse]:
+    ) -> Generator[generation_pb2.GenerateStreamResponse, None, None]:
         """Stream the answer to a request built by hand (every field of the proto)."""
         call = self._stub.GenerateStream(request, metadata=self._metadata, timeout=self._timeout)
         try:
@@ -234,13 +234,13 @@ class AsyncHeadraceClient:
 
     async def generate_stream(
         self, prompt: str | None = None, **kwargs: Any
-    ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
+    ) -> AsyncGenerator[generation_pb2.GenerateStreamResponse, None]:
         async for chunk in self.generate_stream_request(build_generate_request(prompt, **kwargs)):
             yield chunk
 
     async def generate_stream_request(
         self, request: generation_pb2.GenerateRequest
-    ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
+    ) -> AsyncGenerator[generation_pb2.GenerateStreamResponse, None]:
         """Stream the answer to a request built by hand (every field of the proto)."""
         call = self._stub.GenerateStream(request, metadata=self._metadata, timeout=self._timeout)
         try:

@@ -109,8 +109,11 @@ def build_celery_app(settings: Settings, *, name: str = "headrace-batch") -> Cel
         task_publish_retry=True,
         task_publish_retry_policy={"max_retries": 20, "interval_start": 0.1, "interval_step": 0.25, "interval_max": 1},
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-        worker_enable_remote_control=False,
+        # What tools see: `celery inspect` answers through remote control;
+        # Flower and `celery events` follow the events (sent when queued too).
+        worker_send_task_events=batch.events,
+        task_send_sent_event=batch.events,
+        worker_enable_remote_control=batch.remote_control,
         # Running chunks finish across a broker reconnect; if their ack is
         # lost, the redelivery finds every row done.
         worker_cancel_long_running_tasks_on_connection_loss=False,

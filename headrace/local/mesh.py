@@ -134,14 +134,7 @@ class LocalMesh:
                 "headrace.v1.Cache",
                 str(logs / "cache.log"),
             ),
-            ServiceProcess(
-                "scheduler",
-                "services.scheduler",
-                [],
-                f"{s.scheduler.host}:{s.scheduler.port}",
-                "headrace.v1.Scheduler",
-                str(logs / "scheduler.log"),
-            ),
+            *self._scheduler_processes(logs),
         ]
         for pool in s.pools:
             for index in range(self.initial_workers(pool)):
@@ -156,6 +149,27 @@ class LocalMesh:
                 str(logs / "router.log"),
             )
         )
+        return processes
+
+    def _scheduler_processes(self, logs: Path) -> list[ServiceProcess]:
+        """One per replica (scheduler.replicas), on consecutive ports; a
+        single one keeps the plain name."""
+        targets = self._settings.scheduler.targets()
+        host = self._settings.scheduler.host
+        processes = []
+        for index, target in enumerate(targets):
+            name = "scheduler" if len(targets) == 1 else f"scheduler-{index}"
+            port = target.rsplit(":", 1)[1]
+            processes.append(
+                ServiceProcess(
+                    name,
+                    "services.scheduler",
+                    ["--replica", str(index)],
+                    f"{host}:{port}",
+                    "headrace.v1.Scheduler",
+                    str(logs / f"{name}.log"),
+                )
+            )
         return processes
 
     def initial_workers(self, pool: str) -> int:
@@ -273,7 +287,7 @@ class LocalMesh:
             # Cache and scheduler first, then the workers (the slow part:
             # model loading), the batch consumers beside them, then the router.
             stages = [
-                plan[:2],
+                [p for p in plan if p.module in ("services.cache", "services.scheduler")],
                 [p for p in plan if p.module == "services.worker"],
                 [p for p in plan if p.module == "services.worker.consumer"],
                 [plan[-1]],
@@ -387,10 +401,13 @@ class LocalMesh:
             time.sleep(0.25)
 
     def _wait_workers_registered(self, plan: list[ServiceProcess], deadline: float) -> None:
-        """Until every worker reports to the scheduler, the first request could
-        find no worker: wait for them."""
+        """Until every worker reports to every scheduler replica, the first
+        request could find no worker: wait for them."""
+        for scheduler in (p for p in plan if p.module == "services.scheduler"):
+            self._wait_registered_with(scheduler, plan, deadline)
+
+    def _wait_registered_with(self, scheduler: ServiceProcess, plan: list[ServiceProcess], deadline: float) -> None:
         expected = {p.address for p in plan if p.module == "services.worker"}
-        scheduler = next(p for p in plan if p.module == "services.scheduler")
         with open_sync_channel(scheduler.address, self.admin_identity(), server=Role.SCHEDULER) as channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
             while True:
@@ -407,7 +424,7 @@ class LocalMesh:
                     if expected <= {w.info.endpoint for w in listing.workers if w.accepting}:
                         return
                 if time.monotonic() > deadline:
-                    raise MeshError("workers did not register with the scheduler in time")
+                    raise MeshError(f"workers did not register with {scheduler.name} in time")
                 time.sleep(0.1)
 
     def down(self, *, grace_s: float = 20.0) -> list[ServiceProcess]:

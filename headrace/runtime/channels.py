@@ -8,6 +8,9 @@ message through an extra layer, and the router relays every token."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +24,9 @@ from headrace.runtime.request_context import REQUEST_ID_KEY, TENANT_KEY, deadlin
 from headrace.runtime.service_certs import Role, server_name
 from headrace.runtime.service_identity import ServiceIdentity
 
+# Clients ping an idle connection this often (servers accept it: server.py).
+CLIENT_KEEPALIVE_TIME_MS = 10_000
+
 
 def channel_options(limits: LimitSettings) -> list[tuple[str, Any]]:
     """Options shared by servers and channels: message sizes are bounded,
@@ -28,7 +34,7 @@ def channel_options(limits: LimitSettings) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_send_message_length", limits.max_message_bytes),
         ("grpc.max_receive_message_length", limits.max_message_bytes),
-        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_time_ms", CLIENT_KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
@@ -96,6 +102,43 @@ def open_sync_channel(target: str, identity: ServiceIdentity | None, *, server: 
     if identity is None:
         return grpc.insecure_channel(target)
     return grpc.secure_channel(target, identity.channel_credentials(), options=_secure_options([], server))
+
+
+# Round robin over the replicas that are up. No retry policy: a call a
+# replica received and failed may have done its work (SubmitBatch), so only
+# gRPC's transparent retries apply (calls that never reached a server).
+_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+def balanced_target(targets: Sequence[str]) -> str:
+    """One gRPC target naming every replica (`ipv4:a:p,b:q`), names
+    resolved once, now; a single target is returned as it is."""
+    if len(targets) == 1:
+        return targets[0]
+    addresses = []
+    for target in targets:
+        host, _, port = target.rpartition(":")
+        host = host.strip("[]")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = ipaddress.ip_address(socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0][4][0])
+        addresses.append((ip, port))
+    if all(ip.version == 4 for ip, _ in addresses):
+        return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in addresses)
+    return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip, port in addresses)
+
+
+def open_balanced_channel(
+    targets: Sequence[str], limits: LimitSettings, identity: ServiceIdentity | None, *, server: Role
+) -> grpc.aio.Channel:
+    """One channel over several replicas of a service (gRPC's round_robin:
+    a replica that is down gets no calls once its connection has failed),
+    for calls any of them answers alike. Same credentials as open_channel."""
+    if len(targets) == 1:
+        return open_channel(targets[0], limits, identity, server=server)
+    options = [*channel_options(limits), ("grpc.service_config", _ROUND_ROBIN)]
+    return dial(balanced_target(targets), options, identity, server=server)
 
 
 class ChannelPool:

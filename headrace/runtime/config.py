@@ -258,8 +258,26 @@ class PoolSchedulingSettings(_Section):
     # (so its next batch is ready); an engine already queueing more than
     # this gets nothing new.
     engine_queue_slots: int = Field(default=0, ge=0, le=10_000)
-    # Share of each worker's slots batch work must leave free for online work.
-    batch_headroom: float = Field(default=0.25, ge=0, lt=1)
+    # Batch rows run under leases of the batch class, from the same queue
+    # as online work (docs/scheduler.md, "One owner of capacity"): alone,
+    # batch may fill every slot; while online work is around (queued, or
+    # holding leases, or seen in the last online_linger_s), no new batch
+    # lease is granted while an online request waits, and batch holds at
+    # most this share of each worker's slots.
+    batch_share_while_online: float = Field(default=0.5, gt=0, le=1)
+    online_linger_s: float = Field(default=2.0, ge=0, le=3600)
+    # Batch rows leased beyond what a worker runs at once while no online
+    # work is around, waiting in the engine's own queue: the engine never
+    # runs dry between one row ending and the next row's lease arriving.
+    # Engines run online requests ahead of them (vLLM's priority
+    # scheduling; the others' request slots), and batch leases never keep
+    # an online request from a worker whose online work fits its width:
+    # it waits at most for one running sequence to end.
+    batch_queue_ahead: int = Field(default=32, ge=0, le=10_000)
+    # Beyond that, the worker stops the newest preemptible batch row when an
+    # online request finds its engine full (the consumer retries the row
+    # once, not preemptible): an online request then waits for no row.
+    online_preempts_batch: bool = False
     # Affinity policies keep a key on its worker while that worker's
     # outstanding sequences stay within factor x the average + slack
     # (bounded-load consistent hashing). The slack keeps keys home through
@@ -292,19 +310,67 @@ class SchedulerSettings(_Section):
     lease_ttl_s: float = Field(default=30.0, gt=0)
     # Admission and placement per pool; pools not listed get the defaults.
     pools: dict[str, PoolSchedulingSettings] = Field(default_factory=dict)
+    # Scheduler processes. Each admits on its own and owns 1/N of every
+    # worker's slots (N: the replicas alive now, from their heartbeats in
+    # Redis); docs/scheduler.md. `headrace up` runs them on port, port + 1, ...
+    replicas: int = Field(default=1, ge=1, le=16)
+    # host:port of each replica as the routers, consumers and workers of
+    # every host reach it (several hosts); empty: host:port, host:port+1, ...
+    # Names are resolved once, when a client starts.
+    addresses: list[str] = Field(default_factory=list)
+    # A replica whose heartbeat is older than this counts as dead, and the
+    # others take its share of every worker's slots. It beats every third of it.
+    replica_ttl_s: float = Field(default=1.5, ge=0.3, le=60)
 
     def for_pool(self, pool: str) -> PoolSchedulingSettings:
         return self.pools.get(pool) or PoolSchedulingSettings()
 
+    @model_validator(mode="after")
+    def _replica_addresses(self) -> SchedulerSettings:
+        if self.addresses and "replicas" in self.model_fields_set and self.replicas != len(self.addresses):
+            raise ValueError(
+                f"scheduler.replicas is {self.replicas} but scheduler.addresses names {len(self.addresses)}; "
+                "set one of them, or both alike"
+            )
+        for address in self.addresses:
+            host, sep, port = address.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"scheduler.addresses: {address!r} is not host:port")
+        if len(set(self.addresses)) != len(self.addresses):
+            raise ValueError("scheduler.addresses: each replica once")
+        return self
+
+    def targets(self) -> list[str]:
+        """host:port of every replica, in replica order."""
+        if self.addresses:
+            return list(self.addresses)
+        return [f"{self.host}:{self.port + index}" for index in range(self.replicas)]
+
 
 class WorkerSettings(_Section):
     host: str = LOOPBACK
+    # The host the schedulers and routers of other hosts reach this worker
+    # by (it registers as advertise_host:port); None: its bind host. Needed
+    # when it binds a wildcard (0.0.0.0) or a name others cannot resolve.
+    advertise_host: str | None = None
     # Workers take ports from here up, in pool order.
     base_port: int = Field(default=50061, ge=1, le=65535)
     # A worker serves /metrics on its gRPC port + this (50061 -> 60061); None: off.
     metrics_port_offset: int | None = 10000
     # Seconds a stopping worker waits for running requests.
     drain_timeout_s: float = Field(default=10.0, ge=0)
+
+    def reachable_host(self) -> str:
+        """The host a worker registers by: advertise_host, else its bind
+        host; a wildcard bind (0.0.0.0) with nothing advertised is refused."""
+        if self.advertise_host:
+            return self.advertise_host
+        if _is_wildcard(self.host):
+            raise ValueError(
+                f"worker.host is {self.host!r} (every interface), which no other host can dial: "
+                "set worker.advertise_host to the address the schedulers and routers reach it by"
+            )
+        return self.host
 
 
 class LimitSettings(_Section):
@@ -338,6 +404,8 @@ class TelemetrySettings(_Section):
     # OTLP/gRPC collector, e.g. "127.0.0.1:4317"; none: spans stay in-process.
     otlp_endpoint: str | None = None
     log_level: str = "INFO"
+    # The Prometheus that scrapes the mesh (`headrace cost` reads it).
+    prometheus_url: str = "http://127.0.0.1:9090"
 
 
 class BatchSettings(_Section):
@@ -346,8 +414,14 @@ class BatchSettings(_Section):
 
     # Celery broker; None: the same Redis as redis_url.
     broker_url: str | None = None
-    # Redis keys of jobs, files and results start with this.
+    # Redis keys of jobs, files and results start with this, and so do the
+    # Celery queues' (kombu's global_keyprefix): tools reading the broker
+    # (celery -A headrace.batch.celery_app, Flower) must use the same one.
     key_prefix: str = "headrace:batch:"
+    # Consumers answer `celery inspect` / `celery control` (remote control)
+    # and send task and heartbeat events (Flower, `celery events`).
+    remote_control: bool = True
+    events: bool = True
     # Input rows per chunk task.
     chunk_rows: int = Field(default=16, ge=1, le=1000)
     # Bounds at submit time: rows of one job, bytes of one input file, and
@@ -386,28 +460,18 @@ class BatchSettings(_Section):
     # waits on, ride a Redis restart out instead.
     store_timeout_s: float = Field(default=0.5, gt=0, le=10)
     store_unavailable_retry_after_s: float = Field(default=5.0, gt=0)
-    # Per consumer: chunk tasks run at once, and rows in flight at its
-    # worker (a hard cap; the worker's capacity is the usual bound). The
-    # chunks hold more rows (16 x 16) than the engine runs at once, so rows
-    # are ready when a row ends, even while a chunk's last rows still run.
+    # Per consumer: chunk tasks run at once, and rows asking the scheduler
+    # for a lease or running (a hard cap; the scheduler's leases are the
+    # usual bound). The chunks hold more rows (16 x 16) than the engine runs
+    # at once, so rows are ready when a row ends, even while a chunk's last
+    # rows still run.
     consumer_chunks: int = Field(default=16, ge=1, le=64)
     max_inflight_rows: int = Field(default=256, ge=1)
-    # Share of the worker's capacity batch rows leave free for online
-    # requests (0: fill it all; online requests still go first, since no
-    # new row starts while the engine has requests waiting).
-    online_reserve_fraction: float = Field(default=0.0, ge=0, lt=1)
-    # While online requests run (seen in the last few seconds), batch rows
-    # may use at most this share of the capacity: on an engine whose every
-    # step slows with each sequence it decodes (a CPU), fewer batch rows
-    # keep online latency down. 1: no limit beyond the online work itself.
-    share_while_online: float = Field(default=0.5, gt=0, le=1)
-    # Rows let into the engine's own queue beyond its capacity, so it never
-    # runs dry when rows end together (rows of one length end in waves) and
-    # the next ones are still on their way. Engines that schedule by
-    # priority (vllm) still put online requests ahead of them.
-    queue_ahead_rows: int = Field(default=32, ge=0)
-    # How often the consumer reads its worker's load while it has rows.
-    load_poll_s: float = Field(default=0.25, gt=0)
+    # Rows whose leases arrive together go to the worker in one call
+    # (Worker.GenerateBatch), at most this many; 1: a Generate call per row.
+    rows_per_worker_call: int = Field(default=64, ge=1, le=256)
+    # How long the first row ready waits for others to share its call.
+    worker_call_window_ms: float = Field(default=20.0, ge=0, le=1000)
     # Finished jobs (and their results) are kept this long.
     retention_s: int = Field(default=7 * 86400, ge=60)
 
@@ -438,10 +502,23 @@ class PoolSettings(_Section):
     workers: int = Field(default=1, ge=0, le=64)
     # USD per hour of the capacity one worker uses; cost = engine seconds x this.
     price_per_hour: float = Field(default=0.0, ge=0)
+    # A request's engine seconds are its share of each engine window, by the
+    # tokens it processed there: a decoded token weighs 1, a prompt token
+    # computed in prefill this much (prefill runs many tokens in one pass;
+    # calibrate per engine and hardware: docs/observability.md, "Cost").
+    prefill_token_weight: float = Field(default=0.25, ge=0)
+    # Tokens/s one worker of this pool delivers, until its workers' reports
+    # measure it: what placement's cost per token starts from when a model
+    # version is served by several pools (docs/autoscaling.md).
+    throughput_tokens_per_s: float | None = Field(default=None, gt=0)
 
 
 class ModelVersionSettings(_Section):
     pool: str
+    # More pools that serve this version too (e.g. a CPU pool beside a GPU
+    # one): each request goes to the cheapest per token whose queue keeps
+    # its SLO (services/scheduler/pool_choice.py).
+    also_pools: list[str] = Field(default_factory=list, max_length=8)
     context_length: int = Field(default=0, ge=0)
     # Still served, with a warning naming replaced_by.
     deprecated: bool = False
@@ -579,6 +656,11 @@ class Settings(BaseSettings):
             for version, spec in model.versions.items():
                 if spec.pool not in self.pools:
                     raise ValueError(f"model {name}@{version} names pool {spec.pool!r}, which is not configured")
+                for extra in spec.also_pools:
+                    if extra not in self.pools or extra == spec.pool:
+                        raise ValueError(
+                            f"model {name}@{version}: also_pools names {extra!r}, which is not another configured pool"
+                        )
         for pool in self.scheduler.pools:
             if pool not in self.pools:
                 raise ValueError(f"scheduler.pools names pool {pool!r}, which is not configured")
@@ -641,8 +723,17 @@ class Settings(BaseSettings):
             f"{name}@{version}"
             for name, model in self.models.items()
             for version, spec in model.versions.items()
-            if spec.pool == pool and not spec.removed
+            if (spec.pool == pool or pool in spec.also_pools) and not spec.removed
         )
+
+    def version_pools(self, model_version: str) -> list[str]:
+        """Every pool serving a version ("name@version"), its own pool first."""
+        name, _, version = model_version.partition("@")
+        spec = self.models.get(name, None)
+        found = spec.versions.get(version) if spec is not None else None
+        if found is None or found.removed:
+            return []
+        return [found.pool, *found.also_pools]
 
 
 def _require_loopback(host: str, why: str) -> None:
@@ -657,6 +748,13 @@ def _require_loopback(host: str, why: str) -> None:
             f"refusing to bind {host!r}: {why}, so the service stays on loopback; configure tenants "
             "with api_key_sha256 and internal_tls.certs_dir (`headrace certs init DIR`) to serve beyond it"
         )
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 def hash_api_key(key: str) -> str:

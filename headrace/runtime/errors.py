@@ -14,7 +14,8 @@ statuses in one table.
     ├── Cancelled                  CANCELLED            499
     ├── Unimplemented              UNIMPLEMENTED        501
     ├── Unavailable                UNAVAILABLE          503  (+ retry-after)
-    │   └── NoWorkerAvailable
+    │   ├── NoWorkerAvailable
+    │   └── Preempted              ABORTED              503
     ├── DeadlineExceeded           DEADLINE_EXCEEDED    504
     └── Internal                   INTERNAL             500
 
@@ -108,6 +109,11 @@ class NoWorkerAvailable(Unavailable):
     """No live worker serves the model."""
 
 
+class Preempted(Unavailable):
+    """A batch row stopped to make room for online work; its consumer
+    retries it (once, not preemptible)."""
+
+
 class DeadlineExceeded(HeadraceError):
     """The request's deadline passed."""
 
@@ -138,6 +144,7 @@ ERROR_TABLE: dict[type[HeadraceError], ErrorMapping] = {
     Cancelled: ErrorMapping(grpc.StatusCode.CANCELLED, 499, "cancelled"),
     Unimplemented: ErrorMapping(grpc.StatusCode.UNIMPLEMENTED, 501, "not_implemented"),
     Unavailable: ErrorMapping(grpc.StatusCode.UNAVAILABLE, 503, "service_unavailable"),
+    Preempted: ErrorMapping(grpc.StatusCode.ABORTED, 503, "service_unavailable"),
     DeadlineExceeded: ErrorMapping(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "timeout"),
     Internal: ErrorMapping(grpc.StatusCode.INTERNAL, 500, "server_error"),
 }

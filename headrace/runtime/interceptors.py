@@ -45,6 +45,7 @@ from headrace.runtime.request_context import (
     tenant_var,
 )
 from headrace.runtime.service_identity import admit, peer_var
+from headrace.runtime.telemetry import note_request_id
 
 log = logging.getLogger(__name__)
 _UNHANDLED = RepeatLimitedLog(log)
@@ -169,7 +170,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         return stream
 
     def _enter(self, context: grpc.aio.ServicerContext, method: str) -> None:
-        request_id_var.set(accept_request_id(metadata_value(context, REQUEST_ID_KEY)))
+        request_id = accept_request_id(metadata_value(context, REQUEST_ID_KEY))
+        request_id_var.set(request_id)
+        note_request_id(request_id)
         deadline_var.set(deadline_from_remaining(context.time_remaining()))
         if self._authenticator is None:
             # Internal hop: the router authenticated and passed the tenant on.

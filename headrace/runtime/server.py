@@ -6,25 +6,59 @@ SIGTERM (NOT_SERVING first, then in-flight calls get a grace period)."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import pkgutil
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from opentelemetry.trace import TracerProvider
 
+import headrace.v1
 from headrace.runtime.auth import Authenticator
-from headrace.runtime.channels import channel_options
+from headrace.runtime.channels import CLIENT_KEEPALIVE_TIME_MS, channel_options
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.interceptors import ServerInterceptor
 from headrace.runtime.service_identity import ServiceIdentity
 
 log = logging.getLogger(__name__)
+
+# Health checks and reflection are tooling, not requests: no spans for them
+# (and no OpenTelemetry context held open across a tool's reflection stream).
+_UNTRACED = filters.negate(filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection.")))
+
+
+def server_options(limits: LimitSettings) -> list[tuple[str, Any]]:
+    """The channel options plus the server's keepalive policy: accept the
+    clients' pings (every CLIENT_KEEPALIVE_TIME_MS, with or without calls)
+    rather than answering them with GOAWAY too_many_pings."""
+    return [
+        *channel_options(limits),
+        ("grpc.http2.min_ping_interval_without_data_ms", CLIENT_KEEPALIVE_TIME_MS // 2),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", CLIENT_KEEPALIVE_TIME_MS // 2),
+        # No SO_REUSEPORT: a second server on a taken port must fail, not
+        # silently share it.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def load_descriptors() -> None:
+    """Import every generated module of headrace.v1, so every proto file is
+    in the default descriptor pool and reflection can describe every
+    service (a *_pb2_grpc module imports only the modules of its message
+    types: router_pb2, which declares the Router service, is never imported
+    by the code that serves it)."""
+    for module in pkgutil.iter_modules(headrace.v1.__path__):
+        if module.name.endswith("_pb2"):
+            importlib.import_module(f"headrace.v1.{module.name}")
 
 
 @dataclass(frozen=True)
@@ -61,16 +95,20 @@ class GrpcServiceHost:
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if tracer_provider is not None:
             # Outermost, so the span covers everything else.
-            interceptors.append(aio_server_interceptor(tracer_provider=tracer_provider))
+            interceptors.append(aio_server_interceptor(tracer_provider=tracer_provider, filter_=_UNTRACED))
         interceptors.append(ServerInterceptor(authenticator=authenticator, service_identity=identity is not None))
-        # No SO_REUSEPORT: a second server on a taken port must fail, not
-        # silently share it.
-        options = [*channel_options(limits), ("grpc.so_reuseport", 0)]
-        self._server = grpc.aio.server(interceptors=interceptors, options=options)
+        self._server = grpc.aio.server(interceptors=interceptors, options=server_options(limits))
         self.port = 0
 
     async def start(self) -> int:
+        load_descriptors()
+        pool = descriptor_pool.Default()  # type: ignore[no-untyped-call]
         for service in self._services:
+            # Reflection can describe only what the pool holds: for our own
+            # contract, fail here, not in a user's grpcurl. (A test's ad hoc
+            # service has no descriptor to offer, and needs none.)
+            if service.name.startswith("headrace."):
+                pool.FindServiceByName(service.name)
             service.add_to_server(self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = [service.name for service in self._services]

@@ -45,8 +45,12 @@ ACCESS: Final[Mapping[Role, frozenset[str]]] = {
     ),
     # A worker reports its load, nothing else: it never reads a job or a lease.
     Role.WORKER: frozenset({"/headrace.v1.Scheduler/ReportLoad"}),
-    # The batch consumer runs rows on the worker beside it.
-    Role.CONSUMER: frozenset(f"/headrace.v1.Worker/{method}" for method in ("Generate", "Embed", "GetLoad", "Abort")),
+    # The batch consumer runs rows on the worker beside it, each under a
+    # lease it asks the scheduler for (docs/scheduler.md, "One owner of capacity").
+    Role.CONSUMER: frozenset(
+        {f"/headrace.v1.Worker/{method}" for method in ("Generate", "GenerateBatch", "Embed", "GetLoad", "Abort")}
+        | {f"/headrace.v1.Scheduler/{method}" for method in ("Place", "Release", "RenewLease")}
+    ),
     # The operator's tools: status, never a tenant's data.
     Role.ADMIN: frozenset(
         {"/headrace.v1.Scheduler/ListWorkers", "/headrace.v1.Scheduler/GetPoolStatus", "/headrace.v1.Worker/GetLoad"}
@@ -70,13 +74,23 @@ class PeerIdentity:
     def may_announce(self, endpoint: str) -> bool:
         """Whether a worker with this identity may register `endpoint` (host:port)."""
         host = endpoint.rsplit(":", 1)[0].strip("[]")
-        if host in self.hosts:
+        if host in self.hosts or any(_wildcard_matches(name, host) for name in self.hosts):
             return True
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
             return False
         return any(_same_ip(address, name) for name in self.hosts)
+
+
+def _wildcard_matches(name: str, host: str) -> bool:
+    """A `*.domain` name covers exactly one leading label, as in TLS
+    (RFC 6125): `*.worker-smollm2` names `worker-smollm2-3.worker-smollm2`
+    (a StatefulSet's pods), not `a.b.worker-smollm2` nor the domain itself."""
+    if not name.startswith("*."):
+        return False
+    label, dot, rest = host.partition(".")
+    return bool(label) and bool(dot) and rest == name[2:]
 
 
 def _same_ip(address: ipaddress.IPv4Address | ipaddress.IPv6Address, name: str) -> bool:

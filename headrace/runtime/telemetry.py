@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Final
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import start_http_server
 
@@ -32,10 +35,34 @@ def configure_logging(service: str, level: str) -> None:
     root.setLevel(level.upper())
 
 
+# The request id on every span, so a trace can be found from the id a
+# client was given (x-request-id) and the other way round.
+REQUEST_ID_ATTRIBUTE: Final = "headrace.request_id"
+
+
+class RequestIdSpanProcessor(SpanProcessor):
+    """Puts the current request id on each span as it starts. Server spans
+    start before the request id is known (the tracing interceptor and the
+    ASGI middleware run first): `note_request_id` covers those."""
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        request_id = request_id_var.get()
+        if request_id:
+            span.set_attribute(REQUEST_ID_ATTRIBUTE, request_id)
+
+
+def note_request_id(request_id: str) -> None:
+    """Put the request id on the current (server) span."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute(REQUEST_ID_ATTRIBUTE, request_id)
+
+
 def build_tracer_provider(service: str, settings: TelemetrySettings) -> TracerProvider:
     """A tracer provider for one service; spans go to the OTLP collector when
     one is configured, and nowhere otherwise (context still propagates)."""
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(RequestIdSpanProcessor())
     if settings.otlp_endpoint:
         # Imported here: the exporter pulls in its own gRPC client stack.
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter

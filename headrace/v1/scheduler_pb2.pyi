@@ -55,6 +55,7 @@ class PlaceRequest(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     EXCLUDE_WORKERS_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     model_version: _builtins.str
     """The resolved model version, e.g. "smollm2@1"."""
@@ -65,6 +66,11 @@ class PlaceRequest(_message.Message):
     prompt_tokens: _builtins.int
     """Estimated prompt length, and the completion budget."""
     max_tokens: _builtins.int
+    worker_id: _builtins.str
+    """Only this worker (empty: any). A batch consumer asks for room on the
+    worker it runs beside: every batch row runs under a lease of the batch
+    class, granted by the same admission as online work.
+    """
     @_builtins.property
     def prefix_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Hashes of the prompt's leading blocks, shortest prefix first, for
@@ -87,10 +93,11 @@ class PlaceRequest(_message.Message):
         prompt_tokens: _builtins.int = ...,
         max_tokens: _builtins.int = ...,
         exclude_workers: _abc.Iterable[_builtins.str] | None = ...,
+        worker_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_workers", b"exclude_workers", "max_tokens", b"max_tokens", "model_version", b"model_version", "prefix_hashes", b"prefix_hashes", "priority", b"priority", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "session_id", b"session_id", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_workers", b"exclude_workers", "max_tokens", b"max_tokens", "model_version", b"model_version", "prefix_hashes", b"prefix_hashes", "priority", b"priority", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "session_id", b"session_id", "tenant", b"tenant", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -137,10 +144,17 @@ class PlaceResponse(_message.Message):
     LEASE_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     QUEUE_MS_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    PRICE_PER_HOUR_FIELD_NUMBER: _builtins.int
     policy: _builtins.str
     """The placement policy that chose the worker."""
     queue_ms: _builtins.float
     """Time spent waiting for a slot."""
+    pool: _builtins.str
+    """The pool of the worker chosen (a version may be served by several),
+    and that pool's price per worker-hour: what the answer's cost uses.
+    """
+    price_per_hour: _builtins.float
     @_builtins.property
     def lease(self) -> Global___Lease: ...
     def __init__(
@@ -149,10 +163,12 @@ class PlaceResponse(_message.Message):
         lease: Global___Lease | None = ...,
         policy: _builtins.str = ...,
         queue_ms: _builtins.float = ...,
+        pool: _builtins.str = ...,
+        price_per_hour: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "policy", b"policy", "queue_ms", b"queue_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "policy", b"policy", "pool", b"pool", "price_per_hour", b"price_per_hour", "queue_ms", b"queue_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,21 +26,29 @@ from headrace.v1 import generation_pb2 as headrace_dot_v1_dot_generation__pb2
 from headrace.v1 import scheduler_pb2 as headrace_dot_v1_dot_scheduler__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18headrace/v1/worker.proto\x12\x0bheadrace.v1\x1a\x1cheadrace/v1/generation.proto\x1a\x1bheadrace/v1/scheduler.proto\"\xd2\x01\n\x15WorkerGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12-\n\x07request\x18\x03 \x01(\x0b\x32\x1c.headrace.v1.GenerateRequest\x12\x10\n\x08lease_id\x18\x04 \x01(\t\x12\x0e\n\x06tenant\x18\x05 \x01(\t\x12\'\n\x08priority\x18\x06 \x01(\x0e\x32\x15.headrace.v1.Priority\x12\x14\n\x0cwhole_answer\x18\x07 \x01(\x08\"\x10\n\x0eGetLoadRequest\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x32\xa0\x02\n\x06Worker\x12U\n\x08Generate\x12\".headrace.v1.WorkerGenerateRequest\x1a#.headrace.v1.GenerateStreamResponse0\x01\x12>\n\x05\x45mbed\x12\x19.headrace.v1.EmbedRequest\x1a\x1a.headrace.v1.EmbedResponse\x12?\n\x07GetLoad\x12\x1b.headrace.v1.GetLoadRequest\x1a\x17.headrace.v1.WorkerLoad\x12>\n\x05\x41\x62ort\x12\x19.headrace.v1.AbortRequest\x1a\x1a.headrace.v1.AbortResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18headrace/v1/worker.proto\x12\x0bheadrace.v1\x1a\x1cheadrace/v1/generation.proto\x1a\x1bheadrace/v1/scheduler.proto\"H\n\x14GenerateBatchRequest\x12\x30\n\x04rows\x18\x01 \x03(\x0b\x32\".headrace.v1.WorkerGenerateRequest\"\x89\x01\n\x13GenerateBatchResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x33\n\x06\x61nswer\x18\x02 \x01(\x0b\x32#.headrace.v1.GenerateStreamResponse\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\"\xe9\x02\n\x15WorkerGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12-\n\x07request\x18\x03 \x01(\x0b\x32\x1c.headrace.v1.GenerateRequest\x12\x10\n\x08lease_id\x18\x04 \x01(\t\x12\x0e\n\x06tenant\x18\x05 \x01(\t\x12\'\n\x08priority\x18\x06 \x01(\x0e\x32\x15.headrace.v1.Priority\x12\x14\n\x0cwhole_answer\x18\x07 \x01(\x08\x12\x13\n\x0bpreemptible\x18\x08 \x01(\x08\x12K\n\rtrace_context\x18\t \x03(\x0b\x32\x34.headrace.v1.WorkerGenerateRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x10\n\x0eGetLoadRequest\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x32\xf8\x02\n\x06Worker\x12U\n\x08Generate\x12\".headrace.v1.WorkerGenerateRequest\x1a#.headrace.v1.GenerateStreamResponse0\x01\x12>\n\x05\x45mbed\x12\x19.headrace.v1.EmbedRequest\x1a\x1a.headrace.v1.EmbedResponse\x12?\n\x07GetLoad\x12\x1b.headrace.v1.GetLoadRequest\x1a\x17.headrace.v1.WorkerLoad\x12>\n\x05\x41\x62ort\x12\x19.headrace.v1.AbortRequest\x1a\x1a.headrace.v1.AbortResponse\x12V\n\rGenerateBatch\x12!.headrace.v1.GenerateBatchRequest\x1a .headrace.v1.GenerateBatchResult0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'headrace.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WORKERGENERATEREQUEST']._serialized_start=101
-  _globals['_WORKERGENERATEREQUEST']._serialized_end=311
-  _globals['_GETLOADREQUEST']._serialized_start=313
-  _globals['_GETLOADREQUEST']._serialized_end=329
-  _globals['_ABORTREQUEST']._serialized_start=331
-  _globals['_ABORTREQUEST']._serialized_end=365
-  _globals['_ABORTRESPONSE']._serialized_start=367
-  _globals['_ABORTRESPONSE']._serialized_end=397
-  _globals['_WORKER']._serialized_start=400
-  _globals['_WORKER']._serialized_end=688
+  _globals['_WORKERGENERATEREQUEST_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_WORKERGENERATEREQUEST_TRACECONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_GENERATEBATCHREQUEST']._serialized_start=100
+  _globals['_GENERATEBATCHREQUEST']._serialized_end=172
+  _globals['_GENERATEBATCHRESULT']._serialized_start=175
+  _globals['_GENERATEBATCHRESULT']._serialized_end=312
+  _globals['_WORKERGENERATEREQUEST']._serialized_start=315
+  _globals['_WORKERGENERATEREQUEST']._serialized_end=676
+  _globals['_WORKERGENERATEREQUEST_TRACECONTEXTENTRY']._serialized_start=625
+  _globals['_WORKERGENERATEREQUEST_TRACECONTEXTENTRY']._serialized_end=676
+  _globals['_GETLOADREQUEST']._serialized_start=678
+  _globals['_GETLOADREQUEST']._serialized_end=694
+  _globals['_ABORTREQUEST']._serialized_start=696
+  _globals['_ABORTREQUEST']._serialized_end=730
+  _globals['_ABORTRESPONSE']._serialized_start=732
+  _globals['_ABORTRESPONSE']._serialized_end=762
+  _globals['_WORKER']._serialized_start=765
+  _globals['_WORKER']._serialized_end=1141
 # @@protoc_insertion_point(module_scope)

@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from headrace.v1 import generation_pb2 as _generation_pb2
 import builtins as _builtins
 import sys
@@ -18,10 +20,90 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class GenerateBatchRequest(_message.Message):
+    """Rows to run, each as Generate would run it (whole_answer implied)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerGenerateRequest]: ...
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___WorkerGenerateRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateBatchRequest: _TypeAlias = GenerateBatchRequest  # noqa: Y015
+
+@_typing.final
+class GenerateBatchResult(_message.Message):
+    """How one row of a GenerateBatch call ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    error_code: _builtins.int
+    """The gRPC status code Generate would have ended the row with (0: OK),
+    and its message.
+    """
+    error_message: _builtins.str
+    @_builtins.property
+    def answer(self) -> _generation_pb2.GenerateStreamResponse:
+        """The row's whole answer, as Generate with whole_answer sends it; unset
+        when the row failed.
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        answer: _generation_pb2.GenerateStreamResponse | None = ...,
+        error_code: _builtins.int = ...,
+        error_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "error_code", b"error_code", "error_message", b"error_message", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateBatchResult: _TypeAlias = GenerateBatchResult  # noqa: Y015
+
+@_typing.final
 class WorkerGenerateRequest(_message.Message):
     """A request resolved and placed by the router."""
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
@@ -30,6 +112,8 @@ class WorkerGenerateRequest(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     WHOLE_ANSWER_FIELD_NUMBER: _builtins.int
+    PREEMPTIBLE_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     model_version: _builtins.str
     """The model version to run, e.g. "smollm2@1"."""
@@ -42,8 +126,19 @@ class WorkerGenerateRequest(_message.Message):
     step: for callers that only want the whole answer (batch rows), it
     spares both sides a message per token.
     """
+    preemptible: _builtins.bool
+    """A batch row the worker may stop to make room for online work (ABORTED,
+    "preempted"). The consumer retries a preempted row once, not
+    preemptible, so no row is preempted twice, lost or written twice.
+    """
     @_builtins.property
     def request(self) -> _generation_pb2.GenerateRequest: ...
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """W3C trace context (traceparent, tracestate) of this row, in a call
+        that carries many (GenerateBatch): each row's span joins its own trace.
+        """
+
     def __init__(
         self,
         *,
@@ -54,10 +149,12 @@ class WorkerGenerateRequest(_message.Message):
         tenant: _builtins.str = ...,
         priority: _generation_pb2.Priority.ValueType = ...,
         whole_answer: _builtins.bool = ...,
+        preemptible: _builtins.bool = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "model_version", b"model_version", "priority", b"priority", "request", b"request", "request_id", b"request_id", "tenant", b"tenant", "whole_answer", b"whole_answer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "model_version", b"model_version", "preemptible", b"preemptible", "priority", b"priority", "request", b"request", "request_id", b"request_id", "tenant", b"tenant", "trace_context", b"trace_context", "whole_answer", b"whole_answer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -58,6 +58,11 @@ class WorkerStub:
                 request_serializer=headrace_dot_v1_dot_worker__pb2.AbortRequest.SerializeToString,
                 response_deserializer=headrace_dot_v1_dot_worker__pb2.AbortResponse.FromString,
                 _registered_method=True)
+        self.GenerateBatch = channel.unary_stream(
+                '/headrace.v1.Worker/GenerateBatch',
+                request_serializer=headrace_dot_v1_dot_worker__pb2.GenerateBatchRequest.SerializeToString,
+                response_deserializer=headrace_dot_v1_dot_worker__pb2.GenerateBatchResult.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -94,6 +99,16 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateBatch(self, request, context):
+        """Run many batch rows in one call: each row's whole answer, or its
+        error, comes back as soon as that row ends (in any order). Spares a
+        call per row (the batch consumer's path; docs/batch.md). Cancelling
+        the call aborts the rows still running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -116,6 +131,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Abort,
                     request_deserializer=headrace_dot_v1_dot_worker__pb2.AbortRequest.FromString,
                     response_serializer=headrace_dot_v1_dot_worker__pb2.AbortResponse.SerializeToString,
+            ),
+            'GenerateBatch': grpc.unary_stream_rpc_method_handler(
+                    servicer.GenerateBatch,
+                    request_deserializer=headrace_dot_v1_dot_worker__pb2.GenerateBatchRequest.FromString,
+                    response_serializer=headrace_dot_v1_dot_worker__pb2.GenerateBatchResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -228,6 +248,33 @@ class Worker:
             '/headrace.v1.Worker/Abort',
             headrace_dot_v1_dot_worker__pb2.AbortRequest.SerializeToString,
             headrace_dot_v1_dot_worker__pb2.AbortResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/headrace.v1.Worker/GenerateBatch',
+            headrace_dot_v1_dot_worker__pb2.GenerateBatchRequest.SerializeToString,
+            headrace_dot_v1_dot_worker__pb2.GenerateBatchResult.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,12 @@ class WorkerStub:
     """The engine's load now."""
     Abort: _grpc.UnaryUnaryMultiCallable[_worker_pb2.AbortRequest, _worker_pb2.AbortResponse]
     """Abort a request by id (when its stream can no longer be cancelled)."""
+    GenerateBatch: _grpc.UnaryStreamMultiCallable[_worker_pb2.GenerateBatchRequest, _worker_pb2.GenerateBatchResult]
+    """Run many batch rows in one call: each row's whole answer, or its
+    error, comes back as soon as that row ends (in any order). Spares a
+    call per row (the batch consumer's path; docs/batch.md). Cancelling
+    the call aborts the rows still running.
+    """
 
 @_typing.type_check_only
 class WorkerAsyncStub(WorkerStub):
@@ -65,6 +71,12 @@ class WorkerAsyncStub(WorkerStub):
     """The engine's load now."""
     Abort: _aio.UnaryUnaryMultiCallable[_worker_pb2.AbortRequest, _worker_pb2.AbortResponse]  # type: ignore[assignment]
     """Abort a request by id (when its stream can no longer be cancelled)."""
+    GenerateBatch: _aio.UnaryStreamMultiCallable[_worker_pb2.GenerateBatchRequest, _worker_pb2.GenerateBatchResult]  # type: ignore[assignment]
+    """Run many batch rows in one call: each row's whole answer, or its
+    error, comes back as soon as that row ends (in any order). Spares a
+    call per row (the batch consumer's path; docs/batch.md). Cancelling
+    the call aborts the rows still running.
+    """
 
 class WorkerServicer(metaclass=_abc_1.ABCMeta):
     """One engine behind a gRPC server. The router calls it directly with a
@@ -104,5 +116,17 @@ class WorkerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_worker_pb2.AbortResponse, _abc.Awaitable[_worker_pb2.AbortResponse]]:
         """Abort a request by id (when its stream can no longer be cancelled)."""
+
+    @_abc_1.abstractmethod
+    def GenerateBatch(
+        self,
+        request: _worker_pb2.GenerateBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_worker_pb2.GenerateBatchResult], _abc.AsyncIterator[_worker_pb2.GenerateBatchResult]]:
+        """Run many batch rows in one call: each row's whole answer, or its
+        error, comes back as soon as that row ends (in any order). Spares a
+        call per row (the batch consumer's path; docs/batch.md). Cancelling
+        the call aborts the rows still running.
+        """
 
 def add_WorkerServicer_to_server(servicer: WorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

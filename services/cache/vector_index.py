@@ -95,7 +95,6 @@ class HnswIndex:
 
     def __init__(self, dimension: int, params: HnswParams, capacity: int = 1024) -> None:
         self._dimension = dimension
-        self._params = params
         self._index = hnswlib.Index(space="cosine", dim=dimension)
         self._index.init_index(
             max_elements=capacity, ef_construction=params.ef_construction, M=params.m, allow_replace_deleted=True

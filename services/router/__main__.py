@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc.aio
 from fastapi import APIRouter
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -20,12 +19,13 @@ from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.channels import ChannelPool, open_channel
 from headrace.runtime.config import Settings, load_settings
 from headrace.runtime.errors import HeadraceError
-from headrace.runtime.request_context import current_tenant
+from headrace.runtime.scheduler_replicas import SchedulerReplicas
 from headrace.runtime.server import GrpcServiceHost, ServiceRegistration, serve
 from headrace.runtime.service_certs import Role
 from headrace.runtime.service_identity import service_identity
 from headrace.runtime.telemetry import build_tracer_provider, configure_logging, start_metrics_server
-from headrace.v1 import cache_pb2_grpc, router_pb2_grpc, scheduler_pb2_grpc
+from headrace.v1 import cache_pb2_grpc, router_pb2_grpc
+from services.router.batch_forwarding import BatchForwarder
 from services.router.cache_client import CacheClient
 from services.router.embedding_flow import EmbeddingFlow
 from services.router.gateway import GatewayServices, HttpServer, build_gateway_app
@@ -75,21 +75,20 @@ def build_router(
     # The router's own credential for the internal hops (its public port
     # authenticates API keys instead).
     identity = service_identity(settings, Role.ROUTER)
-    scheduler_channel = open_channel(
-        scheduler_target or f"{settings.scheduler.host}:{settings.scheduler.port}",
-        settings.limits,
-        identity,
-        server=Role.SCHEDULER,
+    # Every scheduler replica: leases from any (with failover), batch and
+    # listing calls balanced over all.
+    schedulers = SchedulerReplicas(
+        [scheduler_target] if scheduler_target else settings.scheduler.targets(), settings.limits, identity
     )
     cache_channel = open_channel(
         cache_target or f"{settings.cache.host}:{settings.cache.port}", settings.limits, identity, server=Role.CACHE
     )
-    scheduler = scheduler_pb2_grpc.SchedulerStub(scheduler_channel)
+    scheduler = schedulers.any_replica
     cache = cache_pb2_grpc.CacheStub(cache_channel)
     workers = ChannelPool(settings.limits, identity, server=Role.WORKER)
     background = BackgroundTasks()
     registry = ModelRegistry(settings)
-    leasing = Leasing(scheduler, background, renew_margin_s=settings.router.lease_renew_margin_s)
+    leasing = Leasing(schedulers, background, renew_margin_s=settings.router.lease_renew_margin_s)
     # Canary state and A/B statistics, shared by every router replica.
     redis = routing_redis(settings.redis_url)
     routing = RoutingLayer(settings, registry=registry, redis=redis, background=background)
@@ -102,7 +101,6 @@ def build_router(
     limiter = TenantRateLimiter(limiter_redis)
     generation = RateLimitedGeneration(
         GenerationFlow(
-            settings=settings,
             routing=routing,
             leasing=leasing,
             cache=CacheClient(cache, settings.cache),
@@ -119,6 +117,8 @@ def build_router(
         settings=settings,
         background=background,
     )
+    # Batch jobs and files, for both doors (gRPC and HTTP).
+    batches = BatchForwarder(scheduler)
     servicer = RouterServicer(
         settings=settings,
         registry=registry,
@@ -127,6 +127,7 @@ def build_router(
         generation=generation,
         embedding=embedding,
         scheduler=scheduler,
+        batches=batches,
         cache=cache,
     )
     authenticator = ApiKeyAuthenticator(settings.tenants)
@@ -150,13 +151,13 @@ def build_router(
         gateway = build_gateway_app(
             GatewayServices(settings=settings, generation=generation, embedding=embedding, registry=registry),
             authenticator=authenticator,
-            # /v1/files and /v1/batches forward to the scheduler; the gateway's
-            # middleware has already authenticated the caller.
+            # /v1/files and /v1/batches: behind the same middleware and errors.
             extra_routers=[
-                *batch_routers(scheduler, settings, tenant_of=lambda _request: current_tenant()),
+                *batch_routers(batches, settings),
                 *http_routers,
             ],
             serving=lambda: readiness.serving,
+            tracer_provider=tracer_provider,
         )
         # On the router's host: open dev mode's loopback-only rule covers it.
         http = HttpServer(
@@ -172,9 +173,8 @@ def build_router(
             await http.stop()
         await background.drain()
         await workers.close()
-        channels: list[grpc.aio.Channel] = [scheduler_channel, cache_channel]
-        for channel in channels:
-            await channel.close()
+        await schedulers.close()
+        await cache_channel.close()
         await limiter_redis.aclose()
         await redis.aclose()
 

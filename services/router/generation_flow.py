@@ -27,7 +27,6 @@ from headrace.models.registry import Resolution
 from headrace.request_rules.prefix_hashing import request_prefix_hashes
 from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.channels import ChannelPool, call_options
-from headrace.runtime.config import Settings
 from headrace.runtime.errors import HeadraceError, Internal, Unavailable, from_rpc_error, status_code_for
 from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.router import metrics
@@ -65,14 +64,12 @@ class GenerationFlow:
     def __init__(
         self,
         *,
-        settings: Settings,
         routing: RoutingLayer,
         leasing: Leasing,
         cache: CacheClient,
         workers: ChannelPool,
         background: BackgroundTasks,
     ) -> None:
-        self._settings = settings
         self._routing = routing
         self._leasing = leasing
         self._cache = cache
@@ -94,6 +91,8 @@ class GenerationFlow:
             route.cache_entry_id = lookup.entry_id
             route.cache_verdict = lookup.verdict
             note_on_trace(route)
+            # Counted here, for the gRPC and HTTP APIs alike.
+            metrics.count_answer(tenant, route.model_version, route.cache)
             for chunk in cached_stream(lookup, route, request_id, started):
                 yield chunk
             return
@@ -103,7 +102,12 @@ class GenerationFlow:
             chunks = self._generate_cascade(request, decision, route, tenant, request_id, started, answer)
         else:
             chunks = self._generate_routed(request, decision, route, tenant, request_id, started, answer)
+        counted = False
         async for chunk in chunks:
+            if not counted:
+                # An answer is served once its first delta is: count it then.
+                counted = True
+                metrics.count_answer(tenant, route.model_version, route.cache)
             yield chunk
         if answer.last is not None and route.cache != generation_pb2.CACHE_OUTCOME_BYPASS:
             # Stored under the version that answered (a fallback or an
@@ -249,7 +253,6 @@ class GenerationFlow:
                 decision,
                 RequestOutcome(
                     attempts=plan.attempts,
-                    served_version=route.model_version if last is not None else "",
                     error=error if last is None else "",
                     ttft_s=answer.ttft_s,
                     total_s=time.monotonic() - started,
@@ -329,7 +332,7 @@ class GenerationFlow:
                         answer.token_counts.append(len(chunk.token_ids))
                         if chunk.finish_reason:
                             chunk.timing.ttft_ms = ttft_s * 1000.0
-                            self._finish(chunk, resolution, placed.queue_ms, started, tenant)
+                            self._finish(chunk, resolution, placed, started, tenant)
                             answer.last = chunk
                             use.usage = chunk.usage
                         yield chunk
@@ -364,15 +367,22 @@ class GenerationFlow:
         self,
         chunk: generation_pb2.GenerateStreamResponse,
         resolution: Resolution,
-        queue_ms: float,
+        placed: scheduler_pb2.PlaceResponse,
         started: float,
         tenant: str,
     ) -> None:
         """Fill in timing and cost on the last chunk, and count them."""
         engine_seconds = chunk.cost.engine_seconds
-        chunk.cost.usd = engine_seconds * resolution.price_per_hour / 3600.0
-        chunk.timing.queue_ms = queue_ms
+        # The version's own price, unless another of its pools served it.
+        price = placed.price_per_hour if placed.pool and placed.pool != resolution.pool else resolution.price_per_hour
+        chunk.cost.usd = engine_seconds * price / 3600.0
+        chunk.timing.queue_ms = placed.queue_ms
         chunk.timing.total_ms = (time.monotonic() - started) * 1000.0
+        decoded = chunk.usage.completion_tokens - 1
+        if decoded > 0:
+            metrics.TPOT.labels(model=resolution.model_version).observe(
+                max(0.0, chunk.timing.total_ms - chunk.timing.ttft_ms) / 1000.0 / decoded
+            )
         metrics.COMPLETION_TOKENS.labels(tenant=tenant, model=resolution.model_version).inc(
             chunk.usage.completion_tokens
         )

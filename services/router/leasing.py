@@ -15,7 +15,8 @@ import grpc.aio
 
 from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.channels import call_options
-from headrace.v1 import generation_pb2, scheduler_pb2, scheduler_pb2_grpc
+from headrace.runtime.scheduler_replicas import SchedulerReplicas
+from headrace.v1 import generation_pb2, scheduler_pb2
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class LeaseUse:
 class Leasing:
     def __init__(
         self,
-        scheduler: scheduler_pb2_grpc.SchedulerStub,
+        scheduler: SchedulerReplicas,
         background: BackgroundTasks,
         *,
         renew_margin_s: float,
@@ -44,8 +45,9 @@ class Leasing:
         self._renew_margin_s = renew_margin_s
 
     async def place(self, request: scheduler_pb2.PlaceRequest) -> scheduler_pb2.PlaceResponse:
-        response: scheduler_pb2.PlaceResponse = await self._scheduler.Place(request, **call_options())
-        return response
+        # Any replica; one that is down or dies while the call waits in its
+        # queue is skipped (scheduler_replicas.py).
+        return await self._scheduler.place(request, options=call_options)
 
     @contextlib.asynccontextmanager
     async def hold(self, lease: scheduler_pb2.Lease) -> AsyncIterator[LeaseUse]:
@@ -65,7 +67,7 @@ class Leasing:
         while True:
             await asyncio.sleep(max(1.0, expires_at - time.time() - self._renew_margin_s))
             try:
-                renewed = await self._scheduler.RenewLease(
+                renewed = await self._scheduler.renew(
                     scheduler_pb2.RenewLeaseRequest(lease_id=lease.lease_id), **call_options(timeout=5.0)
                 )
             except grpc.aio.AioRpcError as exc:
@@ -75,7 +77,7 @@ class Leasing:
 
     async def _release(self, use: LeaseUse) -> None:
         try:
-            await self._scheduler.Release(
+            await self._scheduler.release(
                 scheduler_pb2.ReleaseRequest(
                     lease_id=use.lease.lease_id,
                     outcome=use.outcome,

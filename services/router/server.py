@@ -1,6 +1,7 @@
 """The Router servicer: the public gRPC API. Validates at the door, sends
 how-it-was-served metadata, and delegates to the flows; batch and file
-RPCs go to the scheduler, cache invalidation to the cache."""
+RPCs go to the scheduler (through BatchForwarder, as the HTTP gateway's
+do), cache invalidation to the cache."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from headrace.request_rules.served_by import served_by_headers
 from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 from headrace.runtime.channels import call_options
 from headrace.runtime.config import Settings
-from headrace.runtime.errors import PermissionDenied, Unimplemented, from_rpc_error
+from headrace.runtime.errors import PermissionDenied, Unimplemented
 from headrace.runtime.request_context import current_request_id, current_tenant
 from headrace.v1 import (
     batch_pb2,
@@ -27,7 +28,7 @@ from headrace.v1 import (
     scheduler_pb2,
     scheduler_pb2_grpc,
 )
-from services.router import metrics
+from services.router.batch_forwarding import BatchForwarder
 from services.router.flow_protocols import Embedding, Generation
 from services.router.routing.layer import RoutingLayer
 from services.router.routing.reload import ConfigReloader
@@ -47,6 +48,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         generation: Generation,
         embedding: Embedding,
         scheduler: scheduler_pb2_grpc.SchedulerStub,
+        batches: BatchForwarder,
         cache: cache_pb2_grpc.CacheStub,
         routing: RoutingLayer | None = None,
         reloader: ConfigReloader | None = None,
@@ -58,6 +60,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self._generation = generation
         self._embedding = embedding
         self._scheduler = scheduler
+        self._batches = batches
         self._cache = cache
 
     async def Generate(
@@ -66,7 +69,6 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         validate_generate_request(request, self._settings.limits)
         response = await self._generation.complete(request, tenant=current_tenant(), request_id=current_request_id())
         await context.send_initial_metadata(served_by_headers(response.request_id, response.route))
-        metrics.CACHE_OUTCOMES.labels(outcome=generation_pb2.CacheOutcome.Name(response.route.cache)).inc()
         return response
 
     async def GenerateStream(
@@ -79,7 +81,6 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             if first:
                 first = False
                 await context.send_initial_metadata(served_by_headers(request_id, chunk.route))
-                metrics.CACHE_OUTCOMES.labels(outcome=generation_pb2.CacheOutcome.Name(chunk.route.cache)).inc()
             yield chunk
 
     async def Embed(
@@ -146,66 +147,53 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 ready[worker.info.pool] = ready.get(worker.info.pool, 0) + 1
         return ready
 
-    # Batch jobs and files belong to the scheduler; the router authenticates
-    # and forwards (the tenant travels in x-headrace-tenant metadata).
+    # Batch jobs and files belong to the scheduler: the same forwarder as
+    # the HTTP gateway's /v1/batches and /v1/files (the tenant the
+    # interceptor authenticated travels in x-headrace-tenant metadata).
 
     async def SubmitBatch(
         self, request: batch_pb2.SubmitBatchRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.BatchJob:
-        result: batch_pb2.BatchJob = await self._scheduler.SubmitBatch(request, **call_options())
-        return result
+        return await self._batches.submit(request)
 
     async def GetBatch(
         self, request: batch_pb2.GetBatchRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.BatchJob:
-        result: batch_pb2.BatchJob = await self._scheduler.GetBatch(request, **call_options())
-        return result
+        return await self._batches.get(request)
 
     async def CancelBatch(
         self, request: batch_pb2.CancelBatchRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.BatchJob:
-        result: batch_pb2.BatchJob = await self._scheduler.CancelBatch(request, **call_options())
-        return result
+        return await self._batches.cancel(request)
 
     async def ListBatches(
         self, request: batch_pb2.ListBatchesRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.ListBatchesResponse:
-        result: batch_pb2.ListBatchesResponse = await self._scheduler.ListBatches(request, **call_options())
-        return result
+        return await self._batches.list(request)
 
     async def StreamBatchResults(
         self, request: batch_pb2.StreamBatchResultsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[batch_pb2.BatchResult]:
-        call = self._scheduler.StreamBatchResults(request, **call_options())
-        try:
-            async for result in call:
-                yield result
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from exc
-        finally:
-            call.cancel()
+        async for result in self._batches.stream_results(request):
+            yield result
 
     async def UploadFile(
         self, request: batch_pb2.UploadFileRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.FileInfo:
-        result: batch_pb2.FileInfo = await self._scheduler.UploadFile(request, **call_options())
-        return result
+        return await self._batches.upload_file(request)
 
     async def GetFile(self, request: batch_pb2.GetFileRequest, context: grpc.aio.ServicerContext) -> batch_pb2.FileInfo:
-        result: batch_pb2.FileInfo = await self._scheduler.GetFile(request, **call_options())
-        return result
+        return await self._batches.get_file(request)
 
     async def GetFileContent(
         self, request: batch_pb2.GetFileContentRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.FileContent:
-        result: batch_pb2.FileContent = await self._scheduler.GetFileContent(request, **call_options())
-        return result
+        return await self._batches.file_content(request)
 
     async def DeleteFile(
         self, request: batch_pb2.DeleteFileRequest, context: grpc.aio.ServicerContext
     ) -> batch_pb2.DeleteFileResponse:
-        result: batch_pb2.DeleteFileResponse = await self._scheduler.DeleteFile(request, **call_options())
-        return result
+        return await self._batches.delete_file(request)
 
     async def InvalidateCache(
         self, request: cache_pb2.InvalidateRequest, context: grpc.aio.ServicerContext

@@ -9,10 +9,14 @@ free slot (capacity.py), as chosen by the pool's policy (placement.py),
 until nothing more fits. The step runs in its own task so a caller that
 gives up mid-step cannot interrupt it.
 
-Batch waiters are considered only when no online (interactive or
-standard) waiter is queued, and only on slots left over after the batch
-headroom: an online request waits at most one scheduling step for a slot
-batch work could have taken.
+Batch rows are admitted here too, as waiters of the batch class (the
+consumer beside each worker asks for a lease on its worker before a row
+runs). Batch waiters are considered only when no online (interactive or
+standard) waiter is queued, and batch leases never keep an online request
+off a worker (engines run online work first). Alone, batch may fill every
+slot and batch_queue_ahead more; while online work is around (queued,
+leased, or seen within online_linger_s), batch holds at most
+batch_share_while_online of a worker's slots (capacity.py).
 
 The queue holds as many waiters as the pool drains within
 max_expected_wait_s, and a refusal's retry-after is when the queue ahead
@@ -106,6 +110,8 @@ class PoolAdmission:
         self._orphan_grace_s = orphan_grace_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # When online work was last seen (arrived, granted or released).
+        self._online_seen_at = float("-inf")
         # Queue bound and retry-after from the pool's drain rate.
         self.wait_bound = WaitBound(max_wait_s=settings.max_expected_wait_s, ceiling=settings.queue_limit)
         # Leases granted so far.
@@ -146,13 +152,19 @@ class PoolAdmission:
         self.start()
         priority = min(request.priority, BATCH)
         waiter = Waiter(request, asyncio.get_running_loop().create_future(), time.monotonic())
+        if priority < BATCH:
+            self._online_seen_at = waiter.enqueued_at
         deadline = None if timeout_s is None else waiter.enqueued_at + timeout_s
         if not self._ahead_of(priority):
             # Nobody queued comes first: take a free slot now, if there is one.
             placement = await self._place_now(waiter)
             if placement is not None:
                 return placement
-        self.queue.limit = self.wait_bound.limit(self.nominal_slots())
+        # The expected-wait bound is for online work; batch waits by design,
+        # up to queue_limit, and an online newcomer pushes a batch waiter out.
+        self.queue.limit = (
+            self.settings.queue_limit if priority >= BATCH else self.wait_bound.limit(self.nominal_slots())
+        )
         admission = self.queue.push(waiter, cls=priority, tenant=request.tenant, cost=request_cost(request))
         if not admission.admitted:
             self._reject(priority, "queue_full")
@@ -215,7 +227,7 @@ class PoolAdmission:
             return None
         chosen = await self.policy.choose(waiter.request, candidates)
         # The choice may have taken a while: is the worker still free?
-        if chosen is None or chosen not in candidates or not self._still_free(chosen, batch=batch):
+        if chosen is None or chosen not in candidates or not self._still_free(chosen, waiter.request, batch=batch):
             return None
         self._grant(waiter, chosen)
         return waiter.future.result()
@@ -238,12 +250,27 @@ class PoolAdmission:
 
     def release(self, lease: LeaseRecord) -> LeaseRecord | None:
         released = self._leases.release(lease.lease_id, self._registry.get(lease.worker_id))
+        if released is not None and not released.batch:
+            self._online_seen_at = time.monotonic()
         now = time.monotonic()
-        if released is not None and now < released.expires_at:
-            # Released by its holder (an expired lease says nothing of the engine).
+        if released is not None and now < released.expires_at and not released.batch:
+            # Released by its holder (an expired lease says nothing of the
+            # engine); online holds only: a batch row's says nothing of how
+            # fast online waiters get slots.
             self.wait_bound.observe_hold(now - released.granted_at)
         self.kick()
         return released
+
+    def online_active(self, now: float | None = None) -> bool:
+        """Whether online work is around: queued, holding leases in this
+        pool, or seen within online_linger_s (it comes in bursts; batch
+        must not refill the slots between two requests of a burst)."""
+        now = time.monotonic() if now is None else now
+        if now - self._online_seen_at < self.settings.online_linger_s:
+            return True
+        if any(self.queue.depth(cls) for cls in range(BATCH)):
+            return True
+        return any(s.leases > s.batch_leases for s in self.workers())
 
     # --- the scheduling step ---------------------------------------------
 
@@ -276,17 +303,21 @@ class PoolAdmission:
         # take now: the waiters behind them with the same needs are skipped
         # without another walk over the workers (a full pool's step would
         # otherwise cost queue length x workers, on every report).
-        no_room: set[tuple[str, frozenset[str], bool]] = set()
+        no_room: set[tuple[str, frozenset[str], str, bool]] = set()
+        online_active: bool | None = None
         for waiter in self.queue.ordered():
             batch = self.queue.class_of(waiter) >= BATCH
             if batch and online_waiting:
                 # Batch only runs when no online request waits (ordered()
                 # lists batch last, so nothing after this can run either).
                 return False
-            needs = (waiter.request.model_version, waiter.request.exclude, batch)
+            request = waiter.request
+            needs = (request.model_version, request.exclude, request.worker_id, batch)
             if needs in no_room:
                 continue
-            candidates = self.candidates(waiter.request, batch=batch)
+            if batch and online_active is None:
+                online_active = self.online_active()
+            candidates = self.candidates(request, batch=batch, online_active=bool(online_active))
             if not candidates:
                 no_room.add(needs)
                 continue
@@ -303,15 +334,28 @@ class PoolAdmission:
             return True
         return False
 
-    def candidates(self, request: PlacementRequest, *, batch: bool = False) -> list[WorkerState]:
-        free = self.slots.free_for_batch if batch else self.slots.free
-        return [state for state in self._registry.candidates(request.model_version, request.exclude) if free(state) > 0]
+    def candidates(
+        self, request: PlacementRequest, *, batch: bool = False, online_active: bool | None = None
+    ) -> list[WorkerState]:
+        # This pool's workers only: a version may be served by several pools.
+        workers = [
+            s for s in self._registry.candidates(request.model_version, request.exclude) if s.identity.pool == self.pool
+        ]
+        if request.worker_id:
+            workers = [state for state in workers if state.worker_id == request.worker_id]
+        if not workers:
+            return []
+        if not batch:
+            return [state for state in workers if self.slots.free_for_online(state) > 0]
+        active = self.online_active() if online_active is None else online_active
+        return [state for state in workers if self.slots.free_for_batch(state, online_active=active) > 0]
 
-    def _still_free(self, state: WorkerState, *, batch: bool) -> bool:
+    def _still_free(self, state: WorkerState, request: PlacementRequest, *, batch: bool) -> bool:
         """Whether a worker that was a candidate still is: the same registry
         entry (a new identity replaces it), accepting, with a free slot."""
-        free = self.slots.free_for_batch if batch else self.slots.free
-        return self._registry.get(state.worker_id) is state and self._registry.accepting(state) and free(state) > 0
+        if self._registry.get(state.worker_id) is not state or not self._registry.accepting(state):
+            return False
+        return state in self.candidates(request, batch=batch)
 
     def _grant(self, waiter: Waiter, worker: WorkerState) -> None:
         request = waiter.request
@@ -321,7 +365,10 @@ class PoolAdmission:
             request_id=request.request_id,
             model_version=request.model_version,
             tokens=request_tokens(request),
+            batch=min(request.priority, BATCH) >= BATCH,
         )
+        if not lease.batch:
+            self._online_seen_at = time.monotonic()
         if waiter in self.queue:
             self.queue.take(waiter)
         self.granted += 1
@@ -341,7 +388,7 @@ class PoolAdmission:
         failed = 0
         for waiter in self.queue.ordered():
             request = waiter.request
-            if self._registry.has_candidate(request.model_version, request.exclude):
+            if self._registry.has_candidate(request.model_version, request.exclude, request.worker_id):
                 waiter.orphaned_since = None
                 continue
             if waiter.orphaned_since is None:

@@ -6,6 +6,13 @@ admitted into a full cache is preempted or queued inside the engine, where
 the scheduler can no longer choose for it), and closes when the engine is
 already queueing work. What is outstanding on the worker is our leases
 (exact, at once) plus the work others placed there (as last reported).
+
+Online and batch work share the slots (docs/scheduler.md, "One owner of
+capacity"): batch alone may fill a worker, plus batch_queue_ahead rows
+waiting in its engine; while online work is around, batch holds at most
+batch_share_while_online of each worker's slots. Batch leases never keep
+online work off a worker: engines run online requests ahead of batch rows
+(priority), so online work is placed while online work alone fits.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ class SlotModel:
     kv_soft_limit: float = 0.85
     kv_hard_limit: float = 0.97
     engine_queue_slots: int = 0
-    batch_headroom: float = 0.25
+    batch_share_while_online: float = 0.5
+    batch_queue_ahead: int = 0
 
     @classmethod
     def from_settings(cls, settings: PoolSchedulingSettings) -> SlotModel:
@@ -32,7 +40,8 @@ class SlotModel:
             kv_soft_limit=settings.kv_cache_soft_limit,
             kv_hard_limit=settings.kv_cache_hard_limit,
             engine_queue_slots=settings.engine_queue_slots,
-            batch_headroom=settings.batch_headroom,
+            batch_share_while_online=settings.batch_share_while_online,
+            batch_queue_ahead=settings.batch_queue_ahead,
         )
 
     def kv_factor(self, kv_cache_usage: float) -> float:
@@ -43,12 +52,14 @@ class SlotModel:
             return 0.0
         return (self.kv_hard_limit - kv_cache_usage) / (self.kv_hard_limit - self.kv_soft_limit)
 
-    def limit(self, state: WorkerState) -> int:
-        """Sequences the worker should hold now, ours and others' together."""
+    def limit(self, state: WorkerState, *, kv: bool = True) -> int:
+        """Sequences the worker should hold now, ours and others' together
+        (kv=False: as if its KV cache had room, see free_for_online)."""
         load = state.load
         capacity = load.capacity or self.default_slots
+        kv_factor = self.kv_factor(load.kv_cache_usage) if kv else 1.0
         # (+1e-9: 8 x 0.25 must not come out as 1.999... and floor to 1.)
-        limit = math.floor(capacity * self.kv_factor(load.kv_cache_usage) + 1e-9) + self.engine_queue_slots
+        limit = math.floor(capacity * kv_factor + 1e-9) + self.engine_queue_slots
         if load.waiting > self.engine_queue_slots:
             # The engine cannot fit what it has (KV cache or batch size):
             # nothing more until its queue drains.
@@ -56,21 +67,38 @@ class SlotModel:
         return max(0, limit)
 
     def free(self, state: WorkerState) -> int:
-        """New sequences the worker can take now. An idle worker always
-        takes one: a stale high KV reading must not stall it for good."""
+        """New sequences the worker can take now: within its limit, and
+        within this replica's share of it (replica_set.py). An idle worker
+        always takes one: a stale high KV reading must not stall it for good."""
         outstanding = state.outstanding
-        free = self.limit(state) - outstanding
+        limit = self.limit(state)
+        free = min(limit - outstanding, state.share.of(state.worker_id, limit) - state.leases)
         if outstanding == 0:
             free = max(free, 1)
         return max(0, free)
 
-    def free_for_batch(self, state: WorkerState) -> int:
-        """Slots batch work may take: what is left after keeping
-        batch_headroom of the worker's slots free for online requests, so an
-        online request arriving next finds a slot without waiting."""
-        reserve = math.ceil(self.limit(state) * self.batch_headroom)
-        free = max(0, self.free(state) - reserve)
-        if state.outstanding == 0:
-            # An idle worker is idle capacity, however small its limit.
-            free = max(free, 1)
-        return free
+    def free_for_online(self, state: WorkerState) -> int:
+        """Slots an online request may take: the free ones, or, with batch
+        rows on the worker, room while the online work there (and others'
+        work we cannot classify) stays within its width. The engine runs
+        online requests first, so one waits at most for a running sequence
+        to end, never behind the batch rows queued there."""
+        free = self.free(state)
+        if state.batch_leases:
+            # A KV cache full of batch sequences is room too: the engine
+            # preempts batch sequences for online ones (vLLM's priority
+            # policy recomputes them later).
+            online = state.outstanding - state.batch_leases
+            free = max(free, self.limit(state, kv=False) - online)
+        return max(0, free)
+
+    def free_for_batch(self, state: WorkerState, *, online_active: bool) -> int:
+        """Slots a batch row may take. Alone, batch gets the whole worker and
+        batch_queue_ahead rows more in its engine's queue; while online work
+        is around, at most batch_share_while_online of its slots (at least
+        one), so online requests keep finding room."""
+        if not online_active:
+            limit = self.limit(state)
+            return max(0, limit + self.batch_queue_ahead - state.outstanding, self.free(state))
+        share = max(1, math.floor(self.limit(state) * self.batch_share_while_online + 1e-9))
+        return max(0, min(self.free(state), share - state.batch_leases))

@@ -24,6 +24,7 @@ from services.scheduler.admission import BATCH, Placement, PoolAdmission
 from services.scheduler.autoscaler import Decision, PoolAutoscaling
 from services.scheduler.leases import LeaseRecord, LeaseTable
 from services.scheduler.placement import PlacementRequest, build_policy
+from services.scheduler.pool_choice import PoolOption, choose_pool
 from services.scheduler.worker_roster import LoadSnapshot, WorkerIdentity, WorkerRoster, WorkerState
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,32 @@ class PoolDirectory:
     tenant_weights: Mapping[str, float] = field(default_factory=dict)
     # Pool -> the worker count its config asks for (the autoscaler's start).
     configured_workers: Mapping[str, int] = field(default_factory=dict)
+    # "name@version" -> every pool serving it, its own first (only versions
+    # with more than one), and what each pool costs and delivers.
+    version_pools: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    pool_prices: Mapping[str, float] = field(default_factory=dict)
+    pool_throughput: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PoolDirectory:
         return cls(
-            model_pools={version: pool for pool in settings.pools for version in settings.pool_models(pool)},
+            model_pools={
+                version: settings.version_pools(version)[0]
+                for pool in settings.pools
+                for version in settings.pool_models(pool)
+            },
+            version_pools={
+                version: tuple(pools)
+                for pool in settings.pools
+                for version in settings.pool_models(pool)
+                if len(pools := settings.version_pools(version)) > 1
+            },
+            pool_prices={name: pool.price_per_hour for name, pool in settings.pools.items()},
+            pool_throughput={
+                name: pool.throughput_tokens_per_s
+                for name, pool in settings.pools.items()
+                if pool.throughput_tokens_per_s is not None
+            },
             pool_settings={pool: settings.scheduler.for_pool(pool) for pool in settings.pools},
             tenant_weights={name: tenant.weight for name, tenant in settings.tenants.items()},
             configured_workers={name: pool.workers for name, pool in settings.pools.items()},
@@ -78,6 +100,7 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._admissions: dict[str, PoolAdmission] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._best_throughput: dict[str, float] = {}
         self.autoscaling = PoolAutoscaling(
             lambda pool: self.pools.settings_for(pool).autoscale, self.pools.configured_workers
         )
@@ -134,7 +157,10 @@ class Dispatcher:
         """A lease on a worker for the request, once a slot is free; see
         admission.py for every way this ends."""
         pool = self._pool_of(request.model_version)
-        if pool is None or not self.registry.has_candidate(request.model_version, request.exclude):
+        pools = self.pools.version_pools.get(request.model_version)
+        if pools and not request.worker_id:
+            pool = self._cheapest_pool(request, pools)
+        if pool is None or not self.registry.has_candidate(request.model_version, request.exclude, request.worker_id):
             # Nothing could ever take it: say so now rather than queue.
             raise NoWorkerAvailable(self._why_no_worker(request), retry_after_s=1.0)
         asked_at = time.monotonic()
@@ -145,12 +171,61 @@ class Dispatcher:
             self.autoscaling.observe_queue_wait(pool, now, now - asked_at)
         return placement
 
+    def _cheapest_pool(self, request: PlacementRequest, pools: tuple[str, ...]) -> str:
+        """Of the pools serving the version, the cheapest per token whose
+        queue keeps its SLO (pool_choice.py). A cheaper pool passed over for
+        its wait feels it as a wait: its autoscaler grows it first."""
+        options = []
+        now = time.monotonic()
+        for name in pools:
+            admission = self.admission(name)
+            workers = [s for s in admission.workers() if s.worker_id not in request.exclude]
+            free_now = bool(admission.candidates(request, batch=request.priority >= BATCH))
+            wait = admission.wait_bound.expected_wait_s(len(admission.queue), admission.nominal_slots())
+            options.append(
+                PoolOption(
+                    pool=name,
+                    price_per_hour=self.pools.pool_prices.get(name, 0.0),
+                    tokens_per_s=self._throughput(name, workers),
+                    workers=len(workers),
+                    expected_wait_s=0.0 if free_now else wait,
+                    wait_slo_s=self.pools.settings_for(name).autoscale.queue_wait_slo_s,
+                )
+            )
+        choice = choose_pool(options, batch=request.priority >= BATCH)
+        for option in options:
+            if option.pool in choice.passed_over:
+                self.autoscaling.observe_queue_wait(option.pool, now, option.wait_s)
+        metrics.POOL_CHOICES.labels(pool=choice.pool, reason=choice.reason).inc()
+        return choice.pool
+
+    def _throughput(self, pool: str, workers: list[WorkerState]) -> float | None:
+        """Tokens/s one worker of the pool delivers: the configured figure
+        (a benchmark's), else the best its workers have reported while
+        running (a lightly loaded worker reports less than it can do, so
+        this only grows with use)."""
+        configured = self.pools.pool_throughput.get(pool)
+        if configured is not None:
+            return configured
+        reading = max((s.load.tokens_per_second for s in workers if s.load.running > 0), default=0.0)
+        best = max(self._best_throughput.get(pool, 0.0), reading)
+        if best <= 0:
+            return None
+        self._best_throughput[pool] = best
+        return best
+
     def _why_no_worker(self, request: PlacementRequest) -> str:
         serving = self.registry.serving(request.model_version)
         if not serving:
             return f"no worker serves {request.model_version}: none has reported in"
+        if request.worker_id and request.worker_id not in {s.worker_id for s in serving}:
+            return f"worker {request.worker_id} does not serve {request.model_version} (or has not reported in)"
         excluded = [s.worker_id for s in serving if s.worker_id in request.exclude]
-        not_accepting = [s.worker_id for s in serving if s.worker_id not in request.exclude]
+        not_accepting = [
+            s.worker_id
+            for s in serving
+            if s.worker_id not in request.exclude and (not request.worker_id or s.worker_id == request.worker_id)
+        ]
         parts = []
         if excluded:
             parts.append(f"already tried {', '.join(excluded)}")
@@ -158,16 +233,25 @@ class Dispatcher:
             parts.append(f"not accepting (stale, unhealthy or draining): {', '.join(not_accepting)}")
         return f"no worker available for {request.model_version}: " + "; ".join(parts)
 
-    def release(self, lease_id: str, *, ttft_s: float | None = None) -> LeaseRecord | None:
+    def release(self, lease_id: str, *, ttft_s: float | None = None, served: bool = False) -> LeaseRecord | None:
+        """Give a lease back; `served`: its request went well, which says
+        the worker is alive even when its load reports come late."""
         lease = self.leases.get(lease_id)
         if lease is None:
             return None
+        if served:
+            self._note_alive(lease.worker_id)
         if ttft_s is not None:
             self.autoscaling.observe_ttft(lease.pool, time.monotonic(), ttft_s)
         return self.admission(lease.pool).release(lease)
 
     def renew(self, lease_id: str) -> LeaseRecord | None:
         return self.leases.renew(lease_id)
+
+    def _note_alive(self, worker_id: str) -> None:
+        state = self.registry.get(worker_id)
+        if state is not None:
+            state.alive_at = time.monotonic()
 
     # --- workers -------------------------------------------------------------
 
@@ -193,7 +277,12 @@ class Dispatcher:
         for state in self.registry.drop_stale():
             self.leases.drop_worker(state)
             metrics.WORKERS_DROPPED.inc()
-            log.warning("worker %s dropped: no report for %.1fs", state.worker_id, state.age_s())
+            log.warning(
+                "worker %s dropped: no sign of life for %.1fs (last report %.1fs ago)",
+                state.worker_id,
+                state.silent_s(),
+                state.age_s(),
+            )
         for lease in self.leases.expired():
             self.admission(lease.pool).release(lease)
             metrics.LEASES_EXPIRED.labels(pool=lease.pool).inc()
@@ -207,6 +296,11 @@ class Dispatcher:
         metrics.WORKERS.set(len(self.registry))
         self._kick_all()
 
+    def kick(self) -> None:
+        """Something outside changed what fits (e.g. this replica's share):
+        run every pool's scheduling step."""
+        self._kick_all()
+
     # --- autoscaling -------------------------------------------------------
 
     def autoscale(self, pool: str, now: float) -> Decision:
@@ -218,12 +312,17 @@ class Dispatcher:
         per_worker = (
             admission.nominal_slots() / len(workers) if workers else float(admission.settings.default_worker_slots)
         )
+        # With several scheduler replicas each sees only its own queue and
+        # leases. Callers spread their Places evenly over the replicas, so
+        # the pool's queue is about this one's times the replicas alive, and
+        # the busy slots are ours plus the others' work as engines report it.
+        replicas = self.registry.replicas_live()
         decision = self.autoscaling.evaluate(
             pool,
             now=now,
             workers=len(workers),
-            queued=len(admission.queue),
-            leased=sum(s.leases for s in workers),
+            queued=len(admission.queue) * replicas,
+            leased=sum(s.leases if replicas == 1 else s.outstanding for s in workers),
             slots_per_worker=per_worker,
         )
         metrics.DESIRED_WORKERS.labels(pool=pool).set(decision.desired)

@@ -24,6 +24,8 @@ class LeaseRecord:
     # wall-clock milliseconds for the caller.
     expires_at: float
     expires_at_ms: int
+    # A batch row's lease (the batch class): online work comes first.
+    batch: bool = False
 
 
 class LeaseTable:
@@ -34,7 +36,16 @@ class LeaseTable:
     def __len__(self) -> int:
         return len(self._leases)
 
-    def grant(self, worker: WorkerState, *, pool: str, request_id: str, model_version: str, tokens: int) -> LeaseRecord:
+    def grant(
+        self,
+        worker: WorkerState,
+        *,
+        pool: str,
+        request_id: str,
+        model_version: str,
+        tokens: int,
+        batch: bool = False,
+    ) -> LeaseRecord:
         now = time.monotonic()
         lease = LeaseRecord(
             lease_id=uuid.uuid4().hex,
@@ -46,9 +57,11 @@ class LeaseTable:
             granted_at=now,
             expires_at=now + self._ttl_s,
             expires_at_ms=int((time.time() + self._ttl_s) * 1000),
+            batch=batch,
         )
         self._leases[lease.lease_id] = lease
         worker.leases += 1
+        worker.batch_leases += batch
         worker.leased_tokens += tokens
         worker.lease_ids.add(lease.lease_id)
         return lease
@@ -69,6 +82,7 @@ class LeaseTable:
         if lease is not None and worker is not None and lease_id in worker.lease_ids:
             worker.lease_ids.discard(lease_id)
             worker.leases -= 1
+            worker.batch_leases -= lease.batch
             worker.leased_tokens -= lease.tokens
         return lease
 
@@ -83,5 +97,6 @@ class LeaseTable:
         dropped = len(worker.lease_ids)
         worker.lease_ids.clear()
         worker.leases = 0
+        worker.batch_leases = 0
         worker.leased_tokens = 0
         return dropped

@@ -27,6 +27,7 @@ LEASED = Gauge("headrace_scheduler_leased", "Leases held now", ["pool"])
 WORKERS_DROPPED = Counter("headrace_scheduler_workers_dropped_total", "Workers dropped for stale reports")
 LEASES_EXPIRED = Counter("headrace_scheduler_lease_expiries_total", "Leases that expired unreleased", ["pool"])
 WORKERS = Gauge("headrace_scheduler_workers", "Workers reporting in")
+REPLICAS = Gauge("headrace_scheduler_replicas_live", "Scheduler replicas alive, as this replica sees them")
 DESIRED_WORKERS = Gauge(
     "headrace_scheduler_desired_workers",
     "Workers the pool should have (the autoscaler's decision; the configured count when autoscaling is off). "
@@ -35,4 +36,10 @@ DESIRED_WORKERS = Gauge(
 )
 AUTOSCALE_CHANGES = Counter(
     "headrace_scheduler_autoscale_changes_total", "Times the desired worker count of a pool changed", ["pool"]
+)
+POOL_CHOICES = Counter(
+    "headrace_scheduler_pool_choices_total",
+    "Requests for a version served by several pools, by the pool chosen and why: cheapest, spill (a cheaper "
+    "pool's queue would break its SLO), soonest (every pool's would), batch-cheapest",
+    ["pool", "reason"],
 )

@@ -36,6 +36,9 @@ class PlacementRequest:
     prompt_tokens: int = 0
     max_tokens: int = 0
     exclude: frozenset[str] = frozenset()
+    # Only this worker (empty: any): a batch consumer asks for room on the
+    # worker it runs beside.
+    worker_id: str = ""
 
 
 class PlacementPolicy(Protocol):

@@ -7,10 +7,12 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc.aio
+from opentelemetry import trace
 
 from headrace.runtime.config import SchedulerSettings
 from headrace.runtime.errors import InvalidArgument, NotFound, PermissionDenied, Unimplemented
 from headrace.runtime.request_context import remaining_s
+from headrace.runtime.service_certs import Role
 from headrace.runtime.service_identity import current_peer
 from headrace.v1 import batch_pb2, generation_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler.admission import PRIORITY_NAMES
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 # Bounds on what one PlaceRequest may carry.
 MAX_PREFIX_HASHES = 256
 MAX_EXCLUDED_WORKERS = 64
+MAX_WORKER_ID_CHARS = 256
 
 # Proto priority -> queue class (0 interactive, 1 standard, 2 batch);
 # unspecified means standard.
@@ -71,6 +74,8 @@ def placement_from_proto(request: scheduler_pb2.PlaceRequest) -> PlacementReques
         raise InvalidArgument(f"prefix_hashes: at most {MAX_PREFIX_HASHES}, got {len(request.prefix_hashes)}")
     if len(request.exclude_workers) > MAX_EXCLUDED_WORKERS:
         raise InvalidArgument(f"exclude_workers: at most {MAX_EXCLUDED_WORKERS}, got {len(request.exclude_workers)}")
+    if len(request.worker_id) > MAX_WORKER_ID_CHARS:
+        raise InvalidArgument(f"worker_id: at most {MAX_WORKER_ID_CHARS} characters")
     return PlacementRequest(
         request_id=request.request_id,
         model_version=request.model_version,
@@ -81,6 +86,7 @@ def placement_from_proto(request: scheduler_pb2.PlaceRequest) -> PlacementReques
         prompt_tokens=request.prompt_tokens,
         max_tokens=request.max_tokens,
         exclude=frozenset(request.exclude_workers),
+        worker_id=request.worker_id,
     )
 
 
@@ -108,6 +114,10 @@ def worker_status(state: WorkerState, *, accepting: bool) -> scheduler_pb2.Worke
     )
 
 
+def _batch_row_lease(request: scheduler_pb2.PlaceRequest) -> bool:
+    return request.priority == generation_pb2.PRIORITY_BATCH and bool(request.worker_id)
+
+
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(
         self, dispatcher: Dispatcher, settings: SchedulerSettings, *, batches: BatchRpcs | None = None
@@ -119,8 +129,21 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def Place(
         self, request: scheduler_pb2.PlaceRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.PlaceResponse:
+        peer = current_peer()
+        if peer is not None and peer.role == Role.CONSUMER and not _batch_row_lease(request):
+            # A batch consumer leases slots for its rows only: never online
+            # capacity, never another worker's.
+            raise PermissionDenied("a batch consumer may ask only for batch leases on its worker (worker_id)")
         placement = await self._dispatcher.place(placement_from_proto(request), timeout_s=remaining_s())
         lease = placement.lease
+        # On the Place span: how long the request queued, and where it went.
+        trace.get_current_span().set_attributes(
+            {
+                "headrace.queue_wait_seconds": placement.queue_ms / 1000.0,
+                "headrace.worker_id": lease.worker_id,
+                "headrace.placement_policy": placement.policy,
+            }
+        )
         return scheduler_pb2.PlaceResponse(
             lease=scheduler_pb2.Lease(
                 lease_id=lease.lease_id,
@@ -130,13 +153,16 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             ),
             policy=placement.policy,
             queue_ms=placement.queue_ms,
+            pool=lease.pool,
+            price_per_hour=self._dispatcher.pools.pool_prices.get(lease.pool, 0.0),
         )
 
     async def Release(
         self, request: scheduler_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.ReleaseResponse:
         ttft_s = request.ttft_ms / 1000.0 if request.ttft_ms > 0 else None
-        released = self._dispatcher.release(request.lease_id, ttft_s=ttft_s)
+        served = request.outcome == scheduler_pb2.LEASE_OUTCOME_OK
+        released = self._dispatcher.release(request.lease_id, ttft_s=ttft_s, served=served)
         return scheduler_pb2.ReleaseResponse(released=released is not None)
 
     async def RenewLease(

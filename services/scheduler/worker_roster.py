@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from services.scheduler.replica_set import SlotShare, WholeShare
+
 # Budget assumed for a sequence we know nothing of (not leased by us).
 TOKENS_PER_UNKNOWN_SEQUENCE = 512
 
@@ -42,6 +44,8 @@ class WorkerState:
     # (prompt + max completion): load the worker has not reported yet.
     leases: int = 0
     leased_tokens: int = 0
+    # Of those leases, the ones of the batch class (batch rows).
+    batch_leases: int = 0
     # Lease ids, so a dropped worker's leases can be dropped too.
     lease_ids: set[str] = field(default_factory=set)
     # Our leases when the last report arrived: what the engine reported
@@ -51,6 +55,13 @@ class WorkerState:
     # The report stream that owns this entry: when a worker reconnects, the
     # old stream's end must not remove the new registration.
     stream_token: object | None = None
+    # This replica's part of the worker's slots (replica_set.py).
+    share: SlotShare = field(default_factory=WholeShare)
+    # time.monotonic() of the last other sign of life: a lease on it
+    # released after a request that went well. A worker whose engine keeps
+    # every core busy may report late, but it is not dead while it finishes
+    # requests (see seen_at).
+    alive_at: float = float("-inf")
 
     @property
     def worker_id(self) -> str:
@@ -77,10 +88,20 @@ class WorkerState:
     def age_s(self, now: float | None = None) -> float:
         return (now if now is not None else time.monotonic()) - self.reported_at
 
+    @property
+    def seen_at(self) -> float:
+        """The last sign of life: a load report, or a request that finished well."""
+        return max(self.reported_at, self.alive_at)
+
+    def silent_s(self, now: float | None = None) -> float:
+        """Seconds since the last sign of life (what staleness is judged by)."""
+        return (now if now is not None else time.monotonic()) - self.seen_at
+
 
 class WorkerRoster:
-    def __init__(self, *, stale_after_s: float) -> None:
+    def __init__(self, *, stale_after_s: float, share: SlotShare | None = None) -> None:
         self._stale_after_s = stale_after_s
+        self._share = share or WholeShare()
         self._workers: dict[str, WorkerState] = {}
 
     def __len__(self) -> int:
@@ -93,13 +114,15 @@ class WorkerRoster:
             # New, or restarted with another identity: start clean, but keep
             # the leases already granted on it.
             previous = state
-            state = WorkerState(identity=identity, load=load, reported_at=now, draining=draining)
+            state = WorkerState(identity=identity, load=load, reported_at=now, draining=draining, share=self._share)
             if previous is not None:
-                state.leases, state.leased_tokens, state.lease_ids = (
+                state.leases, state.leased_tokens, state.batch_leases, state.lease_ids = (
                     previous.leases,
                     previous.leased_tokens,
+                    previous.batch_leases,
                     previous.lease_ids,
                 )
+                state.alive_at = previous.alive_at
             self._workers[identity.worker_id] = state
         else:
             state.load = load
@@ -107,6 +130,10 @@ class WorkerRoster:
             state.draining = draining
         state.leases_at_report = state.leases
         return state
+
+    def replicas_live(self) -> int:
+        """Scheduler replicas sharing these workers' slots (1: this one alone)."""
+        return self._share.replicas
 
     def remove(self, worker_id: str) -> WorkerState | None:
         return self._workers.pop(worker_id, None)
@@ -119,14 +146,18 @@ class WorkerRoster:
 
     def accepting(self, state: WorkerState, now: float | None = None) -> bool:
         """Fresh, healthy and not draining: may get new work."""
-        return state.age_s(now) <= self._stale_after_s and state.load.healthy and not state.draining
+        return state.silent_s(now) <= self._stale_after_s and state.load.healthy and not state.draining
 
     def candidates(self, model_version: str, exclude: Iterable[str] = ()) -> list[WorkerState]:
         return list(self._eligible(model_version, exclude))
 
-    def has_candidate(self, model_version: str, exclude: Iterable[str] = ()) -> bool:
-        """Whether candidates() would name any worker (stops at the first)."""
-        return next(self._eligible(model_version, exclude), None) is not None
+    def has_candidate(self, model_version: str, exclude: Iterable[str] = (), only: str = "") -> bool:
+        """Whether candidates() would name any worker (stops at the first);
+        `only`: that worker, if it is one."""
+        eligible = self._eligible(model_version, exclude)
+        if only:
+            return any(state.worker_id == only for state in eligible)
+        return next(eligible, None) is not None
 
     def _eligible(self, model_version: str, exclude: Iterable[str]) -> Iterator[WorkerState]:
         now = time.monotonic()
@@ -139,7 +170,7 @@ class WorkerRoster:
 
     def drop_stale(self) -> list[WorkerState]:
         now = time.monotonic()
-        stale = [s for s in self._workers.values() if s.age_s(now) > self._stale_after_s]
+        stale = [s for s in self._workers.values() if s.silent_s(now) > self._stale_after_s]
         for state in stale:
             del self._workers[state.worker_id]
         return stale

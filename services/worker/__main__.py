@@ -31,6 +31,13 @@ class WorkerApp:
     host: GrpcServiceHost
     reporter: LoadReporter
     engine: Engine
+    # The host others dial (worker.advertise_host, else the bind host).
+    advertise_host: str | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """Where routers reach this worker: the address it registers by."""
+        return f"{self.advertise_host or self.host.bound_host}:{self.host.port}"
 
     async def close(self) -> None:
         await self.reporter.stop()
@@ -48,10 +55,22 @@ def build_worker(
 ) -> WorkerApp:
     if pool not in settings.pools:
         raise SystemExit(f"unknown pool {pool!r}; configured: {', '.join(sorted(settings.pools))}")
+    try:
+        reachable = settings.worker.reachable_host()
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     model_versions = settings.pool_models(pool)
     engine = build_engine(settings.pool_engine(pool), models_dir=settings.models_dir)
-    servicer = WorkerServicer(engine, model_versions=model_versions, limits=settings.limits)
     worker_id = f"{pool}-{index}"
+    tracer_provider = tracer_provider or build_tracer_provider(f"headrace-worker-{worker_id}", settings.telemetry)
+    servicer = WorkerServicer(
+        engine,
+        model_versions=model_versions,
+        limits=settings.limits,
+        tracer=tracer_provider.get_tracer("headrace.worker"),
+        prefill_token_weight=settings.pools[pool].prefill_token_weight,
+        preempt_batch=settings.scheduler.for_pool(pool).online_preempts_batch,
+    )
     identity = service_identity(settings, Role.WORKER)
     host = GrpcServiceHost(
         [
@@ -62,18 +81,19 @@ def build_worker(
         host=settings.worker.host,
         port=port,
         limits=settings.limits,
-        tracer_provider=tracer_provider or build_tracer_provider(f"headrace-worker-{worker_id}", settings.telemetry),
+        tracer_provider=tracer_provider,
         identity=identity,
     )
     reporter = LoadReporter(
-        scheduler_targets=scheduler_targets or [f"{settings.scheduler.host}:{settings.scheduler.port}"],
+        # Every replica: each admits on its own, from these reports.
+        scheduler_targets=scheduler_targets or settings.scheduler.targets(),
         worker=scheduler_pb2.WorkerInfo(worker_id=worker_id, pool=pool, models=model_versions, engine=engine.kind),
         engine=engine,
         limits=settings.limits,
         identity=identity,
         interval_s=settings.scheduler.report_interval_ms / 1000.0,
     )
-    return WorkerApp(host=host, reporter=reporter, engine=engine)
+    return WorkerApp(host=host, reporter=reporter, engine=engine, advertise_host=reachable)
 
 
 async def start_worker(app: WorkerApp) -> int:
@@ -81,7 +101,7 @@ async def start_worker(app: WorkerApp) -> int:
     only once the port is bound)."""
     await app.engine.start()
     port = await app.host.start()
-    app.reporter.set_endpoint(f"{app.host.bound_host}:{port}")
+    app.reporter.set_endpoint(app.endpoint)
     await app.reporter.start()
     return port
 
@@ -103,7 +123,7 @@ async def main(settings: Settings, pool: str, index: int, port: int | None) -> N
 
 
 async def _report(app: WorkerApp) -> None:
-    app.reporter.set_endpoint(f"{app.host.bound_host}:{app.host.port}")
+    app.reporter.set_endpoint(app.endpoint)
     await app.reporter.start()
 
 

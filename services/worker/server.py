@@ -3,46 +3,55 @@ sure a cancelled call frees the engine's sequence."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc.aio
+from opentelemetry import propagate, trace
 
 from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 from headrace.runtime.config import LimitSettings
-from headrace.runtime.errors import InvalidArgument, NotFound
+from headrace.runtime.errors import HeadraceError, InvalidArgument, NotFound, Preempted, status_code_for
+from headrace.runtime.request_context import request_id_var
 from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.worker import metrics
 from services.worker.convert import delta_to_proto, generation_request_from_proto, stats_to_load
-from services.worker.engines.base import Engine, Priority
+from services.worker.cost_ledger import TokenShareLedger
+from services.worker.engines.base import Engine, FinishReason, Priority
+from services.worker.preemption import BatchPreemption
 
 log = logging.getLogger(__name__)
 
-
-class EngineShare:
-    """The engine time a request is charged for: wall time divided by the
-    sequences sharing the engine at that moment, so the shares of requests
-    batched together add up to the engine's real time (and cost)."""
-
-    def __init__(self) -> None:
-        self._last = time.monotonic()
-        self.seconds = 0.0
-
-    def advance(self, running: int) -> None:
-        now = time.monotonic()
-        self.seconds += (now - self._last) / max(1, running)
-        self._last = now
+# Rows one GenerateBatch call may carry.
+MAX_ROWS_PER_CALL = 256
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, engine: Engine, *, model_versions: list[str], limits: LimitSettings) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        model_versions: list[str],
+        limits: LimitSettings,
+        tracer: trace.Tracer | None = None,
+        prefill_token_weight: float = 0.25,
+        preempt_batch: bool = False,
+    ) -> None:
         self._engine = engine
+        # Engine time by token share, shared by every request on this engine.
+        self._ledger = TokenShareLedger(prefill_token_weight=prefill_token_weight)
+        self._tracer = tracer or trace.get_tracer(__name__)
         self._model_versions = frozenset(model_versions)
         self._limits = limits
         # Generate calls in flight that are not batch rows: batch consumers
         # make room for them.
         self._online = 0
+        # Stop a preemptible batch row when an online request finds the
+        # engine full (the pool's online_preempts_batch).
+        self._preempt_batch = preempt_batch
+        self.preemption = BatchPreemption()
 
     def _check_model(self, model_version: str) -> None:
         if model_version not in self._model_versions:
@@ -54,24 +63,123 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     async def Generate(
         self, request: worker_pb2.WorkerGenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
+        # Closed explicitly: a cancelled call must free the sequence now,
+        # not when the inner generator is collected.
+        stream = self._generate(request, whole_answer=request.whole_answer)
+        try:
+            async for message in stream:
+                yield message
+        finally:
+            await stream.aclose()
+
+    async def GenerateBatch(
+        self, request: worker_pb2.GenerateBatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[worker_pb2.GenerateBatchResult]:
+        if not request.rows:
+            raise InvalidArgument("rows: at least one")
+        if len(request.rows) > MAX_ROWS_PER_CALL:
+            raise InvalidArgument(f"rows: at most {MAX_ROWS_PER_CALL} per call, got {len(request.rows)}")
+        ids = [row.request_id for row in request.rows]
+        if len(set(ids)) != len(ids):
+            raise InvalidArgument("rows: each needs its own request_id")
+        ended: asyncio.Queue[worker_pb2.GenerateBatchResult] = asyncio.Queue()
+
+        async def run(row: worker_pb2.WorkerGenerateRequest) -> None:
+            # Each row is a request of its own (its task, its context): its
+            # id, not the call's, on its spans and logs.
+            request_id_var.set(row.request_id)
+            result = worker_pb2.GenerateBatchResult(request_id=row.request_id)
+            try:
+                with self._tracer.start_as_current_span(
+                    "worker.batch_row",
+                    context=propagate.extract(dict(row.trace_context)) if row.trace_context else None,
+                    attributes={"request.id": row.request_id},
+                ):
+                    stream = self._generate(row, whole_answer=True)
+                    try:
+                        async for message in stream:
+                            result.answer.CopyFrom(message)
+                    finally:
+                        await stream.aclose()
+            except HeadraceError as exc:
+                result.error_code, result.error_message = status_code_for(exc).value[0], exc.message
+            except Exception as exc:
+                log.exception("row %s of a GenerateBatch call failed", row.request_id)
+                result.error_code = grpc.StatusCode.INTERNAL.value[0]
+                result.error_message = f"the worker failed on this row: {exc}"
+            ended.put_nowait(result)
+
+        # Each row on its own, as if it had its own Generate call; cancelling
+        # the call cancels them (and _generate aborts their sequences).
+        rows = [asyncio.create_task(run(row), name=f"batch-row:{row.request_id}") for row in request.rows]
+        try:
+            for _ in rows:
+                yield await ended.get()
+        finally:
+            for task in rows:
+                task.cancel()
+            await asyncio.gather(*rows, return_exceptions=True)
+
+    async def _generate(
+        self, request: worker_pb2.WorkerGenerateRequest, *, whole_answer: bool
+    ) -> AsyncGenerator[generation_pb2.GenerateStreamResponse, None]:
         if not request.request_id:
             raise InvalidArgument("request_id: required")
         self._check_model(request.model_version)
         validate_generate_request(request.request, self._limits)
         generation = generation_request_from_proto(request)
         online = generation.priority != Priority.BATCH
+        preemptible = not online and request.preemptible and self._preempt_batch
+        if online and self._preempt_batch:
+            await self._make_room()
+        elif preemptible:
+            self.preemption.started(generation.request_id)
         self._online += online
-        share = EngineShare()
+        ledger_key = object()
+        prefilled, counted = False, 0
         finished = False
         # whole_answer: deltas are held back and sent as one last message.
-        whole_answer = request.whole_answer
         held_text: list[str] = []
         held_ids: list[int] = []
         stream = self._engine.generate(generation)
         metrics.REQUESTS_IN_FLIGHT.inc()
+        self._ledger.start(ledger_key)
+        # The engine's part of the request, under the Generate span. Started,
+        # not made current: this generator is resumed once per token, and a
+        # context attached here could be detached in another one.
+        engine_span = self._tracer.start_span(
+            "headrace.engine.generate",
+            attributes={
+                "headrace.engine": self._engine.kind,
+                "headrace.model_version": request.model_version,
+                "headrace.priority": int(generation.priority),
+            },
+        )
+        started = time.monotonic()
+        first_token_s: float | None = None
         try:
             async for delta in stream:
-                share.advance(self._engine.running)
+                if first_token_s is None:
+                    first_token_s = time.monotonic() - started
+                # Deltas carry running totals where the engine knows them.
+                decoded = delta.completion_tokens - counted if delta.completion_tokens else len(delta.token_ids)
+                counted += decoded
+                self._ledger.processed(
+                    ledger_key,
+                    prefill_tokens=0 if prefilled else delta.prompt_tokens - delta.cached_prompt_tokens,
+                    decoded_tokens=decoded,
+                )
+                prefilled = True
+                if (
+                    preemptible
+                    and delta.finish_reason is FinishReason.ABORT
+                    and self.preemption.finished(generation.request_id)
+                ):
+                    # Already aborted (it made room): charged, not answered.
+                    finished = True
+                    self._ledger.finish(ledger_key)
+                    engine_span.set_status(trace.Status(trace.StatusCode.ERROR, "preempted"))
+                    raise Preempted("preempted: this batch row made room for online work; retry it")
                 if whole_answer and delta.finish_reason is None:
                     held_text.append(delta.text)
                     held_ids.extend(delta.token_ids)
@@ -82,11 +190,31 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     message.token_ids[:0] = held_ids
                 if delta.finish_reason is not None:
                     finished = True
-                    message.timing.engine_ms = share.seconds * 1000.0
-                    message.cost.engine_seconds = share.seconds
+                    engine_seconds = self._ledger.finish(ledger_key)
+                    message.timing.engine_ms = engine_seconds * 1000.0
+                    message.cost.engine_seconds = engine_seconds
                     metrics.TOKENS.inc(delta.completion_tokens)
+                    engine_span.set_attributes(
+                        {
+                            "headrace.prompt_tokens": delta.prompt_tokens,
+                            "headrace.completion_tokens": delta.completion_tokens,
+                            "headrace.cached_prompt_tokens": delta.cached_prompt_tokens,
+                            "headrace.engine_seconds": engine_seconds,
+                            "headrace.finish_reason": delta.finish_reason.value,
+                        }
+                    )
                 yield message
         finally:
+            if not finished:
+                # Failed or cancelled: its time is still charged, to no answer.
+                self._ledger.finish(ledger_key)
+            if first_token_s is not None:
+                engine_span.set_attribute("headrace.engine_first_token_seconds", first_token_s)
+            if not finished:
+                engine_span.set_status(trace.Status(trace.StatusCode.ERROR, "ended before its last token"))
+            engine_span.end()
+            if preemptible:
+                self.preemption.finished(generation.request_id)
             self._online -= online
             metrics.REQUESTS_IN_FLIGHT.dec()
             # Runs on completion, error and cancellation alike: closing the
@@ -95,6 +223,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             await stream.aclose()
             if not finished:
                 await self._engine.abort(request.request_id)
+
+    async def _make_room(self) -> None:
+        """An online request arrives: if the engine is full, stop the
+        newest preemptible batch row (preemption.py)."""
+        stats = self._engine.stats()
+        victim = self.preemption.victim(engine_full=stats.running + stats.waiting >= stats.capacity)
+        if victim is not None:
+            log.info("preempting batch row %s for online work", victim)
+            metrics.PREEMPTIONS.inc()
+            await self._engine.abort(victim)
 
     async def Embed(
         self, request: generation_pb2.EmbedRequest, context: grpc.aio.ServicerContext

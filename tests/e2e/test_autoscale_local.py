@@ -16,7 +16,7 @@ import yaml
 from headrace.client import AsyncHeadraceClient
 from tests.support.cli import headrace
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def config() -> dict[str, Any]:

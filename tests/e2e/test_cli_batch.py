@@ -12,7 +12,7 @@ import pytest
 from tests.support.batch import chat_rows
 from tests.support.cli import headrace, live_processes_in_groups
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def test_batch_submit_waits_with_a_progress_bar_and_results_come_back(cli_env: dict[str, str], tmp_path: Path) -> None:

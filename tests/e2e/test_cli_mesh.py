@@ -19,7 +19,7 @@ import redis
 from headrace.v1 import scheduler_pb2, scheduler_pb2_grpc
 from tests.support.cli import headrace, live_processes_in_groups
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def test_up_generate_status_down_leaves_nothing_behind(cli_env: dict[str, str]) -> None:

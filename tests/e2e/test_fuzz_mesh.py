@@ -30,7 +30,7 @@ from headrace.v1 import cache_pb2, router_pb2, scheduler_pb2, worker_pb2
 from tests.support import fuzzing
 from tests.support.cli import headrace, mesh_env
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 HTTP_EXAMPLES = 300
 WS_EXAMPLES = 60
@@ -99,10 +99,8 @@ requests_ = st.one_of(
     st.tuples(st.just("POST"), st.just("/v1/chat/completions"), fuzzing.bodies(fuzzing.CHAT)),
     st.tuples(st.just("POST"), st.just("/v1/completions"), fuzzing.bodies(fuzzing.COMPLETION)),
     st.tuples(st.just("POST"), st.just("/v1/embeddings"), fuzzing.bodies(fuzzing.EMBEDDING)),
-    # POST /v1/batches joins once its route reads its body through body.read_model
-    # (the wt/house branch): until then it decodes JSON on its own and a deep or
-    # surrogate-laden body is still a 500 there. With both merged it passes:
-    # st.tuples(st.just("POST"), st.just("/v1/batches"), fuzzing.bodies(fuzzing.BATCH)),
+    # POST /v1/batches reads its body through body.read_model, as the routes above.
+    st.tuples(st.just("POST"), st.just("/v1/batches"), fuzzing.bodies(fuzzing.BATCH)),
     st.tuples(st.sampled_from(["GET", "POST", "DELETE"]), _ID.map(lambda i: f"/v1/batches/{i}"), st.just(b"")),
     st.tuples(st.just("POST"), _ID.map(lambda i: f"/v1/batches/{i}/cancel"), st.just(b"")),
     st.tuples(st.sampled_from(["GET", "DELETE"]), _ID.map(lambda i: f"/v1/files/{i}"), st.just(b"")),

@@ -17,7 +17,7 @@ from headrace.runtime.errors import NotFound
 from headrace.v1 import generation_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tests.support.cli import headrace, live_processes_in_groups, mesh_env
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

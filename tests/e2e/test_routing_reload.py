@@ -16,7 +16,7 @@ import yaml
 
 from tests.support.cli import headrace
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def config(default_version: str, *, watch: bool, **extra: Any) -> dict[str, Any]:

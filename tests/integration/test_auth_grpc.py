@@ -16,8 +16,6 @@ from headrace.v1 import generation_pb2, models_pb2
 from tests.integration.test_mesh_grpc import greedy, mesh_settings
 from tests.support.mesh import InProcessMesh, start_mesh
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 async def mesh(redis_server: RedisServer) -> AsyncIterator[InProcessMesh]:

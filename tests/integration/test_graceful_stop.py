@@ -19,8 +19,6 @@ from headrace.v1 import generation_pb2, worker_pb2
 from tests.integration.test_mesh_grpc import mesh_settings
 from tests.support.mesh import start_mesh
 
-pytestmark = pytest.mark.integration
-
 
 def long_request(request_id: str) -> worker_pb2.WorkerGenerateRequest:
     return worker_pb2.WorkerGenerateRequest(

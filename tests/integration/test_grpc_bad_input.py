@@ -20,8 +20,6 @@ from headrace.runtime.server import GrpcServiceHost, ServiceRegistration
 from headrace.v1 import cache_pb2, cache_pb2_grpc, generation_pb2
 from services.cache.__main__ import build_cache
 
-pytestmark = pytest.mark.integration
-
 ECHO = "/test.Echo/Chat"
 
 

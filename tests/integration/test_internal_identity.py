@@ -38,8 +38,6 @@ from tests.integration.batch.conftest import batch_settings
 from tests.support.batch import chat_rows, running_consumer, wait_for_job
 from tests.support.mesh import InProcessMesh, start_mesh
 
-pytestmark = pytest.mark.integration
-
 ACME = (("authorization", "Bearer acme-key"),)
 GLOBEX = (("authorization", "Bearer globex-key"),)
 FORGED_TENANT = (("x-headrace-tenant", "acme"),)
@@ -226,6 +224,17 @@ async def test_no_lease_and_no_tokens_without_the_routers_identity(mesh: InProce
         async with stolen(mesh, role, mesh.scheduler_address, Role.SCHEDULER) as channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
             await refused(stub.Place(place, timeout=5), grpc.StatusCode.PERMISSION_DENIED)
+    # A consumer asks for batch leases on its worker, and nothing else.
+    async with stolen(mesh, Role.CONSUMER, mesh.scheduler_address, Role.SCHEDULER) as channel:
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        online_on_a_worker = scheduler_pb2.PlaceRequest(
+            request_id="attack", model_version="smollm2@1", tenant="acme", worker_id="smollm2-0"
+        )
+        batch_anywhere = scheduler_pb2.PlaceRequest(
+            request_id="attack", model_version="smollm2@1", tenant="acme", priority=generation_pb2.PRIORITY_BATCH
+        )
+        for request in (online_on_a_worker, batch_anywhere):
+            await refused(stub.Place(request, timeout=5), grpc.StatusCode.PERMISSION_DENIED)
     for role in (Role.WORKER, Role.ADMIN):
         async with stolen(mesh, role, worker, Role.WORKER) as channel:
             worker_stub = worker_pb2_grpc.WorkerStub(channel)

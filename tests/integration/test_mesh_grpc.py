@@ -18,8 +18,6 @@ from headrace.runtime.config import Settings
 from headrace.v1 import generation_pb2, models_pb2, scheduler_pb2, worker_pb2
 from tests.support.mesh import InProcessMesh, start_mesh
 
-pytestmark = pytest.mark.integration
-
 
 def mesh_settings(redis_url: str, **overrides: object) -> Settings:
     base: dict[str, object] = {

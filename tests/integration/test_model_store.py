@@ -9,7 +9,7 @@ import pytest
 
 from headrace.models.store import MANIFEST_NAME, list_prepared, model_path, prepare_model, sha256_file, verify_model
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def test_prepare_smollm2_offline_then_again_does_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

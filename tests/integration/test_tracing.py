@@ -3,7 +3,6 @@ the router to the scheduler, the cache and the worker."""
 
 from __future__ import annotations
 
-import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -11,8 +10,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from headrace.local.redis_server import RedisServer
 from tests.integration.test_mesh_grpc import greedy, mesh_settings
 from tests.support.mesh import start_mesh
-
-pytestmark = pytest.mark.integration
 
 CALLER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN_ID = "00f067aa0ba902b7"
@@ -44,6 +41,8 @@ async def test_one_trace_spans_router_scheduler_cache_and_worker(redis_server: R
         "/headrace.v1.Worker/Generate",
     ):
         assert format(spans[name].context.trace_id, "032x") == CALLER_TRACE_ID, name
+    assert router.parent is not None and router.context is not None
     assert format(router.parent.span_id, "016x") == CALLER_SPAN_ID
-    assert spans["/headrace.v1.Worker/Generate"].parent.span_id == router.context.span_id
-    assert spans["/headrace.v1.Scheduler/Place"].parent.span_id == router.context.span_id
+    for child in ("/headrace.v1.Worker/Generate", "/headrace.v1.Scheduler/Place"):
+        parent = spans[child].parent
+        assert parent is not None and parent.span_id == router.context.span_id, child

@@ -64,7 +64,7 @@ async def wait_for_job(
     stub: router_pb2_grpc.RouterStub,
     batch_id: str,
     *,
-    statuses: set[int] = TERMINAL,
+    statuses: set[batch_pb2.BatchStatus.ValueType] = TERMINAL,
     timeout_s: float = 30.0,
     metadata: tuple[tuple[str, str], ...] = (),
 ) -> batch_pb2.BatchJob:
@@ -94,6 +94,7 @@ async def running_consumer(
     pool: str,
     worker_address: str,
     index: int = 0,
+    worker_id: str | None = None,
     tracer_provider: TracerProvider | None = None,
 ) -> AsyncIterator[BatchConsumer]:
     """A consumer with a real Celery worker on a thread of this process.
@@ -104,6 +105,7 @@ async def running_consumer(
         pool=pool,
         index=index,
         worker_address=worker_address,
+        worker_id=worker_id,
         tracer_provider=tracer_provider,
     )
     stack = contextlib.ExitStack()
@@ -136,7 +138,9 @@ def write_config(settings: Settings, path: Path) -> Path:
 class ConsumerProcess:
     """`python -m services.worker.consumer` as a child process."""
 
-    def __init__(self, config: Path, *, pool: str, index: int, worker_address: str, log_path: Path) -> None:
+    def __init__(
+        self, config: Path, *, pool: str, index: int, worker_address: str, log_path: Path, worker_id: str = ""
+    ) -> None:
         self.pool = pool
         self.index = index
         self.name = consumer_name(pool, index)
@@ -149,6 +153,7 @@ class ConsumerProcess:
                     "-m",
                     "services.worker.consumer",
                     *("--pool", pool, "--index", str(index), "--worker", worker_address),
+                    *(("--worker-id", worker_id) if worker_id else ()),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -151,7 +151,11 @@ async def start_mesh(
     scheduler_host = build_scheduler_host(
         settings, dispatcher, port=0, tracer_provider=tracer_provider, batches=batch.rpcs
     )
-    scheduler_address = f"127.0.0.1:{await scheduler_host.start()}"
+    scheduler_port = await scheduler_host.start()
+    scheduler_address = f"127.0.0.1:{scheduler_port}"
+    # What reads the settings to find the scheduler (batch consumers asking
+    # for their rows' leases) finds this one.
+    settings = settings.model_copy(update={"scheduler": settings.scheduler.model_copy(update={"port": scheduler_port})})
     redis_client = aioredis.Redis.from_url(settings.redis_url)
     cache_app = build_cache(settings, redis_client, encoder=encoder, port=0, tracer_provider=tracer_provider)
     await cache_app.start()

@@ -66,7 +66,9 @@ async def generate_all(
 
 
 async def model_info(mesh: InProcessMesh, model_id: str) -> models_pb2.ModelInfo:
-    listing = await mesh.router_stub().ListModels(models_pb2.ListModelsRequest(include_deprecated=True))
+    listing: models_pb2.ListModelsResponse = await mesh.router_stub().ListModels(
+        models_pb2.ListModelsRequest(include_deprecated=True)
+    )
     for info in listing.models:
         if info.id == model_id:
             return info

@@ -27,6 +27,9 @@ from services.router.flow_protocols import closing
 from services.router.gateway.dependencies import GatewayServices
 from services.router.gateway.streaming import EventStreamResponse, sse_event
 
+# What a whole answer cost, USD (streams: in the last chunk's usage.cost_usd).
+COST_KEY = "x-headrace-cost-usd"
+
 T = TypeVar("T")
 
 # How long a stream's final event (an error, or [DONE] after a stall) may
@@ -40,26 +43,33 @@ class Chunker(Protocol):
         ...
 
 
-async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """`work`'s result, or Cancelled if the client leaves first (the work is
-    cancelled then: the flow cancels the worker call, the engine aborts)."""
+async def until_stopped(work: Awaitable[T], stop: Awaitable[None], *, reason: str) -> T:
+    """`work`'s result, or Cancelled(reason) if `stop` completes first (the
+    work is cancelled then: the flow cancels the worker call, the engine
+    aborts). HTTP stops on the client's disconnect, the WebSocket on a
+    cancel message too (realtime.py)."""
     task = asyncio.ensure_future(work)
-
-    async def client_left() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.create_task(client_left())
+    watcher = asyncio.ensure_future(stop)
     try:
         done, _pending = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             return task.result()
-        raise Cancelled("the client disconnected")
+        raise Cancelled(reason)
     finally:
         watcher.cancel()
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result, or Cancelled if the client leaves first."""
+
+    async def client_left() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return await until_stopped(work, client_left(), reason="the client disconnected")
 
 
 def json_response(body: BaseModel, headers: Sequence[tuple[str, str]]) -> Response:
@@ -102,7 +112,10 @@ async def answer_generation(
         response = await until_disconnected(
             request, services.generation.complete(proto, tenant=tenant, request_id=request_id)
         )
-        return json_response(whole(response, created), served_by_headers(response.request_id, response.route))
+        return json_response(
+            whole(response, created),
+            [*served_by_headers(response.request_id, response.route), (COST_KEY, f"{response.cost.usd:.10f}")],
+        )
     chunks = services.generation.stream(proto, tenant=tenant, request_id=request_id)
     first = await until_disconnected(request, _first(chunks))
     return EventStreamResponse(

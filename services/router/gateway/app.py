@@ -15,15 +15,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from fastapi import APIRouter, FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.trace import TracerProvider
 
 from headrace.runtime.auth import Authenticator
-from services.router.gateway.chat_completions import chat_completions_router
-from services.router.gateway.completions import completions_router
+from services.router.gateway.completions import completions_routers
 from services.router.gateway.dependencies import GatewayServices
 from services.router.gateway.embeddings import embeddings_router
 from services.router.gateway.errors import install_error_handlers
 from services.router.gateway.health import health_router
-from services.router.gateway.middleware import GatewayMiddleware
+from services.router.gateway.middleware import HEALTH_PATH, METRICS_PATH, GatewayMiddleware
 from services.router.gateway.models import models_router
 from services.router.gateway.realtime import realtime_router
 
@@ -34,13 +35,15 @@ def build_gateway_app(
     authenticator: Authenticator,
     extra_routers: Sequence[APIRouter] = (),
     serving: Callable[[], bool] = lambda: True,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
+    """`tracer_provider`: trace every request (a server span that continues
+    the caller's `traceparent`, around the middleware and the route)."""
     # No generated docs: bodies are parsed by hand (bounded, with OpenAI's
     # errors), so the schema FastAPI would publish would be wrong.
     app = FastAPI(title="Headrace", openapi_url=None, docs_url=None, redoc_url=None)
     for router in (
-        chat_completions_router(services),
-        completions_router(services),
+        *completions_routers(services),
         embeddings_router(services),
         models_router(services),
         realtime_router(services),
@@ -50,4 +53,13 @@ def build_gateway_app(
         app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(GatewayMiddleware, authenticator=authenticator, settings=services.settings.gateway)
+    if tracer_provider is not None:
+        FastAPIInstrumentor.instrument_app(
+            app,
+            tracer_provider=tracer_provider,
+            # No span per ASGI message: a stream would get one per token.
+            exclude_spans=["receive", "send"],
+            # Probes and scrapes are not requests anyone traces.
+            excluded_urls=f"{HEALTH_PATH}$,{METRICS_PATH}$",
+        )
     return app

@@ -1,19 +1,21 @@
 """/v1/batches, as the official `openai` client calls it: create (from an
 uploaded file), retrieve, cancel, list. Jobs run through the queue; their
-results come as output and error files (see files_api)."""
+results come as output and error files (see files_api). The body is read
+bounded (gateway.max_body_bytes) and strict, as for every other route;
+errors are raised and written by errors.py."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from headrace.runtime.errors import InvalidArgument
 from headrace.v1 import batch_pb2
 from services.router.batch_forwarding import BatchForwarder
-from services.router.gateway.batch_common import TenantOf, answer, required_text
+from services.router.gateway.body import read_model
 
 
 def _or_none(value: Any) -> Any:
@@ -53,79 +55,55 @@ def batch_object(job: batch_pb2.BatchJob) -> dict[str, Any]:
     }
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidArgument("body: must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument("body: must be a JSON object")
-    return body
+class BatchCreateRequest(BaseModel):
+    """POST /v1/batches's body (strict, as the gateway's other requests)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: str = Field(min_length=1)
+    endpoint: str = Field(min_length=1)
+    completion_window: str = "24h"
+    metadata: dict[str, str] | None = None
 
 
-def _metadata(body: dict[str, Any]) -> dict[str, str]:
-    metadata = body.get("metadata") or {}
-    if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        raise InvalidArgument("metadata: must be an object of strings")
-    return metadata
-
-
-def build_batches_router(forwarder: BatchForwarder, tenant_of: TenantOf) -> APIRouter:
+def build_batches_router(forwarder: BatchForwarder, *, max_body_bytes: int) -> APIRouter:
     router = APIRouter(tags=["batches"])
 
     @router.post("/v1/batches")
     async def create_batch(request: Request) -> Response:
-        async def handle(tenant: str) -> Response:
-            body = await _json_body(request)
-            window = body.get("completion_window", "24h")
-            if not isinstance(window, str):
-                raise InvalidArgument("completion_window: must be a string")
-            job = await forwarder.submit(
-                tenant,
-                batch_pb2.SubmitBatchRequest(
-                    input_file_id=required_text(body, "input_file_id"),
-                    endpoint=required_text(body, "endpoint"),
-                    completion_window=window,
-                    metadata=_metadata(body),
-                ),
+        body = await read_model(request, BatchCreateRequest, max_bytes=max_body_bytes)
+        job = await forwarder.submit(
+            batch_pb2.SubmitBatchRequest(
+                input_file_id=body.input_file_id,
+                endpoint=body.endpoint,
+                completion_window=body.completion_window,
+                metadata=body.metadata or {},
             )
-            return JSONResponse(batch_object(job))
-
-        return await answer(request, tenant_of, handle)
+        )
+        return JSONResponse(batch_object(job))
 
     @router.get("/v1/batches/{batch_id}")
-    async def retrieve_batch(request: Request, batch_id: str) -> Response:
-        async def handle(tenant: str) -> Response:
-            return JSONResponse(batch_object(await forwarder.get(tenant, batch_id)))
-
-        return await answer(request, tenant_of, handle)
+    async def retrieve_batch(batch_id: str) -> Response:
+        return JSONResponse(batch_object(await forwarder.get(batch_pb2.GetBatchRequest(batch_id=batch_id))))
 
     @router.post("/v1/batches/{batch_id}/cancel")
-    async def cancel_batch(request: Request, batch_id: str) -> Response:
-        async def handle(tenant: str) -> Response:
-            return JSONResponse(batch_object(await forwarder.cancel(tenant, batch_id)))
-
-        return await answer(request, tenant_of, handle)
+    async def cancel_batch(batch_id: str) -> Response:
+        return JSONResponse(batch_object(await forwarder.cancel(batch_pb2.CancelBatchRequest(batch_id=batch_id))))
 
     @router.get("/v1/batches")
-    async def list_batches(request: Request, limit: int = 20, after: str = "") -> Response:
-        async def handle(tenant: str) -> Response:
-            if not 1 <= limit <= 100:
-                raise InvalidArgument(f"limit: {limit} is outside [1, 100]")
-            page = await forwarder.list(tenant, limit=limit, after=after)
-            data = [batch_object(job) for job in page.batches]
-            return JSONResponse(
-                {
-                    "object": "list",
-                    "data": data,
-                    "first_id": data[0]["id"] if data else None,
-                    "last_id": data[-1]["id"] if data else None,
-                    "has_more": page.has_more,
-                }
-            )
-
-        return await answer(request, tenant_of, handle)
+    async def list_batches(limit: int = 20, after: str = "") -> Response:
+        if not 1 <= limit <= 100:
+            raise InvalidArgument(f"limit: {limit} is outside [1, 100]")
+        page = await forwarder.list(batch_pb2.ListBatchesRequest(limit=limit, after=after))
+        data = [batch_object(job) for job in page.batches]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": page.has_more,
+            }
+        )
 
     return router

@@ -218,8 +218,9 @@ def embed_request(body: protocol.EmbeddingRequest, limits: LimitSettings) -> gen
 # --- answers ---------------------------------------------------------------
 
 
-def usage(value: generation_pb2.Usage) -> protocol.Usage:
+def usage(value: generation_pb2.Usage, cost: generation_pb2.Cost | None = None) -> protocol.Usage:
     return protocol.Usage(
+        cost_usd=cost.usd if cost is not None else None,
         prompt_tokens=value.prompt_tokens,
         completion_tokens=value.completion_tokens,
         total_tokens=value.total_tokens or value.prompt_tokens + value.completion_tokens,
@@ -238,7 +239,7 @@ def chat_completion(response: generation_pb2.GenerateResponse, *, created: int) 
                 finish_reason=finish_reason_name(response.finish_reason) or "stop",
             )
         ],
-        usage=usage(response.usage),
+        usage=usage(response.usage, response.cost),
     )
 
 
@@ -252,7 +253,7 @@ def text_completion(response: generation_pb2.GenerateResponse, *, created: int) 
                 text=response.text, finish_reason=finish_reason_name(response.finish_reason) or "stop"
             )
         ],
-        usage=usage(response.usage),
+        usage=usage(response.usage, response.cost),
     )
 
 
@@ -317,7 +318,7 @@ class _Chunks(Generic[C]):
         out = [self._delta(chunk.text, finish_reason_name(chunk.finish_reason))]
         self._first = False
         if chunk.finish_reason and self._include_usage:
-            out.append(self._usage(usage(chunk.usage)))
+            out.append(self._usage(usage(chunk.usage, chunk.cost)))
         return out
 
     def encode(self, chunk: generation_pb2.GenerateStreamResponse) -> list[str]:

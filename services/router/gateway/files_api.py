@@ -1,18 +1,21 @@
 """/v1/files, as the official `openai` client calls it: upload a batch
 input (multipart: file, purpose="batch"), describe, download, delete. Output
-and error files of batch jobs are downloaded here too."""
+and error files of batch jobs are downloaded here too.
+
+Like every gateway route, these raise Headrace errors and leave the rest
+to the gateway: the middleware authenticates (the tenant reaches the
+scheduler through the forwarder's metadata), errors.py writes the error."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from headrace.runtime.errors import InvalidArgument, PayloadTooLarge
 from headrace.v1 import batch_pb2
 from services.router.batch_forwarding import BatchForwarder
-from services.router.gateway.batch_common import TenantOf, answer
+from services.router.gateway.uploads import read_upload
 
 
 def file_object(info: batch_pb2.FileInfo) -> dict[str, Any]:
@@ -30,48 +33,29 @@ def file_object(info: batch_pb2.FileInfo) -> dict[str, Any]:
     }
 
 
-def build_files_router(forwarder: BatchForwarder, tenant_of: TenantOf, *, max_file_bytes: int) -> APIRouter:
+def build_files_router(forwarder: BatchForwarder, *, max_file_bytes: int) -> APIRouter:
     router = APIRouter(tags=["files"])
 
     @router.post("/v1/files")
-    async def create_file(request: Request, file: UploadFile | None = File(None), purpose: str = Form("")) -> Response:
-        async def handle(tenant: str) -> Response:
-            if file is None:
-                raise InvalidArgument("file: required (multipart/form-data)")
-            if not purpose:
-                raise InvalidArgument("purpose: required; 'batch' for batch input files")
-            # Read at most one byte past the bound: never more into memory.
-            content = await file.read(max_file_bytes + 1)
-            if len(content) > max_file_bytes:
-                raise PayloadTooLarge(f"file: over the limit of {max_file_bytes} bytes")
-            info = await forwarder.upload_file(
-                tenant, filename=file.filename or "upload.jsonl", purpose=purpose, content=content
-            )
-            return JSONResponse(file_object(info))
-
-        return await answer(request, tenant_of, handle)
+    async def create_file(request: Request) -> Response:
+        upload = await read_upload(request, max_file_bytes=max_file_bytes)
+        info = await forwarder.upload_file(
+            batch_pb2.UploadFileRequest(filename=upload.filename, purpose=upload.purpose, content=upload.content)
+        )
+        return JSONResponse(file_object(info))
 
     @router.get("/v1/files/{file_id}")
-    async def retrieve_file(request: Request, file_id: str) -> Response:
-        async def handle(tenant: str) -> Response:
-            return JSONResponse(file_object(await forwarder.get_file(tenant, file_id)))
-
-        return await answer(request, tenant_of, handle)
+    async def retrieve_file(file_id: str) -> Response:
+        return JSONResponse(file_object(await forwarder.get_file(batch_pb2.GetFileRequest(file_id=file_id))))
 
     @router.get("/v1/files/{file_id}/content")
-    async def file_content(request: Request, file_id: str) -> Response:
-        async def handle(tenant: str) -> Response:
-            content = await forwarder.file_content(tenant, file_id)
-            return Response(content.content, media_type="application/jsonl")
-
-        return await answer(request, tenant_of, handle)
+    async def file_content(file_id: str) -> Response:
+        content = await forwarder.file_content(batch_pb2.GetFileContentRequest(file_id=file_id))
+        return Response(content.content, media_type="application/jsonl")
 
     @router.delete("/v1/files/{file_id}")
-    async def delete_file(request: Request, file_id: str) -> Response:
-        async def handle(tenant: str) -> Response:
-            deleted = await forwarder.delete_file(tenant, file_id)
-            return JSONResponse({"id": deleted.file_id, "object": "file", "deleted": deleted.deleted})
-
-        return await answer(request, tenant_of, handle)
+    async def delete_file(file_id: str) -> Response:
+        deleted = await forwarder.delete_file(batch_pb2.DeleteFileRequest(file_id=file_id))
+        return JSONResponse({"id": deleted.file_id, "object": "file", "deleted": deleted.deleted})
 
     return router

@@ -33,6 +33,7 @@ from headrace.runtime.request_context import (
     request_id_var,
     tenant_var,
 )
+from headrace.runtime.telemetry import note_request_id
 from services.router.gateway import metrics
 from services.router.gateway.errors import error_response
 
@@ -55,6 +56,7 @@ class GatewayMiddleware:
         headers = Headers(scope=scope)
         request_id = accept_request_id(headers.get(REQUEST_ID_KEY))
         request_id_var.set(request_id)
+        note_request_id(request_id)
         tenant_var.set("")
         started = time.perf_counter()
 

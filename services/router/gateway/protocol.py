@@ -135,6 +135,9 @@ class Usage(BaseModel):
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails | None = None
+    # Headrace's addition: what the answer cost (its share of the engine's
+    # time by tokens, times the pool's price); 0 for a cached answer.
+    cost_usd: float | None = None
 
 
 class AssistantMessage(BaseModel):

@@ -20,8 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter
 from pydantic import BaseModel
@@ -46,6 +45,7 @@ from headrace.runtime.request_context import (
 from headrace.v1 import generation_pb2
 from services.router.flow_protocols import closing
 from services.router.gateway import convert, metrics
+from services.router.gateway.answers import until_stopped
 from services.router.gateway.body import parse_object, validate_model
 from services.router.gateway.dependencies import GatewayServices
 from services.router.gateway.errors import as_headrace_error, error_detail, internal_error
@@ -63,7 +63,6 @@ from services.router.gateway.streaming import ClientGone, StreamEnd, final_error
 log = logging.getLogger(__name__)
 
 REALTIME_PATH = "/v1/realtime/chat"
-T = TypeVar("T")
 # Requests a client may queue behind the one in progress.
 _QUEUED = 4
 
@@ -153,20 +152,6 @@ class _Session:
             )
         )
 
-    async def _until_stopped(self, work: Awaitable[T]) -> T:
-        task = asyncio.ensure_future(work)
-        stopped = asyncio.create_task(self._stopped())
-        try:
-            done, _pending = await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if task in done:
-                return task.result()
-            raise Cancelled("cancelled by the client")
-        finally:
-            stopped.cancel()
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-
     async def _stopped(self) -> None:
         cancel = asyncio.create_task(self._cancel.wait())
         gone = asyncio.create_task(self._gone.wait())
@@ -196,7 +181,7 @@ class _Session:
                 self._services.settings.limits,
             )
             chunks = self._services.generation.stream(proto, tenant=current_tenant(), request_id=request_id)
-            first = await self._until_stopped(anext(chunks))
+            first = await until_stopped(anext(chunks), self._stopped(), reason="cancelled by the client")
         except Cancelled:
             await self._send(RealtimeDone(id=message.id, request_id=request_id, cancelled=True))
             return None

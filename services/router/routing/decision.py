@@ -69,8 +69,6 @@ class RequestOutcome:
         cost_usd: float = 0.0
 
     attempts: tuple[Attempt, ...]
-    # The version that answered ("" when none did).
-    served_version: str
     error: str = ""
     ttft_s: float | None = None
     total_s: float | None = None

@@ -1,4 +1,4 @@
-"""python -m services.worker.consumer --pool NAME [--index N] --worker HOST:PORT
+"""python -m services.worker.consumer --pool NAME [--index N] --worker HOST:PORT [--worker-id ID]
 
 The batch consumer beside worker N of a pool: consumes the pool's batch
 queue and runs each chunk's rows on that worker. SIGTERM: chunks running
@@ -21,12 +21,15 @@ def cli() -> None:
     parser.add_argument("--pool", required=True)
     parser.add_argument("--index", type=int, default=0, help="the worker's number within the pool")
     parser.add_argument("--worker", required=True, help="host:port of the worker's gRPC server")
+    parser.add_argument("--worker-id", default=None, help="the worker's id at the scheduler (default: POOL-INDEX)")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (default: off)")
     args = parser.parse_args()
     settings = load_settings()
     configure_logging(f"batch[{args.pool}-{args.index}]", settings.telemetry.log_level)
     start_metrics_server(settings.worker.host, args.metrics_port)
-    consumer = BatchConsumer(settings, pool=args.pool, index=args.index, worker_address=args.worker)
+    consumer = BatchConsumer(
+        settings, pool=args.pool, index=args.index, worker_address=args.worker, worker_id=args.worker_id
+    )
     log.info("consuming pool %s's batch queue for the worker at %s", args.pool, args.worker)
     try:
         consumer.worker(loglevel=settings.telemetry.log_level).start()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# AttemptError.code of a row the worker stopped to make room for online work.
+PREEMPTED = "preempted"
+
 
 class AttemptError(Exception):
     """The worker answered, but not with a result. `retryable`: another

@@ -3,14 +3,20 @@ worker and its result written once. Knows nothing of Celery.
 
 For each row without a result:
 
-    wait for room (admission) -> store.begin_attempt (is the job still
-    running? counts the attempt) -> worker -> store.record (first write wins)
+    a lease of the batch class from the scheduler (row_leases.py) ->
+    store.begin_attempt (is the job still running? counts the attempt) ->
+    worker -> store.record (first write wins) -> the lease back
 
 A failed attempt that may succeed later is retried after a backoff with
 jitter, up to row_max_attempts; then, or at once for a row the worker
 rejects as invalid, the row's result is an error with the reason, and the
 job goes on. Attempts are counted in Redis, so a row that kills its
 consumer every time still ends up in the error file.
+
+A row is sent preemptible the first time: the worker may stop it to make
+room for online work. A preempted attempt does not count; the row is sent
+again at once, not preemptible, so it is retried exactly once more and
+never lost (the result is written once either way).
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ from opentelemetry import propagate, trace
 from headrace.batch.output_lines import row_request_id
 from headrace.batch.store import BatchStore, JobRecord, StoredRow
 from headrace.runtime.config import BatchSettings
-from headrace.v1 import batch_pb2, generation_pb2
-from services.worker.consumer.admission import AdmissionGate
-from services.worker.consumer.attempt_errors import AttemptError, WorkerUnavailable
+from headrace.runtime.request_context import request_id_var
+from headrace.v1 import batch_pb2, generation_pb2, scheduler_pb2
+from services.worker.consumer.attempt_errors import PREEMPTED, AttemptError, WorkerUnavailable
+from services.worker.consumer.row_leases import HeldLease, RowAsk, RowLeases, embed_ask, generate_ask
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,7 @@ class RowClient(Protocol):
         request_id: str,
         tenant: str,
         timeout_s: float,
+        preemptible: bool = False,
     ) -> generation_pb2.GenerateResponse: ...
 
     async def embed(
@@ -69,7 +77,7 @@ class ChunkRunner:
         *,
         store: BatchStore,
         client: RowClient,
-        gate: AdmissionGate,
+        leases: RowLeases,
         settings: BatchSettings,
         consumer: str,
         tracer: trace.Tracer | None = None,
@@ -78,7 +86,7 @@ class ChunkRunner:
     ) -> None:
         self._store = store
         self._client = client
-        self._gate = gate
+        self._leases = leases
         self._settings = settings
         self._consumer = consumer
         self._tracer = tracer or trace.get_tracer(__name__)
@@ -127,26 +135,39 @@ class ChunkRunner:
         return float(ceiling * self._rng.uniform(0.5, 1.0))
 
     async def _run_row(self, job: JobRecord, row: StoredRow) -> bool:
+        # The row's request id (its output line says it too) on its spans and
+        # logs; each row runs in a task of its own, so this stays the row's.
+        request_id_var.set(row_request_id(job.id, row.line))
         with self._tracer.start_as_current_span(
             "batch.row", attributes={"batch.id": job.id, "batch.line": row.line, "batch.custom_id": row.custom_id}
         ):
+            preemptible = True
+            ask = self._ask(job, row)
             while True:
                 result: batch_pb2.BatchResult | None = None
                 error: AttemptError | None = None
-                # The row holds a place only while the worker runs it; the
-                # bookkeeping after it (writing the result) frees the place first.
-                async with self._gate.slot():
+                # The row holds its lease only while the worker runs it; the
+                # bookkeeping after it (writing the result) gives it back first.
+                async with self._leases.lease(ask) as held:
                     verdict = await self._store.begin_attempt(job, row.index, self._consumer)
                     if verdict.verdict in ("done", "skip"):
+                        held.outcome = scheduler_pb2.LEASE_OUTCOME_CANCELLED
                         return False
                     if verdict.verdict == "run" and verdict.attempt <= self._settings.row_max_attempts:
                         try:
-                            result = await self._attempt(job, row)
+                            result = await self._attempt(job, row, preemptible=preemptible, held=held)
                         except WorkerUnavailable:
                             await self._store.undo_attempt(job, row.index)
                             raise
                         except AttemptError as failure:
                             error = failure
+                if error is not None and error.code == PREEMPTED and preemptible:
+                    # Made room for online work: not the row's fault. Once
+                    # more, not preemptible (so never stopped twice).
+                    await self._store.undo_attempt(job, row.index)
+                    preemptible = False
+                    log.info("batch %s line %d: preempted for online work; retrying once", job.id, row.line)
+                    continue
                 if verdict.verdict == "orphan":
                     return await self._record(job, row, await self._stopped_error(job, row))
                 if result is not None:
@@ -183,7 +204,19 @@ class ChunkRunner:
             log.info("batch %s %s", job.id, status)
         return written
 
-    async def _attempt(self, job: JobRecord, row: StoredRow) -> batch_pb2.BatchResult:
+    def _ask(self, job: JobRecord, row: StoredRow) -> RowAsk:
+        request_id = row_request_id(job.id, row.line)
+        if job.endpoint == "/v1/embeddings":
+            return embed_ask(
+                request_id, job.model_version, job.tenant, generation_pb2.EmbedRequest.FromString(row.request)
+            )
+        return generate_ask(
+            request_id, job.model_version, job.tenant, generation_pb2.GenerateRequest.FromString(row.request)
+        )
+
+    async def _attempt(
+        self, job: JobRecord, row: StoredRow, *, preemptible: bool, held: HeldLease
+    ) -> batch_pb2.BatchResult:
         request_id = row_request_id(job.id, row.line)
         timeout_s = self._settings.row_timeout_s
         result = batch_pb2.BatchResult(custom_id=row.custom_id, line=row.line)
@@ -202,7 +235,9 @@ class ChunkRunner:
                 request_id=request_id,
                 tenant=job.tenant,
                 timeout_s=timeout_s,
+                preemptible=preemptible,
             )
             result.response.CopyFrom(answer)
+        held.outcome = scheduler_pb2.LEASE_OUTCOME_OK
         result.finished_at = int(time.time())
         return result

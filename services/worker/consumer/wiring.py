@@ -1,7 +1,7 @@
 """A batch consumer, wired: the Celery app with its task, and on a loop
-thread the job store, the gRPC client of the local worker, the admission
-gate and the chunk runner; plus a heartbeat in Redis that says the
-consumer is ready (what `headrace up` and `status` look at)."""
+thread the job store, the gRPC client of the local worker, the row leases
+from the scheduler and the chunk runner; plus a heartbeat in Redis that
+says the consumer is ready (what `headrace up` and `status` look at)."""
 
 from __future__ import annotations
 
@@ -19,13 +19,14 @@ from opentelemetry.trace import TracerProvider
 from headrace.batch.queue import build_celery_app, consumer_heartbeat_key, consumer_name, queue_name
 from headrace.batch.store import BatchStore, open_redis
 from headrace.runtime.config import Settings
+from headrace.runtime.scheduler_replicas import SchedulerReplicas
 from headrace.runtime.service_certs import Role
 from headrace.runtime.service_identity import service_identity
 from headrace.runtime.telemetry import build_tracer_provider
-from services.worker.consumer.admission import AdmissionGate
 from services.worker.consumer.attempt_errors import ChunkTimedOut
 from services.worker.consumer.chunk_runner import ChunkRunner
 from services.worker.consumer.loop_thread import LoopThread
+from services.worker.consumer.row_leases import RowLeases
 from services.worker.consumer.tasks import register_batch_tasks
 from services.worker.consumer.visibility import VisibilityExtender, delivered_tags
 from services.worker.consumer.worker_client import WorkerClient
@@ -36,6 +37,11 @@ HEARTBEAT_TTL_S = 10
 HEARTBEAT_EVERY_S = 2.0
 
 
+def scheduler_targets(settings: Settings) -> list[str]:
+    """Where the consumer asks for its rows' leases: every scheduler replica."""
+    return settings.scheduler.targets()
+
+
 class BatchConsumer:
     def __init__(
         self,
@@ -44,6 +50,7 @@ class BatchConsumer:
         pool: str,
         index: int,
         worker_address: str,
+        worker_id: str | None = None,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
         if pool not in settings.pools:
@@ -51,7 +58,9 @@ class BatchConsumer:
         self.settings = settings
         self.pool = pool
         self.name = consumer_name(pool, index)
-        self._worker_id = f"{pool}-{index}"
+        # The worker whose slots its rows are leased on (by default, worker
+        # N of the pool: the one it runs beside).
+        self._worker_id = worker_id or f"{pool}-{index}"
         self._worker_address = worker_address
         self._tracer_provider = tracer_provider or build_tracer_provider(
             f"headrace-batch-consumer-{self._worker_id}", settings.telemetry
@@ -68,33 +77,37 @@ class BatchConsumer:
         self.runner: ChunkRunner
         self.store: BatchStore
         self._client: WorkerClient
-        self._gate: AdmissionGate
+        self._leases: RowLeases
+        self._schedulers: SchedulerReplicas
         self._loop.call(self._build(), timeout_s=30)
 
     async def _build(self) -> None:
         batch = self.settings.batch
         redis = open_redis(self.settings.redis_url)
         self.store = BatchStore(redis, prefix=batch.key_prefix, retention_s=batch.retention_s)
+        identity = service_identity(self.settings, Role.CONSUMER)
         self._client = WorkerClient(
             self._worker_address,
             self.settings.limits,
             worker_id=self._worker_id,
             price_per_hour=self.settings.pools[self.pool].price_per_hour,
-            identity=service_identity(self.settings, Role.CONSUMER),
+            rows_per_call=batch.rows_per_worker_call,
+            call_timeout_s=batch.row_timeout_s,
+            call_window_s=batch.worker_call_window_ms / 1000.0,
+            identity=identity,
         )
-        self._gate = AdmissionGate(
-            self._client,
+        # Every row runs under the scheduler's lease on this worker.
+        self._leases, self._schedulers = RowLeases.open(
+            scheduler_targets(self.settings),
+            self.settings.limits,
+            identity,
+            worker_id=self._worker_id,
             max_inflight=batch.max_inflight_rows,
-            reserve_fraction=batch.online_reserve_fraction,
-            poll_s=batch.load_poll_s,
-            queue_ahead=batch.queue_ahead_rows,
-            share_while_online=batch.share_while_online,
         )
-        await self._gate.start()
         self.runner = ChunkRunner(
             store=self.store,
             client=self._client,
-            gate=self._gate,
+            leases=self._leases,
             settings=batch,
             # The pid tells a restarted consumer's rows from its predecessor's.
             consumer=f"{self.name}:{os.getpid()}",
@@ -124,7 +137,8 @@ class BatchConsumer:
             queues=[queue_name(self.pool)],
             pool_cls="threads",
             concurrency=self.settings.batch.consumer_chunks,
-            without_heartbeat=True,
+            # Heartbeat events tell Flower the consumer is online.
+            without_heartbeat=not self.settings.batch.events,
             without_mingle=True,
             without_gossip=True,
             **options,
@@ -173,7 +187,7 @@ class BatchConsumer:
                 await self._heartbeat
             with contextlib.suppress(Exception):
                 await self.store.redis.delete(consumer_heartbeat_key(self.settings, self.name))
-        await self._gate.close()
+        await self._schedulers.close()
         await self._client.close()
         await self.store.redis.aclose()
 

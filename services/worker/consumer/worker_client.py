@@ -1,13 +1,16 @@
 """The consumer's calls to its own worker, over gRPC on loopback: one row
 as a whole answer (the worker's token stream gathered up), embeddings, and
-the worker's load. gRPC failures become AttemptError / WorkerUnavailable."""
+whether the worker answers at all. gRPC failures become AttemptError /
+WorkerUnavailable (a preempted row: AttemptError "preempted")."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
 import grpc.aio
+from opentelemetry import propagate
 
 from headrace.runtime.channels import open_channel, outgoing_metadata
 from headrace.runtime.config import LimitSettings
@@ -15,8 +18,11 @@ from headrace.runtime.request_context import REQUEST_ID_KEY, TENANT_KEY
 from headrace.runtime.service_certs import Role
 from headrace.runtime.service_identity import ServiceIdentity
 from headrace.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
-from services.worker.consumer.admission import WorkerLoadReading
-from services.worker.consumer.attempt_errors import AttemptError, WorkerUnavailable
+from services.worker.consumer.attempt_errors import PREEMPTED, AttemptError, WorkerUnavailable
+from services.worker.consumer.row_calls import RowCalls
+
+# A status code's number -> the grpc.StatusCode value that StatusCode() takes.
+_CODES = {code.value[0]: code.value for code in grpc.StatusCode}
 
 # The row itself is at fault: another attempt would fail the same way.
 _PERMANENT = frozenset(
@@ -42,36 +48,46 @@ class WorkerClient:
         price_per_hour: float,
         identity: ServiceIdentity | None = None,
         load_timeout_s: float = 1.0,
+        rows_per_call: int = 1,
+        call_timeout_s: float = 600.0,
+        call_window_s: float = 0.005,
     ) -> None:
         self._channel = open_channel(address, limits, identity, server=Role.WORKER)
         self._stub = worker_pb2_grpc.WorkerStub(self._channel)
+        # Rows ready together share a GenerateBatch call (1: a Generate call per row).
+        self.rows = (
+            RowCalls(self._stub, max_rows=rows_per_call, timeout_s=call_timeout_s, window_s=call_window_s)
+            if rows_per_call > 1
+            else None
+        )
         self._worker_id = worker_id
         self._price_per_hour = price_per_hour
         self._load_timeout_s = load_timeout_s
 
     async def close(self) -> None:
+        if self.rows is not None:
+            await self.rows.close()
         await self._channel.close()
 
-    async def load(self) -> WorkerLoadReading | None:
-        """The worker's load now; None when it does not answer."""
+    async def reachable(self) -> bool:
+        """Whether the worker answers and says it is healthy."""
         try:
             load = await self._stub.GetLoad(worker_pb2.GetLoadRequest(), timeout=self._load_timeout_s)
         except grpc.aio.AioRpcError:
-            return None
-        if not load.healthy:
-            return None
-        return WorkerLoadReading(running=load.running, waiting=load.waiting, capacity=load.capacity, online=load.online)
-
-    async def reachable(self) -> bool:
-        return await self.load() is not None
+            return False
+        return bool(load.healthy)
 
     async def _failure(self, exc: grpc.aio.AioRpcError) -> Exception:
-        code = exc.code()
+        return await self._failure_of(exc.code(), exc.details() or exc.code().name)
+
+    async def _failure_of(self, code: grpc.StatusCode, details: str) -> Exception:
+        if code == grpc.StatusCode.ABORTED:
+            return AttemptError(PREEMPTED, details, retryable=True)
         if code in _PERMANENT:
-            return AttemptError(code.name.lower(), exc.details() or code.name, retryable=False)
+            return AttemptError(code.name.lower(), details, retryable=False)
         if code == grpc.StatusCode.UNAVAILABLE and not await self.reachable():
-            return WorkerUnavailable(f"worker {self._worker_id} does not answer ({exc.details()})")
-        return AttemptError(code.name.lower(), exc.details() or code.name, retryable=True)
+            return WorkerUnavailable(f"worker {self._worker_id} does not answer ({details})")
+        return AttemptError(code.name.lower(), details, retryable=True)
 
     async def generate(
         self,
@@ -81,18 +97,34 @@ class WorkerClient:
         request_id: str,
         tenant: str,
         timeout_s: float,
+        preemptible: bool = False,
     ) -> generation_pb2.GenerateResponse:
         started = time.monotonic()
+        row = worker_pb2.WorkerGenerateRequest(
+            request_id=request_id,
+            model_version=model_version,
+            request=request,
+            tenant=tenant,
+            priority=generation_pb2.PRIORITY_BATCH,
+            # Nobody watches a batch row's tokens arrive.
+            whole_answer=True,
+            preemptible=preemptible,
+        )
+        if self.rows is not None:
+            # The row's own trace, whichever call carries it.
+            propagate.inject(row.trace_context)
+            try:
+                result = await asyncio.wait_for(self.rows.run(row), timeout=timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                raise await self._failure(exc) from exc
+            except TimeoutError as exc:
+                raise AttemptError("deadline_exceeded", f"no answer within {timeout_s:g}s", retryable=True) from exc
+            if result.error_code:
+                raise await self._failure_of(grpc.StatusCode(_CODES[result.error_code]), result.error_message)
+            answer = result.answer if result.HasField("answer") else None
+            return self._response(row, answer, [result.answer.text], list(result.answer.token_ids), started)
         call = self._stub.Generate(
-            worker_pb2.WorkerGenerateRequest(
-                request_id=request_id,
-                model_version=model_version,
-                request=request,
-                tenant=tenant,
-                priority=generation_pb2.PRIORITY_BATCH,
-                # Nobody watches a batch row's tokens arrive.
-                whole_answer=True,
-            ),
+            row,
             metadata=outgoing_metadata([(REQUEST_ID_KEY, request_id), (TENANT_KEY, tenant)]),
             timeout=timeout_s,
         )
@@ -108,14 +140,25 @@ class WorkerClient:
             raise await self._failure(exc) from exc
         finally:
             call.cancel()
+        return self._response(row, last, text, token_ids, started)
+
+    def _response(
+        self,
+        row: worker_pb2.WorkerGenerateRequest,
+        last: generation_pb2.GenerateStreamResponse | None,
+        text: list[str],
+        token_ids: list[int],
+        started: float,
+    ) -> generation_pb2.GenerateResponse:
         if last is None or not last.finish_reason:
             raise AttemptError("incomplete", "the worker's stream ended without a finish reason", retryable=True)
         if last.finish_reason in (generation_pb2.FINISH_REASON_ERROR, generation_pb2.FINISH_REASON_ABORT):
             reason = generation_pb2.FinishReason.Name(last.finish_reason).removeprefix("FINISH_REASON_").lower()
             raise AttemptError(f"engine_{reason}", f"generation ended with finish reason {reason}", retryable=True)
         engine_seconds = last.cost.engine_seconds
+        model_version = row.model_version
         return generation_pb2.GenerateResponse(
-            request_id=request_id,
+            request_id=row.request_id,
             model=model_version,
             text="".join(text),
             token_ids=token_ids,

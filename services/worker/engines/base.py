@@ -113,7 +113,7 @@ class Engine(Protocol):
     @property
     def running(self) -> int:
         """Sequences running now, as stats() counts them; cheap, because the
-        worker reads it for every delta it sends (EngineShare)."""
+        worker reads it for every delta it sends."""
         ...
 
     def stats(self) -> EngineStats: ...

@@ -6,6 +6,9 @@ and go to the model together, one call of `run_batch` per batch.
   chance of company), whichever comes first. While a batch runs, the next
   one fills; if its oldest item already waited long enough, it leaves as
   soon as the model is free.
+- The delay is only paid where company comes: after a batch of one item
+  (callers one at a time), the next batch leaves with what is queued, so a
+  lone caller never waits for a batch that cannot form.
 - A call's items keep their order and may span batches (a call larger than
   `max_batch_size` is split); the call gets its results back in order once
   all of them are done.
@@ -82,6 +85,9 @@ class DynamicBatcher(Generic[T, R]):
         self._items = 0
         self._running = 0
         self._largest = 0
+        # Whether the last batch had more than one item: company is likely,
+        # and worth the delay.
+        self._company = True
 
     def stats(self) -> BatcherStats:
         return BatcherStats(
@@ -156,7 +162,7 @@ class DynamicBatcher(Generic[T, R]):
                 break
             self._arrived.clear()
             await self._arrived.wait()
-        deadline = self._queue[0].enqueued_at + self._max_delay_s
+        deadline = self._queue[0].enqueued_at + (self._max_delay_s if self._company else 0.0)
         while len(self._queue) < self._max_batch_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -182,6 +188,7 @@ class DynamicBatcher(Generic[T, R]):
         if not batch:
             return
         self._running = len(batch)
+        self._company = len(batch) > 1
         self._batches += 1
         self._items += len(batch)
         self._largest = max(self._largest, len(batch))

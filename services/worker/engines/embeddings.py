@@ -127,11 +127,16 @@ class EmbeddingsEngine:
         return self._batcher.stats().running
 
     def stats(self) -> EngineStats:
+        # A batching engine holds a batch running and the next one filling:
+        # texts queued up to one batch are its work in hand, not a backlog
+        # (docs/scheduler.md: the scheduler stops placing on an engine that
+        # reports waiting work, and would starve the batcher of company).
         batcher = self._batcher.stats()
+        size = self._settings.max_batch_size
         return EngineStats(
-            running=batcher.running,
-            waiting=batcher.queued,
-            capacity=self._settings.max_batch_size,
+            running=batcher.running + min(batcher.queued, size),
+            waiting=max(0, batcher.queued - size),
+            capacity=2 * size,
             kv_cache_usage=0.0,
             # Texts embedded per second (an embedding model has no decode tokens).
             tokens_per_second=self._meter.rate(),

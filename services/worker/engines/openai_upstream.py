@@ -34,9 +34,8 @@ from headrace.runtime.errors import (
     Unavailable,
     Unimplemented,
 )
+from services.worker.engines.backend_load import BackendLoad, probe
 from services.worker.engines.base import Delta, EngineStats, FinishReason, GenerationRequest, Sampling
-from services.worker.engines.slots import Slots
-from services.worker.engines.throughput import ThroughputMeter
 
 _T = TypeVar("_T")
 
@@ -50,8 +49,6 @@ _FINISH_REASONS = {
     "content_filter": FinishReason.STOP,
 }
 
-# How long a health probe may take.
-_HEALTH_TIMEOUT_S = 2.0
 # Models named in an error before "...".
 _MODELS_SHOWN = 10
 
@@ -65,10 +62,9 @@ class OpenAIEngine:
         self._http_client = http_client
         self._client: openai.AsyncOpenAI | None = None
         self._model = settings.model
-        self._slots = Slots(settings.max_concurrency)
+        self._load = BackendLoad(settings.max_concurrency)
         # Abort signals of the requests in flight, by request id.
         self._calls: dict[str, _Call] = {}
-        self._meter = ThroughputMeter()
 
     @property
     def model(self) -> str:
@@ -132,7 +128,7 @@ class OpenAIEngine:
         call = _Call()
         self._calls[request.request_id] = call
         try:
-            async with self._slots:
+            async with self._load.slots.at(request.priority):
                 steps = self._streamed(request, call) if self._settings.stream else self._whole(request, call)
                 async for delta in steps:
                     yield delta
@@ -166,14 +162,14 @@ class OpenAIEngine:
                     text = (choice.delta.content if chat else choice.text) or ""
                     if text:
                         streamed += 1
-                        self._meter.add(1)
+                        self._load.meter.add(1)
                         yield Delta(text, completion_tokens=streamed)
         finally:
             # Closing the response is what tells the upstream to stop.
             await stream.close()
         final = _final_delta(finish, usage, streamed)
         # The upstream's count is exact; one chunk per token was an estimate.
-        self._meter.add(max(0, final.completion_tokens - streamed))
+        self._load.meter.add(max(0, final.completion_tokens - streamed))
         yield final
 
     async def _whole(self, request: GenerationRequest, call: _Call) -> AsyncGenerator[Delta, None]:
@@ -190,7 +186,7 @@ class OpenAIEngine:
             _FINISH_REASONS.get(choice.finish_reason, FinishReason.STOP) if choice and choice.finish_reason else None
         )
         final = _final_delta(finish, response.usage, 1 if text else 0)
-        self._meter.add(final.completion_tokens)
+        self._load.meter.add(final.completion_tokens)
         if text:
             yield Delta(text, completion_tokens=final.completion_tokens)
         yield final
@@ -223,24 +219,16 @@ class OpenAIEngine:
 
     @property
     def running(self) -> int:
-        return self._slots.running
+        return self._load.running
 
     def stats(self) -> EngineStats:
-        return EngineStats(
-            running=self._slots.running,
-            waiting=self._slots.waiting,
-            capacity=self._slots.capacity,
-            tokens_per_second=self._meter.rate(),
-        )
+        return self._load.stats()
 
     async def health(self) -> bool:
-        if self._client is None:
+        client = self._client
+        if client is None:
             return False
-        try:
-            await self._client.with_options(timeout=_HEALTH_TIMEOUT_S, max_retries=0).models.list()
-        except openai.OpenAIError:
-            return False
-        return True
+        return await probe(lambda timeout_s: client.with_options(timeout=timeout_s, max_retries=0).models.list())
 
     async def close(self) -> None:
         for call in self._calls.values():

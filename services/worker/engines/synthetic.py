@@ -45,7 +45,7 @@ class SyntheticEngine:
         prompt_text = request.prompt if request.prompt is not None else " ".join(t.content for t in request.messages)
         prompt_tokens = max(1, len(prompt_text.split()))
         max_tokens = request.sampling.max_tokens or settings.default_max_tokens
-        async with self._slots:
+        async with self._slots.at(request.priority):
             self._active.add(request.request_id)
             try:
                 await asyncio.sleep(settings.ttft_ms * settings.slowdown / 1000.0)

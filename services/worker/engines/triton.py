@@ -36,6 +36,7 @@ from headrace.runtime.errors import (
     Unimplemented,
 )
 from services.worker.engines import triton_model
+from services.worker.engines.backend_load import HEALTH_TIMEOUT_S, BackendLoad, probe
 from services.worker.engines.base import (
     Delta,
     EngineStats,
@@ -43,8 +44,6 @@ from services.worker.engines.base import (
     GenerationRequest,
     Sampling,
 )
-from services.worker.engines.slots import Slots
-from services.worker.engines.throughput import ThroughputMeter
 from services.worker.engines.triton_model import EmbeddingPlan, GenerationPlan, ModelPlan, TensorSpec
 
 # gRPC status -> the error a caller sees. Everything else is Internal.
@@ -58,9 +57,6 @@ _ERRORS: dict[grpc.StatusCode, type[HeadraceError]] = {
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
 }
 
-# How long a health probe may take.
-_HEALTH_TIMEOUT_S = 2.0
-
 
 class TritonEngine:
     kind = "triton"
@@ -70,11 +66,10 @@ class TritonEngine:
         self._client: Any = None
         self._plan: ModelPlan | None = None
         self._chat_template: Any = None
-        self._slots = Slots(settings.max_concurrency)
+        self._load = BackendLoad(settings.max_concurrency)
         # Open generation streams by request id, and those being aborted.
         self._streams: dict[str, Any] = {}
         self._aborting: set[str] = set()
-        self._meter = ThroughputMeter()
 
     @property
     def plan(self) -> ModelPlan:
@@ -105,9 +100,9 @@ class TritonEngine:
         why = "not ready"
         while True:
             try:
-                ready = await self._client.is_server_live(client_timeout=_HEALTH_TIMEOUT_S) and (
+                ready = await self._client.is_server_live(client_timeout=HEALTH_TIMEOUT_S) and (
                     await self._client.is_model_ready(
-                        settings.model_name, settings.model_version, client_timeout=_HEALTH_TIMEOUT_S
+                        settings.model_name, settings.model_version, client_timeout=HEALTH_TIMEOUT_S
                     )
                 )
                 if ready:
@@ -142,7 +137,7 @@ class TritonEngine:
             batch = batch.reshape(len(texts), 1)
         text_input = InferInput(plan.text_input.name, list(batch.shape), "BYTES")
         text_input.set_data_from_numpy(batch)
-        async with self._slots:
+        async with self._load.slots:
             try:
                 result = await self._client.infer(
                     self._settings.model_name,
@@ -171,7 +166,7 @@ class TritonEngine:
         max_tokens = request.sampling.max_tokens or self._settings.default_max_tokens
         message = self._stream_request(plan, request, prompt, max_tokens)
         tally = _Tally()
-        async with self._slots:
+        async with self._load.slots.at(request.priority):
             stream = self._client.stream_infer(_once(message), stream_timeout=self._settings.stream_timeout_s)
             self._streams[request.request_id] = stream
             finished = False
@@ -196,7 +191,7 @@ class TritonEngine:
                     text = tally.add(plan, result)
                     if tally.completion_tokens > counted:
                         # Tokens, not responses: a response may report several.
-                        self._meter.add(tally.completion_tokens - counted)
+                        self._load.meter.add(tally.completion_tokens - counted)
                     if text:
                         yield Delta(text, prompt_tokens=tally.prompt_tokens, completion_tokens=tally.completion_tokens)
                 finished = True
@@ -256,28 +251,23 @@ class TritonEngine:
 
     @property
     def running(self) -> int:
-        return self._slots.running
+        return self._load.running
 
     def stats(self) -> EngineStats:
-        return EngineStats(
-            running=self._slots.running,
-            waiting=self._slots.waiting,
-            capacity=self._settings.max_concurrency,
-            tokens_per_second=self._meter.rate(),
-        )
+        return self._load.stats()
 
     async def health(self) -> bool:
-        if self._client is None:
+        client, settings = self._client, self._settings
+        if client is None:
             return False
-        try:
+
+        async def live_and_ready(timeout_s: float) -> bool:
             return bool(
-                await self._client.is_server_live(client_timeout=_HEALTH_TIMEOUT_S)
-                and await self._client.is_model_ready(
-                    self._settings.model_name, self._settings.model_version, client_timeout=_HEALTH_TIMEOUT_S
-                )
+                await client.is_server_live(client_timeout=timeout_s)
+                and await client.is_model_ready(settings.model_name, settings.model_version, client_timeout=timeout_s)
             )
-        except Exception:
-            return False
+
+        return await probe(live_and_ready)
 
     async def close(self) -> None:
         for stream in list(self._streams.values()):

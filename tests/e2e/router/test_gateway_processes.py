@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.cli import headrace
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator
 import openai
 import pytest
 import pytest_asyncio
+from openai.types.chat import ChatCompletionMessageParam
 
 from headrace.local.redis_server import RedisServer
 from headrace.models.store import default_models_dir, prepare_model
 from headrace.runtime.config import Settings
 from tests.support.mesh import InProcessMesh, start_mesh
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -51,7 +52,9 @@ def client(mesh: InProcessMesh) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{mesh.http_url}/v1", api_key="unused", max_retries=0)
 
 
-QUESTION = [{"role": "user", "content": "What does a mill's headrace do? Answer in one sentence."}]
+QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What does a mill's headrace do? Answer in one sentence."}
+]
 
 
 async def test_chat_whole_and_streamed_from_vllm(mesh: InProcessMesh) -> None:

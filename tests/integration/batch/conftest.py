@@ -20,7 +20,6 @@ FAST_BATCH: dict[str, Any] = {
     "chunk_timeout_s": 20,
     "visibility_timeout_s": 30,
     "restore_interval_s": 1,
-    "load_poll_s": 0.05,
 }
 
 

@@ -19,8 +19,6 @@ from tests.integration.batch.conftest import batch_settings
 from tests.support.batch import chat_rows, jsonl, parse_jsonl, results, running_consumer, wait_for_job
 from tests.support.mesh import InProcessMesh, start_mesh
 
-pytestmark = pytest.mark.integration
-
 POOLS: dict[str, Any] = {
     "smollm2": {"engine": {"kind": "synthetic", "ttft_ms": 5, "tokens_per_s": 2000}},
     "embed": {"engine": {"kind": "synthetic"}},

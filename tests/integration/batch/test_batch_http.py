@@ -1,6 +1,6 @@
 """/v1/files and /v1/batches with the official `openai` client, over real
-HTTP (uvicorn on loopback) to the batch endpoints mounted on a FastAPI app,
-forwarding to the mesh's scheduler over gRPC."""
+HTTP to the router's gateway (the same app, middleware and error handlers
+as chat), forwarding to the mesh's scheduler over gRPC."""
 
 from __future__ import annotations
 
@@ -9,22 +9,19 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import httpx
 import openai
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from openai import AsyncOpenAI
+from prometheus_client import REGISTRY
 
-from headrace.local.redis_server import RedisServer, free_port
+from headrace.local.redis_server import RedisServer
 from headrace.runtime.config import hash_api_key
-from headrace.v1 import scheduler_pb2_grpc
-from services.router.gateway.batch_routers import batch_routers
 from tests.integration.batch.conftest import batch_settings
 from tests.support.batch import chat_rows, parse_jsonl, running_consumer
 from tests.support.mesh import InProcessMesh, start_mesh
 
-pytestmark = pytest.mark.integration
-
+MAX_FILE_BYTES = 256 * 1024
 TENANTS = {
     "acme": {"api_key_sha256": [hash_api_key("key-acme")]},
     "globex": {"api_key_sha256": [hash_api_key("key-globex")]},
@@ -42,19 +39,11 @@ class Gateway:
 
 @pytest.fixture
 async def gateway(redis_server: RedisServer) -> AsyncIterator[Gateway]:
-    settings = batch_settings(redis_server.url, tenants=TENANTS, batch={"max_pending_rows_per_pool": 20})
-    mesh = await start_mesh(settings)
-    app = FastAPI()
-    for router in batch_routers(scheduler_pb2_grpc.SchedulerStub(mesh.channel(mesh.scheduler_address)), settings):
-        app.include_router(router)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    yield Gateway(mesh=mesh, base_url=f"http://127.0.0.1:{port}/v1")
-    server.should_exit = True
-    await serving
+    settings = batch_settings(
+        redis_server.url, tenants=TENANTS, batch={"max_pending_rows_per_pool": 20, "max_file_bytes": MAX_FILE_BYTES}
+    )
+    mesh = await start_mesh(settings, http=True)
+    yield Gateway(mesh=mesh, base_url=f"{mesh.http_url}/v1")
     await mesh.close()
 
 
@@ -134,3 +123,56 @@ async def test_a_file_with_bad_lines_makes_a_failed_batch_with_line_errors(gatew
     assert batch.status == "failed" and batch.errors is not None and batch.errors.data
     (error,) = batch.errors.data
     assert (error.code, error.line) == ("invalid_json_line", 2)
+
+
+def errors_counted(error_type: str) -> float:
+    return REGISTRY.get_sample_value("headrace_http_errors_total", {"type": error_type}) or 0.0
+
+
+async def test_batch_errors_come_through_the_gateways_one_door(gateway: Gateway) -> None:
+    """Auth, error body (with a real code), request id and the ERRORS metric,
+    as for chat."""
+    before = errors_counted("NotFound")
+    async with httpx.AsyncClient(base_url=gateway.mesh.http_url, headers={"authorization": "Bearer key-acme"}) as http:
+        missing = await http.get("/v1/batches/batch_nope")
+        stranger = await http.get("/v1/files", headers={"authorization": "Bearer wrong"})
+        bad_json = await http.post("/v1/batches", content=b"{oops", headers={"content-type": "application/json"})
+        unknown = await http.post(
+            "/v1/batches", json={"input_file_id": "file-1", "endpoint": "/v1/chat/completions", "colour": "red"}
+        )
+        huge = await http.post("/v1/batches", content=b"x" * (gateway.mesh.settings.gateway.max_body_bytes + 1))
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert missing.headers["x-request-id"] and errors_counted("NotFound") == before + 1
+    assert stranger.status_code == 401 and stranger.json()["error"]["code"] == "unauthenticated"
+    assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "invalid_argument"
+    assert unknown.status_code == 400 and "colour" in unknown.json()["error"]["message"]
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_an_oversized_upload_is_refused_with_413_without_being_read_whole(gateway: Gateway) -> None:
+    boundary = "headrace-test-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n'
+        "Content-Type: application/jsonl\r\n\r\n"
+    ).encode()
+    sent = 0
+
+    async def chunked_body() -> AsyncIterator[bytes]:
+        # No Content-Length: the gateway can only count as it reads.
+        nonlocal sent
+        yield head
+        for _ in range(4 * MAX_FILE_BYTES // 65536):
+            sent += 65536
+            yield b"x" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    headers = {"authorization": "Bearer key-acme", "content-type": f"multipart/form-data; boundary={boundary}"}
+    async with httpx.AsyncClient(base_url=gateway.mesh.http_url, headers=headers) as http:
+        declared = await http.post("/v1/files", content=head + b"x" * (2 * MAX_FILE_BYTES))
+        streamed = await http.post("/v1/files", content=chunked_body())
+        small = await http.post("/v1/files", content=head + chat_rows(1) + f"\r\n--{boundary}--\r\n".encode())
+    for refused in (declared, streamed):
+        assert refused.status_code == 413, refused.text
+        assert refused.json()["error"]["code"] == "payload_too_large"
+    assert small.status_code == 200 and small.json()["bytes"] == len(chat_rows(1))

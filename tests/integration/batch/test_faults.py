@@ -29,8 +29,6 @@ from tests.support.batch import (
 )
 from tests.support.mesh import InProcessMesh, start_mesh
 
-pytestmark = pytest.mark.integration
-
 # 8 tokens at 10 tokens/s: each row takes about 0.8 s.
 SLOW_POOLS: dict[str, Any] = {
     "smollm2": {"engine": {"kind": "synthetic", "ttft_ms": 20, "tokens_per_s": 10}},
@@ -83,6 +81,7 @@ async def start_consumers(
                 pool="smollm2",
                 index=index,
                 worker_address=mesh.workers[0].address,
+                worker_id="smollm2-0",
                 log_path=tmp_path / f"consumer-{index}.log",
             )
         )
@@ -163,7 +162,7 @@ async def test_redis_restarted_mid_job_and_the_job_completes(
         job = await stub.SubmitBatch(batch_pb2.SubmitBatchRequest(input_jsonl=chat_rows(32, max_tokens=ROW_TOKENS)))
 
         async def some_done() -> bool:
-            current = await stub.GetBatch(batch_pb2.GetBatchRequest(batch_id=job.id))
+            current: batch_pb2.BatchJob = await stub.GetBatch(batch_pb2.GetBatchRequest(batch_id=job.id))
             return 0 < current.request_counts.completed < 32
 
         await wait_until(some_done, what="the first results")
@@ -184,7 +183,7 @@ async def test_cancel_mid_job_starts_no_new_row_and_keeps_finished_ones(redis_se
             job = await stub.SubmitBatch(batch_pb2.SubmitBatchRequest(input_jsonl=chat_rows(40, max_tokens=ROW_TOKENS)))
 
             async def some_done() -> bool:
-                current = await stub.GetBatch(batch_pb2.GetBatchRequest(batch_id=job.id))
+                current: batch_pb2.BatchJob = await stub.GetBatch(batch_pb2.GetBatchRequest(batch_id=job.id))
                 return current.request_counts.completed >= 4
 
             await wait_until(some_done, what="the first results")

@@ -13,9 +13,7 @@ import pytest
 from headrace.batch.store import BatchStore, FileRecord, JobRecord, encode_row, open_redis
 from headrace.local.redis_server import RedisServer
 from headrace.runtime.errors import FailedPrecondition, NotFound
-from headrace.v1 import batch_pb2
-
-pytestmark = pytest.mark.integration
+from headrace.v1 import batch_pb2, generation_pb2
 
 
 class Clock:
@@ -62,7 +60,9 @@ async def new_job(store: BatchStore, rows: int, *, tenant: str = "acme", expires
 
 
 def ok(line: int) -> batch_pb2.BatchResult:
-    return batch_pb2.BatchResult(custom_id=f"c{line - 1}", line=line, response={"text": "x"})
+    return batch_pb2.BatchResult(
+        custom_id=f"c{line - 1}", line=line, response=generation_pb2.GenerateResponse(text="x")
+    )
 
 
 async def test_a_result_is_written_once_and_the_last_one_completes_the_job(store: tuple[BatchStore, Clock]) -> None:

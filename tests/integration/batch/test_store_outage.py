@@ -21,8 +21,6 @@ from tests.integration.batch.conftest import batch_settings
 from tests.support.batch import chat_rows
 from tests.support.mesh import InProcessMesh, start_mesh
 
-pytestmark = pytest.mark.integration
-
 # Far above the bound the store keeps (store_timeout_s, 0.5 s), far below the
 # 22-24 s callers used to wait: a call that does not answer in time fails
 # the test as DEADLINE_EXCEEDED or a read timeout rather than UNAVAILABLE/503.
@@ -70,7 +68,7 @@ async def outage_answers(mesh: InProcessMesh, batch_id: str, file_id: str) -> di
         lambda: stub.SubmitBatch(batch_pb2.SubmitBatchRequest(input_jsonl=chat_rows(2)), timeout=CALLER_TIMEOUT_S),
     )
     async with httpx.AsyncClient(base_url=mesh.http_url, timeout=CALLER_TIMEOUT_S) as http:
-        calls = {
+        calls: dict[str, Callable[[], Awaitable[httpx.Response]]] = {
             "GET /v1/batches/{id}": lambda: http.get(f"/v1/batches/{batch_id}"),
             "GET /v1/batches": lambda: http.get("/v1/batches"),
             "POST /v1/files": lambda: http.post(

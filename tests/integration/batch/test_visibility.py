@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import pytest
 import redis
 
 from headrace.batch.queue import build_celery_app
@@ -15,8 +14,6 @@ from headrace.batch.store import open_redis
 from headrace.local.redis_server import RedisServer
 from headrace.runtime.config import Settings
 from services.worker.consumer.visibility import VisibilityExtender, delivered_tags
-
-pytestmark = pytest.mark.integration
 
 VISIBILITY_S = 2.0
 

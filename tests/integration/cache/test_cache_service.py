@@ -17,7 +17,7 @@ from services.cache.partition import PREFIX
 from tests.integration.cache.support import RunningCache, ask, cache_redis_url, lookup, start_cache, store
 from tests.support.encoders import CountingEncoder
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 T, V = "acme", "smollm2@1"
 HIT_EXACT = generation_pb2.CACHE_OUTCOME_HIT_EXACT

@@ -15,7 +15,7 @@ from services.cache.embedder import MiniLmEncoder
 from services.cache.evaluation import CONTRASTIVE, GOALS, Scored, choose_threshold, load_labelled, split
 from services.cache.verifier import AcceptAll, LexicalVerifier
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def test_the_shipped_threshold_and_verifier_meet_the_goals_on_the_calibration_part(minilm: MiniLmEncoder) -> None:

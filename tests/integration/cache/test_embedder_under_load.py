@@ -17,7 +17,7 @@ import pytest
 
 from services.cache.embedder import BatchingEmbedder, MiniLmEncoder
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

@@ -7,14 +7,11 @@ import asyncio
 from collections import Counter
 
 import grpc.aio
-import pytest
 
 from headrace.local.redis_server import RedisServer
 from headrace.v1 import generation_pb2
 from tests.support.mesh import start_mesh
 from tests.support.routing import ask, generate_all, model_info, routing_settings, synthetic
-
-pytestmark = pytest.mark.integration
 
 
 async def test_users_stick_to_their_arm_and_each_arm_reports_its_results(redis_server: RedisServer) -> None:
@@ -58,8 +55,8 @@ async def test_users_stick_to_their_arm_and_each_arm_reports_its_results(redis_s
         served = Counter(next(iter(arms)) for arms in arms_by_user.values())
         assert set(served) == {"abm@1", "abm@2"}
         for answer, header in zip(answers, headers, strict=True):
-            arm = "control" if answer.model == "abm@1" else "treatment"
-            assert header["x-headrace-route"] == f"alias:exp,ab:abm-v2/{arm}"
+            arm_name = "control" if answer.model == "abm@1" else "treatment"
+            assert header["x-headrace-route"] == f"alias:exp,ab:abm-v2/{arm_name}"
             assert header["x-headrace-model"] == answer.model
         # Results are recorded off the critical path; wait for all 60.
         for _ in range(600):

@@ -15,8 +15,6 @@ from services.router.__main__ import build_router
 from tests.support.mesh import InProcessMesh, start_mesh
 from tests.support.routing import ask, generate_all, model_info, routing_settings, synthetic
 
-pytestmark = pytest.mark.integration
-
 # Enough requests for two steps at these minimums; a canary that is still
 # running after this many has failed the test.
 MAX_REQUESTS = 600

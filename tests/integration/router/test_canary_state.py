@@ -16,8 +16,6 @@ from services.router.routing.arm_stats import ArmStatsStore, Sample
 from services.router.routing.canary import CanaryController, CanaryStatus
 from services.router.routing.decision import RequestOutcome
 
-pytestmark = pytest.mark.integration
-
 _models = itertools.count()
 
 
@@ -37,7 +35,7 @@ def outcome(version: str, *, ok: bool = True) -> RequestOutcome:
     attempt = RequestOutcome.Attempt(
         model_version=version, worker_id="w", error="" if ok else "UNAVAILABLE", ttft_s=0.02, total_s=0.03
     )
-    return RequestOutcome(attempts=(attempt,), served_version=version if ok else "")
+    return RequestOutcome(attempts=(attempt,))
 
 
 async def test_replicas_share_the_step_and_only_one_moves_it(redis: aioredis.Redis) -> None:

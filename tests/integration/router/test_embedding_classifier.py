@@ -11,7 +11,7 @@ from services.router.routing.decision import RoutingRequest
 from services.router.routing.policies.difficulty import CentroidClassifier, DifficultyScorer
 from services.router.routing.text_encoder import MiniLMEncoder
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 EXAMPLES = EmbeddingScorerSettings(
     easy_examples=[

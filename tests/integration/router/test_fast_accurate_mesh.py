@@ -15,8 +15,6 @@ from headrace.v1 import generation_pb2
 from tests.support.mesh import start_mesh
 from tests.support.routing import ask, routing_settings, synthetic
 
-pytestmark = pytest.mark.integration
-
 HARD = "Explain why the sky is blue, step by step."
 
 

@@ -25,8 +25,6 @@ from services.router.routing.policies import ab_split, canary, fast_accurate
 from services.router.routing.policies.base import RoutingPolicy
 from services.router.routing.policies.difficulty import DifficultyScorer
 
-pytestmark = pytest.mark.integration
-
 SETTINGS = Settings(
     pools={"p": {"engine": {"kind": "synthetic"}}},
     models={
@@ -119,7 +117,6 @@ async def test_policy_keeps_the_protocol(kind: str, redis: aioredis.Redis) -> No
                 assert (again.target, again.reasons) == (chosen.target, chosen.reasons)
             outcome = RequestOutcome(
                 attempts=(RequestOutcome.Attempt(model_version="strong@1", worker_id="w", ttft_s=0.01, total_s=0.02),),
-                served_version="strong@1",
                 ttft_s=0.01,
                 total_s=0.02,
             )

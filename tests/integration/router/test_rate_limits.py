@@ -15,8 +15,6 @@ from headrace.runtime.config import RateLimitSettings
 from headrace.runtime.errors import RateLimited
 from services.router.rate_limits import TenantRateLimiter, connect_limiter_redis
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:

@@ -19,8 +19,6 @@ from headrace.v1 import models_pb2
 from tests.support.mesh import InProcessMesh, start_mesh
 from tests.support.routing import ask, model_info, routing_settings, synthetic
 
-pytestmark = pytest.mark.integration
-
 
 def registry(default_version: str, **extra: Any) -> dict[str, Any]:
     return {

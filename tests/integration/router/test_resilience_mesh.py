@@ -16,8 +16,6 @@ from headrace.v1 import generation_pb2
 from tests.support.mesh import start_mesh
 from tests.support.routing import ask, generate_all, routing_settings, synthetic
 
-pytestmark = pytest.mark.integration
-
 
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0

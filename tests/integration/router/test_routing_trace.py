@@ -4,7 +4,6 @@ an event, and what finally served the answer."""
 
 from __future__ import annotations
 
-import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -12,8 +11,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from headrace.local.redis_server import RedisServer
 from tests.support.mesh import start_mesh
 from tests.support.routing import ask, routing_settings, synthetic
-
-pytestmark = pytest.mark.integration
 
 
 async def test_route_decisions_are_on_the_trace(redis_server: RedisServer) -> None:

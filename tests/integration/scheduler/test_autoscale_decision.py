@@ -23,8 +23,6 @@ from headrace.v1 import generation_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler.__main__ import build_dispatcher, build_host
 from tests.support.worker_processes import spawn_worker
 
-pytestmark = pytest.mark.integration
-
 POOL = "gen"
 MODEL = "gen@1"
 

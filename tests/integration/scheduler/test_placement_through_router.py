@@ -19,8 +19,6 @@ from headrace.runtime.config import Settings
 from headrace.v1 import generation_pb2
 from tests.support.mesh import InProcessMesh, start_mesh
 
-pytestmark = pytest.mark.integration
-
 SYSTEM_PROMPTS = [f"You are assistant number {n} of the mill. Answer in the style of a miller. " * 12 for n in range(8)]
 
 

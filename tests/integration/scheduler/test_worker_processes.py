@@ -24,8 +24,6 @@ from services.scheduler.__main__ import build_dispatcher, build_host
 from services.scheduler.dispatcher import Dispatcher
 from tests.support.worker_processes import WorkerProcess, spawn_worker
 
-pytestmark = pytest.mark.integration
-
 POOL = "gen"
 MODEL = "gen@1"
 SLOTS_PER_WORKER = 2
@@ -49,7 +47,7 @@ def config(scheduler_port: int) -> dict[str, object]:
             "report_interval_ms": 100,
             "worker_stale_after_s": 2.0,
             "lease_ttl_s": LEASE_TTL_S,
-            "pools": {POOL: {"policy": "least_load", "queue_limit": 3, "batch_headroom": 0.0}},
+            "pools": {POOL: {"policy": "least_load", "queue_limit": 3}},
         },
         "worker": {"metrics_port_offset": None},
     }
@@ -77,7 +75,9 @@ class Cluster:
             await asyncio.sleep(0.05)
 
     async def pool_status(self) -> scheduler_pb2.PoolStatus:
-        response = await self.stub.GetPoolStatus(scheduler_pb2.GetPoolStatusRequest(pool=POOL))
+        response: scheduler_pb2.GetPoolStatusResponse = await self.stub.GetPoolStatus(
+            scheduler_pb2.GetPoolStatusRequest(pool=POOL)
+        )
         return response.pools[0]
 
 
@@ -109,7 +109,9 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clu
 _ids = iter(range(10**9))
 
 
-def place_request(priority: int = generation_pb2.PRIORITY_STANDARD, tenant: str = "t") -> scheduler_pb2.PlaceRequest:
+def place_request(
+    priority: generation_pb2.Priority.ValueType = generation_pb2.PRIORITY_STANDARD, tenant: str = "t"
+) -> scheduler_pb2.PlaceRequest:
     return scheduler_pb2.PlaceRequest(
         request_id=f"it-{next(_ids)}", model_version=MODEL, tenant=tenant, priority=priority, max_tokens=16
     )

@@ -19,7 +19,7 @@ from headrace.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
 from services.worker.engines.vllm_engine import VllmEngine
 from services.worker.server import WorkerServicer
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 _ids = iter(range(1_000_000))
 

@@ -18,8 +18,6 @@ from tests.integration.batch.conftest import batch_settings
 from tests.support.batch import running_consumer
 from tests.support.mesh import InProcessMesh, start_mesh
 
-pytestmark = pytest.mark.integration
-
 POOLS = {"smollm2": {"engine": {"kind": "synthetic", "ttft_ms": 5, "tokens_per_s": 4000}, "price_per_hour": 3.6}}
 MODELS = {"smollm2": {"default_version": "1", "versions": {"1": {"pool": "smollm2"}}}}
 

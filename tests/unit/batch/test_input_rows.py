@@ -15,8 +15,6 @@ from headrace.batch.model_choice import Task, resolve_batch_model
 from headrace.runtime.config import LimitSettings, Settings
 from headrace.v1 import generation_pb2
 
-pytestmark = pytest.mark.unit
-
 SETTINGS = Settings(
     pools={"small": {"engine": {"kind": "synthetic"}}, "embed": {"engine": {"kind": "synthetic"}}},
     models={

@@ -8,8 +8,6 @@ from headrace.batch.model_choice import resolve_batch_model
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import InvalidArgument, NotFound
 
-pytestmark = pytest.mark.unit
-
 SETTINGS = Settings(
     pools={"a": {"engine": {"kind": "synthetic"}}, "b": {"engine": {"kind": "synthetic"}}},
     models={

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from headrace.batch.output_lines import is_error, jsonl, result_line, row_request_id
 from headrace.v1 import batch_pb2, generation_pb2
-
-pytestmark = pytest.mark.unit
 
 BATCH = "batch_0123abcd"
 

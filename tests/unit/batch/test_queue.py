@@ -10,8 +10,6 @@ from celery import Task
 from headrace.batch.queue import RUN_CHUNK, batch_task, build_celery_app, queue_name, trace_carrier
 from headrace.runtime.config import BatchSettings, Settings
 
-pytestmark = pytest.mark.unit
-
 
 def settings(**batch: Any) -> Settings:
     return Settings(redis_url="redis://127.0.0.1:1/0", batch=batch)

@@ -6,8 +6,6 @@ import pytest
 from bench.routing import EASY, HARD, mesh_config, workload
 from headrace.runtime.config import Settings
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.mark.parametrize("engine", ["synthetic", "vllm"])
 def test_mesh_configs_validate(engine: str) -> None:

@@ -9,8 +9,6 @@ import pytest
 
 from services.cache.embedder import BatchCost, BatchingEmbedder, EmbedderBusy, EmbedderTimeout, Vectors
 
-pytestmark = pytest.mark.unit
-
 
 class SlowEncoder:
     model_id = "slow"

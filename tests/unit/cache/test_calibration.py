@@ -20,8 +20,6 @@ from services.cache.evaluation import (
 )
 from services.cache.verifier import AcceptAll, LexicalVerifier
 
-pytestmark = pytest.mark.unit
-
 
 def test_the_evaluation_set_is_large_labelled_and_split_for_good() -> None:
     pairs = load_labelled()
@@ -59,7 +57,8 @@ class TableEncoder:
 
     def encode(self, texts: list[str]) -> Vectors:
         rows = np.array([self._table[t] for t in texts], dtype=np.float32)
-        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        normed: Vectors = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        return normed
 
 
 def stored_pair(category: str, stored: str, query: str) -> LabelledPair:

@@ -5,8 +5,6 @@ from headrace.v1 import cache_pb2
 from services.cache.entry_store import InvalidateCriteria
 from services.cache.server import criteria_from
 
-pytestmark = pytest.mark.unit
-
 ID = "ab" * 32
 
 

@@ -12,8 +12,6 @@ from headrace.v1 import cache_pb2, generation_pb2
 from services.cache.response_cache import LookupResult, Outcome, ResponseCache
 from services.cache.server import CacheServicer
 
-pytestmark = pytest.mark.unit
-
 
 class SlowCache:
     def __init__(self) -> None:

@@ -11,8 +11,6 @@ from services.cache.partition import (
     watermark_key,
 )
 
-pytestmark = pytest.mark.unit
-
 # Tenant ids built to collide under naive key building: separators,
 # look-alikes, normalization forms, padding, control characters.
 CRAFTED = ["a:b", "a", "a:", ":a", "a\x00", "acme", "\u0430cme", "acme ", "Acme", "caf\u00e9", "cafe\u0301", "x" * 256]

@@ -1,5 +1,3 @@
-import pytest
-
 from headrace.request_rules.cache_policy import bypass_reason, is_deterministic, no_store_reason
 from headrace.v1 import generation_pb2
 from services.cache.request_key import exact_key
@@ -12,7 +10,6 @@ def chat(*turns: tuple[str, str], **sampling: object) -> generation_pb2.Generate
     )
 
 
-@pytest.mark.unit
 def test_key_covers_tenant_version_and_the_whole_conversation() -> None:
     base = chat(("user", "hi"), ("assistant", "hello"), ("user", "and?"), temperature=0.0)
     key = exact_key("acme", "m@1", base)
@@ -31,7 +28,6 @@ def test_key_covers_tenant_version_and_the_whole_conversation() -> None:
     )
 
 
-@pytest.mark.unit
 def test_fields_that_do_not_change_the_answer_stay_out_of_the_key() -> None:
     a = chat(("user", "hi"), temperature=0.0)
     b = chat(("user", "hi"), temperature=0.0)
@@ -41,13 +37,11 @@ def test_fields_that_do_not_change_the_answer_stay_out_of_the_key() -> None:
     assert exact_key("t", "m@1", a) == exact_key("t", "m@1", b)
 
 
-@pytest.mark.unit
 def test_prompt_and_chat_never_share_a_key() -> None:
     prompt = generation_pb2.GenerateRequest(prompt="hi", sampling=generation_pb2.SamplingParams(temperature=0.0))
     assert exact_key("t", "m@1", prompt) != exact_key("t", "m@1", chat(("user", "hi"), temperature=0.0))
 
 
-@pytest.mark.unit
 def test_only_deterministic_requests_are_cached_by_default() -> None:
     assert is_deterministic(chat(("user", "x"), temperature=0.0))
     assert is_deterministic(chat(("user", "x"), temperature=0.8, seed=7))
@@ -62,7 +56,6 @@ def test_only_deterministic_requests_are_cached_by_default() -> None:
     assert bypass_reason(greedy) == "no-cache"
 
 
-@pytest.mark.unit
 def test_incomplete_or_no_store_answers_are_not_stored() -> None:
     greedy = chat(("user", "x"), temperature=0.0)
     done = generation_pb2.GenerateResponse(finish_reason=generation_pb2.FINISH_REASON_STOP)

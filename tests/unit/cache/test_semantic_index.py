@@ -8,14 +8,11 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-import pytest
 
 from services.cache.entry_store import IndexedVector
 from services.cache.partition import Partition
 from services.cache.semantic_index import SemanticIndex
 from services.cache.vector_index import HnswParams
-
-pytestmark = pytest.mark.unit
 
 DIM = 4
 ROUND_TRIP_S = 0.05

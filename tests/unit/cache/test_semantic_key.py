@@ -1,10 +1,6 @@
-import pytest
-
 from headrace.v1 import generation_pb2
 from services.cache.partition import Partition
 from services.cache.semantic_key import semantic_key, semantic_requested
-
-pytestmark = pytest.mark.unit
 
 P = Partition("acme", "m@1")
 

@@ -7,8 +7,6 @@ from headrace.runtime.config import SemanticCacheSettings
 from services.cache.partition import Partition
 from services.cache.semantic_serving import SemanticServing
 
-pytestmark = pytest.mark.unit
-
 
 def record(path: Path, goals_met: bool) -> Path:
     path.write_text(

@@ -3,19 +3,18 @@ import pytest
 
 from services.cache.vector_index import FlatIndex, HnswIndex, HnswParams, PartitionIndex
 
-pytestmark = pytest.mark.unit
-
 DIM = 16
 
 
 def unit(seed: int) -> np.ndarray:
     vector = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
-    return vector / np.linalg.norm(vector)
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
 
 
 def near(vector: np.ndarray, noise: float, seed: int) -> np.ndarray:
     moved = vector + noise * np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
-    return (moved / np.linalg.norm(moved)).astype(np.float32)
+    normed: np.ndarray = (moved / np.linalg.norm(moved)).astype(np.float32)
+    return normed
 
 
 @pytest.mark.parametrize("make", [lambda: FlatIndex(DIM), lambda: HnswIndex(DIM, HnswParams(), capacity=4)])

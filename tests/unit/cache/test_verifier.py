@@ -2,8 +2,6 @@ import pytest
 
 from services.cache.verifier import AcceptAll, Check, LexicalVerifier
 
-pytestmark = pytest.mark.unit
-
 verifier = LexicalVerifier()
 
 

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from headrace.local.deployment_secrets import local_deployment, redacted, url_password, url_with_password
 from headrace.runtime.config import Settings, hash_api_key
 from headrace.runtime.service_certs import deployment_ready
-
-pytestmark = pytest.mark.unit
 
 KEYS = {"acme": {"api_key_sha256": [hash_api_key("k")]}}
 

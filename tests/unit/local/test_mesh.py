@@ -13,8 +13,6 @@ import pytest
 from headrace.local.mesh import LocalMesh, MeshError, ServiceProcess
 from headrace.runtime.config import Settings
 
-pytestmark = pytest.mark.unit
-
 
 def _closed_port() -> int:
     with socket.socket() as sock:
@@ -45,6 +43,21 @@ def test_a_scheduler_that_does_not_answer_yet_is_asked_again_until_the_deadline(
     mesh = LocalMesh(Settings(state_dir=tmp_path))
     with pytest.raises(MeshError, match="did not register"):
         mesh._wait_workers_registered(_plan(tmp_path, scheduler_pid=os.getpid()), time.monotonic() + 0.5)
+
+
+def test_scheduler_replicas_are_planned_on_consecutive_ports_and_each_is_listed(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path, scheduler={"port": 51000, "replicas": 3})  # type: ignore[arg-type]
+    mesh = LocalMesh(settings, echo=lambda _line: None)
+    schedulers = [p for p in mesh.plan() if p.module == "services.scheduler"]
+    assert [(p.name, p.address, p.args) for p in schedulers] == [
+        (f"scheduler-{i}", f"127.0.0.1:{51000 + i}", ["--replica", str(i)]) for i in range(3)
+    ]
+    # Nothing runs: `status` lists every replica, each DOWN.
+    listed = {row.name: row.state for row in mesh.status() if row.name.startswith("scheduler")}
+    assert listed == {f"scheduler-{i}": "DOWN" for i in range(3)}
+    # One replica keeps the plain name.
+    single = LocalMesh(Settings(state_dir=tmp_path), echo=lambda _line: None)
+    assert [p.name for p in single.plan() if p.module == "services.scheduler"] == ["scheduler"]
 
 
 def test_each_autoscaled_pool_keeps_ports_for_its_most_workers(tmp_path: Path) -> None:

@@ -15,8 +15,6 @@ from headrace.local.mesh import LocalMesh, ServiceProcess
 from headrace.local.supervisor import BACKOFF_MAX_S, BACKOFF_S, STABLE_AFTER_S, Supervisor, describe_exit
 from headrace.runtime.config import Settings
 
-pytestmark = pytest.mark.unit
-
 
 class Clock:
     def __init__(self) -> None:

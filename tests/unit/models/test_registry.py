@@ -30,7 +30,6 @@ def registry() -> ModelRegistry:
     )
 
 
-@pytest.mark.unit
 def test_names_aliases_and_pins_resolve_to_one_version() -> None:
     reg = registry()
     assert reg.resolve("smol", task="generate").model_version == "smol@2"
@@ -43,14 +42,12 @@ def test_names_aliases_and_pins_resolve_to_one_version() -> None:
     assert reg.resolve("smol", task="generate").price_per_hour == 0.5
 
 
-@pytest.mark.unit
 def test_deprecated_versions_still_serve_with_a_warning() -> None:
     chat = registry().resolve("chat", task="generate")
     assert chat.model_version == "smol@1"
     assert chat.deprecation == "smol@1 is deprecated; move to smol@2"
 
 
-@pytest.mark.unit
 def test_unknown_removed_and_wrong_task_are_clear_errors() -> None:
     reg = registry()
     with pytest.raises(NotFound, match="unknown model 'ghost'; available: chat, fast, mini, smol"):
@@ -63,7 +60,6 @@ def test_unknown_removed_and_wrong_task_are_clear_errors() -> None:
         reg.resolve("mini", task="generate")
 
 
-@pytest.mark.unit
 def test_listing_shows_names_versions_and_aliases() -> None:
     ids = {entry.id for entry in registry().entries(include_deprecated=True)}
     assert ids == {"smol", "smol@1", "smol@2", "mini", "mini@1", "chat", "fast"}

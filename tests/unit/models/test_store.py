@@ -21,8 +21,6 @@ from headrace.models.store import (
 )
 from headrace.runtime.errors import FailedPrecondition, NotFound
 
-pytestmark = pytest.mark.unit
-
 
 @dataclass
 class TinyRecipe:

@@ -1,11 +1,7 @@
 import time
 
-import pytest
-
 from headrace.v1 import cache_pb2, generation_pb2
 from services.router.cached_stream import cached_stream, deltas_of
-
-pytestmark = pytest.mark.unit
 
 ROUTE = generation_pb2.RouteInfo(
     model_version="m@1", cache=generation_pb2.CACHE_OUTCOME_HIT_SEMANTIC, cache_similarity=0.95, cache_entry_id="e"

@@ -5,7 +5,6 @@ from headrace.runtime.config import TenantSettings, hash_api_key
 from headrace.runtime.errors import Unauthenticated
 
 
-@pytest.mark.unit
 def test_open_mode_serves_everyone_as_the_dev_tenant() -> None:
     auth = ApiKeyAuthenticator({})
     assert auth.open_mode
@@ -13,7 +12,6 @@ def test_open_mode_serves_everyone_as_the_dev_tenant() -> None:
     assert auth.authenticate("Bearer anything") == DEV_TENANT
 
 
-@pytest.mark.unit
 def test_keys_map_to_tenants_by_digest() -> None:
     auth = ApiKeyAuthenticator(
         {
@@ -26,7 +24,6 @@ def test_keys_map_to_tenants_by_digest() -> None:
     assert auth.authenticate("Bearer key-g") == "globex"
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize(
     ("header", "message"),
     [
@@ -42,7 +39,6 @@ def test_bad_credentials_are_rejected(header: str | None, message: str) -> None:
         auth.authenticate(header)
 
 
-@pytest.mark.unit
 def test_the_configured_digest_is_plain_sha256_hex() -> None:
     # Configs hold these digests: the function that makes them must not drift.
     digest = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

@@ -20,8 +20,6 @@ from headrace.runtime.engine_settings import (
 from services.worker.engines import build_engine
 from services.worker.engines.vllm_engine import cpu_list, engine_args, engine_environment
 
-pytestmark = pytest.mark.unit
-
 ADAPTER: TypeAdapter[EngineSettings] = TypeAdapter(EngineSettings)
 
 
@@ -130,5 +128,5 @@ def test_every_engine_kind_has_tasks_and_defaults_named_by_its_own_kind() -> Non
     # added to one and not the other would break `headrace up --engine`.
     assert set(ENGINE_TASKS) == set(ENGINE_DEFAULTS)
     for kind, settings_type in ENGINE_DEFAULTS.items():
-        assert settings_type().kind == kind
+        assert settings_type().model_dump()["kind"] == kind
         assert ENGINE_TASKS[kind] <= {"generate", "embed"} and ENGINE_TASKS[kind]

@@ -4,7 +4,6 @@ import pytest
 from headrace.runtime import errors
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize(
     ("error", "code", "http"),
     [
@@ -28,7 +27,6 @@ def test_every_error_maps_to_one_status_and_http_code(
     assert errors.http_status_for(error) == http
 
 
-@pytest.mark.unit
 def test_every_class_in_the_module_has_a_mapping() -> None:
     classes = [obj for obj in vars(errors).values() if isinstance(obj, type) and issubclass(obj, errors.HeadraceError)]
     for cls in classes:
@@ -38,7 +36,6 @@ def test_every_class_in_the_module_has_a_mapping() -> None:
     assert all(c in errors.ERROR_TABLE for c in direct_children)
 
 
-@pytest.mark.unit
 def test_retry_after_travels_as_trailing_metadata_and_back() -> None:
     error = errors.QueueFull("queue full", retry_after_s=1.2)
     trailing = errors.trailing_metadata_for(error)
@@ -49,14 +46,12 @@ def test_retry_after_travels_as_trailing_metadata_and_back() -> None:
     assert str(rebuilt) == "queue full"
 
 
-@pytest.mark.unit
 def test_unknown_codes_become_internal() -> None:
     rebuilt = errors.error_from_status(grpc.StatusCode.DATA_LOSS, None)
     assert isinstance(rebuilt, errors.Internal)
     assert rebuilt.message == "data_loss"
 
 
-@pytest.mark.unit
 def test_a_payload_too_large_keeps_its_kind_across_a_hop() -> None:
     error = errors.PayloadTooLarge("file: 9000000 bytes is over the limit of 8000000")
     trailers = errors.status_trailers(error)
@@ -67,7 +62,6 @@ def test_a_payload_too_large_keeps_its_kind_across_a_hop() -> None:
     assert type(errors.error_from_status(grpc.StatusCode.INVALID_ARGUMENT, "x", ())) is errors.InvalidArgument
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize(
     ("details", "expected"),
     [

@@ -6,8 +6,6 @@ import pytest
 
 from headrace.runtime.config import RateLimitSettings, Settings, hash_api_key
 
-pytestmark = pytest.mark.unit
-
 
 def test_the_gateway_is_on_by_default_on_loopback_and_owns_the_router_metrics() -> None:
     settings = Settings()

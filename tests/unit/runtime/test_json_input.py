@@ -12,8 +12,6 @@ from hypothesis import strategies as st
 
 from headrace.request_rules.json_input import MAX_JSON_DEPTH, JsonInputError, loads_bounded
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.mark.parametrize(
     ("raw", "message"),

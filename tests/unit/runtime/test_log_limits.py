@@ -9,8 +9,6 @@ import pytest
 
 from headrace.runtime.log_limits import RepeatLimitedLog
 
-pytestmark = pytest.mark.unit
-
 
 class Clock:
     def __init__(self) -> None:

@@ -24,7 +24,6 @@ def chat(*turns: tuple[str, str]) -> generation_pb2.GenerateRequest:
     )
 
 
-@pytest.mark.unit
 def test_one_hash_per_full_block_chained_shortest_first() -> None:
     text = "x" * (3 * 16 + 5)
     hashes = prefix_hashes(text, block_chars=16)
@@ -35,7 +34,6 @@ def test_one_hash_per_full_block_chained_shortest_first() -> None:
     assert prefix_hashes("short", block_chars=16) == []
 
 
-@pytest.mark.unit
 # No per-example deadline: the machine is shared, and this is about results, not speed.
 @settings(deadline=None)
 @given(
@@ -50,7 +48,6 @@ def test_prompts_agree_exactly_as_far_as_their_full_blocks_agree(common: str, a:
         assert hashes_1[shared] != hashes_2[shared]
 
 
-@pytest.mark.unit
 def test_a_shared_system_prompt_gives_shared_leading_hashes_whatever_the_question() -> None:
     one = request_prefix_hashes(chat(("system", SYSTEM), ("user", "Where is the sluice?")), "smollm2@1")
     two = request_prefix_hashes(chat(("system", SYSTEM), ("user", "How fast is the wheel?")), "smollm2@1")
@@ -62,13 +59,11 @@ def test_a_shared_system_prompt_gives_shared_leading_hashes_whatever_the_questio
     assert as_user[0] != one[0]
 
 
-@pytest.mark.unit
 def test_the_model_version_separates_otherwise_equal_prompts() -> None:
     request = generation_pb2.GenerateRequest(prompt=SYSTEM)
     assert request_prefix_hashes(request, "a@1")[0] != request_prefix_hashes(request, "a@2")[0]
 
 
-@pytest.mark.unit
 def test_bounded_however_long_the_prompt() -> None:
     huge = generation_pb2.GenerateRequest(prompt="y" * (BLOCK_CHARS * MAX_BLOCKS * 4))
     assert len(request_prefix_hashes(huge, "m@1")) == MAX_BLOCKS
@@ -79,7 +74,6 @@ def test_bounded_however_long_the_prompt() -> None:
         prefix_hashes("abc", block_chars=0)
 
 
-@pytest.mark.unit
 def test_every_process_computes_the_same_hashes() -> None:
     """Routers and scheduler replicas must agree: no per-process salt."""
     code = (

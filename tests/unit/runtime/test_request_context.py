@@ -15,13 +15,15 @@ from headrace.runtime.request_context import (
 
 @pytest.fixture(autouse=True)
 def _restore_context() -> Iterator[None]:
-    tokens = [var.set(var.get()) for var in (request_id_var, tenant_var, deadline_var)]
+    request_id = request_id_var.set(request_id_var.get())
+    tenant = tenant_var.set(tenant_var.get())
+    deadline = deadline_var.set(deadline_var.get())
     yield
-    for var, token in zip((request_id_var, tenant_var, deadline_var), tokens, strict=True):
-        var.reset(token)  # type: ignore[attr-defined]
+    deadline_var.reset(deadline)
+    tenant_var.reset(tenant)
+    request_id_var.reset(request_id)
 
 
-@pytest.mark.unit
 def test_safe_request_ids_are_kept_and_unsafe_replaced() -> None:
     assert accept_request_id("req-123.abc:x") == "req-123.abc:x"
     replaced = accept_request_id("bad id\nwith newline")
@@ -30,7 +32,6 @@ def test_safe_request_ids_are_kept_and_unsafe_replaced() -> None:
     assert len(accept_request_id(None)) == 32
 
 
-@pytest.mark.unit
 def test_outgoing_calls_carry_request_id_and_tenant() -> None:
     request_id_var.set("r1")
     tenant_var.set("acme")
@@ -39,7 +40,6 @@ def test_outgoing_calls_carry_request_id_and_tenant() -> None:
     assert outgoing_metadata([("x-request-id", "mine")]) == [("x-request-id", "mine"), ("x-headrace-tenant", "acme")]
 
 
-@pytest.mark.unit
 def test_deadline_bounds_outgoing_timeouts() -> None:
     deadline_var.set(float("inf"))
     assert propagated_timeout(None) is None

@@ -1,9 +1,5 @@
-import pytest
-
 from headrace.request_rules.served_by import CACHE_SIMILARITY_KEY, served_by_headers
 from headrace.v1 import generation_pb2
-
-pytestmark = pytest.mark.unit
 
 
 def route(**fields: object) -> generation_pb2.RouteInfo:

@@ -27,8 +27,6 @@ from headrace.runtime.service_identity import (
     service_identity,
 )
 
-pytestmark = pytest.mark.unit
-
 
 def auth_context(role: str, *hosts: str) -> dict[str, list[bytes]]:
     """What gRPC reports for a verified client certificate."""
@@ -92,6 +90,17 @@ def test_a_worker_announces_only_hosts_its_certificate_names() -> None:
     assert peer.may_announce("127.0.0.1:50061") and peer.may_announce("[::1]:50061")
     assert peer.may_announce("gpu-3.internal:50061")
     assert not peer.may_announce("10.66.6.6:50061") and not peer.may_announce("0.0.0.0:50061")
+
+
+def test_a_wildcard_name_covers_one_label_as_in_tls() -> None:
+    # A StatefulSet's pods: worker-smollm2-N.worker-smollm2 (deploy/k8s).
+    peer = PeerIdentity(role=Role.WORKER, hosts=frozenset({"*.worker-smollm2"}))
+    assert peer.may_announce("worker-smollm2-0.worker-smollm2:50061")
+    assert peer.may_announce("worker-smollm2-12.worker-smollm2:50061")
+    assert not peer.may_announce("worker-smollm2:50061")
+    assert not peer.may_announce("a.b.worker-smollm2:50061")
+    assert not peer.may_announce("x.worker-smollm2.evil:50061")
+    assert not peer.may_announce("x.other-pool:50061")
 
 
 def test_certs_init_makes_a_ca_and_every_role(tmp_path: Path) -> None:

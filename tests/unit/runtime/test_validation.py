@@ -15,12 +15,10 @@ def request(**kwargs: object) -> generation_pb2.GenerateRequest:
     return generation_pb2.GenerateRequest(sampling=generation_pb2.SamplingParams(**sampling), **base)  # type: ignore[arg-type]
 
 
-@pytest.mark.unit
 def test_a_plain_request_passes() -> None:
     validate_generate_request(request(sampling={"temperature": 0.0, "max_tokens": 64, "top_p": 1.0}), LIMITS)
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize(
     ("bad", "field"),
     [
@@ -48,7 +46,6 @@ def test_bad_fields_are_named(bad: generation_pb2.GenerateRequest, field: str) -
         validate_generate_request(bad, LIMITS)
 
 
-@pytest.mark.unit
 def test_chat_messages_are_bounded_and_roles_checked() -> None:
     def chat(*turns: tuple[str, str]) -> generation_pb2.GenerateRequest:
         return generation_pb2.GenerateRequest(
@@ -64,7 +61,6 @@ def test_chat_messages_are_bounded_and_roles_checked() -> None:
         validate_generate_request(chat(("user", "a" * 60), ("user", "b" * 60)), LIMITS)
 
 
-@pytest.mark.unit
 def test_embed_inputs_are_checked() -> None:
     validate_embed_request(generation_pb2.EmbedRequest(inputs=["a"]), LIMITS)
     with pytest.raises(InvalidArgument, match="inputs: at least one"):

@@ -65,7 +65,6 @@ def queued(dispatcher: Dispatcher) -> int:
     return len(dispatcher.admission("pool").queue)
 
 
-@pytest.mark.unit
 async def test_place_waits_for_a_slot_and_gets_the_released_one(dispatcher: Dispatcher) -> None:
     add_worker(dispatcher, capacity=2)
     first = await dispatcher.place(req())
@@ -80,7 +79,6 @@ async def test_place_waits_for_a_slot_and_gets_the_released_one(dispatcher: Disp
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_a_full_queue_answers_at_once_with_a_retry_after_hint(dispatcher: Dispatcher) -> None:
     add_worker(dispatcher)
     await dispatcher.place(req())
@@ -97,7 +95,6 @@ async def test_a_full_queue_answers_at_once_with_a_retry_after_hint(dispatcher: 
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_the_callers_deadline_ends_the_wait_and_frees_its_place(dispatcher: Dispatcher) -> None:
     add_worker(dispatcher)
     held = await dispatcher.place(req())
@@ -110,7 +107,6 @@ async def test_the_callers_deadline_ends_the_wait_and_frees_its_place(dispatcher
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_the_pools_longest_wait_bounds_a_caller_without_deadline() -> None:
     dispatcher = make_dispatcher(max_queue_wait_s=0.1)
     add_worker(dispatcher)
@@ -121,7 +117,6 @@ async def test_the_pools_longest_wait_bounds_a_caller_without_deadline() -> None
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_a_cancelled_place_frees_its_place(dispatcher: Dispatcher) -> None:
     add_worker(dispatcher)
     held = await dispatcher.place(req())
@@ -138,7 +133,6 @@ async def test_a_cancelled_place_frees_its_place(dispatcher: Dispatcher) -> None
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_a_lease_granted_as_its_caller_leaves_is_released(dispatcher: Dispatcher) -> None:
     add_worker(dispatcher)
     held = await dispatcher.place(req())
@@ -157,9 +151,8 @@ async def test_a_lease_granted_as_its_caller_leaves_is_released(dispatcher: Disp
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_slots_open_in_priority_order() -> None:
-    dispatcher = make_dispatcher(queue_limit=10, batch_headroom=0.0)
+    dispatcher = make_dispatcher(queue_limit=10)
     add_worker(dispatcher)
     held = await dispatcher.place(req())
     order: list[int] = []
@@ -180,7 +173,6 @@ async def test_slots_open_in_priority_order() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_a_waiter_no_worker_can_take_does_not_hold_up_those_behind_it() -> None:
     dispatcher = make_dispatcher(queue_limit=10)
     add_worker(dispatcher, "w1", capacity=1)
@@ -199,27 +191,81 @@ async def test_a_waiter_no_worker_can_take_does_not_hold_up_those_behind_it() ->
     await asyncio.gather(*stuck, return_exceptions=True)
 
 
-@pytest.mark.unit
-async def test_batch_uses_only_idle_capacity_and_online_work_gets_the_headroom() -> None:
-    dispatcher = make_dispatcher(queue_limit=10, batch_headroom=0.25)
+async def test_batch_alone_fills_the_pool_yet_online_work_is_placed_at_once() -> None:
+    dispatcher = make_dispatcher(queue_limit=10, batch_share_while_online=0.5, batch_queue_ahead=2)
     add_worker(dispatcher, capacity=4)
-    batch = [await dispatcher.place(req(BATCH)) for _ in range(3)]
-    # One slot is free, but it is the online headroom: batch waits...
+    # Alone, batch takes every slot and two more in the engine's queue.
+    batch = [await asyncio.wait_for(dispatcher.place(req(BATCH)), 0.5) for _ in range(6)]
     waiting_batch = asyncio.create_task(dispatcher.place(req(BATCH)))
     await settle()
     assert not waiting_batch.done()
-    # ...and an online request takes it at once.
+    # The engine runs online work first: it is placed without waiting.
     online = await asyncio.wait_for(dispatcher.place(req(INTERACTIVE)), 0.5)
-    assert online.queue_ms < 500
-    dispatcher.release(online.lease.lease_id)
-    dispatcher.release(batch[0].lease.lease_id)
+    assert online.lease.worker_id == "w"
+    # While online work is around, batch gets nothing until it holds
+    # less than its share (2 of 4 slots).
+    for lease in batch[:4]:
+        dispatcher.release(lease.lease.lease_id)
+        await settle()
+        assert not waiting_batch.done()
+    dispatcher.release(batch[4].lease.lease_id)
     await asyncio.wait_for(waiting_batch, 1.0)
     await dispatcher.close()
 
 
-@pytest.mark.unit
+async def test_once_online_work_has_gone_batch_may_fill_the_pool_again() -> None:
+    dispatcher = make_dispatcher(queue_limit=10, batch_share_while_online=0.5, online_linger_s=0.0)
+    add_worker(dispatcher, capacity=4)
+    online = await dispatcher.place(req(INTERACTIVE))
+    assert [await asyncio.wait_for(dispatcher.place(req(BATCH)), 0.5) for _ in range(2)]
+    third = asyncio.create_task(dispatcher.place(req(BATCH)))
+    await settle()
+    assert not third.done()
+    dispatcher.release(online.lease.lease_id)
+    await asyncio.wait_for(third, 0.5)
+    await asyncio.wait_for(dispatcher.place(req(BATCH)), 0.5)
+    await dispatcher.close()
+
+
+async def test_a_pinned_request_waits_for_its_own_worker() -> None:
+    dispatcher = make_dispatcher(queue_limit=10, batch_queue_ahead=0)
+    add_worker(dispatcher, "w1", capacity=1)
+    add_worker(dispatcher, "w2", capacity=1)
+    first = await dispatcher.place(PlacementRequest("p1", "m@1", "t", BATCH, worker_id="w1"))
+    assert first.lease.worker_id == "w1"
+    second = asyncio.create_task(dispatcher.place(PlacementRequest("p2", "m@1", "t", BATCH, worker_id="w1")))
+    await settle()
+    # w2 is free, but the request asked for w1.
+    assert not second.done()
+    dispatcher.release(first.lease.lease_id)
+    assert (await asyncio.wait_for(second, 0.5)).lease.worker_id == "w1"
+    with pytest.raises(NoWorkerAvailable, match="w9"):
+        await dispatcher.place(PlacementRequest("p3", "m@1", "t", BATCH, worker_id="w9"))
+    await dispatcher.close()
+
+
+async def test_a_well_served_lease_keeps_a_late_reporting_worker_alive() -> None:
+    dispatcher = Dispatcher(
+        registry=WorkerRoster(stale_after_s=0.2),
+        leases=LeaseTable(ttl_s=30.0),
+        pools=PoolDirectory(model_pools={"m@1": "pool"}),
+    )
+    add_worker(dispatcher, capacity=2)
+    lease = await dispatcher.place(req())
+    await asyncio.sleep(0.15)
+    dispatcher.release(lease.lease.lease_id, served=True)
+    await asyncio.sleep(0.15)
+    # 0.3 s since its report, but it finished a request 0.15 s ago.
+    dispatcher.sweep()
+    assert dispatcher.registry.get("w") is not None
+    await asyncio.sleep(0.25)
+    dispatcher.sweep()
+    assert dispatcher.registry.get("w") is None
+    await dispatcher.close()
+
+
 async def test_batch_waits_while_any_online_request_waits() -> None:
-    dispatcher = make_dispatcher(queue_limit=10, batch_headroom=0.0)
+    dispatcher = make_dispatcher(queue_limit=10)
     add_worker(dispatcher, capacity=1)
     held = await dispatcher.place(req(STANDARD))
     batch = asyncio.create_task(dispatcher.place(req(BATCH)))
@@ -235,7 +281,6 @@ async def test_batch_waits_while_any_online_request_waits() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_tenants_share_a_busy_pool_by_weight() -> None:
     dispatcher = make_dispatcher(queue_limit=200, weights={"gold": 3.0, "basic": 1.0})
     add_worker(dispatcher, capacity=1)
@@ -258,7 +303,6 @@ async def test_tenants_share_a_busy_pool_by_weight() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_online_work_pushes_batch_out_of_a_full_queue(dispatcher: Dispatcher) -> None:
     add_worker(dispatcher)
     held = await dispatcher.place(req())
@@ -278,7 +322,6 @@ async def test_online_work_pushes_batch_out_of_a_full_queue(dispatcher: Dispatch
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_waiters_fail_when_their_workers_are_gone_for_good() -> None:
     dispatcher = make_dispatcher(queue_limit=4, orphan_grace_s=0.05)
     add_worker(dispatcher)
@@ -297,7 +340,6 @@ async def test_waiters_fail_when_their_workers_are_gone_for_good() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_an_expired_lease_hands_its_slot_to_a_waiter() -> None:
     dispatcher = make_dispatcher(ttl_s=0.05, queue_limit=4)
     add_worker(dispatcher)
@@ -310,12 +352,11 @@ async def test_an_expired_lease_hands_its_slot_to_a_waiter() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_a_worker_with_a_filling_kv_cache_takes_less() -> None:
     dispatcher = make_dispatcher(queue_limit=0, kv_cache_soft_limit=0.5, kv_cache_hard_limit=0.9)
     add_worker(dispatcher, name="cool", capacity=8)
     add_worker(dispatcher, name="hot", capacity=8, kv_cache_usage=0.8)
-    placed = Counter()
+    placed: Counter[str] = Counter()
     with pytest.raises(QueueFull):
         while True:
             placed[(await dispatcher.place(req())).lease.worker_id] += 1
@@ -323,7 +364,6 @@ async def test_a_worker_with_a_filling_kv_cache_takes_less() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_closing_fails_the_waiters() -> None:
     dispatcher = make_dispatcher(queue_limit=4)
     add_worker(dispatcher)
@@ -339,7 +379,6 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-@pytest.mark.unit
 async def test_queue_depth_waits_placements_and_rejections_are_counted() -> None:
     dispatcher = make_dispatcher(queue_limit=1)
     add_worker(dispatcher)
@@ -359,4 +398,18 @@ async def test_queue_depth_waits_placements_and_rejections_are_counted() -> None
     assert sample("headrace_scheduler_queue_depth", **labels) == 0
     assert sample("headrace_scheduler_placements_total", pool="pool", policy="least_load") == placed_before + 2
     assert sample("headrace_scheduler_queue_wait_seconds_count", **labels) == waits_before + 2
+    await dispatcher.close()
+
+
+async def test_only_online_leases_tell_how_fast_online_waiters_get_slots() -> None:
+    dispatcher = make_dispatcher(queue_limit=10)
+    add_worker(dispatcher, capacity=2)
+    bound = dispatcher.admission("pool").wait_bound
+    batch = await dispatcher.place(req(BATCH))
+    dispatcher.release(batch.lease.lease_id)
+    # A batch row's hold says nothing of online waits.
+    assert bound.hold_s is None
+    online = await dispatcher.place(req(INTERACTIVE))
+    dispatcher.release(online.lease.lease_id)
+    assert bound.hold_s is not None
     await dispatcher.close()

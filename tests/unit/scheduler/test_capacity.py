@@ -1,14 +1,15 @@
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.scheduler.capacity import SlotModel
 from tests.unit.scheduler.workers import worker
 
-MODEL = SlotModel(default_slots=16, kv_soft_limit=0.8, kv_hard_limit=0.95, engine_queue_slots=0, batch_headroom=0.25)
+MODEL = SlotModel(
+    default_slots=16, kv_soft_limit=0.8, kv_hard_limit=0.95, engine_queue_slots=0, batch_share_while_online=0.5
+)
+QUEUEING = SlotModel(batch_share_while_online=0.5, batch_queue_ahead=4)
 
 
-@pytest.mark.unit
 def test_slots_come_from_the_reported_capacity_minus_what_is_outstanding() -> None:
     assert MODEL.free(worker("a", capacity=8)) == 8
     assert MODEL.free(worker("a", capacity=8, leases=3)) == 5
@@ -19,7 +20,6 @@ def test_slots_come_from_the_reported_capacity_minus_what_is_outstanding() -> No
     assert MODEL.free(worker("a", capacity=0)) == 16
 
 
-@pytest.mark.unit
 def test_a_filling_kv_cache_shrinks_the_slots_and_a_full_one_closes_them() -> None:
     free = [MODEL.free(worker("a", capacity=16, running=2, kv=kv)) for kv in (0.5, 0.8, 0.85, 0.9, 0.95, 0.99)]
     assert free[0] == free[1] == 14
@@ -27,7 +27,6 @@ def test_a_filling_kv_cache_shrinks_the_slots_and_a_full_one_closes_them() -> No
     assert free[4] == free[5] == 0
 
 
-@pytest.mark.unit
 def test_an_engine_that_queues_gets_nothing_new() -> None:
     assert MODEL.free(worker("a", capacity=16, running=6, waiting=3)) == 0
     allowing = SlotModel(engine_queue_slots=2)
@@ -36,22 +35,46 @@ def test_an_engine_that_queues_gets_nothing_new() -> None:
     assert allowing.free(worker("a", capacity=16, running=6, waiting=3)) == 0
 
 
-@pytest.mark.unit
 def test_an_idle_worker_always_takes_one_even_with_a_stale_full_kv_reading() -> None:
     assert MODEL.free(worker("a", capacity=16, kv=1.0)) == 1
     assert MODEL.free(worker("a", capacity=16, kv=1.0, leases=1)) == 0
 
 
-@pytest.mark.unit
-def test_batch_leaves_headroom_for_online_work() -> None:
-    # 8 slots, 25% headroom: batch may fill 6, online all 8.
-    assert MODEL.free_for_batch(worker("a", capacity=8, leases=5)) == 1
-    assert MODEL.free_for_batch(worker("a", capacity=8, leases=6)) == 0
-    assert MODEL.free(worker("a", capacity=8, leases=6)) == 2
-    assert MODEL.free_for_batch(worker("a", capacity=8)) == 6
+def test_batch_alone_gets_the_whole_worker_and_its_queue_ahead() -> None:
+    assert MODEL.free_for_batch(worker("a", capacity=8), online_active=False) == 8
+    assert MODEL.free_for_batch(worker("a", capacity=8, leases=7, batch_leases=7), online_active=False) == 1
+    assert QUEUEING.free_for_batch(worker("a", capacity=8, leases=8, batch_leases=8), online_active=False) == 4
+    # Rows queued in the engine: its limit closes to what runs, not the queue-ahead.
+    queued = worker("a", capacity=8, running=8, waiting=4, leases=12, batch_leases=12)
+    assert QUEUEING.free_for_batch(queued, online_active=False) == 0
+    # Not while online work is around.
+    assert QUEUEING.free_for_batch(worker("a", capacity=8, leases=4, batch_leases=4), online_active=True) == 0
 
 
-@pytest.mark.unit
+def test_while_online_work_is_around_batch_holds_at_most_its_share() -> None:
+    # 8 slots, share 0.5: batch may hold 4 while online work is around.
+    assert MODEL.free_for_batch(worker("a", capacity=8), online_active=True) == 4
+    assert MODEL.free_for_batch(worker("a", capacity=8, leases=3, batch_leases=3), online_active=True) == 1
+    assert MODEL.free_for_batch(worker("a", capacity=8, leases=4, batch_leases=4), online_active=True) == 0
+    # Online leases use their own slots, not batch's share.
+    assert MODEL.free_for_batch(worker("a", capacity=8, leases=5, batch_leases=2), online_active=True) == 2
+    # A worker of one slot: batch may still hold it.
+    assert MODEL.free_for_batch(worker("a", capacity=1), online_active=True) == 1
+
+
+def test_batch_leases_never_keep_online_work_off_a_worker() -> None:
+    full_of_batch = worker("a", capacity=4, running=4, waiting=4, leases=8, batch_leases=8)
+    assert MODEL.free(full_of_batch) == 0
+    # The engine runs online work first: room for as much as fits its width.
+    assert MODEL.free_for_online(full_of_batch) == 4
+    mixed = worker("a", capacity=4, leases=4, batch_leases=1)
+    assert MODEL.free_for_online(mixed) == 1
+    # A KV cache full of batch sequences: the engine preempts them for online work.
+    kv_full_of_batch = worker("a", capacity=4, running=4, leases=4, batch_leases=4, kv=1.0)
+    assert MODEL.free(kv_full_of_batch) == 0 and MODEL.free_for_online(kv_full_of_batch) == 4
+    assert MODEL.free_for_online(worker("a", capacity=4, leases=4)) == 0
+
+
 # No per-example deadline: the machine is shared, and this is about results, not speed.
 @settings(deadline=None)
 @given(
@@ -60,11 +83,19 @@ def test_batch_leaves_headroom_for_online_work() -> None:
     waiting=st.integers(0, 300),
     leases=st.integers(0, 300),
     kv=st.floats(0, 1),
+    batch=st.integers(0, 300),
 )
 def test_free_slots_are_never_negative_and_batch_never_gets_more_than_online(
-    capacity: int, running: int, waiting: int, leases: int, kv: float
+    capacity: int, running: int, waiting: int, leases: int, kv: float, batch: int
 ) -> None:
-    state = worker("a", capacity=capacity, running=running, waiting=waiting, leases=leases, kv=kv)
+    batch_leases = min(batch, leases)
+    state = worker(
+        "a", capacity=capacity, running=running, waiting=waiting, leases=leases, kv=kv, batch_leases=batch_leases
+    )
     assert MODEL.free(state) >= 0
-    assert 0 <= MODEL.free_for_batch(state) <= max(1, MODEL.free(state))
+    for online_active in (False, True):
+        assert 0 <= MODEL.free_for_batch(state, online_active=online_active) <= MODEL.free(state)
+    assert MODEL.free_for_batch(state, online_active=True) <= MODEL.free_for_batch(state, online_active=False)
+    assert MODEL.free_for_online(state) >= MODEL.free(state)
+    assert MODEL.free_for_online(state) <= max(MODEL.free(state), MODEL.limit(state, kv=False))
     assert MODEL.free(state) <= max(1, (capacity or 16) - leases)

@@ -24,7 +24,6 @@ def place_request(request_id: str = "r", model: str = "m@1", exclude: frozenset[
     return PlacementRequest(request_id=request_id, model_version=model, tenant="t", priority=1, exclude=exclude)
 
 
-@pytest.mark.unit
 async def test_places_on_the_least_loaded_worker_and_counts_leases() -> None:
     dispatcher = make_dispatcher()
     dispatcher.report(identity("a"), LoadSnapshot(running=3, capacity=8), draining=False)
@@ -42,7 +41,6 @@ async def test_places_on_the_least_loaded_worker_and_counts_leases() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_no_worker_for_the_model_is_unavailable_with_a_reason() -> None:
     dispatcher = make_dispatcher()
     with pytest.raises(NoWorkerAvailable, match="none has reported in"):
@@ -56,7 +54,6 @@ async def test_no_worker_for_the_model_is_unavailable_with_a_reason() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_unhealthy_and_other_model_workers_get_no_work() -> None:
     dispatcher = make_dispatcher()
     dispatcher.report(identity("sick"), LoadSnapshot(healthy=False), draining=False)
@@ -66,7 +63,6 @@ async def test_unhealthy_and_other_model_workers_get_no_work() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_a_stale_worker_gets_no_new_work_even_before_it_is_dropped() -> None:
     dispatcher = make_dispatcher(stale_after_s=0.05)
     dispatcher.report(identity("quiet"), LoadSnapshot(capacity=8), draining=False)
@@ -80,7 +76,6 @@ async def test_a_stale_worker_gets_no_new_work_even_before_it_is_dropped() -> No
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_silent_workers_are_dropped_with_their_leases() -> None:
     dispatcher = make_dispatcher(stale_after_s=0.05)
     dispatcher.report(identity("a"), LoadSnapshot(), draining=False)
@@ -92,7 +87,6 @@ async def test_silent_workers_are_dropped_with_their_leases() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_unreleased_leases_expire_and_free_capacity() -> None:
     dispatcher = make_dispatcher(ttl_s=0.05)
     dispatcher.report(identity("a"), LoadSnapshot(), draining=False)
@@ -110,7 +104,6 @@ async def test_unreleased_leases_expire_and_free_capacity() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_a_reconnecting_worker_keeps_its_leases() -> None:
     dispatcher = make_dispatcher()
     dispatcher.report(identity("a"), LoadSnapshot(), draining=False)
@@ -122,7 +115,6 @@ async def test_a_reconnecting_worker_keeps_its_leases() -> None:
     await dispatcher.close()
 
 
-@pytest.mark.unit
 async def test_a_model_missing_from_the_config_uses_the_pool_its_workers_report() -> None:
     dispatcher = make_dispatcher()
     dispatcher.report(identity("new", models=("fresh@2",), pool="rollout"), LoadSnapshot(), draining=False)

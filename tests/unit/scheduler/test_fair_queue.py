@@ -41,7 +41,6 @@ def make_queue(limit: int, tenant_weights: dict[str, float]) -> FairQueue[Item]:
     return FairQueue(limit=limit, weight_of=lambda t: tenant_weights.get(t, 1.0))
 
 
-@pytest.mark.unit
 @settings(max_examples=200, deadline=None)
 @given(limit=st.integers(0, 12), ops=operations, tenant_weights=weights)
 def test_never_over_its_bound_and_always_serves_the_most_important_class_first(
@@ -76,7 +75,6 @@ def test_never_over_its_bound_and_always_serves_the_most_important_class_first(
         assert sum(queue.depth(c) for c in range(3)) == len(queued)
 
 
-@pytest.mark.unit
 @settings(max_examples=150, deadline=None)
 @given(
     tenant_weights=st.dictionaries(st.sampled_from(TENANTS), st.sampled_from([0.5, 1.0, 2.0, 4.0]), min_size=2),
@@ -100,7 +98,6 @@ def test_backlogged_tenants_share_by_weight(tenant_weights: dict[str, float], ta
         assert max(normalized) - min(normalized) <= 1 / min(tenant_weights.values()) + 1e-9
 
 
-@pytest.mark.unit
 @settings(max_examples=150, deadline=None)
 @given(
     tenant_weights=st.dictionaries(st.sampled_from(TENANTS), st.sampled_from([0.5, 1.0, 2.0, 4.0]), min_size=2),
@@ -137,7 +134,6 @@ def test_no_tenant_starves_whatever_the_weights_and_costs(
             assert since_served[tenant] <= bound[tenant], (tenant, dict(since_served), bound)
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize("known_before", [False, True])
 def test_a_tenant_back_from_idling_gets_no_burst(known_before: bool) -> None:
     queue = make_queue(100, {})
@@ -161,7 +157,6 @@ def test_a_tenant_back_from_idling_gets_no_burst(known_before: bool) -> None:
     assert first_six.count("late") == 3 and first_six.count("busy") == 3
 
 
-@pytest.mark.unit
 @settings(max_examples=200, deadline=None)
 @given(limit=st.integers(1, 10), pushes=st.lists(st.sampled_from(TENANTS), max_size=60), tenant_weights=weights)
 def test_when_full_a_lighter_tenant_pushes_out_the_heaviest_one(
@@ -187,7 +182,6 @@ def test_when_full_a_lighter_tenant_pushes_out_the_heaviest_one(
         assert len(queue) <= limit
 
 
-@pytest.mark.unit
 def test_online_work_pushes_batch_out_of_a_full_queue_but_not_the_reverse() -> None:
     queue = make_queue(2, {})
     batch_1, batch_2 = Item(1, 2, "a"), Item(2, 2, "a")
@@ -202,7 +196,6 @@ def test_online_work_pushes_batch_out_of_a_full_queue_but_not_the_reverse() -> N
     assert queue.ordered() == [interactive, standard]
 
 
-@pytest.mark.unit
 def test_idle_tenants_are_forgotten() -> None:
     queue = make_queue(100, {})
     for i, tenant in enumerate(f"t{n}" for n in range(50)):
@@ -213,7 +206,6 @@ def test_idle_tenants_are_forgotten() -> None:
     assert queue.tenants_known() == 0
 
 
-@pytest.mark.unit
 def test_bad_input_is_refused() -> None:
     queue = make_queue(2, {})
     item = Item(1, 0, "a")

@@ -1,6 +1,5 @@
 from collections import Counter
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -8,7 +7,6 @@ from services.scheduler.hash_ring import HashRing, bounded_choice, stable_hash64
 from tests.unit.scheduler.workers import worker
 
 
-@pytest.mark.unit
 def test_walk_visits_every_node_once() -> None:
     ring = HashRing(["a", "b", "c"])
     for key in range(0, 2**64, 2**60):
@@ -16,7 +14,6 @@ def test_walk_visits_every_node_once() -> None:
     assert list(HashRing([]).walk(1)) == []
 
 
-@pytest.mark.unit
 def test_keys_spread_over_the_nodes_and_removing_one_moves_only_its_keys() -> None:
     keys = [stable_hash64(f"key-{i}") for i in range(3000)]
     four = HashRing(["a", "b", "c", "d"])
@@ -29,7 +26,6 @@ def test_keys_spread_over_the_nodes_and_removing_one_moves_only_its_keys() -> No
             assert next(three.walk(key)) == home[key]
 
 
-@pytest.mark.unit
 def test_a_hot_key_spills_to_the_next_worker_at_the_load_bound() -> None:
     ring = HashRing(["a", "b"])
     key = stable_hash64("hot")
@@ -46,7 +42,6 @@ def test_a_hot_key_spills_to_the_next_worker_at_the_load_bound() -> None:
     assert not bounded_choice(ring, key, [worker(first, leases=12), worker(other, leases=2)], 1.25, 2)[1]
 
 
-@pytest.mark.unit
 # No per-example deadline: the machine is shared, and this is about results, not speed.
 @settings(deadline=None)
 @given(

@@ -43,12 +43,10 @@ def policy_named(name: str, **overrides: object) -> PlacementPolicy:
     return build_policy(settings, random.Random(7))
 
 
-@pytest.mark.unit
 def test_the_config_names_exactly_the_policies_there_are() -> None:
     assert set(typing.get_args(PlacementPolicyName)) == set(POLICIES)
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(POLICIES))
 class TestEveryPolicy:
     def test_one_async_signature(self, name: str) -> None:
@@ -91,7 +89,6 @@ class TestEveryPolicy:
         assert min(w.leases for w in pool) >= 5
 
 
-@pytest.mark.unit
 async def test_least_load_and_least_tokens_differ_on_long_requests() -> None:
     few_long = worker("few-long", leases=1, leased_tokens=4000)
     many_short = worker("many-short", leases=3, leased_tokens=300)
@@ -99,7 +96,6 @@ async def test_least_load_and_least_tokens_differ_on_long_requests() -> None:
     assert await policy_named("least_outstanding_tokens").choose(request(), [few_long, many_short]) is many_short
 
 
-@pytest.mark.unit
 async def test_power_of_two_never_picks_the_busiest_of_three() -> None:
     policy = policy_named("power_of_two")
     pool = [worker("idle"), worker("some", leases=2, leased_tokens=100), worker("busy", leases=6, leased_tokens=900)]
@@ -107,7 +103,6 @@ async def test_power_of_two_never_picks_the_busiest_of_three() -> None:
     assert chosen["busy"] == 0 and chosen["idle"] > chosen["some"] > 0
 
 
-@pytest.mark.unit
 async def test_round_robin_takes_turns() -> None:
     policy = policy_named("round_robin")
     pool = [worker("b", leases=9), worker("a")]
@@ -115,7 +110,6 @@ async def test_round_robin_takes_turns() -> None:
     assert chosen == ["a", "b", "a", "b", "a", "b"]
 
 
-@pytest.mark.unit
 async def test_prefix_affinity_keeps_a_shared_prefix_on_one_worker_and_spreads_others() -> None:
     policy = policy_named("prefix_affinity", prefix_key_blocks=2)
     pool = [worker(f"w{i}", leases=2) for i in range(4)]
@@ -132,7 +126,6 @@ async def test_prefix_affinity_keeps_a_shared_prefix_on_one_worker_and_spreads_o
     assert len(set().union(*homes.values())) == 4
 
 
-@pytest.mark.unit
 async def test_prefix_affinity_spills_a_hot_prefix_past_the_load_bound() -> None:
     policy = policy_named("prefix_affinity", affinity_load_factor=1.5, affinity_load_slack=0)
     pool = [worker("a"), worker("b"), worker("c")]
@@ -146,7 +139,6 @@ async def test_prefix_affinity_spills_a_hot_prefix_past_the_load_bound() -> None
     assert max(w.leases for w in pool) > 10  # the home worker still takes the most
 
 
-@pytest.mark.unit
 async def test_session_affinity_sticks_while_healthy_and_not_overloaded() -> None:
     policy = policy_named("session_affinity")
     a, b, c = worker("a"), worker("b"), worker("c")
@@ -165,7 +157,6 @@ async def test_session_affinity_sticks_while_healthy_and_not_overloaded() -> Non
     assert await policy.choose(request(session="chat-1"), [a, b, c]) is not moved
 
 
-@pytest.mark.unit
 async def test_sessions_spread_and_the_table_is_bounded() -> None:
     policy = SessionAffinityPolicy(load_factor=1.25, load_slack=2, max_sessions=50)
     pool: list[WorkerState] = [worker("a"), worker("b"), worker("c")]

@@ -9,7 +9,6 @@ def place(**fields: object) -> scheduler_pb2.PlaceRequest:
     return scheduler_pb2.PlaceRequest(request_id="r", model_version="m@1", **fields)  # type: ignore[arg-type]
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize(
     ("priority", "queue_class"),
     [
@@ -23,7 +22,6 @@ def test_priorities_map_onto_the_queue_classes(priority: int, queue_class: int) 
     assert placement_from_proto(place(priority=priority)).priority == queue_class
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize(
     ("fields", "field_named"),
     [

@@ -10,8 +10,6 @@ from headrace.runtime.errors import QueueFull
 from services.scheduler.wait_bound import WaitBound
 from tests.unit.scheduler.test_admission import add_worker, make_dispatcher, queued, req, settle
 
-pytestmark = pytest.mark.unit
-
 
 def bound(**overrides: float) -> WaitBound:
     return WaitBound(**{"max_wait_s": 5.0, "ceiling": 256, **overrides})  # type: ignore[arg-type]

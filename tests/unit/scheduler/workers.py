@@ -22,6 +22,7 @@ def worker(
     kv: float = 0.0,
     leases: int = 0,
     leased_tokens: int = 0,
+    batch_leases: int = 0,
 ) -> WorkerState:
     state = WorkerState(
         identity=identity(worker_id),
@@ -29,6 +30,7 @@ def worker(
         reported_at=time.monotonic(),
     )
     state.leases = leases
+    state.batch_leases = batch_leases
     state.leased_tokens = leased_tokens
     state.leases_at_report = leases
     return state

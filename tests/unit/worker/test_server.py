@@ -3,20 +3,22 @@ what it charges, and what it counts as online work."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
 
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.engine_settings import SyntheticEngineSettings
+from headrace.runtime.errors import InvalidArgument
 from headrace.v1 import generation_pb2, worker_pb2
 from services.worker.engines.synthetic import SyntheticEngine
 from services.worker.server import WorkerServicer
 
-pytestmark = pytest.mark.unit
 
-
-def request(priority: int, *, whole_answer: bool = False) -> worker_pb2.WorkerGenerateRequest:
+def request(
+    priority: generation_pb2.Priority.ValueType, *, whole_answer: bool = False
+) -> worker_pb2.WorkerGenerateRequest:
     return worker_pb2.WorkerGenerateRequest(
         request_id="r1",
         model_version="m@1",
@@ -63,13 +65,49 @@ async def test_a_whole_answer_is_one_message_with_every_token() -> None:
         (generation_pb2.PRIORITY_BATCH, 0),
     ],
 )
-async def test_batch_rows_are_not_online_work(priority: int, online: int) -> None:
+async def test_batch_rows_are_not_online_work(priority: generation_pb2.Priority.ValueType, online: int) -> None:
     engine = SyntheticEngine(SyntheticEngineSettings(ttft_ms=0, tokens_per_s=10_000))
     servicer = WorkerServicer(engine, model_versions=["m@1"], limits=LimitSettings())
     stream = servicer.Generate(request(priority), None)  # type: ignore[arg-type]
     await anext(stream)
     load = await servicer.GetLoad(worker_pb2.GetLoadRequest(), None)  # type: ignore[arg-type]
     assert (load.running, load.online) == (1, online)
+    assert isinstance(stream, AsyncGenerator)
     await stream.aclose()
     load = await servicer.GetLoad(worker_pb2.GetLoadRequest(), None)  # type: ignore[arg-type]
     assert (load.running, load.online) == (0, 0)
+
+
+def row(request_id: str, max_tokens: int, model_version: str = "m@1") -> worker_pb2.WorkerGenerateRequest:
+    return worker_pb2.WorkerGenerateRequest(
+        request_id=request_id,
+        model_version=model_version,
+        request=generation_pb2.GenerateRequest(
+            prompt="a b c", sampling=generation_pb2.SamplingParams(max_tokens=max_tokens)
+        ),
+        priority=generation_pb2.PRIORITY_BATCH,
+    )
+
+
+async def test_generate_batch_answers_each_row_as_it_ends_and_fails_only_the_bad_one() -> None:
+    engine = SyntheticEngine(SyntheticEngineSettings(ttft_ms=0, tokens_per_s=500))
+    servicer = WorkerServicer(engine, model_versions=["m@1"], limits=LimitSettings())
+    call = worker_pb2.GenerateBatchRequest(rows=[row("long", 20), row("other-model", 2, "x@1"), row("short", 2)])
+    results = [r async for r in servicer.GenerateBatch(call, None)]  # type: ignore[arg-type]
+    # Each row's result as it ends: the bad row at once, the short one before the long one.
+    assert [r.request_id for r in results] == ["other-model", "short", "long"]
+    bad, short, long = results
+    assert bad.error_code == 5 and "x@1" in bad.error_message and not bad.HasField("answer")
+    assert (short.error_code, short.answer.usage.completion_tokens, len(short.answer.token_ids)) == (0, 2, 2)
+    assert long.answer.finish_reason == generation_pb2.FINISH_REASON_LENGTH and len(long.answer.token_ids) == 20
+    assert engine.running == 0
+
+
+async def test_generate_batch_refuses_calls_it_cannot_answer_row_by_row() -> None:
+    servicer = WorkerServicer(
+        SyntheticEngine(SyntheticEngineSettings()), model_versions=["m@1"], limits=LimitSettings()
+    )
+    for rows in ([], [row("same", 1), row("same", 1)]):
+        with pytest.raises(InvalidArgument):
+            async for _ in servicer.GenerateBatch(worker_pb2.GenerateBatchRequest(rows=rows), None):  # type: ignore[arg-type]
+                pass

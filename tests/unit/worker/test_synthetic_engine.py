@@ -14,7 +14,6 @@ def req(request_id: str = "r", max_tokens: int = 5, prompt: str = "a b c") -> Ge
     )
 
 
-@pytest.mark.unit
 async def test_streams_max_tokens_then_finishes_with_usage() -> None:
     engine = SyntheticEngine(SyntheticEngineSettings(ttft_ms=0, tokens_per_s=10_000))
     assert isinstance(engine, Engine)
@@ -27,7 +26,6 @@ async def test_streams_max_tokens_then_finishes_with_usage() -> None:
     assert [d.text for d in again] == [d.text for d in deltas]  # deterministic per prompt
 
 
-@pytest.mark.unit
 async def test_closing_the_stream_frees_the_sequence() -> None:
     engine = SyntheticEngine(SyntheticEngineSettings(ttft_ms=0, tokens_per_s=100))
     stream = engine.generate(req(max_tokens=1000))
@@ -37,7 +35,6 @@ async def test_closing_the_stream_frees_the_sequence() -> None:
     assert engine.stats().running == 0
 
 
-@pytest.mark.unit
 async def test_abort_ends_the_stream_with_abort() -> None:
     engine = SyntheticEngine(SyntheticEngineSettings(ttft_ms=0, tokens_per_s=200))
     stream = engine.generate(req("x", max_tokens=1000))
@@ -49,7 +46,6 @@ async def test_abort_ends_the_stream_with_abort() -> None:
     assert engine.stats().running == 0
 
 
-@pytest.mark.unit
 async def test_concurrency_limit_makes_requests_wait() -> None:
     engine = SyntheticEngine(SyntheticEngineSettings(ttft_ms=0, tokens_per_s=50, max_concurrency=1))
     first = engine.generate(req("1", max_tokens=100))
@@ -63,7 +59,6 @@ async def test_concurrency_limit_makes_requests_wait() -> None:
     await second.aclose()
 
 
-@pytest.mark.unit
 async def test_fault_injection() -> None:
     failing = SyntheticEngine(SyntheticEngineSettings(ttft_ms=0, fail_rate=1.0))
     with pytest.raises(Unavailable, match="injected failure before the first token"):
@@ -77,7 +72,6 @@ async def test_fault_injection() -> None:
     assert len(got) == 2
 
 
-@pytest.mark.unit
 async def test_embeddings_are_deterministic_unit_vectors() -> None:
     engine = SyntheticEngine(SyntheticEngineSettings(embedding_dim=16))
     a, b, a2 = await engine.embed(["a", "b", "a"])

@@ -13,8 +13,6 @@ from hypothesis import strategies as st
 from headrace.workload.generate import WorkloadShape, generate, load_pairs
 from headrace.workload.trace import TraceError, TraceRecord, read_trace, write_trace
 
-pytestmark = pytest.mark.unit
-
 
 def within(observed: int, total: int, share: float) -> bool:
     """Observed count inside 5 binomial standard deviations of share x total."""

@@ -8,8 +8,6 @@ from headrace.workload.replay import BatchOutcome, Outcome, ReplayResult
 from headrace.workload.report import percentile, summarize, to_markdown
 from headrace.workload.trace import TraceMessage, TraceRecord
 
-pytestmark = pytest.mark.unit
-
 
 def record(i: int, origin: str = "fresh") -> TraceRecord:
     return TraceRecord(

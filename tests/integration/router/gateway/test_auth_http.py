@@ -12,14 +12,13 @@ import httpx
 import openai
 import pytest
 import websockets
+from openai.types.chat import ChatCompletionMessageParam
 from websockets.asyncio.client import connect
 
 from headrace.local.redis_server import RedisServer
 from headrace.runtime.config import hash_api_key
 from tests.integration.router.gateway.conftest import gateway_settings, running_gateway
 from tests.support.mesh import InProcessMesh
-
-pytestmark = pytest.mark.integration
 
 CHAT = {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
@@ -75,7 +74,7 @@ async def test_a_valid_key_is_served_as_its_tenant_and_health_needs_none(mesh: I
         metrics = await client.get("/metrics", headers={"authorization": "Bearer acme-key"})
         assert metrics.status_code == 200 and "headrace_http_requests_total" in metrics.text
 
-    question = [{"role": "user", "content": f"same question {uuid.uuid4().hex}"}]
+    question: list[ChatCompletionMessageParam] = [{"role": "user", "content": f"same question {uuid.uuid4().hex}"}]
 
     async def cache_outcome(key: str) -> str:
         async with openai.AsyncOpenAI(base_url=f"{mesh.http_url}/v1", api_key=key, max_retries=0) as client:

@@ -17,8 +17,6 @@ from headrace.local.redis_server import RedisServer
 from tests.integration.router.gateway.conftest import eventually, gateway_settings, running_gateway
 from tests.support.mesh import InProcessMesh
 
-pytestmark = pytest.mark.integration
-
 
 def chat(**fields: Any) -> dict[str, Any]:
     return {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, **fields}

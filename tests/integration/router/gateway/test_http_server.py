@@ -15,8 +15,6 @@ from starlette.types import Receive, Scope, Send
 from headrace.runtime.config import GatewaySettings
 from services.router.gateway.http_server import HttpServer
 
-pytestmark = pytest.mark.integration
-
 
 async def hello(scope: Scope, receive: Receive, send: Send) -> None:
     await PlainTextResponse("hello")(scope, receive, send)

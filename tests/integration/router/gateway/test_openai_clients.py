@@ -8,12 +8,11 @@ import uuid
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.support.mesh import InProcessMesh
 
-pytestmark = pytest.mark.integration
-
-CHAT = [{"role": "user", "content": "Name a river."}]
+CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Name a river."}]
 
 
 def async_client(mesh: InProcessMesh) -> openai.AsyncOpenAI:
@@ -25,7 +24,7 @@ def sync_client(mesh: InProcessMesh) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{mesh.http_url}/v1", api_key="unused-in-open-mode", max_retries=0)
 
 
-def fresh(text: str) -> list[dict[str, str]]:
+def fresh(text: str) -> list[ChatCompletionMessageParam]:
     """A conversation no other test sent (the cache stays out of the way)."""
     return [{"role": "user", "content": f"{text} {uuid.uuid4().hex}"}]
 
@@ -39,7 +38,8 @@ async def test_async_chat_completion_with_usage_and_served_by_headers(gateway_me
     assert completion.object == "chat.completion"
     assert completion.model == "smollm2@1"
     choice = completion.choices[0]
-    assert choice.message.role == "assistant" and len(choice.message.content.split()) == 6
+    assert choice.message.role == "assistant" and choice.message.content is not None
+    assert len(choice.message.content.split()) == 6
     assert choice.finish_reason == "length"
     assert completion.usage is not None and completion.usage.completion_tokens == 6
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + 6
@@ -85,7 +85,9 @@ async def test_sync_client_whole_and_streamed(gateway_mesh: InProcessMesh) -> No
                 model="chat", messages=fresh("sync stream"), max_tokens=5, stream=True
             ) as response:
                 assert response.headers["x-headrace-route"] == "alias:chat"
-                deltas = [c.choices[0].delta.content or "" for c in response.parse() if c.choices]
+                stream = response.parse()
+                assert isinstance(stream, openai.Stream)
+                deltas = [c.choices[0].delta.content or "" for c in stream if c.choices]
         return whole.choices[0].message.content or "", deltas
 
     # The sync client blocks: off the loop the mesh runs on.

@@ -20,8 +20,6 @@ from services.router.__main__ import RouterApp, build_router
 from tests.integration.router.gateway.conftest import gateway_settings, running_gateway
 from tests.support.mesh import InProcessMesh
 
-pytestmark = pytest.mark.integration
-
 ACME = {"authorization": "Bearer acme-key"}
 
 

@@ -8,14 +8,11 @@ import json
 import uuid
 from typing import Any
 
-import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from headrace.local.redis_server import RedisServer
 from tests.integration.router.gateway.conftest import eventually, gateway_settings, running_gateway
 from tests.support.mesh import InProcessMesh
-
-pytestmark = pytest.mark.integration
 
 
 def ws_url(mesh: InProcessMesh) -> str:

@@ -12,14 +12,10 @@ import statistics
 import uuid
 from typing import Any
 
-import pytest
-
 from headrace.local.redis_server import RedisServer
 from tests.integration.router.gateway.conftest import eventually, gateway_settings, running_gateway
 from tests.support.mesh import InProcessMesh
 from tests.support.raw_http import RawHttpResponse
-
-pytestmark = pytest.mark.integration
 
 CHAT_PATH = "/v1/chat/completions"
 

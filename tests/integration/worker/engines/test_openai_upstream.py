@@ -20,7 +20,7 @@ from services.worker.engines.base import ChatTurn, Delta, FinishReason, Generati
 from services.worker.engines.openai_upstream import OpenAIEngine
 from tests.integration.worker.engines.conftest import VllmServer, free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 PROMPT = "The capital of France is"
 MESSAGES = (ChatTurn("user", "Name one colour."),)

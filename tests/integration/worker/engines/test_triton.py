@@ -20,7 +20,7 @@ from services.worker.engines.triton import TritonEngine
 from services.worker.engines.triton_model import EmbeddingPlan, GenerationPlan
 from tests.integration.worker.engines.conftest import LaunchTriton, TritonServer, free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 EMBEDDER = "all-MiniLM-L6-v2"
 GENERATOR = "smollm2"

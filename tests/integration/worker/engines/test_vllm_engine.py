@@ -26,7 +26,7 @@ from services.worker.engines.base import (
 )
 from services.worker.engines.vllm_engine import VllmEngine, sampling_params
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 _ids = iter(range(1_000_000))
 

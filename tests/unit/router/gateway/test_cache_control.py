@@ -7,8 +7,6 @@ import pytest
 from headrace.runtime.errors import InvalidArgument
 from services.router.gateway.cache_control import cache_policy_from_header
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.mark.parametrize(
     ("header", "no_cache", "no_store", "max_age"),

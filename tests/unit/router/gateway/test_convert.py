@@ -17,8 +17,6 @@ from services.router.gateway import convert, protocol
 from services.router.gateway.body import parse_model
 from services.router.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
-pytestmark = pytest.mark.unit
-
 LIMITS = LimitSettings(max_tokens=512, max_prompt_chars=1000)
 NO_POLICY = generation_pb2.CachePolicy()
 

@@ -9,8 +9,6 @@ import pytest
 from headrace.runtime import errors
 from services.router.gateway.errors import error_response
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.mark.parametrize(
     ("error", "status", "type_", "code", "retry_after"),

@@ -5,12 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import pytest
-
 from headrace.runtime.errors import Internal, NotFound
 from services.router.gateway.streaming import ClientGone, RelayLimits, StreamEnd, relay
-
-pytestmark = pytest.mark.unit
 
 
 class CountingSource:

@@ -9,8 +9,6 @@ from services.router.routing.arm_stats import ArmStatsStore
 from services.router.routing.decision import Choice, RoutingRequest
 from services.router.routing.policies.ab_split import AbSplitPolicy
 
-pytestmark = pytest.mark.unit
-
 # Never connected: choosing an arm does not touch Redis (only outcomes do).
 STORE = ArmStatsStore(aioredis.Redis())
 

@@ -12,8 +12,6 @@ from services.router.routing.circuit_breaker import CircuitBreakers
 from services.router.routing.decision import RouteDecision, RoutingRequest
 from services.router.routing.retry_budget import Backoff, RetryBudget
 
-pytestmark = pytest.mark.unit
-
 
 def resolution(version: str) -> Resolution:
     return Resolution(model_version=version, pool="p", engine="synthetic", price_per_hour=0.0, reason="default")

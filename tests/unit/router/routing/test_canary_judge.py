@@ -4,8 +4,6 @@ from headrace.runtime.routing_settings import CanarySettings, CanarySloSettings
 from services.router.routing.arm_stats import ArmSummary, bucket_of
 from services.router.routing.canary import judge
 
-pytestmark = pytest.mark.unit
-
 SETTINGS = CanarySettings(version="2", min_requests=10, min_baseline_requests=20, slo=CanarySloSettings())
 
 

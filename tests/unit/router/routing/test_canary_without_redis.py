@@ -1,7 +1,6 @@
 """With Redis unreachable a canary routes everything to the stable version
 and asks Redis again only once per interval, so requests are not held up."""
 
-import pytest
 from prometheus_client import REGISTRY
 
 from headrace.local.redis_server import free_port
@@ -11,8 +10,6 @@ from services.router.routing.canary import CanaryController
 from services.router.routing.decision import Choice, RoutingRequest
 from services.router.routing.layer import routing_redis
 from services.router.routing.policies.canary import CanaryPolicy
-
-pytestmark = pytest.mark.unit
 
 
 def errors() -> float:

@@ -3,8 +3,6 @@ import pytest
 from headrace.runtime.routing_settings import CascadeSettings
 from services.router.routing.cascade import TextualAnswerCheck
 
-pytestmark = pytest.mark.unit
-
 
 def test_a_complete_confident_answer_passes() -> None:
     check = TextualAnswerCheck(CascadeSettings())

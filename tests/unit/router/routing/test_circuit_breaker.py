@@ -4,8 +4,6 @@ from prometheus_client import REGISTRY
 from headrace.runtime.routing_settings import CircuitBreakerSettings
 from services.router.routing.circuit_breaker import BreakerState, CircuitBreakers
 
-pytestmark = pytest.mark.unit
-
 
 class Clock:
     def __init__(self) -> None:

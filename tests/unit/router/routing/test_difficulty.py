@@ -6,8 +6,6 @@ from headrace.runtime.routing_settings import EmbeddingScorerSettings, ScorerSet
 from services.router.routing.decision import RoutingRequest
 from services.router.routing.policies.difficulty import CentroidClassifier, DifficultyScorer
 
-pytestmark = pytest.mark.unit
-
 
 def request(text: str, max_tokens: int = 0) -> RoutingRequest:
     return RoutingRequest(request_id="r", tenant="t", model="chat", text=text, max_tokens=max_tokens)

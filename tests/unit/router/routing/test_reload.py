@@ -9,8 +9,6 @@ from headrace.runtime.config import Settings, load_settings
 from headrace.runtime.errors import FailedPrecondition
 from services.router.routing.reload import ConfigReloader
 
-pytestmark = pytest.mark.unit
-
 
 def config(default_version: str = "1", **extra: Any) -> dict[str, Any]:
     return {

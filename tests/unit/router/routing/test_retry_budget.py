@@ -5,8 +5,6 @@ import pytest
 from headrace.runtime.routing_settings import RetrySettings
 from services.router.routing.retry_budget import Backoff, RetryBudget
 
-pytestmark = pytest.mark.unit
-
 
 class Clock:
     def __init__(self) -> None:

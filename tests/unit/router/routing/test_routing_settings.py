@@ -5,8 +5,6 @@ from pydantic import ValidationError
 
 from headrace.runtime.config import Settings
 
-pytestmark = pytest.mark.unit
-
 
 def settings(**routing: Any) -> Settings:
     return Settings(

@@ -12,9 +12,12 @@ from headrace.runtime.config import Settings
 from headrace.runtime.errors import NotFound
 from services.router.routing.arm_stats import ArmStatsStore
 from services.router.routing.decision import RoutingRequest
+from services.router.routing.policies.difficulty import TextEncoder
 from services.router.routing.routing_table import RoutingTable, build_alias_routes
 
-pytestmark = pytest.mark.unit
+
+def no_encoder() -> TextEncoder:
+    raise AssertionError("these routes load no embedding model")
 
 
 def make(**routing: Any) -> RoutingTable:
@@ -42,8 +45,8 @@ def make(**routing: Any) -> RoutingTable:
         settings,
         redis=redis,
         stats=ArmStatsStore(redis),
-        encoder=lambda: None,
-        rng=random.Random(1),  # type: ignore[arg-type,return-value]
+        encoder=no_encoder,
+        rng=random.Random(1),
     )
     return RoutingTable(settings, ModelRegistry(settings), table)
 
@@ -73,7 +76,8 @@ async def test_fast_accurate_picks_by_difficulty() -> None:
     assert (easy.primary.model_version, easy.reason) == ("fast@1", "alias:chat,fast")
     assert (hard.primary.model_version, hard.reason) == ("strong@2", "alias:chat,accurate")
     assert easy.cascade is None
-    assert dict(easy.attributes)["headrace.route.difficulty"] < 0.5
+    difficulty = dict(easy.attributes)["headrace.route.difficulty"]
+    assert isinstance(difficulty, float) and difficulty < 0.5
 
 
 async def test_a_cascade_plan_comes_with_the_fast_choice_only() -> None:

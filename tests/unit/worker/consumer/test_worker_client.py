@@ -11,8 +11,6 @@ from headrace.runtime.config import LimitSettings
 from services.worker.consumer.attempt_errors import AttemptError, WorkerUnavailable
 from services.worker.consumer.worker_client import WorkerClient
 
-pytestmark = pytest.mark.unit
-
 
 def failed(code: grpc.StatusCode, details: str = "why") -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)

@@ -17,8 +17,6 @@ from services.worker.engines.base import Engine
 from services.worker.engines.openai_upstream import OpenAIEngine
 from services.worker.engines.triton import TritonEngine
 
-pytestmark = pytest.mark.unit
-
 ADAPTER: TypeAdapter[EngineSettings] = TypeAdapter(EngineSettings)
 
 

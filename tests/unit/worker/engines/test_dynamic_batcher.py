@@ -11,8 +11,6 @@ import pytest
 from headrace.runtime.errors import Internal, InvalidArgument, QueueFull, Unavailable
 from services.worker.engines.dynamic_batcher import DynamicBatcher
 
-pytestmark = pytest.mark.unit
-
 
 class Model:
     """A stand-in model call that records the batches it gets."""
@@ -72,6 +70,20 @@ async def test_a_lone_item_waits_the_max_delay_then_goes_alone() -> None:
     elapsed = time.monotonic() - started
     assert 0.2 <= elapsed < 1.5
     assert model.batches == [["alone"]]
+    await b.close()
+
+
+async def test_after_a_lone_batch_a_lone_caller_does_not_wait_for_company() -> None:
+    model = Model()
+    b = batcher(model, size=8, delay_s=0.3)
+    assert await b.submit(["first"]) == ["FIRST"]
+    # A caller one at a time: its next item leaves at once, without the
+    # one arriving a moment later (within the delay it would have waited).
+    alone = asyncio.create_task(b.submit(["second"]))
+    await asyncio.sleep(0.05)
+    late = asyncio.create_task(b.submit(["third"]))
+    assert await alone == ["SECOND"] and await late == ["THIRD"]
+    assert model.batches == [["first"], ["second"], ["third"]]
     await b.close()
 
 

@@ -27,8 +27,6 @@ from headrace.runtime.errors import (
 from services.worker.engines.base import ChatTurn, Delta, FinishReason, GenerationRequest, Sampling
 from services.worker.engines.openai_upstream import OpenAIEngine
 
-pytestmark = pytest.mark.unit
-
 BASE_URL = "http://upstream.test/v1"
 Handler = Callable[[httpx2.Request], httpx2.Response]
 

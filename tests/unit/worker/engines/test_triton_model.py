@@ -16,8 +16,6 @@ from services.worker.engines.triton_model import (
     shape_from_config,
 )
 
-pytestmark = pytest.mark.unit
-
 
 def config(
     name: str,
