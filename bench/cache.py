@@ -46,14 +46,17 @@ LOOKUP_TIMEOUT_S = 0.25  # the router's default cache.lookup_timeout_s
 BURST = 32
 
 
-def mesh_config(verifier: str) -> dict[str, Any]:
+def mesh_config(verifier: str, embedder: str = "process", *, shipped_budget: bool = False) -> dict[str, Any]:
+    semantic: dict[str, Any] = {"serve": "on", "verifier": verifier, "embedder": embedder}
+    if not shipped_budget:
+        semantic["lookup_embed_budget_ms"] = 10_000
     return {
         "pools": {"smollm2": {"engine": {"kind": "synthetic"}, "workers": 1}},
         # Served whatever the calibration record says: this measures it. The
         # embedding budget is left to the caller's deadline: lookups one at a
         # time (accuracy, latency) are never shed on a busy host, and bursts,
         # with the router's 250 ms deadline, get 250 - 50 (reply margin) ms.
-        "cache": {"semantic": {"serve": "on", "verifier": verifier, "lookup_embed_budget_ms": 10_000}},
+        "cache": {"semantic": semantic},
     }
 
 
@@ -305,6 +308,67 @@ async def measure_mesh(verifier: str, rounds: int) -> dict[str, Any]:
     return result
 
 
+async def measure_embedders(rounds: int, repeats: int) -> dict[str, dict[str, Any]]:
+    """The model in a thread of the cache's process vs in its own process:
+    the same bursts (direct and through the router), meshes alternating
+    thread, process, thread, process ... so that the host's load falls on
+    both alike. With the shipped embedding budget (lookup_embed_budget_ms),
+    as a deployment runs."""
+    _calibration, held_out = split(load_labelled())
+    stored, _probes = plan(held_out)
+    stored = stored[:64]
+    totals: dict[str, dict[str, Any]] = {}
+    for repeat in range(repeats):
+        for embedder in ("thread", "process"):
+            total = totals.setdefault(embedder, {"burst": Burst(), "router": []})
+            with running_mesh(mesh_config("lexical", embedder, shipped_budget=True)) as mesh:
+                address = f"127.0.0.1:{mesh.settings.cache.port}"
+                async with mesh.internal_channel(address, Role.CACHE) as channel:
+                    stub = cache_pb2_grpc.CacheStub(channel)
+                    bench = CacheBench(stub)
+                    tenant = f"bench-{embedder}"
+                    for text in stored:
+                        await bench.store(tenant, text)
+                    burst = await lookup_bursts(stub, tenant, stored, rounds, BURST, repeat * rounds)
+                for name in ("lookups", "hits", "timeouts", "errors"):
+                    setattr(total["burst"], name, getattr(total["burst"], name) + getattr(burst, name))
+                total["burst"].latency.extend(burst.latency)
+                total["router"].append(
+                    await router_bursts(mesh.router_address, f"{mesh.http_url}/metrics", max(1, rounds // 2))
+                )
+    return totals
+
+
+def embedder_rows(totals: dict[str, dict[str, Any]]) -> list[list[Any]]:
+    rows = []
+    for embedder, total in totals.items():
+        routed = total["router"]
+        rows.append(
+            [
+                f"model in {'a thread' if embedder == 'thread' else 'its own process'}",
+                *burst_row("", total["burst"])[1:],
+                sum(r["requests"] for r in routed),
+                sum(r["lookup_timeouts"] for r in routed),
+                sum(r["lookup_errors"] for r in routed),
+            ]
+        )
+    return rows
+
+
+EMBEDDER_HEADERS = [
+    "cache.semantic.embedder",
+    "lookups",
+    "hits",
+    "timeouts",
+    "errors",
+    "added p50 ms",
+    "added p99 ms",
+    "via router: requests",
+    "lookup timeouts",
+    "lookup errors",
+]
+
+
 def _load() -> float:
     return os.getloadavg()[0]
 
@@ -487,11 +551,58 @@ async def run(rounds: int) -> None:
     )
 
 
+async def compare_embedders(rounds: int, repeats: int) -> None:
+    started = time.monotonic()
+    totals = await measure_embedders(rounds, repeats)
+    table = "\n".join(
+        [
+            f"## Bursts of {BURST} concurrent lookups: the model in a thread vs in its own process",
+            "",
+            markdown_table(EMBEDDER_HEADERS, embedder_rows(totals)),
+            "",
+            f"{repeats} x (thread mesh, process mesh), alternating; each: {rounds} bursts of {BURST} lookups straight "
+            f"to the cache (new text each, half paraphrases of 64 stored questions, {LOOKUP_TIMEOUT_S * 1000:.0f} ms "
+            f"deadline) and {max(1, rounds // 2)} bursts of {BURST} temperature-0 requests through the router "
+            "(synthetic engine; timeouts as the router's cache client counted them). Shipped settings but "
+            "`serve: on`. A 'timeout' is a lookup not answered within the deadline; a lookup turned away "
+            f"(embedder-busy) is a fast miss. {time.monotonic() - started:.0f} s; load average at the end "
+            f"{_load():.1f} on {_cores()} cores; the machine was shared with other work: compare the rows.",
+        ]
+    )
+    write_results(
+        "cache-embedders",
+        {
+            embedder: {
+                "direct": {
+                    "lookups": total["burst"].lookups,
+                    "hits": total["burst"].hits,
+                    "timeouts": total["burst"].timeouts,
+                    "errors": total["burst"].errors,
+                    "p50_ms": percentile(total["burst"].latency, 50) * 1000,
+                    "p99_ms": percentile(total["burst"].latency, 99) * 1000,
+                },
+                "router": total["router"],
+            }
+            for embedder, total in totals.items()
+        },
+        table,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10, help="bursts of 32 lookups per mesh")
+    parser.add_argument(
+        "--embedders-only",
+        action="store_true",
+        help="only the bursts, model in a thread vs its own process (bench/results/cache-embedders.*)",
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="with --embedders-only: mesh pairs to alternate")
     args = parser.parse_args()
-    asyncio.run(run(args.rounds))
+    if args.embedders_only:
+        asyncio.run(compare_embedders(args.rounds, args.repeats))
+    else:
+        asyncio.run(run(args.rounds))
 
 
 if __name__ == "__main__":

@@ -92,6 +92,10 @@ class SemanticCacheSettings(_Section):
     # CPU threads the model may use. One: on a shared host more threads
     # contend (seen: 10x slower single embeddings with 2 threads on 2 busy cores).
     embed_threads: int = Field(default=1, ge=1, le=64)
+    # Where the model runs: "process" (a child process of its own, so that
+    # the cache's event loop and the model never wait for each other's GIL;
+    # docs/cache.md) or "thread" (a thread of the cache's process).
+    embedder: Literal["process", "thread"] = "process"
     # Dynamic batching of embedding calls.
     max_batch: int = Field(default=32, ge=1, le=1024)
     max_wait_ms: float = Field(default=2.0, ge=0)

