@@ -13,7 +13,7 @@ import pytest
 from services.cache.embedder import MiniLmEncoder
 from services.cache.encoder_process import ProcessEncoder
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def test_the_child_embeds_as_the_model_does_and_survives_a_crash(minilm: MiniLmEncoder) -> None:

@@ -21,7 +21,7 @@ MAX_REQUESTS = 600
 # For canaries that run the same engine as their stable version: only a
 # real difference may fail them, not a busy test machine (engine time, and
 # so cost, of a few milliseconds' requests varies by 2x under load).
-GENEROUS = {"ttft_p95_ratio": 3.0, "ttft_p95_slack_ms": 500, "cost_ratio": 5.0}
+GENEROUS = {"ttft_p95_ratio": 10.0, "ttft_p95_slack_ms": 5000, "cost_ratio": 5.0}
 
 
 def canary_settings(redis_url: str, model: str, canary_pool: dict[str, Any], slo: dict[str, Any]) -> Settings:
