@@ -84,7 +84,7 @@ class Supervisor:
         self._clock = clock
         now = clock()
         self._watches = [_Watch(process, now) for process in processes]
-        self._actuator: tuple[Actuator, list[str], str] | None = None
+        self._actuator: tuple[Actuator, list[str], list[str]] | None = None
 
     @property
     def processes(self) -> list[ServiceProcess]:
@@ -130,22 +130,25 @@ class Supervisor:
         if changed:
             self._mesh.save_state(self._processes)
 
-    def follow_decisions(self, actuator: Actuator, pools: list[str], scheduler_address: str) -> None:
+    def follow_decisions(self, actuator: Actuator, pools: list[str], scheduler_addresses: list[str]) -> None:
         """Also make the autoscaler's decisions for these pools real (local
-        actuator), every FOLLOW_EVERY_S."""
-        self._actuator = (actuator, pools, scheduler_address)
+        actuator), every FOLLOW_EVERY_S, from the first scheduler replica
+        that answers (a dead replica must not freeze the pool's size)."""
+        self._actuator = (actuator, pools, scheduler_addresses)
 
     def follow_once(self) -> None:
         if self._actuator is None:
             return
-        actuator, pools, address = self._actuator
-        try:
-            decisions = fetch_decisions(address, self._mesh.admin_identity())
-        except grpc.RpcError as exc:
-            # The scheduler restarting: keep what runs, ask again later.
-            log.warning("autoscaling: no decision from the scheduler (%s)", exc.code().name)
+        actuator, pools, addresses = self._actuator
+        for address in addresses:
+            try:
+                decisions = fetch_decisions(address, self._mesh.admin_identity())
+            except grpc.RpcError as exc:
+                log.warning("autoscaling: no decision from the scheduler at %s (%s)", address, exc.code().name)
+                continue
+            follow(actuator, decisions, pools)
             return
-        follow(actuator, decisions, pools)
+        # Every replica restarting: keep what runs, ask again later.
 
     def run(self, stopping: Callable[[], bool]) -> None:
         follow_at = self._clock()
@@ -247,7 +250,7 @@ def main() -> None:
         supervisor.follow_decisions(
             LocalActuator.over(mesh, supervisor, processes, env),
             autoscaled,
-            f"{settings.scheduler.host}:{settings.scheduler.port}",
+            settings.scheduler.targets(),
         )
     try:
         supervisor.run(lambda: stop)

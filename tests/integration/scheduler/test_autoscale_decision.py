@@ -16,7 +16,9 @@ import grpc.aio
 import pytest
 import yaml
 
+from headrace.local.mesh import LocalMesh
 from headrace.local.redis_server import free_port
+from headrace.local.supervisor import Supervisor
 from headrace.runtime.config import Settings
 from headrace.runtime.telemetry import start_metrics_server
 from headrace.v1 import generation_pb2, scheduler_pb2, scheduler_pb2_grpc
@@ -25,6 +27,8 @@ from tests.support.worker_processes import spawn_worker
 
 POOL = "gen"
 MODEL = "gen@1"
+# Where the fixture's scheduler listens.
+SCHEDULER_ADDRESS: list[str] = []
 
 
 def config(port: int) -> dict[str, object]:
@@ -68,6 +72,7 @@ async def scheduler(tmp_path: Path) -> AsyncIterator[tuple[scheduler_pb2_grpc.Sc
     metrics_port = start_metrics_server("127.0.0.1", 0)
     assert metrics_port is not None
     worker = spawn_worker(config_path, pool=POOL, index=0, log_dir=tmp_path / "logs")
+    SCHEDULER_ADDRESS[:] = [f"127.0.0.1:{port}"]
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     stub = scheduler_pb2_grpc.SchedulerStub(channel)
     try:
@@ -127,3 +132,32 @@ async def test_queued_work_raises_the_desired_count_on_grpc_and_metrics(
             with contextlib.suppress(grpc.aio.AioRpcError):
                 placement = await future
                 await stub.Release(scheduler_pb2.ReleaseRequest(lease_id=placement.lease.lease_id, ttft_ms=80.0))
+
+
+class RecordingActuator:
+    """What the supervisor asked of the pool's size."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, int]] = []
+
+    def workers(self, pool: str) -> int:
+        return 0
+
+    def scale_to(self, pool: str, count: int) -> None:
+        self.asked.append((pool, count))
+
+
+async def test_the_supervisor_follows_the_first_replica_that_answers(
+    scheduler: tuple[scheduler_pb2_grpc.SchedulerStub, int], tmp_path: Path
+) -> None:
+    stub, _ = scheduler
+    status = (await stub.GetPoolStatus(scheduler_pb2.GetPoolStatusRequest(pool=POOL))).pools[0]
+    assert status.desired_workers == 1
+    settings = Settings(**config(0), state_dir=str(tmp_path))  # type: ignore[arg-type]
+    supervisor = Supervisor(LocalMesh(settings), [], {})
+    actuator = RecordingActuator()
+    # Replica 0 is dead (nothing listens there); replica 1 answers.
+    live = SCHEDULER_ADDRESS[0]
+    supervisor.follow_decisions(actuator, [POOL], [f"127.0.0.1:{free_port()}", live])
+    await asyncio.to_thread(supervisor.follow_once)
+    assert actuator.asked == [(POOL, 1)]
