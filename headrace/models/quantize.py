@@ -45,25 +45,46 @@ class QuantizedFolder:
     max_relative_error: float
 
 
-def w8a8_quantization_config() -> dict[str, Any]:
-    """The config.json `quantization_config` of a W8A8 folder (int8
-    per-channel weights, dynamic per-token int8 activations), written by
-    compressed-tensors' own models so vLLM parses it as it parses
-    llm-compressor's output."""
-    from compressed_tensors.quantization import (  # type: ignore[import-untyped,unused-ignore]
-        QuantizationConfig,
-        preset_name_to_scheme,
-    )
+def _int8_args(*, strategy: str, dynamic: bool, observer: str | None) -> dict[str, Any]:
+    return {
+        "num_bits": 8,
+        "type": "int",
+        "symmetric": True,
+        "group_size": None,
+        "strategy": strategy,
+        "block_structure": None,
+        "dynamic": dynamic,
+        "actorder": None,
+        "scale_dtype": None,
+        "zp_dtype": None,
+        "observer": observer,
+        "observer_kwargs": {},
+    }
 
-    scheme = preset_name_to_scheme("W8A8", ["Linear"])
-    config = QuantizationConfig(
-        config_groups={"group_0": scheme},
-        format="int-quantized",
-        quantization_status="compressed",
-        ignore=["lm_head"],
-    )
-    dumped: dict[str, Any] = json.loads(config.model_dump_json())
-    return dumped
+
+def w8a8_quantization_config() -> dict[str, Any]:
+    """The config.json `quantization_config` of a W8A8 folder: int8
+    per-channel weights, dynamic per-token int8 activations, in the
+    compressed-tensors schema (what its preset "W8A8" dumps, written out
+    here so that preparing does not import the library; the integration
+    test checks that compressed-tensors parses it)."""
+    return {
+        "quant_method": "compressed-tensors",
+        "format": "int-quantized",
+        "quantization_status": "compressed",
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "weights": _int8_args(strategy="channel", dynamic=False, observer="memoryless_minmax"),
+                "input_activations": _int8_args(strategy="token", dynamic=True, observer=None),
+                "output_activations": None,
+                "format": None,
+            }
+        },
+        "ignore": ["lm_head"],
+        "kv_cache_scheme": None,
+        "global_compression_ratio": None,
+    }
 
 
 def quantize_w8a8(source: Path, out: Path) -> QuantizedFolder:

@@ -179,14 +179,20 @@ class W8A8Recipe:
     def build(self, source: Path, out: Path, *, progress: bool) -> None:
         from headrace.models.quantize import quantize_w8a8
 
-        scratch = out.parent / f".{self.name}.base"
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir()
-        try:
-            self.base.build(source, scratch, progress=progress)
-            folder = quantize_w8a8(scratch, out)
-        finally:
+        # The base model prepared beside it (and verified) saves converting
+        # the GGUF again; otherwise it is built in a scratch folder.
+        prepared = out.parent / self.base.name
+        if (prepared / MANIFEST_NAME).is_file() and not _problems(prepared, expected_source_sha=self.source_sha256):
+            folder = quantize_w8a8(prepared, out)
+        else:
+            scratch = out.parent / f".{self.name}.base"
             shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir()
+            try:
+                self.base.build(source, scratch, progress=progress)
+                folder = quantize_w8a8(scratch, out)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
         log.info(
             "%s: %d linear layers in int8, largest relative weight error %.4f",
             self.name,
