@@ -134,7 +134,7 @@ async def test_a_client_that_leaves_mid_stream_frees_the_vllm_sequence(mesh: InP
 
 async def test_the_int8_version_is_served_by_version_alias_and_policy(mesh: InProcessMesh) -> None:
     assert Path(mesh.workers[1].app.engine.model).name == "smollm2-w8a8"
-    asked = [
+    asked: list[tuple[str, list[ChatCompletionMessageParam], str]] = [
         ("smollm2@q8", QUESTION, "smollm2@q8"),
         ("smollm2-fast", QUESTION, "smollm2@q8"),
         ("smollm2", QUESTION, "smollm2@1"),
