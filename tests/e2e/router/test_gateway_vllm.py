@@ -20,6 +20,7 @@ from headrace.local.redis_server import RedisServer
 from headrace.models.store import default_models_dir, prepare_model
 from headrace.runtime.config import Settings
 from headrace.v1 import generation_pb2
+from services.worker.engines.vllm_engine import VllmEngine
 from tests.support.mesh import InProcessMesh, start_mesh
 
 pytestmark = pytest.mark.slow
@@ -133,7 +134,8 @@ async def test_a_client_that_leaves_mid_stream_frees_the_vllm_sequence(mesh: InP
 
 
 async def test_the_int8_version_is_served_by_version_alias_and_policy(mesh: InProcessMesh) -> None:
-    assert Path(mesh.workers[1].app.engine.model).name == "smollm2-w8a8"
+    int8 = mesh.workers[1].app.engine
+    assert isinstance(int8, VllmEngine) and Path(int8.model).name == "smollm2-w8a8"
     asked: list[tuple[str, list[ChatCompletionMessageParam], str]] = [
         ("smollm2@q8", QUESTION, "smollm2@q8"),
         ("smollm2-fast", QUESTION, "smollm2@q8"),
