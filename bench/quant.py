@@ -167,6 +167,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     prompts = load_prompts()
     paragraphs = load_paragraphs()
     levels = [1, 16]
+    load_before = round(os.getloadavg()[0], 2)
     engines: dict[str, VllmEngine] = {}
     info: dict[str, dict[str, Any]] = {}
     try:
@@ -237,6 +238,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "ttft_p50_ms_median": round(statistics.median(r.ttft_p50_ms for r in samples[label][n]), 1),
                 "usd_per_million_tokens": round(cost_per_million_tokens(args.price_per_hour, median), 4),
             }
+            # Paired within a rep (the two engines measured back to back, under
+            # about the same background load): steadier than a ratio of medians.
+            reference_rates = [r.tokens_per_s for r in samples[REFERENCE][n]]
+            paired = [round(a / b, 3) for a, b in zip(rates, reference_rates, strict=True)]
+            speed[label][str(n)]["vs_reference_per_rep"] = paired
+            speed[label][str(n)]["vs_reference_median"] = round(statistics.median(paired), 3)
     return {
         "variants": info,
         "quality": quality,
@@ -251,6 +258,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "max_tokens": args.max_tokens,
             "price_per_hour": args.price_per_hour,
             "shared_machine_note": args.note,
+            "load_average_1m_before_after": [load_before, round(os.getloadavg()[0], 2)],
         },
     }
 
@@ -258,7 +266,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def report(results: dict[str, Any]) -> str:
     quality, speed, info = results["quality"], results["speed"], results["variants"]
     labels = list(info)
-    ref_speed = speed[REFERENCE]
     lines = [
         "# bench-quant: SmolLM2-135M-Instruct, bf16 vs int8 W8A8 (vLLM on this CPU)",
         "",
@@ -290,7 +297,17 @@ def report(results: dict[str, Any]) -> str:
         "## Speed and cost (tokens/s, median of the reps; every request decodes the same length)",
         "",
         markdown_table(
-            ["version", "folder MB", "start s", "x1 tok/s", "x16 tok/s", "x16 vs bf16", "USD / 1M tok (x16)"],
+            [
+                "version",
+                "folder MB",
+                "start s",
+                "x1 tok/s",
+                "x16 tok/s",
+                "x1 vs bf16",
+                "x16 vs bf16",
+                "USD / 1M tok (x1)",
+                "USD / 1M tok (x16)",
+            ],
             [
                 [
                     label,
@@ -298,17 +315,27 @@ def report(results: dict[str, Any]) -> str:
                     info[label]["start_s"],
                     speed[label]["1"]["tokens_per_s_median"],
                     speed[label]["16"]["tokens_per_s_median"],
-                    f"{speed[label]['16']['tokens_per_s_median'] / ref_speed['16']['tokens_per_s_median']:.2f}x",
+                    _ratio(speed[label]["1"]),
+                    _ratio(speed[label]["16"]),
+                    f"{speed[label]['1']['usd_per_million_tokens']:.4f}",
                     f"{speed[label]['16']['usd_per_million_tokens']:.4f}",
                 ]
                 for label in labels
             ],
         ),
         "",
+        "Ratios: median over the reps of each rep's ratio (the two engines measured back to back), "
+        "with every rep's in brackets. "
         f"Cost: price per hour {results['settings']['price_per_hour']} USD (one worker's share of a 2-vCPU "
-        "machine) / (tokens/s x 3600) x 1e6.",
+        "machine) / (tokens/s x 3600) x 1e6. Load average (1 min) before and after the run: "
+        f"{results['settings']['load_average_1m_before_after']}.",
     ]
     return "\n".join(lines)
+
+
+def _ratio(level: dict[str, Any]) -> str:
+    reps = ", ".join(f"{r:.2f}" for r in level["vs_reference_per_rep"])
+    return f"{level['vs_reference_median']:.2f}x [{reps}]"
 
 
 def main() -> None:
