@@ -240,13 +240,17 @@ class VllmEngine:
             max_tokens=1, temperature=0.0, prompt_logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY
         )
         final = None
+        stream = llm.generate({"prompt_token_ids": token_ids}, params, request.request_id)
         try:
-            async for output in llm.generate({"prompt_token_ids": token_ids}, params, request.request_id):
+            async for output in stream:
                 final = output
         except HeadraceError:
             raise
         except Exception as exc:
             raise _map_error(exc) from exc
+        finally:
+            # A caller that leaves early aborts the request in the engine core.
+            await stream.aclose()
         if final is None or final.prompt_logprobs is None:
             raise Internal("vLLM returned no prompt logprobs")
         first = len(prompt_ids) if continuation else 1
