@@ -15,8 +15,8 @@ Quality, on fixed data shipped in bench/data:
   vLLM's prompt logprobs, one paragraph per request).
 Speed and cost: tokens/s at 1 and 16 concurrent streams (every request
 decodes --max-tokens tokens, ignore_eos), each level measured --reps times,
-alternating between the two engines so that both see the same background
-load; cost per 1M generated tokens at the pool's price per hour.
+alternating between the two engines (which goes first alternates too) so
+that both see the same background load; cost per 1M generated tokens at the pool's price per hour.
 
 Both engines stay loaded for the whole run (about 2 x 3 GB), each may use
 every core; only one runs at a time.
@@ -215,7 +215,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print("throughput", flush=True)
         samples: dict[str, dict[int, list[GenerationResult]]] = {label: {n: [] for n in levels} for label in engines}
         for rep in range(args.reps):
-            for label, engine in engines.items():
+            # Each engine goes first in every other rep.
+            order = list(engines.items())
+            for label, engine in order if rep % 2 == 0 else reversed(order):
                 for n in levels:
                     result = await measure_generation(
                         engine.generate, concurrency=n, rounds=args.rounds, max_tokens=args.max_tokens
