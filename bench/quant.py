@@ -271,8 +271,10 @@ def report(results: dict[str, Any]) -> str:
     lines = [
         "# bench-quant: SmolLM2-135M-Instruct, bf16 vs int8 W8A8 (vLLM on this CPU)",
         "",
-        f"One run, {time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} CPUs; "
+        f"One run, {results.get('when', time.strftime('%Y-%m-%dT%H:%M:%S%z'))}, {os.cpu_count()} CPUs; "
         f"{results['settings']['shared_machine_note']}",
+        "",
+        *_summary(results),
         "",
         "## Quality (greedy answers to bench/data/quant-prompts.txt; perplexity on bench/data/quant-heldout.txt)",
         "",
@@ -333,6 +335,27 @@ def report(results: dict[str, Any]) -> str:
         f"{results['settings']['load_average_1m_before_after']}.",
     ]
     return "\n".join(lines)
+
+
+def _summary(results: dict[str, Any]) -> list[str]:
+    """One line per non-reference version: speed, cost and quality against bf16."""
+    quality, speed = results["quality"], results["speed"]
+    ref_q, ref_s = quality[REFERENCE], speed[REFERENCE]
+    lines = []
+    for label in results["variants"]:
+        if label == REFERENCE:
+            continue
+        q, s = quality[label], speed[label]
+        cost = s["16"]["usd_per_million_tokens"] / ref_s["16"]["usd_per_million_tokens"] - 1
+        ppl = q["perplexity"] / ref_q["perplexity"] - 1
+        lines.append(
+            f"- **{label}** against bf16: {s['1']['vs_reference_median']:.2f}x the tokens/s at 1 stream and "
+            f"{s['16']['vs_reference_median']:.2f}x at 16; cost per token {cost:+.0%} at 16 streams; "
+            f"perplexity {ppl:+.1%}; {q['exact_match']:.0%} of greedy answers identical "
+            f"(bf16 against itself: {ref_q['exact_match']:.0%}), {q['token_agreement']:.1%} of bf16's answer "
+            f"tokens also its first choice (bf16 itself: {ref_q['token_agreement']:.1%})."
+        )
+    return lines
 
 
 def _ratio(level: dict[str, Any]) -> str:
