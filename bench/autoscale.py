@@ -177,6 +177,12 @@ async def run_case(args: argparse.Namespace, case: str, shape: WorkloadShape) ->
         await watcher
     ttfts = [o.ttft_s for o in result.online if not o.error and o.ttft_s is not None]
     within = sum(1 for o in result.online if not o.error and o.ttft_s is not None and o.ttft_s <= args.slo)
+    # Where the misses fall: per 10 s of the trace (since the ramp began).
+    misses: dict[int, int] = {}
+    for o in result.online:
+        if o.error or o.ttft_s is None or o.ttft_s > args.slo:
+            bucket = int((o.scheduled_s - shape.lead_s) // 10 * 10)
+            misses[bucket] = misses.get(bucket, 0) + 1
     worker_seconds = {name: watch.worker_seconds() for name, watch in watches.items()}
     cost = sum(worker_seconds[name] * prices[name] / 3600 for name in prices)
     summary: dict[str, Any] = {
@@ -189,6 +195,7 @@ async def run_case(args: argparse.Namespace, case: str, shape: WorkloadShape) ->
         "ttft_p50_s": percentile(ttfts, 50),
         "ttft_p99_s": percentile(ttfts, 99),
         "late_p99_s": percentile([o.late_s for o in result.online], 99),
+        "misses_per_10s_since_ramp": dict(sorted(misses.items())),
     }
     if case in ("autoscaler", "two-pools"):
         first = watches[CHEAP_POOL if case == "two-pools" else POOL]
