@@ -24,7 +24,25 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+# HTTP clients that log every request they make at INFO ("HTTP Request:
+# POST ..."): one line per upstream call of the openai engine. Shown only
+# at DEBUG, as DEBUG; requests are counted in metrics, not logged.
+PER_REQUEST_LOGGERS: Final = ("httpx2", "httpx")
+
+
+class _PerRequestToDebug(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
 def configure_logging(service: str, level: str) -> None:
+    for name in PER_REQUEST_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _PerRequestToDebug) for f in logger.filters):
+            logger.addFilter(_PerRequestToDebug())
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestIdFilter())
     handler.setFormatter(
