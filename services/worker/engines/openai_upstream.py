@@ -2,9 +2,16 @@
 another vLLM server) as a pool, through the official `openai` client.
 
 Chat messages go to chat.completions, a prompt to completions, streamed
-with usage in the last chunk. Abort, or the caller closing the iterator,
+with usage in the last chunk; a caller that wants only the whole answer
+(a unary request, a batch row) gets it from one unary upstream call. Abort, or the caller closing the iterator,
 closes the upstream response: a vLLM server aborts a request whose client
 went away, and an API provider stops generating (and billing) it.
+
+Health costs the upstream nothing while requests succeed: the model list
+is asked at start, and again only after a request failed in a way that
+says the upstream may be down (unreachable, 5xx, timed out), then with
+backoff until it answers. (Asked on every load report, it was two calls a
+second per worker, day and night, against a paid API.)
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import contextlib
 import email.utils
 import os
 import time
-from collections.abc import AsyncGenerator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import httpx2
@@ -52,13 +59,25 @@ _FINISH_REASONS = {
 # Models named in an error before "...".
 _MODELS_SHOWN = 10
 
+# After a failure, the model list is asked at most this often (doubling).
+HEALTH_BACKOFF_MIN_S = 1.0
+HEALTH_BACKOFF_MAX_S = 30.0
+
 
 class OpenAIEngine:
     kind = "openai"
 
-    def __init__(self, settings: OpenAIEngineSettings, *, http_client: httpx2.AsyncClient | None = None) -> None:
-        """http_client: a transport of one's own (tests pass a MockTransport)."""
+    def __init__(
+        self,
+        settings: OpenAIEngineSettings,
+        *,
+        http_client: httpx2.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """http_client: a transport of one's own (tests pass a MockTransport);
+        clock: what health backoff is timed by."""
         self._settings = settings
+        self._health = _UpstreamHealth(clock)
         self._http_client = http_client
         self._client: openai.AsyncOpenAI | None = None
         self._model = settings.model
@@ -102,6 +121,7 @@ class OpenAIEngine:
             raise self._error(exc, "listing models") from exc
         except openai.OpenAIError as exc:
             raise self._error(exc, "listing models") from exc
+        self._health.answered()
         shown = ", ".join(served[:_MODELS_SHOWN]) + (", ..." if len(served) > _MODELS_SHOWN else "")
         if wanted:
             if wanted not in served:
@@ -129,11 +149,16 @@ class OpenAIEngine:
         self._calls[request.request_id] = call
         try:
             async with self._load.slots.at(request.priority):
-                steps = self._streamed(request, call) if self._settings.stream else self._whole(request, call)
+                streamed = self._settings.stream and not request.whole_answer
+                steps = self._streamed(request, call) if streamed else self._whole(request, call)
                 async for delta in steps:
                     yield delta
+            self._health.answered()
         except openai.OpenAIError as exc:
-            raise self._error(exc, "generate") from exc
+            error = self._error(exc, "generate")
+            if isinstance(error, (Unavailable, DeadlineExceeded)):
+                self._health.failed()
+            raise error from exc
         finally:
             del self._calls[request.request_id]
 
@@ -225,10 +250,19 @@ class OpenAIEngine:
         return self._load.stats()
 
     async def health(self) -> bool:
+        """Called on every load report: asks the upstream only when a failure
+        made its health a question, and then no more often than the backoff."""
         client = self._client
         if client is None:
             return False
-        return await probe(lambda timeout_s: client.with_options(timeout=timeout_s, max_retries=0).models.list())
+        if not self._health.probe_due():
+            return self._health.healthy
+        healthy = await probe(lambda timeout_s: _upstream_answers(client, timeout_s))
+        if healthy:
+            self._health.answered()
+        else:
+            self._health.probe_failed()
+        return healthy
 
     async def close(self) -> None:
         for call in self._calls.values():
@@ -239,6 +273,16 @@ class OpenAIEngine:
 
     def _error(self, exc: openai.OpenAIError, during: str) -> HeadraceError:
         return upstream_error(exc, f"openai upstream {self._settings.base_url} ({during})")
+
+
+async def _upstream_answers(client: openai.AsyncOpenAI, timeout_s: float) -> bool:
+    """Whether the upstream answers its model list; a refusal below 500 is an
+    answer too (an upstream without a model list is up all the same)."""
+    try:
+        await client.with_options(timeout=timeout_s, max_retries=0).models.list()
+    except openai.APIStatusError as exc:
+        return exc.status_code < 500
+    return True
 
 
 def upstream_error(exc: openai.OpenAIError, where: str) -> HeadraceError:
@@ -343,6 +387,37 @@ def _message(role: str, content: str, name: str) -> Any:
     if name:
         message["name"] = name
     return message
+
+
+class _UpstreamHealth:
+    """Whether the upstream answers, as the engine last saw it: healthy
+    after any answer, in question after a failure (probe at once), and
+    probed again after each failed probe only once its backoff has passed."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.healthy = True
+        self._in_question = False
+        self._backoff_s = HEALTH_BACKOFF_MIN_S
+        self._next_probe = 0.0
+
+    def answered(self) -> None:
+        self.healthy, self._in_question = True, False
+        self._backoff_s = HEALTH_BACKOFF_MIN_S
+
+    def failed(self) -> None:
+        """A request failed as if the upstream were down: ask it at the next check."""
+        if not self._in_question:
+            self._in_question = True
+            self._next_probe = self._clock()
+
+    def probe_due(self) -> bool:
+        return self._in_question and self._clock() >= self._next_probe
+
+    def probe_failed(self) -> None:
+        self.healthy = False
+        self._next_probe = self._clock() + self._backoff_s
+        self._backoff_s = min(self._backoff_s * 2, HEALTH_BACKOFF_MAX_S)
 
 
 class _Marker:
