@@ -462,3 +462,46 @@ async def test_a_whole_answer_request_is_one_unary_upstream_call() -> None:
     assert deltas[-1].finish_reason is FinishReason.STOP and deltas[-1].completion_tokens == 2
     assert "stream" not in upstream.body() and "stream_options" not in upstream.body()
     await engine.close()
+
+
+async def test_max_retries_retries_a_5xx_before_the_response_starts() -> None:
+    answers = iter([error(503, {"retry-after-ms": "10"}), error(503, {"retry-after-ms": "10"})])
+
+    def flaky(request: httpx2.Request) -> httpx2.Response:
+        respond = next(answers, None)
+        return respond(request) if respond else sse(chat_chunk("ok"), chat_chunk(None, "stop"))
+
+    engine = await started(FakeUpstream(flaky), max_retries=2)
+    assert [d.text for d in await collect(engine, CHAT)] == ["ok", ""]
+    await engine.close()
+    answers = iter([error(503), error(503)])
+    engine = await started(FakeUpstream(flaky), max_retries=0)
+    with pytest.raises(Unavailable, match="HTTP 503: upstream says 503"):
+        await collect(engine, CHAT)
+    await engine.close()
+
+
+async def test_an_error_event_in_the_stream_ends_it_with_unavailable() -> None:
+    upstream = FakeUpstream(lambda _: sse(chat_chunk("Hel"), {"error": {"message": "engine died"}}))
+    engine = await started(upstream)
+    deltas: list[Delta] = []
+    with pytest.raises(Unavailable, match="error in the stream: engine died"):
+        async for delta in engine.generate(CHAT):
+            deltas.append(delta)
+    assert [d.text for d in deltas] == ["Hel"]
+    await engine.close()
+
+
+class BrokenStream(httpx2.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield f"data: {json.dumps(chat_chunk('Once'))}\n\n".encode()
+        raise httpx2.ReadError("connection reset by peer")
+
+
+async def test_a_connection_lost_mid_stream_is_unavailable() -> None:
+    response = httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=BrokenStream())
+    engine = await started(FakeUpstream(lambda _: response))
+    with pytest.raises(Unavailable, match="is unreachable: ReadError"):
+        await collect(engine, CHAT)
+    assert engine.stats().running == 0
+    await engine.close()
