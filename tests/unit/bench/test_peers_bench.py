@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bench.peers import PeerPath, Process, summary, top_functions
+from bench.peers_compare import compare
 
 
 async def never(index: int) -> tuple[float, float]:
@@ -63,3 +64,21 @@ def test_top_functions_splits_self_time_and_headrace_code(tmp_path: Path) -> Non
     assert tops["self"][0] == ("loads (json/decoder.py:5)", 0.6)
     # The entry point (__main__.py) is on every stack: left out.
     assert tops["headrace_inclusive"] == [("run (services/router/flow.py:10)", 0.9), ("place (headrace/x.py:3)", 0.3)]
+
+
+def test_states_are_compared_as_ratios_to_litellm_in_the_same_run() -> None:
+    def row(path: str, rps: float, cpu: float) -> dict[str, Any]:
+        return {
+            "path": path,
+            "added_p50_ms": 1.0,
+            "added_p99_ms": 2.0,
+            "stream_ttft_added_p50_ms": 1.0,
+            "c32_rps": rps,
+            "cpu_s_per_1k": cpu,
+            "cpu_s_per_1k_by_process": {"router": cpu},
+        }
+
+    results = {"summary": [row("litellm", 50, 10.0), row("headrace-http", 200, 2.5), row("headrace-grpc", 100, 5.0)]}
+    table = compare([("after", results)])
+    assert "| after | headrace-http | +1.00 / +2.00 | +1.00 | 200 (4.00x) | 2.50 (0.25x) | router 2.50 | 0 |" in table
+    assert "| after | headrace-grpc |" in table and "100 (2.00x) | 5.00 (0.50x)" in table
