@@ -103,6 +103,9 @@ class PoolSignals:
     # How fast demand grows (sequences per second), when the window shows a
     # clear rise; 0 when flat, falling or lost in the noise.
     demand_rising_per_s: float = 0.0
+    # A cheaper pool serving the same work can still grow: SLO breaches and
+    # rises are its to answer (spill_sizing.py), this pool sizes on demand.
+    defer_to_cheaper: bool = False
 
     @property
     def demand(self) -> float:
@@ -160,7 +163,7 @@ class Autoscaler:
         effective = self._desired if starting else signals.workers
         wanted = math.ceil(signals.demand / (per_worker * s.target_utilisation)) if signals.demand else 0
         reason = f"demand {signals.demand:.1f} sequences at {per_worker:g} per worker, target {s.target_utilisation:g}"
-        breach = self._slo_breach(signals)
+        breach = "" if signals.defer_to_cheaper else self._slo_breach(signals)
         if breach and signals.queued > 0 and not starting:
             # Users wait and work queues: one more than there is, at least.
             if effective + 1 > wanted:
@@ -191,7 +194,7 @@ class Autoscaler:
         stops leaves at most one worker more, which scale-down takes back."""
         s = self.settings
         rising = signals.demand_rising_per_s
-        if rising <= 0 or self._desired == 0:
+        if rising <= 0 or self._desired == 0 or signals.defer_to_cheaper:
             return ""
         # The window's mean lags its newest reading by half a window.
         horizon_s = s.cold_start_s + s.window_s / 2
@@ -272,8 +275,19 @@ class PoolAutoscaling:
         self._window(self._ttfts, pool).add(now, ttft_s)
 
     def evaluate(
-        self, pool: str, *, now: float, workers: int, queued: int, leased: int, slots_per_worker: float
+        self,
+        pool: str,
+        *,
+        now: float,
+        workers: int,
+        queued: int,
+        leased: int,
+        slots_per_worker: float,
+        sized_demand: float | None = None,
+        defer_to_cheaper: bool = False,
     ) -> Decision:
+        """`sized_demand`: the demand to size for instead of queued + leased
+        (a pool's share of its group's, spill_sizing.py)."""
         settings = self._settings_for(pool)
         if not settings.enabled:
             configured = self._configured.get(pool, workers)
@@ -282,7 +296,7 @@ class PoolAutoscaling:
         if scaler is None:
             scaler = self._scalers[pool] = Autoscaler(pool, settings, initial=self._configured.get(pool, workers))
         demand = self._window(self._demand, pool)
-        demand.add(now, queued + leased)
+        demand.add(now, queued + leased if sized_demand is None else sized_demand)
         return scaler.decide(
             PoolSignals(
                 now=now,
@@ -294,6 +308,7 @@ class PoolAutoscaling:
                 ttft_p95_s=self._window(self._ttfts, pool).p95(now),
                 mean_demand=demand.mean(now),
                 demand_rising_per_s=_clear_rise(demand.trend(now)),
+                defer_to_cheaper=defer_to_cheaper,
             )
         )
 
