@@ -123,6 +123,7 @@ class OpenAIEngine:
             served = await self._api.list_models()
         except UpstreamStatusError as exc:
             if wanted and exc.status in (403, 404, 405):
+                self._health.answered()
                 return wanted  # An upstream without a model list.
             raise self._error(exc, "listing models") from exc
         except UpstreamError as exc:
@@ -369,14 +370,16 @@ def _message(role: str, content: str, name: str) -> dict[str, str]:
 
 
 class _UpstreamHealth:
-    """Whether the upstream answers, as the engine last saw it: healthy
-    after any answer, in question after a failure (probe at once), and
-    probed again after each failed probe only once its backoff has passed."""
+    """Whether the upstream answers, as the engine last saw it: in question
+    until it first answers (a start that failed leaves it so), healthy
+    after any answer, in question again after a failure (probe at once),
+    and probed again after each failed probe only once its backoff has
+    passed."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self.healthy = True
-        self._in_question = False
+        self.healthy = False
+        self._in_question = True
         self._backoff_s = HEALTH_BACKOFF_MIN_S
         self._next_probe = 0.0
 

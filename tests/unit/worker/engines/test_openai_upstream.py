@@ -236,8 +236,15 @@ async def test_unreachable_upstream_fails_start_with_unavailable() -> None:
     def refuse(request: httpx2.Request) -> httpx2.Response:
         raise httpx2.ConnectError("connection refused")
 
+    engine = OpenAIEngine(
+        OpenAIEngineSettings(base_url=BASE_URL),
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(refuse)),
+    )
     with pytest.raises(Unavailable, match=f"openai upstream {BASE_URL} \\(listing models\\) is unreachable"):
-        await started(refuse)
+        await engine.start()
+    # A start that failed leaves the engine unhealthy (the probe is refused too).
+    assert not await engine.health()
+    await engine.close()
 
 
 async def test_api_key_comes_from_the_named_variable(monkeypatch: pytest.MonkeyPatch) -> None:
