@@ -26,8 +26,24 @@ def scaler(**overrides: object) -> Autoscaler:
     return Autoscaler("pool", AutoscaleSettings.model_validate(base), initial=1)
 
 
-def reading(now: float, *, workers: int, queued: int = 0, leased: int = 0, **extra: float | None) -> PoolSignals:
-    return PoolSignals(now=now, workers=workers, queued=queued, leased=leased, slots_per_worker=SLOTS, **extra)
+def reading(
+    now: float,
+    *,
+    workers: int,
+    queued: int = 0,
+    leased: int = 0,
+    ttft_p95_s: float | None = None,
+    queue_wait_p95_s: float | None = None,
+) -> PoolSignals:
+    return PoolSignals(
+        now=now,
+        workers=workers,
+        queued=queued,
+        leased=leased,
+        slots_per_worker=SLOTS,
+        ttft_p95_s=ttft_p95_s,
+        queue_wait_p95_s=queue_wait_p95_s,
+    )
 
 
 readings = st.lists(
