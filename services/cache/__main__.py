@@ -60,7 +60,11 @@ def build_cache(
         embedder = BatchingEmbedder(
             encoder, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, max_pending=config.max_pending
         )
-        verifier: HitVerifier = LexicalVerifier() if config.verifier == "lexical" else AcceptAll()
+        verifier: HitVerifier = (
+            LexicalVerifier(reworded_similarity=config.reworded_similarity_threshold)
+            if config.verifier == "lexical"
+            else AcceptAll()
+        )
         semantic = SemanticParts(
             encoder=encoder,
             verifier=verifier,
