@@ -21,7 +21,7 @@ PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # buf breaking compares the protos with this git revision.
 BUF_AGAINST ?= HEAD~1
 PYTEST_ARGS ?=
-BENCHMARKS := bench-autoscale bench-overhead bench-engine bench-placement bench-overload bench-gateway bench-connection-limits bench-cache bench-routing bench-batch bench-embeddings bench-failover
+BENCHMARKS := bench-autoscale bench-overhead bench-peers bench-engine bench-placement bench-overload bench-gateway bench-connection-limits bench-cache bench-routing bench-batch bench-embeddings bench-failover
 # protoc finds its mypy plugins (protoc-gen-mypy) in the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -134,6 +134,21 @@ bench: $(BENCHMARKS)
 bench-overhead: install
 	$(PY) -m bench.overhead
 
+# The mesh's own cost per request next to LiteLLM's proxy, on one fixed-response
+# backend: added latency, TTFT, req/s at c=32, CPU per 1k requests (docs/performance.md).
+# LiteLLM (pinned) and py-spy go in a venv of their own, bench/.peers-venv.
+PEERS_VENV := bench/.peers-venv
+LITELLM_VERSION := 1.108.7
+PY_SPY_VERSION := 0.4.3
+BENCH_PEERS_ARGS ?= --profile
+$(PEERS_VENV)/.installed:
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install 'litellm[proxy]==$(LITELLM_VERSION)' 'py-spy==$(PY_SPY_VERSION)'
+	touch $@
+
+bench-peers: install $(PEERS_VENV)/.installed
+	$(PY) -m bench.peers $(BENCH_PEERS_ARGS)
+
 # vLLM through the mesh vs in-process at 1/16/64 streams; naive transformers baseline; cost per 1k requests.
 bench-engine: install
 	$(HEADRACE) models prepare
@@ -192,4 +207,4 @@ bench-embeddings: install
 	$(PY) -m bench.embeddings
 
 clean:
-	rm -rf $(VENV) .venv-triton .tools .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-triton $(PEERS_VENV) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -41,6 +41,8 @@ class MeshUnderTest:
     scheduler_address: str
     # The router's HTTP gateway.
     http_url: str
+    # The mesh's private Redis server (a process of this one's group).
+    redis_pid: int | None = None
 
     def internal_channel(self, address: str, server: Role) -> grpc.aio.Channel:
         """A channel to the cache, scheduler or a worker, calling as the router
@@ -104,6 +106,7 @@ def running_mesh(
                     router_address=f"127.0.0.1:{settings.router.port}",
                     http_url=f"http://127.0.0.1:{settings.router.http_port}",
                     scheduler_address=f"127.0.0.1:{settings.scheduler.port}",
+                    redis_pid=redis.pid,
                 )
             finally:
                 mesh.down()
@@ -163,6 +166,15 @@ def process_group_cpu_s(pgid: int) -> float:
     """CPU seconds used so far by the live processes of a process group."""
     ticks = sum(int(fields[11]) + int(fields[12]) for _proc, fields in _group_members(pgid))
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by one process (its threads included)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -13,6 +13,7 @@ import json
 import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -24,20 +25,69 @@ from headrace.runtime.request_context import REQUEST_ID_KEY, TENANT_KEY, deadlin
 from headrace.runtime.service_certs import Role, server_name
 from headrace.runtime.service_identity import ServiceIdentity
 
-# Clients ping an idle connection this often (servers accept it: server.py).
-CLIENT_KEEPALIVE_TIME_MS = 10_000
+
+@dataclass(frozen=True)
+class KeepalivePolicy:
+    """Keepalive, both ends of it, in one place: what a client sends and
+    what a server accepts must agree. A server left at gRPC's defaults
+    (pings at most every 5 minutes, none without calls) counts a client's
+    10 s pings as strikes and, at the third, closes the connection with
+    GOAWAY `too_many_pings`, failing the calls on it."""
+
+    # Each side pings a connection this often, idle or not: a dead peer
+    # (a host gone, a cable pulled) is noticed within seconds.
+    ping_interval_ms: int = 10_000
+    # And gives up on it when the ping is not answered in this time.
+    ping_timeout_ms: int = 5_000
+
+    def client_options(self) -> list[tuple[str, Any]]:
+        return [
+            ("grpc.keepalive_time_ms", self.ping_interval_ms),
+            ("grpc.keepalive_timeout_ms", self.ping_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # Keep pinging a connection that carries no data (an idle channel).
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+
+    def server_options(self) -> list[tuple[str, Any]]:
+        """The client options (a server pings its clients too) and the
+        policy that accepts the clients' pings: half their interval is the
+        least a server allows, so a ping a little early (timers drift, a
+        busy loop) is no strike; without calls too."""
+        accepted = self.ping_interval_ms // 2
+        return [
+            *self.client_options(),
+            # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS in gRPC core
+            # (the only spelling it reads; default 5 minutes).
+            ("grpc.http2.min_ping_interval_without_data_ms", accepted),
+        ]
 
 
-def channel_options(limits: LimitSettings) -> list[tuple[str, Any]]:
-    """Options shared by servers and channels: message sizes are bounded,
-    never unlimited; keepalive notices a dead peer within seconds."""
+KEEPALIVE = KeepalivePolicy()
+
+
+def _bounded(limits: LimitSettings) -> list[tuple[str, Any]]:
+    # Message sizes are bounded, never unlimited.
     return [
         ("grpc.max_send_message_length", limits.max_message_bytes),
         ("grpc.max_receive_message_length", limits.max_message_bytes),
-        ("grpc.keepalive_time_ms", CLIENT_KEEPALIVE_TIME_MS),
-        ("grpc.keepalive_timeout_ms", 5_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def channel_options(limits: LimitSettings, keepalive: KeepalivePolicy = KEEPALIVE) -> list[tuple[str, Any]]:
+    """Options of every channel between services."""
+    return [*_bounded(limits), *keepalive.client_options()]
+
+
+def server_options(limits: LimitSettings, keepalive: KeepalivePolicy = KEEPALIVE) -> list[tuple[str, Any]]:
+    """Options of every Headrace gRPC server: bounded, and a keepalive
+    policy that accepts what the clients of channel_options send."""
+    return [
+        *_bounded(limits),
+        *keepalive.server_options(),
+        # No SO_REUSEPORT: a second server on a taken port must fail, not
+        # silently share it.
+        ("grpc.so_reuseport", 0),
     ]
 
 

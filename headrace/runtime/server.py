@@ -12,7 +12,6 @@ import pkgutil
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 import grpc.aio
@@ -24,7 +23,7 @@ from opentelemetry.trace import TracerProvider
 
 import headrace.v1
 from headrace.runtime.auth import Authenticator
-from headrace.runtime.channels import CLIENT_KEEPALIVE_TIME_MS, channel_options
+from headrace.runtime.channels import server_options
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.interceptors import ServerInterceptor
 from headrace.runtime.service_identity import ServiceIdentity
@@ -34,20 +33,6 @@ log = logging.getLogger(__name__)
 # Health checks and reflection are tooling, not requests: no spans for them
 # (and no OpenTelemetry context held open across a tool's reflection stream).
 _UNTRACED = filters.negate(filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection.")))
-
-
-def server_options(limits: LimitSettings) -> list[tuple[str, Any]]:
-    """The channel options plus the server's keepalive policy: accept the
-    clients' pings (every CLIENT_KEEPALIVE_TIME_MS, with or without calls)
-    rather than answering them with GOAWAY too_many_pings."""
-    return [
-        *channel_options(limits),
-        ("grpc.http2.min_ping_interval_without_data_ms", CLIENT_KEEPALIVE_TIME_MS // 2),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", CLIENT_KEEPALIVE_TIME_MS // 2),
-        # No SO_REUSEPORT: a second server on a taken port must fail, not
-        # silently share it.
-        ("grpc.so_reuseport", 0),
-    ]
 
 
 def load_descriptors() -> None:

@@ -77,10 +77,11 @@ class GenerationFlow:
         self._background = background
 
     async def stream(
-        self, request: generation_pb2.GenerateRequest, *, tenant: str, request_id: str
+        self, request: generation_pb2.GenerateRequest, *, tenant: str, request_id: str, whole_answer: bool = False
     ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
         """Deltas of the answer; the first carries model and route, the last
-        finish reason, usage, timing and cost."""
+        finish reason, usage, timing and cost. whole_answer: the worker sends
+        the answer as one message (it may ask its backend in one unary call)."""
         started = time.monotonic()
         decision = await self._routing.decide(request, tenant=tenant, request_id=request_id)
         route = _route_info(decision)
@@ -99,9 +100,9 @@ class GenerationFlow:
         note_on_trace(route)
         answer = _Answer()
         if decision.cascade is not None:
-            chunks = self._generate_cascade(request, decision, route, tenant, request_id, started, answer)
+            chunks = self._generate_cascade(request, decision, route, tenant, request_id, started, answer, whole_answer)
         else:
-            chunks = self._generate_routed(request, decision, route, tenant, request_id, started, answer)
+            chunks = self._generate_routed(request, decision, route, tenant, request_id, started, answer, whole_answer)
         counted = False
         async for chunk in chunks:
             if not counted:
@@ -130,7 +131,8 @@ class GenerationFlow:
         answer = _Answer()
         route = generation_pb2.RouteInfo()
         model = ""
-        async for chunk in self.stream(request, tenant=tenant, request_id=request_id):
+        # The caller wants the whole answer: so does the router of the worker.
+        async for chunk in self.stream(request, tenant=tenant, request_id=request_id, whole_answer=True):
             if chunk.HasField("route"):
                 route = chunk.route
                 model = chunk.model
@@ -165,6 +167,7 @@ class GenerationFlow:
         request_id: str,
         started: float,
         answer: _Answer,
+        whole_answer: bool,
     ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
         """The fast answer is held back until it passed its check; if it
         fails, the accurate model answers, and the final cost includes both."""
@@ -184,7 +187,9 @@ class GenerationFlow:
         held: list[generation_pb2.GenerateStreamResponse] = []
         why: str | None
         try:
-            async for chunk in self._generate_routed(fast_request, decision, route, tenant, request_id, started, fast):
+            async for chunk in self._generate_routed(
+                fast_request, decision, route, tenant, request_id, started, fast, whole_answer
+            ):
                 held.append(chunk)
             last = fast.last
             why = (
@@ -214,7 +219,7 @@ class GenerationFlow:
         escalated_route = _route_info(escalated)
         escalated_route.cache = route.cache
         async for chunk in self._generate_routed(
-            request, escalated, escalated_route, tenant, request_id, started, answer
+            request, escalated, escalated_route, tenant, request_id, started, answer, whole_answer
         ):
             if chunk.finish_reason:
                 # The client pays for the fast attempt too.
@@ -232,13 +237,14 @@ class GenerationFlow:
         request_id: str,
         started: float,
         answer: _Answer,
+        whole_answer: bool,
     ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
         """Attempts as the routing layer plans them, until one streams; the
         outcome goes back to the routing layer however the request ends."""
         plan = self._routing.plan(decision)
         error = ""
         try:
-            async for chunk in self._attempts(plan, request, route, tenant, request_id, started, answer):
+            async for chunk in self._attempts(plan, request, route, tenant, request_id, started, answer, whole_answer):
                 yield chunk
         except HeadraceError as exc:
             error = status_code_for(exc).name
@@ -270,6 +276,7 @@ class GenerationFlow:
         request_id: str,
         started: float,
         answer: _Answer,
+        whole_answer: bool,
     ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
         max_tokens = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 0
         while True:
@@ -311,6 +318,7 @@ class GenerationFlow:
                         lease_id=placed.lease.lease_id,
                         tenant=tenant,
                         priority=request.priority,
+                        whole_answer=whole_answer,
                     ),
                     **call_options(),
                 )
@@ -324,9 +332,13 @@ class GenerationFlow:
                             chunk.route.CopyFrom(route)
                             chunk.model = resolution.model_version
                             now = time.monotonic()
-                            ttft_s = answer.ttft_s = use.ttft_s = now - started
+                            ttft_s = now - started
                             attempt_ttft_s = now - attempt.started
-                            metrics.TTFT.labels(model=resolution.model_version).observe(ttft_s)
+                            if not whole_answer:
+                                # A whole answer's first message is its last: no first-token time
+                                # (for the metric, the routing layer's latency judgments, the lease).
+                                answer.ttft_s = use.ttft_s = ttft_s
+                                metrics.TTFT.labels(model=resolution.model_version).observe(ttft_s)
                         answer.text.append(chunk.text)
                         answer.token_ids.extend(chunk.token_ids)
                         answer.token_counts.append(len(chunk.token_ids))
@@ -340,7 +352,7 @@ class GenerationFlow:
                     last = answer.last
                     plan.succeeded(
                         attempt,
-                        ttft_s=None if first else attempt_ttft_s,
+                        ttft_s=None if first or whole_answer else attempt_ttft_s,
                         total_s=time.monotonic() - attempt.started,
                         completion_tokens=last.usage.completion_tokens if last is not None else 0,
                         cost_usd=last.cost.usd if last is not None else 0.0,

@@ -25,6 +25,7 @@ from services.scheduler.autoscaler import Decision, PoolAutoscaling
 from services.scheduler.leases import LeaseRecord, LeaseTable
 from services.scheduler.placement import PlacementRequest, build_policy
 from services.scheduler.pool_choice import PoolOption, choose_pool
+from services.scheduler.spill_sizing import GroupMember, SharedSizing, share_demand
 from services.scheduler.worker_roster import LoadSnapshot, WorkerIdentity, WorkerRoster, WorkerState
 
 log = logging.getLogger(__name__)
@@ -291,8 +292,9 @@ class Dispatcher:
         for admission in self._admissions.values():
             admission.fail_orphans(now)
             admission.refresh_gauges()
+        shared = self._shared_sizing()
         for pool in self.pool_names():
-            self.autoscale(pool, now)
+            self.autoscale(pool, now, shared=shared.get(pool))
         metrics.WORKERS.set(len(self.registry))
         self._kick_all()
 
@@ -303,8 +305,9 @@ class Dispatcher:
 
     # --- autoscaling -------------------------------------------------------
 
-    def autoscale(self, pool: str, now: float) -> Decision:
-        """A new reading of the pool for its worker-count decision."""
+    def _reading(self, pool: str) -> tuple[int, int, int, float]:
+        """Workers, queued, leased and slots per worker of a pool, as its
+        autoscaler reads them."""
         admission = self.admission(pool)
         workers = admission.workers()
         # What a worker holds when busy (capacity() is what it takes now: it
@@ -317,13 +320,63 @@ class Dispatcher:
         # the pool's queue is about this one's times the replicas alive, and
         # the busy slots are ours plus the others' work as engines report it.
         replicas = self.registry.replicas_live()
+        queued = len(admission.queue) * replicas
+        leased = sum(s.leases if replicas == 1 else s.outstanding for s in workers)
+        return len(workers), queued, leased, per_worker
+
+    def _shared_sizing(self) -> dict[str, SharedSizing]:
+        """Pools serving a version together are sized together, cheapest
+        first (spill_sizing.py). A pool in more than one such group sizes
+        alone."""
+        groups = {tuple(pools) for pools in self.pools.version_pools.values()}
+        membership: dict[str, int] = {}
+        for group in groups:
+            for pool in group:
+                membership[pool] = membership.get(pool, 0) + 1
+        shared: dict[str, SharedSizing] = {}
+        for group in groups:
+            if any(membership[pool] > 1 for pool in group):
+                continue
+            members = []
+            for pool in sorted(group, key=self._usd_per_million_tokens):
+                scaling = self.pools.settings_for(pool).autoscale
+                _, queued, leased, per_worker = self._reading(pool)
+                decision = self.autoscaling.decision(pool, 0)
+                members.append(
+                    GroupMember(
+                        pool=pool,
+                        demand=float(queued + leased),
+                        carries_at_max=scaling.max_workers * per_worker * scaling.target_utilisation,
+                        at_max=not scaling.enabled or decision.desired >= scaling.max_workers,
+                    )
+                )
+            shared.update(share_demand(members))
+        return shared
+
+    def _usd_per_million_tokens(self, pool: str) -> tuple[float, str]:
+        option = PoolOption(
+            pool=pool,
+            price_per_hour=self.pools.pool_prices.get(pool, 0.0),
+            tokens_per_s=self._throughput(pool, self.admission(pool).workers()),
+            workers=0,
+            expected_wait_s=None,
+            wait_slo_s=0.0,
+        )
+        return option.usd_per_million_tokens, pool
+
+    def autoscale(self, pool: str, now: float, *, shared: SharedSizing | None = None) -> Decision:
+        """A new reading of the pool for its worker-count decision; `shared`:
+        its share of a group's demand, when it serves a version with others."""
+        workers, queued, leased, per_worker = self._reading(pool)
         decision = self.autoscaling.evaluate(
             pool,
             now=now,
-            workers=len(workers),
-            queued=len(admission.queue) * replicas,
-            leased=sum(s.leases if replicas == 1 else s.outstanding for s in workers),
+            workers=workers,
+            queued=queued,
+            leased=leased,
             slots_per_worker=per_worker,
+            sized_demand=None if shared is None else shared.demand,
+            defer_to_cheaper=shared is not None and shared.defer_to_cheaper,
         )
         metrics.DESIRED_WORKERS.labels(pool=pool).set(decision.desired)
         if decision.changed:

@@ -47,7 +47,10 @@ def sampling_from_proto(sampling: generation_pb2.SamplingParams) -> Sampling:
     )
 
 
-def generation_request_from_proto(request: worker_pb2.WorkerGenerateRequest) -> GenerationRequest:
+def generation_request_from_proto(
+    request: worker_pb2.WorkerGenerateRequest, *, whole_answer: bool = False
+) -> GenerationRequest:
+    """whole_answer: the caller takes the answer as one message (request.whole_answer, or a batch row)."""
     inner = request.request
     return GenerationRequest(
         request_id=request.request_id,
@@ -56,6 +59,7 @@ def generation_request_from_proto(request: worker_pb2.WorkerGenerateRequest) -> 
         messages=tuple(ChatTurn(m.role, m.content, m.name) for m in inner.messages),
         sampling=sampling_from_proto(inner.sampling),
         priority=_PRIORITY_FROM_PROTO.get(request.priority or inner.priority, Priority.STANDARD),
+        whole_answer=whole_answer or request.whole_answer,
     )
 
 

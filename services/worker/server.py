@@ -127,7 +127,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             raise InvalidArgument("request_id: required")
         self._check_model(request.model_version)
         validate_generate_request(request.request, self._limits)
-        generation = generation_request_from_proto(request)
+        generation = generation_request_from_proto(request, whole_answer=whole_answer)
         online = generation.priority != Priority.BATCH
         preemptible = not online and request.preemptible and self._preempt_batch
         if online and self._preempt_batch:

@@ -1,7 +1,7 @@
 """Tools work unchanged against the mesh: gRPC reflection lists every
 service and resolves each method's request and response types (what
 grpcurl `describe` and calls need, without -proto), a failed reflection
-call logs nothing, and servers accept the clients' keepalive pings."""
+call logs nothing (keepalive: tests/integration/test_keepalive.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,6 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from headrace.local.redis_server import RedisServer
-from headrace.runtime.channels import CLIENT_KEEPALIVE_TIME_MS
-from headrace.runtime.config import LimitSettings
-from headrace.runtime.server import server_options
 from tests.integration.test_mesh_grpc import mesh_settings
 from tests.support.mesh import start_mesh
 from tests.support.otlp_receiver import otlp_receiver
@@ -73,10 +70,3 @@ async def test_reflection_describes_every_service_of_every_server(
     assert {"Embed", "ListModels", "SubmitBatch", "GetBatch", "CancelBatch", "StreamBatchResults"} <= set(router)
     # No "Failed to detach context" (nor anything else) from the reflection calls.
     assert not [r for r in caplog.records if "detach" in r.getMessage().lower() or r.exc_info], caplog.text
-
-
-def test_servers_accept_the_clients_keepalive_pings() -> None:
-    options = dict(server_options(LimitSettings()))
-    # A server that wants pings further apart answers them with GOAWAY (too_many_pings).
-    assert options["grpc.http2.min_ping_interval_without_data_ms"] <= CLIENT_KEEPALIVE_TIME_MS
-    assert options["grpc.keepalive_permit_without_calls"] == 1

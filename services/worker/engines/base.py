@@ -59,6 +59,9 @@ class GenerationRequest:
     messages: tuple[ChatTurn, ...] = ()
     sampling: Sampling = field(default_factory=Sampling)
     priority: Priority = Priority.STANDARD
+    # The caller wants only the whole answer (a unary request, a batch row):
+    # an engine may then ask its backend for it in one call, not a stream.
+    whole_answer: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,29 @@
 """The openai engine: an OpenAI-compatible upstream (an API provider, or
-another vLLM server) as a pool, through the official `openai` client.
+another vLLM server) as a pool, over a lean client of its HTTP API
+(openai_wire.py: httpx2 and json, no per-chunk SDK models).
 
 Chat messages go to chat.completions, a prompt to completions, streamed
-with usage in the last chunk. Abort, or the caller closing the iterator,
+with usage in the last chunk; a caller that wants only the whole answer
+(a unary request, a batch row) gets it from one unary upstream call. Abort, or the caller closing the iterator,
 closes the upstream response: a vLLM server aborts a request whose client
 went away, and an API provider stops generating (and billing) it.
+
+Health costs the upstream nothing while requests succeed: the model list
+is asked at start, and again only after a request failed in a way that
+says the upstream may be down (unreachable, 5xx, timed out), then with
+backoff until it answers. (Asked on every load report, it was two calls a
+second per worker, day and night, against a paid API.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import email.utils
 import os
 import time
-from collections.abc import AsyncGenerator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import httpx2
-import openai
 
 from headrace.runtime.engine_settings import OpenAIEngineSettings
 from headrace.runtime.errors import (
@@ -36,6 +41,14 @@ from headrace.runtime.errors import (
 )
 from services.worker.engines.backend_load import BackendLoad, probe
 from services.worker.engines.base import Delta, EngineStats, FinishReason, GenerationRequest, Sampling
+from services.worker.engines.openai_wire import (
+    UpstreamClient,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    chunks,
+)
 
 _T = TypeVar("_T")
 
@@ -52,15 +65,27 @@ _FINISH_REASONS = {
 # Models named in an error before "...".
 _MODELS_SHOWN = 10
 
+# After a failure, the model list is asked at most this often (doubling).
+HEALTH_BACKOFF_MIN_S = 1.0
+HEALTH_BACKOFF_MAX_S = 30.0
+
 
 class OpenAIEngine:
     kind = "openai"
 
-    def __init__(self, settings: OpenAIEngineSettings, *, http_client: httpx2.AsyncClient | None = None) -> None:
-        """http_client: a transport of one's own (tests pass a MockTransport)."""
+    def __init__(
+        self,
+        settings: OpenAIEngineSettings,
+        *,
+        http_client: httpx2.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """http_client: a transport of one's own (tests pass a MockTransport);
+        clock: what health backoff is timed by."""
         self._settings = settings
+        self._health = _UpstreamHealth(clock)
         self._http_client = http_client
-        self._client: openai.AsyncOpenAI | None = None
+        self._client: UpstreamClient | None = None
         self._model = settings.model
         self._load = BackendLoad(settings.max_concurrency)
         # Abort signals of the requests in flight, by request id.
@@ -73,7 +98,7 @@ class OpenAIEngine:
 
     async def start(self) -> None:
         settings = self._settings
-        api_key = "none"
+        api_key: str | None = None
         if settings.api_key_env:
             api_key = os.environ.get(settings.api_key_env, "")
             if not api_key:
@@ -81,8 +106,8 @@ class OpenAIEngine:
                     f"openai engine: the environment variable {settings.api_key_env} (api_key_env) "
                     f"holds no API key for {settings.base_url}"
                 )
-        self._client = openai.AsyncOpenAI(
-            base_url=settings.base_url,
+        self._client = UpstreamClient(
+            settings.base_url,
             api_key=api_key,
             timeout=httpx2.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s),
             max_retries=settings.max_retries,
@@ -95,13 +120,15 @@ class OpenAIEngine:
         it has one; else the one model it serves."""
         wanted = self._settings.model
         try:
-            served = [model.id async for model in self._api.models.list()]
-        except openai.APIStatusError as exc:
-            if wanted and exc.status_code in (403, 404, 405):
+            served = await self._api.list_models()
+        except UpstreamStatusError as exc:
+            if wanted and exc.status in (403, 404, 405):
+                self._health.answered()
                 return wanted  # An upstream without a model list.
             raise self._error(exc, "listing models") from exc
-        except openai.OpenAIError as exc:
+        except UpstreamError as exc:
             raise self._error(exc, "listing models") from exc
+        self._health.answered()
         shown = ", ".join(served[:_MODELS_SHOWN]) + (", ..." if len(served) > _MODELS_SHOWN else "")
         if wanted:
             if wanted not in served:
@@ -117,7 +144,7 @@ class OpenAIEngine:
         return served[0]
 
     @property
-    def _api(self) -> openai.AsyncOpenAI:
+    def _api(self) -> UpstreamClient:
         if self._client is None:
             raise FailedPrecondition("openai engine: not started")
         return self._client
@@ -129,83 +156,91 @@ class OpenAIEngine:
         self._calls[request.request_id] = call
         try:
             async with self._load.slots.at(request.priority):
-                steps = self._streamed(request, call) if self._settings.stream else self._whole(request, call)
+                streamed = self._settings.stream and not request.whole_answer
+                steps = self._streamed(request, call) if streamed else self._whole(request, call)
                 async for delta in steps:
                     yield delta
-        except openai.OpenAIError as exc:
-            raise self._error(exc, "generate") from exc
+            self._health.answered()
+        except UpstreamError as exc:
+            error = self._error(exc, "generate")
+            if isinstance(error, (Unavailable, DeadlineExceeded)):
+                self._health.failed()
+            raise error from exc
         finally:
             del self._calls[request.request_id]
 
     async def _streamed(self, request: GenerationRequest, call: _Call) -> AsyncGenerator[Delta, None]:
         chat = request.prompt is None
-        opened = await call.until(self._create(request, stream=True))
-        if opened is _ABORTED:
+        path, body, headers = self._call(request, stream=True)
+        opened = await call.until(self._api.open_stream(path, body, headers))
+        if isinstance(opened, _Marker):
             yield Delta("", finish_reason=FinishReason.ABORT)
             return
-        stream: Any = opened
-        usage: Any = None
+        usage: dict[str, Any] | None = None
         finish: FinishReason | None = None
         streamed = 0
         try:
-            chunks = stream.__aiter__()
+            events = chunks(opened)
             while True:
-                chunk = await call.until(_next(chunks))
+                chunk = await call.until(_next(events))
                 if isinstance(chunk, _Marker):
                     if chunk is _ABORTED:
                         finish = FinishReason.ABORT
                     break
-                usage = getattr(chunk, "usage", None) or usage
-                for choice in chunk.choices:
-                    if choice.finish_reason:
-                        finish = _FINISH_REASONS.get(choice.finish_reason, FinishReason.STOP)
-                    text = (choice.delta.content if chat else choice.text) or ""
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices") or ():
+                    reason = choice.get("finish_reason")
+                    if reason:
+                        finish = _FINISH_REASONS.get(reason, FinishReason.STOP)
+                    text = ((choice.get("delta") or {}).get("content") if chat else choice.get("text")) or ""
                     if text:
                         streamed += 1
                         self._load.meter.add(1)
                         yield Delta(text, completion_tokens=streamed)
         finally:
             # Closing the response is what tells the upstream to stop.
-            await stream.close()
+            await opened.aclose()
         final = _final_delta(finish, usage, streamed)
         # The upstream's count is exact; one chunk per token was an estimate.
         self._load.meter.add(max(0, final.completion_tokens - streamed))
         yield final
 
     async def _whole(self, request: GenerationRequest, call: _Call) -> AsyncGenerator[Delta, None]:
-        answered = await call.until(self._create(request, stream=False))
-        if answered is _ABORTED:
+        path, body, headers = self._call(request, stream=False)
+        answered = await call.until(self._api.complete(path, body, headers))
+        if isinstance(answered, _Marker):
             yield Delta("", finish_reason=FinishReason.ABORT)
             return
-        response: Any = answered
-        choice = response.choices[0] if response.choices else None
-        text = ""
-        if choice is not None:
-            text = (choice.message.content if request.prompt is None else choice.text) or ""
-        finish = (
-            _FINISH_REASONS.get(choice.finish_reason, FinishReason.STOP) if choice and choice.finish_reason else None
-        )
-        final = _final_delta(finish, response.usage, 1 if text else 0)
+        choices = answered.get("choices") or ()
+        choice: dict[str, Any] = choices[0] if choices else {}
+        if request.prompt is None:
+            text = (choice.get("message") or {}).get("content") or ""
+        else:
+            text = choice.get("text") or ""
+        reason = choice.get("finish_reason")
+        finish = _FINISH_REASONS.get(reason, FinishReason.STOP) if reason else None
+        final = _final_delta(finish, answered.get("usage"), 1 if text else 0)
         self._load.meter.add(final.completion_tokens)
         if text:
             yield Delta(text, completion_tokens=final.completion_tokens)
         yield final
 
-    async def _create(self, request: GenerationRequest, *, stream: bool) -> Any:
+    def _call(self, request: GenerationRequest, *, stream: bool) -> tuple[str, dict[str, Any], dict[str, str]]:
+        """The upstream path, JSON body and headers of one generation."""
         sampling, extra_body = _sampling_arguments(request.sampling, chat=request.prompt is None)
-        arguments: dict[str, Any] = {
-            "model": self._model,
-            "extra_headers": {"X-Request-Id": request.request_id},
-            **sampling,
-        }
-        if stream:
-            arguments |= {"stream": True, "stream_options": {"include_usage": True}}
-        if extra_body:
-            arguments["extra_body"] = extra_body
+        body: dict[str, Any] = {"model": self._model}
         if request.prompt is None:
-            messages = [_message(turn.role, turn.content, turn.name) for turn in request.messages]
-            return await self._api.chat.completions.create(messages=messages, **arguments)
-        return await self._api.completions.create(prompt=request.prompt, **arguments)
+            path = "/chat/completions"
+            body["messages"] = [_message(turn.role, turn.content, turn.name) for turn in request.messages]
+        else:
+            path = "/completions"
+            body["prompt"] = request.prompt
+        body |= sampling
+        if stream:
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
+        # vLLM's extensions go in the body as the SDK's extra_body did.
+        body |= extra_body
+        return path, body, {"X-Request-Id": request.request_id}
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         raise Unimplemented("the openai engine serves text generation; embeddings go to an embeddings pool")
@@ -225,10 +260,19 @@ class OpenAIEngine:
         return self._load.stats()
 
     async def health(self) -> bool:
+        """Called on every load report: asks the upstream only when a failure
+        made its health a question, and then no more often than the backoff."""
         client = self._client
         if client is None:
             return False
-        return await probe(lambda timeout_s: client.with_options(timeout=timeout_s, max_retries=0).models.list())
+        if not self._health.probe_due():
+            return self._health.healthy
+        healthy = await probe(lambda timeout_s: _upstream_answers(client, timeout_s))
+        if healthy:
+            self._health.answered()
+        else:
+            self._health.probe_failed()
+        return healthy
 
     async def close(self) -> None:
         for call in self._calls.values():
@@ -237,20 +281,30 @@ class OpenAIEngine:
             await self._client.close()
             self._client = None
 
-    def _error(self, exc: openai.OpenAIError, during: str) -> HeadraceError:
+    def _error(self, exc: UpstreamError, during: str) -> HeadraceError:
         return upstream_error(exc, f"openai upstream {self._settings.base_url} ({during})")
 
 
-def upstream_error(exc: openai.OpenAIError, where: str) -> HeadraceError:
-    """An openai client error as the Headrace error it means."""
-    if isinstance(exc, openai.APITimeoutError):
+async def _upstream_answers(client: UpstreamClient, timeout_s: float) -> bool:
+    """Whether the upstream answers its model list; a refusal below 500 is an
+    answer too (an upstream without a model list is up all the same)."""
+    try:
+        await client.list_models(timeout_s)
+    except UpstreamStatusError as exc:
+        return exc.status < 500
+    return True
+
+
+def upstream_error(exc: UpstreamError, where: str) -> HeadraceError:
+    """An upstream failure as the Headrace error it means."""
+    if isinstance(exc, UpstreamTimeout):
         return DeadlineExceeded(f"{where}: timed out")
-    if isinstance(exc, openai.APIConnectionError):
-        return Unavailable(f"{where} is unreachable: {_cause(exc)}")
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        message = f"{where}: HTTP {status}: {_upstream_message(exc)}"
-        retry_after = retry_after_s(exc.response.headers)
+    if isinstance(exc, UpstreamUnreachable):
+        return Unavailable(f"{where} is unreachable: {exc}")
+    if isinstance(exc, UpstreamStatusError):
+        status = exc.status
+        message = f"{where}: HTTP {status}: {exc.message}"
+        retry_after = exc.retry_after_s
         if status == 401:
             return Unauthenticated(message)
         if status == 403:
@@ -267,33 +321,16 @@ def upstream_error(exc: openai.OpenAIError, where: str) -> HeadraceError:
             return Unavailable(message, retry_after_s=retry_after)
         if 400 <= status < 500:
             return InvalidArgument(message)
-    message = getattr(exc, "message", None) or str(exc)
-    return Internal(f"{where}: {message}")
+    return Internal(f"{where}: {exc}")
 
 
-def retry_after_s(headers: httpx2.Headers) -> float | None:
-    """Seconds from `retry-after-ms`, or `retry-after` (seconds or an HTTP date)."""
-    with contextlib.suppress(KeyError, ValueError):
-        return max(0.0, float(headers["retry-after-ms"]) / 1000.0)
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    with contextlib.suppress(ValueError):
-        return max(0.0, float(value))
-    when = email.utils.parsedate_tz(value)
-    if when is None:
-        return None
-    return max(0.0, float(email.utils.mktime_tz(when)) - time.time())
-
-
-def _final_delta(finish: FinishReason | None, usage: Any, streamed: int) -> Delta:
+def _final_delta(finish: FinishReason | None, usage: dict[str, Any] | None, streamed: int) -> Delta:
     """The last delta: finish reason and the upstream's token counts."""
     prompt_tokens = completion_tokens = cached_tokens = 0
-    if usage is not None:
-        prompt_tokens = int(usage.prompt_tokens or 0)
-        completion_tokens = int(usage.completion_tokens or 0)
-        details = getattr(usage, "prompt_tokens_details", None)
-        cached_tokens = int(getattr(details, "cached_tokens", None) or 0)
+    if usage:
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        completion_tokens = int(usage.get("completion_tokens") or 0)
+        cached_tokens = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
     return Delta(
         "",
         finish_reason=finish or FinishReason.STOP,
@@ -301,19 +338,6 @@ def _final_delta(finish: FinishReason | None, usage: Any, streamed: int) -> Delt
         completion_tokens=completion_tokens or streamed,
         cached_prompt_tokens=cached_tokens,
     )
-
-
-def _upstream_message(exc: openai.APIStatusError) -> str:
-    """The upstream's own words: the error body's message, else the client's."""
-    body = exc.body
-    if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:
-        return str(body["message"])
-    return exc.message
-
-
-def _cause(exc: BaseException) -> str:
-    cause = exc.__cause__
-    return f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
 
 
 def _sampling_arguments(sampling: Sampling, chat: bool) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -338,11 +362,44 @@ def _sampling_arguments(sampling: Sampling, chat: bool) -> tuple[dict[str, Any],
     return arguments, extra
 
 
-def _message(role: str, content: str, name: str) -> Any:
+def _message(role: str, content: str, name: str) -> dict[str, str]:
     message: dict[str, str] = {"role": role, "content": content}
     if name:
         message["name"] = name
     return message
+
+
+class _UpstreamHealth:
+    """Whether the upstream answers, as the engine last saw it: in question
+    until it first answers (a start that failed leaves it so), healthy
+    after any answer, in question again after a failure (probe at once),
+    and probed again after each failed probe only once its backoff has
+    passed."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.healthy = False
+        self._in_question = True
+        self._backoff_s = HEALTH_BACKOFF_MIN_S
+        self._next_probe = 0.0
+
+    def answered(self) -> None:
+        self.healthy, self._in_question = True, False
+        self._backoff_s = HEALTH_BACKOFF_MIN_S
+
+    def failed(self) -> None:
+        """A request failed as if the upstream were down: ask it at the next check."""
+        if not self._in_question:
+            self._in_question = True
+            self._next_probe = self._clock()
+
+    def probe_due(self) -> bool:
+        return self._in_question and self._clock() >= self._next_probe
+
+    def probe_failed(self) -> None:
+        self.healthy = False
+        self._next_probe = self._clock() + self._backoff_s
+        self._backoff_s = min(self._backoff_s * 2, HEALTH_BACKOFF_MAX_S)
 
 
 class _Marker:

@@ -65,3 +65,55 @@ async def test_the_cheaper_pool_first_then_spill_and_each_answer_at_its_pools_pr
         price = POOLS[pool_of(answer)]["price_per_hour"]
         assert answer.cost.engine_seconds > 0
         assert answer.cost.usd == pytest.approx(answer.cost.engine_seconds * price / 3600.0, rel=1e-6)
+
+
+@pytest.fixture
+async def autoscaled_mesh(redis_server: RedisServer) -> AsyncIterator[InProcessMesh]:
+    scaling = {"enabled": True, "queue_wait_slo_s": 0.2, "window_s": 2.0, "scale_up_cooldown_s": 0.0}
+    scheduler = {
+        "metrics_port": None,
+        "pools": {
+            "cheap": {"autoscale": {**scaling, "max_workers": 10}},
+            "fast": {"autoscale": {**scaling, "max_workers": 4}},
+        },
+    }
+    # The dearer pool slow enough that the spill keeps it busy (sized alone,
+    # it would grow): 0.72 USD/h at 200 tok/s = 1.0 USD per million tokens.
+    pools = {
+        **POOLS,
+        "fast": {
+            "engine": {"kind": "synthetic", "ttft_ms": 5, "tokens_per_s": 100, "max_concurrency": 2},
+            "price_per_hour": 0.72,
+            "throughput_tokens_per_s": 200,
+        },
+    }
+    settings = mesh_settings(redis_server.url, pools=pools, models=MODELS, scheduler=scheduler)
+    running = await start_mesh(settings)
+    yield running
+    await running.close()
+
+
+async def test_a_spill_grows_the_cheaper_pool_not_the_one_it_spilled_to(autoscaled_mesh: InProcessMesh) -> None:
+    stub = autoscaled_mesh.router_stub()
+    dispatcher = autoscaled_mesh.dispatcher
+    peak = {"cheap": 0, "fast": 0}
+
+    async def watch() -> None:
+        while True:
+            for pool in peak:
+                peak[pool] = max(peak[pool], dispatcher.autoscaling.decision(pool, 1).desired)
+            await asyncio.sleep(0.05)
+
+    # A few alone first: the cheap pool's expected wait needs answers timed
+    # (prompts of their own: the other test's answers are in the cache).
+    for i in range(4):
+        await stub.Generate(greedy(f"warm-up {i}", max_tokens=4))
+    watcher = asyncio.create_task(watch())
+    burst = await asyncio.gather(*(stub.Generate(greedy(f"spill {i}", max_tokens=20)) for i in range(16)))
+    watcher.cancel()
+    # The burst did spill: the fast pool served part of it, and the demand
+    # it brought was counted against the cheap pool, which can still grow.
+    served = Counter(pool_of(a) for a in burst)
+    assert served["fast"] >= 4, (served, peak)
+    assert peak["cheap"] > 1, peak
+    assert peak["fast"] == 1, f"the pool spilled to grew while the cheaper one could: {peak}"

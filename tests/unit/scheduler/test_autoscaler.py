@@ -26,8 +26,24 @@ def scaler(**overrides: object) -> Autoscaler:
     return Autoscaler("pool", AutoscaleSettings.model_validate(base), initial=1)
 
 
-def reading(now: float, *, workers: int, queued: int = 0, leased: int = 0, **extra: float | None) -> PoolSignals:
-    return PoolSignals(now=now, workers=workers, queued=queued, leased=leased, slots_per_worker=SLOTS, **extra)
+def reading(
+    now: float,
+    *,
+    workers: int,
+    queued: int = 0,
+    leased: int = 0,
+    ttft_p95_s: float | None = None,
+    queue_wait_p95_s: float | None = None,
+) -> PoolSignals:
+    return PoolSignals(
+        now=now,
+        workers=workers,
+        queued=queued,
+        leased=leased,
+        slots_per_worker=SLOTS,
+        ttft_p95_s=ttft_p95_s,
+        queue_wait_p95_s=queue_wait_p95_s,
+    )
 
 
 readings = st.lists(
@@ -155,3 +171,65 @@ def test_pool_autoscaling_reads_queue_waits_and_ttfts() -> None:
     decision = autoscaling.evaluate("chat", now=20.0, workers=1, queued=1, leased=1, slots_per_worker=16)
     assert decision.desired == 2 and "TTFT" in decision.reason
     assert autoscaling.decision("chat", 1).desired == 2
+
+
+def test_trend_is_the_least_squares_slope_with_its_error() -> None:
+    window = SampleWindow(window_s=10.0)
+    assert window.trend(0.0) is None
+    for i in range(20):
+        window.add(i * 0.5, 2.0 + 0.3 * i * 0.5 + (0.1 if i % 2 else -0.1))
+    trend = window.trend(9.5)
+    assert trend is not None
+    slope, stderr = trend
+    assert abs(slope - 0.3) < 0.02
+    assert 0 < stderr < 0.05
+
+
+def lead_time_autoscaling(**overrides: object) -> PoolAutoscaling:
+    base: dict[str, object] = {
+        "enabled": True,
+        "max_workers": 8,
+        "window_s": 10.0,
+        "cold_start_s": 15.0,
+        "scale_up_cooldown_s": 5.0,
+        "target_utilisation": 0.75,
+    }
+    base.update(overrides)
+    on = AutoscaleSettings.model_validate(base)
+    return PoolAutoscaling(lambda pool: on, {"chat": 1})
+
+
+def test_a_clear_rise_asks_for_a_worker_before_the_pool_is_full() -> None:
+    autoscaling = lead_time_autoscaling()
+    # Demand climbs 0.3 sequences a second from 0.7 (a 10x ramp's shape);
+    # one worker's 4 slots fill at about 11 s, a worker takes 15 s to come.
+    t, first_up = 0.0, None
+    while t < 12.0:
+        demand = 0.7 + 0.3 * t
+        decision = autoscaling.evaluate("chat", now=t, workers=1, queued=0, leased=round(demand), slots_per_worker=4)
+        if decision.changed and first_up is None:
+            first_up = (t, decision)
+        t += 0.5
+    assert first_up is not None, "no scale-up while demand climbed toward a full pool"
+    when, decision = first_up
+    assert when < 8.0 and decision.desired == 2
+    assert "demand rising" in decision.reason
+    # Still below 3 sequences (3 of 4 slots at the target): the mean alone
+    # would not have asked yet.
+    assert 0.7 + 0.3 * when < 3.0
+
+
+def test_a_steady_noisy_load_never_triggers_the_lead_time_rule() -> None:
+    import random
+
+    rng = random.Random(7)
+    autoscaling = lead_time_autoscaling(scale_down_cooldown_s=20.0, scale_down_window_s=30.0)
+    # About 2 requests a second of 0.34 s each on one worker of 4 slots:
+    # readings jump between 0 and 3 around a mean of 0.7, for half an hour.
+    changes = []
+    for step in range(3600):
+        busy = sum(1 for _ in range(4) if rng.random() < 0.17)
+        decision = autoscaling.evaluate("chat", now=step * 0.5, workers=1, queued=0, leased=busy, slots_per_worker=4)
+        if decision.changed:
+            changes.append((step * 0.5, decision.desired, decision.reason))
+    assert changes == [], f"a flat load moved the decision: {changes[:3]}"

@@ -5,6 +5,7 @@ errors map to Headrace errors."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import httpx2
 import pytest
 
+from headrace.runtime.config import LimitSettings
 from headrace.runtime.engine_settings import OpenAIEngineSettings
 from headrace.runtime.errors import (
     DeadlineExceeded,
@@ -24,8 +26,10 @@ from headrace.runtime.errors import (
     Unauthenticated,
     Unavailable,
 )
+from headrace.v1 import scheduler_pb2
 from services.worker.engines.base import ChatTurn, Delta, FinishReason, GenerationRequest, Sampling
 from services.worker.engines.openai_upstream import OpenAIEngine
+from services.worker.load_reporter import LoadReporter
 
 BASE_URL = "http://upstream.test/v1"
 Handler = Callable[[httpx2.Request], httpx2.Response]
@@ -232,8 +236,15 @@ async def test_unreachable_upstream_fails_start_with_unavailable() -> None:
     def refuse(request: httpx2.Request) -> httpx2.Response:
         raise httpx2.ConnectError("connection refused")
 
+    engine = OpenAIEngine(
+        OpenAIEngineSettings(base_url=BASE_URL),
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(refuse)),
+    )
     with pytest.raises(Unavailable, match=f"openai upstream {BASE_URL} \\(listing models\\) is unreachable"):
-        await started(refuse)
+        await engine.start()
+    # A start that failed leaves the engine unhealthy (the probe is refused too).
+    assert not await engine.health()
+    await engine.close()
 
 
 async def test_api_key_comes_from_the_named_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -329,5 +340,175 @@ async def test_a_cancelled_caller_is_cancelled_not_aborted() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert body.closed.is_set()
+    assert engine.stats().running == 0
+    await engine.close()
+
+
+def model_list_calls(upstream: FakeUpstream) -> int:
+    return sum(1 for request in upstream.requests if request.url.path.endswith("/models"))
+
+
+async def test_load_reports_do_not_ask_the_upstream_for_its_models() -> None:
+    upstream = FakeUpstream(lambda _: sse(chat_chunk("Hi"), chat_chunk(None, "stop"), usage_chunk(1, 1)))
+    engine = await started(upstream)
+    assert model_list_calls(upstream) == 1  # at start, to pick the model
+    reporter = LoadReporter(
+        scheduler_targets=[],
+        worker=scheduler_pb2.WorkerInfo(worker_id="w"),
+        engine=engine,
+        limits=LimitSettings(),
+        identity=None,
+        interval_s=0.001,
+    )
+    reports = reporter._reports()
+    for _ in range(5):
+        assert (await anext(reports)).load.healthy
+        await collect(engine, CHAT)
+    await reports.aclose()  # type: ignore[attr-defined]
+    # Five load reports (and requests) later: still the one call at start.
+    assert model_list_calls(upstream) == 1
+    await engine.close()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FlakyUpstream:
+    """Answers everything, or (down) refuses every connection; a 400 on request."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.bad_request = False
+        self.model_lists = 0
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        listing = request.url.path.endswith("/models")
+        self.model_lists += listing
+        if self.down:
+            raise httpx2.ConnectError("connection refused")
+        if listing:
+            return models("m")
+        if self.bad_request:
+            return error(400)(request)
+        return sse(chat_chunk("Hi"), chat_chunk(None, "stop"), usage_chunk(1, 1))
+
+
+async def test_a_failure_makes_health_ask_the_upstream_then_back_off() -> None:
+    upstream = FlakyUpstream()
+    clock = FakeClock()
+    engine = OpenAIEngine(
+        OpenAIEngineSettings(base_url=BASE_URL),
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(upstream)),
+        clock=clock,
+    )
+    await engine.start()
+    # A client error says nothing about the upstream being down: no probe.
+    upstream.bad_request = True
+    with pytest.raises(InvalidArgument):
+        await collect(engine, CHAT)
+    assert await engine.health() and upstream.model_lists == 1
+    upstream.down = True
+    with pytest.raises(Unavailable):
+        await collect(engine, CHAT)
+    # The next check asks at once, then no more often than the backoff (1 s, then 2 s).
+    assert not await engine.health() and upstream.model_lists == 2
+    assert not await engine.health() and upstream.model_lists == 2
+    clock.now += 1.0
+    assert not await engine.health() and upstream.model_lists == 3
+    clock.now += 1.0
+    assert not await engine.health() and upstream.model_lists == 3
+    clock.now += 1.0
+    assert not await engine.health() and upstream.model_lists == 4
+    upstream.down, upstream.bad_request = False, False
+    clock.now += 4.0
+    assert await engine.health() and upstream.model_lists == 5
+    # Healthy again: back to asking nothing.
+    assert await engine.health() and upstream.model_lists == 5
+    assert len(await collect(engine, CHAT)) == 2
+    await engine.close()
+
+
+async def test_an_upstream_without_a_model_list_recovers_from_a_failure() -> None:
+    served = {"down": False}
+
+    def no_list(request: httpx2.Request) -> httpx2.Response:
+        if served["down"]:
+            raise httpx2.ConnectError("connection refused")
+        if request.url.path.endswith("/models"):
+            return httpx2.Response(404, json={"error": {"message": "no such route"}})
+        return sse(chat_chunk("Hi"), chat_chunk(None, "stop"), usage_chunk(1, 1))
+
+    engine = await started(no_list, model="m")
+    served["down"] = True
+    with pytest.raises(Unavailable):
+        await collect(engine, CHAT)
+    served["down"] = False
+    # The 404 is an answer: the upstream is up.
+    assert await engine.health()
+    await engine.close()
+
+
+async def test_a_whole_answer_request_is_one_unary_upstream_call() -> None:
+    answer = {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+    upstream = FakeUpstream(lambda _: httpx2.Response(200, json=answer))
+    engine = await started(upstream)  # a streaming engine
+    deltas = await collect(engine, dataclasses.replace(CHAT, whole_answer=True))
+    assert [d.text for d in deltas] == ["Hi!", ""]
+    assert deltas[-1].finish_reason is FinishReason.STOP and deltas[-1].completion_tokens == 2
+    assert "stream" not in upstream.body() and "stream_options" not in upstream.body()
+    await engine.close()
+
+
+async def test_max_retries_retries_a_5xx_before_the_response_starts() -> None:
+    answers = iter([error(503, {"retry-after-ms": "10"}), error(503, {"retry-after-ms": "10"})])
+
+    def flaky(request: httpx2.Request) -> httpx2.Response:
+        respond = next(answers, None)
+        return respond(request) if respond else sse(chat_chunk("ok"), chat_chunk(None, "stop"))
+
+    engine = await started(FakeUpstream(flaky), max_retries=2)
+    assert [d.text for d in await collect(engine, CHAT)] == ["ok", ""]
+    await engine.close()
+    answers = iter([error(503), error(503)])
+    engine = await started(FakeUpstream(flaky), max_retries=0)
+    with pytest.raises(Unavailable, match="HTTP 503: upstream says 503"):
+        await collect(engine, CHAT)
+    await engine.close()
+
+
+async def test_an_error_event_in_the_stream_ends_it_with_unavailable() -> None:
+    upstream = FakeUpstream(lambda _: sse(chat_chunk("Hel"), {"error": {"message": "engine died"}}))
+    engine = await started(upstream)
+    deltas: list[Delta] = []
+    with pytest.raises(Unavailable, match="error in the stream: engine died"):
+        async for delta in engine.generate(CHAT):
+            deltas.append(delta)
+    assert [d.text for d in deltas] == ["Hel"]
+    await engine.close()
+
+
+class BrokenStream(httpx2.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield f"data: {json.dumps(chat_chunk('Once'))}\n\n".encode()
+        raise httpx2.ReadError("connection reset by peer")
+
+
+async def test_a_connection_lost_mid_stream_is_unavailable() -> None:
+    response = httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=BrokenStream())
+    engine = await started(FakeUpstream(lambda _: response))
+    with pytest.raises(Unavailable, match="is unreachable: ReadError"):
+        await collect(engine, CHAT)
     assert engine.stats().running == 0
     await engine.close()

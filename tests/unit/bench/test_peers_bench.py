@@ -1,0 +1,84 @@
+"""bench-peers' arithmetic: latency added over direct in the same
+repetition, CPU per request without the backend's, and the py-spy summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.peers import PeerPath, Process, summary, top_functions
+from bench.peers_compare import compare
+
+
+async def never(index: int) -> tuple[float, float]:
+    raise AssertionError("not called")
+
+
+def path(name: str, runs: list[dict[str, Any]]) -> PeerPath:
+    return PeerPath(name, never, never, [Process(name, 0)], results=runs)
+
+
+def run(rep: int, p50: float, p99: float, ttft: float, rps: float, cpu: dict[str, float]) -> dict[str, Any]:
+    return {
+        "rep": rep,
+        "c1_p50_ms": p50,
+        "c1_p99_ms": p99,
+        "stream_ttft_p50_ms": ttft,
+        "c32_rps": rps,
+        "cpu_s_per_1k": cpu,
+    }
+
+
+def test_latency_is_added_over_direct_in_the_same_repetition_and_cpu_leaves_the_backend_out() -> None:
+    direct = path(
+        "direct", [run(0, 1.0, 2.0, 1.0, 900, {"backend": 1.0}), run(1, 3.0, 4.0, 1.0, 700, {"backend": 1.0})]
+    )
+    proxy = path(
+        "proxy",
+        [
+            run(0, 2.0, 5.0, 3.0, 100, {"proxy": 4.0, "backend": 1.0}),
+            run(1, 6.0, 8.0, 2.0, 300, {"proxy": 6.0, "backend": 3.0}),
+        ],
+    )
+    rows, table = summary([direct, proxy], backend="backend")
+    row = rows[1]
+    assert row["added_p50_ms"] == pytest.approx((1.0 + 3.0) / 2)
+    assert row["added_p99_ms"] == pytest.approx((3.0 + 4.0) / 2)
+    assert row["stream_ttft_added_p50_ms"] == pytest.approx(1.5)
+    assert row["c32_rps"] == pytest.approx(200)
+    assert row["cpu_s_per_1k"] == pytest.approx(5.0) and row["backend_cpu_s_per_1k"] == pytest.approx(2.0)
+    assert "| proxy | +2.00 / +3.50 | +1.50 | 200 | 5.00 |" in table
+    assert "| direct |" not in table
+
+
+def test_top_functions_splits_self_time_and_headrace_code(tmp_path: Path) -> None:
+    collapsed = tmp_path / "router.txt"
+    collapsed.write_text(
+        "<module> (services/router/__main__.py:223);run (services/router/flow.py:10);loads (json/decoder.py:5) 6\n"
+        "<module> (services/router/__main__.py:223);run (services/router/flow.py:10);place (headrace/x.py:3) 3\n"
+        "<module> (services/router/__main__.py:223);poll (grpc.py:2) 1\n"
+    )
+    tops = {kind: [(frame, round(share, 6)) for frame, share in top] for kind, top in top_functions(collapsed).items()}
+    assert tops["self"][0] == ("loads (json/decoder.py:5)", 0.6)
+    # The entry point (__main__.py) is on every stack: left out.
+    assert tops["headrace_inclusive"] == [("run (services/router/flow.py:10)", 0.9), ("place (headrace/x.py:3)", 0.3)]
+
+
+def test_states_are_compared_as_ratios_to_litellm_in_the_same_run() -> None:
+    def row(path: str, rps: float, cpu: float) -> dict[str, Any]:
+        return {
+            "path": path,
+            "added_p50_ms": 1.0,
+            "added_p99_ms": 2.0,
+            "stream_ttft_added_p50_ms": 1.0,
+            "c32_rps": rps,
+            "cpu_s_per_1k": cpu,
+            "cpu_s_per_1k_by_process": {"router": cpu},
+        }
+
+    results = {"summary": [row("litellm", 50, 10.0), row("headrace-http", 200, 2.5), row("headrace-grpc", 100, 5.0)]}
+    table = compare([("after", results)])
+    assert "| after | headrace-http | +1.00 / +2.00 | +1.00 | 200 (4.00x) | 2.50 (0.25x) | router 2.50 | 0 |" in table
+    assert "| after | headrace-grpc |" in table and "100 (2.00x) | 5.00 (0.50x)" in table
