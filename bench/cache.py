@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import subprocess
+import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -565,9 +569,23 @@ async def run(rounds: int) -> None:
     )
 
 
-async def compare_embedders(rounds: int, repeats: int) -> None:
+@contextlib.contextmanager
+def busy_cores(count: int) -> Iterator[None]:
+    """`count` processes spinning on the CPU at normal priority meanwhile:
+    the other work of a shared host, made repeatable."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+async def compare_embedders(rounds: int, repeats: int, busy: int = 0) -> None:
     started = time.monotonic()
-    totals = await measure_embedders(rounds, repeats)
+    with busy_cores(busy):
+        totals = await measure_embedders(rounds, repeats)
     table = "\n".join(
         [
             f"## Bursts of {BURST} concurrent lookups: the model in a thread vs in its own process, at the "
@@ -575,12 +593,13 @@ async def compare_embedders(rounds: int, repeats: int) -> None:
             "",
             markdown_table(EMBEDDER_HEADERS, embedder_rows(totals)),
             "",
-            f"{repeats} x (thread mesh, process mesh), alternating; each: {rounds} bursts of {BURST} lookups straight "
+            f"{repeats} x (one mesh per row), alternating; each: {rounds} bursts of {BURST} lookups straight "
             f"to the cache (new text each, half paraphrases of 64 stored questions, {LOOKUP_TIMEOUT_S * 1000:.0f} ms "
             f"deadline) and {max(1, rounds // 2)} bursts of {BURST} temperature-0 requests through the router "
             "(synthetic engine; timeouts as the router's cache client counted them). Shipped settings but "
             "`serve: on`. A 'timeout' is a lookup not answered within the deadline; a lookup turned away "
-            f"(embedder-busy) is a fast miss. {time.monotonic() - started:.0f} s; load average at the end "
+            f"(embedder-busy) is a fast miss. {busy} processes spinning on the CPU meanwhile (--busy: other "
+            f"work on the host, made repeatable). {time.monotonic() - started:.0f} s; load average at the end "
             f"{_load():.1f} on {_cores()} cores; the machine was shared with other work: compare the rows.",
         ]
     )
@@ -613,9 +632,10 @@ def main() -> None:
         help="only the bursts, model in a thread vs its own process (bench/results/cache-embedders.*)",
     )
     parser.add_argument("--repeats", type=int, default=2, help="with --embedders-only: mesh pairs to alternate")
+    parser.add_argument("--busy", type=int, default=0, help="with --embedders-only: processes spinning meanwhile")
     args = parser.parse_args()
     if args.embedders_only:
-        asyncio.run(compare_embedders(args.rounds, args.repeats))
+        asyncio.run(compare_embedders(args.rounds, args.repeats, args.busy))
     else:
         asyncio.run(run(args.rounds))
 
