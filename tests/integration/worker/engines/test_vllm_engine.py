@@ -199,6 +199,32 @@ async def test_a_seed_makes_sampling_repeatable(vllm_engine: VllmEngine) -> None
     assert tokens(one) == tokens(two)
 
 
+async def test_score_gives_each_tokens_logprob_and_rank(vllm_engine: VllmEngine) -> None:
+    tok = tokenizer(vllm_engine)
+    text = "The river turns the wheel, and the wheel turns the stones."
+    scores = await vllm_engine.score(request(text))
+    # Every prompt token after the first, in order.
+    assert [s.token_id for s in scores] == tok(text)["input_ids"][1:]
+    assert all(s.logprob <= 0 and s.rank >= 1 for s in scores)
+    # A garbled text is less likely than the sentence.
+    garbled = await vllm_engine.score(request("stones wheel the, turns river. the and The wheel the turns"))
+    assert sum(s.logprob for s in garbled) / len(garbled) < sum(s.logprob for s in scores) / len(scores) - 1
+
+    # A continuation: the engine's own greedy answer scores rank 1 almost
+    # everywhere (prefill and decode round differently, so not always).
+    colors = (ChatTurn(role="user", content="Name three colors."),)
+    chat = request(None, messages=colors, max_tokens=16, temperature=0.0)
+    answer = [t for d in await collect(vllm_engine, chat) for t in d.token_ids]
+    ranked = await vllm_engine.score(chat, continuation=answer)
+    assert [s.token_id for s in ranked] == answer
+    assert sum(s.rank == 1 for s in ranked) >= 0.8 * len(answer)
+
+    with pytest.raises(InvalidArgument, match="maximum context length"):
+        await vllm_engine.score(request("word " * 3000))
+    with pytest.raises(InvalidArgument, match="do not fit"):
+        await vllm_engine.score(chat, continuation=answer * 200)
+
+
 async def test_stats_and_health(vllm_engine: VllmEngine) -> None:
     await collect(vllm_engine, request(max_tokens=8, ignore_eos=True))
     stats = vllm_engine.stats()
