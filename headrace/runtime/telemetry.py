@@ -44,6 +44,10 @@ def configure_logging(service: str, level: str) -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _PerRequestToDebug) for f in logger.filters):
             logger.addFilter(_PerRequestToDebug())
+        # They follow the level asked for here, whatever a library imported
+        # earlier set on them (their lines are DEBUG now, shown at DEBUG).
+        logger.setLevel(logging.NOTSET)
+        logger.disabled = False
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestIdFilter())
     handler.setFormatter(

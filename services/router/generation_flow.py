@@ -334,11 +334,16 @@ class GenerationFlow:
                             now = time.monotonic()
                             ttft_s = now - started
                             attempt_ttft_s = now - attempt.started
-                            if not whole_answer:
-                                # A whole answer's first message is its last: no first-token time
-                                # (for the metric, the routing layer's latency judgments, the lease).
+                            held_back_s = _held_back_s(chunk) if whole_answer else 0.0
+                            if held_back_s is not None:
+                                # A whole answer's one message comes at its end: the worker says
+                                # how long it held its tokens after the first (None: it cannot).
+                                ttft_s -= held_back_s
+                                attempt_ttft_s -= held_back_s
                                 answer.ttft_s = use.ttft_s = ttft_s
                                 metrics.TTFT.labels(model=resolution.model_version).observe(ttft_s)
+                            else:
+                                attempt_ttft_s = -1.0
                         answer.text.append(chunk.text)
                         answer.token_ids.extend(chunk.token_ids)
                         answer.token_counts.append(len(chunk.token_ids))
@@ -352,7 +357,7 @@ class GenerationFlow:
                     last = answer.last
                     plan.succeeded(
                         attempt,
-                        ttft_s=None if first or whole_answer else attempt_ttft_s,
+                        ttft_s=None if first or attempt_ttft_s < 0 else attempt_ttft_s,
                         total_s=time.monotonic() - attempt.started,
                         completion_tokens=last.usage.completion_tokens if last is not None else 0,
                         cost_usd=last.cost.usd if last is not None else 0.0,
@@ -409,3 +414,11 @@ def _route_info(decision: RouteDecision) -> generation_pb2.RouteInfo:
         reason=decision.reason,
         deprecation=decision.primary.deprecation,
     )
+
+
+def _held_back_s(last: generation_pb2.GenerateStreamResponse) -> float | None:
+    """Seconds between a whole answer's first token and its one message,
+    from the worker's timing (None: the engine answered in one piece)."""
+    if last.timing.total_ms <= 0:
+        return None
+    return max(0.0, last.timing.total_ms - last.timing.ttft_ms) / 1000.0

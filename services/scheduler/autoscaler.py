@@ -131,6 +131,7 @@ class Autoscaler:
         self._reason = "start"
         self._last_up_at: float | None = None
         self._last_change_at: float | None = None
+        self._last_down_at: float | None = None
         # (time, recommendation) for the scale-down stabilisation window.
         self._recommendations: deque[tuple[float, int]] = deque()
         self._idle_since: float | None = None
@@ -196,6 +197,11 @@ class Autoscaler:
         rising = signals.demand_rising_per_s
         if rising <= 0 or self._desired == 0 or signals.defer_to_cheaper:
             return ""
+        if self._last_down_at is not None and signals.now - self._last_down_at < s.scale_down_cooldown_s:
+            # A worker just left: its work moving to the others looks like a
+            # rise, and answering it would be a flap (seen with vLLM: up
+            # again 6 s after a scale-down). The SLO rule still acts.
+            return ""
         # The window's mean lags its newest reading by half a window.
         horizon_s = s.cold_start_s + s.window_s / 2
         expected = signals.demand + rising * horizon_s
@@ -244,6 +250,8 @@ class Autoscaler:
         self._last_change_at = now
         if up:
             self._last_up_at = now
+        else:
+            self._last_down_at = now
         self.changes += 1
         log.info("pool %s: desired workers %d -> %d (%s)", self.pool, previous, desired, why)
         return Decision(desired, why, changed=True)

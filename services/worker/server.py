@@ -157,8 +157,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         )
         started = time.monotonic()
         first_token_s: float | None = None
+        deltas = 0
         try:
             async for delta in stream:
+                deltas += 1
                 if first_token_s is None:
                     first_token_s = time.monotonic() - started
                 # Deltas carry running totals where the engine knows them.
@@ -193,6 +195,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     engine_seconds = self._ledger.finish(ledger_key)
                     message.timing.engine_ms = engine_seconds * 1000.0
                     message.cost.engine_seconds = engine_seconds
+                    if whole_answer and first_token_s is not None and (deltas > 1 or delta.completion_tokens <= 1):
+                        # Tokens held back: say when the first one came, from
+                        # this worker's start, so the router still knows the
+                        # TTFT (an engine that answered in one piece, e.g. a
+                        # unary upstream call, has none to give).
+                        message.timing.ttft_ms = first_token_s * 1000.0
+                        message.timing.total_ms = (time.monotonic() - started) * 1000.0
                     metrics.TOKENS.inc(delta.completion_tokens)
                     engine_span.set_attributes(
                         {

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headrace.runtime.config import AutoscaleSettings
-from services.scheduler.autoscaler import Autoscaler, PoolAutoscaling, PoolSignals, SampleWindow
+from services.scheduler.autoscaler import Autoscaler, Decision, PoolAutoscaling, PoolSignals, SampleWindow
 
 SLOTS = 4.0
 
@@ -233,3 +233,26 @@ def test_a_steady_noisy_load_never_triggers_the_lead_time_rule() -> None:
         if decision.changed:
             changes.append((step * 0.5, decision.desired, decision.reason))
     assert changes == [], f"a flat load moved the decision: {changes[:3]}"
+
+
+def test_a_rise_right_after_a_scale_down_is_not_answered_by_the_lead_time_rule() -> None:
+    settings = AutoscaleSettings(
+        enabled=True, max_workers=4, window_s=10.0, cold_start_s=15.0, scale_down_cooldown_s=20.0
+    )
+    s = Autoscaler("pool", settings, initial=2)
+    down = s.decide(PoolSignals(now=0.0, workers=2, queued=0, leased=0, slots_per_worker=SLOTS, mean_demand=0.5))
+    assert down.changed and down.desired == 1
+
+    def rising(now: float) -> Decision:
+        # The retired worker's work moving over looks like a steep rise.
+        return s.decide(
+            PoolSignals(
+                now=now, workers=1, queued=0, leased=2, slots_per_worker=SLOTS, mean_demand=2.0, demand_rising_per_s=0.5
+            )
+        )
+
+    for now in (1.0, 5.0, 10.0, 19.0):
+        assert rising(now).desired == 1, f"the lead-time rule answered a scale-down at {now}s"
+    # After the cooldown the same rise is answered.
+    later = rising(21.0)
+    assert later.desired == 2 and "demand rising" in later.reason
