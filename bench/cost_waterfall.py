@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import socket
@@ -215,10 +216,16 @@ def waterfall_svg(labels: Sequence[str], costs: Sequence[float], *, title: str) 
                 f'<rect x="{x(cost):.1f}" y="{y}" width="{x(previous) - x(cost):.1f}" height="{bar_h}" '
                 'fill="#90cdf4" opacity="0.7"/>'
             )
+        elif previous is not None and previous < cost:
+            # A lever that cost more than the stage before it.
+            parts.append(
+                f'<rect x="{x(previous):.1f}" y="{y}" width="{x(cost) - x(previous):.1f}" height="{bar_h}" '
+                'fill="#e53e3e" opacity="0.8"/>'
+            )
         parts.append(f'<text x="{x(max(cost, previous or cost)) + 6:.1f}" y="{y + bar_h * 0.65:.1f}">{cost:.4g}</text>')
         previous = cost
     parts.append(
-        f'<text x="{left}" y="{height - 0}" fill="#555" font-size="11">USD per 1,000 requests (log scale)</text>'
+        f'<text x="{left}" y="{height - 2}" fill="#555" font-size="11">USD per 1,000 requests (log scale)</text>'
     )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
@@ -533,7 +540,18 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
 
 
-def report(args: argparse.Namespace, records: Sequence[TraceRecord], stages: Sequence[Stage]) -> None:
+def busy_share(stage: Stage) -> float | None:
+    """The busiest engine's busy seconds over the replay's wall time: near 1,
+    the engine held a sequence all along and busy time is set by the
+    arrivals, not by how much work each request took."""
+    if stage.key == "a" or not stage.wall_s:
+        return None
+    return max(stage.worker_seconds.values()) / stage.wall_s
+
+
+def report(
+    args: argparse.Namespace, records: Sequence[TraceRecord], stages: Sequence[Stage], *, when: str | None = None
+) -> None:
     steps = waterfall(stages)
     online = sum(1 for r in records if r.lane == "online")
     origins: dict[str, int] = {}
@@ -554,6 +572,7 @@ def report(args: argparse.Namespace, records: Sequence[TraceRecord], stages: Seq
                 f"{_pct(stage.differ)} of {stage.compared}",
                 ", ".join(f"{k} {v}" for k, v in sorted(stage.cache.items())) or "-",
                 ", ".join(f"{k} {v}" for k, v in sorted(stage.served_by.items())) or "-",
+                _pct(busy_share(stage)),
             ]
         )
     last = stages[-1]
@@ -570,8 +589,8 @@ def report(args: argparse.Namespace, records: Sequence[TraceRecord], stages: Seq
         [
             "# bench-cost: the cost waterfall (one trace, one run)",
             "",
-            f"One run, {time.strftime('%Y-%m-%dT%H:%M:%S%z')}, {os.cpu_count()} CPUs, machine shared with other "
-            "work (compare ratios, not absolutes). SmolLM2-135M-Instruct.",
+            f"One run, {when or time.strftime('%Y-%m-%dT%H:%M:%S%z')}, {os.cpu_count()} CPUs, machine shared "
+            "with other work (compare ratios, not absolutes). SmolLM2-135M-Instruct.",
             "",
             f"- **{verdict}**",
             f"- Trace: `headrace bench trace` seed {args.seed}, Poisson {args.rate}/s for {args.duration:.0f} s: "
@@ -595,6 +614,7 @@ def report(args: argparse.Namespace, records: Sequence[TraceRecord], stages: Seq
                     "answers differing from (a)",
                     "cache outcomes (answered online)",
                     "served by",
+                    "busiest engine busy / replay wall",
                 ],
                 rows,
             ),
@@ -611,6 +631,16 @@ def report(args: argparse.Namespace, records: Sequence[TraceRecord], stages: Seq
             "replayer), so it is at most the busy-time cost. The router, cache (with its MiniLM), scheduler and "
             "Redis are not in the price: their CPU seconds per configuration are in the JSON "
             "(`control_plane_cpu_s`).",
+            "",
+            "Reading it: busy time counts every second an engine holds at least one sequence. Where the last "
+            "column is near 100%, the trace's arrivals kept that engine busy all along (at this rate one vLLM "
+            "engine is never idle, though far from full), so its busy seconds are the replay's length whatever "
+            "each request costs it: a lever that takes work off a busy engine (cache hits, the batch lane) "
+            "barely moves them, and one that adds an engine (routing to a second pool) adds its busy time. The "
+            "token-share costs add up to the same busy time (every busy second is charged to some request), so "
+            "they do not separate the levers either; the cache outcomes show the engine work a lever removed. "
+            "The busy-time cost is what a deploy sized to this trace pays; at a load that fills the engines, "
+            "work removed would come off busy time too (this run does not measure that).",
             "",
             "(a)'s latency: its measured service times put through one server taking requests in arrival order "
             "(a queue simulation: TTFT = wait + time to the first token); when it cannot keep up with the trace "
@@ -648,6 +678,7 @@ def report(args: argparse.Namespace, records: Sequence[TraceRecord], stages: Seq
     write_results(
         "cost",
         {
+            "trace_args": {k: v for k, v in vars(args).items() if k not in ("models_dir", "rerender")},
             "trace": {**asdict(trace_shape(args)), "max_tokens_cap": args.max_tokens, "requests": len(records)},
             "price_per_core_hour": PRICE_PER_CORE_HOUR,
             "formula": "usd_per_1k = sum(busy_s x cores x price_per_core_hour / 3600) x 1000 / requests",
@@ -660,6 +691,20 @@ def report(args: argparse.Namespace, records: Sequence[TraceRecord], stages: Seq
         },
         table,
     )
+
+
+def rerender(args: argparse.Namespace) -> None:
+    """The tables and plot again from bench/results/cost.json (the trace
+    is regenerated: it is deterministic for its seed)."""
+    stored = json.loads((RESULTS_DIR / "cost.json").read_text())
+    for name, value in stored.get("trace_args", {}).items():
+        setattr(args, name, value)
+    fields = {f for f in Stage.__dataclass_fields__}
+    stages = [Stage(**{k: v for k, v in s.items() if k in fields}) for s in stored["stages"]]
+    report(args, make_trace(args), stages, when=stored["when"])
+    # write_results stamps the time it writes: keep the run's.
+    path = RESULTS_DIR / "cost.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "when": stored["when"]}, indent=2) + "\n")
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -689,7 +734,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32, help="cap on each request's max_tokens")
     parser.add_argument("--batch-window", type=float, default=20.0, help="(e): seconds per batch window")
     parser.add_argument("--models-dir", default=os.environ.get("HEADRACE_MODELS_DIR", str(default_models_dir())))
-    asyncio.run(run(parser.parse_args()))
+    parser.add_argument("--rerender", action="store_true", help="rewrite cost.md/.svg from cost.json; run nothing")
+    args = parser.parse_args()
+    if args.rerender:
+        rerender(args)
+    else:
+        asyncio.run(run(args))
 
 
 if __name__ == "__main__":
