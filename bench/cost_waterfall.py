@@ -321,15 +321,15 @@ def naive_transformers(records: Sequence[TraceRecord], models_dir: Path) -> Naiv
     return run
 
 
-def naive_stage(records: Sequence[TraceRecord], run: NaiveRun) -> Stage:
-    starts = single_server_starts([r.at_s for r in records], run.service_s)
+def naive_stage(records: Sequence[TraceRecord], run: NaiveRun, *, speed: float = 1.0) -> Stage:
+    starts = single_server_starts([r.at_s / speed for r in records], run.service_s)
     ttfts, tpots = [], []
     for record, start, service, first, tokens in zip(
         records, starts, run.service_s, run.first_token_s, run.tokens, strict=True
     ):
         if record.lane != "online":
             continue
-        ttfts.append(start - record.at_s + first)
+        ttfts.append(start - record.at_s / speed + first)
         tpot = tpot_s(service, first, tokens)
         if tpot is not None:
             tpots.append(tpot)
@@ -435,10 +435,10 @@ def clear_response_cache(redis_url: str) -> int:
 
 
 async def replay(
-    mesh: MeshUnderTest, records: Sequence[TraceRecord], *, no_cache: bool, batch_window_s: float
+    mesh: MeshUnderTest, records: Sequence[TraceRecord], *, no_cache: bool, batch_window_s: float, speed: float
 ) -> ReplayResult:
     async with AsyncHeadraceClient(mesh.router_address, timeout=600) as client:
-        replayer = Replayer(client, no_cache=no_cache, batch_window_s=batch_window_s, batch_timeout_s=600)
+        replayer = Replayer(client, no_cache=no_cache, batch_window_s=batch_window_s, batch_timeout_s=600, speed=speed)
         return await replayer.replay(records)
 
 
@@ -495,7 +495,7 @@ def mesh_stage(
 
 
 async def mesh_stages(
-    records: Sequence[TraceRecord], reference: Mapping[str, str], batch_window_s: float
+    records: Sequence[TraceRecord], reference: Mapping[str, str], batch_window_s: float, speed: float = 1.0
 ) -> list[Stage]:
     online_ids = {r.id for r in records if r.lane == "online"}
     # (b)-(d) send the batch part online too: no batch lane yet.
@@ -521,7 +521,7 @@ async def mesh_stages(
             print(f"{STAGES[key]} ... (cache keys cleared: {cleared})", flush=True)
             before = {pool: busy_seconds(url) for pool, url in urls.items()}
             cpu_before = control_plane_cpu_s(mesh)
-            result = await replay(mesh, plan, no_cache=no_cache, batch_window_s=batch_window_s)
+            result = await replay(mesh, plan, no_cache=no_cache, batch_window_s=batch_window_s, speed=speed)
             # Batch rows may still be draining from the worker's view: let the counters settle.
             await asyncio.sleep(1.0)
             busy = {pool: busy_seconds(url) - before[pool] for pool, url in urls.items()}
@@ -597,9 +597,10 @@ def report(
             f"{len(records)} requests ({online} online, {len(records) - online} batch part); origins "
             + ", ".join(f"{k} {v}" for k, v in sorted(origins.items()))
             + f" (repeats {args.repeats}, paraphrases {args.paraphrases}: the middle setting); "
-            f"max_tokens capped at {args.max_tokens}; temperature 0.",
+            f"max_tokens capped at {args.max_tokens}; temperature 0; replayed at {getattr(args, 'speed', 1.0):g}x "
+            "the trace's pace.",
             "",
-            "![cost waterfall](cost.svg)",
+            f"![cost waterfall]({args.name}.svg)",
             "",
             markdown_table(
                 [
@@ -633,8 +634,8 @@ def report(
             "(`control_plane_cpu_s`).",
             "",
             "Reading it: busy time counts every second an engine holds at least one sequence. Where the last "
-            "column is near 100%, the trace's arrivals kept that engine busy all along (at this rate one vLLM "
-            "engine is never idle, though far from full), so its busy seconds are the replay's length whatever "
+            "column is near 100%, the trace's arrivals kept that engine busy all along (a vLLM engine is "
+            "never idle, though possibly far from full), so its busy seconds are the replay's length whatever "
             "each request costs it: a lever that takes work off a busy engine (cache hits, the batch lane) "
             "barely moves them, and one that adds an engine (routing to a second pool) adds its busy time. The "
             "token-share costs add up to the same busy time (every busy second is charged to some request), so "
@@ -674,11 +675,11 @@ def report(
         title=f"USD per 1,000 requests, one trace of {len(records)} requests",
     )
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "cost.svg").write_text(svg)
+    (RESULTS_DIR / f"{args.name}.svg").write_text(svg)
     write_results(
-        "cost",
+        args.name,
         {
-            "trace_args": {k: v for k, v in vars(args).items() if k not in ("models_dir", "rerender")},
+            "trace_args": {k: v for k, v in vars(args).items() if k not in ("models_dir", "rerender", "name")},
             "trace": {**asdict(trace_shape(args)), "max_tokens_cap": args.max_tokens, "requests": len(records)},
             "price_per_core_hour": PRICE_PER_CORE_HOUR,
             "formula": "usd_per_1k = sum(busy_s x cores x price_per_core_hour / 3600) x 1000 / requests",
@@ -696,14 +697,14 @@ def report(
 def rerender(args: argparse.Namespace) -> None:
     """The tables and plot again from bench/results/cost.json (the trace
     is regenerated: it is deterministic for its seed)."""
-    stored = json.loads((RESULTS_DIR / "cost.json").read_text())
+    stored = json.loads((RESULTS_DIR / f"{args.name}.json").read_text())
     for name, value in stored.get("trace_args", {}).items():
         setattr(args, name, value)
     fields = {f for f in Stage.__dataclass_fields__}
     stages = [Stage(**{k: v for k, v in s.items() if k in fields}) for s in stored["stages"]]
     report(args, make_trace(args), stages, when=stored["when"])
     # write_results stamps the time it writes: keep the run's.
-    path = RESULTS_DIR / "cost.json"
+    path = RESULTS_DIR / f"{args.name}.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "when": stored["when"]}, indent=2) + "\n")
 
 
@@ -717,9 +718,9 @@ async def run(args: argparse.Namespace) -> None:
     print(f"trace: {len(records)} requests", flush=True)
     print(STAGES["a"] + " ...", flush=True)
     naive = naive_transformers(records, models_dir)
-    stages = [naive_stage(records, naive)]
+    stages = [naive_stage(records, naive, speed=args.speed)]
     print(f"  {stages[0].usd_per_1k:.5f} USD/1k", flush=True)
-    stages += await mesh_stages(records, naive.answers, args.batch_window)
+    stages += await mesh_stages(records, naive.answers, args.batch_window, args.speed)
     report(args, records, stages)
 
 
@@ -734,6 +735,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32, help="cap on each request's max_tokens")
     parser.add_argument("--batch-window", type=float, default=20.0, help="(e): seconds per batch window")
     parser.add_argument("--models-dir", default=os.environ.get("HEADRACE_MODELS_DIR", str(default_models_dir())))
+    parser.add_argument("--speed", type=float, default=1.0, help="replay the trace this many times faster")
+    parser.add_argument("--name", default="cost", help="results under bench/results/NAME.{md,json,svg}")
     parser.add_argument("--rerender", action="store_true", help="rewrite cost.md/.svg from cost.json; run nothing")
     args = parser.parse_args()
     if args.rerender:
