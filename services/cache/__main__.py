@@ -60,7 +60,11 @@ def build_cache(
         embedder = BatchingEmbedder(
             encoder, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, max_pending=config.max_pending
         )
-        verifier: HitVerifier = LexicalVerifier() if config.verifier == "lexical" else AcceptAll()
+        verifier: HitVerifier = (
+            LexicalVerifier(reworded_similarity=config.reworded_similarity_threshold)
+            if config.verifier == "lexical"
+            else AcceptAll()
+        )
         semantic = SemanticParts(
             encoder=encoder,
             verifier=verifier,
@@ -111,8 +115,12 @@ async def main(settings: Settings) -> None:
     config = settings.cache.semantic
     encoder: MiniLmEncoder | ProcessEncoder | None = None
     if config.enabled:
-        loader = ProcessEncoder if config.embedder == "process" else MiniLmEncoder
-        encoder = await asyncio.to_thread(loader, config.model_path, threads=config.embed_threads)
+        if config.embedder == "process":
+            encoder = await asyncio.to_thread(
+                ProcessEncoder, config.model_path, threads=config.embed_threads, nice=config.embed_nice
+            )
+        else:
+            encoder = await asyncio.to_thread(MiniLmEncoder, config.model_path, threads=config.embed_threads)
     app = build_cache(settings, client, encoder=encoder)
     # Serve only with the index rebuilt: a replica that answered before
     # would miss what its peers stored.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -38,8 +39,11 @@ __all__ = ["ProcessEncoder"]
 _START_TIMEOUT_S = 300.0
 
 
-def _serve(conn: Connection, model_path: str | None, threads: int) -> None:
+def _serve(conn: Connection, model_path: str | None, threads: int, nice: int) -> None:
     """The child: load the model, then embed what comes until None or EOF."""
+    if nice:
+        # Below the event loops: see ProcessEncoder.
+        os.nice(nice)
     try:
         encoder = MiniLmEncoder(model_path, threads=threads)
     except Exception as exc:  # reported to the parent, which raises it
@@ -60,11 +64,21 @@ def _serve(conn: Connection, model_path: str | None, threads: int) -> None:
 
 
 class ProcessEncoder:
-    """all-MiniLM-L6-v2 (MiniLmEncoder) in a child process; see the module."""
+    """all-MiniLM-L6-v2 (MiniLmEncoder) in a child process; see the module.
 
-    def __init__(self, model_path: str | None = None, *, threads: int = 1) -> None:
+    `nice`: how much lower the child's CPU priority is than its parent's.
+    The model is throughput work behind a bounded queue (a lookup it cannot
+    serve in time answers miss at once); the event loops of the cache and
+    the router are latency work: a lookup that waits for a loop to be
+    scheduled is the one that times out. Measured under bursts of 32
+    through the router on 2 shared cores: lookups reached the cache's
+    handler with up to the whole 250 ms gone (p90 136 ms) while the model
+    held a core (docs/cache.md)."""
+
+    def __init__(self, model_path: str | None = None, *, threads: int = 1, nice: int = 0) -> None:
         self._model_path = model_path
         self._threads = threads
+        self._nice = nice
         # encode runs on one thread at a time (TextEncoder's contract); the
         # lock also covers a restart after the child died.
         self._lock = threading.Lock()
@@ -83,7 +97,7 @@ class ProcessEncoder:
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
         process = context.Process(
-            target=_serve, args=(child, self._model_path, self._threads), name="embedder", daemon=True
+            target=_serve, args=(child, self._model_path, self._threads, self._nice), name="embedder", daemon=True
         )
         started = time.monotonic()
         process.start()

@@ -133,7 +133,8 @@ class ResponseCache:
                 # Expired or invalidated elsewhere: this copy is stale.
                 self._semantic.index.remove(partition, [match.entry_id])
                 continue
-            verdict = verifier.verify(key.text, text)
+            # A rewording is accepted only from a higher similarity.
+            verdict = verifier.verify(key.text, text).at(match.similarity)
             metrics.VERDICTS.labels(verdict=verdict.label).inc()
             if not verdict.accepted:
                 turned_down = turned_down or verdict

@@ -37,7 +37,11 @@ class SemanticServing:
             log.warning("no calibration record (%s): semantic hits are off where serve is auto", exc)
             record = {}
         calibrated = goals_met_for(
-            record, model_id=model_id, verifier=verifier, threshold=settings.similarity_threshold
+            record,
+            model_id=model_id,
+            verifier=verifier,
+            threshold=settings.similarity_threshold,
+            reworded=settings.reworded_similarity_threshold,
         )
         if not calibrated:
             log.warning(

@@ -53,6 +53,9 @@ class Check(Enum):
     ORDER = "order"
     SLOT = "slot"
     UNRELATED = "unrelated"
+    # Reworded: content words replaced on both sides; accepted only from
+    # the similarity calibrated for rewordings.
+    REWORDED = "reworded"
     NO_TEXT = "no-text"
 
 
@@ -62,11 +65,24 @@ class Verdict:
     check: Check
     # What differed, for the trace: e.g. "adults/children".
     detail: str = ""
+    # An acceptance may hold only from a similarity up: a rewording (content
+    # words replaced on both sides) is where a near miss the checks cannot
+    # name hides, so it must be closer than the threshold asks of others.
+    min_similarity: float = 0.0
 
     @property
     def label(self) -> str:
         """ "accept", or "reject:<check>"."""
         return "accept" if self.accepted else f"reject:{self.check.value}"
+
+    def at(self, similarity: float, *, min_similarity: float | None = None) -> Verdict:
+        """This verdict for a candidate at `similarity`: an acceptance that
+        asks for more similarity than the candidate has is a rejection.
+        `min_similarity` replaces the one asked (calibration tries several)."""
+        floor = self.min_similarity if min_similarity is None or self.check is not Check.REWORDED else min_similarity
+        if self.accepted and similarity < floor:
+            return Verdict(False, self.check, self.detail)
+        return self
 
 
 ACCEPT = Verdict(True, Check.SAME)
@@ -109,11 +125,28 @@ _CONTRACTIONS = [
 _TOKEN = re.compile(r"[a-z0-9_]+(?:[.,][0-9]+)*|[%$€£¥°#+]")
 
 NEGATIONS = frozenset(
-    # "fail to", "unable to", "refuse to": a negation in a verb.
-    """not no non never without none nobody nothing neither nor nowhere noone hardly barely lack lacking
-    fail fails failed failing unable refuse refuses refused""".split()
+    # Negative particles, pronouns and adverbs; verbs that carry a negation
+    # ("fail to", "unable to", "refuse to"); and verbs and prepositions of
+    # avoiding, preventing and leaving out ("how do I avoid X" asks the
+    # opposite of "how do I X"). One side with one and the other without
+    # is a negation flip; both with one cancel out.
+    """not no non never without none nobody nothing neither nor nowhere noone hardly barely scarcely rarely
+    seldom lack lacks lacked lacking fail fails failed failing unable refuse refuses refused
+    avoid avoids avoided avoiding prevent prevents prevented preventing refrain refrains refrained
+    cease ceases ceased ceasing stop stops stopped stopping except excluding absent absence""".split()
 )
-_NEGATIVE_PREFIXES = ("un", "in", "il", "im", "ir", "dis", "non", "ab", "a")
+_NEGATIVE_PREFIXES = ("un", "in", "il", "im", "ir", "dis", "non", "ab", "a", "mis", "anti")
+# Prefixes that turn a word into its opposite (increase / decrease, upload
+# / download, implicit / explicit): read both ways, with a stem of at least
+# `_MIN_AFFIX_STEM` letters left, so that short words do not match by chance.
+_OPPOSED_PREFIXES = (
+    ("over", "under"), ("up", "down"), ("in", "out"), ("in", "de"), ("en", "de"), ("en", "dis"), ("im", "ex"),
+    ("in", "ex"), ("pre", "post"), ("hyper", "hypo"), ("max", "min"), ("super", "sub"), ("inter", "intra"),
+    ("on", "off"), ("ac", "de"), ("as", "de"), ("pro", "anti"), ("pro", "con"), ("inc", "dec"), ("", "de"),
+)  # fmt: skip
+# Suffixes likewise (careful / careless, employer / employee).
+_OPPOSED_SUFFIXES = (("ful", "less"), ("", "less"), ("er", "ee"), ("or", "ee"))
+_MIN_AFFIX_STEM = 4
 
 STOPWORDS = frozenset(
     """a an the of in on at for to from by with about as into onto over under than then and or but if so
@@ -224,6 +257,48 @@ wet/dry full/empty hard/soft easy/difficult easier/harder easiest/hardest simple
 white/black day/night sunrise/sunset lowercase/uppercase odd/even sync/async synchronous/asynchronous
 static/dynamic mutable/immutable global/local frontend/backend borrow/lend lender/borrower
 buyer/seller employer/employee teacher/student landlord/tenant predator/prey import/export
+wide/narrow wider/narrower widest/narrowest broad/narrow thick/thin thicker/thinner deep/shallow
+deeper/shallower tall/short taller/shorter tallest/shortest near/far nearer/farther nearest/farthest
+closest/farthest close/far loud/quiet louder/quieter loud/soft noisy/quiet bright/dim bright/dark
+brighter/darker brighten/darken lighten/darken sharp/dull sharp/blunt tight/loose tighten/loosen
+rough/smooth sweet/bitter sweet/sour sweet/savory fat/thin fat/lean alive/dead live/die life/death
+birth/death born/died awake/asleep wake/sleep present/absent same/different similar/different
+common/rare many/few fewer/more fewest/most always/never often/rarely everything/nothing
+everyone/nobody everywhere/nowhere all/none majority/minority major/minor plural/singular
+success/failure succeed/fail winner/loser victory/defeat attack/defend attack/defense offense/defense
+offensive/defensive war/peace friend/enemy ally/enemy arrive/depart arrive/leave arrival/departure
+come/go coming/going give/take giving/taking incoming/outgoing inbound/outbound inhale/exhale
+entrance/exit ascend/descend climb/descend rising/falling rise/set sunrise/sunset dawn/dusk
+sink/float freeze/melt freezing/melting freezing/boiling freeze/boil heat/cool heating/cooling
+heater/cooler warm/cold warmer/colder warmest/coldest expand/contract expand/shrink grow/shrink
+inflate/deflate raw/cooked fresh/stale fresh/rotten ripe/unripe solid/liquid liquid/gas humid/dry
+happy/sad happiness/sadness joy/sorrow laugh/cry optimist/pessimist optimistic/pessimistic
+introvert/extrovert introverted/extroverted innocent/guilty plaintiff/defendant prosecution/defense
+hire/fire hiring/firing promote/demote promotion/demotion reward/punishment praise/criticism
+praise/blame pro/con pros/cons advantage/drawback advantages/drawbacks benefit/risk benefits/risks
+benefit/harm benefits/harms strength/weakness strengths/weaknesses asset/liability assets/liabilities
+credit/debit income/expense income/expenses deposit/withdraw deposit/withdrawal save/spend
+saving/spending saver/spender lender/borrower creditor/debtor supply/demand bull/bear
+bullish/bearish producer/consumer speaker/listener writer/reader host/guest leader/follower
+master/slave primary/secondary primary/replica doctor/patient ancestor/descendant
+superclass/subclass parent/child base/derived serial/parallel sequential/parallel
+blocking/nonblocking stack/heap stack/queue lifo/fifo head/tail prefix/suffix
+floor/ceiling floor/ceil increment/decrement ascending/descending row/column rows/columns
+width/height latitude/longitude numerator/denominator multiply/divide multiplication/division
+add/subtract addition/subtraction union/intersection past/future ancient/modern previous/next
+prev/next last/next former/latter create/destroy build/destroy construct/demolish make/break
+assemble/disassemble store/retrieve read/write reading/writing fetch/push save/load backup/restore
+delete/restore create/delete open/shut pause/resume play/pause show/hide hidden/visible
+expand/collapse maximize/minimize zoom/unzoom allow/block whitelist/blacklist allowlist/denylist
+accept/decline approve/reject approve/deny merge/split join/split combine/separate attach/detach
+concat/split select/deselect check/uncheck freeze/unfreeze block/unblock mute/unmute pin/unpin
+show/unshow remember/forget login/logout signin/signout online/offline indoor/outdoor
+indoors/outdoors interior/exterior inner/outer domestic/international local/remote
+upward/downward uphill/downhill upstream/downstream upstairs/downstairs attract/repel
+conductor/insulator acidic/alkaline acid/base masculine/feminine uncle/aunt nephew/niece
+prince/princess actor/actress grandfather/grandmother grandson/granddaughter boyfriend/girlfriend
+mr/mrs gains/losses gain/loss increase/reduce increase/cut overweight/underweight
+overestimate/underestimate overpaid/underpaid overcooked/undercooked
 """
 ANTONYMS: dict[str, set[str]] = {}
 for _pair in _ANTONYM_PAIRS.split():
@@ -354,7 +429,8 @@ class _Analysis:
     # Per token: its content key (stemmed, mapped to a synonym group's
     # first word), or "" for stopwords, negations and numbers.
     keys: tuple[str, ...]
-    negated: bool
+    # How many negation cues: "not prevent" is not "prevent", though both negate.
+    negations: int
     numbers: Counter[str]
     dates: Counter[str]
     units: Counter[str]
@@ -450,7 +526,7 @@ def analyse(text: str) -> _Analysis:
     return _Analysis(
         tokens=tokens,
         keys=tuple(keys),
-        negated=any(t in NEGATIONS for t in tokens),
+        negations=sum(t in NEGATIONS for t in tokens),
         numbers=numbers,
         dates=dates,
         units=units,
@@ -464,6 +540,27 @@ def _next_to_number(tokens: tuple[str, ...], i: int) -> bool:
 
 def _negative_forms(word: str) -> set[str]:
     return {prefix + word for prefix in _NEGATIVE_PREFIXES}
+
+
+def _opposed_by_affix(one: str, other: str) -> bool:
+    """Whether two words are one stem with opposed prefixes or suffixes
+    (increase / decrease, upload / download, careful / careless, employer /
+    employee, compress / decompress)."""
+    if not (one.isalpha() and other.isalpha()):
+        return False
+    for left, right in _OPPOSED_PREFIXES:
+        for x, y in ((one, other), (other, one)):
+            if x.startswith(left) and y.startswith(right):
+                stem_x, stem_y = x[len(left) :], y[len(right) :]
+                if stem_x == stem_y and len(stem_x) >= _MIN_AFFIX_STEM + (not left):
+                    return True
+    for left, right in _OPPOSED_SUFFIXES:
+        for x, y in ((one, other), (other, one)):
+            if x.endswith(right) and (not left or y.endswith(left)):
+                stem_x, stem_y = x[: len(x) - len(right)], y[: len(y) - len(left)]
+                if stem_x == stem_y and len(stem_x) >= _MIN_AFFIX_STEM:
+                    return True
+    return False
 
 
 def _diff(a: Counter[str], b: Counter[str]) -> str:
@@ -497,6 +594,35 @@ def _order_swap(a: _Analysis, b: _Analysis) -> str:
                 links_a |= _verbs_between(a, pos_a[first], pos_a[second])
                 links_b |= _verbs_between(b, pos_b[second], pos_b[first])
             if links_a & links_b:
+                return f"{first}..{second}"
+    return ""
+
+
+def _permutation_swap(a: _Analysis, b: _Analysis) -> str:
+    """The same content words, two of them in opposite order with words
+    between them in both texts ("is gold heavier than lead" / "is lead
+    heavier than gold", "mirror my iPad to my TV" / "... TV to my iPad"): a
+    question made of the same words reordered is most often its reverse,
+    whatever word links them. Not where only one text is passive (active
+    and passive voice reorder the same words), nor where only symmetric
+    words stand between ("cats and dogs"); "" if none."""
+    if Counter(a.content) != Counter(b.content) or _passive(a) != _passive(b):
+        return ""
+    roles = _roles(a)
+    if roles and roles == _roles(b):
+        # Reordered but each word keeps its role ("from London to Paris" /
+        # "to Paris from London").
+        return ""
+    pos_a = {k: i for i, k in reversed(list(enumerate(a.keys))) if k}
+    pos_b = {k: i for i, k in reversed(list(enumerate(b.keys))) if k}
+    words = sorted(pos_a, key=lambda k: pos_a[k])
+    for i, first in enumerate(words):
+        for second in words[i + 1 :]:
+            if pos_b[first] <= pos_b[second]:
+                continue
+            between_a = a.tokens[pos_a[first] + 1 : pos_a[second]]
+            between_b = b.tokens[pos_b[second] + 1 : pos_b[first]]
+            if any(t not in _SYMMETRIC for t in between_a) and any(t not in _SYMMETRIC for t in between_b):
                 return f"{first}..{second}"
     return ""
 
@@ -591,19 +717,23 @@ def _added_qualifier(a: _Analysis, b: _Analysis) -> str:
 class LexicalVerifier:
     """Structural and lexical checks (see the module's docstring).
 
-    `max_slot_words`: the most content words a slot change replaces."""
+    `max_slot_words`: the most content words a slot change replaces.
+    `reworded_similarity`: the similarity a rewording must reach (content
+    words on both sides that the other lacks); calibrated by
+    services/cache/calibration.py."""
 
     name = "lexical"
 
-    def __init__(self, *, max_slot_words: int = 3) -> None:
+    def __init__(self, *, max_slot_words: int = 3, reworded_similarity: float = 0.0) -> None:
         self._max_slot_words = max_slot_words
+        self._reworded_similarity = reworded_similarity
 
     def verify(self, query: str, stored: str) -> Verdict:
         if not stored:
             return Verdict(False, Check.NO_TEXT)
         a, b = analyse(query), analyse(stored)
-        if a.negated != b.negated:
-            return Verdict(False, Check.NEGATION, "negated/plain" if a.negated else "plain/negated")
+        if a.negations != b.negations:
+            return Verdict(False, Check.NEGATION, f"{a.negations}/{b.negations} negations")
         if a.numbers != b.numbers:
             return Verdict(False, Check.NUMBER, _diff(a.numbers, b.numbers))
         if a.dates != b.dates:
@@ -619,6 +749,7 @@ class LexicalVerifier:
             if negative:
                 return Verdict(False, Check.NEGATION, f"{word}/{min(negative)}")
             opposite = ANTONYMS.get(word, set()) & only_raw_b
+            opposite |= {w for w in only_raw_b if _opposed_by_affix(word, w)}
             if opposite:
                 return Verdict(False, Check.ANTONYM, f"{word}/{min(opposite)}")
         words_a, words_b = set(a.content), set(b.content)
@@ -626,7 +757,7 @@ class LexicalVerifier:
         missing |= {e for e in b.entities if e not in words_a and e not in raw_a}
         if missing:
             return Verdict(False, Check.ENTITY, " ".join(sorted(missing)))
-        swap = _order_swap(a, b) or _role_swap(a, b)
+        swap = _order_swap(a, b) or _role_swap(a, b) or _permutation_swap(a, b)
         if swap:
             return Verdict(False, Check.ORDER, swap)
         if not words_a & words_b and (words_a or words_b):
@@ -636,4 +767,12 @@ class LexicalVerifier:
         slot = _slot_change(a, b, self._max_slot_words) or _added_qualifier(a, b)
         if slot:
             return Verdict(False, Check.SLOT, slot)
+        only_a, only_b = Counter(a.content) - Counter(b.content), Counter(b.content) - Counter(a.content)
+        if only_a and only_b:
+            # Reworded: each says something the other does not. True
+            # paraphrases do this ("quit my job" / "resign"), and so do the
+            # near misses no check can name (an antonym no table holds, a
+            # paraphrase of a neighbouring question): accepted only from the
+            # similarity calibrated for rewordings.
+            return Verdict(True, Check.REWORDED, _diff(only_a, only_b), min_similarity=self._reworded_similarity)
         return ACCEPT

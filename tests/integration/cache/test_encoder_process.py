@@ -37,3 +37,13 @@ def test_the_child_embeds_as_the_model_does_and_survives_a_crash(minilm: MiniLmE
         assert encoder.pid not in (None, first)
     finally:
         encoder.close()
+
+
+def test_the_child_runs_below_the_cache_when_asked() -> None:
+    encoder = ProcessEncoder(nice=7)
+    try:
+        assert encoder.pid is not None
+        assert os.getpriority(os.PRIO_PROCESS, encoder.pid) == os.getpriority(os.PRIO_PROCESS, 0) + 7
+        assert encoder.encode(["still embeds"]).shape == (1, encoder.dimension)
+    finally:
+        encoder.close()

@@ -14,6 +14,7 @@ from services.cache.evaluation import (
     PAIRS,
     LabelledPair,
     Scored,
+    choose_reworded,
     choose_threshold,
     load_labelled,
     split,
@@ -140,6 +141,7 @@ def test_the_configured_threshold_is_the_calibrated_one() -> None:
     record = json.loads(RECORD.read_text())
     settings = SemanticCacheSettings()
     assert settings.similarity_threshold == record["similarity_threshold"]
+    assert settings.reworded_similarity_threshold == record["reworded_similarity"]
     assert settings.verifier == record["verifier"]
     assert record["data"]["sha256"] and record["data"]["pairs"] == len(load_labelled(PAIRS))
     calibration = record["calibration"]
@@ -151,12 +153,53 @@ def test_the_configured_threshold_is_the_calibrated_one() -> None:
     assert record["goals_met"] == record["held_out"]["goals_met"]
 
 
-def test_a_record_vouches_only_for_its_own_model_verifier_and_threshold() -> None:
-    record = {"goals_met": True, "model": "m", "verifier": "lexical", "similarity_threshold": 0.8}
-    assert goals_met_for(record, model_id="m", verifier="lexical", threshold=0.8)
-    assert goals_met_for(record, model_id="m", verifier="lexical", threshold=0.9)
-    assert not goals_met_for(record, model_id="m", verifier="lexical", threshold=0.79)
-    assert not goals_met_for(record, model_id="other", verifier="lexical", threshold=0.8)
-    assert not goals_met_for(record, model_id="m", verifier="none", threshold=0.8)
-    assert not goals_met_for({**record, "goals_met": False}, model_id="m", verifier="lexical", threshold=0.8)
-    assert not goals_met_for({}, model_id="m", verifier="lexical", threshold=0.8)
+def test_a_record_vouches_only_for_its_own_model_verifier_and_thresholds() -> None:
+    record = {
+        "goals_met": True,
+        "model": "m",
+        "verifier": "lexical",
+        "similarity_threshold": 0.8,
+        "reworded_similarity": 0.9,
+    }
+
+    def met(record: dict[str, object], model_id: str = "m", verifier: str = "lexical", **values: float) -> bool:
+        thresholds = {"threshold": 0.8, "reworded": 0.9, **values}
+        return goals_met_for(record, model_id=model_id, verifier=verifier, **thresholds)
+
+    assert met(record)
+    assert met(record, threshold=0.9, reworded=0.95)
+    assert not met(record, threshold=0.79)
+    # A rewording served from a lower similarity than calibrated: not vouched for.
+    assert not met(record, reworded=0.85)
+    assert not met(record, model_id="other")
+    assert not met(record, verifier="none")
+    assert not met({**record, "goals_met": False})
+    assert not met({})
+
+
+def test_a_rewording_is_served_only_from_the_similarity_calibrated_for_it() -> None:
+    pairs = [
+        stored_pair("paraphrase", "How do I quit my job politely?", "What is a polite way to resign from my job?"),
+        stored_pair("paraphrase", "How do I reset my account password?", "How can I reset my account password?"),
+        # A neighbour's rewording: the verifier cannot name what differs.
+        stored_pair("slot", "How do I learn to play the guitar?", "How long does it take to learn guitar?"),
+    ]
+    encoder = TableEncoder(
+        {
+            pairs[0].stored: [1, 0, 0],
+            pairs[0].query: [1, 0.2, 0],  # 0.98
+            pairs[1].stored: [0, 1, 0],
+            pairs[1].query: [0, 1, 0.1],
+            pairs[2].stored: [0, 0, 1],
+            pairs[2].query: [0, 0.75, 0.66],  # 0.66 to the guitar question, 0.75 to the password one
+        }
+    )
+    scored = Scored(pairs, encoder, LexicalVerifier())
+    # The wrong rewording at 0.66 (below any threshold) sets where rewordings start: 0.66 + margin.
+    reworded = choose_reworded(scored, margin=0.1)
+    assert reworded == pytest.approx(0.8)
+    assert choose_reworded(scored, margin=0.2) == pytest.approx(0.865)
+    report = scored.report(0.8, reworded=reworded)
+    assert report.right == 2 and report.hits == 2
+    # From a rewording threshold above the paraphrase's 0.98, it is lost; the plain one stays.
+    assert scored.report(0.8, reworded=0.99).right == 1

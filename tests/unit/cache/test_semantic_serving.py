@@ -10,7 +10,15 @@ from services.cache.semantic_serving import SemanticServing
 
 def record(path: Path, goals_met: bool) -> Path:
     path.write_text(
-        json.dumps({"goals_met": goals_met, "model": "m", "verifier": "lexical", "similarity_threshold": 0.8})
+        json.dumps(
+            {
+                "goals_met": goals_met,
+                "model": "m",
+                "verifier": "lexical",
+                "similarity_threshold": 0.8,
+                "reworded_similarity": 0.85,
+            }
+        )
     )
     return path
 
@@ -30,6 +38,8 @@ def test_auto_serves_only_what_the_calibration_vouches_for(tmp_path: Path) -> No
     assert serving(record(tmp_path / "met.json", True)).serves(ACME)
     assert not serving(record(tmp_path / "unmet.json", False)).serves(ACME)
     assert not serving(tmp_path / "missing.json").serves(ACME)
+    # Rewordings served from below the calibrated similarity: not vouched for.
+    assert not serving(record(tmp_path / "met.json", True), reworded_similarity_threshold=0.8).serves(ACME)
     # A threshold below the calibrated one is not vouched for.
     assert not serving(record(tmp_path / "met.json", True), similarity_threshold=0.7).serves(ACME)
 

@@ -42,6 +42,20 @@ verifier = LexicalVerifier()
         ("How long does it take to walk 5 km?", "How long does it take to walk 5 miles?", Check.UNIT),
         ("How do I boil an egg?", "Why is the sky blue?", Check.UNRELATED),
         ("How do I reset my password?", "", Check.NO_TEXT),
+        # Written from categories, not from the evaluation set: negation by a
+        # verb of avoiding or preventing, and counted ("not prevent" is not "prevent").
+        ("How do I get sunburn?", "How do I avoid getting sunburn?", Check.NEGATION),
+        ("Does garlic prevent infections?", "Does garlic not prevent infections?", Check.NEGATION),
+        ("Is the museum rarely crowded?", "Is the museum crowded?", Check.NEGATION),
+        # Opposites by affix, in no table: in/de, up/down, ful/less, er/ee.
+        ("Why does inflation increase?", "Why does inflation decrease?", Check.ANTONYM),
+        ("How do I upgrade my kernel?", "How do I downgrade my kernel?", Check.ANTONYM),
+        ("Is the procedure painful?", "Is the procedure painless?", Check.ANTONYM),
+        ("What rights does a trainer have?", "What rights does a trainee have?", Check.ANTONYM),
+        ("Is a river wider than a stream?", "Is a river narrower than a stream?", Check.ANTONYM),
+        # The same words reordered, whatever links them.
+        ("Do wolves hunt deer?", "Do deer hunt wolves?", Check.ORDER),
+        ("Is silver pricier than platinum?", "Is platinum pricier than silver?", Check.ORDER),
     ],
 )
 def test_near_misses_are_turned_down_for_the_right_reason(stored: str, query: str, check: Check) -> None:
@@ -79,6 +93,27 @@ def test_paraphrases_pass(stored: str, query: str) -> None:
     verdict = verifier.verify(query, stored)
     assert verdict.accepted, verdict
     assert verdict.label == "accept"
+
+
+def test_a_rewording_is_accepted_only_from_its_own_similarity() -> None:
+    strict = LexicalVerifier(reworded_similarity=0.9)
+    # Content words on both sides that the other lacks: quit / resign.
+    verdict = strict.verify("What is a polite way to resign from my job?", "How do I quit my job politely?")
+    assert verdict.accepted and verdict.check is Check.REWORDED and verdict.min_similarity == 0.9
+    assert verdict.at(0.95).accepted
+    assert verdict.at(0.85).label == "reject:reworded"
+    assert verdict.at(0.85, min_similarity=0.8).accepted
+    # Only added words (or none): the threshold alone decides.
+    plain = strict.verify("How can I reset my password?", "How do I reset my password?")
+    assert plain.check is Check.SAME and plain.at(0.5).accepted
+    # A rejection stays one at any similarity.
+    assert not strict.verify("Is it legal?", "Is it illegal?").at(1.0).accepted
+
+
+def test_reordered_words_keeping_their_roles_pass() -> None:
+    assert verifier.verify("How do I fly to Rome from Oslo?", "How do I fly from Oslo to Rome?").accepted
+    # Active and passive voice reorder the same words.
+    assert verifier.verify("How is cheese made by monks?", "How do monks make cheese?").accepted
 
 
 def test_accept_all_is_the_threshold_alone() -> None:
