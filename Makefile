@@ -21,7 +21,7 @@ PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # buf breaking compares the protos with this git revision.
 BUF_AGAINST ?= HEAD~1
 PYTEST_ARGS ?=
-BENCHMARKS := bench-autoscale bench-overhead bench-peers bench-engine bench-placement bench-overload bench-gateway bench-connection-limits bench-cache bench-routing bench-batch bench-embeddings bench-failover bench-quant
+BENCHMARKS := bench-autoscale bench-overhead bench-peers bench-engine bench-placement bench-overload bench-gateway bench-connection-limits bench-cache bench-routing bench-batch bench-embeddings bench-failover bench-quant bench-cost
 # protoc finds its mypy plugins (protoc-gen-mypy) in the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -211,6 +211,14 @@ bench-embeddings: install
 bench-quant: install
 	$(HEADRACE) models prepare smollm2 smollm2-w8a8
 	$(PY) -m bench.quant
+
+# The cost waterfall: one generated trace replayed against a naive deploy
+# (transformers, one at a time) and the mesh with one lever more each time
+# (batching, cache, int8/bf16 routing, batch lane): cost per 1k requests,
+# TTFT/TPOT, answers differing from the naive deploy's.
+bench-cost: install
+	$(HEADRACE) models prepare smollm2 smollm2-w8a8
+	$(PY) -m bench.cost_waterfall
 
 clean:
 	rm -rf $(VENV) .venv-triton $(PEERS_VENV) .tools .mypy_cache .ruff_cache .pytest_cache

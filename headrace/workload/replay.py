@@ -79,6 +79,7 @@ class Replayer:
         batch_timeout_s: float = 600.0,
         speed: float = 1.0,
         on_sent: Callable[[], None] | None = None,
+        no_cache: bool = False,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
@@ -91,6 +92,9 @@ class Replayer:
         self._batch_timeout_s = batch_timeout_s
         self._speed = speed
         self._on_sent = on_sent or (lambda: None)
+        # Online requests skip the response cache (neither read nor stored):
+        # a deploy without one, measured on the same mesh.
+        self._no_cache = no_cache
 
     async def replay(self, records: Sequence[TraceRecord]) -> ReplayResult:
         result = ReplayResult()
@@ -136,6 +140,8 @@ class Replayer:
             model=record.model,
             max_tokens=record.max_tokens,
             temperature=record.temperature,
+            no_cache=self._no_cache,
+            no_store=self._no_cache,
         )
         client = self._tenant_clients.get(record.tenant, self._client)
         sent = time.monotonic()

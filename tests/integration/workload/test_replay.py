@@ -62,3 +62,17 @@ async def test_a_trace_replays_on_time_with_repeats_served_from_the_cache(mesh: 
     batch_rows = sum(1 for r in records if r.lane == "batch")
     assert summary["batch"]["rows"] == batch_rows > 0
     assert summary["batch"]["completed"] == batch_rows, result.batches
+
+
+async def test_no_cache_replays_every_request_past_the_cache(mesh: InProcessMesh) -> None:
+    # Repeats only: with the cache, most would hit.
+    shape = WorkloadShape(
+        seed=3, duration_s=1.5, rate_rps=12, repeat_share=0.6, paraphrase_share=0.0, batch_share=0.0, hard_share=0.0
+    )
+    records = list(generate(shape))
+    async with AsyncHeadraceClient(mesh.router_address) as client:
+        result = await Replayer(client, no_cache=True).replay(records)
+    assert len(result.online) == len(records)
+    assert not [o.error for o in result.online if o.error]
+    # Neither read nor stored: no answer came from the cache.
+    assert {o.cache for o in result.online} == {"bypass"}
