@@ -310,10 +310,16 @@ class Dispatcher:
         autoscaler reads them."""
         admission = self.admission(pool)
         workers = admission.workers()
+        # Workers that take new work: a draining (retired) or stale one holds
+        # no slots any more, and counting it would halve the slots per
+        # worker and ask it back (seen with vLLM: a flap 9 s after a
+        # scale-down).
+        now = time.monotonic()
+        accepting = [s for s in workers if self.registry.accepting(s, now)]
         # What a worker holds when busy (capacity() is what it takes now: it
         # shrinks while the engine queues, which is no reason to want more).
         per_worker = (
-            admission.nominal_slots() / len(workers) if workers else float(admission.settings.default_worker_slots)
+            admission.nominal_slots() / len(accepting) if accepting else float(admission.settings.default_worker_slots)
         )
         # With several scheduler replicas each sees only its own queue and
         # leases. Callers spread their Places evenly over the replicas, so
@@ -322,7 +328,7 @@ class Dispatcher:
         replicas = self.registry.replicas_live()
         queued = len(admission.queue) * replicas
         leased = sum(s.leases if replicas == 1 else s.outstanding for s in workers)
-        return len(workers), queued, leased, per_worker
+        return len(accepting), queued, leased, per_worker
 
     def _shared_sizing(self) -> dict[str, SharedSizing]:
         """Pools serving a version together are sized together, cheapest

@@ -98,3 +98,29 @@ def test_the_autoscaler_of_one_replica_counts_the_whole_pools_demand() -> None:
     dispatcher.autoscaling.evaluate = spy  # type: ignore[method-assign,assignment]
     dispatcher.autoscale("pool", 0.0)
     assert seen["leased"] == 6
+
+
+def test_a_draining_worker_does_not_count_in_the_autoscalers_reading() -> None:
+    """A retired worker drains its leases: it holds no slots for new work,
+    so it must not halve the slots per worker (that asked it back)."""
+    from services.scheduler.dispatcher import Dispatcher
+    from services.scheduler.leases import LeaseTable
+    from services.scheduler.worker_roster import WorkerRoster
+    from tests.unit.scheduler.workers import identity
+
+    roster = WorkerRoster(stale_after_s=3.0, share=FixedShare(rank=0, live=1))
+    dispatcher = Dispatcher(registry=roster, leases=LeaseTable(ttl_s=30.0))
+    load = type(worker("w").load)
+    roster.report(identity("w1", pool="pool"), load(running=1, capacity=4), draining=False)
+    roster.report(identity("w2", pool="pool"), load(running=1, capacity=4), draining=True)
+    seen: dict[str, float] = {}
+    real = dispatcher.autoscaling.evaluate
+
+    def spy(pool: str, **reading: float) -> object:
+        seen.update(reading)
+        return real(pool, **reading)  # type: ignore[arg-type]
+
+    dispatcher.autoscaling.evaluate = spy  # type: ignore[method-assign,assignment]
+    dispatcher.autoscale("pool", 0.0)
+    assert seen["workers"] == 1
+    assert seen["slots_per_worker"] == 4
