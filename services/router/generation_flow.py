@@ -324,7 +324,8 @@ class GenerationFlow:
                 )
                 first = True
                 ttft_s = 0.0
-                attempt_ttft_s = 0.0
+                # None: no first-token time (a whole answer its engine gave in one piece).
+                attempt_ttft_s: float | None = None
                 try:
                     async for chunk in call:
                         if first:
@@ -333,17 +334,14 @@ class GenerationFlow:
                             chunk.model = resolution.model_version
                             now = time.monotonic()
                             ttft_s = now - started
-                            attempt_ttft_s = now - attempt.started
                             held_back_s = _held_back_s(chunk) if whole_answer else 0.0
                             if held_back_s is not None:
                                 # A whole answer's one message comes at its end: the worker says
                                 # how long it held its tokens after the first (None: it cannot).
                                 ttft_s -= held_back_s
-                                attempt_ttft_s -= held_back_s
+                                attempt_ttft_s = now - attempt.started - held_back_s
                                 answer.ttft_s = use.ttft_s = ttft_s
                                 metrics.TTFT.labels(model=resolution.model_version).observe(ttft_s)
-                            else:
-                                attempt_ttft_s = -1.0
                         answer.text.append(chunk.text)
                         answer.token_ids.extend(chunk.token_ids)
                         answer.token_counts.append(len(chunk.token_ids))
@@ -357,7 +355,7 @@ class GenerationFlow:
                     last = answer.last
                     plan.succeeded(
                         attempt,
-                        ttft_s=None if first or attempt_ttft_s < 0 else attempt_ttft_s,
+                        ttft_s=attempt_ttft_s,
                         total_s=time.monotonic() - attempt.started,
                         completion_tokens=last.usage.completion_tokens if last is not None else 0,
                         cost_usd=last.cost.usd if last is not None else 0.0,

@@ -24,7 +24,7 @@ from services.scheduler.admission import BATCH, Placement, PoolAdmission
 from services.scheduler.autoscaler import Decision, PoolAutoscaling
 from services.scheduler.leases import LeaseRecord, LeaseTable
 from services.scheduler.placement import PlacementRequest, build_policy
-from services.scheduler.pool_choice import PoolOption, choose_pool
+from services.scheduler.pool_choice import PoolOption, choose_pool, usd_per_million_tokens
 from services.scheduler.spill_sizing import GroupMember, SharedSizing, share_demand
 from services.scheduler.worker_roster import LoadSnapshot, WorkerIdentity, WorkerRoster, WorkerState
 
@@ -292,9 +292,10 @@ class Dispatcher:
         for admission in self._admissions.values():
             admission.fail_orphans(now)
             admission.refresh_gauges()
-        shared = self._shared_sizing()
-        for pool in self.pool_names():
-            self.autoscale(pool, now, shared=shared.get(pool))
+        readings = {pool: self._reading(pool) for pool in self.pool_names()}
+        shared = self._shared_sizing(readings)
+        for pool, reading in readings.items():
+            self._autoscale_reading(pool, now, reading, shared.get(pool))
         metrics.WORKERS.set(len(self.registry))
         self._kick_all()
 
@@ -330,7 +331,7 @@ class Dispatcher:
         leased = sum(s.leases if replicas == 1 else s.outstanding for s in workers)
         return len(accepting), queued, leased, per_worker
 
-    def _shared_sizing(self) -> dict[str, SharedSizing]:
+    def _shared_sizing(self, readings: dict[str, tuple[int, int, int, float]]) -> dict[str, SharedSizing]:
         """Pools serving a version together are sized together, cheapest
         first (spill_sizing.py). A pool in more than one such group sizes
         alone."""
@@ -346,7 +347,7 @@ class Dispatcher:
             members = []
             for pool in sorted(group, key=self._usd_per_million_tokens):
                 scaling = self.pools.settings_for(pool).autoscale
-                _, queued, leased, per_worker = self._reading(pool)
+                _, queued, leased, per_worker = readings.get(pool) or self._reading(pool)
                 decision = self.autoscaling.decision(pool, 0)
                 members.append(
                     GroupMember(
@@ -360,20 +361,18 @@ class Dispatcher:
         return shared
 
     def _usd_per_million_tokens(self, pool: str) -> tuple[float, str]:
-        option = PoolOption(
-            pool=pool,
-            price_per_hour=self.pools.pool_prices.get(pool, 0.0),
-            tokens_per_s=self._throughput(pool, self.admission(pool).workers()),
-            workers=0,
-            expected_wait_s=None,
-            wait_slo_s=0.0,
-        )
-        return option.usd_per_million_tokens, pool
+        price = self.pools.pool_prices.get(pool, 0.0)
+        return usd_per_million_tokens(price, self._throughput(pool, self.admission(pool).workers())), pool
 
     def autoscale(self, pool: str, now: float, *, shared: SharedSizing | None = None) -> Decision:
         """A new reading of the pool for its worker-count decision; `shared`:
         its share of a group's demand, when it serves a version with others."""
-        workers, queued, leased, per_worker = self._reading(pool)
+        return self._autoscale_reading(pool, now, self._reading(pool), shared)
+
+    def _autoscale_reading(
+        self, pool: str, now: float, reading: tuple[int, int, int, float], shared: SharedSizing | None
+    ) -> Decision:
+        workers, queued, leased, per_worker = reading
         decision = self.autoscaling.evaluate(
             pool,
             now=now,

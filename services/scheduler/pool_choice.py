@@ -18,6 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 
+def usd_per_million_tokens(price_per_hour: float, tokens_per_s: float | None) -> float:
+    """A pool's cost per token (inf: throughput unknown, tried last)."""
+    if not tokens_per_s or tokens_per_s <= 0:
+        return math.inf
+    return price_per_hour / 3600.0 / tokens_per_s * 1e6
+
+
 @dataclass(frozen=True)
 class PoolOption:
     pool: str
@@ -33,9 +40,7 @@ class PoolOption:
 
     @property
     def usd_per_million_tokens(self) -> float:
-        if not self.tokens_per_s or self.tokens_per_s <= 0:
-            return math.inf
-        return self.price_per_hour / 3600.0 / self.tokens_per_s * 1e6
+        return usd_per_million_tokens(self.price_per_hour, self.tokens_per_s)
 
     @property
     def wait_s(self) -> float:
