@@ -38,6 +38,7 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -129,6 +130,13 @@ class Throughput:
     load_average: float = 0.0
     # Median time one row took at the worker (through the queue only).
     row_ms_p50: float = 0.0
+    # When the first row's answer came, from the start: what the path costs
+    # before the engine's first row ends (submission, queue, first lease).
+    first_row_s: float = 0.0
+    # When the last row's answer came (the rest of wall_s is the job's end).
+    last_row_s: float = 0.0
+    # Sequences the engine ran at once, on average over the phase (sampled).
+    mean_running: float = 0.0
 
     @property
     def rows_per_s(self) -> float:
@@ -140,6 +148,35 @@ class Throughput:
 
     def as_dict(self) -> dict[str, float]:
         return {**vars(self), "rows_per_s": self.rows_per_s, "tokens_per_s": self.tokens_per_s}
+
+
+class Occupancy:
+    """How full the engine kept, sampled every 20 ms while a phase runs."""
+
+    def __init__(self, worker: WorkerApp) -> None:
+        self._worker = worker
+        self._samples: list[int] = []
+        self.waiting: list[int] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        while True:
+            stats = self._worker.engine.stats()
+            self._samples.append(stats.running)
+            self.waiting.append(stats.waiting)
+            await asyncio.sleep(0.02)
+
+    def __enter__(self) -> Occupancy:
+        self._task = asyncio.get_running_loop().create_task(self._sample())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    @property
+    def mean_running(self) -> float:
+        return statistics.fmean(self._samples) if self._samples else 0.0
 
 
 def parsed_requests(settings: Settings, data: bytes) -> list[generation_pb2.GenerateRequest]:
@@ -182,9 +219,19 @@ async def run_offline(
         return tokens
 
     started = time.monotonic()
-    tokens = await asyncio.gather(*(run(i, request) for i, request in enumerate(requests)))
+    first_row_s = 0.0
+
+    async def timed(index: int, request: generation_pb2.GenerateRequest) -> int:
+        nonlocal first_row_s
+        tokens = await run(index, request)
+        first_row_s = first_row_s or time.monotonic() - started
+        return tokens
+
+    tokens = await asyncio.gather(*(timed(i, request) for i, request in enumerate(requests)))
     wall = time.monotonic() - started
-    return Throughput(rows=len(tokens), tokens=sum(tokens), wall_s=wall, load_average=os.getloadavg()[0])
+    return Throughput(
+        rows=len(tokens), tokens=sum(tokens), wall_s=wall, load_average=os.getloadavg()[0], first_row_s=first_row_s
+    )
 
 
 async def run_job(router: router_pb2_grpc.RouterStub, data: bytes) -> tuple[Throughput, batch_pb2.BatchJob]:
@@ -195,14 +242,24 @@ async def run_job(router: router_pb2_grpc.RouterStub, data: bytes) -> tuple[Thro
         raise RuntimeError(f"the job failed validation: {list(job.errors)[:3]}")
     rows = tokens = 0
     row_s: list[float] = []
+    first_row_s = last_row_s = 0.0
     async for result in router.StreamBatchResults(batch_pb2.StreamBatchResultsRequest(batch_id=job.id, follow=True)):
+        if not rows:
+            first_row_s = time.monotonic() - started
         rows += 1
+        last_row_s = time.monotonic() - started
         tokens += result.response.usage.completion_tokens
         row_s.append(result.response.timing.total_ms / 1000.0)
     wall = time.monotonic() - started
     done = await router.GetBatch(batch_pb2.GetBatchRequest(batch_id=job.id))
     throughput = Throughput(
-        rows=rows, tokens=tokens, wall_s=wall, load_average=os.getloadavg()[0], row_ms_p50=percentile(row_s, 50) * 1000
+        rows=rows,
+        tokens=tokens,
+        wall_s=wall,
+        load_average=os.getloadavg()[0],
+        row_ms_p50=percentile(row_s, 50) * 1000,
+        first_row_s=first_row_s,
+        last_row_s=last_row_s,
     )
     return throughput, done
 
@@ -433,19 +490,27 @@ async def measure(
     await load(deadline_after(2.0))
     cpu.mark("warm-up")
 
-    first = await run_offline(worker, requests, concurrency=concurrency)
+    with Occupancy(worker) as occupancy:
+        first = await run_offline(worker, requests, concurrency=concurrency)
+    first.mean_running = occupancy.mean_running
     cpu.mark("offline")
     print(f"offline: {first.rows_per_s:.2f} rows/s (load {first.load_average:.1f})", flush=True)
-    queued, job = await run_job(router, data)
+    with Occupancy(worker) as occupancy:
+        queued, job = await run_job(router, data)
+    queued.mean_running = occupancy.mean_running
     cpu.mark("through the queue")
     print(f"queue: {queued.rows_per_s:.2f} rows/s (load {queued.load_average:.1f})", flush=True)
-    second = await run_offline(worker, requests, concurrency=concurrency)
+    with Occupancy(worker) as occupancy:
+        second = await run_offline(worker, requests, concurrency=concurrency)
+    second.mean_running = occupancy.mean_running
     cpu.mark("offline again")
     print(f"offline again: {second.rows_per_s:.2f} rows/s (load {second.load_average:.1f})", flush=True)
     alone = await load(deadline_after(args.online_seconds))
     cpu.mark("online alone")
     print(f"online alone: {len(alone.total_s)} requests", flush=True)
-    mixed, mixed_job, during = await while_running(run_job(router, data), load)
+    with Occupancy(worker) as occupancy:
+        mixed, mixed_job, during = await while_running(run_job(router, data), load)
+    mixed.mean_running = occupancy.mean_running
     cpu.mark("queue + online")
     print(f"queue with online load: {mixed.rows_per_s:.2f} rows/s", flush=True)
     arrivals_alone = await arrivals(deadline_after(args.online_seconds))
@@ -483,7 +548,17 @@ def report(args: argparse.Namespace, batch: dict[str, Any], results: dict[str, A
     ratio = queued.rows_per_s / offline_rate
 
     def row(name: str, t: Throughput) -> list[Any]:
-        return [name, t.rows, t.wall_s, t.rows_per_s, t.tokens_per_s, t.load_average]
+        return [
+            name,
+            t.rows,
+            t.wall_s,
+            t.first_row_s,
+            t.last_row_s or t.wall_s,
+            t.mean_running,
+            t.rows_per_s,
+            t.tokens_per_s,
+            t.load_average,
+        ]
 
     throughput_rows = [
         row("offline: engine in-process", first),
@@ -524,7 +599,20 @@ def report(args: argparse.Namespace, batch: dict[str, Any], results: dict[str, A
             f"## Batch through the queue vs offline ({args.engine} engine, {args.rows} rows of "
             f"{args.max_tokens} tokens)",
             "",
-            markdown_table(["path", "rows", "wall s", "rows/s", "tokens/s", "load avg at end"], throughput_rows),
+            markdown_table(
+                [
+                    "path",
+                    "rows",
+                    "wall s",
+                    "first row after s",
+                    "last row after s",
+                    "engine running (mean)",
+                    "rows/s",
+                    "tokens/s",
+                    "load avg at end",
+                ],
+                throughput_rows,
+            ),
             "",
             f"Throughput through the queue is {ratio:.1%} of offline (the mean of the runs before and after it; "
             f"goal >= 95%). Jobs: {job.request_counts.completed} and {mixed_job.request_counts.completed} rows "

@@ -281,8 +281,11 @@ class PoolSchedulingSettings(_Section):
     # Engines run online requests ahead of them (vLLM's priority
     # scheduling; the others' request slots), and batch leases never keep
     # an online request from a worker whose online work fits its width:
-    # it waits at most for one running sequence to end.
-    batch_queue_ahead: int = Field(default=32, ge=0, le=10_000)
+    # it waits at most for one running sequence to end. 128: rows that end
+    # together (a wave) are replaced before the next wave ends, even when
+    # the leases for the next ones take a while (bench-batch: 87.5% of
+    # offline throughput with 32, 95.8% with 128, synthetic engine).
+    batch_queue_ahead: int = Field(default=128, ge=0, le=10_000)
     # Beyond that, the worker stops the newest preemptible batch row when an
     # online request finds its engine full (the consumer retries the row
     # once, not preemptible): an online request then waits for no row.

@@ -52,15 +52,17 @@ class SlotModel:
             return 0.0
         return (self.kv_hard_limit - kv_cache_usage) / (self.kv_hard_limit - self.kv_soft_limit)
 
-    def limit(self, state: WorkerState, *, kv: bool = True) -> int:
+    def limit(self, state: WorkerState, *, kv: bool = True, queued_by_design: int = 0) -> int:
         """Sequences the worker should hold now, ours and others' together
-        (kv=False: as if its KV cache had room, see free_for_online)."""
+        (kv=False: as if its KV cache had room, see free_for_online;
+        queued_by_design: sequences we put in its engine's queue on purpose,
+        which say nothing of what it can fit)."""
         load = state.load
         capacity = load.capacity or self.default_slots
         kv_factor = self.kv_factor(load.kv_cache_usage) if kv else 1.0
         # (+1e-9: 8 x 0.25 must not come out as 1.999... and floor to 1.)
         limit = math.floor(capacity * kv_factor + 1e-9) + self.engine_queue_slots
-        if load.waiting > self.engine_queue_slots:
+        if load.waiting > self.engine_queue_slots + queued_by_design:
             # The engine cannot fit what it has (KV cache or batch size):
             # nothing more until its queue drains.
             limit = min(limit, load.running + self.engine_queue_slots)
@@ -98,7 +100,10 @@ class SlotModel:
         is around, at most batch_share_while_online of its slots (at least
         one), so online requests keep finding room."""
         if not online_active:
-            limit = self.limit(state)
+            # Its queue holds the rows leased ahead: a reading taken between
+            # one row ending and the next starting (running below capacity,
+            # rows waiting) is not an engine that cannot fit them.
+            limit = self.limit(state, queued_by_design=self.batch_queue_ahead)
             return max(0, limit + self.batch_queue_ahead - state.outstanding, self.free(state))
         share = max(1, math.floor(self.limit(state) * self.batch_share_while_online + 1e-9))
         return max(0, min(self.free(state), share - state.batch_leases))

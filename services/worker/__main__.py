@@ -70,6 +70,7 @@ def build_worker(
         tracer=tracer_provider.get_tracer("headrace.worker"),
         prefill_token_weight=settings.pools[pool].prefill_token_weight,
         preempt_batch=settings.scheduler.for_pool(pool).online_preempts_batch,
+        batch_share_while_online=settings.scheduler.for_pool(pool).batch_share_while_online,
     )
     identity = service_identity(settings, Role.WORKER)
     host = GrpcServiceHost(

@@ -1,11 +1,18 @@
-"""Which batch row a worker stops when online work needs its place.
+"""Which batch rows a worker stops when online work arrives.
 
-A batch row sent as preemptible may be stopped while the engine is full
-and an online request arrives: the newest such row goes (it has done the
-least work), its stream ends with ABORTED ("preempted"), and its consumer
-retries it once, not preemptible, so no row is stopped twice. vLLM's own
-priority scheduling puts online requests ahead of waiting batch rows; this
-frees a place among the running ones, on any engine.
+A batch row sent as preemptible may be stopped when an online request
+arrives and the worker holds more batch rows than the pool's
+batch_share_while_online of its engine, or the engine is full: the newest
+such rows go (they have done the least work; in vLLM they are often still
+in its waiting queue), their streams end with ABORTED ("preempted"), and
+their consumer asks the scheduler again for each, not preemptible, so no
+row is stopped twice. The scheduler grants batch rows only up to the same
+share while online work is around, so the stopped rows wait there.
+
+Why stop running rows at all: vLLM's priority scheduling puts online
+requests ahead of waiting batch rows, but every running sequence shares
+each engine step with them, and on a CPU a step with 64 sequences is many
+times one with a few: an online request's first token waits for them.
 """
 
 from __future__ import annotations
@@ -30,13 +37,14 @@ class BatchPreemption:
             return True
         return False
 
-    def victim(self, *, engine_full: bool) -> str | None:
-        """The row to stop for an online request now, if the engine is full
-        and a preemptible row runs; it is marked preempted."""
-        if not engine_full or not self._running:
-            return None
-        request_id = next(reversed(self._running))
-        del self._running[request_id]
-        self._preempted.add(request_id)
-        self.preempted_total += 1
-        return request_id
+    def victims(self, count: int) -> list[str]:
+        """Up to `count` preemptible rows to stop now, newest first; they
+        are marked preempted."""
+        chosen: list[str] = []
+        while len(chosen) < count and self._running:
+            request_id = next(reversed(self._running))
+            del self._running[request_id]
+            self._preempted.add(request_id)
+            chosen.append(request_id)
+        self.preempted_total += len(chosen)
+        return chosen

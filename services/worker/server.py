@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
@@ -38,6 +39,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         tracer: trace.Tracer | None = None,
         prefill_token_weight: float = 0.25,
         preempt_batch: bool = False,
+        batch_share_while_online: float = 1.0,
     ) -> None:
         self._engine = engine
         # Engine time by token share, shared by every request on this engine.
@@ -51,7 +53,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         # Stop a preemptible batch row when an online request finds the
         # engine full (the pool's online_preempts_batch).
         self._preempt_batch = preempt_batch
+        # ... and the batch rows beyond this share of its engine.
+        self._batch_share = batch_share_while_online
         self.preemption = BatchPreemption()
+        # Batch rows in the engine now (preemptible or not).
+        self._batch_rows = 0
 
     def _check_model(self, model_version: str) -> None:
         if model_version not in self._model_versions:
@@ -135,6 +141,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         elif preemptible:
             self.preemption.started(generation.request_id)
         self._online += online
+        self._batch_rows += not online
         ledger_key = object()
         prefilled, counted = False, 0
         finished = False
@@ -225,6 +232,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             if preemptible:
                 self.preemption.finished(generation.request_id)
             self._online -= online
+            self._batch_rows -= not online
             metrics.REQUESTS_IN_FLIGHT.dec()
             # Runs on completion, error and cancellation alike: closing the
             # engine's iterator frees the sequence; abort covers engines
@@ -234,14 +242,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 await self._engine.abort(request.request_id)
 
     async def _make_room(self) -> None:
-        """An online request arrives: if the engine is full, stop the
-        newest preemptible batch row (preemption.py)."""
+        """An online request arrives: bring the batch rows down to the
+        pool's share of the engine, and stop one more if the engine is full
+        (preemption.py)."""
         stats = self._engine.stats()
-        victim = self.preemption.victim(engine_full=stats.running + stats.waiting >= stats.capacity)
-        if victim is not None:
-            log.info("preempting batch row %s for online work", victim)
-            metrics.PREEMPTIONS.inc()
-            await self._engine.abort(victim)
+        keep = max(1, math.floor(stats.capacity * self._batch_share + 1e-9))
+        engine_full = stats.running + stats.waiting >= stats.capacity
+        victims = self.preemption.victims(max(self._batch_rows - keep, 1 if engine_full else 0))
+        if victims:
+            log.info("preempting %d batch rows for online work (%s ...)", len(victims), victims[0])
+            metrics.PREEMPTIONS.inc(len(victims))
+            await asyncio.gather(*(self._engine.abort(victim) for victim in victims))
 
     async def Embed(
         self, request: generation_pb2.EmbedRequest, context: grpc.aio.ServicerContext

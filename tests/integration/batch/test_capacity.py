@@ -239,3 +239,41 @@ async def test_a_preempted_row_is_retried_exactly_once(redis_server: RedisServer
         await client.aclose()
     finally:
         await mesh.close()
+
+
+async def test_online_work_brings_running_batch_rows_down_to_the_pools_share(redis_server: RedisServer) -> None:
+    # 8 slots, a batch share of 1/4 while online work is around: an online
+    # request that finds 8 preemptible rows running stops the newest 6, and
+    # each of those runs again once, later, not preemptible.
+    settings = capacity_settings(
+        redis_server.url,
+        slots=8,
+        tokens_per_s=50,
+        scheduling={"online_preempts_batch": True, "batch_share_while_online": 0.25, "batch_queue_ahead": 0},
+    )
+    mesh = await start_mesh(settings)
+    try:
+        stub = mesh.router_stub()
+        engine = mesh.workers[0].app.engine
+        preempted_before = worker_metrics.PREEMPTIONS._value.get()
+        async with running_consumer(mesh.settings, pool=POOL, worker_address=mesh.workers[0].address):
+            job = await stub.SubmitBatch(batch_pb2.SubmitBatchRequest(input_jsonl=chat_rows(8, max_tokens=100)))
+            await wait_until(now(lambda: engine.stats().running == 8), what="every row running")
+            answer = await stub.Generate(online())
+            assert answer.usage.completion_tokens == 2
+            assert worker_metrics.PREEMPTIONS._value.get() - preempted_before == 6
+            # The two kept rows (and the online request, done) are what runs.
+            assert engine.stats().running <= 2
+            done = await wait_for_job(stub, job.id)
+        assert done.request_counts.completed == 8 and done.request_counts.failed == 0
+        rows = await results(stub, job.id)
+        assert sorted(row.line for row in rows) == list(range(1, 9))
+        assert all(row.response.usage.completion_tokens == 100 for row in rows)
+        client = aioredis.Redis.from_url(settings.redis_url)
+        store = BatchStore(client, prefix=settings.batch.key_prefix, retention_s=60)
+        # Preempted attempts are not counted: one attempt per row.
+        attempts = await client.hgetall(store.job_key(job.id, "attempts"))
+        assert sorted(attempts.values()) == [b"1"] * 8
+        await client.aclose()
+    finally:
+        await mesh.close()

@@ -51,6 +51,17 @@ def test_batch_alone_gets_the_whole_worker_and_its_queue_ahead() -> None:
     assert QUEUEING.free_for_batch(worker("a", capacity=8, leases=4, batch_leases=4), online_active=True) == 0
 
 
+def test_rows_queued_ahead_by_design_do_not_read_as_an_engine_that_cannot_fit() -> None:
+    # A reading between one wave of rows ending and the next starting: 5
+    # running, the 3 rows leased ahead waiting. The worker still has room
+    # for its width plus the queue-ahead, not just for what ran then.
+    between = worker("a", capacity=8, running=5, waiting=3, leases=8, batch_leases=8)
+    assert QUEUEING.free_for_batch(between, online_active=False) == 4
+    # More waiting than was queued ahead: the engine cannot fit its work.
+    overfull = worker("a", capacity=8, running=5, waiting=6, leases=8, batch_leases=8)
+    assert QUEUEING.free_for_batch(overfull, online_active=False) == 0
+
+
 def test_while_online_work_is_around_batch_holds_at_most_its_share() -> None:
     # 8 slots, share 0.5: batch may hold 4 while online work is around.
     assert MODEL.free_for_batch(worker("a", capacity=8), online_active=True) == 4
