@@ -9,9 +9,15 @@ first token. After the first token the error reaches the client, saying
 where it broke.
 
 What it produced is its result (`served`, `ttft_s`), read once the stream
-ended; it changes nothing its caller passed in. The first placement may
-be made ahead (`place_ahead`, while the cache is asked) and given back at
-once when the cache answers instead (`abandon`).
+ended; it changes nothing its caller passed in.
+
+The first placement may be made ahead (`place_ahead`, while the cache is
+asked). It asks for a slot free now only (PlaceRequest.only_if_free):
+never a place in the scheduler's queue, which a cache hit would hold for
+nothing. A hit gives the lease back at once (`abandon`); the placement is
+never cancelled midway, since a lease granted as the cancel crossed it
+would be lost until it expired. With no slot free, a miss places again,
+queueing, as without the cache.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 
 from headrace.request_rules.prefix_hashing import request_prefix_hashes
 from headrace.request_rules.token_estimate import estimate_prompt_tokens
-from headrace.runtime.errors import HeadraceError
+from headrace.runtime.errors import HeadraceError, ResourceExhausted
 from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2
 from services.router import metrics
 from services.router.leasing import LeaseUse
@@ -34,6 +40,9 @@ from services.router.workers import Workers
 
 # An attempt and its placement: a lease, or why there is none.
 _Placement = tuple[Attempt, scheduler_pb2.PlaceResponse | HeadraceError]
+# Placements made ahead whose request no longer wants them, until they
+# answer and their lease goes back (asyncio keeps only weak references).
+_LETTING_GO: set[asyncio.Task[_Placement]] = set()
 
 
 @dataclass(frozen=True)
@@ -86,27 +95,37 @@ class WorkerAttempts:
         return self._plan.attempts
 
     def place_ahead(self) -> None:
-        """Start the first placement now; stream() takes it up."""
+        """Start the first placement now, on a slot free now only; stream()
+        takes it up."""
         if self._ahead is None:
-            self._ahead = asyncio.create_task(self._place_next(), name=f"place-ahead:{self._meta.request_id}")
+            self._ahead = asyncio.create_task(
+                self._place_next(only_if_free=True), name=f"place-ahead:{self._meta.request_id}"
+            )
 
     def abandon(self) -> None:
-        """Nothing will be streamed (the cache answered): a placement made
-        ahead goes back now, or stops waiting for a slot. Safe to call twice."""
+        """Nothing will be streamed (the cache answered, or the request
+        ended): a lease placed ahead goes back as soon as it is granted.
+        Safe to call twice."""
         ahead, self._ahead = self._ahead, None
         self._plan.close()
-        if ahead is None:
-            return
+        if ahead is not None:
+            self._let_go(ahead)
+
+    def _let_go(self, ahead: asyncio.Task[_Placement]) -> None:
         if not ahead.done():
-            # Still queued for a slot (or in flight): the scheduler sees the
-            # cancel and drops it from its queue.
-            ahead.cancel()
+            # In flight: it answers at once (it never queues).
+            _LETTING_GO.add(ahead)
+            ahead.add_done_callback(self._let_go)
             return
+        _LETTING_GO.discard(ahead)
         if ahead.cancelled() or ahead.exception() is not None:
             return
         _, placed = ahead.result()
         if isinstance(placed, scheduler_pb2.PlaceResponse):
+            metrics.PLACED_AHEAD.labels(outcome="given_back").inc()
             self._workers.release(placed.lease)
+        else:
+            _count_ahead_refusal(placed)
 
     async def stream(self, route: generation_pb2.RouteInfo) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
         """The answer's chunks: the first carries model and route (`route`,
@@ -150,19 +169,45 @@ class WorkerAttempts:
         placements that found no worker move on as the plan says."""
         while True:
             ahead, self._ahead = self._ahead, None
-            attempt, placed = await (ahead if ahead is not None else self._place_next())
+            if ahead is None:
+                attempt, placed = await self._place_next()
+            else:
+                attempt, placed = await self._taken_up(ahead)
             if isinstance(placed, scheduler_pb2.PlaceResponse):
                 self._plan.placed(attempt, placed.lease.worker_id)
                 return attempt, placed
             if not self._plan.placement_failed(attempt, placed):
                 raise placed
 
-    async def _place_next(self) -> _Placement:
+    async def _taken_up(self, ahead: asyncio.Task[_Placement]) -> _Placement:
+        """The placement made ahead, once the cache missed; with no slot free
+        then, placed again, queueing."""
+        try:
+            # Shielded: a request cancelled now must not cancel the placement
+            # midway (its lease would be lost); it goes back once granted.
+            attempt, placed = await asyncio.shield(ahead)
+        except asyncio.CancelledError:
+            self._let_go(ahead)
+            raise
+        if isinstance(placed, scheduler_pb2.PlaceResponse):
+            metrics.PLACED_AHEAD.labels(outcome="used").inc()
+            return attempt, placed
+        _count_ahead_refusal(placed)
+        if isinstance(placed, ResourceExhausted):
+            return attempt, await self._place(attempt)
+        return attempt, placed
+
+    async def _place_next(self, *, only_if_free: bool = False) -> _Placement:
         attempt = await self._plan.next()
+        return attempt, await self._place(attempt, only_if_free=only_if_free)
+
+    async def _place(
+        self, attempt: Attempt, *, only_if_free: bool = False
+    ) -> scheduler_pb2.PlaceResponse | HeadraceError:
         request = self._request
         version = attempt.resolution.model_version
         try:
-            placed = await self._workers.place(
+            return await self._workers.place(
                 scheduler_pb2.PlaceRequest(
                     request_id=self._meta.request_id,
                     model_version=version,
@@ -175,11 +220,11 @@ class WorkerAttempts:
                     prompt_tokens=estimate_prompt_tokens(request),
                     max_tokens=request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 0,
                     exclude_workers=attempt.exclude_workers,
+                    only_if_free=only_if_free,
                 )
             )
         except HeadraceError as error:
-            return attempt, error
-        return attempt, placed
+            return error
 
     def _worker_request(
         self, attempt: Attempt, placed: scheduler_pb2.PlaceResponse
@@ -259,6 +304,10 @@ class WorkerAttempts:
             completion_tokens=served.last.usage.completion_tokens if served is not None else 0,
             cost_usd=served.last.cost.usd if served is not None else 0.0,
         )
+
+
+def _count_ahead_refusal(error: HeadraceError) -> None:
+    metrics.PLACED_AHEAD.labels(outcome="busy" if isinstance(error, ResourceExhausted) else "failed").inc()
 
 
 def _held_back_s(chunk: generation_pb2.GenerateStreamResponse) -> float | None:

@@ -279,7 +279,19 @@ async def test_a_placement_made_ahead_is_used_once_the_cache_missed() -> None:
     attempts.place_ahead()
     await asyncio.sleep(0)
     [final] = [c async for c in attempts.stream(ROUTE)]
-    assert final.route.worker_id == "w0" and len(workers.asked) == 1 and workers.released == []
+    assert final.route.worker_id == "w0" and workers.released == []
+    # Asked for a slot free now only, never a place in the queue.
+    assert [r.only_if_free for r in workers.asked] == [True]
+
+
+async def test_no_slot_free_ahead_places_again_queueing_after_a_miss() -> None:
+    busy = QueueFull("no free slot now", retry_after_s=1.0)
+    workers = FakeWorkers(placements=[busy, "w0"], scripts={"w0": Script([last("ok")])})
+    attempts = attempts_on(workers)
+    attempts.place_ahead()
+    [final] = [c async for c in attempts.stream(ROUTE)]
+    assert final.route.worker_id == "w0" and final.route.attempts == 1
+    assert [r.only_if_free for r in workers.asked] == [True, False]
 
 
 async def test_a_placement_made_ahead_goes_back_when_the_cache_answers() -> None:
@@ -294,7 +306,8 @@ async def test_a_placement_made_ahead_goes_back_when_the_cache_answers() -> None
     assert workers.released == ["w0"]
 
 
-async def test_a_placement_still_queued_stops_waiting_when_the_cache_answers() -> None:
+async def test_a_placement_in_flight_when_the_cache_answers_goes_back_once_granted() -> None:
+    # Never cancelled midway: a lease granted as a cancel crossed it would be lost.
     workers = FakeWorkers(placements=["w0"], scripts={}, place_gate=asyncio.Event())
     attempts = attempts_on(workers)
     attempts.place_ahead()
@@ -302,18 +315,43 @@ async def test_a_placement_still_queued_stops_waiting_when_the_cache_answers() -
         await asyncio.sleep(0)
     assert len(workers.asked) == 1
     attempts.abandon()
+    assert workers.released == []
+    assert workers.place_gate is not None
+    workers.place_gate.set()
     for _ in range(10):
         await asyncio.sleep(0)
-    assert workers.place_cancelled and workers.released == []
+    assert not workers.place_cancelled and workers.released == ["w0"]
+
+
+async def test_a_request_cancelled_while_its_placement_is_in_flight_gives_the_lease_back() -> None:
+    workers = FakeWorkers(placements=["w0"], scripts={"w0": Script([last("ok")])}, place_gate=asyncio.Event())
+    attempts = attempts_on(workers)
+    attempts.place_ahead()
+
+    async def consume() -> None:
+        async for _ in attempts.stream(ROUTE):
+            pass
+
+    task = asyncio.create_task(consume())
+    for _ in range(10):
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert workers.place_gate is not None
+    workers.place_gate.set()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not workers.place_cancelled and workers.released == ["w0"] and workers.held == {}
 
 
 async def test_a_refused_placement_made_ahead_is_raised_only_if_the_cache_missed() -> None:
-    refused = QueueFull("queue full", retry_after_s=2.0)
-    hit = attempts_on(FakeWorkers(placements=[refused], scripts={}))
+    no_worker = Unavailable("no worker serves m@1")
+    hit = attempts_on(FakeWorkers(placements=[no_worker], scripts={}))
     hit.place_ahead()
     await asyncio.sleep(0)
     hit.abandon()  # no error: the cache answers
-    missed = attempts_on(FakeWorkers(placements=[QueueFull("queue full", retry_after_s=2.0)], scripts={}))
+    missed = attempts_on(FakeWorkers(placements=[QueueFull("now"), QueueFull("queue full")], scripts={}))
     missed.place_ahead()
     with pytest.raises(QueueFull, match="queue full"):
         [c async for c in missed.stream(ROUTE)]
