@@ -22,9 +22,10 @@ with the fast model first and escalates when that answer fails its check.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -132,12 +133,15 @@ class GenerationFlow:
                 chunks = self._cascade(first, budget_cut, decision, route, request, meta)
             else:
                 chunks = self._reported(first, decision, route, meta)
-            async for chunk in chunks:
-                if not answer.token_counts:
-                    # An answer is served once its first delta is: count it then.
-                    metrics.count_answer(tenant, chunk.route.model_version, route.cache)
-                answer.add(chunk)
-                yield chunk
+            # Closed with this stream (its worker call cancelled now, not
+            # whenever the garbage collector gets to it).
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    if not answer.token_counts:
+                        # An answer is served once its first delta is: count it then.
+                        metrics.count_answer(tenant, chunk.route.model_version, route.cache)
+                    answer.add(chunk)
+                    yield chunk
         finally:
             # A placement made ahead and never streamed goes back.
             first.abandon()
@@ -187,7 +191,7 @@ class GenerationFlow:
         decision: RouteDecision,
         route: generation_pb2.RouteInfo,
         meta: RequestMeta,
-    ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
+    ) -> AsyncGenerator[generation_pb2.GenerateStreamResponse, None]:
         """The attempts' chunks; how they went goes back to the routing layer
         however the request ends."""
         error = ""
@@ -222,7 +226,7 @@ class GenerationFlow:
         route: generation_pb2.RouteInfo,
         request: generation_pb2.GenerateRequest,
         meta: RequestMeta,
-    ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
+    ) -> AsyncGenerator[generation_pb2.GenerateStreamResponse, None]:
         """The fast answer is held back until it passed its check; if it
         fails, the accurate model answers, and the final cost includes both.
         budget_cut: the fast attempt ran on the cascade's smaller budget."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from headrace.request_rules.prefix_hashing import request_prefix_hashes
@@ -127,7 +127,9 @@ class WorkerAttempts:
         else:
             _count_ahead_refusal(placed)
 
-    async def stream(self, route: generation_pb2.RouteInfo) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
+    async def stream(
+        self, route: generation_pb2.RouteInfo
+    ) -> AsyncGenerator[generation_pb2.GenerateStreamResponse, None]:
         """The answer's chunks: the first carries model and route (`route`,
         copied, with the attempt's own facts: version, reason, worker), the
         last finish reason, usage, timing and cost."""

@@ -223,7 +223,7 @@ async def test_a_client_closing_the_stream_cancels_the_worker_call_and_gives_the
     attempts = attempts_on(workers)
     stream = attempts.stream(ROUTE)
     assert (await anext(stream)).text == "a"
-    await stream.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
     assert workers.held["w0"].outcome == CANCELLED and workers.closed == ["w0"]
     assert attempts.served is None
 
