@@ -480,7 +480,10 @@ class Timing(_message.Message):
     queue_ms: _builtins.float
     """Waiting for a worker slot in the scheduler."""
     ttft_ms: _builtins.float
-    """From the router receiving the request to the first token."""
+    """From the router receiving the request to the first token; 0 when not
+    known (a whole answer its engine gave in one piece, e.g. a unary call
+    to an upstream API: it has no first token apart from its last).
+    """
     total_ms: _builtins.float
     """From the router receiving the request to the last token."""
     engine_ms: _builtins.float

@@ -56,6 +56,7 @@ class PlaceRequest(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     EXCLUDE_WORKERS_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
+    ONLY_IF_FREE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     model_version: _builtins.str
     """The resolved model version, e.g. "smollm2@1"."""
@@ -70,6 +71,12 @@ class PlaceRequest(_message.Message):
     """Only this worker (empty: any). A batch consumer asks for room on the
     worker it runs beside: every batch row runs under a lease of the batch
     class, granted by the same admission as online work.
+    """
+    only_if_free: _builtins.bool
+    """A lease only on a slot free now, never a place in the queue: the
+    router places while it asks the cache, and a cache hit must not wait
+    in (or fill) the queue for a slot it gives back. None free now:
+    RESOURCE_EXHAUSTED at once, and no rejection counted.
     """
     @_builtins.property
     def prefix_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -94,10 +101,11 @@ class PlaceRequest(_message.Message):
         max_tokens: _builtins.int = ...,
         exclude_workers: _abc.Iterable[_builtins.str] | None = ...,
         worker_id: _builtins.str = ...,
+        only_if_free: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_workers", b"exclude_workers", "max_tokens", b"max_tokens", "model_version", b"model_version", "prefix_hashes", b"prefix_hashes", "priority", b"priority", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "session_id", b"session_id", "tenant", b"tenant", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_workers", b"exclude_workers", "max_tokens", b"max_tokens", "model_version", b"model_version", "only_if_free", b"only_if_free", "prefix_hashes", b"prefix_hashes", "priority", b"priority", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "session_id", b"session_id", "tenant", b"tenant", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -37,6 +37,7 @@ from services.router.rate_limits import TenantRateLimiter, connect_limiter_redis
 from services.router.routing.layer import RoutingLayer, routing_redis
 from services.router.routing.reload import ConfigReloader
 from services.router.server import RouterServicer
+from services.router.workers import MeshWorkers
 
 
 @dataclass
@@ -102,9 +103,8 @@ def build_router(
     generation = RateLimitedGeneration(
         GenerationFlow(
             routing=routing,
-            leasing=leasing,
+            workers=MeshWorkers(leasing, workers),
             cache=CacheClient(cache, settings.cache),
-            workers=workers,
             background=background,
         ),
         limiter=limiter,

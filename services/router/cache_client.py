@@ -30,11 +30,16 @@ class CacheClient:
         self._stub = stub if settings.enabled else None
         self._settings = settings
 
+    def asks(self, request: generation_pb2.GenerateRequest) -> bool:
+        """Whether lookup() will ask the cache service (else it answers a
+        bypass at once)."""
+        return self._stub is not None and bypass_reason(request) is None
+
     async def lookup(
         self, *, tenant: str, model_version: str, request: generation_pb2.GenerateRequest
     ) -> cache_pb2.CacheLookupResponse:
         bypass = cache_pb2.CacheLookupResponse(outcome=generation_pb2.CACHE_OUTCOME_BYPASS)
-        if self._stub is None or bypass_reason(request) is not None:
+        if self._stub is None or not self.asks(request):
             return bypass
         try:
             response: cache_pb2.CacheLookupResponse = await self._stub.Lookup(

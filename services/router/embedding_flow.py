@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc.aio
 
 from headrace.models.registry import ModelRegistry
+from headrace.request_rules.token_estimate import estimate_tokens
 from headrace.runtime.channels import ChannelPool, call_options
 from headrace.runtime.errors import from_rpc_error
 from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2_grpc
@@ -26,7 +27,7 @@ class EmbeddingFlow:
                 request_id=request_id,
                 model_version=resolution.model_version,
                 tenant=tenant,
-                prompt_tokens=sum(len(text) for text in request.inputs) // 4,
+                prompt_tokens=estimate_tokens(sum(len(text) for text in request.inputs)),
             )
         )
         forwarded = generation_pb2.EmbedRequest()

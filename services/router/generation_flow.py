@@ -1,9 +1,16 @@
 """One online request, from the router's side:
 
-    routing decision (services/router/routing) -> cache lookup ->
-    scheduler.Place -> worker.Generate (streamed straight from the worker)
-    -> release the lease, store the answer in the cache, report the outcome
-    to the routing layer (all off the critical path).
+    routing decision (services/router/routing) -> cache lookup and
+    scheduler.Place at once -> worker.Generate (streamed straight from the
+    worker; services/router/worker_attempts.py) -> release the lease, store
+    the answer in the cache, report the outcome to the routing layer (all
+    off the critical path).
+
+The cache lookup and the first placement run concurrently: on a miss the
+lease is there when the lookup answers (one hop less before the first
+token); on a hit the lease goes back at once, or the placement stops
+waiting in the scheduler's queue, and the hit is served even when the
+placement was refused (queue full, no worker).
 
 The routing layer decides the model version, and which attempt comes
 next when one fails before its first token (another worker, a fallback
@@ -15,49 +22,68 @@ with the fast model first and escalates when that answer fails its check.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
-import grpc.aio
 
-from headrace.models.registry import Resolution
-from headrace.request_rules.prefix_hashing import request_prefix_hashes
 from headrace.runtime.background import BackgroundTasks
-from headrace.runtime.channels import ChannelPool, call_options
-from headrace.runtime.errors import HeadraceError, Internal, Unavailable, from_rpc_error, status_code_for
-from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_grpc
+from headrace.runtime.errors import HeadraceError, Internal, Unavailable, status_code_for
+from headrace.v1 import cache_pb2, generation_pb2
 from services.router import metrics
 from services.router.cache_client import CacheClient, note_on_trace
 from services.router.cached_stream import cached_stream, deltas_of
-from services.router.leasing import Leasing
 from services.router.routing import metrics as routing_metrics
-from services.router.routing.attempts import AttemptPlan
-from services.router.routing.decision import RequestOutcome, RouteDecision
+from services.router.routing.decision import CascadePlan, RequestOutcome, RouteDecision
 from services.router.routing.layer import RoutingLayer
+from services.router.worker_attempts import RequestMeta, WorkerAttempts
+from services.router.workers import Workers
 
 log = logging.getLogger(__name__)
+
+_HITS = (generation_pb2.CACHE_OUTCOME_HIT_EXACT, generation_pb2.CACHE_OUTCOME_HIT_SEMANTIC)
 
 
 @dataclass
 class _Answer:
-    """What the stream produced, for the cache and the unary reply."""
+    """The chunks a client was sent, put together: for the cache and the unary reply."""
 
     text: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     # Token ids per delta, to keep the answer's deltas in the cache.
     token_counts: list[int] = field(default_factory=list)
+    # From the first chunk.
+    route: generation_pb2.RouteInfo = field(default_factory=generation_pb2.RouteInfo)
+    model: str = ""
+    # The chunk with the finish reason.
     last: generation_pb2.GenerateStreamResponse | None = None
-    # From the request's start to the first token.
-    ttft_s: float | None = None
 
+    def add(self, chunk: generation_pb2.GenerateStreamResponse) -> None:
+        if not self.token_counts:
+            self.route = chunk.route
+            self.model = chunk.model
+        self.text.append(chunk.text)
+        self.token_ids.extend(chunk.token_ids)
+        self.token_counts.append(len(chunk.token_ids))
+        if chunk.finish_reason:
+            self.last = chunk
 
-def estimate_prompt_tokens(request: generation_pb2.GenerateRequest) -> int:
-    chars = len(request.prompt) + sum(len(m.content) for m in request.messages)
-    # ~4 characters per token for English text; only a placement hint.
-    return max(1, chars // 4)
+    def response(self, request_id: str) -> generation_pb2.GenerateResponse:
+        last = self.last or generation_pb2.GenerateStreamResponse()
+        return generation_pb2.GenerateResponse(
+            request_id=request_id,
+            model=self.model,
+            text="".join(self.text),
+            token_ids=self.token_ids,
+            finish_reason=last.finish_reason,
+            usage=last.usage,
+            route=self.route,
+            timing=last.timing,
+            cost=last.cost,
+        )
 
 
 class GenerationFlow:
@@ -65,15 +91,13 @@ class GenerationFlow:
         self,
         *,
         routing: RoutingLayer,
-        leasing: Leasing,
+        workers: Workers,
         cache: CacheClient,
-        workers: ChannelPool,
         background: BackgroundTasks,
     ) -> None:
         self._routing = routing
-        self._leasing = leasing
-        self._cache = cache
         self._workers = workers
+        self._cache = cache
         self._background = background
 
     async def stream(
@@ -82,45 +106,56 @@ class GenerationFlow:
         """Deltas of the answer; the first carries model and route, the last
         finish reason, usage, timing and cost. whole_answer: the worker sends
         the answer as one message (it may ask its backend in one unary call)."""
-        started = time.monotonic()
+        meta = RequestMeta(tenant=tenant, request_id=request_id, started=time.monotonic(), whole_answer=whole_answer)
         decision = await self._routing.decide(request, tenant=tenant, request_id=request_id)
         route = _route_info(decision)
-        lookup = await self._cache.lookup(tenant=tenant, model_version=decision.primary.model_version, request=request)
-        route.cache = lookup.outcome or generation_pb2.CACHE_OUTCOME_MISS
-        if lookup.outcome in (generation_pb2.CACHE_OUTCOME_HIT_EXACT, generation_pb2.CACHE_OUTCOME_HIT_SEMANTIC):
-            route.cache_similarity = lookup.similarity
-            route.cache_entry_id = lookup.entry_id
-            route.cache_verdict = lookup.verdict
-            note_on_trace(route)
-            # Counted here, for the gRPC and HTTP APIs alike.
-            metrics.count_answer(tenant, route.model_version, route.cache)
-            for chunk in cached_stream(lookup, route, request_id, started):
-                yield chunk
-            return
-        note_on_trace(route)
+        # A cascade asks the fast model first, perhaps on a smaller budget.
+        first_request, budget_cut = (
+            (request, False) if decision.cascade is None else _fast_request(request, decision.cascade)
+        )
+        first = WorkerAttempts(self._workers, self._routing.plan(decision), first_request, meta)
         answer = _Answer()
-        if decision.cascade is not None:
-            chunks = self._generate_cascade(request, decision, route, tenant, request_id, started, answer, whole_answer)
-        else:
-            chunks = self._generate_routed(request, decision, route, tenant, request_id, started, answer, whole_answer)
-        counted = False
-        async for chunk in chunks:
-            if not counted:
-                # An answer is served once its first delta is: count it then.
-                counted = True
+        try:
+            lookup = await self._look_up(request, decision, first, tenant)
+            route.cache = lookup.outcome or generation_pb2.CACHE_OUTCOME_MISS
+            if lookup.outcome in _HITS:
+                route.cache_similarity = lookup.similarity
+                route.cache_entry_id = lookup.entry_id
+                route.cache_verdict = lookup.verdict
+                note_on_trace(route)
+                # Counted here, for the gRPC and HTTP APIs alike.
                 metrics.count_answer(tenant, route.model_version, route.cache)
-            yield chunk
+                for chunk in cached_stream(lookup, route, request_id, meta.started):
+                    yield chunk
+                return
+            note_on_trace(route)
+            if decision.cascade is not None:
+                chunks = self._cascade(first, budget_cut, decision, route, request, meta)
+            else:
+                chunks = self._reported(first, decision, route, meta)
+            # Closed with this stream (its worker call cancelled now, not
+            # whenever the garbage collector gets to it).
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    if not answer.token_counts:
+                        # An answer is served once its first delta is: count it then.
+                        metrics.count_answer(tenant, chunk.route.model_version, route.cache)
+                    answer.add(chunk)
+                    yield chunk
+        finally:
+            # A placement made ahead and never streamed goes back.
+            first.abandon()
         if answer.last is not None and route.cache != generation_pb2.CACHE_OUTCOME_BYPASS:
             # Stored under the version that answered (a fallback or an
             # escalation may differ from the one looked up).
             self._background.spawn(
                 self._cache.store(
                     tenant=tenant,
-                    model_version=route.model_version,
+                    model_version=answer.route.model_version,
                     request=request,
-                    response=self._to_response(answer, route, request_id, route.model_version),
+                    response=answer.response(request_id),
                     deltas=deltas_of(answer.text, answer.token_ids, answer.token_counts),
-                    started=started,
+                    started=meta.started,
                 ),
                 name=f"cache-store:{request_id}",
             )
@@ -129,122 +164,39 @@ class GenerationFlow:
         self, request: generation_pb2.GenerateRequest, *, tenant: str, request_id: str
     ) -> generation_pb2.GenerateResponse:
         answer = _Answer()
-        route = generation_pb2.RouteInfo()
-        model = ""
         # The caller wants the whole answer: so does the router of the worker.
         async for chunk in self.stream(request, tenant=tenant, request_id=request_id, whole_answer=True):
-            if chunk.HasField("route"):
-                route = chunk.route
-                model = chunk.model
-            answer.text.append(chunk.text)
-            answer.token_ids.extend(chunk.token_ids)
-            answer.last = chunk
-        return self._to_response(answer, route, request_id, model)
+            answer.add(chunk)
+        return answer.response(request_id)
 
-    @staticmethod
-    def _to_response(
-        answer: _Answer, route: generation_pb2.RouteInfo, request_id: str, model: str
-    ) -> generation_pb2.GenerateResponse:
-        last = answer.last or generation_pb2.GenerateStreamResponse()
-        return generation_pb2.GenerateResponse(
-            request_id=request_id,
-            model=model,
-            text="".join(answer.text),
-            token_ids=answer.token_ids,
-            finish_reason=last.finish_reason,
-            usage=last.usage,
-            route=route,
-            timing=last.timing,
-            cost=last.cost,
-        )
-
-    async def _generate_cascade(
+    async def _look_up(
         self,
         request: generation_pb2.GenerateRequest,
         decision: RouteDecision,
-        route: generation_pb2.RouteInfo,
+        first: WorkerAttempts,
         tenant: str,
-        request_id: str,
-        started: float,
-        answer: _Answer,
-        whole_answer: bool,
-    ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
-        """The fast answer is held back until it passed its check; if it
-        fails, the accurate model answers, and the final cost includes both."""
-        assert decision.cascade is not None
-        cascade = decision.cascade
-        fast_request = request
-        asked = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 0
-        # A cut-off answer counts against the fast model only when the cut was
-        # the cascade's smaller budget: at the client's own budget the
-        # accurate model would be cut off just the same.
-        budget_cut = bool(cascade.fast_max_tokens) and (not asked or cascade.fast_max_tokens < asked)
-        if budget_cut:
-            fast_request = generation_pb2.GenerateRequest()
-            fast_request.CopyFrom(request)
-            fast_request.sampling.max_tokens = cascade.fast_max_tokens
-        fast = _Answer()
-        held: list[generation_pb2.GenerateStreamResponse] = []
-        why: str | None
-        try:
-            async for chunk in self._generate_routed(
-                fast_request, decision, route, tenant, request_id, started, fast, whole_answer
-            ):
-                held.append(chunk)
-            last = fast.last
-            why = (
-                "no answer"
-                if last is None
-                else cascade.check.failure(
-                    "".join(fast.text),
-                    truncated=budget_cut and last.finish_reason == generation_pb2.FINISH_REASON_LENGTH,
-                )
-            )
-        except HeadraceError as exc:
-            if not isinstance(exc, (Unavailable, Internal)):
-                raise
-            why = f"fast attempt failed ({type(exc).__name__})"
-        if why is None:
-            routing_metrics.CASCADE.labels(route=cascade.route, outcome="kept").inc()
-            answer.text, answer.token_ids, answer.last = fast.text, fast.token_ids, fast.last
-            answer.token_counts = fast.token_counts
-            for chunk in held:
-                yield chunk
-            return
-        routing_metrics.CASCADE.labels(route=cascade.route, outcome="escalated").inc()
-        log.info("cascade %s: fast answer from %s escalated: %s", cascade.route, route.model_version, why)
-        spent_usd = fast.last.cost.usd if fast.last is not None else 0.0
-        spent_s = fast.last.cost.engine_seconds if fast.last is not None else 0.0
-        escalated = await self._routing.escalate(decision, why)
-        escalated_route = _route_info(escalated)
-        escalated_route.cache = route.cache
-        async for chunk in self._generate_routed(
-            request, escalated, escalated_route, tenant, request_id, started, answer, whole_answer
-        ):
-            if chunk.finish_reason:
-                # The client pays for the fast attempt too.
-                chunk.cost.usd += spent_usd
-                chunk.cost.engine_seconds += spent_s
-            yield chunk
-        route.CopyFrom(escalated_route)
+    ) -> cache_pb2.CacheLookupResponse:
+        """The cache's answer, with the first placement made meanwhile; a hit
+        gives that placement back at once."""
+        if self._cache.asks(request):
+            first.place_ahead()
+        lookup = await self._cache.lookup(tenant=tenant, model_version=decision.primary.model_version, request=request)
+        if lookup.outcome in _HITS:
+            first.abandon()
+        return lookup
 
-    async def _generate_routed(
+    async def _reported(
         self,
-        request: generation_pb2.GenerateRequest,
+        attempts: WorkerAttempts,
         decision: RouteDecision,
         route: generation_pb2.RouteInfo,
-        tenant: str,
-        request_id: str,
-        started: float,
-        answer: _Answer,
-        whole_answer: bool,
-    ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
-        """Attempts as the routing layer plans them, until one streams; the
-        outcome goes back to the routing layer however the request ends."""
-        plan = self._routing.plan(decision)
+        meta: RequestMeta,
+    ) -> AsyncGenerator[generation_pb2.GenerateStreamResponse, None]:
+        """The attempts' chunks; how they went goes back to the routing layer
+        however the request ends."""
         error = ""
         try:
-            async for chunk in self._attempts(plan, request, route, tenant, request_id, started, answer, whole_answer):
+            async for chunk in attempts.stream(route):
                 yield chunk
         except HeadraceError as exc:
             error = status_code_for(exc).name
@@ -253,157 +205,90 @@ class GenerationFlow:
             error = grpc.StatusCode.CANCELLED.name
             raise
         finally:
-            plan.close()
-            last = answer.last
+            served = attempts.served
             self._routing.report(
                 decision,
                 RequestOutcome(
-                    attempts=plan.attempts,
-                    error=error if last is None else "",
-                    ttft_s=answer.ttft_s,
-                    total_s=time.monotonic() - started,
-                    completion_tokens=last.usage.completion_tokens if last is not None else 0,
-                    cost_usd=last.cost.usd if last is not None else 0.0,
+                    attempts=attempts.outcomes,
+                    error=error if served is None else "",
+                    ttft_s=attempts.ttft_s,
+                    total_s=time.monotonic() - meta.started,
+                    completion_tokens=served.last.usage.completion_tokens if served is not None else 0,
+                    cost_usd=served.last.cost.usd if served is not None else 0.0,
                 ),
             )
 
-    async def _attempts(
+    async def _cascade(
         self,
-        plan: AttemptPlan,
-        request: generation_pb2.GenerateRequest,
+        fast: WorkerAttempts,
+        budget_cut: bool,
+        decision: RouteDecision,
         route: generation_pb2.RouteInfo,
-        tenant: str,
-        request_id: str,
-        started: float,
-        answer: _Answer,
-        whole_answer: bool,
-    ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
-        max_tokens = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 0
-        while True:
-            attempt = await plan.next()
-            resolution = attempt.resolution
-            try:
-                placed = await self._leasing.place(
-                    scheduler_pb2.PlaceRequest(
-                        request_id=request_id,
-                        model_version=resolution.model_version,
-                        tenant=tenant,
-                        priority=request.priority,
-                        session_id=request.session_id,
-                        # For the scheduler's prefix affinity (headrace/request_rules/prefix_hashing.py);
-                        # per attempt, since a fallback is another model version.
-                        prefix_hashes=request_prefix_hashes(request, resolution.model_version),
-                        prompt_tokens=estimate_prompt_tokens(request),
-                        max_tokens=max_tokens,
-                        exclude_workers=attempt.exclude_workers,
-                    )
+        request: generation_pb2.GenerateRequest,
+        meta: RequestMeta,
+    ) -> AsyncGenerator[generation_pb2.GenerateStreamResponse, None]:
+        """The fast answer is held back until it passed its check; if it
+        fails, the accurate model answers, and the final cost includes both.
+        budget_cut: the fast attempt ran on the cascade's smaller budget."""
+        assert decision.cascade is not None
+        cascade = decision.cascade
+        held: list[generation_pb2.GenerateStreamResponse] = []
+        why: str | None
+        try:
+            async for chunk in self._reported(fast, decision, route, meta):
+                held.append(chunk)
+            served = fast.served
+            why = (
+                "no answer"
+                if served is None
+                else cascade.check.failure(
+                    served.text,
+                    truncated=budget_cut and served.last.finish_reason == generation_pb2.FINISH_REASON_LENGTH,
                 )
-            except grpc.aio.AioRpcError as exc:
-                placement_error = from_rpc_error(exc)
-                if plan.placement_failed(attempt, placement_error):
-                    continue
-                raise placement_error from exc
-            plan.placed(attempt, placed.lease.worker_id)
-            route.model_version = resolution.model_version
-            route.reason = attempt.reason
-            route.deprecation = resolution.deprecation
-            route.worker_id = placed.lease.worker_id
-            route.attempts = attempt.number
-            async with self._leasing.hold(placed.lease) as use:
-                call = worker_pb2_grpc.WorkerStub(self._workers.get(placed.lease.endpoint)).Generate(
-                    worker_pb2.WorkerGenerateRequest(
-                        request_id=request_id,
-                        model_version=resolution.model_version,
-                        request=request,
-                        lease_id=placed.lease.lease_id,
-                        tenant=tenant,
-                        priority=request.priority,
-                        whole_answer=whole_answer,
-                    ),
-                    **call_options(),
-                )
-                first = True
-                ttft_s = 0.0
-                # None: no first-token time (a whole answer its engine gave in one piece).
-                attempt_ttft_s: float | None = None
-                try:
-                    async for chunk in call:
-                        if first:
-                            first = False
-                            chunk.route.CopyFrom(route)
-                            chunk.model = resolution.model_version
-                            now = time.monotonic()
-                            ttft_s = now - started
-                            held_back_s = _held_back_s(chunk) if whole_answer else 0.0
-                            if held_back_s is not None:
-                                # A whole answer's one message comes at its end: the worker says
-                                # how long it held its tokens after the first (None: it cannot).
-                                ttft_s -= held_back_s
-                                attempt_ttft_s = now - attempt.started - held_back_s
-                                answer.ttft_s = use.ttft_s = ttft_s
-                                metrics.TTFT.labels(model=resolution.model_version).observe(ttft_s)
-                        answer.text.append(chunk.text)
-                        answer.token_ids.extend(chunk.token_ids)
-                        answer.token_counts.append(len(chunk.token_ids))
-                        if chunk.finish_reason:
-                            chunk.timing.ttft_ms = ttft_s * 1000.0
-                            self._finish(chunk, resolution, placed, started, tenant)
-                            answer.last = chunk
-                            use.usage = chunk.usage
-                        yield chunk
-                    use.outcome = scheduler_pb2.LEASE_OUTCOME_OK
-                    last = answer.last
-                    plan.succeeded(
-                        attempt,
-                        ttft_s=attempt_ttft_s,
-                        total_s=time.monotonic() - attempt.started,
-                        completion_tokens=last.usage.completion_tokens if last is not None else 0,
-                        cost_usd=last.cost.usd if last is not None else 0.0,
-                    )
-                    return
-                except grpc.aio.AioRpcError as exc:
-                    error = from_rpc_error(exc)
-                    if plan.worker_failed(attempt, error, after_first_token=not first):
-                        continue
-                    if not first:
-                        # Tokens already reached the client: say plainly where it broke.
-                        raise type(error)(
-                            f"generation failed after the first token on {resolution.model_version} "
-                            f"(worker {placed.lease.worker_id}): {error.message}",
-                            retry_after_s=error.retry_after_s,
-                        ) from exc
-                    raise error from exc
-                finally:
-                    # Also on cancel and on an early close by the consumer:
-                    # the worker sees the cancel and aborts the sequence.
-                    call.cancel()
-
-    def _finish(
-        self,
-        chunk: generation_pb2.GenerateStreamResponse,
-        resolution: Resolution,
-        placed: scheduler_pb2.PlaceResponse,
-        started: float,
-        tenant: str,
-    ) -> None:
-        """Fill in timing and cost on the last chunk, and count them."""
-        engine_seconds = chunk.cost.engine_seconds
-        # The version's own price, unless another of its pools served it.
-        price = placed.price_per_hour if placed.pool and placed.pool != resolution.pool else resolution.price_per_hour
-        chunk.cost.usd = engine_seconds * price / 3600.0
-        chunk.timing.queue_ms = placed.queue_ms
-        chunk.timing.total_ms = (time.monotonic() - started) * 1000.0
-        decoded = chunk.usage.completion_tokens - 1
-        if decoded > 0:
-            metrics.TPOT.labels(model=resolution.model_version).observe(
-                max(0.0, chunk.timing.total_ms - chunk.timing.ttft_ms) / 1000.0 / decoded
             )
-        metrics.COMPLETION_TOKENS.labels(tenant=tenant, model=resolution.model_version).inc(
-            chunk.usage.completion_tokens
-        )
-        metrics.PROMPT_TOKENS.labels(tenant=tenant, model=resolution.model_version).inc(chunk.usage.prompt_tokens)
-        metrics.COST_USD.labels(tenant=tenant, model=resolution.model_version).inc(chunk.cost.usd)
-        metrics.ENGINE_SECONDS.labels(tenant=tenant, model=resolution.model_version).inc(engine_seconds)
+        except HeadraceError as exc:
+            if not isinstance(exc, (Unavailable, Internal)):
+                raise
+            why = f"fast attempt failed ({type(exc).__name__})"
+        if why is None:
+            routing_metrics.CASCADE.labels(route=cascade.route, outcome="kept").inc()
+            for chunk in held:
+                yield chunk
+            return
+        routing_metrics.CASCADE.labels(route=cascade.route, outcome="escalated").inc()
+        served = fast.served
+        fast_version = served.route.model_version if served is not None else decision.primary.model_version
+        log.info("cascade %s: fast answer from %s escalated: %s", cascade.route, fast_version, why)
+        spent_usd = served.last.cost.usd if served is not None else 0.0
+        spent_s = served.last.cost.engine_seconds if served is not None else 0.0
+        escalated = await self._routing.escalate(decision, why)
+        escalated_route = _route_info(escalated)
+        escalated_route.cache = route.cache
+        accurate = WorkerAttempts(self._workers, self._routing.plan(escalated), request, meta)
+        async for chunk in self._reported(accurate, escalated, escalated_route, meta):
+            if chunk.finish_reason:
+                # The client pays for the fast attempt too.
+                chunk.cost.usd += spent_usd
+                chunk.cost.engine_seconds += spent_s
+            yield chunk
+
+
+def _fast_request(
+    request: generation_pb2.GenerateRequest, cascade: CascadePlan
+) -> tuple[generation_pb2.GenerateRequest, bool]:
+    """The fast attempt's request, and whether its budget is the cascade's
+    own (smaller) one."""
+    asked = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 0
+    # A cut-off answer counts against the fast model only when the cut was
+    # the cascade's smaller budget: at the client's own budget the
+    # accurate model would be cut off just the same.
+    budget_cut = bool(cascade.fast_max_tokens) and (not asked or cascade.fast_max_tokens < asked)
+    if not budget_cut:
+        return request, False
+    fast_request = generation_pb2.GenerateRequest()
+    fast_request.CopyFrom(request)
+    fast_request.sampling.max_tokens = cascade.fast_max_tokens
+    return fast_request, True
 
 
 def _route_info(decision: RouteDecision) -> generation_pb2.RouteInfo:
@@ -412,11 +297,3 @@ def _route_info(decision: RouteDecision) -> generation_pb2.RouteInfo:
         reason=decision.reason,
         deprecation=decision.primary.deprecation,
     )
-
-
-def _held_back_s(last: generation_pb2.GenerateStreamResponse) -> float | None:
-    """Seconds between a whole answer's first token and its one message,
-    from the worker's timing (None: the engine answered in one piece)."""
-    if last.timing.total_ms <= 0:
-        return None
-    return max(0.0, last.timing.total_ms - last.timing.ttft_ms) / 1000.0

@@ -62,6 +62,12 @@ class Leasing:
             renewer.cancel()
             self._background.spawn(self._release(use), name=f"lease-release:{lease.lease_id}")
 
+    def give_back(self, lease: scheduler_pb2.Lease) -> None:
+        """A lease that will not be used (a cache hit answered instead): back
+        to the scheduler now, off the critical path."""
+        use = LeaseUse(lease=lease, outcome=scheduler_pb2.LEASE_OUTCOME_CANCELLED)
+        self._background.spawn(self._release(use), name=f"lease-release:{lease.lease_id}")
+
     async def _renew(self, lease: scheduler_pb2.Lease) -> None:
         expires_at = lease.expires_at_ms / 1000.0
         while True:

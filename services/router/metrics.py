@@ -23,6 +23,13 @@ PROMPT_TOKENS = Counter("headrace_prompt_tokens_total", "Prompt tokens", ["tenan
 COMPLETION_TOKENS = Counter("headrace_completion_tokens_total", "Completion tokens", ["tenant", "model"])
 ENGINE_SECONDS = Counter("headrace_engine_seconds_total", "Engine time charged", ["tenant", "model"])
 COST_USD = Counter("headrace_cost_usd_total", "Cost of answers, USD", ["tenant", "model"])
+PLACED_AHEAD = Counter(
+    "headrace_router_placements_ahead_total",
+    "First placements made while the cache was asked, by how they ended: used (a miss streamed on it), "
+    "given_back (a hit answered instead), busy (no slot free then: placed again, queueing, after a miss), "
+    "failed (no worker, or another error)",
+    ["outcome"],
+)
 ANSWERS = Counter(
     "headrace_router_answers_total",
     "Answers served (engine or cache), HTTP and gRPC, by tenant and the model version that served them",

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from headrace.request_rules.token_estimate import estimate_prompt_tokens, estimate_tokens
 from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.config import Settings
 from headrace.v1 import generation_pb2
 from services.router.flow_protocols import Embedding, Generation, closing
-from services.router.generation_flow import estimate_prompt_tokens
 from services.router.rate_limits import Reservation, TenantRateLimiter
 
 _CACHE_HITS = frozenset({generation_pb2.CACHE_OUTCOME_HIT_EXACT, generation_pb2.CACHE_OUTCOME_HIT_SEMANTIC})
@@ -124,8 +124,7 @@ class RateLimitedEmbedding:
     async def embed(
         self, request: generation_pb2.EmbedRequest, *, tenant: str, request_id: str
     ) -> generation_pb2.EmbedResponse:
-        # ~4 characters per token, as for prompts.
-        estimate = max(1, sum(len(text) for text in request.inputs) // 4)
+        estimate = estimate_tokens(sum(len(text) for text in request.inputs))
         reservation = await self._limiter.admit(
             tenant, self._settings.tenant_rate_limits(tenant), reserve_tokens=estimate
         )

@@ -160,6 +160,13 @@ class PoolAdmission:
             placement = await self._place_now(waiter)
             if placement is not None:
                 return placement
+        if request.only_if_free:
+            # Asked ahead of a cache lookup: a hit would hold a place in the
+            # queue for nothing. Not a rejection: the router asks again,
+            # queueing, if the cache misses.
+            raise QueueFull(
+                f"no free slot in pool {self.pool!r} now (only_if_free)", retry_after_s=self.retry_after_s()
+            )
         # The expected-wait bound is for online work; batch waits by design,
         # up to queue_limit, and an online newcomer pushes a batch waiter out.
         self.queue.limit = (

@@ -39,6 +39,9 @@ class PlacementRequest:
     # Only this worker (empty: any): a batch consumer asks for room on the
     # worker it runs beside.
     worker_id: str = ""
+    # A slot free now or none: never queued (a placement made while the
+    # router asks the cache, given back on a hit).
+    only_if_free: bool = False
 
 
 class PlacementPolicy(Protocol):

@@ -87,6 +87,7 @@ def placement_from_proto(request: scheduler_pb2.PlaceRequest) -> PlacementReques
         max_tokens=request.max_tokens,
         exclude=frozenset(request.exclude_workers),
         worker_id=request.worker_id,
+        only_if_free=request.only_if_free,
     )
 
 

@@ -25,8 +25,9 @@ from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan, SpanTree, ot
 from tests.support.routing import ask, routing_settings, synthetic
 
 CALLER_SPAN_ID = "00f067aa0ba902b7"
-PLACE, LOOKUP, WORKER, ENGINE = (
+PLACE, RELEASE, LOOKUP, WORKER, ENGINE = (
     "/headrace.v1.Scheduler/Place",
+    "/headrace.v1.Scheduler/Release",
     "/headrace.v1.Cache/Lookup",
     "/headrace.v1.Worker/Generate",
     "headrace.engine.generate",
@@ -131,7 +132,9 @@ async def test_grpc_stream_is_one_trace(mesh: InProcessMesh, receiver: OtlpRecei
     assert_one_request(tree, tree.one(name), "grpc-stream-1")
 
 
-async def test_a_cache_hit_is_a_lookup_and_nothing_behind_it(mesh: InProcessMesh, receiver: OtlpReceiver) -> None:
+async def test_a_cache_hit_is_a_lookup_beside_a_placement_given_back(
+    mesh: InProcessMesh, receiver: OtlpReceiver
+) -> None:
     body = {
         "model": "smollm2",
         "messages": [{"role": "user", "content": "cache me"}],
@@ -152,12 +155,13 @@ async def test_a_cache_hit_is_a_lookup_and_nothing_behind_it(mesh: InProcessMesh
             headers={"traceparent": traceparent(trace_id), "x-request-id": "http-hit-1"},
         )
     assert hit.headers["x-headrace-cache"] == "hit-exact"
-    tree = SpanTree(await receiver.trace(trace_id, until={CHAT_SPAN, LOOKUP}))
+    tree = SpanTree(await receiver.trace(trace_id, until={CHAT_SPAN, LOOKUP, PLACE, RELEASE}))
     root = tree.one(CHAT_SPAN)
-    assert [s.name for s in tree.children(root)] == [LOOKUP]
+    # The first placement runs beside the lookup; the hit gives its lease back.
+    assert sorted(s.name for s in tree.children(root)) == sorted([LOOKUP, PLACE, RELEASE])
     assert tree.one(LOOKUP).attributes["headrace.cache.outcome"] == root.attributes["headrace.cache"] == "hit-exact"
     assert root.attributes[REQUEST_ID_ATTRIBUTE] == tree.one(LOOKUP).attributes[REQUEST_ID_ATTRIBUTE] == "http-hit-1"
-    assert not tree.named(PLACE) and not tree.named(WORKER)
+    assert not tree.named(WORKER)
 
 
 async def test_a_retried_attempt_shows_both_placements_under_one_request(

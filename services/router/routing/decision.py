@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from headrace.models.registry import Resolution
+from headrace.request_rules.token_estimate import estimate_tokens
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,7 @@ class RoutingRequest:
 
     @property
     def prompt_tokens_estimate(self) -> int:
-        # ~4 characters per token for English text.
-        return max(1, len(self.text) // 4)
+        return estimate_tokens(len(self.text))
 
 
 class AnswerCheck(Protocol):

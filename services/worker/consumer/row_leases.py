@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
+from headrace.request_rules.token_estimate import estimate_prompt_tokens, estimate_tokens
 from headrace.runtime.channels import outgoing_metadata
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.errors import RETRY_AFTER_KEY
@@ -63,24 +64,22 @@ class HeldLease:
 
 
 def generate_ask(request_id: str, model_version: str, tenant: str, request: generation_pb2.GenerateRequest) -> RowAsk:
-    chars = len(request.prompt) + sum(len(m.content) for m in request.messages)
     return RowAsk(
         request_id=request_id,
         model_version=model_version,
         tenant=tenant,
-        # ~4 characters per token: a hint for fairness and placement.
-        prompt_tokens=max(1, chars // 4),
+        # A hint for fairness and placement.
+        prompt_tokens=estimate_prompt_tokens(request),
         max_tokens=request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 0,
     )
 
 
 def embed_ask(request_id: str, model_version: str, tenant: str, request: generation_pb2.EmbedRequest) -> RowAsk:
-    chars = sum(len(text) for text in request.inputs)
     return RowAsk(
         request_id=request_id,
         model_version=model_version,
         tenant=tenant,
-        prompt_tokens=max(1, chars // 4),
+        prompt_tokens=estimate_tokens(sum(len(text) for text in request.inputs)),
         # Embeddings generate nothing; 1 keeps the cost at the prompt's.
         max_tokens=1,
     )

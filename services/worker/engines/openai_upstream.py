@@ -21,6 +21,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import httpx2
@@ -221,9 +222,9 @@ class OpenAIEngine:
         finish = _FINISH_REASONS.get(reason, FinishReason.STOP) if reason else None
         final = _final_delta(finish, answered.get("usage"), 1 if text else 0)
         self._load.meter.add(final.completion_tokens)
-        if text:
-            yield Delta(text, completion_tokens=final.completion_tokens)
-        yield final
+        # One delta, text and finish together: the answer came in one piece,
+        # so the worker reports no first-token time apart from its end.
+        yield replace(final, text=text)
 
     def _call(self, request: GenerationRequest, *, stream: bool) -> tuple[str, dict[str, Any], dict[str, str]]:
         """The upstream path, JSON body and headers of one generation."""

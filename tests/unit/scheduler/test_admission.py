@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from prometheus_client import REGISTRY
@@ -92,6 +93,27 @@ async def test_a_full_queue_answers_at_once_with_a_retry_after_hint(dispatcher: 
     for task in waiters:
         task.cancel()
     await asyncio.gather(*waiters, return_exceptions=True)
+    await dispatcher.close()
+
+
+async def test_only_if_free_takes_a_free_slot_or_answers_at_once_without_queueing(dispatcher: Dispatcher) -> None:
+    add_worker(dispatcher)
+    ahead = replace(req(INTERACTIVE), only_if_free=True)
+    granted = await dispatcher.place(ahead)
+    assert granted.lease.worker_id == "w"
+    rejected = REGISTRY.get_sample_value(
+        "headrace_scheduler_rejections_total", {"pool": "pool", "priority": "interactive", "reason": "queue_full"}
+    )
+    with pytest.raises(QueueFull, match="only_if_free"):
+        await asyncio.wait_for(dispatcher.place(replace(req(INTERACTIVE), only_if_free=True)), 0.5)
+    # Not queued, and not a rejection: the router asks again, queueing, on a cache miss.
+    assert queued(dispatcher) == 0
+    assert (
+        REGISTRY.get_sample_value(
+            "headrace_scheduler_rejections_total", {"pool": "pool", "priority": "interactive", "reason": "queue_full"}
+        )
+        == rejected
+    )
     await dispatcher.close()
 
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import httpx2
 import pytest
 import uvicorn
+from prometheus_client import REGISTRY
 
 from bench.peers_backend import MODEL, TEXT, build_app
 from headrace.local.redis_server import RedisServer
@@ -60,6 +61,10 @@ def chat(content: str) -> generation_pb2.GenerateRequest:
     )
 
 
+def ttft_count() -> float:
+    return REGISTRY.get_sample_value("headrace_router_ttft_seconds_count", {"model": f"{MODEL}@1"}) or 0.0
+
+
 async def asked(backend: str) -> dict[str, int]:
     async with httpx2.AsyncClient() as client:
         return dict((await client.get(f"{backend}/stats")).json())
@@ -67,12 +72,19 @@ async def asked(backend: str) -> dict[str, int]:
 
 async def test_unary_requests_are_unary_upstream_and_streams_are_streamed(mesh: InProcessMesh, backend: str) -> None:
     stub = mesh.router_stub()
+    ttfts = ttft_count()
     answer = await stub.Generate(chat("unary, please"))
     assert answer.text == TEXT and answer.route.cache == generation_pb2.CACHE_OUTCOME_MISS
     assert answer.usage.completion_tokens == 6
     assert (await asked(backend)).get("unary") == 1 and not (await asked(backend)).get("streamed")
+    # One piece from the upstream: no first token apart from the last, so no
+    # TTFT (not the total time in its place), and none in the histogram.
+    assert answer.timing.ttft_ms == 0 and answer.timing.total_ms > 0
+    assert ttft_count() == ttfts
     chunks = [chunk async for chunk in stub.GenerateStream(chat("streamed, please"))]
     assert "".join(c.text for c in chunks) == TEXT and len(chunks) > 2
+    assert 0 < chunks[-1].timing.ttft_ms <= chunks[-1].timing.total_ms
+    assert ttft_count() == ttfts + 1
     async with httpx2.AsyncClient() as client:
         body = {"model": MODEL, "messages": [{"role": "user", "content": "over HTTP"}], "temperature": 0}
         response = await client.post(f"{mesh.http_url}/v1/chat/completions", json=body)

@@ -113,7 +113,7 @@ async def test_whole_answer_equals_the_streamed_one(
     sampling = Sampling(max_tokens=12, temperature=0.0)
     streamed = await collect(engine, GenerationRequest("oa-s", "smollm2@1", prompt, messages, sampling))
     whole = await collect(whole_engine, GenerationRequest("oa-w", "smollm2@1", prompt, messages, sampling))
-    assert len(whole) == 2  # the text, then the final delta
+    assert len(whole) == 1  # the text with the finish: one piece
     assert whole[0].text == "".join(d.text for d in streamed)
     assert (whole[-1].prompt_tokens, whole[-1].completion_tokens, whole[-1].finish_reason) == (
         streamed[-1].prompt_tokens,

@@ -172,10 +172,8 @@ async def test_whole_answers_when_not_streaming() -> None:
     upstream = FakeUpstream(lambda _: httpx2.Response(200, json=answer))
     engine = await started(upstream, stream=False)
     deltas = await collect(engine, CHAT)
-    assert deltas == [
-        Delta("Hi!", completion_tokens=2),
-        Delta("", finish_reason=FinishReason.STOP, prompt_tokens=3, completion_tokens=2),
-    ]
+    # One piece: the text with the finish (no first token apart from the last).
+    assert deltas == [Delta("Hi!", finish_reason=FinishReason.STOP, prompt_tokens=3, completion_tokens=2)]
     assert "stream" not in upstream.body()
     await engine.close()
 
@@ -465,7 +463,7 @@ async def test_a_whole_answer_request_is_one_unary_upstream_call() -> None:
     upstream = FakeUpstream(lambda _: httpx2.Response(200, json=answer))
     engine = await started(upstream)  # a streaming engine
     deltas = await collect(engine, dataclasses.replace(CHAT, whole_answer=True))
-    assert [d.text for d in deltas] == ["Hi!", ""]
+    assert [d.text for d in deltas] == ["Hi!"]
     assert deltas[-1].finish_reason is FinishReason.STOP and deltas[-1].completion_tokens == 2
     assert "stream" not in upstream.body() and "stream_options" not in upstream.body()
     await engine.close()
