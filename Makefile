@@ -149,10 +149,12 @@ $(PEERS_VENV)/.installed:
 bench-peers: install $(PEERS_VENV)/.installed
 	$(PY) -m bench.peers $(BENCH_PEERS_ARGS)
 
-# vLLM through the mesh vs in-process at 1/16/64 streams; naive transformers baseline; cost per 1k requests.
+# vLLM through the mesh vs in-process at 1/16/64 streams; naive transformers baseline; cost per 1k requests;
+# then vLLM's own `vllm bench serve` against plain `vllm serve` and against the gateway (bench/results/vllm-serve-peer.md).
 bench-engine: install
 	$(HEADRACE) models prepare
 	$(PY) -m bench.engine
+	$(PY) -m bench.vllm_serve_peer
 
 # Prefix affinity vs round robin on 2 vLLM workers (needs ~12 GiB free), then
 # 10x overload on the synthetic engine.
