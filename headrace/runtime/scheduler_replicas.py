@@ -28,6 +28,7 @@ import grpc.aio
 
 from headrace.runtime.channels import open_balanced_channel, open_channel
 from headrace.runtime.config import LimitSettings
+from headrace.runtime.release_coalescer import ReleaseCoalescer
 from headrace.runtime.service_certs import Role
 from headrace.runtime.service_identity import ServiceIdentity
 from headrace.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -54,6 +55,8 @@ class SchedulerReplicas:
             else self._channels[0]
         )
         self.any_replica = scheduler_pb2_grpc.SchedulerStub(self._balanced)
+        # Releases to each replica, coalesced while one is in flight.
+        self.releases = [ReleaseCoalescer(stub) for stub in self._stubs]
         self._turn = itertools.count()
         # lease id -> index of the replica that granted it.
         self._owners: dict[str, int] = {}
@@ -114,9 +117,9 @@ class SchedulerReplicas:
         return response
 
     async def release(self, request: scheduler_pb2.ReleaseRequest, **options: Any) -> scheduler_pb2.ReleaseResponse:
-        stub = self._stubs[self._owners.pop(request.lease_id, 0)]
-        response: scheduler_pb2.ReleaseResponse = await stub.Release(request, **options)
-        return response
+        """Back to the replica that granted it (coalesced with the releases
+        that end while one is in flight: release_coalescer.py)."""
+        return await self.releases[self._owners.pop(request.lease_id, 0)].release(request, **options)
 
     async def close(self) -> None:
         channels = {id(c): c for c in [*self._channels, self._balanced]}

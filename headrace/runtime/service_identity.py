@@ -31,7 +31,7 @@ from headrace.runtime.errors import FailedPrecondition, PermissionDenied, Unauth
 from headrace.runtime.service_certs import CA_CERT, Role, cert_path, key_path, server_name
 
 _ROUTER_SCHEDULER_METHODS: Final = (
-    *("Place", "Release", "RenewLease", "ListWorkers", "GetPoolStatus"),
+    *("Place", "Release", "ReleaseMany", "RenewLease", "ListWorkers", "GetPoolStatus"),
     *("SubmitBatch", "GetBatch", "CancelBatch", "ListBatches", "StreamBatchResults"),
     *("UploadFile", "GetFile", "GetFileContent", "DeleteFile"),
 )
@@ -49,7 +49,7 @@ ACCESS: Final[Mapping[Role, frozenset[str]]] = {
     # lease it asks the scheduler for (docs/scheduler.md, "One owner of capacity").
     Role.CONSUMER: frozenset(
         {f"/headrace.v1.Worker/{method}" for method in ("Generate", "GenerateBatch", "Embed", "GetLoad", "Abort")}
-        | {f"/headrace.v1.Scheduler/{method}" for method in ("Place", "Release", "RenewLease")}
+        | {f"/headrace.v1.Scheduler/{method}" for method in ("Place", "Release", "ReleaseMany", "RenewLease")}
     ),
     # The operator's tools: status, never a tenant's data.
     Role.ADMIN: frozenset(

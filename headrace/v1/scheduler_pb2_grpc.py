@@ -48,6 +48,11 @@ class SchedulerStub:
                 request_serializer=headrace_dot_v1_dot_scheduler__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=headrace_dot_v1_dot_scheduler__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.ReleaseMany = channel.unary_unary(
+                '/headrace.v1.Scheduler/ReleaseMany',
+                request_serializer=headrace_dot_v1_dot_scheduler__pb2.ReleaseManyRequest.SerializeToString,
+                response_deserializer=headrace_dot_v1_dot_scheduler__pb2.ReleaseManyResponse.FromString,
+                _registered_method=True)
         self.RenewLease = channel.unary_unary(
                 '/headrace.v1.Scheduler/RenewLease',
                 request_serializer=headrace_dot_v1_dot_scheduler__pb2.RenewLeaseRequest.SerializeToString,
@@ -132,6 +137,15 @@ class SchedulerServicer:
 
     def Release(self, request, context):
         """Give a lease's slot back, with what the request used.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseMany(self, request, context):
+        """Several leases back in one call: callers coalesce the releases that
+        end while their previous call is in flight (one gRPC call's cost for
+        many). At most 1,024; each is handled as Release would.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -234,6 +248,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=headrace_dot_v1_dot_scheduler__pb2.ReleaseRequest.FromString,
                     response_serializer=headrace_dot_v1_dot_scheduler__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'ReleaseMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseMany,
+                    request_deserializer=headrace_dot_v1_dot_scheduler__pb2.ReleaseManyRequest.FromString,
+                    response_serializer=headrace_dot_v1_dot_scheduler__pb2.ReleaseManyResponse.SerializeToString,
             ),
             'RenewLease': grpc.unary_unary_rpc_method_handler(
                     servicer.RenewLease,
@@ -358,6 +377,33 @@ class Scheduler:
             '/headrace.v1.Scheduler/Release',
             headrace_dot_v1_dot_scheduler__pb2.ReleaseRequest.SerializeToString,
             headrace_dot_v1_dot_scheduler__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headrace.v1.Scheduler/ReleaseMany',
+            headrace_dot_v1_dot_scheduler__pb2.ReleaseManyRequest.SerializeToString,
+            headrace_dot_v1_dot_scheduler__pb2.ReleaseManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

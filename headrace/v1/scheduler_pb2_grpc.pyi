@@ -44,6 +44,11 @@ class SchedulerStub:
     """
     Release: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ReleaseRequest, _scheduler_pb2.ReleaseResponse]
     """Give a lease's slot back, with what the request used."""
+    ReleaseMany: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ReleaseManyRequest, _scheduler_pb2.ReleaseManyResponse]
+    """Several leases back in one call: callers coalesce the releases that
+    end while their previous call is in flight (one gRPC call's cost for
+    many). At most 1,024; each is handled as Release would.
+    """
     RenewLease: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.RenewLeaseRequest, _scheduler_pb2.RenewLeaseResponse]
     """Keep a lease alive during a long stream; leases that are not renewed
     expire, so a crashed router leaks no capacity.
@@ -82,6 +87,11 @@ class SchedulerAsyncStub(SchedulerStub):
     """
     Release: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ReleaseRequest, _scheduler_pb2.ReleaseResponse]  # type: ignore[assignment]
     """Give a lease's slot back, with what the request used."""
+    ReleaseMany: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ReleaseManyRequest, _scheduler_pb2.ReleaseManyResponse]  # type: ignore[assignment]
+    """Several leases back in one call: callers coalesce the releases that
+    end while their previous call is in flight (one gRPC call's cost for
+    many). At most 1,024; each is handled as Release would.
+    """
     RenewLease: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.RenewLeaseRequest, _scheduler_pb2.RenewLeaseResponse]  # type: ignore[assignment]
     """Keep a lease alive during a long stream; leases that are not renewed
     expire, so a crashed router leaks no capacity.
@@ -129,6 +139,17 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.ReleaseResponse, _abc.Awaitable[_scheduler_pb2.ReleaseResponse]]:
         """Give a lease's slot back, with what the request used."""
+
+    @_abc_1.abstractmethod
+    def ReleaseMany(
+        self,
+        request: _scheduler_pb2.ReleaseManyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ReleaseManyResponse, _abc.Awaitable[_scheduler_pb2.ReleaseManyResponse]]:
+        """Several leases back in one call: callers coalesce the releases that
+        end while their previous call is in flight (one gRPC call's cost for
+        many). At most 1,024; each is handled as Release would.
+        """
 
     @_abc_1.abstractmethod
     def RenewLease(

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 MAX_PREFIX_HASHES = 256
 MAX_EXCLUDED_WORKERS = 64
 MAX_WORKER_ID_CHARS = 256
+# Leases per ReleaseMany call (clients send at most this many at once).
+MAX_RELEASES_PER_CALL = 1024
 
 # Proto priority -> queue class (0 interactive, 1 standard, 2 batch);
 # unspecified means standard.
@@ -165,6 +167,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         served = request.outcome == scheduler_pb2.LEASE_OUTCOME_OK
         released = self._dispatcher.release(request.lease_id, ttft_s=ttft_s, served=served)
         return scheduler_pb2.ReleaseResponse(released=released is not None)
+
+    async def ReleaseMany(
+        self, request: scheduler_pb2.ReleaseManyRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ReleaseManyResponse:
+        if len(request.releases) > MAX_RELEASES_PER_CALL:
+            raise InvalidArgument(f"releases: {len(request.releases)} in one call; at most {MAX_RELEASES_PER_CALL}")
+        return scheduler_pb2.ReleaseManyResponse(
+            results=[await self.Release(release, context) for release in request.releases]
+        )
 
     async def RenewLease(
         self, request: scheduler_pb2.RenewLeaseRequest, context: grpc.aio.ServicerContext

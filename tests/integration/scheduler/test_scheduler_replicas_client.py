@@ -126,3 +126,33 @@ async def test_a_batch_consumers_row_leases_come_from_a_replica_that_is_up(pair:
             assert pair.client.owner_of(held.lease.lease_id) == alive.address
             assert alive.dispatcher.leases.get(held.lease.lease_id) is not None
     assert len(alive.dispatcher.leases) == 0
+
+
+async def test_releases_that_end_together_go_back_in_one_call_each_to_its_replica(pair: Pair) -> None:
+    """Leases released at once: the first goes alone, the rest wait for it
+    and go together (ReleaseMany), each to the replica that granted it;
+    every slot is back and every answer says released."""
+    placed = [await pair.client.place(request(n)) for n in range(8)]
+    answers = await asyncio.gather(
+        *(pair.client.release(scheduler_pb2.ReleaseRequest(lease_id=p.lease.lease_id)) for p in placed)
+    )
+    assert all(answer.released for answer in answers)
+    assert all(len(r.dispatcher.leases) == 0 for r in pair.replicas)
+    # 8 leases over 2 replicas: per replica one alone, then the other 3 together.
+    assert [(c.single_calls, c.many_calls) for c in pair.client.releases] == [(1, 1), (1, 1)]
+    # Released twice: the scheduler says so for each (unknown lease).
+    again = await pair.client.releases[0].release(scheduler_pb2.ReleaseRequest(lease_id=placed[0].lease.lease_id))
+    assert not again.released
+
+
+async def test_release_many_is_bounded(pair: Pair) -> None:
+    import grpc
+
+    stub = pair.client.releases[0]._stub
+    too_many = scheduler_pb2.ReleaseManyRequest(
+        releases=[scheduler_pb2.ReleaseRequest(lease_id=f"l{n}") for n in range(1025)]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.ReleaseMany(too_many, timeout=5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 1024" in (refused.value.details() or "")
