@@ -4,6 +4,7 @@ sessions and benchmarks (a private one each, on a free port)."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -24,11 +25,36 @@ def free_port() -> int:
 
 def free_port_run(count: int) -> int:
     """A port P with P .. P+count-1 all free now: worker n of the mesh
-    listens on base_port + n, and a lone free port says nothing of the next."""
+    listens on base_port + n, and a lone free port says nothing of the next.
+
+    Taken below the kernel's ephemeral range where there is room: a port in
+    that range, free when picked, can become the local port of some client
+    connection (a starting mesh opens dozens) before its server binds it,
+    and the server then fails to start ("could not bind")."""
+    low = _ephemeral_low()
+    if low - count > _LOWEST_PICKED:
+        rng = random.Random()
+        for _ in range(1000):
+            base = rng.randrange(_LOWEST_PICKED, low - count)
+            if all(_port_free(base + n) for n in range(count)):
+                return base
     while True:
         base = free_port()
         if base + count <= 65536 and all(_port_free(base + n) for n in range(1, count)):
             return base
+
+
+# Ports picked by free_port_run start here (below it: services' usual ports).
+_LOWEST_PICKED = 20000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default
+    where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _port_free(port: int) -> bool:

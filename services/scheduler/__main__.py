@@ -91,7 +91,7 @@ async def main(settings: Settings, replica: int = 0) -> None:
     if replicas is not None:
         await replicas.start()
     tracer_provider = build_tracer_provider("headrace-scheduler", settings.telemetry)
-    batch = build_batch_service(settings, tracer_provider)
+    batch = build_batch_service(settings, tracer_provider, choose_pool=dispatcher.batch_pool)
     await batch.start()
 
     async def close() -> None:

@@ -66,8 +66,12 @@ class BatchJobs:
         tracer: trace.Tracer | None = None,
         expiry_sweep_s: float = 30.0,
         clock: Callable[[], float] = time.time,
+        choose_pool: Callable[[str], str | None] | None = None,
     ) -> None:
         self._settings = settings
+        # Model version -> the pool its jobs run on (of several serving it,
+        # the cheapest: Dispatcher.batch_pool); None: the version's own pool.
+        self._choose_pool = choose_pool
         self._batch = settings.batch
         self._store = store
         self._publisher = publisher
@@ -190,7 +194,7 @@ class BatchJobs:
             status="in_progress",
             endpoint=endpoint,
             model_version=parsed.model.model_version if parsed.model else "",
-            pool=parsed.model.pool if parsed.model else "",
+            pool=self._job_pool(parsed),
             input_file_id=input_file_id,
             output_file_id=new_file_id(),
             error_file_id=new_file_id(),
@@ -229,6 +233,12 @@ class BatchJobs:
                 raise Unavailable(f"the batch queue is unavailable ({exc}); retry later", retry_after_s=5.0) from exc
         log.info("batch %s: %d rows in %d chunks on pool %s", job.id, job.total, job.chunks, job.pool)
         return job
+
+    def _job_pool(self, parsed: ParsedInput) -> str:
+        if parsed.model is None:
+            return ""
+        chosen = self._choose_pool(parsed.model.model_version) if self._choose_pool is not None else None
+        return chosen or parsed.model.pool
 
     def _check_spec(self, spec: SubmitSpec) -> tuple[str, int]:
         if bool(spec.input_jsonl) == bool(spec.input_file_id):

@@ -3,6 +3,7 @@ publisher, BatchJobs and its RPC translation."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from opentelemetry.trace import TracerProvider
@@ -30,7 +31,14 @@ class BatchService:
         await self.store.redis.aclose()
 
 
-def build_batch_service(settings: Settings, tracer_provider: TracerProvider | None = None) -> BatchService:
+def build_batch_service(
+    settings: Settings,
+    tracer_provider: TracerProvider | None = None,
+    *,
+    choose_pool: Callable[[str], str | None] | None = None,
+) -> BatchService:
+    """`choose_pool`: the pool a job of a model version runs on
+    (Dispatcher.batch_pool); without it, the version's own pool."""
     batch = settings.batch
     # Callers wait on this store: bounded timeouts, a fast 503 when Redis is down.
     store = BatchStore(
@@ -41,6 +49,6 @@ def build_batch_service(settings: Settings, tracer_provider: TracerProvider | No
     )
     publisher = CeleryChunkPublisher(build_celery_app(settings, name="headrace-scheduler"))
     tracer = tracer_provider.get_tracer("headrace.scheduler.batch") if tracer_provider is not None else None
-    jobs = BatchJobs(settings=settings, store=store, publisher=publisher, tracer=tracer)
+    jobs = BatchJobs(settings=settings, store=store, publisher=publisher, tracer=tracer, choose_pool=choose_pool)
     rpcs = BatchRpcs(jobs, store_retry_after_s=batch.store_unavailable_retry_after_s)
     return BatchService(jobs=jobs, rpcs=rpcs, store=store, publisher=publisher)

@@ -106,4 +106,9 @@ class SlotModel:
             limit = self.limit(state, queued_by_design=self.batch_queue_ahead)
             return max(0, limit + self.batch_queue_ahead - state.outstanding, self.free(state))
         share = max(1, math.floor(self.limit(state) * self.batch_share_while_online + 1e-9))
-        return max(0, min(self.free(state), share - state.batch_leases))
+        # The worker's batch share, split between the replicas alive as its
+        # slots are (replica_set.py): each leases only its part, so together
+        # they hold the share, however many they are. (Each taking the whole
+        # share from its own part of the slots gave batch the whole worker.)
+        mine = state.share.of(state.worker_id, share)
+        return max(0, min(self.free(state), mine - state.batch_leases))

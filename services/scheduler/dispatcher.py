@@ -159,7 +159,11 @@ class Dispatcher:
         admission.py for every way this ends."""
         pool = self._pool_of(request.model_version)
         pools = self.pools.version_pools.get(request.model_version)
-        if pools and not request.worker_id:
+        if pools and request.worker_id:
+            # Pinned (a batch consumer asking for room on its worker): that
+            # worker's pool admits it, which need not be the version's own.
+            pool = self._pool_of_worker(request.worker_id, pools) or pool
+        elif pools:
             pool = self._cheapest_pool(request, pools)
         if pool is None or not self.registry.has_candidate(request.model_version, request.exclude, request.worker_id):
             # Nothing could ever take it: say so now rather than queue.
@@ -171,6 +175,20 @@ class Dispatcher:
             now = time.monotonic()
             self.autoscaling.observe_queue_wait(pool, now, now - asked_at)
         return placement
+
+    def _pool_of_worker(self, worker_id: str, pools: tuple[str, ...]) -> str | None:
+        state = self.registry.get(worker_id)
+        return state.identity.pool if state is not None and state.identity.pool in pools else None
+
+    def batch_pool(self, model_version: str) -> str | None:
+        """The pool a batch job of the version runs on (its chunks go to that
+        pool's queue): of several, the cheapest per token with workers,
+        whatever its wait (pool_choice.py); else the version's own pool."""
+        pools = self.pools.version_pools.get(model_version)
+        if not pools:
+            return self._pool_of(model_version)
+        request = PlacementRequest(request_id="", model_version=model_version, tenant="", priority=BATCH)
+        return self._cheapest_pool(request, pools)
 
     def _cheapest_pool(self, request: PlacementRequest, pools: tuple[str, ...]) -> str:
         """Of the pools serving the version, the cheapest per token whose

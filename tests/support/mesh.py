@@ -146,7 +146,7 @@ async def start_mesh(
     settings = with_service_identity(settings)
     dispatcher = build_dispatcher(settings)
     await dispatcher.start()
-    batch = build_batch_service(settings, tracer_provider)
+    batch = build_batch_service(settings, tracer_provider, choose_pool=dispatcher.batch_pool)
     await batch.start()
     scheduler_host = build_scheduler_host(
         settings, dispatcher, port=0, tracer_provider=tracer_provider, batches=batch.rpcs

@@ -122,3 +122,44 @@ async def test_a_model_missing_from_the_config_uses_the_pool_its_workers_report(
     assert placed.lease.pool == "rollout"
     assert "rollout" in dispatcher.pool_names()
     await dispatcher.close()
+
+
+def two_pool_dispatcher() -> Dispatcher:
+    """Version m@1's own pool is "dear"; "cheap" serves it too, at a tenth
+    of the price per token."""
+    return Dispatcher(
+        registry=WorkerRoster(stale_after_s=3.0),
+        leases=LeaseTable(ttl_s=30.0),
+        pools=PoolDirectory(
+            model_pools={"m@1": "dear"},
+            version_pools={"m@1": ("dear", "cheap")},
+            pool_prices={"dear": 3.6, "cheap": 0.36},
+            pool_throughput={"dear": 40.0, "cheap": 40.0},
+            pool_settings={name: PoolSchedulingSettings(policy="least_load") for name in ("dear", "cheap")},
+        ),
+    )
+
+
+async def test_a_batch_job_runs_on_the_cheapest_pool_with_workers_not_the_versions_own() -> None:
+    dispatcher = two_pool_dispatcher()
+    dispatcher.report(identity("dear-0", pool="dear"), LoadSnapshot(capacity=8), draining=False)
+    # The cheaper pool has no worker yet: the job goes where rows can run.
+    assert dispatcher.batch_pool("m@1") == "dear"
+    dispatcher.report(identity("cheap-0", pool="cheap"), LoadSnapshot(running=8, capacity=8), draining=False)
+    # Cheaper, and full: batch waits by design.
+    assert dispatcher.batch_pool("m@1") == "cheap"
+    # A version served by one pool: its own.
+    assert dispatcher.batch_pool("other@1") is None
+    await dispatcher.close()
+
+
+async def test_a_row_pinned_to_a_worker_of_another_pool_of_its_version_is_admitted_by_that_pool() -> None:
+    dispatcher = two_pool_dispatcher()
+    dispatcher.report(identity("dear-0", pool="dear"), LoadSnapshot(capacity=8), draining=False)
+    dispatcher.report(identity("cheap-0", pool="cheap"), LoadSnapshot(capacity=8), draining=False)
+    row = PlacementRequest(request_id="row", model_version="m@1", tenant="t", priority=2, worker_id="cheap-0")
+    # Before: the version's own pool ("dear") admitted it, whose workers
+    # exclude cheap-0, so it waited for ever.
+    placed = await asyncio.wait_for(dispatcher.place(row), timeout=2.0)
+    assert (placed.lease.pool, placed.lease.worker_id) == ("cheap", "cheap-0")
+    await dispatcher.close()

@@ -74,6 +74,32 @@ def test_the_idle_rule_still_lets_a_replica_without_share_serve_an_idle_worker()
     assert free == [1, 1]
 
 
+@given(capacity=st.integers(1, 256), live=st.integers(1, 8), worker_id=st.text(min_size=1, max_size=20))
+def test_while_online_work_is_around_the_replicas_together_hold_the_batch_share(
+    capacity: int, live: int, worker_id: str
+) -> None:
+    # Each replica alone would give batch half its own part of the worker;
+    # together they must give it half the worker (at least one), not each.
+    batch = SlotModel(default_slots=16, batch_share_while_online=0.5)
+    parts = []
+    for rank in range(live):
+        state = worker(worker_id, capacity=capacity)
+        state.share = FixedShare(rank, live)
+        parts.append(batch.free_for_batch(state, online_active=True))
+    assert sum(parts) == max(1, capacity // 2), parts
+
+
+def test_two_replicas_give_batch_half_of_an_8_slot_worker_while_online_work_is_around() -> None:
+    batch = SlotModel(default_slots=16, batch_share_while_online=0.5)
+    parts = []
+    for rank in range(2):
+        state = worker("cheap-0", capacity=8)
+        state.share = FixedShare(rank, 2)
+        parts.append(batch.free_for_batch(state, online_active=True))
+    # Before: 4 each, all 8 slots batch's.
+    assert parts == [2, 2]
+
+
 def test_the_autoscaler_of_one_replica_counts_the_whole_pools_demand() -> None:
     """Each replica sees its own queue and leases only: its autoscaling
     reading scales its queue by the replicas alive and counts busy slots
