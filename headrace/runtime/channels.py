@@ -154,10 +154,33 @@ def open_sync_channel(target: str, identity: ServiceIdentity | None, *, server: 
     return grpc.secure_channel(target, identity.channel_credentials(), options=_secure_options([], server))
 
 
-# Round robin over the replicas that are up. No retry policy: a call a
-# replica received and failed may have done its work (SubmitBatch), so only
-# gRPC's transparent retries apply (calls that never reached a server).
-_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+# Round robin over the replicas that are up. Calls that only read
+# (a job, a file, a listing) are retried on UNAVAILABLE, which is how a
+# call in flight on a replica that dies ends: the retry is picked onto
+# another replica. The others get no retry policy: a call a replica
+# received and failed may have done its work (SubmitBatch), so only gRPC's
+# transparent retries apply to them (calls that never reached a server).
+READ_ONLY_SCHEDULER_METHODS = (
+    *("GetBatch", "ListBatches", "StreamBatchResults", "GetFile", "GetFileContent"),
+    *("ListWorkers", "GetPoolStatus"),
+)
+_ROUND_ROBIN = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{"service": "headrace.v1.Scheduler", "method": m} for m in READ_ONLY_SCHEDULER_METHODS],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
 
 
 def balanced_target(targets: Sequence[str]) -> str:
