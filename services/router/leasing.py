@@ -64,8 +64,9 @@ class Leasing:
 
     def give_back(self, lease: scheduler_pb2.Lease) -> None:
         """A lease that will not be used (a cache hit answered instead): back
-        to the scheduler now, off the critical path."""
-        use = LeaseUse(lease=lease, outcome=scheduler_pb2.LEASE_OUTCOME_CANCELLED)
+        to the scheduler now, off the critical path, said unused (its hold
+        time is not the engine's)."""
+        use = LeaseUse(lease=lease, outcome=scheduler_pb2.LEASE_OUTCOME_UNUSED)
         self._background.spawn(self._release(use), name=f"lease-release:{lease.lease_id}")
 
     async def _renew(self, lease: scheduler_pb2.Lease) -> None:

@@ -252,9 +252,12 @@ class Dispatcher:
             parts.append(f"not accepting (stale, unhealthy or draining): {', '.join(not_accepting)}")
         return f"no worker available for {request.model_version}: " + "; ".join(parts)
 
-    def release(self, lease_id: str, *, ttft_s: float | None = None, served: bool = False) -> LeaseRecord | None:
+    def release(
+        self, lease_id: str, *, ttft_s: float | None = None, served: bool = False, used: bool = True
+    ) -> LeaseRecord | None:
         """Give a lease back; `served`: its request went well, which says
-        the worker is alive even when its load reports come late."""
+        the worker is alive even when its load reports come late; `used`:
+        work ran on it (False: given back unused, its hold time not counted)."""
         lease = self.leases.get(lease_id)
         if lease is None:
             return None
@@ -262,7 +265,7 @@ class Dispatcher:
             self._note_alive(lease.worker_id)
         if ttft_s is not None:
             self.autoscaling.observe_ttft(lease.pool, time.monotonic(), ttft_s)
-        return self.admission(lease.pool).release(lease)
+        return self.admission(lease.pool).release(lease, used=used)
 
     def renew(self, lease_id: str) -> LeaseRecord | None:
         return self.leases.renew(lease_id)

@@ -138,3 +138,21 @@ async def test_a_hit_is_served_when_the_placement_is_refused(mesh: InProcessMesh
     finally:
         slow.cancel()
     await no_leases_left(mesh)
+
+
+async def test_a_lease_given_back_on_a_hit_does_not_count_as_a_hold(mesh: InProcessMesh) -> None:
+    # The pool's queue bound and retry-after come from how long leases are
+    # held (wait_bound.py). A hit's lease goes back within milliseconds of
+    # its grant, unused: counted, a cache serving half the requests would
+    # make the pool look twice as fast, and its queue twice as long.
+    await stored(mesh, "how fast does the wheel turn?")
+    await no_leases_left(mesh)
+    bound = mesh.dispatcher.admission(POOL).wait_bound
+    held_before = bound.hold_s
+    assert held_before is not None  # the answer stored was generated, and its lease released
+    given_back = sample("headrace_router_placements_ahead_total", {"outcome": "given_back"})
+    answer = await mesh.router_stub().Generate(ask("how fast does the wheel turn?"))
+    assert answer.route.cache == generation_pb2.CACHE_OUTCOME_HIT_EXACT
+    await eventually(lambda: sample("headrace_router_placements_ahead_total", {"outcome": "given_back"}) > given_back)
+    await no_leases_left(mesh)
+    assert bound.hold_s == held_before
