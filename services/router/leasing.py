@@ -56,7 +56,9 @@ class Leasing:
         try:
             yield use
         except (asyncio.CancelledError, GeneratorExit):
-            use.outcome = scheduler_pb2.LEASE_OUTCOME_CANCELLED
+            # Unless its answer was already whole (the caller stopped at the last chunk).
+            if use.outcome != scheduler_pb2.LEASE_OUTCOME_OK:
+                use.outcome = scheduler_pb2.LEASE_OUTCOME_CANCELLED
             raise
         finally:
             renewer.cancel()
