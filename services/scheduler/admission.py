@@ -261,6 +261,9 @@ class PoolAdmission:
         released = self._leases.release(lease.lease_id, self._registry.get(lease.worker_id))
         if released is not None and not released.batch:
             self._online_seen_at = time.monotonic()
+        if released is not None and used and released.uncounted_wait is not None:
+            priority, waited = released.uncounted_wait
+            self._queue_wait[priority].observe(waited)
         now = time.monotonic()
         if released is not None and used and now < released.expires_at and not released.batch:
             # Released by its holder after use (an expired lease, or one
@@ -386,7 +389,10 @@ class PoolAdmission:
         now = time.monotonic()
         waited = now - waiter.enqueued_at
         self._placed.inc()
-        self._queue_wait[min(request.priority, BATCH)].observe(waited)
+        if request.only_if_free:
+            lease.uncounted_wait = (min(request.priority, BATCH), waited)
+        else:
+            self._queue_wait[min(request.priority, BATCH)].observe(waited)
         waiter.future.set_result(
             Placement(lease=lease, endpoint=worker.identity.endpoint, policy=self.policy.name, queue_ms=waited * 1000)
         )
