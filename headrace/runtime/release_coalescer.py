@@ -11,7 +11,9 @@ flight). A coalesced release is not on its request's trace.
 
 A scheduler without ReleaseMany (an older replica during an upgrade)
 answers UNIMPLEMENTED: the waiting releases then go one by one, and so do
-later ones.
+later ones, side by side as before coalescing (held behind the call in
+flight, they would go one at a time: a replica's releases capped at one
+per round trip).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class ReleaseCoalescer:
     async def release(self, request: scheduler_pb2.ReleaseRequest, **options: Any) -> scheduler_pb2.ReleaseResponse:
         """Give the lease back; the scheduler's answer. Raises the call's
         AioRpcError if it failed (the lease then expires on its own)."""
-        if self._busy:
+        if self._busy and self._many_supported:
             future: asyncio.Future[scheduler_pb2.ReleaseResponse] = asyncio.get_running_loop().create_future()
             # Read its outcome even if the caller stopped waiting (no
             # "exception never retrieved" noise).
@@ -62,6 +64,11 @@ class ReleaseCoalescer:
             # Shielded: a caller that stops waiting does not take its
             # release out of the batch it joined.
             return await asyncio.shield(future)
+        if not self._many_supported:
+            # Nothing to group: each its own call, now.
+            self.single_calls += 1
+            alone: scheduler_pb2.ReleaseResponse = await self._stub.Release(request, **options)
+            return alone
         self._busy = True
         try:
             self.single_calls += 1
@@ -97,12 +104,7 @@ class ReleaseCoalescer:
 
     async def _send(self, batch: list[_Waiting]) -> None:
         if len(batch) == 1 or not self._many_supported:
-            for request, future in batch:
-                try:
-                    self.single_calls += 1
-                    _settle(future, await self._stub.Release(request, timeout=CALL_TIMEOUT_S))
-                except grpc.aio.AioRpcError as exc:
-                    _fail(future, exc)
+            await asyncio.gather(*(self._send_one(request, future) for request, future in batch))
             return
         try:
             self.many_calls += 1
@@ -124,6 +126,15 @@ class ReleaseCoalescer:
         for index, (_, future) in enumerate(batch):
             released = index < len(answer.results) and answer.results[index].released
             _settle(future, scheduler_pb2.ReleaseResponse(released=released))
+
+    async def _send_one(
+        self, request: scheduler_pb2.ReleaseRequest, future: asyncio.Future[scheduler_pb2.ReleaseResponse]
+    ) -> None:
+        try:
+            self.single_calls += 1
+            _settle(future, await self._stub.Release(request, timeout=CALL_TIMEOUT_S))
+        except grpc.aio.AioRpcError as exc:
+            _fail(future, exc)
 
 
 def _settle(future: asyncio.Future[scheduler_pb2.ReleaseResponse], response: scheduler_pb2.ReleaseResponse) -> None:

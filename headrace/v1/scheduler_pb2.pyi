@@ -30,6 +30,10 @@ class _LeaseOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LeaseOut
     LEASE_OUTCOME_OK: _LeaseOutcome.ValueType  # 1
     LEASE_OUTCOME_ERROR: _LeaseOutcome.ValueType  # 2
     LEASE_OUTCOME_CANCELLED: _LeaseOutcome.ValueType  # 3
+    LEASE_OUTCOME_UNUSED: _LeaseOutcome.ValueType  # 4
+    """Given back before any work ran on it (a placement made beside a cache
+    lookup that hit): its hold time says nothing of how fast the pool drains.
+    """
 
 class LeaseOutcome(_LeaseOutcome, metaclass=_LeaseOutcomeEnumTypeWrapper):
     """How a leased request ended."""
@@ -38,6 +42,10 @@ LEASE_OUTCOME_UNSPECIFIED: LeaseOutcome.ValueType  # 0
 LEASE_OUTCOME_OK: LeaseOutcome.ValueType  # 1
 LEASE_OUTCOME_ERROR: LeaseOutcome.ValueType  # 2
 LEASE_OUTCOME_CANCELLED: LeaseOutcome.ValueType  # 3
+LEASE_OUTCOME_UNUSED: LeaseOutcome.ValueType  # 4
+"""Given back before any work ran on it (a placement made beside a cache
+lookup that hit): its hold time says nothing of how fast the pool drains.
+"""
 Global___LeaseOutcome: _TypeAlias = LeaseOutcome  # noqa: Y015
 
 @_typing.final

@@ -56,7 +56,9 @@ class Leasing:
         try:
             yield use
         except (asyncio.CancelledError, GeneratorExit):
-            use.outcome = scheduler_pb2.LEASE_OUTCOME_CANCELLED
+            # Unless its answer was already whole (the caller stopped at the last chunk).
+            if use.outcome != scheduler_pb2.LEASE_OUTCOME_OK:
+                use.outcome = scheduler_pb2.LEASE_OUTCOME_CANCELLED
             raise
         finally:
             renewer.cancel()
@@ -64,8 +66,9 @@ class Leasing:
 
     def give_back(self, lease: scheduler_pb2.Lease) -> None:
         """A lease that will not be used (a cache hit answered instead): back
-        to the scheduler now, off the critical path."""
-        use = LeaseUse(lease=lease, outcome=scheduler_pb2.LEASE_OUTCOME_CANCELLED)
+        to the scheduler now, off the critical path, said unused (its hold
+        time is not the engine's)."""
+        use = LeaseUse(lease=lease, outcome=scheduler_pb2.LEASE_OUTCOME_UNUSED)
         self._background.spawn(self._release(use), name=f"lease-release:{lease.lease_id}")
 
     async def _renew(self, lease: scheduler_pb2.Lease) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from services.router.leasing import LeaseUse
 from services.router.routing.attempts import Attempt, AttemptPlan
 from services.router.routing.decision import RequestOutcome
 from services.router.workers import Workers
+
+log = logging.getLogger(__name__)
 
 # An attempt and its placement: a lease, or why there is none.
 _Placement = tuple[Attempt, scheduler_pb2.PlaceResponse | HeadraceError]
@@ -148,8 +151,21 @@ class WorkerAttempts:
                                 self._text.append(chunk.text)
                                 if chunk.finish_reason:
                                     self._last_chunk(chunk, attempt, placed, use)
+                                    # The answer is whole: served, however the call
+                                    # ends now (a client that stops reading at the
+                                    # last chunk, a status that fails after it).
+                                    use.outcome = scheduler_pb2.LEASE_OUTCOME_OK
+                                    self._succeeded(attempt)
                                 yield chunk
                     except HeadraceError as error:
+                        if self.served is not None:
+                            log.warning(
+                                "worker %s failed after the last chunk of %s (%s); the answer was whole",
+                                placed.lease.worker_id,
+                                self._meta.request_id,
+                                error,
+                            )
+                            return
                         if self._plan.worker_failed(attempt, error, after_first_token=not first):
                             continue
                         if first:
@@ -160,8 +176,10 @@ class WorkerAttempts:
                             f"(worker {placed.lease.worker_id}): {error.message}",
                             retry_after_s=error.retry_after_s,
                         ) from error
-                    use.outcome = scheduler_pb2.LEASE_OUTCOME_OK
-                    self._succeeded(attempt)
+                    if self.served is None:
+                        # Ended well without a last chunk: as before, a success.
+                        use.outcome = scheduler_pb2.LEASE_OUTCOME_OK
+                        self._succeeded(attempt)
                     return
         finally:
             self.abandon()

@@ -249,21 +249,28 @@ class PoolAdmission:
             if not waiter.future.cancelled() and waiter.future.exception() is None:
                 lease = waiter.future.result().lease
                 log.info("lease %s granted as its caller left; releasing it", lease.lease_id)
-                self.release(lease)
+                self.release(lease, used=False)
         else:
             self.queue.remove(waiter)
             waiter.future.cancel()
             self._update_depth()
 
-    def release(self, lease: LeaseRecord) -> LeaseRecord | None:
+    def release(self, lease: LeaseRecord, *, used: bool = True) -> LeaseRecord | None:
+        """`used`: work ran on the lease (False: given back unused, e.g.
+        placed beside a cache lookup that hit)."""
         released = self._leases.release(lease.lease_id, self._registry.get(lease.worker_id))
         if released is not None and not released.batch:
             self._online_seen_at = time.monotonic()
+        if released is not None and used and released.uncounted_wait is not None:
+            priority, waited = released.uncounted_wait
+            self._queue_wait[priority].observe(waited)
         now = time.monotonic()
-        if released is not None and now < released.expires_at and not released.batch:
-            # Released by its holder (an expired lease says nothing of the
-            # engine); online holds only: a batch row's says nothing of how
-            # fast online waiters get slots.
+        if released is not None and used and now < released.expires_at and not released.batch:
+            # Released by its holder after use (an expired lease, or one
+            # given back unused within milliseconds, says nothing of the
+            # engine: counted, cache hits would make the pool look as
+            # many times faster as they are frequent); online holds only:
+            # a batch row's says nothing of how fast online waiters get slots.
             self.wait_bound.observe_hold(now - released.granted_at)
         self.kick()
         return released
@@ -382,7 +389,10 @@ class PoolAdmission:
         now = time.monotonic()
         waited = now - waiter.enqueued_at
         self._placed.inc()
-        self._queue_wait[min(request.priority, BATCH)].observe(waited)
+        if request.only_if_free:
+            lease.uncounted_wait = (min(request.priority, BATCH), waited)
+        else:
+            self._queue_wait[min(request.priority, BATCH)].observe(waited)
         waiter.future.set_result(
             Placement(lease=lease, endpoint=worker.identity.endpoint, policy=self.policy.name, queue_ms=waited * 1000)
         )

@@ -170,7 +170,8 @@ class Dispatcher:
             raise NoWorkerAvailable(self._why_no_worker(request), retry_after_s=1.0)
         asked_at = time.monotonic()
         placement = await self.admission(pool).place(request, timeout_s=timeout_s)
-        if request.priority < BATCH:
+        # A placement made ahead counts its wait once used (release()).
+        if request.priority < BATCH and not request.only_if_free:
             # Online waits are what users feel; batch waits by design.
             now = time.monotonic()
             self.autoscaling.observe_queue_wait(pool, now, now - asked_at)
@@ -252,9 +253,12 @@ class Dispatcher:
             parts.append(f"not accepting (stale, unhealthy or draining): {', '.join(not_accepting)}")
         return f"no worker available for {request.model_version}: " + "; ".join(parts)
 
-    def release(self, lease_id: str, *, ttft_s: float | None = None, served: bool = False) -> LeaseRecord | None:
+    def release(
+        self, lease_id: str, *, ttft_s: float | None = None, served: bool = False, used: bool = True
+    ) -> LeaseRecord | None:
         """Give a lease back; `served`: its request went well, which says
-        the worker is alive even when its load reports come late."""
+        the worker is alive even when its load reports come late; `used`:
+        work ran on it (False: given back unused, its hold time not counted)."""
         lease = self.leases.get(lease_id)
         if lease is None:
             return None
@@ -262,7 +266,9 @@ class Dispatcher:
             self._note_alive(lease.worker_id)
         if ttft_s is not None:
             self.autoscaling.observe_ttft(lease.pool, time.monotonic(), ttft_s)
-        return self.admission(lease.pool).release(lease)
+        if used and lease.uncounted_wait is not None and lease.uncounted_wait[0] < BATCH:
+            self.autoscaling.observe_queue_wait(lease.pool, time.monotonic(), lease.uncounted_wait[1])
+        return self.admission(lease.pool).release(lease, used=used)
 
     def renew(self, lease_id: str) -> LeaseRecord | None:
         return self.leases.renew(lease_id)
@@ -303,7 +309,8 @@ class Dispatcher:
                 state.age_s(),
             )
         for lease in self.leases.expired():
-            self.admission(lease.pool).release(lease)
+            # Its holder vanished: whether it was used is not known.
+            self.admission(lease.pool).release(lease, used=False)
             metrics.LEASES_EXPIRED.labels(pool=lease.pool).inc()
             log.warning("lease %s on %s expired (request %s)", lease.lease_id, lease.worker_id, lease.request_id)
         now = time.monotonic()

@@ -26,6 +26,11 @@ class LeaseRecord:
     expires_at_ms: int
     # A batch row's lease (the batch class): online work comes first.
     batch: bool = False
+    # A placement made ahead of a cache lookup (only_if_free): its queue
+    # wait (priority class, seconds) is counted once it is used, at its
+    # release, not at its grant: a hit gives it back unused, and a request
+    # that needed no worker must not count as one that got a worker at once.
+    uncounted_wait: tuple[int, float] | None = None
 
 
 class LeaseTable:

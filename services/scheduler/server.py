@@ -165,7 +165,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     ) -> scheduler_pb2.ReleaseResponse:
         ttft_s = request.ttft_ms / 1000.0 if request.ttft_ms > 0 else None
         served = request.outcome == scheduler_pb2.LEASE_OUTCOME_OK
-        released = self._dispatcher.release(request.lease_id, ttft_s=ttft_s, served=served)
+        released = self._dispatcher.release(
+            request.lease_id,
+            ttft_s=ttft_s,
+            served=served,
+            used=request.outcome != scheduler_pb2.LEASE_OUTCOME_UNUSED,
+        )
         return scheduler_pb2.ReleaseResponse(released=released is not None)
 
     async def ReleaseMany(

@@ -138,3 +138,44 @@ async def test_a_hit_is_served_when_the_placement_is_refused(mesh: InProcessMesh
     finally:
         slow.cancel()
     await no_leases_left(mesh)
+
+
+async def test_a_lease_given_back_on_a_hit_does_not_count_as_a_hold(mesh: InProcessMesh) -> None:
+    # The pool's queue bound and retry-after come from how long leases are
+    # held (wait_bound.py). A hit's lease goes back within milliseconds of
+    # its grant, unused: counted, a cache serving half the requests would
+    # make the pool look twice as fast, and its queue twice as long.
+    await stored(mesh, "how fast does the wheel turn?")
+    await no_leases_left(mesh)
+    bound = mesh.dispatcher.admission(POOL).wait_bound
+    held_before = bound.hold_s
+    assert held_before is not None  # the answer stored was generated, and its lease released
+    given_back = sample("headrace_router_placements_ahead_total", {"outcome": "given_back"})
+    answer = await mesh.router_stub().Generate(ask("how fast does the wheel turn?"))
+    assert answer.route.cache == generation_pb2.CACHE_OUTCOME_HIT_EXACT
+    await eventually(lambda: sample("headrace_router_placements_ahead_total", {"outcome": "given_back"}) > given_back)
+    await no_leases_left(mesh)
+    assert bound.hold_s == held_before
+
+
+async def test_a_hit_does_not_count_as_a_request_that_got_a_worker_at_once(mesh: InProcessMesh) -> None:
+    # The queue-wait SLO (99% of online requests get a worker within 1 s) and
+    # the autoscaler's queue-wait p95 read the scheduler's queue waits. A hit
+    # needed no worker: its placement made ahead, granted at once and given
+    # back, must not add a zero wait to them; a miss that used it does.
+    labels = {"pool": POOL}
+    await stored(mesh, "who built the mill?")
+    await no_leases_left(mesh)
+    waits = sample("headrace_scheduler_queue_wait_seconds_count", labels)
+    given_back = sample("headrace_router_placements_ahead_total", {"outcome": "given_back"})
+    hit = await mesh.router_stub().Generate(ask("who built the mill?"))
+    assert hit.route.cache == generation_pb2.CACHE_OUTCOME_HIT_EXACT
+    await eventually(lambda: sample("headrace_router_placements_ahead_total", {"outcome": "given_back"}) > given_back)
+    await no_leases_left(mesh)
+    assert sample("headrace_scheduler_queue_wait_seconds_count", labels) == waits
+    used = sample("headrace_router_placements_ahead_total", {"outcome": "used"})
+    miss = await mesh.router_stub().Generate(ask("who owns the mill now?"))
+    assert miss.route.cache == generation_pb2.CACHE_OUTCOME_MISS and miss.text
+    assert sample("headrace_router_placements_ahead_total", {"outcome": "used"}) == used + 1
+    await no_leases_left(mesh)
+    assert sample("headrace_scheduler_queue_wait_seconds_count", labels) == waits + 1

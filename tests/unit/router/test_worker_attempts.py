@@ -86,12 +86,14 @@ class FakeWorkers:
 
     @contextlib.asynccontextmanager
     async def hold(self, lease: scheduler_pb2.Lease) -> AsyncIterator[LeaseUse]:
-        # As Leasing.hold: a cancel says CANCELLED, the use is given back however the block ends.
+        # As Leasing.hold: a cancel says CANCELLED (unless the answer was
+        # whole), the use is given back however the block ends.
         use = LeaseUse(lease=lease)
         try:
             yield use
         except (asyncio.CancelledError, GeneratorExit):
-            use.outcome = CANCELLED
+            if use.outcome != OK:
+                use.outcome = CANCELLED
             raise
         finally:
             self.held[lease.worker_id] = use
@@ -226,6 +228,33 @@ async def test_a_client_closing_the_stream_cancels_the_worker_call_and_gives_the
     await stream.aclose()
     assert workers.held["w0"].outcome == CANCELLED and workers.closed == ["w0"]
     assert attempts.served is None
+
+
+async def test_a_client_that_stops_at_the_last_chunk_was_served() -> None:
+    # The worker's status comes a moment after its last message; a client
+    # that stops reading at the finish (the typed client cancels its call as
+    # it leaves the loop) got the whole answer: served, not cancelled.
+    workers = FakeWorkers(placements=["w0"], scripts={"w0": Script([chunk("a"), last("b")], hang=True)})
+    attempts = attempts_on(workers)
+    stream = attempts.stream(ROUTE)
+    async for c in stream:
+        if c.finish_reason:
+            break
+    await stream.aclose()
+    assert workers.held["w0"].outcome == OK and workers.closed == ["w0"]
+    assert [(a.worker_id, a.error) for a in attempts.outcomes] == [("w0", "")]
+    assert attempts.served is not None and attempts.served.text == "ab"
+
+
+async def test_a_worker_status_failing_after_the_last_chunk_does_not_fail_a_whole_answer() -> None:
+    workers = FakeWorkers(
+        placements=["w0"], scripts={"w0": Script([chunk("a"), last("b")], error=Unavailable("connection reset"))}
+    )
+    attempts = attempts_on(workers)
+    chunks = [c async for c in attempts.stream(ROUTE)]
+    assert [c.text for c in chunks] == ["a", "b"] and chunks[-1].finish_reason
+    assert workers.held["w0"].outcome == OK
+    assert [(a.worker_id, a.error) for a in attempts.outcomes] == [("w0", "")]
 
 
 async def test_a_cancelled_request_gives_the_lease_back() -> None:

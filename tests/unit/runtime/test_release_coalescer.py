@@ -125,3 +125,46 @@ async def test_a_caller_that_stops_waiting_still_has_its_lease_released() -> Non
     for _ in range(5):
         await asyncio.sleep(0)
     assert [ids for _, ids, _ in stub.calls] == [["a"], ["b"]]
+
+
+async def test_an_older_scheduler_gets_its_releases_side_by_side_not_one_at_a_time() -> None:
+    # Without ReleaseMany there is nothing to gain by waiting for the call in
+    # flight: held back, every release to that replica would queue behind
+    # the one before (one call at a time: at 2 ms a call, 500 releases/s,
+    # and a backlog whose leases expire instead under more load).
+    stub = FakeStub(many_fails=grpc.StatusCode.UNIMPLEMENTED)
+    coalescer = ReleaseCoalescer(stub)  # type: ignore[arg-type]
+    tasks = await started(coalescer, "a", "b", "c")
+    stub.gate.set()
+    await asyncio.gather(*tasks)
+    stub.gate.clear()
+    tasks = await started(coalescer, "d", "e", "f")
+    # All three in flight at once, before any has answered.
+    assert [ids for _, ids, _ in stub.calls[4:]] == [["d"], ["e"], ["f"]]
+    stub.gate.set()
+    assert all(a.released for a in await asyncio.gather(*tasks))
+
+
+class NoReleaseMany(FakeStub):
+    """An older scheduler: ReleaseMany answers UNIMPLEMENTED at once."""
+
+    async def ReleaseMany(
+        self, request: scheduler_pb2.ReleaseManyRequest, **options: Any
+    ) -> scheduler_pb2.ReleaseManyResponse:
+        self.calls.append(("ReleaseMany", [r.lease_id for r in request.releases], options))
+        raise grpc.aio.AioRpcError(grpc.StatusCode.UNIMPLEMENTED, grpc.aio.Metadata(), grpc.aio.Metadata())
+
+
+async def test_releases_waiting_when_release_many_turns_out_missing_go_side_by_side() -> None:
+    stub = NoReleaseMany()
+    coalescer = ReleaseCoalescer(stub)  # type: ignore[arg-type]
+    tasks = await started(coalescer, "a", "b", "c", "d")
+    # a's call answers; the calls after it wait until the gate opens again.
+    stub.gate.set()
+    stub.gate.clear()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    # b, c and d were refused as a ReleaseMany, then went as three calls at once.
+    assert [ids for _, ids, _ in stub.calls] == [["a"], ["b", "c", "d"], ["b"], ["c"], ["d"]]
+    stub.gate.set()
+    assert all(a.released for a in await asyncio.gather(*tasks))

@@ -435,3 +435,23 @@ async def test_only_online_leases_tell_how_fast_online_waiters_get_slots() -> No
     dispatcher.release(online.lease.lease_id)
     assert bound.hold_s is not None
     await dispatcher.close()
+
+
+async def test_a_placement_made_ahead_counts_its_wait_for_the_autoscaler_once_used() -> None:
+    dispatcher = make_dispatcher(queue_limit=4)
+    add_worker(dispatcher, capacity=2)
+    waits: list[float] = []
+    dispatcher.autoscaling.observe_queue_wait = lambda pool, now, wait_s: waits.append(wait_s)  # type: ignore[method-assign]
+    # Given back unused (the cache answered): no wait, it needed no worker.
+    unused = await dispatcher.place(replace(req(INTERACTIVE), only_if_free=True))
+    dispatcher.release(unused.lease.lease_id, used=False)
+    assert waits == []
+    # Used (the cache missed): its wait counts, once.
+    used = await dispatcher.place(replace(req(INTERACTIVE), only_if_free=True))
+    assert waits == []
+    dispatcher.release(used.lease.lease_id, served=True)
+    assert len(waits) == 1
+    # An ordinary placement counts at once, as before.
+    await dispatcher.place(req(INTERACTIVE))
+    assert len(waits) == 2
+    await dispatcher.close()
