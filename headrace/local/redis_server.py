@@ -18,14 +18,17 @@ INSTALL_HINT = "Debian/Ubuntu: `sudo apt-get install -y redis-server`"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now that this process has not handed out before (see
+    free_port_run: two ports picked one after the other for two servers of
+    one mesh must differ, and a port the kernel lends to bind(0) and takes
+    back may be lent again at once)."""
+    return free_port_run(1)
 
 
 def free_port_run(count: int) -> int:
-    """A port P with P .. P+count-1 all free now: worker n of the mesh
-    listens on base_port + n, and a lone free port says nothing of the next.
+    """A port P with P .. P+count-1 all free now and none of them handed
+    out by this process before: worker n of the mesh listens on
+    base_port + n, and a lone free port says nothing of the next.
 
     Taken below the kernel's ephemeral range where there is room: a port in
     that range, free when picked, can become the local port of some client
@@ -33,16 +36,29 @@ def free_port_run(count: int) -> int:
     and the server then fails to start ("could not bind")."""
     low = _ephemeral_low()
     if low - count > _LOWEST_PICKED:
-        rng = random.Random()
         for _ in range(1000):
-            base = rng.randrange(_LOWEST_PICKED, low - count)
-            if all(_port_free(base + n) for n in range(count)):
+            base = _RNG.randrange(_LOWEST_PICKED, low - count)
+            if _take(base, count):
                 return base
     while True:
-        base = free_port()
-        if base + count <= 65536 and all(_port_free(base + n) for n in range(1, count)):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            base = int(sock.getsockname()[1])
+        if base + count <= 65536 and _take(base, count):
             return base
 
+
+def _take(base: int, count: int) -> bool:
+    ports = range(base, base + count)
+    if any(port in _HANDED_OUT for port in ports) or not all(_port_free(port) for port in ports):
+        return False
+    _HANDED_OUT.update(ports)
+    return True
+
+
+# Every port free_port and free_port_run returned in this process.
+_HANDED_OUT: set[int] = set()
+_RNG = random.Random()
 
 # Ports picked by free_port_run start here (below it: services' usual ports).
 _LOWEST_PICKED = 20000
