@@ -235,6 +235,13 @@ class CircuitBreakerSettings(_Section):
     failure_threshold: int = Field(default=5, ge=1)
     open_s: float = Field(default=10.0, gt=0)
     half_open_probes: int = Field(default=1, ge=1)
+    # A request that runs out of its deadline counts against its worker and
+    # model only if the attempt ran at least this long: a client's short
+    # deadline (x-headrace-timeout, a gRPC timeout) says nothing of a worker
+    # answering at its usual pace, and must not open circuits for everyone
+    # else; a worker that hangs still trips it (the default deadline is
+    # router.request_timeout_s, 600 s).
+    deadline_counts_after_s: float = Field(default=10.0, ge=0)
 
 
 class ReloadSettings(_Section):

@@ -162,6 +162,12 @@ class AttemptPlan:
     def worker_failed(self, attempt: Attempt, error: HeadraceError, *, after_first_token: bool) -> bool:
         """The worker call failed. True: make another attempt."""
         verdict = breaker_verdict(error)
+        if (
+            isinstance(error, DeadlineExceeded)
+            and self.clock() - attempt.started < self.worker_breakers.deadline_counts_after_s
+        ):
+            # The client's own short deadline ran out: nothing said of the worker.
+            verdict = None
         self._end_worker(attempt, verdict)
         self._end_model(attempt, verdict)
         self._record(attempt, error=error)

@@ -61,6 +61,10 @@ class CircuitBreakers:
     def configure(self, settings: CircuitBreakerSettings) -> None:
         self._settings = settings
 
+    @property
+    def deadline_counts_after_s(self) -> float:
+        return self._settings.deadline_counts_after_s
+
     def state(self, key: str) -> BreakerState:
         breaker = self._breakers.get(key)
         if breaker is None:

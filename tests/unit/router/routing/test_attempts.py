@@ -1,11 +1,19 @@
 """One request's attempts: other workers, fallbacks, budget, breakers."""
 
 import random
+import time
 
 import pytest
 
 from headrace.models.registry import Resolution
-from headrace.runtime.errors import Cancelled, Internal, InvalidArgument, NoWorkerAvailable, Unavailable
+from headrace.runtime.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    NoWorkerAvailable,
+    Unavailable,
+)
 from headrace.runtime.routing_settings import CircuitBreakerSettings, RetrySettings
 from services.router.routing.attempts import AttemptPlan
 from services.router.routing.circuit_breaker import CircuitBreakers
@@ -36,7 +44,9 @@ class Harness:
         )
         self.max_attempts = max_attempts
 
-    def plan(self) -> AttemptPlan:
+    def plan(self, clock: list[float] | None = None) -> AttemptPlan:
+        """`clock`: a settable time (clock[0]) for the plan's attempts."""
+
         async def sleep(seconds: float) -> None:
             self.sleeps.append(seconds)
 
@@ -48,6 +58,7 @@ class Harness:
             backoff=Backoff(RetrySettings(backoff_base_ms=10, backoff_max_ms=100), rng=random.Random(3)),
             max_attempts=self.max_attempts,
             sleep=sleep,
+            clock=(lambda: clock[0]) if clock is not None else time.monotonic,
         )
 
 
@@ -160,3 +171,20 @@ async def test_cancelled_attempts_count_for_nothing_and_give_back_probe_slots() 
     plan.placed(attempt, "w0")
     plan.close()
     assert not h.workers.blocked("w0") and not h.models.blocked("m@1")
+
+
+@pytest.mark.parametrize(("ran_s", "opens"), [(0.2, False), (9.9, False), (10.0, True), (600.0, True)])
+async def test_a_deadline_counts_against_the_worker_only_after_the_attempt_had_time(ran_s: float, opens: bool) -> None:
+    """A client's short deadline running out says nothing of the worker (it
+    must not open circuits for everyone else); a worker that hangs past
+    deadline_counts_after_s (10 s by default) does trip them."""
+    h = Harness()
+    now = [100.0]
+    for _ in range(2):  # the harness's failure threshold
+        plan = h.plan(clock=now)
+        attempt = await plan.next()
+        plan.placed(attempt, "w0")
+        now[0] += ran_s
+        assert not plan.worker_failed(attempt, DeadlineExceeded("timeout"), after_first_token=False)
+    assert h.workers.blocked("w0") is opens
+    assert h.models.blocked("m@1") is opens
