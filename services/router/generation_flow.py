@@ -242,7 +242,7 @@ class GenerationFlow:
                 "no answer"
                 if served is None
                 else cascade.check.failure(
-                    served.text,
+                    "".join(chunk.text for chunk in held),
                     truncated=budget_cut and served.last.finish_reason == generation_pb2.FINISH_REASON_LENGTH,
                 )
             )

@@ -54,7 +54,6 @@ class Served:
 
     # As sent on the first chunk: the version, reason, worker, attempts.
     route: generation_pb2.RouteInfo
-    text: str
     # The last chunk as sent: finish reason, usage, timing, cost.
     last: generation_pb2.GenerateStreamResponse
 
@@ -84,8 +83,9 @@ class WorkerAttempts:
         self._request = request
         self._meta = meta
         self._ahead: asyncio.Task[_Placement] | None = None
-        # The answer so far, and the route its first chunk carried.
-        self._text: list[str] = []
+        # The route the answer's first chunk carried. (The text is not kept
+        # here: the caller has every chunk, and the per-token path copies
+        # nothing it does not need.)
         self._route = generation_pb2.RouteInfo()
         # From the request's start to the first token; None until it came, or
         # when unknown (a whole answer its engine gave in one piece).
@@ -148,7 +148,6 @@ class WorkerAttempts:
                                 if first:
                                     first = False
                                     self._first_chunk(chunk, route, attempt, placed, use)
-                                self._text.append(chunk.text)
                                 if chunk.finish_reason:
                                     self._last_chunk(chunk, attempt, placed, use)
                                     # The answer is whole: served, however the call
@@ -313,7 +312,7 @@ class WorkerAttempts:
         metrics.COST_USD.labels(tenant=tenant, model=version).inc(chunk.cost.usd)
         metrics.ENGINE_SECONDS.labels(tenant=tenant, model=version).inc(engine_seconds)
         use.usage = chunk.usage
-        self.served = Served(route=self._route, text="".join(self._text), last=chunk)
+        self.served = Served(route=self._route, last=chunk)
 
     def _succeeded(self, attempt: Attempt) -> None:
         served = self.served
