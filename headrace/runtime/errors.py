@@ -35,10 +35,12 @@ trailer (seconds). Clients turn a status back into the same class with
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import grpc
+import grpc.aio
 
 RETRY_AFTER_KEY = "retry-after"
 # Names an error whose gRPC code is shared with others (see status_trailers).
@@ -248,3 +250,28 @@ def from_rpc_error(error: grpc.RpcError) -> HeadraceError:
     details = error.details() if hasattr(error, "details") else str(error)
     trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
     return error_from_status(code, details, trailing)
+
+
+_Message = TypeVar("_Message", covariant=True)
+
+
+class StreamingCall(Protocol[_Message]):
+    """A server-streaming grpc.aio call, as rpc_stream uses it."""
+
+    def __aiter__(self) -> AsyncIterator[_Message]: ...
+
+    def cancel(self) -> bool: ...
+
+
+async def rpc_stream(call: StreamingCall[_Message]) -> AsyncGenerator[_Message, None]:
+    """A server-streaming call's messages, its failure as HeadraceError; the
+    call is cancelled however its reader stops (an early close, a cancel),
+    not whenever the garbage collector gets to it. Return it from a plain
+    function, so the per-message path has one generator, not two."""
+    try:
+        async for message in call:
+            yield message
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc) from exc
+    finally:
+        call.cancel()

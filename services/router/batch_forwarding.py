@@ -17,7 +17,7 @@ from typing import Any
 import grpc.aio
 
 from headrace.runtime.channels import call_options
-from headrace.runtime.errors import from_rpc_error
+from headrace.runtime.errors import from_rpc_error, rpc_stream
 from headrace.v1 import batch_pb2, scheduler_pb2_grpc
 
 
@@ -65,14 +65,5 @@ class BatchForwarder:
         page: batch_pb2.ListBatchesResponse = await self._call(self._scheduler.ListBatches, request)
         return page
 
-    async def stream_results(
-        self, request: batch_pb2.StreamBatchResultsRequest
-    ) -> AsyncIterator[batch_pb2.BatchResult]:
-        call = self._scheduler.StreamBatchResults(request, **call_options())
-        try:
-            async for result in call:
-                yield result
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from exc
-        finally:
-            call.cancel()
+    def stream_results(self, request: batch_pb2.StreamBatchResultsRequest) -> AsyncIterator[batch_pb2.BatchResult]:
+        return rpc_stream(self._scheduler.StreamBatchResults(request, **call_options()))

@@ -15,7 +15,7 @@ from typing import Protocol
 import grpc.aio
 
 from headrace.runtime.channels import ChannelPool, call_options
-from headrace.runtime.errors import from_rpc_error
+from headrace.runtime.errors import from_rpc_error, rpc_stream
 from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.router.leasing import LeaseUse, Leasing
 
@@ -61,15 +61,8 @@ class MeshWorkers:
     def release(self, lease: scheduler_pb2.Lease) -> None:
         self._leasing.give_back(lease)
 
-    async def generate(
+    def generate(
         self, lease: scheduler_pb2.Lease, request: worker_pb2.WorkerGenerateRequest
     ) -> AsyncGenerator[generation_pb2.GenerateStreamResponse, None]:
-        call = worker_pb2_grpc.WorkerStub(self._channels.get(lease.endpoint)).Generate(request, **call_options())
-        try:
-            async for chunk in call:
-                yield chunk
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from exc
-        finally:
-            # Also on cancel and on an early close by the consumer.
-            call.cancel()
+        stub = worker_pb2_grpc.WorkerStub(self._channels.get(lease.endpoint))
+        return rpc_stream(stub.Generate(request, **call_options()))
