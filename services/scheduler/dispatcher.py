@@ -188,8 +188,15 @@ class Dispatcher:
         pools = self.pools.version_pools.get(model_version)
         if not pools:
             return self._pool_of(model_version)
-        request = PlacementRequest(request_id="", model_version=model_version, tenant="", priority=BATCH)
-        return self._cheapest_pool(request, pools)
+        # Price per token only: no placement is made, so nothing of
+        # _cheapest_pool's (no candidates read, no choice counted in the
+        # placement metrics, no queue wait observed for the autoscaler).
+        costs = []
+        for name in pools:
+            workers = self.admission(name).workers()
+            cost = usd_per_million_tokens(self.pools.pool_prices.get(name, 0.0), self._throughput(name, workers))
+            costs.append((not workers, cost, name))
+        return min(costs)[2]
 
     def _cheapest_pool(self, request: PlacementRequest, pools: tuple[str, ...]) -> str:
         """Of the pools serving the version, the cheapest per token whose
