@@ -66,16 +66,19 @@ class ReleaseCoalescer:
             return await asyncio.shield(future)
         if not self._many_supported:
             # Nothing to group: each its own call, now.
-            self.single_calls += 1
-            alone: scheduler_pb2.ReleaseResponse = await self._stub.Release(request, **options)
-            return alone
+            return await self._release_one(request, **options)
         self._busy = True
         try:
-            self.single_calls += 1
-            response: scheduler_pb2.ReleaseResponse = await self._stub.Release(request, **options)
-            return response
+            return await self._release_one(request, **options)
         finally:
             self._hand_over()
+
+    async def _release_one(
+        self, request: scheduler_pb2.ReleaseRequest, **options: Any
+    ) -> scheduler_pb2.ReleaseResponse:
+        self.single_calls += 1
+        response: scheduler_pb2.ReleaseResponse = await self._stub.Release(request, **options)
+        return response
 
     def _hand_over(self) -> None:
         """The call in flight ended: the flusher takes what waits, in a
@@ -131,8 +134,7 @@ class ReleaseCoalescer:
         self, request: scheduler_pb2.ReleaseRequest, future: asyncio.Future[scheduler_pb2.ReleaseResponse]
     ) -> None:
         try:
-            self.single_calls += 1
-            _settle(future, await self._stub.Release(request, timeout=CALL_TIMEOUT_S))
+            _settle(future, await self._release_one(request, timeout=CALL_TIMEOUT_S))
         except grpc.aio.AioRpcError as exc:
             _fail(future, exc)
 
