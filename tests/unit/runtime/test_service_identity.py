@@ -46,6 +46,14 @@ def auth_context(role: str, *hosts: str) -> dict[str, list[bytes]]:
         ("worker", "/headrace.v1.Scheduler/Place", False),
         ("worker", "/headrace.v1.Cache/Lookup", False),
         ("worker", "/headrace.v1.Worker/Generate", False),
+        # Nobody but a lease's kind of holder frees slots: a worker, the
+        # operator's tools and the cache never release (one by one or many).
+        ("worker", "/headrace.v1.Scheduler/Release", False),
+        ("worker", "/headrace.v1.Scheduler/ReleaseMany", False),
+        ("admin", "/headrace.v1.Scheduler/ReleaseMany", False),
+        ("cache", "/headrace.v1.Scheduler/ReleaseMany", False),
+        ("router", "/headrace.v1.Scheduler/ReleaseMany", True),
+        ("consumer", "/headrace.v1.Scheduler/ReleaseMany", True),
         ("consumer", "/headrace.v1.Worker/Generate", True),
         ("consumer", "/headrace.v1.Scheduler/GetBatch", False),
         ("admin", "/headrace.v1.Scheduler/ListWorkers", True),
