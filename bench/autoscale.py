@@ -219,7 +219,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.autoscale")
     parser.add_argument("--rate", type=float, default=2.0, help="base requests/s (peak: 10x)")
     parser.add_argument("--lead", type=float, default=40.0, help="seconds at the base rate before the ramp")
-    parser.add_argument("--ramp", type=float, default=20.0)
+    parser.add_argument(
+        "--ramp",
+        default="20,60",
+        help="seconds the rise to 10x takes; several (comma-separated) replay one trace each, every case on each",
+    )
     parser.add_argument("--hold", type=float, default=40.0)
     parser.add_argument("--tail", type=float, default=80.0, help="seconds at the base rate after the ramp")
     parser.add_argument("--slo", type=float, default=1.0, help="TTFT SLO in seconds")
@@ -238,64 +242,70 @@ def main() -> None:
     parser.add_argument("--cases", default="static-max,static-min,autoscaler,two-pools")
     parser.add_argument("--name", default="autoscale", help="results file name under bench/results")
     args = parser.parse_args()
-    shape = WorkloadShape(
-        seed=42,
-        duration_s=args.lead + 2 * args.ramp + args.hold + args.tail,
-        rate_rps=args.rate,
-        profile="ramp",
-        peak_factor=10.0,
-        lead_s=args.lead,
-        ramp_s=args.ramp,
-        hold_s=args.hold,
-        repeat_share=0.0,
-        paraphrase_share=0.0,
-        hard_share=0.0,
-        long_share=0.0,
-        batch_share=0.0,
-    )
-    results = {case: asyncio.run(run_case(args, case, shape)) for case in args.cases.split(",")}
-    base = results.get("static-max", {}).get("worker_seconds")
-    rows = []
-    for case, r in results.items():
-        share = r["worker_seconds"] / base if base else float("nan")
-        rows.append(
-            [
-                case,
-                f"{100 * r['within_slo']:.1f}%",
-                f"{r['worker_seconds']:.0f} ({share:.2f}x)",
-                f"{r['cost_per_1k_requests']:.4f}",
-                f"{1000 * (r['ttft_p50_s'] or 0):.0f} / {1000 * (r['ttft_p99_s'] or 0):.0f} ms",
-                str(r["errors"]),
-                str(r.get("flaps", "-")),
-                "-" if r.get("asked_for_more_after_s") is None else f"{r['asked_for_more_after_s']:.1f} s",
-                "-"
-                if r.get("second_worker_serving_after_s") is None
-                else f"{r['second_worker_serving_after_s']:.1f} s",
-            ]
+    ramps = [float(value) for value in args.ramp.split(",")]
+    results: dict[str, dict[str, Any]] = {}
+    for ramp_s in ramps:
+        shape = WorkloadShape(
+            seed=42,
+            duration_s=args.lead + 2 * ramp_s + args.hold + args.tail,
+            rate_rps=args.rate,
+            profile="ramp",
+            peak_factor=10.0,
+            lead_s=args.lead,
+            ramp_s=ramp_s,
+            hold_s=args.hold,
+            repeat_share=0.0,
+            paraphrase_share=0.0,
+            hard_share=0.0,
+            long_share=0.0,
+            batch_share=0.0,
         )
+        results[_trace_name(ramp_s)] = {
+            case: asyncio.run(run_case(args, case, shape)) for case in args.cases.split(",")
+        }
     # When one worker is full: its slots over the time a request holds one.
     per_worker_rps = args.slots / (0.02 + 32 / args.tokens_per_s)
-    full_after_s = (per_worker_rps - args.rate) / (9 * args.rate) * args.ramp
+    rows = []
+    for ramp_s in ramps:
+        by_case = results[_trace_name(ramp_s)]
+        base = by_case.get("static-max", {}).get("worker_seconds")
+        full_after_s = (per_worker_rps - args.rate) / (9 * args.rate) * ramp_s
+        for case, r in by_case.items():
+            share = r["worker_seconds"] / base if base else float("nan")
+            rows.append(
+                [
+                    f"{ramp_s:g} s" + ("" if args.engine == "vllm" else f" (one worker full at {full_after_s:.1f} s)"),
+                    case,
+                    f"{100 * r['within_slo']:.1f}%",
+                    f"{r['worker_seconds']:.0f} ({share:.2f}x)",
+                    f"{r['cost_per_1k_requests']:.4f}",
+                    f"{1000 * (r['ttft_p50_s'] or 0):.0f} / {1000 * (r['ttft_p99_s'] or 0):.0f} ms",
+                    str(r["errors"]),
+                    str(r.get("flaps", "-")),
+                    "-" if r.get("asked_for_more_after_s") is None else f"{r['asked_for_more_after_s']:.1f} s",
+                    "-"
+                    if r.get("second_worker_serving_after_s") is None
+                    else f"{r['second_worker_serving_after_s']:.1f} s",
+                ]
+            )
     table = (
-        f"Trace: {args.rate:g}/s for {args.lead:g} s, ramp to {10 * args.rate:g}/s over {args.ramp:g} s, hold "
-        f"{args.hold:g} s, back down, {args.tail:g} s at {args.rate:g}/s (Poisson; 32-token answers). "
+        f"Traces: {args.rate:g}/s for {args.lead:g} s, ramp to {10 * args.rate:g}/s over "
+        f"{' or '.join(f'{r:g}' for r in ramps)} s, hold "
+        f"{args.hold:g} s, back down as fast, {args.tail:g} s at {args.rate:g}/s (Poisson; 32-token answers). "
         + (
             f"Engine: vLLM (the prepared SmolLM2), {args.slots} sequences per worker, its real start-up, "
             if args.engine == "vllm"
             else f"Synthetic engine: {args.slots} slots, {args.tokens_per_s:g} tokens/s, {args.start_delay:g} s start, "
         )
         + f"{args.price:g}/h. "
-        + (
-            ""
-            if args.engine == "vllm"
-            else f"One worker carries ~{per_worker_rps:.1f} requests/s: it is full {full_after_s:.1f} s into the ramp. "
-        )
+        + ("" if args.engine == "vllm" else f"One worker carries ~{per_worker_rps:.1f} requests/s. ")
         + f"two-pools: the model's first pool is `{CHEAP_POOL}` "
         f"({args.cheap_tokens_per_s:g} tokens/s, {args.cheap_price:g}/h: cheaper per token, slower), "
         f"spilling to `{POOL}`; both autoscaled from 1 worker (cheap: up to {args.cheap_max_workers}). "
         f"TTFT SLO {args.slo:g} s.\n\n"
         + markdown_table(
             [
+                "ramp to 10x",
                 "case",
                 "within SLO",
                 "worker-seconds (vs static-max)",
@@ -310,6 +320,10 @@ def main() -> None:
         )
     )
     write_results(args.name, {"args": vars(args), "results": results}, table)
+
+
+def _trace_name(ramp_s: float) -> str:
+    return f"ramp {ramp_s:g} s"
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ Up fast, down slow, never flapping:
   at a time and not again within `scale_up_cooldown_s`; a worker asked for
   counts as coming for `cold_start_s`, so a slow start is not answered with
   more and more workers;
-- a clear rise in demand asks for one more worker as soon as the workers
-  there and coming would be full before a new one could start (lead time):
-  the queue does not have to prove it first;
+- a clear rise in demand asks, as soon as the workers there and coming
+  would be full before a new one could start (lead time), for what the
+  demand expected by then needs (one more at least): the queue does not
+  have to prove it first;
 - scale-down takes the highest recommendation of the last
   `scale_down_window_s` (as Kubernetes' HPA stabilisation window does) and
   waits `scale_down_cooldown_s` after any change;
@@ -169,9 +170,16 @@ class Autoscaler:
             # Users wait and work queues: one more than there is, at least.
             if effective + 1 > wanted:
                 wanted, reason = effective + 1, breach
-        lead = self._lead_time_shortfall(signals, per_worker)
-        if lead and wanted <= self._desired:
-            wanted, reason = self._desired + 1, lead
+        lead, expected = self._lead_time_shortfall(signals, per_worker)
+        if lead:
+            # Enough for the demand expected when a worker asked now would
+            # serve, at the target utilisation, and one more at least: a
+            # steep ramp asked for one at a time is a cooldown behind at
+            # every step (bench-autoscale's 20 s ramp: the 4th worker came
+            # 10 s after the 3rd, while the queue built).
+            ahead = max(self._desired + 1, math.ceil(expected / (per_worker * s.target_utilisation)))
+            if ahead > wanted:
+                wanted, reason = ahead, lead
         if signals.demand == 0:
             if self._idle_since is None:
                 self._idle_since = signals.now
@@ -186,32 +194,33 @@ class Autoscaler:
             wanted = max(wanted, 1)
         return self._clamp(wanted), reason
 
-    def _lead_time_shortfall(self, signals: PoolSignals, per_worker: float) -> str:
+    def _lead_time_shortfall(self, signals: PoolSignals, per_worker: float) -> tuple[str, float]:
         """A worker asked for now serves only after a cold start. If demand
         keeps rising as it does, will the workers there and coming be full
-        before then? Then one more now: waiting for the queue to prove it
-        costs a cold start of users waiting (a 10x ramp fills a worker in
-        seconds). Sizing itself stays on the measured mean, so a rise that
-        stops leaves at most one worker more, which scale-down takes back."""
+        before then? Then say why, and the demand expected by then:
+        waiting for the queue to prove it costs a cold start of users
+        waiting (a 10x ramp fills a worker in seconds). A rise that stops
+        leaves at most what one cold start of it would have needed, which
+        scale-down takes back. ("", 0) when there is no shortfall."""
         s = self.settings
         rising = signals.demand_rising_per_s
         if rising <= 0 or self._desired == 0 or signals.defer_to_cheaper:
-            return ""
+            return "", 0.0
         if self._last_down_at is not None and signals.now - self._last_down_at < s.scale_down_cooldown_s:
             # A worker just left: its work moving to the others looks like a
             # rise, and answering it would be a flap (seen with vLLM: up
             # again 6 s after a scale-down). The SLO rule still acts.
-            return ""
+            return "", 0.0
         # The window's mean lags its newest reading by half a window.
         horizon_s = s.cold_start_s + s.window_s / 2
         expected = signals.demand + rising * horizon_s
         capacity = self._desired * per_worker
         if expected <= capacity:
-            return ""
+            return "", 0.0
         return (
             f"demand rising {rising:.2f}/s: {expected:.1f} sequences expected in {horizon_s:.0f}s, "
             f"over the {capacity:g} slots of {self._desired} workers"
-        )
+        ), expected
 
     def _slo_breach(self, signals: PoolSignals) -> str:
         s = self.settings

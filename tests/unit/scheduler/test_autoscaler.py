@@ -253,6 +253,35 @@ def test_a_rise_right_after_a_scale_down_is_not_answered_by_the_lead_time_rule()
 
     for now in (1.0, 5.0, 10.0, 19.0):
         assert rising(now).desired == 1, f"the lead-time rule answered a scale-down at {now}s"
-    # After the cooldown the same rise is answered.
+    # After the cooldown the same rise is answered: 2 + 0.5 x 20 s = 12
+    # sequences expected, 4 workers at 3 of 4 slots each.
     later = rising(21.0)
-    assert later.desired == 2 and "demand rising" in later.reason
+    assert later.desired == 4 and "demand rising" in later.reason
+
+
+def test_a_steep_rise_asks_for_what_the_expected_demand_needs_not_one_at_a_time() -> None:
+    settings = AutoscaleSettings(enabled=True, max_workers=8, window_s=10.0, cold_start_s=15.0, target_utilisation=0.75)
+    s = Autoscaler("pool", settings, initial=2)
+    # 6 sequences on 8 slots, rising 0.35 a second: 13 expected when a
+    # worker asked now would serve (15 s cold start + half a window), which
+    # at 3 of 4 slots a worker needs 5 workers. One more (3) would leave the
+    # next step a cooldown and a cold start behind the ramp.
+    decision = s.decide(
+        PoolSignals(
+            now=0.0, workers=2, queued=0, leased=6, slots_per_worker=SLOTS, mean_demand=6.0, demand_rising_per_s=0.35
+        )
+    )
+    assert decision.changed and decision.desired == 5
+    assert "13.0 sequences expected in 20s" in decision.reason
+
+
+def test_a_rise_that_needs_less_than_one_more_worker_still_asks_for_one() -> None:
+    settings = AutoscaleSettings(enabled=True, max_workers=8, window_s=10.0, cold_start_s=15.0)
+    s = Autoscaler("pool", settings, initial=1)
+    # 4.2 sequences expected on 4 slots: over them, and ceil(4.2 / 3) = 2.
+    decision = s.decide(
+        PoolSignals(
+            now=0.0, workers=1, queued=0, leased=2, slots_per_worker=SLOTS, mean_demand=2.2, demand_rising_per_s=0.1
+        )
+    )
+    assert decision.changed and decision.desired == 2
