@@ -6,7 +6,10 @@ ways, one after the other on this machine:
 - `static-min`: one worker;
 - `autoscaler`: the scheduler's decision followed by `headrace up`'s local
   actuator (services/scheduler/autoscaler.py, headrace/local/actuator.py),
-  from min 1 to the same max.
+  from min 1 to the same max;
+- `autoscaler-warm`: the same with `min_workers: 2`, one worker kept warm
+  for a rise faster than a cold start (what an operator who expects flash
+  crowds would configure).
 
 The synthetic engine stands in for a model, with a start-up delay as a
 model load would have (`--start-delay`; vLLM on this CPU takes 30-90 s):
@@ -46,12 +49,15 @@ POOL = "gen"
 # per token (a CPU pool beside a GPU one, say). It takes the load first and
 # grows first; the first pool takes what would break the cheap one's SLO.
 CHEAP_POOL = "cheap"
+# Workers each case starts with (static-max: --max-workers).
+INITIAL_WORKERS = {"static-min": 1, "autoscaler": 1, "autoscaler-warm": 2, "two-pools": 1}
+AUTOSCALED = ("autoscaler", "autoscaler-warm", "two-pools")
 
 
-def autoscaling(args: argparse.Namespace) -> dict[str, Any]:
+def autoscaling(args: argparse.Namespace, *, min_workers: int = 1) -> dict[str, Any]:
     return {
         "enabled": True,
-        "min_workers": 1,
+        "min_workers": min_workers,
         "max_workers": args.max_workers,
         "ttft_slo_s": args.slo,
         "queue_wait_slo_s": args.slo / 2,
@@ -90,11 +96,15 @@ def engine(args: argparse.Namespace, tokens_per_s: float) -> dict[str, Any]:
 
 
 def config(args: argparse.Namespace, case: str) -> dict[str, Any]:
-    workers = {"static-max": args.max_workers, "static-min": 1, "autoscaler": 1, "two-pools": 1}[case]
+    workers = INITIAL_WORKERS[case] if case != "static-max" else args.max_workers
     pools = {POOL: pool(args, workers, price=args.price, tokens_per_s=args.tokens_per_s)}
     version: dict[str, Any] = {"pool": POOL}
     scheduler_pools: dict[str, Any] = {
-        POOL: {"autoscale": autoscaling(args) if case != "static-max" and case != "static-min" else {"enabled": False}}
+        POOL: {
+            "autoscale": autoscaling(args, min_workers=workers)
+            if case not in ("static-max", "static-min")
+            else {"enabled": False}
+        }
     }
     if case == "two-pools":
         pools[CHEAP_POOL] = pool(args, 1, price=args.cheap_price, tokens_per_s=args.cheap_tokens_per_s)
@@ -199,11 +209,14 @@ async def run_case(args: argparse.Namespace, case: str, shape: WorkloadShape) ->
         "late_p99_s": percentile([o.late_s for o in result.online], 99),
         "misses_per_10s_since_ramp": dict(sorted(misses.items())),
     }
-    if case in ("autoscaler", "two-pools"):
+    if case in AUTOSCALED:
         first = watches[CHEAP_POOL if case == "two-pools" else POOL]
-        summary["asked_for_more_after_s"] = first.first_after(shape.lead_s, lambda alive, serving, desired: desired > 1)
+        initial = INITIAL_WORKERS[case]
+        summary["asked_for_more_after_s"] = first.first_after(
+            shape.lead_s, lambda alive, serving, desired: desired > initial
+        )
         summary["second_worker_serving_after_s"] = first.first_after(
-            shape.lead_s, lambda alive, serving, desired: serving > 1
+            shape.lead_s, lambda alive, serving, desired: serving > initial
         )
         summary["max_workers_used"] = {
             name: max((alive for _, alive, _, _ in w.samples), default=0) for name, w in watches.items()
@@ -239,7 +252,7 @@ def main() -> None:
         "--cold-start", type=float, default=None, help="the autoscaler's cold_start_s (default: start delay + 5)"
     )
     parser.add_argument("--cheap-max-workers", type=int, default=6, help="two-pools: the cheap pool's max")
-    parser.add_argument("--cases", default="static-max,static-min,autoscaler,two-pools")
+    parser.add_argument("--cases", default="static-max,static-min,autoscaler,autoscaler-warm,two-pools")
     parser.add_argument("--name", default="autoscale", help="results file name under bench/results")
     args = parser.parse_args()
     ramps = [float(value) for value in args.ramp.split(",")]
@@ -314,7 +327,7 @@ def main() -> None:
                 "errors",
                 "flaps",
                 "asked for more after ramp start",
-                "2nd worker serving after ramp start",
+                "one more worker serving after ramp start",
             ],
             rows,
         )
