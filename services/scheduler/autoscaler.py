@@ -16,8 +16,9 @@ Up fast, down slow, never flapping:
   demand expected by then needs (one more at least): the queue does not
   have to prove it first;
 - scale-down takes the highest recommendation of the last
-  `scale_down_window_s` (as Kubernetes' HPA stabilisation window does) and
-  waits `scale_down_cooldown_s` after any change;
+  `scale_down_window_s` (as Kubernetes' HPA stabilisation window does),
+  waits `scale_down_cooldown_s` after any change, and never comes while
+  demand clearly rises;
 - the result always lies within [min_workers, max_workers] (0 only with
   scale_to_zero, after `idle_before_zero_s` without demand).
 """
@@ -180,6 +181,12 @@ class Autoscaler:
             ahead = max(self._desired + 1, math.ceil(expected / (per_worker * s.target_utilisation)))
             if ahead > wanted:
                 wanted, reason = ahead, lead
+        if signals.demand_rising_per_s > 0 and wanted < self._desired:
+            # A clear rise is no time to give a worker back: the mean lags
+            # it (bench-autoscale's 60 s ramp went from 4 workers to 2
+            # halfway up and queued past the SLO at the top).
+            wanted = self._desired
+            reason = f"demand still rising {signals.demand_rising_per_s:.2f}/s: holding {self._desired} workers"
         if signals.demand == 0:
             if self._idle_since is None:
                 self._idle_since = signals.now

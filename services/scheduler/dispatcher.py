@@ -379,7 +379,7 @@ class Dispatcher:
             members = []
             for pool in sorted(group, key=self._usd_per_million_tokens):
                 scaling = self.pools.settings_for(pool).autoscale
-                _, queued, leased, per_worker = readings.get(pool) or self._reading(pool)
+                workers, queued, leased, per_worker = readings.get(pool) or self._reading(pool)
                 decision = self.autoscaling.decision(pool, 0)
                 members.append(
                     GroupMember(
@@ -387,6 +387,7 @@ class Dispatcher:
                         demand=float(queued + leased),
                         carries_at_max=scaling.max_workers * per_worker * scaling.target_utilisation,
                         at_max=not scaling.enabled or decision.desired >= scaling.max_workers,
+                        starting=scaling.enabled and decision.desired > workers,
                     )
                 )
             shared.update(share_demand(members))

@@ -10,7 +10,10 @@ worker-seconds of static max, dearer per request than one pool). Sized
 together, the group's demand is poured into the pools cheapest first, each
 taking what it can carry at its max; a dearer pool sizes only for what is
 left, and its own SLO and lead-time rules wait while a cheaper pool can
-still grow (its passed-over waits already tell the cheaper one)."""
+still grow or has workers still starting (its passed-over waits already
+tell the cheaper one, and the queue a cheap pool's cold start leaves is
+its coming workers' to take: answered by the dear pool, a 20 s ramp grew
+it to 3 workers where 1 carried the spill)."""
 
 from __future__ import annotations
 
@@ -27,14 +30,16 @@ class GroupMember:
     carries_at_max: float
     # Whether its decision is already at max_workers (it cannot grow more).
     at_max: bool
+    # Workers it asked for are not serving yet (a cold start in progress).
+    starting: bool = False
 
 
 @dataclass(frozen=True)
 class SharedSizing:
     # The demand this pool sizes for (its share of the group's).
     demand: float
-    # A cheaper pool of the group can still grow: leave SLO breaches and
-    # rises to it.
+    # A cheaper pool of the group can still grow, or is growing: leave SLO
+    # breaches and rises to it.
     defer_to_cheaper: bool
 
 
@@ -48,5 +53,5 @@ def share_demand(members_cheapest_first: Sequence[GroupMember]) -> dict[str, Sha
         take = left if last else min(left, member.carries_at_max)
         shares[member.pool] = SharedSizing(take, cheaper_can_grow)
         left -= take
-        cheaper_can_grow = cheaper_can_grow or not member.at_max
+        cheaper_can_grow = cheaper_can_grow or not member.at_max or member.starting
     return shares

@@ -285,3 +285,25 @@ def test_a_rise_that_needs_less_than_one_more_worker_still_asks_for_one() -> Non
         )
     )
     assert decision.changed and decision.desired == 2
+
+
+def test_no_scale_down_while_demand_clearly_rises() -> None:
+    settings = AutoscaleSettings(
+        enabled=True,
+        max_workers=8,
+        window_s=10.0,
+        cold_start_s=15.0,
+        scale_down_cooldown_s=20.0,
+        scale_down_window_s=30.0,
+    )
+
+    def reading(now: float, rising: float) -> PoolSignals:
+        # 5.5 sequences: 2 workers at 3 of 4 slots each would do, by the mean.
+        return PoolSignals(
+            now=now, workers=4, queued=0, leased=6, slots_per_worker=SLOTS, mean_demand=5.5, demand_rising_per_s=rising
+        )
+
+    rising = Autoscaler("pool", settings, initial=4)
+    assert all(rising.decide(reading(now, 0.1)).desired == 4 for now in range(0, 120, 5))
+    flat = Autoscaler("pool", settings, initial=4)
+    assert [flat.decide(reading(now, 0.0)).desired for now in range(0, 120, 5)][-1] == 2

@@ -110,3 +110,19 @@ def test_free_slots_are_never_negative_and_batch_never_gets_more_than_online(
     assert MODEL.free_for_online(state) >= MODEL.free(state)
     assert MODEL.free_for_online(state) <= max(MODEL.free(state), MODEL.limit(state, kv=False))
     assert MODEL.free(state) <= max(1, (capacity or 16) - leases)
+
+
+def test_a_slot_released_after_a_full_report_is_free_before_the_next_report() -> None:
+    # Reported: 4 of 4 running, the KV cache full (a synthetic engine's use
+    # is its slots'; a vLLM one near its limit). Our 4 leases were counted.
+    full = worker("a", capacity=4, running=4, kv=1.0, leases=4)
+    assert MODEL.free(full) == 0
+    # One sequence ends and its lease comes back before the next report:
+    # its KV blocks are free, so is its slot.
+    full.leases = 3
+    assert MODEL.free(full) == 1
+    # Leases granted since the report do not make the reading look emptier.
+    busy = worker("a", capacity=16, running=4, kv=0.9, leases=4)
+    before = MODEL.free(busy)
+    busy.leases = 6
+    assert MODEL.free(busy) <= before

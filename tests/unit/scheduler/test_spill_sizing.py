@@ -32,6 +32,19 @@ def test_beyond_the_cheap_pools_max_the_rest_goes_to_the_next() -> None:
     assert shares["gpu"].demand == 6.0 and not shares["gpu"].defer_to_cheaper
 
 
+def test_a_cheap_pool_at_max_but_still_starting_workers_keeps_the_dear_pool_waiting() -> None:
+    shares = share_demand(
+        [
+            # At its max by decision, but workers asked for are still in
+            # their cold start: the queue they leave is theirs to take.
+            GroupMember("cpu", demand=20.0, carries_at_max=18.0, at_max=True, starting=True),
+            GroupMember("gpu", demand=2.0, carries_at_max=12.0, at_max=False),
+        ]
+    )
+    assert shares["gpu"].demand == 4.0
+    assert shares["gpu"].defer_to_cheaper
+
+
 @given(st.lists(st.tuples(st.floats(0, 100), st.floats(0, 50), st.booleans()), min_size=1, max_size=4))
 def test_shares_add_up_to_the_groups_demand(members: list[tuple[float, float, bool]]) -> None:
     group = [GroupMember(f"p{i}", d, c, m) for i, (d, c, m) in enumerate(members)]
