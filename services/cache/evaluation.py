@@ -317,5 +317,46 @@ def choose_threshold(
     raise ValueError("no threshold on the grid keeps the wrong hits within the goals")
 
 
+@dataclass
+class CrossValidated:
+    """k-fold estimate of the calibration rule on data it did not choose
+    from: each fold scored at the thresholds chosen on the other folds,
+    the folds' tallies added up."""
+
+    report: Report
+    # Per fold: (similarity threshold, rewording threshold) chosen without it.
+    chosen: list[tuple[float, float]]
+
+
+def cross_validate(
+    pairs: Sequence[LabelledPair], encoder: TextEncoder, verifier: HitVerifier, *, k: int = 5
+) -> CrossValidated:
+    """The calibration rule (choose_reworded, then choose_threshold) run k
+    times, each time on all folds but one and scored on that one. Folds go
+    by stored question (another hash than the split's), so paraphrases and
+    near misses of one question never sit on both sides. Where the other
+    folds admit no threshold, the fold is scored at 1.0 (nothing hits)."""
+    folds = [[p for p in pairs if _digest("fold:" + normalize(p.stored)) % k == i] for i in range(k)]
+    pooled = Report(0.0, verifier.name)
+    chosen = []
+    for i, fold in enumerate(folds):
+        rest = [p for j, other in enumerate(folds) if j != i for p in other]
+        scored = Scored(rest, encoder, verifier)
+        reworded = choose_reworded(scored)
+        try:
+            threshold = choose_threshold(scored, reworded=reworded).threshold
+        except ValueError:
+            threshold = 1.0
+        chosen.append((threshold, reworded))
+        report = Scored(fold, encoder, verifier).report(threshold, reworded=reworded)
+        for name, tally in report.tallies.items():
+            total = pooled.tallies.setdefault(name, Tally())
+            total.queries += tally.queries
+            total.hits += tally.hits
+            total.right += tally.right
+        pooled.wrong_examples.extend(report.wrong_examples)
+    return CrossValidated(pooled, chosen)
+
+
 def dump(path: Path, record: dict[str, object]) -> None:
     path.write_text(json.dumps(record, indent=2) + "\n")

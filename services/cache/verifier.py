@@ -12,16 +12,23 @@ two texts' structure, cheaply (tens of microseconds, no model):
 - numbers, dates and units: the multisets must be equal ("2 kg" is not
   "2 lb", "in May" is not "in June", "five" is "5");
 - antonyms: a word in one against its opposite in the other (best / worst,
-  faster / slower, import / export), from a curated table;
+  faster / slower, import / export), from a curated table, opposed affixes,
+  and WordNet 3.0's antonyms of any content word (services/cache/
+  wordnet.py: temporary / permanent, generous / stingy), read through its
+  inflection rules;
 - entities: a name (capitalized past the first word, all caps, or with
   digits) in one and not the other;
 - direction and order: two shared words in opposite order with an
   asymmetric word between them in both ("Java faster than Python",
-  "from Paris to London", "does smoking cause cancer");
+  "from Paris to London", "does smoking cause cancer"), or a person who
+  is the subject in one and the object in the other ("can I sue my
+  landlord" / "can my landlord sue me");
 - unrelated: not one content word in common;
 - slot changes: the texts share their content but one swaps one or two
   content words for others ("dose for adults" / "dose for children",
-  lowercase "france" / "germany") and the swap is not a known synonym.
+  lowercase "france" / "germany") and the swap is not a known synonym
+  (the curated groups, or two words sharing a WordNet synset: modify /
+  change, frequently / often).
 
 Everything it cannot prove different it accepts: the similarity threshold,
 calibrated with the verifier on (services/cache/calibration.py), decides
@@ -35,9 +42,11 @@ import difflib
 import functools
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Protocol
+
+from services.cache.wordnet import WordNet, wordnet
 
 
 class Check(Enum):
@@ -654,6 +663,30 @@ def _verbs_between(a: _Analysis, start: int, end: int) -> set[str]:
     return {a.keys[i] for i in range(start + 1, end) if a.keys[i] and a.tokens[i] not in _SYMMETRIC}
 
 
+# Personal pronouns by person: (subject forms, object forms). English marks
+# a pronoun's role by its case, not by word order.
+_PRONOUN_CASES = (
+    (frozenset({"i"}), frozenset({"me"})),
+    (frozenset({"we"}), frozenset({"us"})),
+    (frozenset({"he"}), frozenset({"him"})),
+    (frozenset({"they"}), frozenset({"them"})),
+)
+
+
+def _pronoun_swap(a: _Analysis, b: _Analysis) -> str:
+    """A person who is the subject in one ("can I sue my landlord") and
+    the object in the other ("can my landlord sue me"), in active voice
+    both: roles swapped whatever words carry them; "" if none."""
+    if _passive(a) or _passive(b):
+        return ""
+    tokens_a, tokens_b = set(a.tokens), set(b.tokens)
+    for subject, object_ in _PRONOUN_CASES:
+        for one, other in ((tokens_a, tokens_b), (tokens_b, tokens_a)):
+            if one & subject and not one & object_ and other & object_ and not other & subject:
+                return f"{min(one & subject)}/{min(other & object_)}"
+    return ""
+
+
 def _role_swap(a: _Analysis, b: _Analysis) -> str:
     """A word both texts share that is where something goes (or comes from)
     in one and not in the other, while the other names another shared word
@@ -714,6 +747,28 @@ def _added_qualifier(a: _Analysis, b: _Analysis) -> str:
     return ""
 
 
+def _align_synonyms(a: _Analysis, b: _Analysis, lexicon: WordNet) -> _Analysis:
+    """`b` with each content word that only it has renamed to a word only
+    `a` has when WordNet holds the two as synonyms in some sense (modify /
+    change, frequently / often, present / gift): the checks after this one
+    then see one word where a paraphrase swapped a synonym in."""
+    only_a = set(a.content) - set(b.content)
+    only_b = set(b.content) - set(a.content)
+    if not only_a or not only_b:
+        return b
+    words_a = {k: t for t, k in zip(a.tokens, a.keys, strict=True) if k in only_a}
+    rename: dict[str, str] = {}
+    for token, key in zip(b.tokens, b.keys, strict=True):
+        if key in only_b and key not in rename:
+            match = next((k for k, t in words_a.items() if lexicon.synonymous(token, t)), None)
+            if match is not None:
+                rename[key] = match
+                del words_a[match]
+    if not rename:
+        return b
+    return replace(b, keys=tuple(rename.get(k, k) for k in b.keys))
+
+
 class LexicalVerifier:
     """Structural and lexical checks (see the module's docstring).
 
@@ -724,9 +779,12 @@ class LexicalVerifier:
 
     name = "lexical"
 
-    def __init__(self, *, max_slot_words: int = 3, reworded_similarity: float = 0.0) -> None:
+    def __init__(
+        self, *, max_slot_words: int = 3, reworded_similarity: float = 0.0, lexicon: WordNet | None = None
+    ) -> None:
         self._max_slot_words = max_slot_words
         self._reworded_similarity = reworded_similarity
+        self._wordnet = lexicon if lexicon is not None else wordnet()
 
     def verify(self, query: str, stored: str) -> Verdict:
         if not stored:
@@ -750,14 +808,19 @@ class LexicalVerifier:
                 return Verdict(False, Check.NEGATION, f"{word}/{min(negative)}")
             opposite = ANTONYMS.get(word, set()) & only_raw_b
             opposite |= {w for w in only_raw_b if _opposed_by_affix(word, w)}
+            if word not in STOPWORDS:
+                # Content words only: function words' opposites (on / off,
+                # no / any) are in the table above where they matter.
+                opposite |= {w for w in only_raw_b if w not in STOPWORDS and self._wordnet.opposed(word, w)}
             if opposite:
                 return Verdict(False, Check.ANTONYM, f"{word}/{min(opposite)}")
+        b = _align_synonyms(a, b, self._wordnet)
         words_a, words_b = set(a.content), set(b.content)
         missing = {e for e in a.entities if e not in words_b and e not in raw_b}
         missing |= {e for e in b.entities if e not in words_a and e not in raw_a}
         if missing:
             return Verdict(False, Check.ENTITY, " ".join(sorted(missing)))
-        swap = _order_swap(a, b) or _role_swap(a, b) or _permutation_swap(a, b)
+        swap = _order_swap(a, b) or _role_swap(a, b) or _permutation_swap(a, b) or _pronoun_swap(a, b)
         if swap:
             return Verdict(False, Check.ORDER, swap)
         if not words_a & words_b and (words_a or words_b):

@@ -11,11 +11,13 @@ from services.cache.evaluation import (
     ABSENT,
     CATEGORIES,
     CONTRASTIVE,
+    GRID,
     PAIRS,
     LabelledPair,
     Scored,
     choose_reworded,
     choose_threshold,
+    cross_validate,
     load_labelled,
     split,
 )
@@ -203,3 +205,21 @@ def test_a_rewording_is_served_only_from_the_similarity_calibrated_for_it() -> N
     assert report.right == 2 and report.hits == 2
     # From a rewording threshold above the paraphrase's 0.98, it is lost; the plain one stays.
     assert scored.report(0.8, reworded=0.99).right == 1
+
+
+def test_cross_validation_scores_every_question_once_at_thresholds_chosen_without_it() -> None:
+    candidates = [LabelledPair("paraphrase", f"How do I cook dish number {i} at home?", "") for i in range(40)]
+    stored = [p.stored for p in candidates if not p.stored_absent][:12]
+    pairs = [stored_pair("paraphrase", s, s.replace("How do I", "How can I")) for s in stored]
+    n = len(pairs)
+    table: dict[str, list[float]] = {}
+    for i, pair in enumerate(pairs):
+        # Each question its own direction; its paraphrase a little off it.
+        table[pair.stored] = [1.0 if j == i else 0.0 for j in range(n)]
+        table[pair.query] = [1.0 if j == i else 0.05 if j == (i + 1) % n else 0.0 for j in range(n)]
+    crossed = cross_validate(pairs, TableEncoder(table), LexicalVerifier(), k=4)
+    assert len(crossed.chosen) == 4
+    assert all(threshold == GRID[0] for threshold, _ in crossed.chosen)
+    # Every question scored once, in the fold left out.
+    assert crossed.report.tallies["paraphrase"].queries == n
+    assert crossed.report.paraphrase_hit_rate == 1.0 and crossed.report.precision == 1.0

@@ -124,3 +124,14 @@ def test_a_date_word_ending_the_text_is_read_not_a_crash() -> None:
     # "fall" last, not after "in": the word after it is looked at, and there is none.
     # (main raised IndexError here, failing the lookup.)
     assert verifier.verify("When did the Berlin Wall fall?", "In what year did the Berlin Wall fall?").accepted
+
+
+def test_a_person_swapped_from_subject_to_object_is_a_reversal() -> None:
+    # No content word moves past a link ("my landlord sue me" / "I sue my
+    # landlord"): the pronoun's case says who acts.
+    verdict = verifier.verify("Can I sue my landlord?", "Can my landlord sue me?")
+    assert not verdict.accepted and verdict.check is Check.ORDER, verdict
+    assert verifier.verify("Can they fire us?", "Can we fire them?").check is Check.ORDER
+    # The same person in the same role, and a passive that turns it around, pass.
+    assert verifier.verify("Can I take my landlord to court?", "Can I sue my landlord?").check is not Check.ORDER
+    assert verifier.verify("Can I be sued by my landlord?", "Can my landlord sue me?").check is not Check.ORDER
