@@ -238,6 +238,17 @@ def _escape(text: str) -> str:
 # --- the run ---
 
 
+def repeat_setting(asked_again: float) -> str:
+    """Which of issue 18's settings a share of requests asking an earlier
+    question again (exact or paraphrased) is: the literature puts what a
+    semantic cache absorbs at 30-60%."""
+    if asked_again < 0.35:
+        return f"the low setting, {100 * asked_again:.0f}% asked again"
+    if asked_again < 0.5:
+        return f"the middle setting, {100 * asked_again:.0f}% asked again"
+    return f"the high setting, {100 * asked_again:.0f}% asked again"
+
+
 def trace_shape(args: argparse.Namespace) -> WorkloadShape:
     return WorkloadShape(
         seed=args.seed,
@@ -596,7 +607,8 @@ def report(
             f"- Trace: `headrace bench trace` seed {args.seed}, Poisson {args.rate}/s for {args.duration:.0f} s: "
             f"{len(records)} requests ({online} online, {len(records) - online} batch part); origins "
             + ", ".join(f"{k} {v}" for k, v in sorted(origins.items()))
-            + f" (repeats {args.repeats}, paraphrases {args.paraphrases}: the middle setting); "
+            + f" (repeats {args.repeats}, paraphrases {args.paraphrases}: "
+            + f"{repeat_setting(args.repeats + args.paraphrases)}); "
             f"max_tokens capped at {args.max_tokens}; temperature 0; replayed at {getattr(args, 'speed', 1.0):g}x "
             "the trace's pace.",
             "",

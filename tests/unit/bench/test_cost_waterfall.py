@@ -80,3 +80,11 @@ def test_the_plot_is_svg_with_one_bar_per_stage_and_the_savings() -> None:
     assert len(rects) == 6
     texts = "".join(el.text or "" for el in root.iter() if el.tag.endswith("text"))
     assert "(b) <batching>" in texts and "t & t" in texts
+
+
+def test_the_report_names_the_repeat_setting_it_ran() -> None:
+    from bench.cost_waterfall import repeat_setting
+
+    assert repeat_setting(0.30).startswith("the low setting")
+    assert repeat_setting(0.40).startswith("the middle setting")
+    assert repeat_setting(0.60).startswith("the high setting")
