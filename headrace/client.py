@@ -19,7 +19,7 @@ from typing import Any, Literal
 import grpc
 import grpc.aio
 
-from headrace.runtime.errors import from_rpc_error
+from headrace.runtime.errors import from_rpc_error, rpc_stream
 from headrace.v1 import batch_pb2, generation_pb2, models_pb2, router_pb2_grpc
 
 __all__ = ["DEFAULT_TARGET", "AsyncHeadraceClient", "HeadraceClient", "build_generate_request"]
@@ -232,24 +232,18 @@ class AsyncHeadraceClient:
         )
         return response
 
-    async def generate_stream(
+    def generate_stream(
         self, prompt: str | None = None, **kwargs: Any
     ) -> AsyncGenerator[generation_pb2.GenerateStreamResponse, None]:
-        async for chunk in self.generate_stream_request(build_generate_request(prompt, **kwargs)):
-            yield chunk
+        return self.generate_stream_request(build_generate_request(prompt, **kwargs))
 
-    async def generate_stream_request(
+    def generate_stream_request(
         self, request: generation_pb2.GenerateRequest
     ) -> AsyncGenerator[generation_pb2.GenerateStreamResponse, None]:
-        """Stream the answer to a request built by hand (every field of the proto)."""
-        call = self._stub.GenerateStream(request, metadata=self._metadata, timeout=self._timeout)
-        try:
-            async for chunk in call:
-                yield chunk
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
-        finally:
-            call.cancel()
+        """Stream the answer to a request built by hand (every field of the
+        proto): failures as HeadraceError, the call cancelled however the
+        reader stops (rpc_stream)."""
+        return rpc_stream(self._stub.GenerateStream(request, metadata=self._metadata, timeout=self._timeout))
 
     async def embed(self, texts: Sequence[str], *, model: str = "") -> generation_pb2.EmbedResponse:
         response: generation_pb2.EmbedResponse = await self._unary(

@@ -39,9 +39,6 @@ class WordNet:
     # Part of speech (n, v, a, r) -> its single-word lemmas.
     vocabulary: dict[str, set[str]] = field(default_factory=dict)
 
-    def knows(self, lemma: str) -> bool:
-        return any(lemma in words for words in self.vocabulary.values())
-
     def lemmas(self, word: str) -> frozenset[str]:
         """The word itself and every lemma WordNet's rules reach from it
         that the table holds ("children" -> child, "faster" -> fast)."""

@@ -147,6 +147,15 @@ class Autoscaler:
     def reason(self) -> str:
         return self._reason
 
+    def workers_coming(self, now: float, workers: int) -> bool:
+        """Workers asked for are not serving yet, and the ask is younger
+        than a cold start (past it, they are late, not coming)."""
+        return (
+            self._last_up_at is not None
+            and now - self._last_up_at < self.settings.cold_start_s
+            and workers < self._desired
+        )
+
     def _clamp(self, count: int) -> int:
         low = 0 if self.settings.scale_to_zero else max(1, self.settings.min_workers)
         low = max(low, self.settings.min_workers)
@@ -158,11 +167,7 @@ class Autoscaler:
         per_worker = max(1.0, signals.slots_per_worker)
         # Workers asked for but not reporting yet count as coming while a
         # cold start lasts: do not answer a slow start with more workers.
-        starting = (
-            self._last_up_at is not None
-            and signals.now - self._last_up_at < s.cold_start_s
-            and signals.workers < self._desired
-        )
+        starting = self.workers_coming(signals.now, signals.workers)
         effective = self._desired if starting else signals.workers
         wanted = math.ceil(signals.demand / (per_worker * s.target_utilisation)) if signals.demand else 0
         reason = f"demand {signals.demand:.1f} sequences at {per_worker:g} per worker, target {s.target_utilisation:g}"
@@ -335,6 +340,11 @@ class PoolAutoscaling:
                 defer_to_cheaper=defer_to_cheaper,
             )
         )
+
+    def workers_coming(self, pool: str, now: float, workers: int) -> bool:
+        """The pool asked for workers that are still within their cold start."""
+        scaler = self._scalers.get(pool)
+        return scaler is not None and scaler.workers_coming(now, workers)
 
     def decision(self, pool: str, workers: int) -> Decision:
         """The last decision, without a new reading (status calls)."""

@@ -325,7 +325,7 @@ class Dispatcher:
             admission.fail_orphans(now)
             admission.refresh_gauges()
         readings = {pool: self._reading(pool) for pool in self.pool_names()}
-        shared = self._shared_sizing(readings)
+        shared = self._shared_sizing(readings, now)
         for pool, reading in readings.items():
             self._autoscale_reading(pool, now, reading, shared.get(pool))
         metrics.WORKERS.set(len(self.registry))
@@ -363,7 +363,7 @@ class Dispatcher:
         leased = sum(s.leases if replicas == 1 else s.outstanding for s in workers)
         return len(accepting), queued, leased, per_worker
 
-    def _shared_sizing(self, readings: dict[str, tuple[int, int, int, float]]) -> dict[str, SharedSizing]:
+    def _shared_sizing(self, readings: dict[str, tuple[int, int, int, float]], now: float) -> dict[str, SharedSizing]:
         """Pools serving a version together are sized together, cheapest
         first (spill_sizing.py). A pool in more than one such group sizes
         alone."""
@@ -387,7 +387,10 @@ class Dispatcher:
                         demand=float(queued + leased),
                         carries_at_max=scaling.max_workers * per_worker * scaling.target_utilisation,
                         at_max=not scaling.enabled or decision.desired >= scaling.max_workers,
-                        starting=scaling.enabled and decision.desired > workers,
+                        # Within their cold start only: workers that never
+                        # come (no capacity to start them) must not keep the
+                        # dear pool waiting for good.
+                        starting=self.autoscaling.workers_coming(pool, now, workers),
                     )
                 )
             shared.update(share_demand(members))

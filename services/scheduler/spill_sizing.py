@@ -30,7 +30,7 @@ class GroupMember:
     carries_at_max: float
     # Whether its decision is already at max_workers (it cannot grow more).
     at_max: bool
-    # Workers it asked for are not serving yet (a cold start in progress).
+    # Workers it asked for are not serving yet, within their cold start.
     starting: bool = False
 
 

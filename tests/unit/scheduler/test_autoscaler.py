@@ -307,3 +307,19 @@ def test_no_scale_down_while_demand_clearly_rises() -> None:
     assert all(rising.decide(reading(now, 0.1)).desired == 4 for now in range(0, 120, 5))
     flat = Autoscaler("pool", settings, initial=4)
     assert [flat.decide(reading(now, 0.0)).desired for now in range(0, 120, 5)][-1] == 2
+
+
+def test_workers_asked_for_count_as_coming_only_within_a_cold_start() -> None:
+    # What keeps a dearer pool of the group waiting (spill_sizing.py): a
+    # cheap pool whose workers never come must not hold it back for good.
+    settings = AutoscaleSettings(enabled=True, max_workers=8, window_s=10.0, cold_start_s=15.0)
+    s = Autoscaler("pool", settings, initial=1)
+    up = s.decide(
+        PoolSignals(
+            now=0.0, workers=1, queued=0, leased=3, slots_per_worker=SLOTS, mean_demand=3.0, demand_rising_per_s=0.3
+        )
+    )
+    assert up.desired > 1
+    assert s.workers_coming(10.0, workers=1)
+    assert not s.workers_coming(10.0, workers=up.desired)
+    assert not s.workers_coming(16.0, workers=1)
