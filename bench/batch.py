@@ -56,6 +56,7 @@ from bench.harness import (
     deadline_after,
     markdown_table,
     percentile,
+    process_cpu_s,
     process_group_cpu_s,
     process_group_rss_mib,
     running_mesh,
@@ -109,15 +110,24 @@ def input_file(rows: int, max_tokens: int, *, prefix: str = "r") -> bytes:
 
 
 class CpuMeter:
-    """CPU seconds per process group, per phase."""
+    """CPU seconds per process group, per phase; `within` names processes
+    whose share of a group is shown apart (and taken out of the group's)."""
 
-    def __init__(self, groups: dict[str, int]) -> None:
+    def __init__(self, groups: dict[str, int], within: dict[str, tuple[str, int]] | None = None) -> None:
         self._groups = groups
-        self._last = {name: process_group_cpu_s(pgid) for name, pgid in groups.items()}
+        self._within = within or {}
+        self._last = self._read()
         self.phases: dict[str, dict[str, float]] = {}
 
+    def _read(self) -> dict[str, float]:
+        used = {name: process_group_cpu_s(pgid) for name, pgid in self._groups.items()}
+        for name, (group, pid) in self._within.items():
+            used[name] = process_cpu_s(pid)
+            used[group] -= used[name]
+        return used
+
     def mark(self, phase: str) -> None:
-        now = {name: process_group_cpu_s(pgid) for name, pgid in self._groups.items()}
+        now = self._read()
         self.phases[phase] = {name: round(now[name] - self._last[name], 1) for name in now}
         self._last = now
 
@@ -443,9 +453,14 @@ async def run(args: argparse.Namespace) -> None:
                 {
                     **{p.name: p.pid for p in mesh.processes},
                     "batch consumer": consumer.process.pid,
-                    # This process: the worker, its engine's processes, the load generator, Redis.
-                    "worker + engine + bench": os.getpgid(0),
-                }
+                    # This process group: the worker and the load generator (this
+                    # process), its engine's processes, Redis; shown apart.
+                    "engine processes": os.getpgid(0),
+                },
+                within={
+                    "worker + bench (this process)": ("engine processes", os.getpid()),
+                    **({"redis": ("engine processes", mesh.redis_pid)} if mesh.redis_pid else {}),
+                },
             )
             async with (
                 grpc.aio.insecure_channel(mesh.router_address) as channel,
@@ -461,6 +476,9 @@ async def run(args: argparse.Namespace) -> None:
             consumer.stop()
             await worker.host.stop(1.0)
             await worker.close()
+    if args.throughput_only:
+        report_throughput(results)
+        return
     report(args, {**batch, **{f"scheduler.{k}": v for k, v in scheduling.items()}}, results, rss)
 
 
@@ -490,6 +508,8 @@ async def measure(
     await load(deadline_after(2.0))
     cpu.mark("warm-up")
 
+    if args.throughput_only:
+        return await throughput_rounds(args, worker, router, requests, data, concurrency, cpu)
     with Occupancy(worker) as occupancy:
         first = await run_offline(worker, requests, concurrency=concurrency)
     first.mean_running = occupancy.mean_running
@@ -537,6 +557,56 @@ async def measure(
         "alone": alone,
         "during": during,
     }
+
+
+async def throughput_rounds(
+    args: argparse.Namespace,
+    worker: WorkerApp,
+    router: router_pb2_grpc.RouterStub,
+    requests: list[generation_pb2.GenerateRequest],
+    data: bytes,
+    concurrency: int,
+    cpu: CpuMeter,
+) -> dict[str, Any]:
+    """--throughput-only: offline and through the queue, alternating
+    (offline, queue, offline, ...), `--rounds` queue runs; no online phases."""
+    offline: list[Throughput] = []
+    queued: list[Throughput] = []
+    for round_index in range(args.rounds + 1):
+        with Occupancy(worker) as occupancy:
+            alone = await run_offline(worker, requests, concurrency=concurrency)
+        alone.mean_running = occupancy.mean_running
+        offline.append(alone)
+        cpu.mark(f"offline {round_index + 1}")
+        print(f"offline: {alone.rows_per_s:.2f} rows/s (load {alone.load_average:.1f})", flush=True)
+        if round_index == args.rounds:
+            break
+        with Occupancy(worker) as occupancy:
+            through, _job = await run_job(router, data)
+        through.mean_running = occupancy.mean_running
+        queued.append(through)
+        cpu.mark(f"queue {round_index + 1}")
+        print(f"queue: {through.rows_per_s:.2f} rows/s (load {through.load_average:.1f})", flush=True)
+    return {"offline_runs": offline, "queue_runs": queued}
+
+
+def report_throughput(results: dict[str, Any]) -> None:
+    """--throughput-only: each queue run against the offline runs on either
+    side of it, and CPU per phase (printed; results files untouched)."""
+    offline: list[Throughput] = results["offline_runs"]
+    queued: list[Throughput] = results["queue_runs"]
+    ratios = []
+    for index, through in enumerate(queued):
+        around = (offline[index].rows_per_s + offline[index + 1].rows_per_s) / 2
+        ratios.append(through.rows_per_s / around)
+        print(f"queue run {index + 1}: {through.rows_per_s:.2f} rows/s, {ratios[-1]:.1%} of offline")
+    print(f"mean: {sum(ratios) / len(ratios):.1%} of offline over {len(ratios)} runs")
+    print(
+        markdown_table(
+            ["phase", *next(iter(results["cpu"].values()))],
+            [[phase, *used.values()] for phase, used in results["cpu"].items()],
+        )
+    )
 
 
 def report(args: argparse.Namespace, batch: dict[str, Any], results: dict[str, Any], rss: dict[str, float]) -> None:
@@ -707,6 +777,12 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a scheduler setting for the pool, e.g. online_preempts_batch=true (repeatable)",
     )
+    parser.add_argument(
+        "--throughput-only",
+        action="store_true",
+        help="only offline vs through the queue, alternating; print, do not write results",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="queue runs with --throughput-only")
     parser.add_argument("--arrival-gap-s", type=float, default=0.5, help="between online arrivals (batch-first case)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

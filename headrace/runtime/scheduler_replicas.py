@@ -63,7 +63,7 @@ class SchedulerReplicas:
         # Places that moved on to another replica after UNAVAILABLE.
         self.failovers = 0
 
-    def _order(self) -> list[int]:
+    def order(self) -> list[int]:
         """Every replica once: those with a working connection in turn (each
         gets an even part of the calls: a replica's unused share of the
         workers is not lent to the others), then the broken ones (they may
@@ -82,7 +82,7 @@ class SchedulerReplicas:
         """A lease from the first replica that answers; `options` gives each
         attempt its call options (so a failover gets what is left of the
         deadline, not all of it again)."""
-        order = self._order()
+        order = self.order()
         for attempt, index in enumerate(order):
             try:
                 response: scheduler_pb2.PlaceResponse = await self._stubs[index].Place(request, **options())
@@ -101,6 +101,28 @@ class SchedulerReplicas:
             self._remember(response.lease.lease_id, index)
             return response
         raise AssertionError("unreachable: the last attempt raises or returns")
+
+    async def place_at(
+        self, index: int, request: scheduler_pb2.PlaceRequest, **options: Any
+    ) -> scheduler_pb2.PlaceResponse:
+        """Place on one replica (no failover; the caller remembers the lease)."""
+        response: scheduler_pb2.PlaceResponse = await self._stubs[index].Place(request, **options)
+        return response
+
+    def place_many_at(
+        self, index: int, request: scheduler_pb2.PlaceManyRequest, **options: Any
+    ) -> grpc.aio.UnaryStreamCall[scheduler_pb2.PlaceManyRequest, scheduler_pb2.PlaceManyResponse]:
+        """Batch rows' places on one replica: the outcomes' stream
+        (place_coalescer.py fails over and remembers the leases)."""
+        call: grpc.aio.UnaryStreamCall[scheduler_pb2.PlaceManyRequest, scheduler_pb2.PlaceManyResponse] = self._stubs[
+            index
+        ].PlaceMany(request, **options)
+        return call
+
+    def remember(self, lease_id: str, index: int) -> None:
+        """Lease `lease_id` came from replica `index`: its renewals and
+        release go there."""
+        self._remember(lease_id, index)
 
     def _remember(self, lease_id: str, index: int) -> None:
         if len(self._owners) >= MAX_TRACKED_LEASES:

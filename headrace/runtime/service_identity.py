@@ -49,7 +49,10 @@ ACCESS: Final[Mapping[Role, frozenset[str]]] = {
     # lease it asks the scheduler for (docs/scheduler.md, "One owner of capacity").
     Role.CONSUMER: frozenset(
         {f"/headrace.v1.Worker/{method}" for method in ("Generate", "GenerateBatch", "Embed", "GetLoad", "Abort")}
-        | {f"/headrace.v1.Scheduler/{method}" for method in ("Place", "Release", "ReleaseMany", "RenewLease")}
+        | {
+            f"/headrace.v1.Scheduler/{method}"
+            for method in ("Place", "PlaceMany", "Release", "ReleaseMany", "RenewLease")
+        }
     ),
     # The operator's tools: status, never a tenant's data.
     Role.ADMIN: frozenset(

@@ -53,6 +53,11 @@ class SchedulerStub:
                 request_serializer=headrace_dot_v1_dot_scheduler__pb2.ReleaseManyRequest.SerializeToString,
                 response_deserializer=headrace_dot_v1_dot_scheduler__pb2.ReleaseManyResponse.FromString,
                 _registered_method=True)
+        self.PlaceMany = channel.unary_stream(
+                '/headrace.v1.Scheduler/PlaceMany',
+                request_serializer=headrace_dot_v1_dot_scheduler__pb2.PlaceManyRequest.SerializeToString,
+                response_deserializer=headrace_dot_v1_dot_scheduler__pb2.PlaceManyResponse.FromString,
+                _registered_method=True)
         self.RenewLease = channel.unary_unary(
                 '/headrace.v1.Scheduler/RenewLease',
                 request_serializer=headrace_dot_v1_dot_scheduler__pb2.RenewLeaseRequest.SerializeToString,
@@ -146,6 +151,19 @@ class SchedulerServicer:
         """Several leases back in one call: callers coalesce the releases that
         end while their previous call is in flight (one gRPC call's cost for
         many). At most 1,024; each is handled as Release would.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlaceMany(self, request, context):
+        """Several batch rows' leases in one call: a batch consumer asks for the
+        rows that became ready together (one gRPC call's cost for many). Batch
+        rows only (priority batch, worker_id set), at most 256. Each is queued
+        and admitted as Place would admit it; each place's outcome comes once,
+        in a message sent as soon as it is decided (the places one scheduling
+        step leases come together), and the stream ends when every place has
+        its outcome.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -253,6 +271,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.ReleaseMany,
                     request_deserializer=headrace_dot_v1_dot_scheduler__pb2.ReleaseManyRequest.FromString,
                     response_serializer=headrace_dot_v1_dot_scheduler__pb2.ReleaseManyResponse.SerializeToString,
+            ),
+            'PlaceMany': grpc.unary_stream_rpc_method_handler(
+                    servicer.PlaceMany,
+                    request_deserializer=headrace_dot_v1_dot_scheduler__pb2.PlaceManyRequest.FromString,
+                    response_serializer=headrace_dot_v1_dot_scheduler__pb2.PlaceManyResponse.SerializeToString,
             ),
             'RenewLease': grpc.unary_unary_rpc_method_handler(
                     servicer.RenewLease,
@@ -404,6 +427,33 @@ class Scheduler:
             '/headrace.v1.Scheduler/ReleaseMany',
             headrace_dot_v1_dot_scheduler__pb2.ReleaseManyRequest.SerializeToString,
             headrace_dot_v1_dot_scheduler__pb2.ReleaseManyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlaceMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/headrace.v1.Scheduler/PlaceMany',
+            headrace_dot_v1_dot_scheduler__pb2.PlaceManyRequest.SerializeToString,
+            headrace_dot_v1_dot_scheduler__pb2.PlaceManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,15 @@ class SchedulerStub:
     end while their previous call is in flight (one gRPC call's cost for
     many). At most 1,024; each is handled as Release would.
     """
+    PlaceMany: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.PlaceManyRequest, _scheduler_pb2.PlaceManyResponse]
+    """Several batch rows' leases in one call: a batch consumer asks for the
+    rows that became ready together (one gRPC call's cost for many). Batch
+    rows only (priority batch, worker_id set), at most 256. Each is queued
+    and admitted as Place would admit it; each place's outcome comes once,
+    in a message sent as soon as it is decided (the places one scheduling
+    step leases come together), and the stream ends when every place has
+    its outcome.
+    """
     RenewLease: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.RenewLeaseRequest, _scheduler_pb2.RenewLeaseResponse]
     """Keep a lease alive during a long stream; leases that are not renewed
     expire, so a crashed router leaks no capacity.
@@ -91,6 +100,15 @@ class SchedulerAsyncStub(SchedulerStub):
     """Several leases back in one call: callers coalesce the releases that
     end while their previous call is in flight (one gRPC call's cost for
     many). At most 1,024; each is handled as Release would.
+    """
+    PlaceMany: _aio.UnaryStreamMultiCallable[_scheduler_pb2.PlaceManyRequest, _scheduler_pb2.PlaceManyResponse]  # type: ignore[assignment]
+    """Several batch rows' leases in one call: a batch consumer asks for the
+    rows that became ready together (one gRPC call's cost for many). Batch
+    rows only (priority batch, worker_id set), at most 256. Each is queued
+    and admitted as Place would admit it; each place's outcome comes once,
+    in a message sent as soon as it is decided (the places one scheduling
+    step leases come together), and the stream ends when every place has
+    its outcome.
     """
     RenewLease: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.RenewLeaseRequest, _scheduler_pb2.RenewLeaseResponse]  # type: ignore[assignment]
     """Keep a lease alive during a long stream; leases that are not renewed
@@ -149,6 +167,21 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         """Several leases back in one call: callers coalesce the releases that
         end while their previous call is in flight (one gRPC call's cost for
         many). At most 1,024; each is handled as Release would.
+        """
+
+    @_abc_1.abstractmethod
+    def PlaceMany(
+        self,
+        request: _scheduler_pb2.PlaceManyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_scheduler_pb2.PlaceManyResponse], _abc.AsyncIterator[_scheduler_pb2.PlaceManyResponse]]:
+        """Several batch rows' leases in one call: a batch consumer asks for the
+        rows that became ready together (one gRPC call's cost for many). Batch
+        rows only (priority batch, worker_id set), at most 256. Each is queued
+        and admitted as Place would admit it; each place's outcome comes once,
+        in a message sent as soon as it is decided (the places one scheduling
+        step leases come together), and the stream ends when every place has
+        its outcome.
         """
 
     @_abc_1.abstractmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -10,12 +11,21 @@ import grpc.aio
 from opentelemetry import trace
 
 from headrace.runtime.config import SchedulerSettings
-from headrace.runtime.errors import InvalidArgument, NotFound, PermissionDenied, Unimplemented
+from headrace.runtime.errors import (
+    Cancelled,
+    HeadraceError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unimplemented,
+    status_code_for,
+)
 from headrace.runtime.request_context import remaining_s
 from headrace.runtime.service_certs import Role
 from headrace.runtime.service_identity import current_peer
 from headrace.v1 import batch_pb2, generation_pb2, scheduler_pb2, scheduler_pb2_grpc
-from services.scheduler.admission import PRIORITY_NAMES
+from services.scheduler.admission import PRIORITY_NAMES, Placement
 from services.scheduler.batch_server import BatchRpcs
 from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.placement import PlacementRequest
@@ -29,6 +39,11 @@ MAX_EXCLUDED_WORKERS = 64
 MAX_WORKER_ID_CHARS = 256
 # Leases per ReleaseMany call (clients send at most this many at once).
 MAX_RELEASES_PER_CALL = 1024
+# Places per PlaceMany call.
+MAX_PLACES_PER_CALL = 256
+# Once one of a PlaceMany's places is decided: how long the others the same
+# scheduling step decided take to reach the call (a few turns of the loop).
+_SAME_STEP_S = 0.001
 
 # Proto priority -> queue class (0 interactive, 1 standard, 2 batch);
 # unspecified means standard.
@@ -147,6 +162,73 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 "headrace.placement_policy": placement.policy,
             }
         )
+        return self._placed(placement)
+
+    async def PlaceMany(
+        self, request: scheduler_pb2.PlaceManyRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scheduler_pb2.PlaceManyResponse]:
+        """Batch rows' places in one call: each queued as Place queues it
+        (same admission, same fairness), each outcome sent once as soon as
+        it is decided; the stream ends when all have one."""
+        if not request.places:
+            raise InvalidArgument("places: at least one")
+        if len(request.places) > MAX_PLACES_PER_CALL:
+            raise InvalidArgument(f"places: {len(request.places)} in one call; at most {MAX_PLACES_PER_CALL}")
+        asks = []
+        for index, place in enumerate(request.places):
+            if not _batch_row_lease(place):
+                raise InvalidArgument(
+                    f"places[{index}]: PlaceMany is for batch rows only (priority batch and a worker_id); "
+                    "use Place for anything else"
+                )
+            asks.append(placement_from_proto(place))
+        timeout_s = remaining_s()
+        tasks: list[asyncio.Future[Placement]] = [
+            asyncio.ensure_future(self._dispatcher.place(ask, timeout_s=timeout_s)) for ask in asks
+        ]
+        position = {task: index for index, task in enumerate(tasks)}
+        placed = 0
+        try:
+            pending: set[asyncio.Future[Placement]] = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                # The others that scheduling step decided reach their tasks
+                # within a turn or two of the loop: one message for them all.
+                await asyncio.sleep(_SAME_STEP_S)
+                settled = {task for task in pending if task.done()}
+                pending -= settled
+                outcomes = [
+                    self._outcome(position[task], task) for task in sorted(done | settled, key=position.__getitem__)
+                ]
+                placed += sum(outcome.HasField("placed") for outcome in outcomes)
+                yield scheduler_pb2.PlaceManyResponse(outcomes=outcomes)
+        finally:
+            # The caller left: out of the queue; a lease granted meanwhile
+            # goes back unused (admission's _abandon).
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            trace.get_current_span().set_attributes({"headrace.places": len(tasks), "headrace.placed": placed})
+
+    def _outcome(self, index: int, task: asyncio.Future[Placement]) -> scheduler_pb2.PlaceOutcome:
+        error: BaseException | None = Cancelled("the place was cancelled") if task.cancelled() else task.exception()
+        if error is None:
+            return scheduler_pb2.PlaceOutcome(index=index, placed=self._placed(task.result()))
+        if not isinstance(error, HeadraceError):
+            log.error("PlaceMany: a place failed unexpectedly", exc_info=error)
+            error = Internal(f"placing failed: {type(error).__name__}")
+        return scheduler_pb2.PlaceOutcome(
+            index=index,
+            refused=scheduler_pb2.PlaceRefusal(
+                code=status_code_for(error).value[0],
+                message=error.message,
+                retry_after_s=error.retry_after_s or 0.0,
+            ),
+        )
+
+    def _placed(self, placement: Placement) -> scheduler_pb2.PlaceResponse:
+        lease = placement.lease
         return scheduler_pb2.PlaceResponse(
             lease=scheduler_pb2.Lease(
                 lease_id=lease.lease_id,

@@ -1,11 +1,12 @@
 """A batch row runs only under a scheduler lease of the batch class.
 
 The consumer does not decide when a row may start: for each row it asks
-the scheduler (Scheduler.Place, priority batch, pinned to the worker it
-runs beside) and waits in the pool's queue with the online requests, where
-the same admission and per-tenant fairness apply (online work first;
-docs/scheduler.md, "One owner of capacity"). The lease is renewed while
-the row runs and given back when it ends.
+the scheduler (priority batch, pinned to the worker it runs beside) and
+waits in the pool's queue with the online requests, where the same
+admission and per-tenant fairness apply (online work first;
+docs/scheduler.md, "One owner of capacity"). Rows that ask together go in
+one Scheduler.PlaceMany call (place_coalescer.py). The lease is renewed
+while the row runs and given back when it ends.
 
 Asking is bounded (max_inflight_rows rows asking or running at once per
 consumer). A full queue, or a place taken by online work (RESOURCE_EXHAUSTED),
@@ -27,10 +28,8 @@ import grpc
 import grpc.aio
 
 from headrace.request_rules.token_estimate import estimate_prompt_tokens, estimate_tokens
-from headrace.runtime.channels import outgoing_metadata
 from headrace.runtime.config import LimitSettings
-from headrace.runtime.errors import RETRY_AFTER_KEY
-from headrace.runtime.request_context import REQUEST_ID_KEY, TENANT_KEY
+from headrace.runtime.place_coalescer import PlaceCoalescer, PlaceRefused
 from headrace.runtime.scheduler_replicas import SchedulerReplicas
 from headrace.runtime.service_identity import ServiceIdentity
 from headrace.v1 import generation_pb2, scheduler_pb2
@@ -40,9 +39,6 @@ log = logging.getLogger(__name__)
 
 # Ask again after this long when the scheduler gives no retry-after.
 _RETRY_S = 0.5
-# Per Place call: the scheduler answers by its max_queue_wait_s (60 s by
-# default) or sooner; a little above it, so its answer is the one we get.
-_PLACE_TIMEOUT_S = 75.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +92,7 @@ class RowLeases:
         down_after_s: float = 10.0,
     ) -> None:
         self._scheduler = scheduler
+        self._places = PlaceCoalescer(scheduler)
         self._worker_id = worker_id
         self._asking = asyncio.Semaphore(max_inflight)
         self._renew_margin_s = renew_margin_s
@@ -146,17 +143,13 @@ class RowLeases:
             max_tokens=ask.max_tokens,
             worker_id=self._worker_id,
         )
-        # The row's span is current: the Place call joins the job's trace.
-        metadata = outgoing_metadata([(REQUEST_ID_KEY, ask.request_id), (TENANT_KEY, ask.tenant)])
         unavailable_since: float | None = None
         while True:
             try:
-                response = await self._scheduler.place(
-                    request, options=lambda: {"metadata": metadata, "timeout": _PLACE_TIMEOUT_S}
-                )
+                response = await self._places.place(request)
                 return response.lease
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
+            except PlaceRefused as refused:
+                code = refused.code
                 if code == grpc.StatusCode.UNAVAILABLE:
                     # No such worker at the scheduler (restarting?), or the
                     # scheduler itself is away.
@@ -164,13 +157,26 @@ class RowLeases:
                     unavailable_since = unavailable_since or now
                     if now - unavailable_since >= self._down_after_s:
                         raise WorkerUnavailable(
-                            f"no lease for worker {self._worker_id} for {self._down_after_s:.0f}s: {exc.details()}"
-                        ) from exc
+                            f"no lease for worker {self._worker_id} for {self._down_after_s:.0f}s: {refused.message}"
+                        ) from refused
                 elif code not in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise WorkerUnavailable(f"the scheduler refused a lease: {code.name}: {exc.details()}") from exc
+                    raise WorkerUnavailable(
+                        f"the scheduler refused a lease: {code.name}: {refused.message}"
+                    ) from refused
                 else:
                     unavailable_since = None
-                await asyncio.sleep(_retry_after_s(exc))
+                await asyncio.sleep(_retry_after_s(refused))
+
+    async def close(self) -> None:
+        """Stop asking (rows still asking get CancelledError)."""
+        places = self._places
+        log.info(
+            "row leases: %d places in %d PlaceMany calls, %d single Place calls",
+            places.places_sent,
+            places.many_calls,
+            places.single_calls,
+        )
+        await places.close()
 
     async def _renew(self, lease: scheduler_pb2.Lease) -> None:
         expires_at = lease.expires_at_ms / 1000.0
@@ -195,9 +201,7 @@ class RowLeases:
             log.warning("row lease %s release failed (%s); it will expire", held.lease.lease_id, exc.code().name)
 
 
-def _retry_after_s(exc: grpc.aio.AioRpcError) -> float:
-    for key, value in exc.trailing_metadata() or ():
-        if key == RETRY_AFTER_KEY:
-            with contextlib.suppress(ValueError):
-                return min(5.0, max(_RETRY_S, float(value)))
-    return _RETRY_S
+def _retry_after_s(refused: PlaceRefused) -> float:
+    if refused.retry_after_s is None:
+        return _RETRY_S
+    return min(5.0, max(_RETRY_S, refused.retry_after_s))

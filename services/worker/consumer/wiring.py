@@ -187,6 +187,7 @@ class BatchConsumer:
                 await self._heartbeat
             with contextlib.suppress(Exception):
                 await self.store.redis.delete(consumer_heartbeat_key(self.settings, self.name))
+        await self._leases.close()
         await self._schedulers.close()
         await self._client.close()
         await self.store.redis.aclose()

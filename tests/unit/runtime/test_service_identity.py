@@ -54,6 +54,12 @@ def auth_context(role: str, *hosts: str) -> dict[str, list[bytes]]:
         ("cache", "/headrace.v1.Scheduler/ReleaseMany", False),
         ("router", "/headrace.v1.Scheduler/ReleaseMany", True),
         ("consumer", "/headrace.v1.Scheduler/ReleaseMany", True),
+        # Batch rows' places: the consumer's alone.
+        ("consumer", "/headrace.v1.Scheduler/PlaceMany", True),
+        ("router", "/headrace.v1.Scheduler/PlaceMany", False),
+        ("worker", "/headrace.v1.Scheduler/PlaceMany", False),
+        ("admin", "/headrace.v1.Scheduler/PlaceMany", False),
+        ("cache", "/headrace.v1.Scheduler/PlaceMany", False),
         ("consumer", "/headrace.v1.Worker/Generate", True),
         ("consumer", "/headrace.v1.Scheduler/GetBatch", False),
         ("admin", "/headrace.v1.Scheduler/ListWorkers", True),
