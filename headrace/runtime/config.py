@@ -483,7 +483,15 @@ class BatchSettings(_Section):
     # (Worker.GenerateBatch), at most this many; 1: a Generate call per row.
     rows_per_worker_call: int = Field(default=64, ge=1, le=256)
     # How long the first row ready waits for others to share its call.
-    worker_call_window_ms: float = Field(default=20.0, ge=0, le=1000)
+    # The engine holds rows leased ahead (scheduler batch_queue_ahead: 128
+    # rows, seconds of work), so a wait here costs no throughput while it is
+    # far below the time those rows take, and each row that shares a call
+    # saves a gRPC call's CPU on both sides: CPU a CPU engine gets instead
+    # (docs/batch.md, "Measured"). With batch_queue_ahead 0, lower these.
+    worker_call_window_ms: float = Field(default=100.0, ge=0, le=1000)
+    # The same for asking for leases and giving them back (PlaceMany and
+    # ReleaseMany calls to the scheduler).
+    lease_call_window_ms: float = Field(default=100.0, ge=0, le=1000)
     # Finished jobs (and their results) are kept this long.
     retention_s: int = Field(default=7 * 86400, ge=60)
 

@@ -129,6 +129,12 @@ class SchedulerReplicas:
             self._owners.pop(next(iter(self._owners)))
         self._owners[lease_id] = index
 
+    def set_release_window(self, window_s: float) -> None:
+        """Releases wait this long for others to share their call (a batch
+        consumer's rows: nobody waits on a release)."""
+        for coalescer in self.releases:
+            coalescer.window_s = window_s
+
     def owner_of(self, lease_id: str) -> str:
         """The address of the replica that granted a lease."""
         return self.targets[self._owners.get(lease_id, 0)]

@@ -90,9 +90,11 @@ class RowLeases:
         max_inflight: int,
         renew_margin_s: float = 10.0,
         down_after_s: float = 10.0,
+        call_window_s: float = 0.002,
     ) -> None:
         self._scheduler = scheduler
-        self._places = PlaceCoalescer(scheduler)
+        self._places = PlaceCoalescer(scheduler, gather_s=call_window_s)
+        scheduler.set_release_window(call_window_s)
         self._worker_id = worker_id
         self._asking = asyncio.Semaphore(max_inflight)
         self._renew_margin_s = renew_margin_s
@@ -109,11 +111,13 @@ class RowLeases:
         *,
         worker_id: str,
         max_inflight: int,
+        call_window_s: float = 0.002,
     ) -> tuple[RowLeases, SchedulerReplicas]:
-        """Over every scheduler replica: a row's Place goes to the next one
-        in turn and moves on when one is down (scheduler_replicas.py)."""
+        """Over every scheduler replica: rows' places go to the next one in
+        turn and move on when one is down (place_coalescer.py)."""
         schedulers = SchedulerReplicas(targets, limits, identity)
-        return cls(schedulers, worker_id=worker_id, max_inflight=max_inflight), schedulers
+        leases = cls(schedulers, worker_id=worker_id, max_inflight=max_inflight, call_window_s=call_window_s)
+        return leases, schedulers
 
     @contextlib.asynccontextmanager
     async def lease(self, ask: RowAsk) -> AsyncIterator[HeldLease]:

@@ -103,6 +103,7 @@ class BatchConsumer:
             identity,
             worker_id=self._worker_id,
             max_inflight=batch.max_inflight_rows,
+            call_window_s=batch.lease_call_window_ms / 1000.0,
         )
         self.runner = ChunkRunner(
             store=self.store,

@@ -203,3 +203,19 @@ async def test_a_row_that_stops_asking_before_the_call_is_not_sent() -> None:
     leaving.cancel()
     assert (await staying).lease.lease_id == "L0"
     assert replicas.many == [(0, ["row-1"])]
+
+
+@pytest.mark.parametrize(("gather_s", "calls"), [(0.2, 1), (0.001, 3)])
+async def test_rows_that_ask_within_the_window_share_a_call(gather_s: float, calls: int) -> None:
+    async def script(index: int, request: scheduler_pb2.PlaceManyRequest) -> AsyncIterator[Any]:
+        yield scheduler_pb2.PlaceManyResponse(outcomes=[placed(i, f"L{i}") for i in range(len(request.places))])
+
+    replicas = FakeReplicas(script)
+    places = PlaceCoalescer(replicas, gather_s=gather_s)  # type: ignore[arg-type]
+    asks = []
+    for n in range(3):
+        asks.append(asyncio.ensure_future(places.place(row(n))))
+        await asyncio.sleep(0.02)
+    await asyncio.gather(*asks)
+    assert len(replicas.many) == calls
+    assert [name for _, names in replicas.many for name in names] == ["row-0", "row-1", "row-2"]

@@ -168,3 +168,22 @@ async def test_releases_waiting_when_release_many_turns_out_missing_go_side_by_s
     assert [ids for _, ids, _ in stub.calls] == [["a"], ["b", "c", "d"], ["b"], ["c"], ["d"]]
     stub.gate.set()
     assert all(a.released for a in await asyncio.gather(*tasks))
+
+
+async def test_with_a_window_releases_that_end_within_it_share_the_first_ones_call() -> None:
+    """A batch consumer's rows: nobody waits on their releases, so the first
+    waits `window_s` for others instead of going alone."""
+    stub = FakeStub()
+    stub.gate.set()
+    coalescer = ReleaseCoalescer(stub)  # type: ignore[arg-type]
+    coalescer.window_s = 0.05
+    first = asyncio.create_task(coalescer.release(release("a")))
+    await asyncio.sleep(0.01)
+    assert stub.calls == []  # still in its window
+    rest = [asyncio.create_task(coalescer.release(release(lease_id))) for lease_id in ("b", "gone-c")]
+    answers = await asyncio.gather(first, *rest)
+    assert [(name, ids) for name, ids, _ in stub.calls] == [("ReleaseMany", ["a", "b", "gone-c"])]
+    assert [a.released for a in answers] == [True, True, False]
+    # Alone in its window: one Release.
+    assert (await coalescer.release(release("d"))).released
+    assert stub.calls[-1][:2] == ("Release", ["d"])
