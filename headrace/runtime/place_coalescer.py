@@ -27,6 +27,7 @@ import contextlib
 import contextvars
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -74,13 +75,14 @@ class PlaceCoalescer:
         replicas: SchedulerReplicas,
         *,
         max_per_call: int = MAX_PER_CALL,
-        gather_s: float = GATHER_S,
+        gather_s: float | Callable[[], float] = GATHER_S,
         call_timeout_s: float = CALL_TIMEOUT_S,
         rest_s: float = REST_S,
     ) -> None:
         self._replicas = replicas
         self._max_per_call = max_per_call
-        self._gather_s = gather_s
+        # A number, or asked each time (a batch consumer's scales with its rows).
+        self._gather_s: Callable[[], float] = gather_s if callable(gather_s) else lambda: gather_s
         self._call_timeout_s = call_timeout_s
         self._rest_s = rest_s
         self._waiting: list[_Ask] = []
@@ -102,7 +104,7 @@ class PlaceCoalescer:
         ask = _Ask(request, asyncio.get_running_loop().create_future())
         self._waiting.append(ask)
         if self._flush_at is None:
-            self._flush_at = asyncio.get_running_loop().call_later(self._gather_s, self._flush)
+            self._flush_at = asyncio.get_running_loop().call_later(self._gather_s(), self._flush)
         try:
             return await ask.future
         finally:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -42,9 +43,10 @@ class ReleaseCoalescer:
     def __init__(self, stub: scheduler_pb2_grpc.SchedulerStub, *, max_per_call: int = MAX_PER_CALL) -> None:
         self._stub = stub
         self._max_per_call = max_per_call
-        # > 0: a release that finds no call in flight waits this long for
-        # others to go with it (for callers nobody waits on: batch rows).
-        self.window_s = 0.0
+        # Set, and > 0 when asked: a release that finds no call in flight
+        # waits this long for others to go with it (for callers nobody
+        # waits on: batch rows).
+        self.window_s: Callable[[], float] | None = None
         self._waiting: list[_Waiting] = []
         # A call to this replica is in flight (a release's own, or the
         # flusher's): releases arriving now wait for the next one.
@@ -71,12 +73,13 @@ class ReleaseCoalescer:
             # Nothing to group: each its own call, now.
             return await self._release_one(request, **options)
         self._busy = True
-        if self.window_s > 0:
+        window_s = self.window_s() if self.window_s is not None else 0.0
+        if window_s > 0:
             # Its own call after the window, with whatever came meanwhile.
             future = asyncio.get_running_loop().create_future()
             future.add_done_callback(_consume)
             self._waiting.append((request, future))
-            asyncio.get_running_loop().call_later(self.window_s, self._hand_over)
+            asyncio.get_running_loop().call_later(window_s, self._hand_over)
             return await asyncio.shield(future)
         try:
             return await self._release_one(request, **options)

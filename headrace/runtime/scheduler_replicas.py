@@ -129,9 +129,9 @@ class SchedulerReplicas:
             self._owners.pop(next(iter(self._owners)))
         self._owners[lease_id] = index
 
-    def set_release_window(self, window_s: float) -> None:
-        """Releases wait this long for others to share their call (a batch
-        consumer's rows: nobody waits on a release)."""
+    def set_release_window(self, window_s: Callable[[], float]) -> None:
+        """Releases wait this long (asked each time) for others to share
+        their call (a batch consumer's rows: nobody waits on a release)."""
         for coalescer in self.releases:
             coalescer.window_s = window_s
 

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -33,11 +33,17 @@ _Pending = tuple[worker_pb2.WorkerGenerateRequest, "asyncio.Future[worker_pb2.Ge
 
 class RowCalls:
     def __init__(
-        self, stub: worker_pb2_grpc.WorkerStub, *, max_rows: int, timeout_s: float, window_s: float = 0.005
+        self,
+        stub: worker_pb2_grpc.WorkerStub,
+        *,
+        max_rows: int,
+        timeout_s: float,
+        window_s: float | Callable[[], float] = 0.005,
     ) -> None:
         self._stub = stub
         self._max_rows = max_rows
-        self._window_s = window_s
+        # A number, or asked each time (call_window.py).
+        self._window_s: Callable[[], float] = window_s if callable(window_s) else lambda: window_s
         self._timeout_s = timeout_s
         self._pending: deque[_Pending] = deque()
         self._flush_scheduled = False
@@ -57,7 +63,7 @@ class RowCalls:
         elif not self._flush_scheduled:
             # The rows ready within the window share one call.
             self._flush_scheduled = True
-            self._timer = asyncio.get_running_loop().call_later(self._window_s, self._flush)
+            self._timer = asyncio.get_running_loop().call_later(self._window_s(), self._flush)
         try:
             return await future
         except asyncio.CancelledError:

@@ -34,6 +34,7 @@ from headrace.runtime.scheduler_replicas import SchedulerReplicas
 from headrace.runtime.service_identity import ServiceIdentity
 from headrace.v1 import generation_pb2, scheduler_pb2
 from services.worker.consumer.attempt_errors import WorkerUnavailable
+from services.worker.consumer.call_window import CallWindow
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,11 @@ class RowLeases:
         call_window_s: float = 0.002,
     ) -> None:
         self._scheduler = scheduler
-        self._places = PlaceCoalescer(scheduler, gather_s=call_window_s)
-        scheduler.set_release_window(call_window_s)
+        # Lease calls wait for other rows to share them, the longer the more
+        # rows hold leases (call_window.py).
+        self.call_window = CallWindow(call_window_s, held=lambda: self.held, max_rows=max_inflight)
+        self._places = PlaceCoalescer(scheduler, gather_s=self.call_window)
+        scheduler.set_release_window(self.call_window)
         self._worker_id = worker_id
         self._asking = asyncio.Semaphore(max_inflight)
         self._renew_margin_s = renew_margin_s

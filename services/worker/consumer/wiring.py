@@ -24,6 +24,7 @@ from headrace.runtime.service_certs import Role
 from headrace.runtime.service_identity import service_identity
 from headrace.runtime.telemetry import build_tracer_provider
 from services.worker.consumer.attempt_errors import ChunkTimedOut
+from services.worker.consumer.call_window import CallWindow
 from services.worker.consumer.chunk_runner import ChunkRunner
 from services.worker.consumer.loop_thread import LoopThread
 from services.worker.consumer.row_leases import RowLeases
@@ -86,16 +87,6 @@ class BatchConsumer:
         redis = open_redis(self.settings.redis_url)
         self.store = BatchStore(redis, prefix=batch.key_prefix, retention_s=batch.retention_s)
         identity = service_identity(self.settings, Role.CONSUMER)
-        self._client = WorkerClient(
-            self._worker_address,
-            self.settings.limits,
-            worker_id=self._worker_id,
-            price_per_hour=self.settings.pools[self.pool].price_per_hour,
-            rows_per_call=batch.rows_per_worker_call,
-            call_timeout_s=batch.row_timeout_s,
-            call_window_s=batch.worker_call_window_ms / 1000.0,
-            identity=identity,
-        )
         # Every row runs under the scheduler's lease on this worker.
         self._leases, self._schedulers = RowLeases.open(
             scheduler_targets(self.settings),
@@ -104,6 +95,21 @@ class BatchConsumer:
             worker_id=self._worker_id,
             max_inflight=batch.max_inflight_rows,
             call_window_s=batch.lease_call_window_ms / 1000.0,
+        )
+        self._client = WorkerClient(
+            self._worker_address,
+            self.settings.limits,
+            worker_id=self._worker_id,
+            price_per_hour=self.settings.pools[self.pool].price_per_hour,
+            rows_per_call=batch.rows_per_worker_call,
+            call_timeout_s=batch.row_timeout_s,
+            # Like the lease calls': the longer the more rows hold leases.
+            call_window_s=CallWindow(
+                batch.worker_call_window_ms / 1000.0,
+                held=lambda: self._leases.held,
+                max_rows=batch.max_inflight_rows,
+            ),
+            identity=identity,
         )
         self.runner = ChunkRunner(
             store=self.store,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import grpc
 import grpc.aio
@@ -50,7 +51,7 @@ class WorkerClient:
         load_timeout_s: float = 1.0,
         rows_per_call: int = 1,
         call_timeout_s: float = 600.0,
-        call_window_s: float = 0.005,
+        call_window_s: float | Callable[[], float] = 0.005,
     ) -> None:
         self._channel = open_channel(address, limits, identity, server=Role.WORKER)
         self._stub = worker_pb2_grpc.WorkerStub(self._channel)

@@ -176,7 +176,7 @@ async def test_with_a_window_releases_that_end_within_it_share_the_first_ones_ca
     stub = FakeStub()
     stub.gate.set()
     coalescer = ReleaseCoalescer(stub)  # type: ignore[arg-type]
-    coalescer.window_s = 0.05
+    coalescer.window_s = lambda: 0.05
     first = asyncio.create_task(coalescer.release(release("a")))
     await asyncio.sleep(0.01)
     assert stub.calls == []  # still in its window
