@@ -482,12 +482,13 @@ class BatchSettings(_Section):
     # Rows whose leases arrive together go to the worker in one call
     # (Worker.GenerateBatch), at most this many; 1: a Generate call per row.
     rows_per_worker_call: int = Field(default=64, ge=1, le=256)
-    # How long the first row ready waits for others to share its call.
-    # The engine holds rows leased ahead (scheduler batch_queue_ahead: 128
-    # rows, seconds of work), so a wait here costs no throughput while it is
-    # far below the time those rows take, and each row that shares a call
-    # saves a gRPC call's CPU on both sides: CPU a CPU engine gets instead
-    # (docs/batch.md, "Measured"). With batch_queue_ahead 0, lower these.
+    # How long the first row ready waits for others to share its call, when
+    # every one of max_inflight_rows holds a lease; fewer rows holding
+    # leases, a shorter wait in proportion (call_window.py). A batch filling
+    # the pool has rows leased ahead (scheduler batch_queue_ahead: 128 rows,
+    # seconds of work), so the wait costs no throughput, and each row that
+    # shares a call saves a gRPC call's CPU on both sides: CPU a CPU engine
+    # gets instead (docs/batch.md, "Measured").
     worker_call_window_ms: float = Field(default=100.0, ge=0, le=1000)
     # The same for asking for leases and giving them back (PlaceMany and
     # ReleaseMany calls to the scheduler).
