@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
-from headrace.runtime.errors import RETRY_AFTER_KEY
+from headrace.runtime.errors import from_rpc_error
 from headrace.runtime.scheduler_replicas import SchedulerReplicas
 from headrace.v1 import scheduler_pb2
 
@@ -198,7 +198,7 @@ class PlaceCoalescer:
                 )
                 self._again(undecided)
                 return
-        refusal = PlaceRefused(code, exc.details() or code.name.lower(), _retry_after_s(exc))
+        refusal = PlaceRefused(code, exc.details() or code.name.lower(), from_rpc_error(exc).retry_after_s)
         for ask in undecided:
             _refuse(ask, refusal)
 
@@ -208,7 +208,7 @@ class PlaceCoalescer:
             response = await self._replicas.place_at(index, ask.request, timeout=self._call_timeout_s)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
-            _refuse(ask, PlaceRefused(code, exc.details() or code.name.lower(), _retry_after_s(exc)))
+            _refuse(ask, PlaceRefused(code, exc.details() or code.name.lower(), from_rpc_error(exc).retry_after_s))
             return
         self._replicas.remember(response.lease.lease_id, index)
         self._settle(ask, response)
@@ -251,11 +251,3 @@ class PlaceCoalescer:
 def _refuse(ask: _Ask, refusal: PlaceRefused) -> None:
     if not ask.future.done():
         ask.future.set_exception(refusal)
-
-
-def _retry_after_s(exc: grpc.aio.AioRpcError) -> float | None:
-    for key, value in exc.trailing_metadata() or ():
-        if key == RETRY_AFTER_KEY:
-            with contextlib.suppress(ValueError):
-                return float(value)
-    return None
