@@ -47,6 +47,7 @@ class ReleaseCoalescer:
         # waits this long for others to go with it (for callers nobody
         # waits on: batch rows).
         self.window_s: Callable[[], float] | None = None
+        self._window_timer: asyncio.TimerHandle | None = None
         self._waiting: list[_Waiting] = []
         # A call to this replica is in flight (a release's own, or the
         # flusher's): releases arriving now wait for the next one.
@@ -79,7 +80,7 @@ class ReleaseCoalescer:
             future = asyncio.get_running_loop().create_future()
             future.add_done_callback(_consume)
             self._waiting.append((request, future))
-            asyncio.get_running_loop().call_later(window_s, self._hand_over)
+            self._window_timer = asyncio.get_running_loop().call_later(window_s, self._hand_over)
             return await asyncio.shield(future)
         try:
             return await self._release_one(request, **options)
@@ -93,9 +94,21 @@ class ReleaseCoalescer:
         response: scheduler_pb2.ReleaseResponse = await self._stub.Release(request, **options)
         return response
 
+    async def flush(self, timeout_s: float = 2.0) -> None:
+        """Send what waits in a window now, and wait (at most `timeout_s`)
+        for it to be sent: a consumer stopping gives its leases back."""
+        self.window_s = None
+        if self._window_timer is not None and not self._window_timer.cancelled():
+            self._window_timer.cancel()
+            self._hand_over()
+        if self._flusher is not None and not self._flusher.done():
+            await asyncio.wait((self._flusher,), timeout=timeout_s)
+
     def _hand_over(self) -> None:
-        """The call in flight ended: the flusher takes what waits, in a
-        context of its own (not the trace of the release that started it)."""
+        """The call in flight (or the window) ended: the flusher takes what
+        waits, in a context of its own (not the trace of the release that
+        started it)."""
+        self._window_timer = None
         if self._waiting:
             self._flusher = asyncio.get_running_loop().create_task(
                 self._flush(), name="lease-release-batch", context=contextvars.Context()

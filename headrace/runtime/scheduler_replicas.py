@@ -18,6 +18,7 @@ connection fails (a call in flight on it when it dies fails UNAVAILABLE).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import Callable, Sequence
@@ -134,6 +135,10 @@ class SchedulerReplicas:
         their call (a batch consumer's rows: nobody waits on a release)."""
         for coalescer in self.releases:
             coalescer.window_s = window_s
+
+    async def flush_releases(self) -> None:
+        """Releases waiting in a window go now (a consumer stopping)."""
+        await asyncio.gather(*(coalescer.flush() for coalescer in self.releases))
 
     def owner_of(self, lease_id: str) -> str:
         """The address of the replica that granted a lease."""

@@ -185,6 +185,8 @@ class RowLeases:
             places.single_calls,
         )
         await places.close()
+        # Rows ending now give their leases back at once, not after a window.
+        await self._scheduler.flush_releases()
 
     async def _renew(self, lease: scheduler_pb2.Lease) -> None:
         expires_at = lease.expires_at_ms / 1000.0

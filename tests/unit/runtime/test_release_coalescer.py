@@ -187,3 +187,20 @@ async def test_with_a_window_releases_that_end_within_it_share_the_first_ones_ca
     # Alone in its window: one Release.
     assert (await coalescer.release(release("d"))).released
     assert stub.calls[-1][:2] == ("Release", ["d"])
+
+
+async def test_flush_sends_what_waits_in_a_window_at_once() -> None:
+    """A consumer stopping gives its rows' leases back now, not after the
+    window (its loop may stop before the window ends)."""
+    stub = FakeStub()
+    stub.gate.set()
+    coalescer = ReleaseCoalescer(stub)  # type: ignore[arg-type]
+    coalescer.window_s = lambda: 60.0
+    waiting = [asyncio.create_task(coalescer.release(release(lease_id))) for lease_id in ("a", "b")]
+    await asyncio.sleep(0.01)
+    assert stub.calls == []
+    await asyncio.wait_for(coalescer.flush(), timeout=1.0)
+    assert [(name, ids) for name, ids, _ in stub.calls] == [("ReleaseMany", ["a", "b"])]
+    assert all(task.done() and task.result().released for task in waiting)
+    # No window after a flush: the next goes at once.
+    await asyncio.wait_for(coalescer.release(release("c")), timeout=1.0)
