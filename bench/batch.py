@@ -128,7 +128,7 @@ class CpuMeter:
 
     def mark(self, phase: str) -> None:
         now = self._read()
-        self.phases[phase] = {name: round(now[name] - self._last[name], 1) for name in now}
+        self.phases[phase] = {name: round(max(0.0, now[name] - self._last[name]), 1) for name in now}
         self._last = now
 
 
@@ -601,12 +601,13 @@ def report_throughput(results: dict[str, Any]) -> None:
         ratios.append(through.rows_per_s / around)
         print(f"queue run {index + 1}: {through.rows_per_s:.2f} rows/s, {ratios[-1]:.1%} of offline")
     print(f"mean: {sum(ratios) / len(ratios):.1%} of offline over {len(ratios)} runs")
-    print(
-        markdown_table(
-            ["phase", *next(iter(results["cpu"].values()))],
-            [[phase, *used.values()] for phase, used in results["cpu"].items()],
-        )
-    )
+    print(cpu_table(results["cpu"]))
+
+
+def cpu_table(phases: dict[str, dict[str, float]]) -> str:
+    """CPU seconds per phase (rows) and process group (columns)."""
+    rows = [[phase, *used.values()] for phase, used in phases.items()]
+    return markdown_table(["phase", *next(iter(phases.values()))], rows)
 
 
 def report(args: argparse.Namespace, batch: dict[str, Any], results: dict[str, Any], rss: dict[str, float]) -> None:
@@ -723,10 +724,7 @@ def report(args: argparse.Namespace, batch: dict[str, Any], results: dict[str, A
             "",
             "CPU seconds per phase (2 cores: at most 2 s per second of wall time):",
             "",
-            markdown_table(
-                ["phase", *next(iter(results["cpu"].values()))],
-                [[phase, *used.values()] for phase, used in results["cpu"].items()],
-            ),
+            cpu_table(results["cpu"]),
             "",
             markdown_table(["service", "RSS MiB"], [[name, mib] for name, mib in rss.items()]),
             "",

@@ -4,9 +4,10 @@ Every batch row runs under a lease of its own, and a unary gRPC call
 costs a few hundred microseconds of CPU on each side whatever it carries:
 with one Place per row, asking for leases was a good part of what the
 scheduler and the consumer did per row, CPU that a CPU engine on the same
-cores does not get. So the rows that ask within a couple of milliseconds
-of each other (rows end together, in one engine step) go in one PlaceMany
-call. Every place in it waits in the scheduler's queue as a Place would,
+cores does not get. So the rows that ask within a window of each other
+(the caller's: a batch consumer's grows with the rows it holds leases
+for, services/worker/consumer/call_window.py) go in one PlaceMany call.
+Every place in it waits in the scheduler's queue as a Place would,
 weighed against online work and other tenants' rows by the same fair
 queue, and its lease comes back on the call's stream as soon as it is
 granted (the places one scheduling step grants come in one message).
@@ -147,7 +148,7 @@ class PlaceCoalescer:
         if not live:
             return
         if not self._many_supported[index]:
-            await asyncio.gather(*(self._place_one(index, ask) for ask in live))
+            await asyncio.gather(*(self._place_one(ask) for ask in live))
             return
         self.many_calls += 1
         self.places_sent += len(live)
@@ -170,9 +171,23 @@ class PlaceCoalescer:
             for ask in live:
                 ask.future.cancel()
             raise
-        # A stream that ended with places undecided is not this protocol's:
-        # they go again.
-        self._again([ask for i, ask in enumerate(live) if i not in decided])
+        except Exception as exc:
+            # Never leave a row waiting on a call that is over.
+            log.exception("scheduler %s: PlaceMany failed", self._target(index))
+            call.cancel()
+            self._refuse_all(live, PlaceRefused(grpc.StatusCode.INTERNAL, f"PlaceMany failed: {exc!r}"))
+            return
+        # Every place has its outcome when the stream ends; one that has none
+        # is the scheduler's fault: refused (its row asks again after a
+        # pause), not sent again at once.
+        self._refuse_all(
+            live, PlaceRefused(grpc.StatusCode.INTERNAL, "the scheduler ended PlaceMany before deciding this place")
+        )
+
+    @staticmethod
+    def _refuse_all(asks: list[_Ask], refusal: PlaceRefused) -> None:
+        for ask in asks:
+            _refuse(ask, refusal)
 
     def _decide(self, index: int, ask: _Ask, outcome: scheduler_pb2.PlaceOutcome) -> None:
         if outcome.HasField("placed"):
@@ -198,19 +213,17 @@ class PlaceCoalescer:
                 )
                 self._again(undecided)
                 return
-        refusal = PlaceRefused(code, exc.details() or code.name.lower(), from_rpc_error(exc).retry_after_s)
-        for ask in undecided:
-            _refuse(ask, refusal)
+        self._refuse_all(undecided, _refusal(exc))
 
-    async def _place_one(self, index: int, ask: _Ask) -> None:
+    async def _place_one(self, ask: _Ask) -> None:
+        """One Place (a replica without PlaceMany), with the replicas' own
+        failover; the lease is remembered where it came from."""
         self.single_calls += 1
         try:
-            response = await self._replicas.place_at(index, ask.request, timeout=self._call_timeout_s)
+            response = await self._replicas.place(ask.request, options=lambda: {"timeout": self._call_timeout_s})
         except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            _refuse(ask, PlaceRefused(code, exc.details() or code.name.lower(), from_rpc_error(exc).retry_after_s))
+            _refuse(ask, _refusal(exc))
             return
-        self._replicas.remember(response.lease.lease_id, index)
         self._settle(ask, response)
 
     def _settle(self, ask: _Ask, placed: scheduler_pb2.PlaceResponse) -> None:
@@ -246,6 +259,11 @@ class PlaceCoalescer:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._calls, return_exceptions=True)
+
+
+def _refusal(exc: grpc.aio.AioRpcError) -> PlaceRefused:
+    code = exc.code()
+    return PlaceRefused(code, exc.details() or code.name.lower(), from_rpc_error(exc).retry_after_s)
 
 
 def _refuse(ask: _Ask, refusal: PlaceRefused) -> None:

@@ -62,30 +62,30 @@ class ReleaseCoalescer:
         """Give the lease back; the scheduler's answer. Raises the call's
         AioRpcError if it failed (the lease then expires on its own)."""
         if self._busy and self._many_supported:
-            future: asyncio.Future[scheduler_pb2.ReleaseResponse] = asyncio.get_running_loop().create_future()
-            # Read its outcome even if the caller stopped waiting (no
-            # "exception never retrieved" noise).
-            future.add_done_callback(_consume)
-            self._waiting.append((request, future))
-            # Shielded: a caller that stops waiting does not take its
-            # release out of the batch it joined.
-            return await asyncio.shield(future)
+            return await self._join_next_call(request)
         if not self._many_supported:
             # Nothing to group: each its own call, now.
             return await self._release_one(request, **options)
         self._busy = True
         window_s = self.window_s() if self.window_s is not None else 0.0
         if window_s > 0:
-            # Its own call after the window, with whatever came meanwhile.
-            future = asyncio.get_running_loop().create_future()
-            future.add_done_callback(_consume)
-            self._waiting.append((request, future))
+            # The next call goes after the window, with whatever came meanwhile.
             self._window_timer = asyncio.get_running_loop().call_later(window_s, self._hand_over)
-            return await asyncio.shield(future)
+            return await self._join_next_call(request)
         try:
             return await self._release_one(request, **options)
         finally:
             self._hand_over()
+
+    async def _join_next_call(self, request: scheduler_pb2.ReleaseRequest) -> scheduler_pb2.ReleaseResponse:
+        future: asyncio.Future[scheduler_pb2.ReleaseResponse] = asyncio.get_running_loop().create_future()
+        # Read its outcome even if the caller stopped waiting (no
+        # "exception never retrieved" noise).
+        future.add_done_callback(_consume)
+        self._waiting.append((request, future))
+        # Shielded: a caller that stops waiting does not take its release
+        # out of the batch it joined.
+        return await asyncio.shield(future)
 
     async def _release_one(
         self, request: scheduler_pb2.ReleaseRequest, **options: Any

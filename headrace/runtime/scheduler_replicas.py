@@ -99,16 +99,9 @@ class SchedulerReplicas:
                     self.targets[order[attempt + 1]],
                 )
                 continue
-            self._remember(response.lease.lease_id, index)
+            self.remember(response.lease.lease_id, index)
             return response
         raise AssertionError("unreachable: the last attempt raises or returns")
-
-    async def place_at(
-        self, index: int, request: scheduler_pb2.PlaceRequest, **options: Any
-    ) -> scheduler_pb2.PlaceResponse:
-        """Place on one replica (no failover; the caller remembers the lease)."""
-        response: scheduler_pb2.PlaceResponse = await self._stubs[index].Place(request, **options)
-        return response
 
     def place_many_at(
         self, index: int, request: scheduler_pb2.PlaceManyRequest, **options: Any
@@ -123,9 +116,6 @@ class SchedulerReplicas:
     def remember(self, lease_id: str, index: int) -> None:
         """Lease `lease_id` came from replica `index`: its renewals and
         release go there."""
-        self._remember(lease_id, index)
-
-    def _remember(self, lease_id: str, index: int) -> None:
         if len(self._owners) >= MAX_TRACKED_LEASES:
             self._owners.pop(next(iter(self._owners)))
         self._owners[lease_id] = index

@@ -235,6 +235,33 @@ async def test_no_lease_and_no_tokens_without_the_routers_identity(mesh: InProce
         )
         for request in (online_on_a_worker, batch_anywhere):
             await refused(stub.Place(request, timeout=5), grpc.StatusCode.PERMISSION_DENIED)
+        # Nor through PlaceMany, which takes batch rows on a worker only.
+        await refused(
+            _drain(stub.PlaceMany(scheduler_pb2.PlaceManyRequest(places=[online_on_a_worker]), timeout=5)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+    # PlaceMany is the consumer's alone: no other credential of ours, and
+    # nobody without one, gets a batch row's lease through it.
+    batch_row = scheduler_pb2.PlaceManyRequest(
+        places=[
+            scheduler_pb2.PlaceRequest(
+                request_id="attack",
+                model_version="smollm2@1",
+                tenant="acme",
+                priority=generation_pb2.PRIORITY_BATCH,
+                worker_id="smollm2-0",
+            )
+        ]
+    )
+    for dial in attackers(mesh, foreign_certs).values():
+        async with dial(mesh.scheduler_address, Role.SCHEDULER) as channel:
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            await refused(_drain(stub.PlaceMany(batch_row, timeout=5)), *HANDSHAKE_REFUSED)
+    for role in (Role.ROUTER, Role.WORKER, Role.ADMIN, Role.CACHE):
+        async with stolen(mesh, role, mesh.scheduler_address, Role.SCHEDULER) as channel:
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            await refused(_drain(stub.PlaceMany(batch_row, timeout=5)), grpc.StatusCode.PERMISSION_DENIED)
+    assert len(mesh.dispatcher.leases) == 0
     for role in (Role.WORKER, Role.ADMIN):
         async with stolen(mesh, role, worker, Role.WORKER) as channel:
             worker_stub = worker_pb2_grpc.WorkerStub(channel)

@@ -96,15 +96,21 @@ class RowLeases:
         self._scheduler = scheduler
         # Lease calls wait for other rows to share them, the longer the more
         # rows hold leases (call_window.py).
-        self.call_window = CallWindow(call_window_s, held=lambda: self.held, max_rows=max_inflight)
-        self._places = PlaceCoalescer(scheduler, gather_s=self.call_window)
-        scheduler.set_release_window(self.call_window)
+        self._max_inflight = max_inflight
+        call_window = self.scaled_window(call_window_s)
+        self._places = PlaceCoalescer(scheduler, gather_s=call_window)
+        scheduler.set_release_window(call_window)
         self._worker_id = worker_id
         self._asking = asyncio.Semaphore(max_inflight)
         self._renew_margin_s = renew_margin_s
         self._down_after_s = down_after_s
         # Rows holding a lease now (for tests and metrics).
         self.held = 0
+
+    def scaled_window(self, window_s: float) -> CallWindow:
+        """`window_s` when every row that may hold a lease holds one, less in
+        proportion with fewer (call_window.py)."""
+        return CallWindow(window_s, held=lambda: self.held, max_rows=self._max_inflight)
 
     @classmethod
     def open(

@@ -24,7 +24,6 @@ from headrace.runtime.service_certs import Role
 from headrace.runtime.service_identity import service_identity
 from headrace.runtime.telemetry import build_tracer_provider
 from services.worker.consumer.attempt_errors import ChunkTimedOut
-from services.worker.consumer.call_window import CallWindow
 from services.worker.consumer.chunk_runner import ChunkRunner
 from services.worker.consumer.loop_thread import LoopThread
 from services.worker.consumer.row_leases import RowLeases
@@ -104,11 +103,7 @@ class BatchConsumer:
             rows_per_call=batch.rows_per_worker_call,
             call_timeout_s=batch.row_timeout_s,
             # Like the lease calls': the longer the more rows hold leases.
-            call_window_s=CallWindow(
-                batch.worker_call_window_ms / 1000.0,
-                held=lambda: self._leases.held,
-                max_rows=batch.max_inflight_rows,
-            ),
+            call_window_s=self._leases.scaled_window(batch.worker_call_window_ms / 1000.0),
             identity=identity,
         )
         self.runner = ChunkRunner(

@@ -158,7 +158,7 @@ async def test_a_caller_that_leaves_takes_its_places_out_of_the_queue(mesh: Mesh
                     request_id="x", model_version="no-version", worker_id=WORKER, priority=generation_pb2.PRIORITY_BATCH
                 )
             ],
-            "",
+            "model_version: required",
         ),
     ],
 )

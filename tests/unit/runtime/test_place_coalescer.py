@@ -60,8 +60,8 @@ class FakeReplicas:
         self.many.append((index, [p.request_id for p in request.places]))
         return FakeStream(self.script(index, request))
 
-    async def place_at(self, index: int, request: scheduler_pb2.PlaceRequest, **options: Any) -> Any:
-        self.single.append((index, request.request_id))
+    async def place(self, request: scheduler_pb2.PlaceRequest, *, options: Callable[[], dict[str, Any]]) -> Any:
+        self.single.append((0, request.request_id))
         return scheduler_pb2.PlaceResponse(lease=scheduler_pb2.Lease(lease_id=f"lease-{request.request_id}"))
 
     def remember(self, lease_id: str, index: int) -> None:
@@ -219,3 +219,30 @@ async def test_rows_that_ask_within_the_window_share_a_call(gather_s: float, cal
     await asyncio.gather(*asks)
     assert len(replicas.many) == calls
     assert [name for _, names in replicas.many for name in names] == ["row-0", "row-1", "row-2"]
+
+
+async def test_a_call_that_breaks_unexpectedly_leaves_no_row_waiting() -> None:
+    async def script(index: int, request: scheduler_pb2.PlaceManyRequest) -> AsyncIterator[Any]:
+        yield scheduler_pb2.PlaceManyResponse(outcomes=[placed(0, "L0")])
+        raise ValueError("a bug in the stream")
+
+    places = coalescer(FakeReplicas(script))
+    results = await asyncio.wait_for(
+        asyncio.gather(*(places.place(row(n)) for n in range(2)), return_exceptions=True), timeout=1.0
+    )
+    assert isinstance(results[0], scheduler_pb2.PlaceResponse)
+    assert isinstance(results[1], PlaceRefused) and results[1].code == grpc.StatusCode.INTERNAL
+
+
+async def test_a_stream_that_ends_with_places_undecided_refuses_them_instead_of_asking_again_at_once() -> None:
+    async def script(index: int, request: scheduler_pb2.PlaceManyRequest) -> AsyncIterator[Any]:
+        yield scheduler_pb2.PlaceManyResponse(outcomes=[placed(1, "L1")])
+
+    replicas = FakeReplicas(script)
+    places = coalescer(replicas)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(places.place(row(n)) for n in range(2)), return_exceptions=True), timeout=1.0
+    )
+    assert isinstance(results[0], PlaceRefused) and results[0].code == grpc.StatusCode.INTERNAL
+    assert isinstance(results[1], scheduler_pb2.PlaceResponse)
+    assert len(replicas.many) == 1
