@@ -229,7 +229,7 @@ class LocalMesh:
         args = ["--pool", pool, "--index", str(index), "--worker", worker_address]
         offset = self._settings.worker.metrics_port_offset
         if offset is not None:
-            # Next to its worker's metrics port (50061 -> 60061 -> 61061).
+            # Next to its worker's metrics port (50061 -> 61061 -> 62061).
             args += ["--metrics-port", str(int(worker_address.rsplit(":", 1)[1]) + offset + 1000)]
         return ServiceProcess(
             name,

@@ -183,7 +183,9 @@ class RateLimitSettings(_Section):
 class CacheSettings(_Section):
     host: str = LOOPBACK
     port: int = Field(default=50052, ge=0, le=65535)
-    metrics_port: int | None = 60052
+    # 61052: metrics ports sit above Linux's ephemeral range (32768-60999),
+    # where a client connection's local port could take one before it binds.
+    metrics_port: int | None = 61052
     enabled: bool = True
     default_ttl_s: int = Field(default=3600, ge=1)
     max_ttl_s: int = Field(default=7 * 86400, ge=1)
@@ -313,7 +315,7 @@ class PoolSchedulingSettings(_Section):
 class SchedulerSettings(_Section):
     host: str = LOOPBACK
     port: int = Field(default=50053, ge=0, le=65535)
-    metrics_port: int | None = 60053
+    metrics_port: int | None = 61053  # above the ephemeral range, as cache's
     # A worker whose last load report is older than this gets no work and
     # is dropped.
     worker_stale_after_s: float = Field(default=3.0, gt=0)
@@ -367,8 +369,9 @@ class WorkerSettings(_Section):
     advertise_host: str | None = None
     # Workers take ports from here up, in pool order.
     base_port: int = Field(default=50061, ge=1, le=65535)
-    # A worker serves /metrics on its gRPC port + this (50061 -> 60061); None: off.
-    metrics_port_offset: int | None = 10000
+    # A worker serves /metrics on its gRPC port + this (50061 -> 61061, above
+    # Linux's ephemeral range 32768-60999, like every metrics port); None: off.
+    metrics_port_offset: int | None = 11000
     # Seconds a stopping worker waits for running requests.
     drain_timeout_s: float = Field(default=10.0, ge=0)
 

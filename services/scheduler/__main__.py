@@ -67,8 +67,8 @@ async def main(settings: Settings, replica: int = 0) -> None:
     port = replica_port(settings, replica)
     metrics_port = settings.scheduler.metrics_port
     # The metrics port moves with the gRPC port: replicas on one host (headrace
-    # up: 50053, 50054, ...) get 60053, 60054, ...; replicas on hosts of their
-    # own (Kubernetes: every pod on 50053) all serve 60053.
+    # up: 50053, 50054, ...) get 61053, 61054, ...; replicas on hosts of their
+    # own (Kubernetes: every pod on 50053) all serve 61053.
     shift = port - settings.scheduler.port
     start_metrics_server(settings.scheduler.host, None if metrics_port is None else metrics_port + shift)
     replicas: ReplicaSet | None = None
