@@ -15,7 +15,6 @@ def test_the_gateway_is_on_by_default_on_loopback_and_owns_the_router_metrics() 
     assert Settings(router={"metrics_port": 60051}).router.metrics_port == 60051
 
 
-
 def test_default_metrics_ports_lie_above_the_kernels_ephemeral_range() -> None:
     # A port in Linux's default ephemeral range (32768-60999) can be the local
     # port of a client connection when its server starts, which then fails
@@ -26,6 +25,7 @@ def test_default_metrics_ports_lie_above_the_kernels_ephemeral_range() -> None:
     worker_metrics = settings.worker.base_port + offset
     ports = [settings.cache.metrics_port, settings.scheduler.metrics_port, worker_metrics, worker_metrics + 1000]
     assert all(port is not None and 60999 < port < 65536 for port in ports), ports
+
 
 def test_open_dev_mode_keeps_the_http_gateway_on_loopback_too() -> None:
     # The gateway binds router.host: the loopback rule covers HTTP as well.
