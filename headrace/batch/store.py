@@ -40,6 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from headrace.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from headrace.runtime.redis_pool import pooled_redis
 from headrace.v1 import batch_pb2
 
 TERMINAL_STATUSES = frozenset({"failed", "completed", "expired", "cancelled"})
@@ -51,8 +52,12 @@ def open_redis(url: str) -> aioredis.Redis:
     backoff for about half a minute before an error surfaces. Every write
     the batch code makes is idempotent, so a retried one does no harm. For
     work nobody waits on (the consumers); callers get open_redis_for_requests."""
-    return aioredis.Redis.from_url(
+    return pooled_redis(
         url,
+        # Rows of every chunk a consumer runs share these; one past them
+        # waits for a free one (redis_pool.py).
+        max_connections=32,
+        wait_s=30.0,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=40),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         socket_connect_timeout=2.0,
@@ -67,8 +72,10 @@ def open_redis_for_requests(url: str, *, timeout_s: float) -> aioredis.Redis:
     `store_unavailable` turns into a 503 the caller may retry. One quick
     retry on a refused or reset connection: a pooled connection that a
     Redis restart closed is replaced without the caller seeing it."""
-    return aioredis.Redis.from_url(
+    return pooled_redis(
         url,
+        max_connections=64,
+        wait_s=timeout_s,
         # Only connection errors: a read that timed out is not retried
         # (Retry's default would, doubling the wait on a frozen Redis).
         retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),

@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from headrace.runtime.aio import run
 from headrace.runtime.config import Settings, load_settings
+from headrace.runtime.redis_pool import pooled_redis
 from headrace.runtime.server import GrpcServiceHost, ServiceRegistration, serve
 from headrace.runtime.service_certs import Role
 from headrace.runtime.service_identity import service_identity
@@ -109,7 +110,8 @@ def build_cache(
 
 async def main(settings: Settings) -> None:
     start_metrics_server(settings.cache.host, settings.cache.metrics_port)
-    client = redis.Redis.from_url(settings.redis_url)
+    # Lookups under a burst share these; one past them waits (redis_pool.py).
+    client = pooled_redis(settings.redis_url, max_connections=64, wait_s=2.0)
     await client.ping()
     # Off the event loop: loading the model takes seconds.
     config = settings.cache.semantic

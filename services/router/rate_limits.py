@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from headrace.runtime.config import RateLimitSettings
 from headrace.runtime.errors import RateLimited
+from headrace.runtime.redis_pool import pooled_redis
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,9 @@ class Reservation:
 
 def connect_limiter_redis(url: str, *, timeout_s: float = REDIS_TIMEOUT_S) -> aioredis.Redis:
     """A Redis client whose calls give up after timeout_s (then the limiter admits)."""
-    return aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return pooled_redis(
+        url, max_connections=64, wait_s=timeout_s, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    )
 
 
 class TenantRateLimiter:

@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from headrace.runtime.aio import run
 from headrace.runtime.config import Settings, load_settings
+from headrace.runtime.redis_pool import pooled_redis
 from headrace.runtime.server import GrpcServiceHost, ServiceRegistration, serve
 from headrace.runtime.service_certs import Role
 from headrace.runtime.service_identity import service_identity
@@ -76,8 +77,12 @@ async def main(settings: Settings, replica: int = 0) -> None:
     dispatcher: Dispatcher | None = None
     if len(targets) > 1:
         # Several replicas: this one leases only its share of each worker.
-        redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=settings.scheduler.replica_ttl_s, socket_connect_timeout=1.0
+        redis = pooled_redis(
+            settings.redis_url,
+            max_connections=8,
+            wait_s=settings.scheduler.replica_ttl_s,
+            socket_timeout=settings.scheduler.replica_ttl_s,
+            socket_connect_timeout=1.0,
         )
         replicas = ReplicaSet(
             redis,

@@ -28,6 +28,7 @@ from headrace.models.registry import ModelRegistry, Resolution
 from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import Internal
+from headrace.runtime.redis_pool import pooled_redis
 from headrace.v1 import generation_pb2
 from services.router.routing import metrics
 from services.router.routing.arm_stats import ArmStatsStore
@@ -48,8 +49,14 @@ def routing_redis(url: str) -> aioredis.Redis:
     """The routing layer's Redis client: short timeouts and no retries, so a
     canary whose state cannot be read routes to stable at once (and asks
     again a second later) instead of holding requests up."""
-    return aioredis.Redis.from_url(
-        url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0), retry_on_timeout=False
+    return pooled_redis(
+        url,
+        max_connections=32,
+        wait_s=0.5,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
     )
 
 
