@@ -2,7 +2,10 @@
 
 AsyncLLM spawns its engine core (and, on a CPU, a worker) as processes, so
 whatever runs this engine must guard its entry point. Requests stream with
-RequestOutputKind.DELTA: each output carries the tokens new since the last.
+RequestOutputKind.DELTA: each output carries the tokens new since the last;
+a batch row, which only its whole answer is wanted of, asks FINAL_ONLY (one
+output at its end: no per-token RequestOutput, queue hop and wakeup in this
+process, whose CPU the engine core shares on a CPU host).
 
 Load for the scheduler comes from the engine core itself: vLLM hands the
 SchedulerStats of every step (running, waiting, KV-cache use) to stat
@@ -40,6 +43,7 @@ from services.worker.engines.base import (
     EngineStats,
     FinishReason,
     GenerationRequest,
+    Priority,
     Sampling,
 )
 from services.worker.engines.throughput import ThroughputMeter
@@ -181,6 +185,9 @@ class VllmEngine:
             max_model_len=self._max_model_len,
             default_max_tokens=self._settings.default_max_tokens,
             model_defaults=self._default_sampling,
+            # Only batch rows: a unary online answer is whole too, but its
+            # deltas give the router the time to first token.
+            final_only=request.whole_answer and request.priority == Priority.BATCH,
         )
         priority = int(request.priority) if self._settings.scheduling_policy == "priority" else 0
         stream = llm.generate(engine_input, params, request.request_id, priority=priority)
@@ -337,8 +344,10 @@ def sampling_params(
     max_model_len: int,
     default_max_tokens: int,
     model_defaults: dict[str, Any] | None = None,
+    final_only: bool = False,
 ) -> SamplingParams:
-    """Our Sampling -> vLLM's SamplingParams (streaming deltas). Unset fields
+    """Our Sampling -> vLLM's SamplingParams (streaming deltas; final_only:
+    one output, the whole answer, when the sequence ends). Unset fields
     take the model's defaults (its generation_config.json), then vLLM's; a
     request without max_tokens gets default_max_tokens, cut to the context
     left after the prompt."""
@@ -374,7 +383,8 @@ def sampling_params(
         values["stop"] = list(sampling.stop)
     values["ignore_eos"] = sampling.ignore_eos
     try:
-        return SamplingParams(output_kind=RequestOutputKind.DELTA, **values)
+        kind = RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA
+        return SamplingParams(output_kind=kind, **values)
     except (VLLMClientError, ValueError) as exc:
         # SamplingParams checks ranges (temperature < 0, top_p > 1, ...).
         raise InvalidArgument(f"sampling: {exc}") from exc

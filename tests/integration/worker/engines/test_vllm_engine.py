@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,38 @@ async def test_abort_by_id_ends_the_stream_with_abort(vllm_engine: VllmEngine) -
     await until(lambda: vllm_engine.stats().running == 0, 1.0)
     assert await vllm_engine.abort(req.request_id) is False
     assert await vllm_engine.abort("never-seen") is False
+
+
+async def test_a_batch_row_wanting_its_whole_answer_gets_one_output(vllm_engine: VllmEngine) -> None:
+    # FINAL_ONLY: no per-token outputs for a row nobody streams.
+    row = replace(request(max_tokens=12, ignore_eos=True, priority=Priority.BATCH), whole_answer=True)
+    deltas = await collect(vllm_engine, row)
+    assert len(deltas) == 1
+    (whole,) = deltas
+    assert whole.finish_reason is FinishReason.LENGTH
+    assert len(whole.token_ids) == 12 == whole.completion_tokens
+    assert whole.text == tokenizer(vllm_engine).decode(list(whole.token_ids), skip_special_tokens=True)
+    # An online unary answer still streams: its deltas time the first token.
+    online = replace(request(max_tokens=12, ignore_eos=True), whole_answer=True)
+    assert len(await collect(vllm_engine, online)) > 1
+
+
+async def test_an_aborted_whole_answer_batch_row_ends_with_abort(vllm_engine: VllmEngine) -> None:
+    # How a preempted batch row ends: the worker needs its ABORT to retry it.
+    row = replace(request(max_tokens=1500, ignore_eos=True, priority=Priority.BATCH), whole_answer=True)
+    deltas: list[Delta] = []
+
+    async def consume() -> None:
+        async for delta in vllm_engine.generate(row):
+            deltas.append(delta)
+
+    task = asyncio.create_task(consume())
+    await until(lambda: vllm_engine.stats().running >= 1, 5.0)
+    await asyncio.sleep(0.3)
+    assert await vllm_engine.abort(row.request_id) is True
+    await asyncio.wait_for(task, 2.0)
+    assert len(deltas) == 1 and deltas[0].finish_reason is FinishReason.ABORT
+    await until(lambda: vllm_engine.stats().running == 0, 1.0)
 
 
 async def test_chat_messages_go_through_the_chat_template(vllm_engine: VllmEngine) -> None:
