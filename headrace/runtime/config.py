@@ -312,6 +312,16 @@ class PoolSchedulingSettings(_Section):
         return self
 
 
+def embedded_pool_scheduling() -> PoolSchedulingSettings:
+    """Scheduling of the embedded default's generation pool (smollm2, vLLM on
+    this host's CPU: _default_pools), unless scheduler.pools sets its own.
+    On a CPU every batch sequence in an engine step slows the online ones in
+    it: with the field defaults (batch keeps half the slots, nothing
+    preempted) an online request arriving while a job ran had 15x its TTFT
+    p99 alone in bench-batch, about 2x with these (docs/batch.md)."""
+    return PoolSchedulingSettings(online_preempts_batch=True, batch_share_while_online=0.0625)
+
+
 class SchedulerSettings(_Section):
     host: str = LOOPBACK
     port: int = Field(default=50053, ge=0, le=65535)
@@ -322,7 +332,8 @@ class SchedulerSettings(_Section):
     report_interval_ms: int = Field(default=500, ge=50)
     # A lease not renewed or released within this expires.
     lease_ttl_s: float = Field(default=30.0, gt=0)
-    # Admission and placement per pool; pools not listed get the defaults.
+    # Admission and placement per pool; pools not listed get the defaults
+    # (the embedded default's CPU pool its own: embedded_pool_scheduling).
     pools: dict[str, PoolSchedulingSettings] = Field(default_factory=dict)
     # Scheduler processes. Each admits on its own and owns 1/N of every
     # worker's slots (N: the replicas alive now, from their heartbeats in
@@ -685,6 +696,8 @@ class Settings(BaseSettings):
                         raise ValueError(
                             f"model {name}@{version}: also_pools names {extra!r}, which is not another configured pool"
                         )
+        if "pools" not in self.model_fields_set and "smollm2" in self.pools:
+            self.scheduler.pools.setdefault("smollm2", embedded_pool_scheduling())
         for pool in self.scheduler.pools:
             if pool not in self.pools:
                 raise ValueError(f"scheduler.pools names pool {pool!r}, which is not configured")

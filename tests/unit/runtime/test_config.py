@@ -117,6 +117,17 @@ def test_scheduling_is_set_per_pool_and_checked() -> None:
         Settings(scheduler={"pools": {"smollm2": {"kv_cache_soft_limit": 0.9, "kv_cache_hard_limit": 0.8}}})
 
 
+def test_the_embedded_cpu_pool_puts_online_first_unless_told_otherwise() -> None:
+    embedded = Settings().scheduler.for_pool("smollm2")
+    assert embedded.online_preempts_batch and embedded.batch_share_while_online == 0.0625
+    assert Settings().scheduler.for_pool("minilm").online_preempts_batch is False
+    # Its own scheduling section, or pools of one's own, take the field defaults.
+    told = Settings(scheduler={"pools": {"smollm2": {"policy": "prefix_affinity"}}}).scheduler.for_pool("smollm2")
+    assert not told.online_preempts_batch and told.batch_share_while_online == 0.5
+    own = Settings(pools={"smollm2": {"engine": {"kind": "synthetic"}}}).scheduler.for_pool("smollm2")
+    assert not own.online_preempts_batch
+
+
 def test_own_pools_without_models_keep_the_default_models_that_fit() -> None:
     only_generation = Settings(pools={"smollm2": {"engine": {"kind": "synthetic"}}})
     assert set(only_generation.models) == {"smollm2"}
