@@ -51,7 +51,7 @@ async def test_more_concurrent_commands_than_connections_all_succeed(redis_serve
 async def test_a_caller_past_the_pool_waits_its_bound_then_gets_a_connection_error(redis_server: RedisServer) -> None:
     client = pooled_redis(redis_server.url, max_connections=1, wait_s=0.2)
     try:
-        holder = asyncio.create_task(client.blpop(["pool-test-held"], timeout=2))
+        holder: asyncio.Future[object] = asyncio.ensure_future(client.blpop(["pool-test-held"], timeout=2))
         await asyncio.sleep(0.1)
         started = time.monotonic()
         with pytest.raises(RedisConnectionError, match="No connection available"):
