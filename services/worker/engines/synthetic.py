@@ -31,6 +31,8 @@ class SyntheticEngine:
         self._settings = settings
         self._slots = Slots(settings.max_concurrency)
         self._aborted: set[str] = set()
+        # Requests holding a place or waiting for one: abort reaches both,
+        # as vLLM's reaches waiting requests too.
         self._active: set[str] = set()
         self._random = random.Random(settings.seed)
         self._meter = ThroughputMeter()
@@ -45,9 +47,13 @@ class SyntheticEngine:
         prompt_text = request.prompt if request.prompt is not None else " ".join(t.content for t in request.messages)
         prompt_tokens = max(1, len(prompt_text.split()))
         max_tokens = request.sampling.max_tokens or settings.default_max_tokens
-        async with self._slots.at(request.priority):
-            self._active.add(request.request_id)
-            try:
+        self._active.add(request.request_id)
+        try:
+            async with self._slots.at(request.priority):
+                if request.request_id in self._aborted:
+                    # Aborted while it waited: it leaves without running.
+                    yield Delta("", (), FinishReason.ABORT, prompt_tokens, 0)
+                    return
                 await asyncio.sleep(settings.ttft_ms * settings.slowdown / 1000.0)
                 if settings.fail_rate and self._random.random() < settings.fail_rate:
                     raise Unavailable("synthetic engine: injected failure before the first token")
@@ -73,9 +79,9 @@ class SyntheticEngine:
                     if not last:
                         # Pace against the start, so sleep overshoot does not add up.
                         await asyncio.sleep(max(0.0, started + produced * per_token_s - time.monotonic()))
-            finally:
-                self._active.discard(request.request_id)
-                self._aborted.discard(request.request_id)
+        finally:
+            self._active.discard(request.request_id)
+            self._aborted.discard(request.request_id)
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         return [_hash_embedding(text, self._settings.embedding_dim) for text in texts]

@@ -77,3 +77,21 @@ async def test_embeddings_are_deterministic_unit_vectors() -> None:
     a, b, a2 = await engine.embed(["a", "b", "a"])
     assert len(a) == 16 and a == a2 and a != b
     assert abs(sum(v * v for v in a) - 1.0) < 1e-9
+
+
+async def test_abort_reaches_a_request_waiting_for_a_place() -> None:
+    # As vLLM's abort reaches its waiting queue: a batch row leased ahead
+    # and preempted before it ran leaves without running.
+    engine = SyntheticEngine(SyntheticEngineSettings(ttft_ms=0, tokens_per_s=50, max_concurrency=1))
+    first = engine.generate(req("1", max_tokens=100))
+    await anext(first)
+    second = engine.generate(req("2", max_tokens=5))
+    waiting = asyncio.ensure_future(anext(second))
+    await asyncio.sleep(0.02)
+    assert engine.stats().waiting == 1
+    assert await engine.abort("2")
+    await first.aclose()
+    aborted = await waiting
+    assert aborted.finish_reason is FinishReason.ABORT and aborted.completion_tokens == 0
+    assert [d async for d in second] == []
+    assert engine.stats().running == 0
