@@ -313,8 +313,10 @@ class PoolSchedulingSettings(_Section):
 
 
 def embedded_pool_scheduling() -> PoolSchedulingSettings:
-    """Scheduling of the embedded default's generation pool (smollm2, vLLM on
-    this host's CPU: _default_pools), unless scheduler.pools sets its own.
+    """Scheduling of the embedded default's vLLM pool (smollm2, on this
+    host's CPU: _default_pools), unless scheduler.pools sets its own; under
+    `headrace up --engine KIND` too, which swaps engines when a process
+    starts.
     On a CPU every batch sequence in an engine step slows the online ones in
     it: with the field defaults (batch keeps half the slots, nothing
     preempted) an online request arriving while a job ran had 15x its TTFT
@@ -696,8 +698,11 @@ class Settings(BaseSettings):
                         raise ValueError(
                             f"model {name}@{version}: also_pools names {extra!r}, which is not another configured pool"
                         )
-        if "pools" not in self.model_fields_set and "smollm2" in self.pools:
-            self.scheduler.pools.setdefault("smollm2", embedded_pool_scheduling())
+        if "pools" not in self.model_fields_set:
+            # The embedded pools run on this host's CPU (_default_pools).
+            for name, spec in self.pools.items():
+                if isinstance(spec.engine, VllmEngineSettings):
+                    self.scheduler.pools.setdefault(name, embedded_pool_scheduling())
         for pool in self.scheduler.pools:
             if pool not in self.pools:
                 raise ValueError(f"scheduler.pools names pool {pool!r}, which is not configured")

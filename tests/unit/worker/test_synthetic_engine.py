@@ -1,10 +1,11 @@
 import asyncio
+from collections.abc import AsyncGenerator
 
 import pytest
 
 from headrace.runtime.engine_settings import SyntheticEngineSettings
 from headrace.runtime.errors import Internal, Unavailable
-from services.worker.engines.base import Engine, FinishReason, GenerationRequest, Sampling
+from services.worker.engines.base import Delta, Engine, FinishReason, GenerationRequest, Sampling
 from services.worker.engines.synthetic import SyntheticEngine
 
 
@@ -46,14 +47,23 @@ async def test_abort_ends_the_stream_with_abort() -> None:
     assert engine.stats().running == 0
 
 
-async def test_concurrency_limit_makes_requests_wait() -> None:
+async def one_running_one_waiting(
+    max_tokens: int,
+) -> tuple[SyntheticEngine, AsyncGenerator[Delta, None], AsyncGenerator[Delta, None], asyncio.Future[Delta]]:
+    """An engine of one place: request "1" runs, "2" waits for the place
+    (its first delta is the future)."""
     engine = SyntheticEngine(SyntheticEngineSettings(ttft_ms=0, tokens_per_s=50, max_concurrency=1))
     first = engine.generate(req("1", max_tokens=100))
     await anext(first)
-    second = engine.generate(req("2", max_tokens=1))
+    second = engine.generate(req("2", max_tokens=max_tokens))
     waiting = asyncio.ensure_future(anext(second))
     await asyncio.sleep(0.02)
     assert engine.stats().waiting == 1 and not waiting.done()
+    return engine, first, second, waiting
+
+
+async def test_concurrency_limit_makes_requests_wait() -> None:
+    _engine, first, second, waiting = await one_running_one_waiting(max_tokens=1)
     await first.aclose()
     await waiting
     await second.aclose()
@@ -82,13 +92,7 @@ async def test_embeddings_are_deterministic_unit_vectors() -> None:
 async def test_abort_reaches_a_request_waiting_for_a_place() -> None:
     # As vLLM's abort reaches its waiting queue: a batch row leased ahead
     # and preempted before it ran leaves without running.
-    engine = SyntheticEngine(SyntheticEngineSettings(ttft_ms=0, tokens_per_s=50, max_concurrency=1))
-    first = engine.generate(req("1", max_tokens=100))
-    await anext(first)
-    second = engine.generate(req("2", max_tokens=5))
-    waiting = asyncio.ensure_future(anext(second))
-    await asyncio.sleep(0.02)
-    assert engine.stats().waiting == 1
+    engine, first, second, waiting = await one_running_one_waiting(max_tokens=5)
     assert await engine.abort("2")
     await first.aclose()
     aborted = await waiting
