@@ -700,8 +700,8 @@ class Settings(BaseSettings):
                         )
         if "pools" not in self.model_fields_set:
             # The embedded pools run on this host's CPU (_default_pools).
-            for name, spec in self.pools.items():
-                if isinstance(spec.engine, VllmEngineSettings):
+            for name, pool_spec in self.pools.items():
+                if isinstance(pool_spec.engine, VllmEngineSettings):
                     self.scheduler.pools.setdefault(name, embedded_pool_scheduling())
         for pool in self.scheduler.pools:
             if pool not in self.pools:
