@@ -43,7 +43,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +307,11 @@ class Arrivals:
 
     queue_s: list[float]
     sample: LatencySample
+    # (arrival index, TTFT s): which arrivals were slow.
+    by_arrival: list[tuple[int, float]] = field(default_factory=list)
+
+    def slowest(self, count: int = 3) -> list[tuple[int, float]]:
+        return sorted(self.by_arrival, key=lambda item: -item[1])[:count]
 
     def summary_ms(self) -> dict[str, float]:
         return {
@@ -337,6 +342,7 @@ async def online_arrivals(
             return
         arrivals.sample.ttft_s.append(ttft)
         arrivals.sample.total_s.append(time.perf_counter() - started)
+        arrivals.by_arrival.append((index, ttft))
 
     tasks = []
     index = 0
@@ -479,6 +485,9 @@ async def run(args: argparse.Namespace) -> None:
     if args.throughput_only:
         report_throughput(results)
         return
+    if args.arrivals_only:
+        report_arrivals(results)
+        return
     report(args, {**batch, **{f"scheduler.{k}": v for k, v in scheduling.items()}}, results, rss)
 
 
@@ -510,6 +519,8 @@ async def measure(
 
     if args.throughput_only:
         return await throughput_rounds(args, worker, router, requests, data, concurrency, cpu)
+    if args.arrivals_only:
+        return await arrival_rounds(args, router, scheduler, arrivals, cpu)
     with Occupancy(worker) as occupancy:
         first = await run_offline(worker, requests, concurrency=concurrency)
     first.mean_running = occupancy.mean_running
@@ -588,6 +599,52 @@ async def throughput_rounds(
         cpu.mark(f"queue {round_index + 1}")
         print(f"queue: {through.rows_per_s:.2f} rows/s (load {through.load_average:.1f})", flush=True)
     return {"offline_runs": offline, "queue_runs": queued}
+
+
+async def arrival_rounds(
+    args: argparse.Namespace,
+    router: router_pb2_grpc.RouterStub,
+    scheduler: scheduler_pb2_grpc.SchedulerStub,
+    arrivals: Callable[[Callable[[], bool]], Awaitable[Arrivals]],
+    cpu: CpuMeter,
+) -> dict[str, Any]:
+    """--arrivals-only: arrivals alone, then the job first and arrivals
+    while it runs, `--rounds` times; the job is --arrival-rows rows (the
+    whole --rows job at the batch's share takes minutes on vLLM)."""
+    data = input_file(args.arrival_rows, args.max_tokens, prefix="arrivals")
+    alone_runs: list[Arrivals] = []
+    during_runs: list[Arrivals] = []
+    for round_index in range(args.rounds):
+        alone_runs.append(await arrivals(deadline_after(args.online_seconds)))
+        cpu.mark(f"arrivals alone {round_index + 1}")
+        job, _done, during = await batch_then_online(
+            router, scheduler, data, gap_s=args.arrival_gap_s, max_tokens=args.max_tokens
+        )
+        during_runs.append(during)
+        cpu.mark(f"batch first, then arrivals {round_index + 1}")
+        print(f"round {round_index + 1}: the job at {job.rows_per_s:.2f} rows/s beside the arrivals", flush=True)
+    return {"arrivals_alone_runs": alone_runs, "arrivals_during_runs": during_runs}
+
+
+def report_arrivals(results: dict[str, Any]) -> None:
+    """--arrivals-only: TTFT of arrivals with the job first against alone,
+    per round, and the slowest arrivals (index in arrival order: the
+    first ones meet the job's full width)."""
+    for index, (alone, during) in enumerate(
+        zip(results["arrivals_alone_runs"], results["arrivals_during_runs"], strict=True)
+    ):
+        a, d = alone.summary_ms(), during.summary_ms()
+        print(
+            f"round {index + 1}: TTFT p50 {d['ttft_p50_ms']:.0f} vs {a['ttft_p50_ms']:.0f} ms alone, "
+            f"p99 {d['ttft_p99_ms']:.0f} vs {a['ttft_p99_ms']:.0f} ms ({d['ttft_p99_ms'] / a['ttft_p99_ms']:.2f}x), "
+            f"{d['requests']} arrivals, {d['errors']} errors; queue p99 {d['queue_p99_ms']:.2f} ms"
+        )
+        slow = ", ".join(f"#{i} {ttft * 1000:.0f} ms" for i, ttft in during.slowest(5))
+        first = ", ".join(f"{ttft * 1000:.0f}" for _i, ttft in sorted(during.by_arrival)[:6])
+        print(f"  slowest with the job: {slow}; the first six in order: {first} ms")
+        slow_alone = ", ".join(f"#{i} {ttft * 1000:.0f} ms" for i, ttft in alone.slowest(3))
+        print(f"  slowest alone: {slow_alone}")
+    print(cpu_table(results["cpu"]))
 
 
 def report_throughput(results: dict[str, Any]) -> None:
@@ -780,7 +837,13 @@ def main() -> None:
         action="store_true",
         help="only offline vs through the queue, alternating; print, do not write results",
     )
-    parser.add_argument("--rounds", type=int, default=2, help="queue runs with --throughput-only")
+    parser.add_argument(
+        "--arrivals-only",
+        action="store_true",
+        help="only arrivals alone vs with the job first, alternating; print, do not write results",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="queue runs with --throughput-only or --arrivals-only")
+    parser.add_argument("--arrival-rows", type=int, default=400, help="the job's rows with --arrivals-only")
     parser.add_argument("--arrival-gap-s", type=float, default=0.5, help="between online arrivals (batch-first case)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -14,7 +14,7 @@ import pytest
 
 from headrace.client import HeadraceClient
 from headrace.runtime.errors import NotFound
-from headrace.v1 import generation_pb2, scheduler_pb2, scheduler_pb2_grpc
+from headrace.v1 import batch_pb2, generation_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tests.support.cli import headrace, live_processes_in_groups, mesh_env
 
 pytestmark = pytest.mark.slow
@@ -99,6 +99,73 @@ def test_a_cancelled_stream_frees_the_engine_sequence(real_mesh: dict[str, str])
                 break
             assert time.monotonic() < deadline, f"the engine still runs the sequence: {workers}"
             time.sleep(0.1)
+
+
+def _chat_rows(count: int, max_tokens: int) -> bytes:
+    lines = []
+    for i in range(count):
+        body = {
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": f"Describe river number {i} in one line."}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "ignore_eos": True,
+        }
+        lines.append(
+            json.dumps({"custom_id": f"row-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+        )
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _leased(stub: scheduler_pb2_grpc.SchedulerStub) -> int:
+    status = stub.GetPoolStatus(scheduler_pb2.GetPoolStatusRequest(pool="smollm2"))
+    return status.pools[0].leased if status.pools else 0
+
+
+def test_online_work_takes_the_pool_back_from_a_batch_on_the_embedded_default(real_mesh: dict[str, str]) -> None:
+    """The embedded CPU pool's scheduling (online_preempts_batch, a batch
+    share of 1/16 while online work is around) reaches the scheduler and
+    the worker that `headrace up` starts: once online requests come, the
+    batch's leases drop from the whole pool to its share (the worker stops
+    rows beyond it), and the job still ends with every row answered once."""
+    scheduler = f"127.0.0.1:{real_mesh['HEADRACE_SCHEDULER__PORT']}"
+    with router(real_mesh) as client, grpc.insecure_channel(scheduler) as channel:
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        job = client.submit_batch(_chat_rows(400, 24))
+        deadline = time.monotonic() + 60.0
+        while _leased(stub) < 32:
+            assert time.monotonic() < deadline, "the batch never took the pool"
+            time.sleep(0.05)
+        # Online requests one after another for a few seconds; the batch's
+        # share while they are around is 64 / 16 = 4 leases (plus one online).
+        fewest = 1_000
+        online_until = time.monotonic() + 4.0
+        answered = 0
+        while time.monotonic() < online_until:
+            for _delta in client.generate_stream(
+                f"Online question {answered}: name a river.", max_tokens=8, no_cache=True, priority="interactive"
+            ):
+                fewest = min(fewest, _leased(stub))
+            answered += 1
+            fewest = min(fewest, _leased(stub))
+        assert answered >= 2
+        assert fewest <= 4 + 1, f"the batch kept {fewest} leases while online work was around"
+        deadline = time.monotonic() + 180.0
+        ended = (
+            batch_pb2.BATCH_STATUS_COMPLETED,
+            batch_pb2.BATCH_STATUS_FAILED,
+            batch_pb2.BATCH_STATUS_CANCELLED,
+            batch_pb2.BATCH_STATUS_EXPIRED,
+        )
+        while (current := client.get_batch(job.id)).status not in ended:
+            assert time.monotonic() < deadline, f"the job did not end: {current}"
+            time.sleep(0.5)
+        assert current.status == batch_pb2.BATCH_STATUS_COMPLETED, current
+        results = list(client.batch_results(job.id))
+    assert sorted(r.custom_id for r in results) == sorted(f"row-{i}" for i in range(400))
+    assert all(r.WhichOneof("outcome") == "response" for r in results), [r for r in results if r.HasField("error")][:3]
+    consumer_logs = "".join(p.read_text() for p in (Path(real_mesh["HEADRACE_STATE_DIR"]) / "logs").glob("*batch*"))
+    assert "preempted for online work" in consumer_logs
 
 
 def test_down_leaves_nothing_behind(real_mesh: dict[str, str]) -> None:
