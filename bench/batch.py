@@ -67,6 +67,7 @@ from headrace.batch.model_choice import resolve_batch_model
 from headrace.batch.queue import consumer_heartbeat_key, consumer_name
 from headrace.local.redis_server import free_port
 from headrace.runtime.config import Settings
+from headrace.runtime.gc_policy import freeze_startup_heap
 from headrace.v1 import batch_pb2, generation_pb2, router_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, worker_pb2
 from services.worker.__main__ import WorkerApp, build_worker, start_worker
 from services.worker.convert import generation_request_from_proto
@@ -82,11 +83,14 @@ WARM_ROWS = 64
 
 
 def mesh_config(
-    engine: str, batch: dict[str, Any] | None = None, scheduling: dict[str, Any] | None = None
+    engine: str,
+    batch: dict[str, Any] | None = None,
+    scheduling: dict[str, Any] | None = None,
+    engine_settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     # No worker processes: the worker runs in this process (see above).
     return {
-        "pools": {POOL: {"engine": ENGINES[engine], "workers": 0}},
+        "pools": {POOL: {"engine": {**ENGINES[engine], **(engine_settings or {})}, "workers": 0}},
         "telemetry": {"log_level": "WARNING"},
         "batch": batch or {},
         "scheduler": {"pools": {POOL: scheduling or {}}},
@@ -444,14 +448,17 @@ class Consumer:
 async def run(args: argparse.Namespace) -> None:
     batch = dict(pair.split("=", 1) for pair in args.batch)
     scheduling = dict(pair.split("=", 1) for pair in args.scheduling)
+    engine_settings = dict(pair.split("=", 1) for pair in args.engine_setting)
     data = input_file(args.rows, args.max_tokens)
-    with running_mesh(mesh_config(args.engine, batch, scheduling)) as mesh:
+    with running_mesh(mesh_config(args.engine, batch, scheduling, engine_settings)) as mesh:
         settings = mesh.settings
         worker = build_worker(
             settings, pool=POOL, index=0, port=free_port(), scheduler_targets=[mesh.scheduler_address]
         )
         print(f"starting the {worker.engine.kind} engine", flush=True)
         port = await start_worker(worker)
+        # As a worker process does once it serves (headrace/runtime/server.py).
+        freeze_startup_heap()
         consumer = Consumer(settings, f"127.0.0.1:{port}", Path(settings.state_dir) / "logs" / "consumer.log")
         try:
             await consumer.wait_ready()
@@ -488,7 +495,12 @@ async def run(args: argparse.Namespace) -> None:
     if args.arrivals_only:
         report_arrivals(results)
         return
-    report(args, {**batch, **{f"scheduler.{k}": v for k, v in scheduling.items()}}, results, rss)
+    settings_used = {
+        **batch,
+        **{f"scheduler.{k}": v for k, v in scheduling.items()},
+        **{f"engine.{k}": v for k, v in engine_settings.items()},
+    }
+    report(args, settings_used, results, rss)
 
 
 async def measure(
@@ -831,6 +843,13 @@ def main() -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a scheduler setting for the pool, e.g. online_preempts_batch=true (repeatable)",
+    )
+    parser.add_argument(
+        "--engine-setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an engine setting for the pool, e.g. max_num_batched_tokens=256 (repeatable)",
     )
     parser.add_argument(
         "--throughput-only",

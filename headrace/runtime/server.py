@@ -25,6 +25,7 @@ import headrace.v1
 from headrace.runtime.auth import Authenticator
 from headrace.runtime.channels import server_options
 from headrace.runtime.config import LimitSettings
+from headrace.runtime.gc_policy import freeze_startup_heap
 from headrace.runtime.interceptors import ServerInterceptor
 from headrace.runtime.service_identity import ServiceIdentity
 
@@ -144,6 +145,7 @@ async def serve(
     log.info("serving on port %d", port)
     if after_start is not None:
         await after_start()
+    log.info("startup heap frozen: %d objects the collector skips from now on", freeze_startup_heap())
     await stopping.wait()
     log.info("stopping: NOT_SERVING, grace %.1fs", grace_s)
     await host.set_serving(False)

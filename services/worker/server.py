@@ -20,7 +20,7 @@ from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_gr
 from services.worker import metrics
 from services.worker.convert import delta_to_proto, generation_request_from_proto, stats_to_load
 from services.worker.cost_ledger import TokenShareLedger
-from services.worker.engines.base import Engine, FinishReason, Priority
+from services.worker.engines.base import Engine, FinishReason, Priority, abort_many
 from services.worker.preemption import BatchPreemption
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         if online and self._preempt_batch:
             await self._make_room()
         elif preemptible:
+            if self._online and self._batch_rows >= self._batch_rows_kept():
+                # Online work runs here now and the batch already holds its
+                # share: a row leased before the online request came (on
+                # its way here when _make_room ran) is turned away as if
+                # preempted, so the rows in flight cannot refill the engine
+                # behind the online request.
+                self.preemption.turned_away()
+                metrics.PREEMPTIONS.inc()
+                raise Preempted("preempted: online work runs here and batch holds its share; retry this row")
             self.preemption.started(generation.request_id)
         self._online += online
         self._batch_rows += not online
@@ -241,18 +250,22 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             if not finished:
                 await self._engine.abort(request.request_id)
 
+    def _batch_rows_kept(self) -> int:
+        """Batch rows this worker keeps running while online work is here."""
+        return max(1, math.floor(self._engine.stats().capacity * self._batch_share + 1e-9))
+
     async def _make_room(self) -> None:
         """An online request arrives: bring the batch rows down to the
         pool's share of the engine, and stop one more if the engine is full
         (preemption.py)."""
         stats = self._engine.stats()
-        keep = max(1, math.floor(stats.capacity * self._batch_share + 1e-9))
+        keep = self._batch_rows_kept()
         engine_full = stats.running + stats.waiting >= stats.capacity
         victims = self.preemption.victims(max(self._batch_rows - keep, 1 if engine_full else 0))
         if victims:
             log.info("preempting %d batch rows for online work (%s ...)", len(victims), victims[0])
             metrics.PREEMPTIONS.inc(len(victims))
-            await asyncio.gather(*(self._engine.abort(victim) for victim in victims))
+            await abort_many(self._engine, victims)
 
     async def Embed(
         self, request: generation_pb2.EmbedRequest, context: grpc.aio.ServicerContext

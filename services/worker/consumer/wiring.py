@@ -19,6 +19,7 @@ from opentelemetry.trace import TracerProvider
 from headrace.batch.queue import build_celery_app, consumer_heartbeat_key, consumer_name, queue_name
 from headrace.batch.store import BatchStore, open_redis
 from headrace.runtime.config import Settings
+from headrace.runtime.gc_policy import freeze_startup_heap
 from headrace.runtime.scheduler_replicas import SchedulerReplicas
 from headrace.runtime.service_certs import Role
 from headrace.runtime.service_identity import service_identity
@@ -209,6 +210,9 @@ def _heartbeat_step(consumer: BatchConsumer) -> type[bootsteps.StartStopStep]:
         requires = ("celery.worker.consumer.tasks:Tasks",)
 
         def start(self, parent: Any) -> None:
+            # Started and consuming: what is alive now lives as long as the
+            # process (gc_policy.py).
+            freeze_startup_heap()
             consumer.start_heartbeat(parent)
 
     return Heartbeat

@@ -4,8 +4,9 @@ these and back."""
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -128,3 +129,16 @@ class Engine(Protocol):
     async def close(self) -> None:
         """Free the engine's resources (processes, memory)."""
         ...
+
+
+async def abort_many(engine: Engine, request_ids: Sequence[str]) -> None:
+    """Stop several requests at once: in one call where the engine has one
+    (vLLM: one message to its engine core, handled before its next step,
+    instead of one message and one task per request; a preemption stops
+    every batch row beyond the pool's share, up to a couple of hundred),
+    else one abort each."""
+    many: Callable[[Sequence[str]], Awaitable[object]] | None = getattr(engine, "abort_many", None)
+    if many is not None:
+        await many(request_ids)
+        return
+    await asyncio.gather(*(engine.abort(request_id) for request_id in request_ids))

@@ -278,6 +278,15 @@ class VllmEngine:
         await self._llm.abort(request_id)
         return True
 
+    async def abort_many(self, request_ids: Sequence[str]) -> int:
+        """abort() for several requests in one call to the engine core."""
+        if self._llm is None:
+            return 0
+        active = [request_id for request_id in request_ids if request_id in self._active]
+        if active:
+            await self._llm.abort(active)
+        return len(active)
+
     @property
     def running(self) -> int:
         return self._probe.running

@@ -10,7 +10,7 @@ import pytest
 
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.engine_settings import SyntheticEngineSettings
-from headrace.runtime.errors import InvalidArgument
+from headrace.runtime.errors import InvalidArgument, Preempted
 from headrace.v1 import generation_pb2, worker_pb2
 from services.worker.engines.synthetic import SyntheticEngine
 from services.worker.server import WorkerServicer
@@ -111,3 +111,41 @@ async def test_generate_batch_refuses_calls_it_cannot_answer_row_by_row() -> Non
         with pytest.raises(InvalidArgument):
             async for _ in servicer.GenerateBatch(worker_pb2.GenerateBatchRequest(rows=rows), None):  # type: ignore[arg-type]
                 pass
+
+
+async def test_a_preemptible_row_that_arrives_while_online_work_runs_is_turned_away_beyond_the_share() -> None:
+    # Rows leased before an online request came reach the worker after it
+    # made room: they must not refill the engine behind it.
+    engine = SyntheticEngine(SyntheticEngineSettings(ttft_ms=0, tokens_per_s=50, max_concurrency=4))
+    servicer = WorkerServicer(
+        engine, model_versions=["m@1"], limits=LimitSettings(), preempt_batch=True, batch_share_while_online=0.25
+    )
+
+    def batch_row(request_id: str, *, preemptible: bool) -> worker_pb2.WorkerGenerateRequest:
+        call = row(request_id, 100)
+        call.preemptible = preemptible
+        return call
+
+    kept = servicer.Generate(batch_row("kept", preemptible=True), None)  # type: ignore[arg-type]
+    await anext(kept)
+    online_call = request(generation_pb2.PRIORITY_INTERACTIVE)
+    online_call.request.sampling.max_tokens = 100
+    online = servicer.Generate(online_call, None)  # type: ignore[arg-type]
+    await anext(online)
+    # The share of 4 slots is 1 row, and "kept" holds it.
+    with pytest.raises(Preempted):
+        await anext(servicer.Generate(batch_row("late", preemptible=True), None))  # type: ignore[arg-type]
+    # A retried row (not preemptible) is never stopped twice.
+    retried = servicer.Generate(batch_row("retried", preemptible=False), None)  # type: ignore[arg-type]
+    await anext(retried)
+    assert servicer.preemption.preempted_total == 1
+    for stream in (online, retried):
+        assert isinstance(stream, AsyncGenerator)
+        await stream.aclose()
+    # No online work left: rows run again.
+    after = servicer.Generate(batch_row("after", preemptible=True), None)  # type: ignore[arg-type]
+    await anext(after)
+    for stream in (kept, after):
+        assert isinstance(stream, AsyncGenerator)
+        await stream.aclose()
+    assert engine.running == 0

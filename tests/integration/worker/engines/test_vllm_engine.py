@@ -173,6 +173,28 @@ async def test_an_aborted_whole_answer_batch_row_ends_with_abort(vllm_engine: Vl
     await until(lambda: vllm_engine.stats().running == 0, 1.0)
 
 
+async def test_abort_many_stops_the_named_rows_in_one_call(vllm_engine: VllmEngine) -> None:
+    # How a preemption stops every batch row beyond the share at once.
+    rows = [
+        replace(request(max_tokens=1500, ignore_eos=True, priority=Priority.BATCH), whole_answer=True) for _ in range(3)
+    ]
+    kept = request(max_tokens=8, ignore_eos=True)
+    ends: dict[str, FinishReason | None] = {}
+
+    async def consume(req: GenerationRequest) -> None:
+        async for delta in vllm_engine.generate(req):
+            ends[req.request_id] = delta.finish_reason
+
+    tasks = [asyncio.create_task(consume(r)) for r in rows]
+    await until(lambda: vllm_engine.stats().running >= 3, 5.0)
+    assert await vllm_engine.abort_many([r.request_id for r in rows] + ["never-seen"]) == 3
+    await asyncio.wait_for(asyncio.gather(*tasks), 2.0)
+    assert [ends[r.request_id] for r in rows] == [FinishReason.ABORT] * 3
+    await consume(kept)
+    assert ends[kept.request_id] is FinishReason.LENGTH
+    assert await vllm_engine.abort_many([r.request_id for r in rows]) == 0
+
+
 async def test_chat_messages_go_through_the_chat_template(vllm_engine: VllmEngine) -> None:
     messages = (ChatTurn("system", "You answer briefly."), ChatTurn("user", "What is two plus two?"))
     deltas = await collect(vllm_engine, request(None, messages=messages, max_tokens=24))
