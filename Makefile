@@ -192,12 +192,10 @@ ROUTING_ENGINE ?= synthetic
 bench-routing: install
 	$(PY) -m bench.routing --engine $(ROUTING_ENGINE)
 
-# A 2,000-row job through the queue vs the same rows offline on the real model;
-# BENCH_BATCH_ARGS="--engine synthetic" for the queue alone. The default:
-# vLLM with the embedded CPU pool's scheduling (config.py,
-# embedded_pool_scheduling); the benchmark's own pool takes the field
-# defaults otherwise.
-BENCH_BATCH_ARGS ?= --scheduling online_preempts_batch=true --scheduling batch_share_while_online=0.0625
+# A 2,000-row job through the queue vs the same rows offline on the real model
+# (with the embedded CPU pool's scheduling, config.embedded_pool_scheduling);
+# BENCH_BATCH_ARGS="--engine synthetic" for the queue alone.
+BENCH_BATCH_ARGS ?=
 bench-batch: install
 	$(HEADRACE) models prepare
 	$(PY) -m bench.batch $(BENCH_BATCH_ARGS)

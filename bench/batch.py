@@ -66,7 +66,7 @@ from headrace.batch.input_rows import parse_input
 from headrace.batch.model_choice import resolve_batch_model
 from headrace.batch.queue import consumer_heartbeat_key, consumer_name
 from headrace.local.redis_server import free_port
-from headrace.runtime.config import Settings
+from headrace.runtime.config import Settings, embedded_pool_scheduling
 from headrace.runtime.gc_policy import freeze_startup_heap
 from headrace.v1 import batch_pb2, generation_pb2, router_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, worker_pb2
 from services.worker.__main__ import WorkerApp, build_worker, start_worker
@@ -447,7 +447,11 @@ class Consumer:
 
 async def run(args: argparse.Namespace) -> None:
     batch = dict(pair.split("=", 1) for pair in args.batch)
-    scheduling = dict(pair.split("=", 1) for pair in args.scheduling)
+    # vLLM: the embedded default's CPU pool scheduling, as `headrace up`
+    # runs it (this benchmark names its own pool, which would otherwise take
+    # the field defaults); --scheduling overrides it.
+    embedded = embedded_pool_scheduling().model_dump(exclude_unset=True) if args.engine == "vllm" else {}
+    scheduling = {**embedded, **dict(pair.split("=", 1) for pair in args.scheduling)}
     engine_settings = dict(pair.split("=", 1) for pair in args.engine_setting)
     data = input_file(args.rows, args.max_tokens)
     with running_mesh(mesh_config(args.engine, batch, scheduling, engine_settings)) as mesh:
@@ -842,7 +846,10 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a scheduler setting for the pool, e.g. online_preempts_batch=true (repeatable)",
+        help=(
+            "a scheduler setting for the pool, e.g. online_preempts_batch=false (repeatable); vLLM starts from "
+            "the embedded CPU pool's (config.embedded_pool_scheduling), the synthetic engine from the field defaults"
+        ),
     )
     parser.add_argument(
         "--engine-setting",

@@ -18,17 +18,12 @@ from __future__ import annotations
 
 import gc
 
-_collected = False
-
 
 def freeze_startup_heap() -> int:
-    """Freeze every object alive now; call once a service has started (its
-    model loaded, its server bound). The first call in a process collects
-    first, so that startup's garbage is not frozen with it. Returns how
-    many objects are frozen."""
-    global _collected
-    if not _collected:
-        gc.collect()
-        _collected = True
+    """Freeze every object alive now; call once, when a service has started
+    (its model loaded, its server bound). It collects first, so that
+    startup's garbage is not frozen with it. Returns how many objects are
+    frozen."""
+    gc.collect()
     gc.freeze()
     return gc.get_freeze_count()

@@ -26,6 +26,8 @@ times one with a few: an online request's first token waits for them.
 
 from __future__ import annotations
 
+from services.worker import metrics
+
 
 class BatchPreemption:
     def __init__(self) -> None:
@@ -49,6 +51,7 @@ class BatchPreemption:
     def turned_away(self) -> None:
         """A preemptible row refused on arrival (counted as preempted)."""
         self.preempted_total += 1
+        metrics.PREEMPTIONS.inc()
 
     def victims(self, count: int) -> list[str]:
         """Up to `count` preemptible rows to stop now, newest first; they
@@ -60,4 +63,5 @@ class BatchPreemption:
             self._preempted.add(request_id)
             chosen.append(request_id)
         self.preempted_total += len(chosen)
+        metrics.PREEMPTIONS.inc(len(chosen))
         return chosen

@@ -139,14 +139,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         if online and self._preempt_batch:
             await self._make_room()
         elif preemptible:
-            if self._online and self._batch_rows >= self._batch_rows_kept():
+            if self._online and self._batch_rows >= self._batch_rows_kept(self._engine.stats().capacity):
                 # Online work runs here now and the batch already holds its
                 # share: a row leased before the online request came (on
                 # its way here when _make_room ran) is turned away as if
                 # preempted, so the rows in flight cannot refill the engine
                 # behind the online request.
                 self.preemption.turned_away()
-                metrics.PREEMPTIONS.inc()
                 raise Preempted("preempted: online work runs here and batch holds its share; retry this row")
             self.preemption.started(generation.request_id)
         self._online += online
@@ -250,21 +249,20 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             if not finished:
                 await self._engine.abort(request.request_id)
 
-    def _batch_rows_kept(self) -> int:
+    def _batch_rows_kept(self, capacity: int) -> int:
         """Batch rows this worker keeps running while online work is here."""
-        return max(1, math.floor(self._engine.stats().capacity * self._batch_share + 1e-9))
+        return max(1, math.floor(capacity * self._batch_share + 1e-9))
 
     async def _make_room(self) -> None:
         """An online request arrives: bring the batch rows down to the
         pool's share of the engine, and stop one more if the engine is full
         (preemption.py)."""
         stats = self._engine.stats()
-        keep = self._batch_rows_kept()
+        keep = self._batch_rows_kept(stats.capacity)
         engine_full = stats.running + stats.waiting >= stats.capacity
         victims = self.preemption.victims(max(self._batch_rows - keep, 1 if engine_full else 0))
         if victims:
             log.info("preempting %d batch rows for online work (%s ...)", len(victims), victims[0])
-            metrics.PREEMPTIONS.inc(len(victims))
             await abort_many(self._engine, victims)
 
     async def Embed(

@@ -15,6 +15,7 @@ import pytest
 from headrace.client import HeadraceClient
 from headrace.runtime.errors import NotFound
 from headrace.v1 import batch_pb2, generation_pb2, scheduler_pb2, scheduler_pb2_grpc
+from tests.support.batch import TERMINAL, chat_rows
 from tests.support.cli import headrace, live_processes_in_groups, mesh_env
 
 pytestmark = pytest.mark.slow
@@ -101,22 +102,6 @@ def test_a_cancelled_stream_frees_the_engine_sequence(real_mesh: dict[str, str])
             time.sleep(0.1)
 
 
-def _chat_rows(count: int, max_tokens: int) -> bytes:
-    lines = []
-    for i in range(count):
-        body = {
-            "model": "smollm2",
-            "messages": [{"role": "user", "content": f"Describe river number {i} in one line."}],
-            "max_tokens": max_tokens,
-            "temperature": 0,
-            "ignore_eos": True,
-        }
-        lines.append(
-            json.dumps({"custom_id": f"row-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
-        )
-    return ("\n".join(lines) + "\n").encode()
-
-
 def _leased(stub: scheduler_pb2_grpc.SchedulerStub) -> int:
     status = stub.GetPoolStatus(scheduler_pb2.GetPoolStatusRequest(pool="smollm2"))
     return status.pools[0].leased if status.pools else 0
@@ -131,7 +116,7 @@ def test_online_work_takes_the_pool_back_from_a_batch_on_the_embedded_default(re
     scheduler = f"127.0.0.1:{real_mesh['HEADRACE_SCHEDULER__PORT']}"
     with router(real_mesh) as client, grpc.insecure_channel(scheduler) as channel:
         stub = scheduler_pb2_grpc.SchedulerStub(channel)
-        job = client.submit_batch(_chat_rows(400, 24))
+        job = client.submit_batch(chat_rows(400, max_tokens=24, ignore_eos=True))
         deadline = time.monotonic() + 60.0
         while _leased(stub) < 32:
             assert time.monotonic() < deadline, "the batch never took the pool"
@@ -151,13 +136,7 @@ def test_online_work_takes_the_pool_back_from_a_batch_on_the_embedded_default(re
         assert answered >= 2
         assert fewest <= 4 + 1, f"the batch kept {fewest} leases while online work was around"
         deadline = time.monotonic() + 180.0
-        ended = (
-            batch_pb2.BATCH_STATUS_COMPLETED,
-            batch_pb2.BATCH_STATUS_FAILED,
-            batch_pb2.BATCH_STATUS_CANCELLED,
-            batch_pb2.BATCH_STATUS_EXPIRED,
-        )
-        while (current := client.get_batch(job.id)).status not in ended:
+        while (current := client.get_batch(job.id)).status not in TERMINAL:
             assert time.monotonic() < deadline, f"the job did not end: {current}"
             time.sleep(0.5)
         assert current.status == batch_pb2.BATCH_STATUS_COMPLETED, current

@@ -34,8 +34,11 @@ TERMINAL = {
 }
 
 
-def chat_rows(count: int, *, model: str = "smollm2", max_tokens: int = 4, prefix: str = "row") -> bytes:
-    """A chat-completions input file of `count` rows."""
+def chat_rows(
+    count: int, *, model: str = "smollm2", max_tokens: int = 4, prefix: str = "row", ignore_eos: bool = False
+) -> bytes:
+    """A chat-completions input file of `count` rows; `ignore_eos`: each
+    decodes all of max_tokens (rows that hold the engine for a while)."""
     return jsonl(
         {
             "custom_id": f"{prefix}-{i}",
@@ -46,6 +49,7 @@ def chat_rows(count: int, *, model: str = "smollm2", max_tokens: int = 4, prefix
                 "messages": [{"role": "user", "content": f"question {i}"}],
                 "max_tokens": max_tokens,
                 "temperature": 0,
+                "ignore_eos": ignore_eos,
             },
         }
         for i in range(count)

@@ -273,13 +273,11 @@ class VllmEngine:
         raise Unimplemented("the vllm engine serves generation; embeddings come from an `embeddings` pool")
 
     async def abort(self, request_id: str) -> bool:
-        if self._llm is None or request_id not in self._active:
-            return False
-        await self._llm.abort(request_id)
-        return True
+        return await self.abort_many([request_id]) == 1
 
     async def abort_many(self, request_ids: Sequence[str]) -> int:
-        """abort() for several requests in one call to the engine core."""
+        """Abort those of the requests that are running, in one call to the
+        engine core; returns how many were."""
         if self._llm is None:
             return 0
         active = [request_id for request_id in request_ids if request_id in self._active]
