@@ -49,15 +49,24 @@ def cli_cost(window: str, url: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# A model of this test's own: the router's counters live in this process, and
+# other tests' answers to smollm2@1 (at other prices) would share its series.
+# Prometheus' increase() extrapolates each series to the window's start, and
+# clips that at the counter's zero: series whose history started elsewhere
+# clip differently, so USD and engine seconds would drift apart.
+MODEL = "costed"
+SERIES = (f"{MODEL}@1", "default")
+
+
 async def answered(url: str, at_least: float, timeout_s: float = 30.0) -> list[CostRow]:
-    """The report once Prometheus has scraped `at_least` answers of smollm2@1 in the window."""
+    """The report once Prometheus has scraped `at_least` answers of this test's model in the window."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             rows = await asyncio.to_thread(cost_rows, url, "5m")
         except Exception:  # Prometheus still starting
             rows = []
-        row = next((r for r in rows if (r.tenant, r.model) == ("default", "smollm2@1")), None)
+        row = next((r for r in rows if (r.model, r.tenant) == SERIES), None)
         if row is not None and row.answers >= at_least:
             return rows
         if time.monotonic() > deadline:
@@ -67,11 +76,13 @@ async def answered(url: str, at_least: float, timeout_s: float = 30.0) -> list[C
 
 async def ask(mesh: InProcessMesh, count: int, start: int) -> None:
     stub = mesh.router_stub()
-    await asyncio.gather(*(stub.Generate(greedy(f"cost {start + i}", max_tokens=5)) for i in range(count)))
+    await asyncio.gather(*(stub.Generate(greedy(f"cost {start + i}", max_tokens=5, model=MODEL)) for i in range(count)))
 
 
 async def test_cost_table_for_a_window(redis_server: RedisServer, tmp_path: Path) -> None:
-    mesh = await start_mesh(mesh_settings(redis_server.url))
+    models = mesh_settings(redis_server.url).model_dump()["models"]
+    models[MODEL] = {"default_version": "1", "versions": {"1": {"pool": "smollm2"}}}
+    mesh = await start_mesh(mesh_settings(redis_server.url, models=models))
     metrics_port = free_port()
     server, _thread = start_http_server(metrics_port, addr="127.0.0.1")
     prometheus, url = start_prometheus(tmp_path, f"127.0.0.1:{metrics_port}")
@@ -88,14 +99,13 @@ async def test_cost_table_for_a_window(redis_server: RedisServer, tmp_path: Path
         prometheus.wait(timeout=30)
         server.shutdown()
         await mesh.close()
-    # This process's metrics may hold other tests' tenants too: this one's row.
-    (row,) = [r for r in rows if (r.tenant, r.model) == ("default", "smollm2@1")]
+    (row,) = [r for r in rows if (r.model, r.tenant) == SERIES]
     assert row.usd > 0 and row.completion_tokens >= 15 and row.engine_seconds > 0
     # mesh_settings' pool costs 3.6 USD an hour: a second is a tenth of a cent.
     assert row.usd == pytest.approx(row.engine_seconds * 0.001, rel=0.05)
     assert report.returncode == 0, report.stderr
     lines = report.stdout.splitlines()
-    assert any(line.startswith("default") and "smollm2@1" in line for line in lines), report.stdout
+    assert any(line.startswith("default") and f"{MODEL}@1" in line for line in lines), report.stdout
     assert lines[-1].startswith("total")
 
 
