@@ -1,6 +1,6 @@
 """The openai engine: an OpenAI-compatible upstream (an API provider, or
 another vLLM server) as a pool, over a lean client of its HTTP API
-(openai_wire.py: httpx2 and json, no per-chunk SDK models).
+(openai_wire.py: aiohttp and json, no per-chunk SDK models).
 
 Chat messages go to chat.completions, a prompt to completions, streamed
 with usage in the last chunk; a caller that wants only the whole answer
@@ -23,8 +23,6 @@ import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
-
-import httpx2
 
 from headrace.runtime.engine_settings import OpenAIEngineSettings
 from headrace.runtime.errors import (
@@ -78,14 +76,11 @@ class OpenAIEngine:
         self,
         settings: OpenAIEngineSettings,
         *,
-        http_client: httpx2.AsyncClient | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """http_client: a transport of one's own (tests pass a MockTransport);
-        clock: what health backoff is timed by."""
+        """clock: what health backoff is timed by."""
         self._settings = settings
         self._health = _UpstreamHealth(clock)
-        self._http_client = http_client
         self._client: UpstreamClient | None = None
         self._model = settings.model
         self._load = BackendLoad(settings.max_concurrency)
@@ -96,6 +91,10 @@ class OpenAIEngine:
     def model(self) -> str:
         """The upstream's model name requests go to."""
         return self._model
+
+    @property
+    def base_url(self) -> str:
+        return self._settings.base_url
 
     async def start(self) -> None:
         settings = self._settings
@@ -110,11 +109,16 @@ class OpenAIEngine:
         self._client = UpstreamClient(
             settings.base_url,
             api_key=api_key,
-            timeout=httpx2.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s),
+            connect_timeout_s=settings.connect_timeout_s,
+            request_timeout_s=settings.request_timeout_s,
             max_retries=settings.max_retries,
-            http_client=self._http_client,
         )
-        self._model = await self._pick_model()
+        try:
+            self._model = await self._pick_model()
+        except BaseException:
+            # A start that failed leaves no session open (its connections belong to this loop).
+            await self.close()
+            raise
 
     async def _pick_model(self) -> str:
         """The configured model, checked against the upstream's list where

@@ -1,18 +1,22 @@
-"""The openai engine against a fake upstream (httpx2.MockTransport under the
-real openai client): what it sends, how it reads streams, and how upstream
-errors map to Headrace errors."""
+"""The openai engine against a fake upstream (a real HTTP server on
+127.0.0.1, aiohttp's low-level one, answering as each test says): what
+the engine sends, how it reads streams, and how upstream errors map to
+Headrace errors."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-import httpx2
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import RawTestServer
 
+from headrace.local.redis_server import free_port
 from headrace.runtime.config import LimitSettings
 from headrace.runtime.engine_settings import OpenAIEngineSettings
 from headrace.runtime.errors import (
@@ -31,17 +35,17 @@ from services.worker.engines.base import ChatTurn, Delta, FinishReason, Generati
 from services.worker.engines.openai_upstream import OpenAIEngine
 from services.worker.load_reporter import LoadReporter
 
-BASE_URL = "http://upstream.test/v1"
-Handler = Callable[[httpx2.Request], httpx2.Response]
+Answer = web.StreamResponse | Awaitable[web.StreamResponse]
+Handler = Callable[[web.BaseRequest], Answer]
 
 
-def models(*names: str) -> httpx2.Response:
-    return httpx2.Response(200, json={"object": "list", "data": [{"id": n, "object": "model"} for n in names]})
+def models(*names: str) -> web.Response:
+    return web.json_response({"object": "list", "data": [{"id": n, "object": "model"} for n in names]})
 
 
-def sse(*events: dict[str, Any]) -> httpx2.Response:
+def sse(*events: dict[str, Any]) -> web.Response:
     body = "".join(f"data: {json.dumps(event)}\n\n" for event in events) + "data: [DONE]\n\n"
-    return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body.encode())
+    return web.Response(body=body.encode(), content_type="text/event-stream")
 
 
 def chat_chunk(content: str | None, finish: str | None = None) -> dict[str, Any]:
@@ -71,29 +75,62 @@ def usage_chunk(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class Seen:
+    """A request as the upstream received it."""
+
+    path: str
+    headers: Mapping[str, str]
+    content: bytes
+
+
 class FakeUpstream:
     """Serves /models, records requests, answers generation with `answer`."""
 
     def __init__(self, answer: Handler, served: tuple[str, ...] = ("m",)) -> None:
         self.answer = answer
         self.served = served
-        self.requests: list[httpx2.Request] = []
+        self.requests: list[Seen] = []
 
-    def __call__(self, request: httpx2.Request) -> httpx2.Response:
-        self.requests.append(request)
-        if request.url.path.endswith("/models"):
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.requests.append(Seen(request.path, request.headers, await request.read()))
+        if request.path.endswith("/models"):
             return models(*self.served)
-        return self.answer(request)
+        return await answered(self.answer(request))
 
     def body(self, index: int = -1) -> dict[str, Any]:
         return dict(json.loads(self.requests[index].content))
 
 
+async def answered(answer: Answer) -> web.StreamResponse:
+    return await answer if inspect.isawaitable(answer) else answer
+
+
+# Each test's upstream servers, closed after it.
+_SERVERS: list[RawTestServer] = []
+
+
+@pytest.fixture(autouse=True)
+async def close_servers() -> AsyncIterator[None]:
+    yield
+    while _SERVERS:
+        await _SERVERS.pop().close()
+
+
+async def serving(upstream: Handler) -> str:
+    """The base URL of a real server on 127.0.0.1 that answers with `upstream`."""
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        return await answered(upstream(request))
+
+    server = RawTestServer(handle)
+    await server.start_server()
+    _SERVERS.append(server)
+    return f"http://127.0.0.1:{server.port}/v1"
+
+
 async def started(upstream: Handler, **settings: Any) -> OpenAIEngine:
-    engine = OpenAIEngine(
-        OpenAIEngineSettings(base_url=BASE_URL, **settings),
-        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(upstream)),
-    )
+    engine = OpenAIEngine(OpenAIEngineSettings(base_url=await serving(upstream), **settings))
     await engine.start()
     return engine
 
@@ -119,7 +156,7 @@ async def test_chat_stream_is_read_into_deltas_with_usage() -> None:
         "", finish_reason=FinishReason.STOP, prompt_tokens=9, completion_tokens=2, cached_prompt_tokens=4
     )
     body = upstream.body()
-    assert upstream.requests[-1].url.path == "/v1/chat/completions"
+    assert upstream.requests[-1].path == "/v1/chat/completions"
     assert body["messages"] == [{"role": "user", "content": "hi"}]
     assert body["model"] == "m"
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
@@ -142,7 +179,7 @@ async def test_prompt_goes_to_completions_with_vllm_extras() -> None:
     assert [d.text for d in deltas] == [" upon", ""]
     assert (deltas[-1].finish_reason, deltas[-1].completion_tokens) == (FinishReason.LENGTH, 5)
     body = upstream.body()
-    assert upstream.requests[-1].url.path == "/v1/completions"
+    assert upstream.requests[-1].path == "/v1/completions"
     assert (body["prompt"], body["max_tokens"], body["top_k"], body["ignore_eos"]) == ("Once", 5, 3, True)
     await engine.close()
 
@@ -169,7 +206,7 @@ async def test_whole_answers_when_not_streaming() -> None:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
     }
-    upstream = FakeUpstream(lambda _: httpx2.Response(200, json=answer))
+    upstream = FakeUpstream(lambda _: web.json_response(answer))
     engine = await started(upstream, stream=False)
     deltas = await collect(engine, CHAT)
     # One piece: the text with the finish (no first token apart from the last).
@@ -178,9 +215,9 @@ async def test_whole_answers_when_not_streaming() -> None:
     await engine.close()
 
 
-def error(status: int, headers: dict[str, str] | None = None) -> Handler:
+def error(status: int, headers: dict[str, str] | None = None) -> Callable[[web.BaseRequest], web.Response]:
     body = {"error": {"message": f"upstream says {status}", "type": "x", "code": None}}
-    return lambda _: httpx2.Response(status, headers=headers or {}, json=body)
+    return lambda _: web.json_response(body, status=status, headers=headers or {})
 
 
 @pytest.mark.parametrize(
@@ -207,38 +244,36 @@ async def test_upstream_errors_map_to_headrace_errors(
     with pytest.raises(expected) as caught:
         await collect(engine, CHAT)
     assert type(caught.value) is expected
-    assert f"openai upstream {BASE_URL} (generate): HTTP {status}: upstream says {status}" in str(caught.value)
+    assert f"openai upstream {engine.base_url} (generate): HTTP {status}: upstream says {status}" in str(caught.value)
     assert caught.value.retry_after_s == retry_after
     assert engine.stats().running == 0
     await engine.close()
 
 
-@pytest.mark.parametrize(
-    ("failure", "expected", "text"),
-    [
-        (httpx2.ConnectError("connection refused"), Unavailable, "is unreachable"),
-        (httpx2.ReadTimeout("slow"), DeadlineExceeded, "timed out"),
-    ],
-)
-async def test_transport_failures_map(failure: Exception, expected: type[HeadraceError], text: str) -> None:
-    def fail(request: httpx2.Request) -> httpx2.Response:
-        raise failure
-
-    engine = await started(FakeUpstream(fail))
-    with pytest.raises(expected, match=text):
+async def test_an_upstream_gone_after_start_is_unavailable() -> None:
+    engine = await started(FakeUpstream(lambda _: sse(chat_chunk("x", "stop"))))
+    await _SERVERS.pop().close()  # connections closed, the port refuses
+    with pytest.raises(Unavailable, match="is unreachable: ClientConnectorError"):
         await collect(engine, CHAT)
     await engine.close()
 
 
-async def test_unreachable_upstream_fails_start_with_unavailable() -> None:
-    def refuse(request: httpx2.Request) -> httpx2.Response:
-        raise httpx2.ConnectError("connection refused")
+async def test_an_upstream_slower_than_the_request_timeout_is_deadline_exceeded() -> None:
+    async def slow(request: web.BaseRequest) -> web.StreamResponse:
+        await asyncio.sleep(2)
+        return sse(chat_chunk("late", "stop"))
 
-    engine = OpenAIEngine(
-        OpenAIEngineSettings(base_url=BASE_URL),
-        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(refuse)),
-    )
-    with pytest.raises(Unavailable, match=f"openai upstream {BASE_URL} \\(listing models\\) is unreachable"):
+    engine = await started(FakeUpstream(slow), request_timeout_s=0.2)
+    with pytest.raises(DeadlineExceeded, match="\\(generate\\): timed out"):
+        await collect(engine, CHAT)
+    assert engine.stats().running == 0
+    await engine.close()
+
+
+async def test_unreachable_upstream_fails_start_with_unavailable() -> None:
+    base_url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    engine = OpenAIEngine(OpenAIEngineSettings(base_url=base_url))
+    with pytest.raises(Unavailable, match=f"openai upstream {base_url} \\(listing models\\) is unreachable"):
         await engine.start()
     # A start that failed leaves the engine unhealthy (the probe is refused too).
     assert not await engine.health()
@@ -271,7 +306,7 @@ async def test_model_is_picked_or_checked_at_start() -> None:
 
 
 async def test_upstream_without_a_model_list_takes_the_configured_model() -> None:
-    def no_list(request: httpx2.Request) -> httpx2.Response:
+    def no_list(request: web.BaseRequest) -> Answer:
         return error(404)(request)
 
     engine = await started(no_list, model="given")
@@ -287,22 +322,27 @@ async def test_abort_of_an_unknown_request_is_false() -> None:
     await engine.close()
 
 
-class StallingStream(httpx2.AsyncByteStream):
-    """An SSE body that sends one chunk, then nothing until it is closed."""
+class StallingStream:
+    """An SSE answer that sends one chunk, then nothing until the client
+    closes the connection."""
 
     def __init__(self) -> None:
         self.closed = asyncio.Event()
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        yield f"data: {json.dumps(chat_chunk('Once'))}\n\n".encode()
-        await asyncio.Event().wait()
-
-    async def aclose(self) -> None:
-        self.closed.set()
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(f"data: {json.dumps(chat_chunk('Once'))}\n\n".encode())
+        try:
+            while request.transport is not None and not request.transport.is_closing():
+                await asyncio.sleep(0.01)
+        finally:
+            self.closed.set()
+        return response
 
 
 def stalling(body: StallingStream) -> Handler:
-    return lambda _: httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=body)
+    return body
 
 
 async def test_abort_while_the_upstream_is_silent_ends_the_stream_and_closes_the_response() -> None:
@@ -316,7 +356,7 @@ async def test_abort_while_the_upstream_is_silent_ends_the_stream_and_closes_the
     assert await engine.abort("r1")
     last = await asyncio.wait_for(pending, 5)
     assert last.finish_reason is FinishReason.ABORT
-    assert body.closed.is_set()
+    await asyncio.wait_for(body.closed.wait(), 5)
     with pytest.raises(StopAsyncIteration):
         await anext(stream)
     assert engine.stats().running == 0 and not await engine.abort("r1")
@@ -337,13 +377,13 @@ async def test_a_cancelled_caller_is_cancelled_not_aborted() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert body.closed.is_set()
+    await asyncio.wait_for(body.closed.wait(), 5)
     assert engine.stats().running == 0
     await engine.close()
 
 
 def model_list_calls(upstream: FakeUpstream) -> int:
-    return sum(1 for request in upstream.requests if request.url.path.endswith("/models"))
+    return sum(1 for request in upstream.requests if request.path.endswith("/models"))
 
 
 async def test_load_reports_do_not_ask_the_upstream_for_its_models() -> None:
@@ -377,18 +417,18 @@ class FakeClock:
 
 
 class FlakyUpstream:
-    """Answers everything, or (down) refuses every connection; a 400 on request."""
+    """Answers everything, or (down) 503 to everything; a 400 on request."""
 
     def __init__(self) -> None:
         self.down = False
         self.bad_request = False
         self.model_lists = 0
 
-    def __call__(self, request: httpx2.Request) -> httpx2.Response:
-        listing = request.url.path.endswith("/models")
+    def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        listing = request.path.endswith("/models")
         self.model_lists += listing
         if self.down:
-            raise httpx2.ConnectError("connection refused")
+            return error(503)(request)
         if listing:
             return models("m")
         if self.bad_request:
@@ -399,11 +439,7 @@ class FlakyUpstream:
 async def test_a_failure_makes_health_ask_the_upstream_then_back_off() -> None:
     upstream = FlakyUpstream()
     clock = FakeClock()
-    engine = OpenAIEngine(
-        OpenAIEngineSettings(base_url=BASE_URL),
-        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(upstream)),
-        clock=clock,
-    )
+    engine = OpenAIEngine(OpenAIEngineSettings(base_url=await serving(upstream)), clock=clock)
     await engine.start()
     # A client error says nothing about the upstream being down: no probe.
     upstream.bad_request = True
@@ -434,11 +470,11 @@ async def test_a_failure_makes_health_ask_the_upstream_then_back_off() -> None:
 async def test_an_upstream_without_a_model_list_recovers_from_a_failure() -> None:
     served = {"down": False}
 
-    def no_list(request: httpx2.Request) -> httpx2.Response:
+    def no_list(request: web.BaseRequest) -> web.StreamResponse:
         if served["down"]:
-            raise httpx2.ConnectError("connection refused")
-        if request.url.path.endswith("/models"):
-            return httpx2.Response(404, json={"error": {"message": "no such route"}})
+            return error(503)(request)
+        if request.path.endswith("/models"):
+            return web.json_response({"error": {"message": "no such route"}}, status=404)
         return sse(chat_chunk("Hi"), chat_chunk(None, "stop"), usage_chunk(1, 1))
 
     engine = await started(no_list, model="m")
@@ -460,7 +496,7 @@ async def test_a_whole_answer_request_is_one_unary_upstream_call() -> None:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
     }
-    upstream = FakeUpstream(lambda _: httpx2.Response(200, json=answer))
+    upstream = FakeUpstream(lambda _: web.json_response(answer))
     engine = await started(upstream)  # a streaming engine
     deltas = await collect(engine, dataclasses.replace(CHAT, whole_answer=True))
     assert [d.text for d in deltas] == ["Hi!"]
@@ -472,7 +508,7 @@ async def test_a_whole_answer_request_is_one_unary_upstream_call() -> None:
 async def test_max_retries_retries_a_5xx_before_the_response_starts() -> None:
     answers = iter([error(503, {"retry-after-ms": "10"}), error(503, {"retry-after-ms": "10"})])
 
-    def flaky(request: httpx2.Request) -> httpx2.Response:
+    def flaky(request: web.BaseRequest) -> Answer:
         respond = next(answers, None)
         return respond(request) if respond else sse(chat_chunk("ok"), chat_chunk(None, "stop"))
 
@@ -497,16 +533,19 @@ async def test_an_error_event_in_the_stream_ends_it_with_unavailable() -> None:
     await engine.close()
 
 
-class BrokenStream(httpx2.AsyncByteStream):
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        yield f"data: {json.dumps(chat_chunk('Once'))}\n\n".encode()
-        raise httpx2.ReadError("connection reset by peer")
+async def broken_stream(request: web.BaseRequest) -> web.StreamResponse:
+    """One chunk, then the connection is dropped mid-answer."""
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(f"data: {json.dumps(chat_chunk('Once'))}\n\n".encode())
+    assert request.transport is not None
+    request.transport.abort()
+    return response
 
 
 async def test_a_connection_lost_mid_stream_is_unavailable() -> None:
-    response = httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=BrokenStream())
-    engine = await started(FakeUpstream(lambda _: response))
-    with pytest.raises(Unavailable, match="is unreachable: ReadError"):
+    engine = await started(FakeUpstream(broken_stream))
+    with pytest.raises(Unavailable, match="is unreachable: ClientPayloadError"):
         await collect(engine, CHAT)
     assert engine.stats().running == 0
     await engine.close()
