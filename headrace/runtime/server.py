@@ -28,6 +28,7 @@ from headrace.runtime.config import LimitSettings
 from headrace.runtime.gc_policy import freeze_startup_heap
 from headrace.runtime.interceptors import ServerInterceptor
 from headrace.runtime.service_identity import ServiceIdentity
+from headrace.runtime.telemetry import records_spans
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class GrpcServiceHost:
         self._address = f"{host}:{port}"
         self._health = health.aio.HealthServicer()
         interceptors: list[grpc.aio.ServerInterceptor] = []
-        if tracer_provider is not None:
+        if tracer_provider is not None and records_spans(tracer_provider):
             # Outermost, so the span covers everything else.
             interceptors.append(aio_server_interceptor(tracer_provider=tracer_provider, filter_=_UNTRACED))
         interceptors.append(ServerInterceptor(authenticator=authenticator, service_identity=identity is not None))

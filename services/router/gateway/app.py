@@ -19,6 +19,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.trace import TracerProvider
 
 from headrace.runtime.auth import Authenticator
+from headrace.runtime.telemetry import records_spans
 from services.router.gateway.completions import completions_routers
 from services.router.gateway.dependencies import GatewayServices
 from services.router.gateway.embeddings import embeddings_router
@@ -38,7 +39,8 @@ def build_gateway_app(
     tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     """`tracer_provider`: trace every request (a server span that continues
-    the caller's `traceparent`, around the middleware and the route)."""
+    the caller's `traceparent`, around the middleware and the route), where
+    it records spans (records_spans)."""
     # No generated docs: bodies are parsed by hand (bounded, with OpenAI's
     # errors), so the schema FastAPI would publish would be wrong.
     app = FastAPI(title="Headrace", openapi_url=None, docs_url=None, redoc_url=None)
@@ -53,7 +55,7 @@ def build_gateway_app(
         app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(GatewayMiddleware, authenticator=authenticator, settings=services.settings.gateway)
-    if tracer_provider is not None:
+    if tracer_provider is not None and records_spans(tracer_provider):
         FastAPIInstrumentor.instrument_app(
             app,
             tracer_provider=tracer_provider,
