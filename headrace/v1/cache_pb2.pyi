@@ -208,6 +208,53 @@ class CacheStoreResponse(_message.Message):
 Global___CacheStoreResponse: _TypeAlias = CacheStoreResponse  # noqa: Y015
 
 @_typing.final
+class CacheStoreManyRequest(_message.Message):
+    """Up to 256 stores."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def stores(self) -> _containers.RepeatedCompositeFieldContainer[Global___CacheStoreRequest]: ...
+    def __init__(
+        self,
+        *,
+        stores: _abc.Iterable[Global___CacheStoreRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stores", b"stores"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheStoreManyRequest: _TypeAlias = CacheStoreManyRequest  # noqa: Y015
+
+@_typing.final
+class CacheStoreManyResponse(_message.Message):
+    """One result per store, in the request's order. A store the cache refuses
+    (an invalid tenant or version) is not stored, with its reason; the
+    others are stored all the same.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CacheStoreResponse]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___CacheStoreResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheStoreManyResponse: _TypeAlias = CacheStoreManyResponse  # noqa: Y015
+
+@_typing.final
 class InvalidateRequest(_message.Message):
     """Drop the entries matching every field set (tenant is required)."""
 

@@ -47,6 +47,11 @@ class CacheStub:
                 request_serializer=headrace_dot_v1_dot_cache__pb2.CacheStoreRequest.SerializeToString,
                 response_deserializer=headrace_dot_v1_dot_cache__pb2.CacheStoreResponse.FromString,
                 _registered_method=True)
+        self.StoreMany = channel.unary_unary(
+                '/headrace.v1.Cache/StoreMany',
+                request_serializer=headrace_dot_v1_dot_cache__pb2.CacheStoreManyRequest.SerializeToString,
+                response_deserializer=headrace_dot_v1_dot_cache__pb2.CacheStoreManyResponse.FromString,
+                _registered_method=True)
         self.Invalidate = channel.unary_unary(
                 '/headrace.v1.Cache/Invalidate',
                 request_serializer=headrace_dot_v1_dot_cache__pb2.InvalidateRequest.SerializeToString,
@@ -74,6 +79,14 @@ class CacheServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StoreMany(self, request, context):
+        """Store several answers in one call: each as Store would, results in
+        order (the router's stores that end while one is in flight go together).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Invalidate(self, request, context):
         """Drop entries by tenant, model, version, tag or id.
         """
@@ -93,6 +106,11 @@ def add_CacheServicer_to_server(servicer, server):
                     servicer.Store,
                     request_deserializer=headrace_dot_v1_dot_cache__pb2.CacheStoreRequest.FromString,
                     response_serializer=headrace_dot_v1_dot_cache__pb2.CacheStoreResponse.SerializeToString,
+            ),
+            'StoreMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.StoreMany,
+                    request_deserializer=headrace_dot_v1_dot_cache__pb2.CacheStoreManyRequest.FromString,
+                    response_serializer=headrace_dot_v1_dot_cache__pb2.CacheStoreManyResponse.SerializeToString,
             ),
             'Invalidate': grpc.unary_unary_rpc_method_handler(
                     servicer.Invalidate,
@@ -157,6 +175,33 @@ class Cache:
             '/headrace.v1.Cache/Store',
             headrace_dot_v1_dot_cache__pb2.CacheStoreRequest.SerializeToString,
             headrace_dot_v1_dot_cache__pb2.CacheStoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StoreMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headrace.v1.Cache/StoreMany',
+            headrace_dot_v1_dot_cache__pb2.CacheStoreManyRequest.SerializeToString,
+            headrace_dot_v1_dot_cache__pb2.CacheStoreManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

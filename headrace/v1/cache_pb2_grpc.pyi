@@ -40,6 +40,10 @@ class CacheStub:
     """Find a cached answer for a request."""
     Store: _grpc.UnaryUnaryMultiCallable[_cache_pb2.CacheStoreRequest, _cache_pb2.CacheStoreResponse]
     """Store an answer (the router calls it off the request's critical path)."""
+    StoreMany: _grpc.UnaryUnaryMultiCallable[_cache_pb2.CacheStoreManyRequest, _cache_pb2.CacheStoreManyResponse]
+    """Store several answers in one call: each as Store would, results in
+    order (the router's stores that end while one is in flight go together).
+    """
     Invalidate: _grpc.UnaryUnaryMultiCallable[_cache_pb2.InvalidateRequest, _cache_pb2.InvalidateResponse]
     """Drop entries by tenant, model, version, tag or id."""
 
@@ -55,6 +59,10 @@ class CacheAsyncStub(CacheStub):
     """Find a cached answer for a request."""
     Store: _aio.UnaryUnaryMultiCallable[_cache_pb2.CacheStoreRequest, _cache_pb2.CacheStoreResponse]  # type: ignore[assignment]
     """Store an answer (the router calls it off the request's critical path)."""
+    StoreMany: _aio.UnaryUnaryMultiCallable[_cache_pb2.CacheStoreManyRequest, _cache_pb2.CacheStoreManyResponse]  # type: ignore[assignment]
+    """Store several answers in one call: each as Store would, results in
+    order (the router's stores that end while one is in flight go together).
+    """
     Invalidate: _aio.UnaryUnaryMultiCallable[_cache_pb2.InvalidateRequest, _cache_pb2.InvalidateResponse]  # type: ignore[assignment]
     """Drop entries by tenant, model, version, tag or id."""
 
@@ -79,6 +87,16 @@ class CacheServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cache_pb2.CacheStoreResponse, _abc.Awaitable[_cache_pb2.CacheStoreResponse]]:
         """Store an answer (the router calls it off the request's critical path)."""
+
+    @_abc_1.abstractmethod
+    def StoreMany(
+        self,
+        request: _cache_pb2.CacheStoreManyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cache_pb2.CacheStoreManyResponse, _abc.Awaitable[_cache_pb2.CacheStoreManyResponse]]:
+        """Store several answers in one call: each as Store would, results in
+        order (the router's stores that end while one is in flight go together).
+        """
 
     @_abc_1.abstractmethod
     def Invalidate(

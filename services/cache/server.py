@@ -30,6 +30,7 @@ _OUTCOMES = {
 log = logging.getLogger(__name__)
 MAX_INVALIDATE_IDS = 1024
 MAX_INVALIDATE_TAGS = 256
+MAX_STORES_PER_CALL = 256
 
 
 def _reply(result: LookupResult) -> cache_pb2.CacheLookupResponse:
@@ -140,17 +141,40 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
     async def Store(
         self, request: cache_pb2.CacheStoreRequest, context: grpc.aio.ServicerContext
     ) -> cache_pb2.CacheStoreResponse:
+        with redis_outage_as_unavailable("Store"):
+            return await self._store(request)
+
+    async def StoreMany(
+        self, request: cache_pb2.CacheStoreManyRequest, context: grpc.aio.ServicerContext
+    ) -> cache_pb2.CacheStoreManyResponse:
+        if len(request.stores) > MAX_STORES_PER_CALL:
+            raise InvalidArgument(f"stores: at most {MAX_STORES_PER_CALL} per call, got {len(request.stores)}")
+        with redis_outage_as_unavailable("StoreMany"):
+            # Side by side, as separate Store calls would run; every one
+            # finishes before the call answers (none left writing after a failure).
+            outcomes = await asyncio.gather(*(self._store(store) for store in request.stores), return_exceptions=True)
+            results: list[cache_pb2.CacheStoreResponse] = []
+            for outcome in outcomes:
+                if isinstance(outcome, InvalidArgument):
+                    # This store only: the others are stored all the same.
+                    results.append(cache_pb2.CacheStoreResponse(stored=False, reason=f"invalid: {outcome}"))
+                elif isinstance(outcome, BaseException):
+                    raise outcome  # Redis down: UNAVAILABLE for the call; anything else is INTERNAL
+                else:
+                    results.append(outcome)
+        return cache_pb2.CacheStoreManyResponse(results=results)
+
+    async def _store(self, request: cache_pb2.CacheStoreRequest) -> cache_pb2.CacheStoreResponse:
         partition = partition_of(request.tenant, request.model_version)
         # What a hit replies with, less what each hit fills in.
         answer = cache_pb2.CacheLookupResponse(response=request.response, deltas=request.deltas)
-        with redis_outage_as_unavailable("Store"):
-            result = await self._cache.store(
-                partition,
-                request.request,
-                request.response,
-                answer=answer.SerializeToString(),
-                request_age_s=request.request_age_s,
-            )
+        result = await self._cache.store(
+            partition,
+            request.request,
+            request.response,
+            answer=answer.SerializeToString(),
+            request_age_s=request.request_age_s,
+        )
         return cache_pb2.CacheStoreResponse(
             stored=result.stored, entry_id=result.entry_id, reason=result.reason, semantic=result.semantic
         )

@@ -104,7 +104,7 @@ def build_router(
         GenerationFlow(
             routing=routing,
             workers=MeshWorkers(leasing, workers),
-            cache=CacheClient(cache, settings.cache),
+            cache=CacheClient(cache, settings.cache, max_message_bytes=settings.limits.max_message_bytes),
             background=background,
         ),
         limiter=limiter,

@@ -1,11 +1,10 @@
 """The router's side of the cache: a lookup that never fails or slows a
 request (errors and timeouts count as a bypass), and stores that run off
-the critical path."""
+the critical path (coalesced: cache_stores.py)."""
 
 from __future__ import annotations
 
 import logging
-import time
 
 import grpc.aio
 from opentelemetry import trace
@@ -17,6 +16,7 @@ from headrace.runtime.config import CacheSettings
 from headrace.runtime.log_limits import RepeatLimitedLog
 from headrace.v1 import cache_pb2, cache_pb2_grpc, generation_pb2
 from services.router import metrics
+from services.router.cache_stores import CacheStores, PendingStore
 
 log = logging.getLogger(__name__)
 # A cache that is down fails every request alike: counted in metrics,
@@ -25,10 +25,16 @@ _FAILURES = RepeatLimitedLog(log)
 
 
 class CacheClient:
-    def __init__(self, stub: cache_pb2_grpc.CacheStub | None, settings: CacheSettings) -> None:
-        # stub None: caching disabled.
+    def __init__(
+        self, stub: cache_pb2_grpc.CacheStub | None, settings: CacheSettings, *, max_message_bytes: int
+    ) -> None:
+        """stub None: caching disabled. max_message_bytes: the channel's
+        message bound (stores go together in calls below it)."""
         self._stub = stub if settings.enabled else None
         self._settings = settings
+        self._stores = (
+            None if self._stub is None else CacheStores(self._stub, max_bytes_per_call=max_message_bytes // 2)
+        )
 
     def asks(self, request: generation_pb2.GenerateRequest) -> bool:
         """Whether lookup() will ask the cache service (else it answers a
@@ -67,20 +73,11 @@ class CacheClient:
         """`deltas`: the answer as it was streamed; `started`: when the
         request arrived (time.monotonic()), so that the cache can refuse an
         answer that an invalidation overtook while it was generated."""
-        if self._stub is None or request.cache.no_store:
+        if self._stores is None or request.cache.no_store:
             return
+        pending = PendingStore(tenant, model_version, request, response, deltas or [], started)
         try:
-            await self._stub.Store(
-                cache_pb2.CacheStoreRequest(
-                    tenant=tenant,
-                    model_version=model_version,
-                    request=request,
-                    response=response,
-                    deltas=deltas,
-                    request_age_s=0.0 if started is None else time.monotonic() - started,
-                ),
-                **call_options(timeout=5.0),
-            )
+            await self._stores.store(pending)
         except grpc.aio.AioRpcError as exc:
             metrics.CACHE_ERRORS.labels(op="store", code=exc.code().name).inc()
             _FAILURES.warning(("store", exc.code()), "cache store failed (%s)", exc.code().name)

@@ -14,7 +14,9 @@ from headrace.local.redis_server import RedisServer
 from headrace.v1 import cache_pb2, generation_pb2
 from services.cache.embedder import MiniLmEncoder
 from services.cache.partition import PREFIX
-from tests.integration.cache.support import RunningCache, ask, cache_redis_url, lookup, start_cache, store
+from services.cache.server import MAX_STORES_PER_CALL
+from services.router.cache_stores import CacheStores, PendingStore
+from tests.integration.cache.support import RunningCache, answer, ask, cache_redis_url, lookup, start_cache, store
 from tests.support.encoders import CountingEncoder
 
 pytestmark = pytest.mark.slow
@@ -290,3 +292,42 @@ async def test_the_verifier_turns_down_near_misses_the_vectors_confuse(cache: Ru
     # A true paraphrase of one of them still hits.
     hit = await lookup(cache, T, V, ask("What's the paracetamol dose for adults?"))
     assert hit.outcome == HIT_SEMANTIC and hit.response.text == "500 mg to 1 g."
+
+
+def pending(tenant: str, version: str, text: str, answer_text: str) -> PendingStore:
+    return PendingStore(tenant, version, ask(text), answer(answer_text), [], started=None)
+
+
+async def test_stores_that_come_together_go_in_one_call_and_each_is_found(cache: RunningCache) -> None:
+    stores = CacheStores(cache.stub, max_bytes_per_call=1 << 20)
+    results = await asyncio.gather(
+        *(stores.store(pending(T, V, f"Name river {i}.", f"River {i}.")) for i in range(20)),
+        # A store the cache refuses takes no other store down with it.
+        stores.store(pending(T, "no-version", "Name a lake.", "Baikal.")),
+    )
+    assert [r.stored for r in results] == [True] * 20 + [False]
+    assert results[-1].reason.startswith("invalid: model_version")
+    # All came before the first call went: one call.
+    assert (stores.single_calls, stores.many_calls) == (0, 1)
+    for i in (0, 7, 19):
+        hit = await lookup(cache, T, V, ask(f"Name river {i}."))
+        assert hit.outcome == HIT_EXACT and hit.response.text == f"River {i}."
+
+
+async def test_store_many_is_bounded_and_checks_each_store(cache: RunningCache) -> None:
+    too_many = cache_pb2.CacheStoreManyRequest(stores=[cache_pb2.CacheStoreRequest()] * (MAX_STORES_PER_CALL + 1))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await cache.stub.StoreMany(too_many)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 256" in str(refused.value.details())
+    mixed = cache_pb2.CacheStoreManyRequest(
+        stores=[
+            cache_pb2.CacheStoreRequest(tenant="", model_version=V, request=ask("x"), response=answer("y")),
+            cache_pb2.CacheStoreRequest(
+                tenant=T, model_version=V, request=ask("Name a sea."), response=answer("Aral.")
+            ),
+        ]
+    )
+    reply = await cache.stub.StoreMany(mixed)
+    assert [r.stored for r in reply.results] == [False, True]
+    assert reply.results[0].reason == "invalid: tenant: required (entries are partitioned by tenant)"
+    assert (await lookup(cache, T, V, ask("Name a sea."))).response.text == "Aral."
