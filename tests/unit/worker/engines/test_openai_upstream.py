@@ -33,6 +33,7 @@ from headrace.runtime.errors import (
 from headrace.v1 import scheduler_pb2
 from services.worker.engines.base import ChatTurn, Delta, FinishReason, GenerationRequest, Sampling
 from services.worker.engines.openai_upstream import OpenAIEngine
+from services.worker.engines.openai_wire import env_proxy
 from services.worker.load_reporter import LoadReporter
 
 Answer = web.StreamResponse | Awaitable[web.StreamResponse]
@@ -549,3 +550,14 @@ async def test_a_connection_lost_mid_stream_is_unavailable() -> None:
         await collect(engine, CHAT)
     assert engine.stats().running == 0
     await engine.close()
+
+
+def test_the_upstreams_proxy_comes_from_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert env_proxy("https://api.example.com/v1") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert env_proxy("https://api.example.com/v1") == "http://proxy.internal:3128"
+    assert env_proxy("http://api.example.com/v1") is None  # no HTTP_PROXY set
+    monkeypatch.setenv("NO_PROXY", "example.com")
+    assert env_proxy("https://api.example.com/v1") is None
