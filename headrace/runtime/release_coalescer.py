@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from headrace.runtime.future_outcomes import fail, read_outcome, settle
 from headrace.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class ReleaseCoalescer:
         future: asyncio.Future[scheduler_pb2.ReleaseResponse] = asyncio.get_running_loop().create_future()
         # Read its outcome even if the caller stopped waiting (no
         # "exception never retrieved" noise).
-        future.add_done_callback(_consume)
+        future.add_done_callback(read_outcome)
         self._waiting.append((request, future))
         # Shielded: a caller that stops waiting does not take its release
         # out of the batch it joined.
@@ -147,34 +148,19 @@ class ReleaseCoalescer:
                 await self._send(batch)
                 return
             for _, future in batch:
-                _fail(future, exc)
+                fail(future, exc)
             return
         if len(answer.results) != len(batch):
             # Not this protocol's answer: count none as released.
             log.warning("ReleaseMany answered %d results for %d releases", len(answer.results), len(batch))
         for index, (_, future) in enumerate(batch):
             released = index < len(answer.results) and answer.results[index].released
-            _settle(future, scheduler_pb2.ReleaseResponse(released=released))
+            settle(future, scheduler_pb2.ReleaseResponse(released=released))
 
     async def _send_one(
         self, request: scheduler_pb2.ReleaseRequest, future: asyncio.Future[scheduler_pb2.ReleaseResponse]
     ) -> None:
         try:
-            _settle(future, await self._release_one(request, timeout=CALL_TIMEOUT_S))
+            settle(future, await self._release_one(request, timeout=CALL_TIMEOUT_S))
         except grpc.aio.AioRpcError as exc:
-            _fail(future, exc)
-
-
-def _settle(future: asyncio.Future[scheduler_pb2.ReleaseResponse], response: scheduler_pb2.ReleaseResponse) -> None:
-    if not future.done():
-        future.set_result(response)
-
-
-def _fail(future: asyncio.Future[scheduler_pb2.ReleaseResponse], exc: grpc.aio.AioRpcError) -> None:
-    if not future.done():
-        future.set_exception(exc)
-
-
-def _consume(future: asyncio.Future[scheduler_pb2.ReleaseResponse]) -> None:
-    if not future.cancelled():
-        future.exception()
+            fail(future, exc)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
+from headrace.runtime.future_outcomes import fail, read_outcome, settle
 from headrace.v1 import cache_pb2, cache_pb2_grpc, generation_pb2
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class CacheStores:
     async def store(self, pending: PendingStore) -> cache_pb2.CacheStoreResponse:
         """The cache's answer; raises the call's AioRpcError if it failed."""
         future: asyncio.Future[cache_pb2.CacheStoreResponse] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_consume)
+        future.add_done_callback(read_outcome)
         self._waiting.append((pending, future))
         if self._flusher is None or self._flusher.done():
             # A context of its own: not the trace of the store that started it.
@@ -126,34 +127,19 @@ class CacheStores:
                 await self._send(batch)
                 return
             for _, future in batch:
-                _fail(future, exc)
+                fail(future, exc)
             return
         if len(answer.results) != len(batch):
             log.warning("StoreMany answered %d results for %d stores", len(answer.results), len(batch))
         for index, (_, future) in enumerate(batch):
             result = answer.results[index] if index < len(answer.results) else cache_pb2.CacheStoreResponse()
-            _settle(future, result)
+            settle(future, result)
 
     async def _send_one(
         self, message: cache_pb2.CacheStoreRequest, future: asyncio.Future[cache_pb2.CacheStoreResponse]
     ) -> None:
         try:
             self.single_calls += 1
-            _settle(future, await self._stub.Store(message, timeout=CALL_TIMEOUT_S))
+            settle(future, await self._stub.Store(message, timeout=CALL_TIMEOUT_S))
         except grpc.aio.AioRpcError as exc:
-            _fail(future, exc)
-
-
-def _settle(future: asyncio.Future[cache_pb2.CacheStoreResponse], response: cache_pb2.CacheStoreResponse) -> None:
-    if not future.done():
-        future.set_result(response)
-
-
-def _fail(future: asyncio.Future[cache_pb2.CacheStoreResponse], exc: grpc.aio.AioRpcError) -> None:
-    if not future.done():
-        future.set_exception(exc)
-
-
-def _consume(future: asyncio.Future[cache_pb2.CacheStoreResponse]) -> None:
-    if not future.cancelled():
-        future.exception()
+            fail(future, exc)
