@@ -61,22 +61,28 @@ class GroupCommit(Generic[Item, Result]):
         self.many_calls = 0
 
     async def call(self, item: Item) -> Result:
-        """The item's result; raises its call's AioRpcError if that failed."""
+        """The item's result; raises its call's AioRpcError if that failed.
+        A caller that stops waiting leaves its item in (stores, releases)."""
+        return await asyncio.shield(self.submit(item))
+
+    def submit(self, item: Item) -> asyncio.Future[Result]:
+        """The item's result to come. Cancelled before its call goes (its
+        caller gave up: a lookup's timeout), the item is not sent."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         future.add_done_callback(read_outcome)
         self._waiting.append((item, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush(), name=self._name, context=contextvars.Context())
-        # Shielded: a caller that stops waiting does not take its item out of the call.
-        return await asyncio.shield(future)
+        return future
 
     async def _flush(self) -> None:
         batch: list[tuple[Item, asyncio.Future[Result]]] = []
         try:
             while self._waiting:
                 batch = self._next_batch()
-                await self._send(batch)
+                if batch:
+                    await self._send(batch)
         finally:
             # Stopped midway (shutdown): no waiter hangs.
             for _, future in [*batch, *self._waiting]:
@@ -84,6 +90,7 @@ class GroupCommit(Generic[Item, Result]):
             self._waiting.clear()
 
     def _next_batch(self) -> list[tuple[Item, asyncio.Future[Result]]]:
+        self._waiting = [(item, future) for item, future in self._waiting if not future.done()]
         count, size = 0, 0
         for item, _ in self._waiting[: self._max_per_call]:
             size += self._size(item)

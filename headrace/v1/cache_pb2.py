@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from headrace.v1 import generation_pb2 as headrace_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17headrace/v1/cache.proto\x12\x0bheadrace.v1\x1a\x1cheadrace/v1/generation.proto\"j\n\x12\x43\x61\x63heLookupRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12-\n\x07request\x18\x03 \x01(\x0b\x32\x1c.headrace.v1.GenerateRequest\"\xe2\x01\n\x13\x43\x61\x63heLookupResponse\x12*\n\x07outcome\x18\x01 \x01(\x0e\x32\x19.headrace.v1.CacheOutcome\x12/\n\x08response\x18\x02 \x01(\x0b\x32\x1d.headrace.v1.GenerateResponse\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\x12\x10\n\x08\x65ntry_id\x18\x04 \x01(\t\x12\r\n\x05\x61ge_s\x18\x05 \x01(\x01\x12(\n\x06\x64\x65ltas\x18\x06 \x03(\x0b\x32\x18.headrace.v1.CachedDelta\x12\x0f\n\x07verdict\x18\x07 \x01(\t\".\n\x0b\x43\x61\x63hedDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\"\xdb\x01\n\x11\x43\x61\x63heStoreRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12-\n\x07request\x18\x03 \x01(\x0b\x32\x1c.headrace.v1.GenerateRequest\x12/\n\x08response\x18\x04 \x01(\x0b\x32\x1d.headrace.v1.GenerateResponse\x12(\n\x06\x64\x65ltas\x18\x05 \x03(\x0b\x32\x18.headrace.v1.CachedDelta\x12\x15\n\rrequest_age_s\x18\x06 \x01(\x01\"X\n\x12\x43\x61\x63heStoreResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08semantic\x18\x04 \x01(\x08\"G\n\x15\x43\x61\x63heStoreManyRequest\x12.\n\x06stores\x18\x01 \x03(\x0b\x32\x1e.headrace.v1.CacheStoreRequest\"J\n\x16\x43\x61\x63heStoreManyResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.headrace.v1.CacheStoreResponse\"j\n\x11InvalidateRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x11\n\tentry_ids\x18\x05 \x03(\t\"%\n\x12InvalidateResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\x32\xc3\x02\n\x05\x43\x61\x63he\x12K\n\x06Lookup\x12\x1f.headrace.v1.CacheLookupRequest\x1a .headrace.v1.CacheLookupResponse\x12H\n\x05Store\x12\x1e.headrace.v1.CacheStoreRequest\x1a\x1f.headrace.v1.CacheStoreResponse\x12T\n\tStoreMany\x12\".headrace.v1.CacheStoreManyRequest\x1a#.headrace.v1.CacheStoreManyResponse\x12M\n\nInvalidate\x12\x1e.headrace.v1.InvalidateRequest\x1a\x1f.headrace.v1.InvalidateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17headrace/v1/cache.proto\x12\x0bheadrace.v1\x1a\x1cheadrace/v1/generation.proto\"j\n\x12\x43\x61\x63heLookupRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12-\n\x07request\x18\x03 \x01(\x0b\x32\x1c.headrace.v1.GenerateRequest\"\xe2\x01\n\x13\x43\x61\x63heLookupResponse\x12*\n\x07outcome\x18\x01 \x01(\x0e\x32\x19.headrace.v1.CacheOutcome\x12/\n\x08response\x18\x02 \x01(\x0b\x32\x1d.headrace.v1.GenerateResponse\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\x12\x10\n\x08\x65ntry_id\x18\x04 \x01(\t\x12\r\n\x05\x61ge_s\x18\x05 \x01(\x01\x12(\n\x06\x64\x65ltas\x18\x06 \x03(\x0b\x32\x18.headrace.v1.CachedDelta\x12\x0f\n\x07verdict\x18\x07 \x01(\t\"P\n\x0bTimedLookup\x12/\n\x06lookup\x18\x01 \x01(\x0b\x32\x1f.headrace.v1.CacheLookupRequest\x12\x10\n\x08\x62udget_s\x18\x02 \x01(\x01\"C\n\x16\x43\x61\x63heLookupManyRequest\x12)\n\x07lookups\x18\x01 \x03(\x0b\x32\x18.headrace.v1.TimedLookup\"L\n\x17\x43\x61\x63heLookupManyResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .headrace.v1.CacheLookupResponse\".\n\x0b\x43\x61\x63hedDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\"\xdb\x01\n\x11\x43\x61\x63heStoreRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12-\n\x07request\x18\x03 \x01(\x0b\x32\x1c.headrace.v1.GenerateRequest\x12/\n\x08response\x18\x04 \x01(\x0b\x32\x1d.headrace.v1.GenerateResponse\x12(\n\x06\x64\x65ltas\x18\x05 \x03(\x0b\x32\x18.headrace.v1.CachedDelta\x12\x15\n\rrequest_age_s\x18\x06 \x01(\x01\"X\n\x12\x43\x61\x63heStoreResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08semantic\x18\x04 \x01(\x08\"G\n\x15\x43\x61\x63heStoreManyRequest\x12.\n\x06stores\x18\x01 \x03(\x0b\x32\x1e.headrace.v1.CacheStoreRequest\"J\n\x16\x43\x61\x63heStoreManyResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.headrace.v1.CacheStoreResponse\"j\n\x11InvalidateRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x11\n\tentry_ids\x18\x05 \x03(\t\"%\n\x12InvalidateResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\x32\x9c\x03\n\x05\x43\x61\x63he\x12K\n\x06Lookup\x12\x1f.headrace.v1.CacheLookupRequest\x1a .headrace.v1.CacheLookupResponse\x12W\n\nLookupMany\x12#.headrace.v1.CacheLookupManyRequest\x1a$.headrace.v1.CacheLookupManyResponse\x12H\n\x05Store\x12\x1e.headrace.v1.CacheStoreRequest\x1a\x1f.headrace.v1.CacheStoreResponse\x12T\n\tStoreMany\x12\".headrace.v1.CacheStoreManyRequest\x1a#.headrace.v1.CacheStoreManyResponse\x12M\n\nInvalidate\x12\x1e.headrace.v1.InvalidateRequest\x1a\x1f.headrace.v1.InvalidateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,20 +36,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CACHELOOKUPREQUEST']._serialized_end=176
   _globals['_CACHELOOKUPRESPONSE']._serialized_start=179
   _globals['_CACHELOOKUPRESPONSE']._serialized_end=405
-  _globals['_CACHEDDELTA']._serialized_start=407
-  _globals['_CACHEDDELTA']._serialized_end=453
-  _globals['_CACHESTOREREQUEST']._serialized_start=456
-  _globals['_CACHESTOREREQUEST']._serialized_end=675
-  _globals['_CACHESTORERESPONSE']._serialized_start=677
-  _globals['_CACHESTORERESPONSE']._serialized_end=765
-  _globals['_CACHESTOREMANYREQUEST']._serialized_start=767
-  _globals['_CACHESTOREMANYREQUEST']._serialized_end=838
-  _globals['_CACHESTOREMANYRESPONSE']._serialized_start=840
-  _globals['_CACHESTOREMANYRESPONSE']._serialized_end=914
-  _globals['_INVALIDATEREQUEST']._serialized_start=916
-  _globals['_INVALIDATEREQUEST']._serialized_end=1022
-  _globals['_INVALIDATERESPONSE']._serialized_start=1024
-  _globals['_INVALIDATERESPONSE']._serialized_end=1061
-  _globals['_CACHE']._serialized_start=1064
-  _globals['_CACHE']._serialized_end=1387
+  _globals['_TIMEDLOOKUP']._serialized_start=407
+  _globals['_TIMEDLOOKUP']._serialized_end=487
+  _globals['_CACHELOOKUPMANYREQUEST']._serialized_start=489
+  _globals['_CACHELOOKUPMANYREQUEST']._serialized_end=556
+  _globals['_CACHELOOKUPMANYRESPONSE']._serialized_start=558
+  _globals['_CACHELOOKUPMANYRESPONSE']._serialized_end=634
+  _globals['_CACHEDDELTA']._serialized_start=636
+  _globals['_CACHEDDELTA']._serialized_end=682
+  _globals['_CACHESTOREREQUEST']._serialized_start=685
+  _globals['_CACHESTOREREQUEST']._serialized_end=904
+  _globals['_CACHESTORERESPONSE']._serialized_start=906
+  _globals['_CACHESTORERESPONSE']._serialized_end=994
+  _globals['_CACHESTOREMANYREQUEST']._serialized_start=996
+  _globals['_CACHESTOREMANYREQUEST']._serialized_end=1067
+  _globals['_CACHESTOREMANYRESPONSE']._serialized_start=1069
+  _globals['_CACHESTOREMANYRESPONSE']._serialized_end=1143
+  _globals['_INVALIDATEREQUEST']._serialized_start=1145
+  _globals['_INVALIDATEREQUEST']._serialized_end=1251
+  _globals['_INVALIDATERESPONSE']._serialized_start=1253
+  _globals['_INVALIDATERESPONSE']._serialized_end=1290
+  _globals['_CACHE']._serialized_start=1293
+  _globals['_CACHE']._serialized_end=1705
 # @@protoc_insertion_point(module_scope)

@@ -104,6 +104,82 @@ class CacheLookupResponse(_message.Message):
 Global___CacheLookupResponse: _TypeAlias = CacheLookupResponse  # noqa: Y015
 
 @_typing.final
+class TimedLookup(_message.Message):
+    """One lookup of a LookupMany, with how long its caller waits for it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOOKUP_FIELD_NUMBER: _builtins.int
+    BUDGET_S_FIELD_NUMBER: _builtins.int
+    budget_s: _builtins.float
+    """Seconds the caller still waits for this answer, when the call is
+    sent: a lookup that cannot finish in it answers MISS in time. 0: no
+    bound beyond the call's own deadline.
+    """
+    @_builtins.property
+    def lookup(self) -> Global___CacheLookupRequest: ...
+    def __init__(
+        self,
+        *,
+        lookup: Global___CacheLookupRequest | None = ...,
+        budget_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lookup", b"lookup"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_s", b"budget_s", "lookup", b"lookup"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimedLookup: _TypeAlias = TimedLookup  # noqa: Y015
+
+@_typing.final
+class CacheLookupManyRequest(_message.Message):
+    """Up to 256 lookups."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOOKUPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lookups(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimedLookup]: ...
+    def __init__(
+        self,
+        *,
+        lookups: _abc.Iterable[Global___TimedLookup] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lookups", b"lookups"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheLookupManyRequest: _TypeAlias = CacheLookupManyRequest  # noqa: Y015
+
+@_typing.final
+class CacheLookupManyResponse(_message.Message):
+    """One result per lookup, in the request's order. A lookup the cache
+    refuses (an invalid tenant or version) answers BYPASS; the others are
+    answered all the same.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CacheLookupResponse]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___CacheLookupResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheLookupManyResponse: _TypeAlias = CacheLookupManyResponse  # noqa: Y015
+
+@_typing.final
 class CachedDelta(_message.Message):
     """One delta of a stored answer, as the engine streamed it."""
 

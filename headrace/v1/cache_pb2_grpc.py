@@ -42,6 +42,11 @@ class CacheStub:
                 request_serializer=headrace_dot_v1_dot_cache__pb2.CacheLookupRequest.SerializeToString,
                 response_deserializer=headrace_dot_v1_dot_cache__pb2.CacheLookupResponse.FromString,
                 _registered_method=True)
+        self.LookupMany = channel.unary_unary(
+                '/headrace.v1.Cache/LookupMany',
+                request_serializer=headrace_dot_v1_dot_cache__pb2.CacheLookupManyRequest.SerializeToString,
+                response_deserializer=headrace_dot_v1_dot_cache__pb2.CacheLookupManyResponse.FromString,
+                _registered_method=True)
         self.Store = channel.unary_unary(
                 '/headrace.v1.Cache/Store',
                 request_serializer=headrace_dot_v1_dot_cache__pb2.CacheStoreRequest.SerializeToString,
@@ -67,6 +72,15 @@ class CacheServicer:
 
     def Lookup(self, request, context):
         """Find a cached answer for a request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LookupMany(self, request, context):
+        """Several lookups in one call, each as Lookup would answer it within its
+        own budget; results in order (the router's lookups that come while
+        one is in flight go together).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,6 +115,11 @@ def add_CacheServicer_to_server(servicer, server):
                     servicer.Lookup,
                     request_deserializer=headrace_dot_v1_dot_cache__pb2.CacheLookupRequest.FromString,
                     response_serializer=headrace_dot_v1_dot_cache__pb2.CacheLookupResponse.SerializeToString,
+            ),
+            'LookupMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupMany,
+                    request_deserializer=headrace_dot_v1_dot_cache__pb2.CacheLookupManyRequest.FromString,
+                    response_serializer=headrace_dot_v1_dot_cache__pb2.CacheLookupManyResponse.SerializeToString,
             ),
             'Store': grpc.unary_unary_rpc_method_handler(
                     servicer.Store,
@@ -148,6 +167,33 @@ class Cache:
             '/headrace.v1.Cache/Lookup',
             headrace_dot_v1_dot_cache__pb2.CacheLookupRequest.SerializeToString,
             headrace_dot_v1_dot_cache__pb2.CacheLookupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headrace.v1.Cache/LookupMany',
+            headrace_dot_v1_dot_cache__pb2.CacheLookupManyRequest.SerializeToString,
+            headrace_dot_v1_dot_cache__pb2.CacheLookupManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,11 @@ class CacheStub:
     def __new__(cls, channel: _aio.Channel) -> CacheAsyncStub: ...
     Lookup: _grpc.UnaryUnaryMultiCallable[_cache_pb2.CacheLookupRequest, _cache_pb2.CacheLookupResponse]
     """Find a cached answer for a request."""
+    LookupMany: _grpc.UnaryUnaryMultiCallable[_cache_pb2.CacheLookupManyRequest, _cache_pb2.CacheLookupManyResponse]
+    """Several lookups in one call, each as Lookup would answer it within its
+    own budget; results in order (the router's lookups that come while
+    one is in flight go together).
+    """
     Store: _grpc.UnaryUnaryMultiCallable[_cache_pb2.CacheStoreRequest, _cache_pb2.CacheStoreResponse]
     """Store an answer (the router calls it off the request's critical path)."""
     StoreMany: _grpc.UnaryUnaryMultiCallable[_cache_pb2.CacheStoreManyRequest, _cache_pb2.CacheStoreManyResponse]
@@ -57,6 +62,11 @@ class CacheAsyncStub(CacheStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Lookup: _aio.UnaryUnaryMultiCallable[_cache_pb2.CacheLookupRequest, _cache_pb2.CacheLookupResponse]  # type: ignore[assignment]
     """Find a cached answer for a request."""
+    LookupMany: _aio.UnaryUnaryMultiCallable[_cache_pb2.CacheLookupManyRequest, _cache_pb2.CacheLookupManyResponse]  # type: ignore[assignment]
+    """Several lookups in one call, each as Lookup would answer it within its
+    own budget; results in order (the router's lookups that come while
+    one is in flight go together).
+    """
     Store: _aio.UnaryUnaryMultiCallable[_cache_pb2.CacheStoreRequest, _cache_pb2.CacheStoreResponse]  # type: ignore[assignment]
     """Store an answer (the router calls it off the request's critical path)."""
     StoreMany: _aio.UnaryUnaryMultiCallable[_cache_pb2.CacheStoreManyRequest, _cache_pb2.CacheStoreManyResponse]  # type: ignore[assignment]
@@ -79,6 +89,17 @@ class CacheServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cache_pb2.CacheLookupResponse, _abc.Awaitable[_cache_pb2.CacheLookupResponse]]:
         """Find a cached answer for a request."""
+
+    @_abc_1.abstractmethod
+    def LookupMany(
+        self,
+        request: _cache_pb2.CacheLookupManyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cache_pb2.CacheLookupManyResponse, _abc.Awaitable[_cache_pb2.CacheLookupManyResponse]]:
+        """Several lookups in one call, each as Lookup would answer it within its
+        own budget; results in order (the router's lookups that come while
+        one is in flight go together).
+        """
 
     @_abc_1.abstractmethod
     def Store(

@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 MAX_INVALIDATE_IDS = 1024
 MAX_INVALIDATE_TAGS = 256
 MAX_STORES_PER_CALL = 256
+MAX_LOOKUPS_PER_CALL = 256
+
+
+def _budget(budget_s: float, call_remaining: float | None) -> float | None:
+    """A lookup's own budget, within what is left of the call's deadline."""
+    bounds = [b for b in (budget_s if budget_s > 0 else None, call_remaining) if b is not None]
+    return min(bounds) if bounds else None
 
 
 def _reply(result: LookupResult) -> cache_pb2.CacheLookupResponse:
@@ -114,29 +121,57 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
     async def Lookup(
         self, request: cache_pb2.CacheLookupRequest, context: grpc.aio.ServicerContext
     ) -> cache_pb2.CacheLookupResponse:
-        started = time.perf_counter()
-        partition = partition_of(request.tenant, request.model_version)
-        remaining = context.time_remaining()
         with redis_outage_as_unavailable("Lookup"):
-            if remaining is None:
-                result = await self._cache.lookup(partition, request.request)
-            else:
-                # Answer before the caller gives up: a miss in time is better
-                # than a DEADLINE_EXCEEDED after the whole wait.
-                budget_s = remaining - self._reply_margin_s
-                try:
-                    if budget_s <= 0:
-                        raise TimeoutError
-                    result = await asyncio.wait_for(
-                        self._cache.lookup(partition, request.request, deadline_s=budget_s), budget_s
-                    )
-                except TimeoutError:
-                    metrics.SEMANTIC_SKIPPED.labels(reason="deadline").inc()
-                    result = LookupResult(Outcome.MISS, reason="deadline")
-        metrics.LOOKUPS.labels(outcome=result.outcome.value).inc()
-        metrics.LOOKUP_SECONDS.labels(outcome=result.outcome.value).observe(time.perf_counter() - started)
+            result = await self._lookup(request, context.time_remaining())
         _note_on_trace(result)
         return _reply(result)
+
+    async def LookupMany(
+        self, request: cache_pb2.CacheLookupManyRequest, context: grpc.aio.ServicerContext
+    ) -> cache_pb2.CacheLookupManyResponse:
+        if len(request.lookups) > MAX_LOOKUPS_PER_CALL:
+            raise InvalidArgument(f"lookups: at most {MAX_LOOKUPS_PER_CALL} per call, got {len(request.lookups)}")
+        call_remaining = context.time_remaining()
+        with redis_outage_as_unavailable("LookupMany"):
+            # Side by side, as separate Lookup calls would run (concurrent
+            # semantic lookups are embedded together).
+            outcomes = await asyncio.gather(
+                *(self._lookup(timed.lookup, _budget(timed.budget_s, call_remaining)) for timed in request.lookups),
+                return_exceptions=True,
+            )
+            results: list[cache_pb2.CacheLookupResponse] = []
+            for outcome in outcomes:
+                if isinstance(outcome, InvalidArgument):
+                    # This lookup only; the router answers it from the engine.
+                    results.append(cache_pb2.CacheLookupResponse(outcome=generation_pb2.CACHE_OUTCOME_BYPASS))
+                elif isinstance(outcome, BaseException):
+                    raise outcome  # Redis down: UNAVAILABLE for the call; anything else is INTERNAL
+                else:
+                    results.append(_reply(outcome))
+        return cache_pb2.CacheLookupManyResponse(results=results)
+
+    async def _lookup(self, request: cache_pb2.CacheLookupRequest, remaining: float | None) -> LookupResult:
+        """`remaining`: how long the caller still waits (None: no bound)."""
+        started = time.perf_counter()
+        partition = partition_of(request.tenant, request.model_version)
+        if remaining is None:
+            result = await self._cache.lookup(partition, request.request)
+        else:
+            # Answer before the caller gives up: a miss in time is better
+            # than a DEADLINE_EXCEEDED after the whole wait.
+            budget_s = remaining - self._reply_margin_s
+            try:
+                if budget_s <= 0:
+                    raise TimeoutError
+                result = await asyncio.wait_for(
+                    self._cache.lookup(partition, request.request, deadline_s=budget_s), budget_s
+                )
+            except TimeoutError:
+                metrics.SEMANTIC_SKIPPED.labels(reason="deadline").inc()
+                result = LookupResult(Outcome.MISS, reason="deadline")
+        metrics.LOOKUPS.labels(outcome=result.outcome.value).inc()
+        metrics.LOOKUP_SECONDS.labels(outcome=result.outcome.value).observe(time.perf_counter() - started)
+        return result
 
     async def Store(
         self, request: cache_pb2.CacheStoreRequest, context: grpc.aio.ServicerContext

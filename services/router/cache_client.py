@@ -1,6 +1,6 @@
 """The router's side of the cache: a lookup that never fails or slows a
 request (errors and timeouts count as a bypass), and stores that run off
-the critical path (coalesced: cache_stores.py)."""
+the critical path; both coalesced (cache_lookups.py, cache_stores.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from opentelemetry import trace
 
 from headrace.request_rules.cache_policy import bypass_reason
 from headrace.request_rules.served_by import cache_header_value
-from headrace.runtime.channels import call_options
+from headrace.runtime.channels import call_options, propagated_timeout
 from headrace.runtime.config import CacheSettings
 from headrace.runtime.log_limits import RepeatLimitedLog
 from headrace.v1 import cache_pb2, cache_pb2_grpc, generation_pb2
 from services.router import metrics
+from services.router.cache_lookups import CacheLookups
 from services.router.cache_stores import CacheStores, PendingStore
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,9 @@ class CacheClient:
         message bound (stores go together in calls below it)."""
         self._stub = stub if settings.enabled else None
         self._settings = settings
-        self._stores = (
-            None if self._stub is None else CacheStores(self._stub, max_bytes_per_call=max_message_bytes // 2)
-        )
+        per_call = max_message_bytes // 2
+        self._stores = None if self._stub is None else CacheStores(self._stub, max_bytes_per_call=per_call)
+        self._lookups = None if self._stub is None else CacheLookups(self._stub, max_bytes_per_call=per_call)
 
     def asks(self, request: generation_pb2.GenerateRequest) -> bool:
         """Whether lookup() will ask the cache service (else it answers a
@@ -45,14 +46,22 @@ class CacheClient:
         self, *, tenant: str, model_version: str, request: generation_pb2.GenerateRequest
     ) -> cache_pb2.CacheLookupResponse:
         bypass = cache_pb2.CacheLookupResponse(outcome=generation_pb2.CACHE_OUTCOME_BYPASS)
-        if self._stub is None or not self.asks(request):
+        if self._stub is None or self._lookups is None or not self.asks(request):
             return bypass
+        message = cache_pb2.CacheLookupRequest(tenant=tenant, model_version=model_version, request=request)
         try:
-            response: cache_pb2.CacheLookupResponse = await self._stub.Lookup(
-                cache_pb2.CacheLookupRequest(tenant=tenant, model_version=model_version, request=request),
-                **call_options(timeout=self._settings.lookup_timeout_s),
-            )
-            return response
+            if trace.get_current_span().is_recording():
+                # A traced request: its lookup is a call of its own, on its trace.
+                response: cache_pb2.CacheLookupResponse = await self._stub.Lookup(
+                    message, **call_options(timeout=self._settings.lookup_timeout_s)
+                )
+                return response
+            return await self._lookups.lookup(message, propagated_timeout(self._settings.lookup_timeout_s) or 0.0)
+        except TimeoutError:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+            metrics.CACHE_ERRORS.labels(op="lookup", code=code.name).inc()
+            _FAILURES.warning(("lookup", code), "cache lookup failed (%s): answering without the cache", code.name)
+            return bypass
         except grpc.aio.AioRpcError as exc:
             metrics.CACHE_ERRORS.labels(op="lookup", code=exc.code().name).inc()
             _FAILURES.warning(

@@ -14,7 +14,8 @@ from headrace.local.redis_server import RedisServer
 from headrace.v1 import cache_pb2, generation_pb2
 from services.cache.embedder import MiniLmEncoder
 from services.cache.partition import PREFIX
-from services.cache.server import MAX_STORES_PER_CALL
+from services.cache.server import MAX_LOOKUPS_PER_CALL, MAX_STORES_PER_CALL
+from services.router.cache_lookups import CacheLookups
 from services.router.cache_stores import CacheStores, PendingStore
 from tests.integration.cache.support import RunningCache, answer, ask, cache_redis_url, lookup, start_cache, store
 from tests.support.encoders import CountingEncoder
@@ -331,3 +332,39 @@ async def test_store_many_is_bounded_and_checks_each_store(cache: RunningCache) 
     assert [r.stored for r in reply.results] == [False, True]
     assert reply.results[0].reason == "invalid: tenant: required (entries are partitioned by tenant)"
     assert (await lookup(cache, T, V, ask("Name a sea."))).response.text == "Aral."
+
+
+async def test_lookups_that_come_together_are_answered_each_in_one_call(cache: RunningCache) -> None:
+    for i in range(3):
+        await store(cache, T, V, ask(f"Name mountain {i}."), f"Mountain {i}.")
+    lookups = CacheLookups(cache.stub, max_bytes_per_call=1 << 20)
+
+    def asked(text: str, tenant: str = T) -> cache_pb2.CacheLookupRequest:
+        return cache_pb2.CacheLookupRequest(tenant=tenant, model_version=V, request=ask(text))
+
+    answers = await asyncio.gather(
+        *(lookups.lookup(asked(f"Name mountain {i}."), 5.0) for i in range(3)),
+        lookups.lookup(asked("Name mountain 9."), 5.0),
+        # One the cache refuses answers BYPASS alone (the router then asks the engine).
+        lookups.lookup(asked("Name mountain 0.", tenant=""), 5.0),
+    )
+    assert [a.outcome for a in answers] == [HIT_EXACT] * 3 + [MISS, BYPASS]
+    assert [a.response.text for a in answers[:3]] == ["Mountain 0.", "Mountain 1.", "Mountain 2."]
+    assert (lookups.single_calls, lookups.many_calls) == (0, 1)
+
+
+async def test_lookup_many_is_bounded_and_keeps_each_budget(cache: RunningCache) -> None:
+    too_many = cache_pb2.CacheLookupManyRequest(lookups=[cache_pb2.TimedLookup()] * (MAX_LOOKUPS_PER_CALL + 1))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await cache.stub.LookupMany(too_many)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 256" in str(refused.value.details())
+    # A budget already spent answers MISS at once (deadline), not the whole call late.
+    await store(cache, T, V, ask("Name a desert."), "The Gobi.")
+    lookup = cache_pb2.CacheLookupRequest(tenant=T, model_version=V, request=ask("Name a desert."))
+    reply = await cache.stub.LookupMany(
+        cache_pb2.CacheLookupManyRequest(
+            lookups=[cache_pb2.TimedLookup(lookup=lookup, budget_s=0.001), cache_pb2.TimedLookup(lookup=lookup)]
+        ),
+        timeout=5.0,
+    )
+    assert [r.outcome for r in reply.results] == [MISS, HIT_EXACT]
