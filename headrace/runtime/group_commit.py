@@ -117,6 +117,12 @@ class GroupCommit(Generic[Item, Result]):
             for _, future in batch:
                 fail(future, exc)
             return
+        except Exception as exc:
+            # Never leave a caller waiting on a call that is over.
+            log.exception("%s: the call failed", self._name)
+            for _, future in batch:
+                fail(future, exc)
+            return
         if len(results) != len(batch):
             log.warning("%s: %d results for %d items", self._name, len(results), len(batch))
         for index, (_, future) in enumerate(batch):

@@ -68,6 +68,11 @@ class CacheClient:
                 ("lookup", exc.code()), "cache lookup failed (%s): answering without the cache", exc.code().name
             )
             return bypass
+        except Exception as exc:
+            # Not the cache's answer (a bug on this side): still never the request's failure.
+            metrics.CACHE_ERRORS.labels(op="lookup", code=grpc.StatusCode.INTERNAL.name).inc()
+            _FAILURES.warning(("lookup", type(exc)), "cache lookup failed (%r): answering without the cache", exc)
+            return bypass
 
     async def store(
         self,

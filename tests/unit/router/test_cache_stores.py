@@ -121,3 +121,18 @@ async def test_a_caller_that_stops_waiting_leaves_its_store_in_the_call() -> Non
     cache.release.set()
     await asyncio.sleep(0.01)
     assert [[s.response.text for s in stores] for _, stores in cache.calls] == [["a"]]
+
+
+async def test_a_call_that_breaks_fails_its_stores_and_later_ones_still_go() -> None:
+    class Broken(FakeCache):
+        async def StoreMany(self, request: cache_pb2.CacheStoreManyRequest, **_: Any) -> Any:
+            self.calls.append(("many", list(request.stores)))
+            if len(self.calls) == 1:
+                raise ValueError("a bug in a serializer")
+            return await super().StoreMany(request)
+
+    cache = Broken()
+    stores = stores_on(cache)
+    with pytest.raises(ValueError, match="a bug"):
+        await stores.store(pending("a"))
+    assert (await stores.store(pending("b"))).entry_id == "b"
