@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -15,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from headrace.local.redis_server import RedisServer
 from headrace.runtime.config import Settings
+from headrace.runtime.group_commit import GroupCommit
 from headrace.v1 import generation_pb2, models_pb2, scheduler_pb2, worker_pb2
 from tests.support.mesh import InProcessMesh, start_mesh
 
@@ -88,6 +91,43 @@ async def test_stream_sends_route_first_and_usage_last(mesh: InProcessMesh) -> N
     assert chunks[-1].usage.completion_tokens == 5
     assert all(not c.finish_reason for c in chunks[:-1])
     assert "".join(c.text for c in chunks).count(" ") == 4
+
+
+async def test_concurrent_lookups_each_get_their_own_answer(
+    mesh: InProcessMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under concurrency the router's lookups and stores go several to a
+    call (LookupMany, StoreMany): each request still gets its own answer
+    (the synthetic engine's words depend on the prompt), and new ones miss."""
+    calls: list[tuple[str, int]] = []
+    send = GroupCommit._send
+
+    async def counted(self: GroupCommit[Any, Any], batch: list[Any]) -> None:
+        calls.append((self._name, len(batch)))
+        await send(self, batch)
+
+    monkeypatch.setattr(GroupCommit, "_send", counted)
+    stub = mesh.router_stub()
+    tag = uuid.uuid4().hex[:8]
+    stored = [f"coalesced {tag} {i}" for i in range(12)]
+    firsts = await asyncio.gather(*(stub.Generate(greedy(prompt)) for prompt in stored))
+    assert len({first.text for first in firsts}) == len(stored)
+    for _ in range(200):  # the stores run off the critical path
+        probe = await stub.Generate(greedy(stored[-1]))
+        if probe.route.cache == generation_pb2.CACHE_OUTCOME_HIT_EXACT:
+            break
+        await asyncio.sleep(0.05)
+    fresh = [f"fresh {tag} {i}" for i in range(12)]
+    # Interleaved, all at once.
+    asked = [prompt for pair in zip(stored, fresh, strict=True) for prompt in pair]
+    answers = dict(zip(asked, await asyncio.gather(*(stub.Generate(greedy(p)) for p in asked)), strict=True))
+    for prompt, first in zip(stored, firsts, strict=True):
+        assert answers[prompt].route.cache == generation_pb2.CACHE_OUTCOME_HIT_EXACT, prompt
+        assert answers[prompt].text == first.text
+    assert all(answers[p].route.cache == generation_pb2.CACHE_OUTCOME_MISS for p in fresh)
+    # Several went together, as the test means to check.
+    assert max(size for name, size in calls if name == "cache-lookup-batch") > 1
+    assert max(size for name, size in calls if name == "cache-store-batch") > 1
 
 
 async def test_identical_greedy_requests_hit_the_exact_cache(mesh: InProcessMesh) -> None:
