@@ -445,14 +445,19 @@ class Consumer:
             self.process.wait(timeout=10)
 
 
+def key_values(pairs: list[str]) -> dict[str, str]:
+    """KEY=VALUE flags as a dict (pydantic converts the values)."""
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
 async def run(args: argparse.Namespace) -> None:
-    batch = dict(pair.split("=", 1) for pair in args.batch)
+    batch = key_values(args.batch)
     # vLLM: the embedded default's CPU pool scheduling, as `headrace up`
     # runs it (this benchmark names its own pool, which would otherwise take
     # the field defaults); --scheduling overrides it.
     embedded = embedded_pool_scheduling().model_dump(exclude_unset=True) if args.engine == "vllm" else {}
-    scheduling = {**embedded, **dict(pair.split("=", 1) for pair in args.scheduling)}
-    engine_settings = dict(pair.split("=", 1) for pair in args.engine_setting)
+    scheduling = {**embedded, **key_values(args.scheduling)}
+    engine_settings = key_values(args.engine_setting)
     data = input_file(args.rows, args.max_tokens)
     with running_mesh(mesh_config(args.engine, batch, scheduling, engine_settings)) as mesh:
         settings = mesh.settings

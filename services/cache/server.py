@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Iterator
 
@@ -35,8 +36,16 @@ MAX_LOOKUPS_PER_CALL = 256
 
 
 def _budget(budget_s: float, call_remaining: float | None) -> float | None:
-    """A lookup's own budget, within what is left of the call's deadline."""
-    bounds = [b for b in (budget_s if budget_s > 0 else None, call_remaining) if b is not None]
+    """A lookup's own budget, within what is left of the call's deadline.
+    0 (or infinite): no bound of its own; negative or NaN: already spent."""
+    own: float | None
+    if budget_s == 0 or budget_s == math.inf:
+        own = None
+    elif budget_s > 0:
+        own = budget_s
+    else:
+        own = 0.0
+    bounds = [b for b in (own, call_remaining) if b is not None]
     return min(bounds) if bounds else None
 
 

@@ -91,7 +91,7 @@ class CacheClient:
             return
         pending = PendingStore(tenant, model_version, request, response, deltas or [], started)
         try:
-            await self._stores.store(pending)
+            await self._stores.call(pending)
         except grpc.aio.AioRpcError as exc:
             metrics.CACHE_ERRORS.labels(op="store", code=exc.code().name).inc()
             _FAILURES.warning(("store", exc.code()), "cache store failed (%s)", exc.code().name)

@@ -1,10 +1,10 @@
 """The router's cache lookups, coalesced (Cache.LookupMany, by group
-commit: headrace/runtime/group_commit.py). A lookup goes at once when
-none is in flight; those that come while one is, wait for it and go
-together, each with the budget its caller has left when the call goes (the
-cache answers MISS in time rather than late). A caller that gives up
-before its lookup goes takes it out. A traced request's lookup goes alone,
-on its trace (cache_client.py)."""
+commit: headrace/runtime/group_commit.py). A lookup goes at once, as its
+own Lookup call, when none is in flight; those that come while one is
+wait for it and go together, each with the budget its caller has left
+when the call goes (the cache answers MISS in time rather than late). A
+caller that gives up before its lookup goes takes it out. A traced
+request's lookup always goes alone, on its trace (cache_client.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from headrace.runtime.channels import call_options
 from headrace.runtime.group_commit import GroupCommit
 from headrace.v1 import cache_pb2, cache_pb2_grpc, generation_pb2
 
@@ -28,51 +30,45 @@ class PendingLookup:
     # time.monotonic() at which its caller stops waiting.
     deadline: float
 
-    def timed(self, now: float) -> cache_pb2.TimedLookup:
-        return cache_pb2.TimedLookup(lookup=self.request, budget_s=max(0.001, self.deadline - now))
+    def budget_s(self, now: float) -> float:
+        return max(0.001, self.deadline - now)
 
     def size(self) -> int:
         return self.request.ByteSize()
 
 
-class CacheLookups:
+class CacheLookups(GroupCommit[PendingLookup, cache_pb2.CacheLookupResponse]):
     def __init__(self, stub: cache_pb2_grpc.CacheStub, *, max_bytes_per_call: int) -> None:
         self._stub = stub
-        self._calls: GroupCommit[PendingLookup, cache_pb2.CacheLookupResponse] = GroupCommit(
+        super().__init__(
             name="cache-lookup-batch",
-            many=self._many,
-            one=self._one,
-            size=PendingLookup.size,
+            many=self._lookup_many,
+            one=self._lookup_one,
             missing=lambda: cache_pb2.CacheLookupResponse(outcome=generation_pb2.CACHE_OUTCOME_BYPASS),
             max_per_call=MAX_PER_CALL,
+            size=PendingLookup.size,
             max_bytes_per_call=max_bytes_per_call,
         )
-
-    @property
-    def single_calls(self) -> int:
-        return self._calls.single_calls
-
-    @property
-    def many_calls(self) -> int:
-        return self._calls.many_calls
 
     async def lookup(self, request: cache_pb2.CacheLookupRequest, timeout_s: float) -> cache_pb2.CacheLookupResponse:
         """The cache's answer; raises TimeoutError after `timeout_s`, or the
         call's AioRpcError if it failed."""
         pending = PendingLookup(request, time.monotonic() + timeout_s)
-        # wait_for cancels the future when the time is up: a lookup not sent yet stays unsent.
-        return await asyncio.wait_for(self._calls.submit(pending), timeout_s)
+        # Timed out before its call goes, the lookup is left out of it.
+        return await asyncio.wait_for(self.call(pending, keep_if_abandoned=False), timeout_s)
 
-    async def _many(self, lookups: Sequence[PendingLookup]) -> Sequence[cache_pb2.CacheLookupResponse]:
+    async def _lookup_one(self, pending: PendingLookup, **_: Any) -> cache_pb2.CacheLookupResponse:
+        response: cache_pb2.CacheLookupResponse = await self._stub.Lookup(
+            pending.request, **call_options(timeout=pending.budget_s(time.monotonic()))
+        )
+        return response
+
+    async def _lookup_many(self, lookups: Sequence[PendingLookup]) -> Sequence[cache_pb2.CacheLookupResponse]:
         now = time.monotonic()
-        request = cache_pb2.CacheLookupManyRequest(lookups=[pending.timed(now) for pending in lookups])
-        longest = max(pending.deadline for pending in lookups) - now
+        timed = [cache_pb2.TimedLookup(lookup=pending.request, budget_s=pending.budget_s(now)) for pending in lookups]
+        request = cache_pb2.CacheLookupManyRequest(lookups=timed)
+        longest = max(pending.budget_s(now) for pending in lookups)
         answer: cache_pb2.CacheLookupManyResponse = await self._stub.LookupMany(
-            request, timeout=max(0.001, longest) + _CALL_MARGIN_S
+            request, timeout=longest + _CALL_MARGIN_S
         )
         return answer.results
-
-    async def _one(self, pending: PendingLookup) -> cache_pb2.CacheLookupResponse:
-        timeout = max(0.001, pending.deadline - time.monotonic())
-        response: cache_pb2.CacheLookupResponse = await self._stub.Lookup(pending.request, timeout=timeout)
-        return response

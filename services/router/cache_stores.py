@@ -8,7 +8,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from headrace.runtime.channels import call_options
 from headrace.runtime.group_commit import GroupCommit
 from headrace.v1 import cache_pb2, cache_pb2_grpc, generation_pb2
 
@@ -42,38 +44,28 @@ class PendingStore:
         return self.request.ByteSize() + self.response.ByteSize()
 
 
-class CacheStores:
+class CacheStores(GroupCommit[PendingStore, cache_pb2.CacheStoreResponse]):
     def __init__(self, stub: cache_pb2_grpc.CacheStub, *, max_bytes_per_call: int) -> None:
         """max_bytes_per_call: below the channel's message bound (one store
         larger than it still goes, alone)."""
         self._stub = stub
-        self._calls: GroupCommit[PendingStore, cache_pb2.CacheStoreResponse] = GroupCommit(
+        super().__init__(
             name="cache-store-batch",
-            many=self._many,
-            one=self._one,
-            size=PendingStore.size,
+            many=self._store_many,
+            one=self._store_one,
             missing=cache_pb2.CacheStoreResponse,
             max_per_call=MAX_PER_CALL,
+            size=PendingStore.size,
             max_bytes_per_call=max_bytes_per_call,
         )
 
-    @property
-    def single_calls(self) -> int:
-        return self._calls.single_calls
+    async def _store_one(self, pending: PendingStore, **_: Any) -> cache_pb2.CacheStoreResponse:
+        response: cache_pb2.CacheStoreResponse = await self._stub.Store(
+            pending.message(), **call_options(timeout=CALL_TIMEOUT_S)
+        )
+        return response
 
-    @property
-    def many_calls(self) -> int:
-        return self._calls.many_calls
-
-    async def store(self, pending: PendingStore) -> cache_pb2.CacheStoreResponse:
-        """The cache's answer; raises the call's AioRpcError if it failed."""
-        return await self._calls.call(pending)
-
-    async def _many(self, stores: Sequence[PendingStore]) -> Sequence[cache_pb2.CacheStoreResponse]:
+    async def _store_many(self, stores: Sequence[PendingStore]) -> Sequence[cache_pb2.CacheStoreResponse]:
         request = cache_pb2.CacheStoreManyRequest(stores=[pending.message() for pending in stores])
         answer: cache_pb2.CacheStoreManyResponse = await self._stub.StoreMany(request, timeout=CALL_TIMEOUT_S)
         return answer.results
-
-    async def _one(self, pending: PendingStore) -> cache_pb2.CacheStoreResponse:
-        response: cache_pb2.CacheStoreResponse = await self._stub.Store(pending.message(), timeout=CALL_TIMEOUT_S)
-        return response

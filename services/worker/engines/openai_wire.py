@@ -108,7 +108,7 @@ class UpstreamClient:
         response = await self._send("POST", path, body, headers, limits=self._timeout)
         answer = await _json(response)
         if not isinstance(answer, dict):
-            raise UpstreamStatusError(response.status, f"not a JSON object: {_text(answer)[:200]}", None)
+            raise UpstreamStatusError(response.status, f"not a JSON object: {json.dumps(answer)[:200]}", None)
         return answer
 
     async def open_stream(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> UpstreamStream:
@@ -260,10 +260,6 @@ async def _json(response: aiohttp.ClientResponse) -> Any:
         return json.loads(raw)
     except ValueError as exc:
         raise UpstreamStatusError(response.status, f"not JSON: {raw[:200].decode('utf-8', 'replace')}", None) from exc
-
-
-def _text(value: Any) -> str:
-    return json.dumps(value)
 
 
 def _backoff_s(attempt: int, retry_after: float | None) -> float:

@@ -302,14 +302,14 @@ def pending(tenant: str, version: str, text: str, answer_text: str) -> PendingSt
 async def test_stores_that_come_together_go_in_one_call_and_each_is_found(cache: RunningCache) -> None:
     stores = CacheStores(cache.stub, max_bytes_per_call=1 << 20)
     results = await asyncio.gather(
-        *(stores.store(pending(T, V, f"Name river {i}.", f"River {i}.")) for i in range(20)),
+        *(stores.call(pending(T, V, f"Name river {i}.", f"River {i}.")) for i in range(20)),
         # A store the cache refuses takes no other store down with it.
-        stores.store(pending(T, "no-version", "Name a lake.", "Baikal.")),
+        stores.call(pending(T, "no-version", "Name a lake.", "Baikal.")),
     )
     assert [r.stored for r in results] == [True] * 20 + [False]
     assert results[-1].reason.startswith("invalid: model_version")
-    # All came before the first call went: one call.
-    assert (stores.single_calls, stores.many_calls) == (0, 1)
+    # The first went alone, as Store; the other 20 waited for it and went in one StoreMany.
+    assert (stores.single_calls, stores.many_calls) == (1, 1)
     for i in (0, 7, 19):
         hit = await lookup(cache, T, V, ask(f"Name river {i}."))
         assert hit.outcome == HIT_EXACT and hit.response.text == f"River {i}."
@@ -350,7 +350,8 @@ async def test_lookups_that_come_together_are_answered_each_in_one_call(cache: R
     )
     assert [a.outcome for a in answers] == [HIT_EXACT] * 3 + [MISS, BYPASS]
     assert [a.response.text for a in answers[:3]] == ["Mountain 0.", "Mountain 1.", "Mountain 2."]
-    assert (lookups.single_calls, lookups.many_calls) == (0, 1)
+    # The first went alone, as Lookup; the other four in one LookupMany.
+    assert (lookups.single_calls, lookups.many_calls) == (1, 1)
 
 
 async def test_lookup_many_is_bounded_and_keeps_each_budget(cache: RunningCache) -> None:
@@ -361,10 +362,10 @@ async def test_lookup_many_is_bounded_and_keeps_each_budget(cache: RunningCache)
     # A budget already spent answers MISS at once (deadline), not the whole call late.
     await store(cache, T, V, ask("Name a desert."), "The Gobi.")
     lookup = cache_pb2.CacheLookupRequest(tenant=T, model_version=V, request=ask("Name a desert."))
+    # Budgets a client could send: spent, none of its own, negative, NaN, infinite.
+    budgets = [0.001, 0.0, -1.0, float("nan"), float("inf")]
     reply = await cache.stub.LookupMany(
-        cache_pb2.CacheLookupManyRequest(
-            lookups=[cache_pb2.TimedLookup(lookup=lookup, budget_s=0.001), cache_pb2.TimedLookup(lookup=lookup)]
-        ),
+        cache_pb2.CacheLookupManyRequest(lookups=[cache_pb2.TimedLookup(lookup=lookup, budget_s=b) for b in budgets]),
         timeout=5.0,
     )
-    assert [r.outcome for r in reply.results] == [MISS, HIT_EXACT]
+    assert [r.outcome for r in reply.results] == [MISS, HIT_EXACT, MISS, MISS, HIT_EXACT]

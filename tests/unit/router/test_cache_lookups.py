@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import grpc
 import pytest
 
 from headrace.v1 import cache_pb2, generation_pb2
 from services.router.cache_lookups import CacheLookups
-from tests.unit.router.test_cache_stores import RpcError
 
 HIT = generation_pb2.CACHE_OUTCOME_HIT_EXACT
 
@@ -19,9 +17,8 @@ HIT = generation_pb2.CACHE_OUTCOME_HIT_EXACT
 class FakeCache:
     """Answers each call once `release` is set: a hit whose entry id is the prompt."""
 
-    def __init__(self, *, many: bool = True) -> None:
-        self.many = many
-        self.calls: list[tuple[str, list[cache_pb2.TimedLookup], float | None]] = []
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str], list[float], float | None]] = []
         self.release = asyncio.Event()
         self.release.set()
 
@@ -32,14 +29,14 @@ class FakeCache:
     async def LookupMany(
         self, request: cache_pb2.CacheLookupManyRequest, **options: Any
     ) -> cache_pb2.CacheLookupManyResponse:
-        self.calls.append(("many", list(request.lookups), options.get("timeout")))
+        prompts = [timed.lookup.request.prompt for timed in request.lookups]
+        self.calls.append(("many", prompts, [timed.budget_s for timed in request.lookups], options.get("timeout")))
         await self.release.wait()
-        if not self.many:
-            raise RpcError(grpc.StatusCode.UNIMPLEMENTED)
         return cache_pb2.CacheLookupManyResponse(results=[self.hit(timed.lookup) for timed in request.lookups])
 
     async def Lookup(self, request: cache_pb2.CacheLookupRequest, **options: Any) -> cache_pb2.CacheLookupResponse:
-        self.calls.append(("one", [cache_pb2.TimedLookup(lookup=request)], options.get("timeout")))
+        self.calls.append(("one", [request.request.prompt], [], options.get("timeout")))
+        await self.release.wait()
         return self.hit(request)
 
 
@@ -47,10 +44,6 @@ def ask(prompt: str) -> cache_pb2.CacheLookupRequest:
     return cache_pb2.CacheLookupRequest(
         tenant="acme", model_version="m@1", request=generation_pb2.GenerateRequest(prompt=prompt)
     )
-
-
-def prompts(cache: FakeCache) -> list[list[str]]:
-    return [[timed.lookup.request.prompt for timed in lookups] for _, lookups, _ in cache.calls]
 
 
 async def test_lookups_that_come_while_one_is_in_flight_go_together_with_their_budgets() -> None:
@@ -64,10 +57,12 @@ async def test_lookups_that_come_while_one_is_in_flight_go_together_with_their_b
     cache.release.set()
     answers = await asyncio.gather(first, *later)
     assert [a.entry_id for a in answers] == ["a", "b", "c"]
-    assert prompts(cache) == [["a"], ["b", "c"]]
-    # Each goes with what its caller has left when the call goes (5 s less the 0.2 s it waited).
-    (_, second, timeout) = cache.calls[1]
-    assert all(4.7 < timed.budget_s < 4.85 for timed in second)
+    (kind, _, _, alone_timeout), (many, prompts, budgets, timeout) = cache.calls
+    # The first went alone with its caller's time; the others together,
+    # each with what its caller has left when the call went (5 s less 0.2 s).
+    assert (kind, many, prompts) == ("one", "many", ["b", "c"])
+    assert alone_timeout is not None and 4.9 < alone_timeout <= 5.0
+    assert all(4.7 < budget < 4.85 for budget in budgets)
     assert timeout is not None and 4.7 < timeout < 4.95
 
 
@@ -79,17 +74,8 @@ async def test_a_lookup_whose_caller_gave_up_before_its_call_is_not_sent() -> No
     await asyncio.sleep(0.01)
     with pytest.raises(TimeoutError):
         await lookups.lookup(ask("impatient"), 0.05)
-    kept = asyncio.ensure_future(lookups.lookup(ask("b"), 5.0))
+    kept = [asyncio.ensure_future(lookups.lookup(ask(p), 5.0)) for p in "bc"]
     await asyncio.sleep(0.01)
     cache.release.set()
-    await asyncio.gather(first, kept)
-    assert prompts(cache) == [["a"], ["b"]]
-
-
-async def test_a_cache_without_lookup_many_gets_one_lookup_each() -> None:
-    cache = FakeCache(many=False)
-    lookups = CacheLookups(cache, max_bytes_per_call=1 << 20)  # type: ignore[arg-type]
-    answers = await asyncio.gather(*(lookups.lookup(ask(p), 5.0) for p in "ab"))
-    assert [a.entry_id for a in answers] == ["a", "b"]
-    assert [kind for kind, _, _ in cache.calls] == ["many", "one", "one"]
-    assert all(timeout is not None and timeout <= 5.0 for kind, _, timeout in cache.calls if kind == "one")
+    await asyncio.gather(first, *kept)
+    assert [(kind, prompts) for kind, prompts, _, _ in cache.calls] == [("one", ["a"]), ("many", ["b", "c"])]

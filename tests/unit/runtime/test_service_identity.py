@@ -45,6 +45,14 @@ def auth_context(role: str, *hosts: str) -> dict[str, list[bytes]]:
         ("worker", "/headrace.v1.Scheduler/ReportLoad", True),
         ("worker", "/headrace.v1.Scheduler/Place", False),
         ("worker", "/headrace.v1.Cache/Lookup", False),
+        # The coalesced cache calls: the router's alone (a peer that could
+        # store would poison every tenant's answers).
+        ("router", "/headrace.v1.Cache/LookupMany", True),
+        ("router", "/headrace.v1.Cache/StoreMany", True),
+        ("worker", "/headrace.v1.Cache/StoreMany", False),
+        ("consumer", "/headrace.v1.Cache/StoreMany", False),
+        ("admin", "/headrace.v1.Cache/LookupMany", False),
+        ("scheduler", "/headrace.v1.Cache/StoreMany", False),
         ("worker", "/headrace.v1.Worker/Generate", False),
         # Nobody but a lease's kind of holder frees slots: a worker, the
         # operator's tools and the cache never release (one by one or many).
