@@ -22,8 +22,10 @@ def unfrozen() -> Iterator[None]:
 
 def test_what_is_alive_is_frozen_and_what_comes_later_is_not(unfrozen: None) -> None:
     alive: list[int] = []
-    frozen = gc_policy.freeze_startup_heap()
-    assert frozen == gc.get_freeze_count() > 0
+    # A count, not an equality with get_freeze_count() afterwards: frozen
+    # objects that other threads of the test process (gRPC's poller, an
+    # exporter) drop meanwhile leave the permanent generation (CI saw 27).
+    assert gc_policy.freeze_startup_heap() > 0 and gc.get_freeze_count() > 0
     later: list[int] = []
     # The collector's generations (what a collection walks) hold only what
     # came after the freeze.
