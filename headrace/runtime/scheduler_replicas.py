@@ -113,6 +113,14 @@ class SchedulerReplicas:
         ].PlaceMany(request, **options)
         return call
 
+    async def place_now_many_at(
+        self, index: int, request: scheduler_pb2.PlaceNowManyRequest, **options: Any
+    ) -> scheduler_pb2.PlaceNowManyResponse:
+        """A router's places on a slot free now, on one replica
+        (services/router/places_now.py fails over and remembers the leases)."""
+        response: scheduler_pb2.PlaceNowManyResponse = await self._stubs[index].PlaceNowMany(request, **options)
+        return response
+
     def remember(self, lease_id: str, index: int) -> None:
         """Lease `lease_id` came from replica `index`: its renewals and
         release go there."""

@@ -31,7 +31,7 @@ from headrace.runtime.errors import FailedPrecondition, PermissionDenied, Unauth
 from headrace.runtime.service_certs import CA_CERT, Role, cert_path, key_path, server_name
 
 _ROUTER_SCHEDULER_METHODS: Final = (
-    *("Place", "Release", "ReleaseMany", "RenewLease", "ListWorkers", "GetPoolStatus"),
+    *("Place", "PlaceNowMany", "Release", "ReleaseMany", "RenewLease", "ListWorkers", "GetPoolStatus"),
     *("SubmitBatch", "GetBatch", "CancelBatch", "ListBatches", "StreamBatchResults"),
     *("UploadFile", "GetFile", "GetFileContent", "DeleteFile"),
 )

@@ -26,7 +26,7 @@ from headrace.v1 import batch_pb2 as headrace_dot_v1_dot_batch__pb2
 from headrace.v1 import generation_pb2 as headrace_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bheadrace/v1/scheduler.proto\x12\x0bheadrace.v1\x1a\x17headrace/v1/batch.proto\x1a\x1cheadrace/v1/generation.proto\"\x8a\x02\n\x0cPlaceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\'\n\x08priority\x18\x04 \x01(\x0e\x32\x15.headrace.v1.Priority\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x15\n\rprefix_hashes\x18\x06 \x03(\x04\x12\x15\n\rprompt_tokens\x18\x07 \x01(\r\x12\x12\n\nmax_tokens\x18\x08 \x01(\r\x12\x17\n\x0f\x65xclude_workers\x18\t \x03(\t\x12\x11\n\tworker_id\x18\n \x01(\t\x12\x14\n\x0conly_if_free\x18\x0b \x01(\x08\"U\n\x05Lease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\"z\n\rPlaceResponse\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.headrace.v1.Lease\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x0c\n\x04pool\x18\x04 \x01(\t\x12\x16\n\x0eprice_per_hour\x18\x05 \x01(\x01\"=\n\x10PlaceManyRequest\x12)\n\x06places\x18\x01 \x03(\x0b\x32\x19.headrace.v1.PlaceRequest\"D\n\x0cPlaceRefusal\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x15\n\rretry_after_s\x18\x03 \x01(\x01\"\x84\x01\n\x0cPlaceOutcome\x12\r\n\x05index\x18\x01 \x01(\r\x12,\n\x06placed\x18\x02 \x01(\x0b\x32\x1a.headrace.v1.PlaceResponseH\x00\x12,\n\x07refused\x18\x03 \x01(\x0b\x32\x19.headrace.v1.PlaceRefusalH\x00\x42\t\n\x07outcome\"@\n\x11PlaceManyResponse\x12+\n\x08outcomes\x18\x01 \x03(\x0b\x32\x19.headrace.v1.PlaceOutcome\"\x95\x01\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12*\n\x07outcome\x18\x02 \x01(\x0e\x32\x19.headrace.v1.LeaseOutcome\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.headrace.v1.Usage\x12\x11\n\tengine_ms\x18\x04 \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x05 \x01(\x01\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"C\n\x12ReleaseManyRequest\x12-\n\x08releases\x18\x01 \x03(\x0b\x32\x1b.headrace.v1.ReleaseRequest\"D\n\x13ReleaseManyResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.headrace.v1.ReleaseResponse\"%\n\x11RenewLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"7\n\x12RenewLeaseResponse\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.headrace.v1.Lease\"_\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\"\xac\x01\n\nWorkerLoad\x12\x0f\n\x07running\x18\x01 \x01(\r\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x02\x12\x19\n\x11tokens_per_second\x18\x04 \x01(\x02\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\r\x12\x0f\n\x07healthy\x18\x06 \x01(\x08\x12\x16\n\x0ereported_at_ms\x18\x07 \x01(\x03\x12\x0e\n\x06online\x18\x08 \x01(\r\"n\n\nLoadReport\x12\'\n\x06worker\x18\x01 \x01(\x0b\x32\x17.headrace.v1.WorkerInfo\x12%\n\x04load\x18\x02 \x01(\x0b\x32\x17.headrace.v1.WorkerLoad\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\"+\n\rLoadReportAck\x12\x1a\n\x12report_interval_ms\x18\x01 \x01(\r\"\"\n\x12ListWorkersRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"\x95\x01\n\x0cWorkerStatus\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.headrace.v1.WorkerInfo\x12%\n\x04load\x18\x02 \x01(\x0b\x32\x17.headrace.v1.WorkerLoad\x12\x14\n\x0creport_age_s\x18\x03 \x01(\x01\x12\x0e\n\x06leases\x18\x04 \x01(\r\x12\x11\n\taccepting\x18\x05 \x01(\x08\"A\n\x13ListWorkersResponse\x12*\n\x07workers\x18\x01 \x03(\x0b\x32\x19.headrace.v1.WorkerStatus\"$\n\x14GetPoolStatusRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"\xf7\x01\n\nPoolStatus\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0f\n\x07workers\x18\x02 \x01(\r\x12\x33\n\x06queued\x18\x03 \x03(\x0b\x32#.headrace.v1.PoolStatus.QueuedEntry\x12\x0e\n\x06leased\x18\x04 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\r\x12\x13\n\x0bqueue_limit\x18\x06 \x01(\r\x12\x17\n\x0f\x64\x65sired_workers\x18\x07 \x01(\r\x12\x16\n\x0e\x64\x65sired_reason\x18\x08 \x01(\t\x1a-\n\x0bQueuedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"?\n\x15GetPoolStatusResponse\x12&\n\x05pools\x18\x01 \x03(\x0b\x32\x17.headrace.v1.PoolStatus*\x93\x01\n\x0cLeaseOutcome\x12\x1d\n\x19LEASE_OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10LEASE_OUTCOME_OK\x10\x01\x12\x17\n\x13LEASE_OUTCOME_ERROR\x10\x02\x12\x1b\n\x17LEASE_OUTCOME_CANCELLED\x10\x03\x12\x18\n\x14LEASE_OUTCOME_UNUSED\x10\x04\x32\x8f\n\n\tScheduler\x12>\n\x05Place\x12\x19.headrace.v1.PlaceRequest\x1a\x1a.headrace.v1.PlaceResponse\x12\x44\n\x07Release\x12\x1b.headrace.v1.ReleaseRequest\x1a\x1c.headrace.v1.ReleaseResponse\x12P\n\x0bReleaseMany\x12\x1f.headrace.v1.ReleaseManyRequest\x1a .headrace.v1.ReleaseManyResponse\x12L\n\tPlaceMany\x12\x1d.headrace.v1.PlaceManyRequest\x1a\x1e.headrace.v1.PlaceManyResponse0\x01\x12M\n\nRenewLease\x12\x1e.headrace.v1.RenewLeaseRequest\x1a\x1f.headrace.v1.RenewLeaseResponse\x12\x45\n\nReportLoad\x12\x17.headrace.v1.LoadReport\x1a\x1a.headrace.v1.LoadReportAck(\x01\x30\x01\x12P\n\x0bListWorkers\x12\x1f.headrace.v1.ListWorkersRequest\x1a .headrace.v1.ListWorkersResponse\x12V\n\rGetPoolStatus\x12!.headrace.v1.GetPoolStatusRequest\x1a\".headrace.v1.GetPoolStatusResponse\x12\x45\n\x0bSubmitBatch\x12\x1f.headrace.v1.SubmitBatchRequest\x1a\x15.headrace.v1.BatchJob\x12?\n\x08GetBatch\x12\x1c.headrace.v1.GetBatchRequest\x1a\x15.headrace.v1.BatchJob\x12\x45\n\x0b\x43\x61ncelBatch\x12\x1f.headrace.v1.CancelBatchRequest\x1a\x15.headrace.v1.BatchJob\x12P\n\x0bListBatches\x12\x1f.headrace.v1.ListBatchesRequest\x1a .headrace.v1.ListBatchesResponse\x12X\n\x12StreamBatchResults\x12&.headrace.v1.StreamBatchResultsRequest\x1a\x18.headrace.v1.BatchResult0\x01\x12\x43\n\nUploadFile\x12\x1e.headrace.v1.UploadFileRequest\x1a\x15.headrace.v1.FileInfo\x12=\n\x07GetFile\x12\x1b.headrace.v1.GetFileRequest\x1a\x15.headrace.v1.FileInfo\x12N\n\x0eGetFileContent\x12\".headrace.v1.GetFileContentRequest\x1a\x18.headrace.v1.FileContent\x12M\n\nDeleteFile\x12\x1e.headrace.v1.DeleteFileRequest\x1a\x1f.headrace.v1.DeleteFileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bheadrace/v1/scheduler.proto\x12\x0bheadrace.v1\x1a\x17headrace/v1/batch.proto\x1a\x1cheadrace/v1/generation.proto\"\x8a\x02\n\x0cPlaceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\'\n\x08priority\x18\x04 \x01(\x0e\x32\x15.headrace.v1.Priority\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x15\n\rprefix_hashes\x18\x06 \x03(\x04\x12\x15\n\rprompt_tokens\x18\x07 \x01(\r\x12\x12\n\nmax_tokens\x18\x08 \x01(\r\x12\x17\n\x0f\x65xclude_workers\x18\t \x03(\t\x12\x11\n\tworker_id\x18\n \x01(\t\x12\x14\n\x0conly_if_free\x18\x0b \x01(\x08\"U\n\x05Lease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\"z\n\rPlaceResponse\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.headrace.v1.Lease\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x0c\n\x04pool\x18\x04 \x01(\t\x12\x16\n\x0eprice_per_hour\x18\x05 \x01(\x01\"=\n\x10PlaceManyRequest\x12)\n\x06places\x18\x01 \x03(\x0b\x32\x19.headrace.v1.PlaceRequest\"D\n\x0cPlaceRefusal\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x15\n\rretry_after_s\x18\x03 \x01(\x01\"\x84\x01\n\x0cPlaceOutcome\x12\r\n\x05index\x18\x01 \x01(\r\x12,\n\x06placed\x18\x02 \x01(\x0b\x32\x1a.headrace.v1.PlaceResponseH\x00\x12,\n\x07refused\x18\x03 \x01(\x0b\x32\x19.headrace.v1.PlaceRefusalH\x00\x42\t\n\x07outcome\"@\n\x11PlaceManyResponse\x12+\n\x08outcomes\x18\x01 \x03(\x0b\x32\x19.headrace.v1.PlaceOutcome\"@\n\x13PlaceNowManyRequest\x12)\n\x06places\x18\x01 \x03(\x0b\x32\x19.headrace.v1.PlaceRequest\"C\n\x14PlaceNowManyResponse\x12+\n\x08outcomes\x18\x01 \x03(\x0b\x32\x19.headrace.v1.PlaceOutcome\"\x95\x01\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12*\n\x07outcome\x18\x02 \x01(\x0e\x32\x19.headrace.v1.LeaseOutcome\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.headrace.v1.Usage\x12\x11\n\tengine_ms\x18\x04 \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x05 \x01(\x01\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"C\n\x12ReleaseManyRequest\x12-\n\x08releases\x18\x01 \x03(\x0b\x32\x1b.headrace.v1.ReleaseRequest\"D\n\x13ReleaseManyResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.headrace.v1.ReleaseResponse\"%\n\x11RenewLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"7\n\x12RenewLeaseResponse\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.headrace.v1.Lease\"_\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\"\xac\x01\n\nWorkerLoad\x12\x0f\n\x07running\x18\x01 \x01(\r\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x02\x12\x19\n\x11tokens_per_second\x18\x04 \x01(\x02\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\r\x12\x0f\n\x07healthy\x18\x06 \x01(\x08\x12\x16\n\x0ereported_at_ms\x18\x07 \x01(\x03\x12\x0e\n\x06online\x18\x08 \x01(\r\"n\n\nLoadReport\x12\'\n\x06worker\x18\x01 \x01(\x0b\x32\x17.headrace.v1.WorkerInfo\x12%\n\x04load\x18\x02 \x01(\x0b\x32\x17.headrace.v1.WorkerLoad\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\"+\n\rLoadReportAck\x12\x1a\n\x12report_interval_ms\x18\x01 \x01(\r\"\"\n\x12ListWorkersRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"\x95\x01\n\x0cWorkerStatus\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.headrace.v1.WorkerInfo\x12%\n\x04load\x18\x02 \x01(\x0b\x32\x17.headrace.v1.WorkerLoad\x12\x14\n\x0creport_age_s\x18\x03 \x01(\x01\x12\x0e\n\x06leases\x18\x04 \x01(\r\x12\x11\n\taccepting\x18\x05 \x01(\x08\"A\n\x13ListWorkersResponse\x12*\n\x07workers\x18\x01 \x03(\x0b\x32\x19.headrace.v1.WorkerStatus\"$\n\x14GetPoolStatusRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"\xf7\x01\n\nPoolStatus\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0f\n\x07workers\x18\x02 \x01(\r\x12\x33\n\x06queued\x18\x03 \x03(\x0b\x32#.headrace.v1.PoolStatus.QueuedEntry\x12\x0e\n\x06leased\x18\x04 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\r\x12\x13\n\x0bqueue_limit\x18\x06 \x01(\r\x12\x17\n\x0f\x64\x65sired_workers\x18\x07 \x01(\r\x12\x16\n\x0e\x64\x65sired_reason\x18\x08 \x01(\t\x1a-\n\x0bQueuedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"?\n\x15GetPoolStatusResponse\x12&\n\x05pools\x18\x01 \x03(\x0b\x32\x17.headrace.v1.PoolStatus*\x93\x01\n\x0cLeaseOutcome\x12\x1d\n\x19LEASE_OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10LEASE_OUTCOME_OK\x10\x01\x12\x17\n\x13LEASE_OUTCOME_ERROR\x10\x02\x12\x1b\n\x17LEASE_OUTCOME_CANCELLED\x10\x03\x12\x18\n\x14LEASE_OUTCOME_UNUSED\x10\x04\x32\xe4\n\n\tScheduler\x12>\n\x05Place\x12\x19.headrace.v1.PlaceRequest\x1a\x1a.headrace.v1.PlaceResponse\x12\x44\n\x07Release\x12\x1b.headrace.v1.ReleaseRequest\x1a\x1c.headrace.v1.ReleaseResponse\x12P\n\x0bReleaseMany\x12\x1f.headrace.v1.ReleaseManyRequest\x1a .headrace.v1.ReleaseManyResponse\x12L\n\tPlaceMany\x12\x1d.headrace.v1.PlaceManyRequest\x1a\x1e.headrace.v1.PlaceManyResponse0\x01\x12S\n\x0cPlaceNowMany\x12 .headrace.v1.PlaceNowManyRequest\x1a!.headrace.v1.PlaceNowManyResponse\x12M\n\nRenewLease\x12\x1e.headrace.v1.RenewLeaseRequest\x1a\x1f.headrace.v1.RenewLeaseResponse\x12\x45\n\nReportLoad\x12\x17.headrace.v1.LoadReport\x1a\x1a.headrace.v1.LoadReportAck(\x01\x30\x01\x12P\n\x0bListWorkers\x12\x1f.headrace.v1.ListWorkersRequest\x1a .headrace.v1.ListWorkersResponse\x12V\n\rGetPoolStatus\x12!.headrace.v1.GetPoolStatusRequest\x1a\".headrace.v1.GetPoolStatusResponse\x12\x45\n\x0bSubmitBatch\x12\x1f.headrace.v1.SubmitBatchRequest\x1a\x15.headrace.v1.BatchJob\x12?\n\x08GetBatch\x12\x1c.headrace.v1.GetBatchRequest\x1a\x15.headrace.v1.BatchJob\x12\x45\n\x0b\x43\x61ncelBatch\x12\x1f.headrace.v1.CancelBatchRequest\x1a\x15.headrace.v1.BatchJob\x12P\n\x0bListBatches\x12\x1f.headrace.v1.ListBatchesRequest\x1a .headrace.v1.ListBatchesResponse\x12X\n\x12StreamBatchResults\x12&.headrace.v1.StreamBatchResultsRequest\x1a\x18.headrace.v1.BatchResult0\x01\x12\x43\n\nUploadFile\x12\x1e.headrace.v1.UploadFileRequest\x1a\x15.headrace.v1.FileInfo\x12=\n\x07GetFile\x12\x1b.headrace.v1.GetFileRequest\x1a\x15.headrace.v1.FileInfo\x12N\n\x0eGetFileContent\x12\".headrace.v1.GetFileContentRequest\x1a\x18.headrace.v1.FileContent\x12M\n\nDeleteFile\x12\x1e.headrace.v1.DeleteFileRequest\x1a\x1f.headrace.v1.DeleteFileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_POOLSTATUS_QUEUEDENTRY']._loaded_options = None
   _globals['_POOLSTATUS_QUEUEDENTRY']._serialized_options = b'8\001'
-  _globals['_LEASEOUTCOME']._serialized_start=2375
-  _globals['_LEASEOUTCOME']._serialized_end=2522
+  _globals['_LEASEOUTCOME']._serialized_start=2510
+  _globals['_LEASEOUTCOME']._serialized_end=2657
   _globals['_PLACEREQUEST']._serialized_start=100
   _globals['_PLACEREQUEST']._serialized_end=366
   _globals['_LEASE']._serialized_start=368
@@ -51,40 +51,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLACEOUTCOME']._serialized_end=845
   _globals['_PLACEMANYRESPONSE']._serialized_start=847
   _globals['_PLACEMANYRESPONSE']._serialized_end=911
-  _globals['_RELEASEREQUEST']._serialized_start=914
-  _globals['_RELEASEREQUEST']._serialized_end=1063
-  _globals['_RELEASERESPONSE']._serialized_start=1065
-  _globals['_RELEASERESPONSE']._serialized_end=1100
-  _globals['_RELEASEMANYREQUEST']._serialized_start=1102
-  _globals['_RELEASEMANYREQUEST']._serialized_end=1169
-  _globals['_RELEASEMANYRESPONSE']._serialized_start=1171
-  _globals['_RELEASEMANYRESPONSE']._serialized_end=1239
-  _globals['_RENEWLEASEREQUEST']._serialized_start=1241
-  _globals['_RENEWLEASEREQUEST']._serialized_end=1278
-  _globals['_RENEWLEASERESPONSE']._serialized_start=1280
-  _globals['_RENEWLEASERESPONSE']._serialized_end=1335
-  _globals['_WORKERINFO']._serialized_start=1337
-  _globals['_WORKERINFO']._serialized_end=1432
-  _globals['_WORKERLOAD']._serialized_start=1435
-  _globals['_WORKERLOAD']._serialized_end=1607
-  _globals['_LOADREPORT']._serialized_start=1609
-  _globals['_LOADREPORT']._serialized_end=1719
-  _globals['_LOADREPORTACK']._serialized_start=1721
-  _globals['_LOADREPORTACK']._serialized_end=1764
-  _globals['_LISTWORKERSREQUEST']._serialized_start=1766
-  _globals['_LISTWORKERSREQUEST']._serialized_end=1800
-  _globals['_WORKERSTATUS']._serialized_start=1803
-  _globals['_WORKERSTATUS']._serialized_end=1952
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=1954
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=2019
-  _globals['_GETPOOLSTATUSREQUEST']._serialized_start=2021
-  _globals['_GETPOOLSTATUSREQUEST']._serialized_end=2057
-  _globals['_POOLSTATUS']._serialized_start=2060
-  _globals['_POOLSTATUS']._serialized_end=2307
-  _globals['_POOLSTATUS_QUEUEDENTRY']._serialized_start=2262
-  _globals['_POOLSTATUS_QUEUEDENTRY']._serialized_end=2307
-  _globals['_GETPOOLSTATUSRESPONSE']._serialized_start=2309
-  _globals['_GETPOOLSTATUSRESPONSE']._serialized_end=2372
-  _globals['_SCHEDULER']._serialized_start=2525
-  _globals['_SCHEDULER']._serialized_end=3820
+  _globals['_PLACENOWMANYREQUEST']._serialized_start=913
+  _globals['_PLACENOWMANYREQUEST']._serialized_end=977
+  _globals['_PLACENOWMANYRESPONSE']._serialized_start=979
+  _globals['_PLACENOWMANYRESPONSE']._serialized_end=1046
+  _globals['_RELEASEREQUEST']._serialized_start=1049
+  _globals['_RELEASEREQUEST']._serialized_end=1198
+  _globals['_RELEASERESPONSE']._serialized_start=1200
+  _globals['_RELEASERESPONSE']._serialized_end=1235
+  _globals['_RELEASEMANYREQUEST']._serialized_start=1237
+  _globals['_RELEASEMANYREQUEST']._serialized_end=1304
+  _globals['_RELEASEMANYRESPONSE']._serialized_start=1306
+  _globals['_RELEASEMANYRESPONSE']._serialized_end=1374
+  _globals['_RENEWLEASEREQUEST']._serialized_start=1376
+  _globals['_RENEWLEASEREQUEST']._serialized_end=1413
+  _globals['_RENEWLEASERESPONSE']._serialized_start=1415
+  _globals['_RENEWLEASERESPONSE']._serialized_end=1470
+  _globals['_WORKERINFO']._serialized_start=1472
+  _globals['_WORKERINFO']._serialized_end=1567
+  _globals['_WORKERLOAD']._serialized_start=1570
+  _globals['_WORKERLOAD']._serialized_end=1742
+  _globals['_LOADREPORT']._serialized_start=1744
+  _globals['_LOADREPORT']._serialized_end=1854
+  _globals['_LOADREPORTACK']._serialized_start=1856
+  _globals['_LOADREPORTACK']._serialized_end=1899
+  _globals['_LISTWORKERSREQUEST']._serialized_start=1901
+  _globals['_LISTWORKERSREQUEST']._serialized_end=1935
+  _globals['_WORKERSTATUS']._serialized_start=1938
+  _globals['_WORKERSTATUS']._serialized_end=2087
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=2089
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=2154
+  _globals['_GETPOOLSTATUSREQUEST']._serialized_start=2156
+  _globals['_GETPOOLSTATUSREQUEST']._serialized_end=2192
+  _globals['_POOLSTATUS']._serialized_start=2195
+  _globals['_POOLSTATUS']._serialized_end=2442
+  _globals['_POOLSTATUS_QUEUEDENTRY']._serialized_start=2397
+  _globals['_POOLSTATUS_QUEUEDENTRY']._serialized_end=2442
+  _globals['_GETPOOLSTATUSRESPONSE']._serialized_start=2444
+  _globals['_GETPOOLSTATUSRESPONSE']._serialized_end=2507
+  _globals['_SCHEDULER']._serialized_start=2660
+  _globals['_SCHEDULER']._serialized_end=4040
 # @@protoc_insertion_point(module_scope)

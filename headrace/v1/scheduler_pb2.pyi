@@ -296,6 +296,50 @@ class PlaceManyResponse(_message.Message):
 Global___PlaceManyResponse: _TypeAlias = PlaceManyResponse  # noqa: Y015
 
 @_typing.final
+class PlaceNowManyRequest(_message.Message):
+    """Places on a slot free now (only_if_free set on every one)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLACES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def places(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlaceRequest]: ...
+    def __init__(
+        self,
+        *,
+        places: _abc.Iterable[Global___PlaceRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["places", b"places"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceNowManyRequest: _TypeAlias = PlaceNowManyRequest  # noqa: Y015
+
+@_typing.final
+class PlaceNowManyResponse(_message.Message):
+    """One outcome per place, in the order of PlaceNowManyRequest.places."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlaceOutcome]: ...
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___PlaceOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceNowManyResponse: _TypeAlias = PlaceNowManyResponse  # noqa: Y015
+
+@_typing.final
 class ReleaseRequest(_message.Message):
     """Give a slot back."""
 

@@ -58,6 +58,11 @@ class SchedulerStub:
                 request_serializer=headrace_dot_v1_dot_scheduler__pb2.PlaceManyRequest.SerializeToString,
                 response_deserializer=headrace_dot_v1_dot_scheduler__pb2.PlaceManyResponse.FromString,
                 _registered_method=True)
+        self.PlaceNowMany = channel.unary_unary(
+                '/headrace.v1.Scheduler/PlaceNowMany',
+                request_serializer=headrace_dot_v1_dot_scheduler__pb2.PlaceNowManyRequest.SerializeToString,
+                response_deserializer=headrace_dot_v1_dot_scheduler__pb2.PlaceNowManyResponse.FromString,
+                _registered_method=True)
         self.RenewLease = channel.unary_unary(
                 '/headrace.v1.Scheduler/RenewLease',
                 request_serializer=headrace_dot_v1_dot_scheduler__pb2.RenewLeaseRequest.SerializeToString,
@@ -164,6 +169,17 @@ class SchedulerServicer:
         in a message sent as soon as it is decided (the places one scheduling
         step leases come together), and the stream ends when every place has
         its outcome.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlaceNowMany(self, request, context):
+        """Several places on a slot free now or none (every one only_if_free: a
+        router's places made beside its cache lookups), in one call: a router
+        coalesces those asked while its previous call is in flight. At most
+        256. Each is decided at once, as Place would decide it; the outcomes
+        come in the order of the places, none ever queues.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -276,6 +292,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.PlaceMany,
                     request_deserializer=headrace_dot_v1_dot_scheduler__pb2.PlaceManyRequest.FromString,
                     response_serializer=headrace_dot_v1_dot_scheduler__pb2.PlaceManyResponse.SerializeToString,
+            ),
+            'PlaceNowMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlaceNowMany,
+                    request_deserializer=headrace_dot_v1_dot_scheduler__pb2.PlaceNowManyRequest.FromString,
+                    response_serializer=headrace_dot_v1_dot_scheduler__pb2.PlaceNowManyResponse.SerializeToString,
             ),
             'RenewLease': grpc.unary_unary_rpc_method_handler(
                     servicer.RenewLease,
@@ -454,6 +475,33 @@ class Scheduler:
             '/headrace.v1.Scheduler/PlaceMany',
             headrace_dot_v1_dot_scheduler__pb2.PlaceManyRequest.SerializeToString,
             headrace_dot_v1_dot_scheduler__pb2.PlaceManyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlaceNowMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headrace.v1.Scheduler/PlaceNowMany',
+            headrace_dot_v1_dot_scheduler__pb2.PlaceNowManyRequest.SerializeToString,
+            headrace_dot_v1_dot_scheduler__pb2.PlaceNowManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,13 @@ class SchedulerStub:
     step leases come together), and the stream ends when every place has
     its outcome.
     """
+    PlaceNowMany: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.PlaceNowManyRequest, _scheduler_pb2.PlaceNowManyResponse]
+    """Several places on a slot free now or none (every one only_if_free: a
+    router's places made beside its cache lookups), in one call: a router
+    coalesces those asked while its previous call is in flight. At most
+    256. Each is decided at once, as Place would decide it; the outcomes
+    come in the order of the places, none ever queues.
+    """
     RenewLease: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.RenewLeaseRequest, _scheduler_pb2.RenewLeaseResponse]
     """Keep a lease alive during a long stream; leases that are not renewed
     expire, so a crashed router leaks no capacity.
@@ -109,6 +116,13 @@ class SchedulerAsyncStub(SchedulerStub):
     in a message sent as soon as it is decided (the places one scheduling
     step leases come together), and the stream ends when every place has
     its outcome.
+    """
+    PlaceNowMany: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.PlaceNowManyRequest, _scheduler_pb2.PlaceNowManyResponse]  # type: ignore[assignment]
+    """Several places on a slot free now or none (every one only_if_free: a
+    router's places made beside its cache lookups), in one call: a router
+    coalesces those asked while its previous call is in flight. At most
+    256. Each is decided at once, as Place would decide it; the outcomes
+    come in the order of the places, none ever queues.
     """
     RenewLease: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.RenewLeaseRequest, _scheduler_pb2.RenewLeaseResponse]  # type: ignore[assignment]
     """Keep a lease alive during a long stream; leases that are not renewed
@@ -182,6 +196,19 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         in a message sent as soon as it is decided (the places one scheduling
         step leases come together), and the stream ends when every place has
         its outcome.
+        """
+
+    @_abc_1.abstractmethod
+    def PlaceNowMany(
+        self,
+        request: _scheduler_pb2.PlaceNowManyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.PlaceNowManyResponse, _abc.Awaitable[_scheduler_pb2.PlaceNowManyResponse]]:
+        """Several places on a slot free now or none (every one only_if_free: a
+        router's places made beside its cache lookups), in one call: a router
+        coalesces those asked while its previous call is in flight. At most
+        256. Each is decided at once, as Place would decide it; the outcomes
+        come in the order of the places, none ever queues.
         """
 
     @_abc_1.abstractmethod

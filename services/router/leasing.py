@@ -12,11 +12,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc.aio
+from opentelemetry import trace
 
 from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.channels import call_options
 from headrace.runtime.scheduler_replicas import SchedulerReplicas
 from headrace.v1 import generation_pb2, scheduler_pb2
+from services.router.places_now import PlacesNow
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,14 @@ class Leasing:
         self._scheduler = scheduler
         self._background = background
         self._renew_margin_s = renew_margin_s
+        self._places_now = PlacesNow(scheduler, background)
 
     async def place(self, request: scheduler_pb2.PlaceRequest) -> scheduler_pb2.PlaceResponse:
+        """Raises grpc.aio.AioRpcError, or HeadraceError for a place on a
+        slot free now that the scheduler refused."""
+        if request.only_if_free and not trace.get_current_span().is_recording():
+            # Beside a cache lookup: coalesced with those asked meanwhile.
+            return await self._places_now.place(request, options=call_options)
         # Any replica; one that is down or dies while the call waits in its
         # queue is skipped (scheduler_replicas.py).
         return await self._scheduler.place(request, options=call_options)

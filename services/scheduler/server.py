@@ -211,12 +211,49 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             await asyncio.gather(*tasks, return_exceptions=True)
             trace.get_current_span().set_attributes({"headrace.places": len(tasks), "headrace.placed": placed})
 
+    async def PlaceNowMany(
+        self, request: scheduler_pb2.PlaceNowManyRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.PlaceNowManyResponse:
+        """A router's places beside its cache lookups, in one call: each
+        decided at once (a free slot or none), in order, as Place decides it."""
+        if not request.places:
+            raise InvalidArgument("places: at least one")
+        if len(request.places) > MAX_PLACES_PER_CALL:
+            raise InvalidArgument(f"places: {len(request.places)} in one call; at most {MAX_PLACES_PER_CALL}")
+        for index, place in enumerate(request.places):
+            if not place.only_if_free:
+                raise InvalidArgument(
+                    f"places[{index}]: PlaceNowMany is for places on a slot free now only (only_if_free); "
+                    "use Place for one that may queue"
+                )
+        outcomes = []
+        timeout_s = remaining_s()
+        # One after the other: none queues, so each is decided within its
+        # turn (the next sees the slot it took).
+        for index, place in enumerate(request.places):
+            try:
+                placement: Placement | BaseException = await self._dispatcher.place(
+                    placement_from_proto(place), timeout_s=timeout_s
+                )
+            except Exception as error:
+                # One place's failure is its outcome, not the call's.
+                placement = error
+            outcomes.append(self._decided(index, placement))
+        trace.get_current_span().set_attributes(
+            {"headrace.places": len(outcomes), "headrace.placed": sum(o.HasField("placed") for o in outcomes)}
+        )
+        return scheduler_pb2.PlaceNowManyResponse(outcomes=outcomes)
+
     def _outcome(self, index: int, task: asyncio.Future[Placement]) -> scheduler_pb2.PlaceOutcome:
         error: BaseException | None = Cancelled("the place was cancelled") if task.cancelled() else task.exception()
-        if error is None:
-            return scheduler_pb2.PlaceOutcome(index=index, placed=self._placed(task.result()))
+        return self._decided(index, task.result() if error is None else error)
+
+    def _decided(self, index: int, placement: Placement | BaseException) -> scheduler_pb2.PlaceOutcome:
+        if not isinstance(placement, BaseException):
+            return scheduler_pb2.PlaceOutcome(index=index, placed=self._placed(placement))
+        error = placement
         if not isinstance(error, HeadraceError):
-            log.error("PlaceMany: a place failed unexpectedly", exc_info=error)
+            log.error("a place failed unexpectedly", exc_info=error)
             error = Internal(f"placing failed: {type(error).__name__}")
         return scheduler_pb2.PlaceOutcome(
             index=index,

@@ -3,11 +3,14 @@
 places go in one call, each waits in the queue as a Place would, each
 lease comes back once as soon as it is granted, and a caller that leaves
 takes its places out of the queue. Through the consumer's coalescer
-(headrace/runtime/place_coalescer.py), rows that ask together share a call."""
+(headrace/runtime/place_coalescer.py), rows that ask together share a call.
+Scheduler.PlaceNowMany (a router's places on a slot free now) likewise,
+and through the router's PlacesNow."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,11 +19,14 @@ import grpc
 import grpc.aio
 import pytest
 
+from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.config import Settings
+from headrace.runtime.errors import ResourceExhausted
 from headrace.runtime.place_coalescer import PlaceCoalescer
 from headrace.runtime.scheduler_replicas import SchedulerReplicas
 from headrace.runtime.server import GrpcServiceHost
 from headrace.v1 import generation_pb2, scheduler_pb2, scheduler_pb2_grpc
+from services.router.places_now import PlacesNow
 from services.scheduler.__main__ import build_dispatcher, build_host
 from services.scheduler.dispatcher import Dispatcher
 from services.worker.__main__ import WorkerApp, build_worker, start_worker
@@ -202,4 +208,78 @@ async def test_rows_that_ask_together_share_one_call(mesh: Mesh) -> None:
         await wait_until(lambda: mesh.queued() == 0 and len(mesh.dispatcher.leases) == 0, "the unused lease released")
     finally:
         await places.close()
+        await replicas.close()
+
+
+# --- PlaceNowMany: a router's places on a slot free now, coalesced ---------
+
+
+def online(n: int) -> scheduler_pb2.PlaceRequest:
+    return scheduler_pb2.PlaceRequest(
+        request_id=f"online-{n}", model_version=MODEL, tenant="t", max_tokens=4, only_if_free=True
+    )
+
+
+async def test_places_now_are_decided_at_once_in_order(mesh: Mesh) -> None:
+    answer = await mesh.stub.PlaceNowMany(
+        scheduler_pb2.PlaceNowManyRequest(places=[online(n) for n in range(3)]), timeout=5
+    )
+    assert [o.index for o in answer.outcomes] == [0, 1, 2]
+    # Two slots: the first two leased, the third told at once there is none.
+    assert all(o.HasField("placed") and o.placed.lease.worker_id == WORKER for o in answer.outcomes[:2])
+    refused = answer.outcomes[2].refused
+    assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert "only_if_free" in refused.message
+    assert refused.retry_after_s > 0
+    assert mesh.queued() == 0
+    assert len(mesh.dispatcher.leases) == 2
+    assert all(mesh.dispatcher.leases.get(o.placed.lease.lease_id) is not None for o in answer.outcomes[:2])
+
+
+@pytest.mark.parametrize(
+    ("places", "message"),
+    [
+        ([], "at least one"),
+        ([online(n) for n in range(257)], "at most 256"),
+        ([online(0), scheduler_pb2.PlaceRequest(request_id="queues", model_version=MODEL, tenant="t")], "only_if_free"),
+    ],
+)
+async def test_bad_places_now_are_refused_with_a_reason(
+    mesh: Mesh, places: list[scheduler_pb2.PlaceRequest], message: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await mesh.stub.PlaceNowMany(scheduler_pb2.PlaceNowManyRequest(places=places), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (refused.value.details() or "")
+    assert len(mesh.dispatcher.leases) == 0
+
+
+async def test_the_routers_places_now_share_a_call_and_skip_a_dead_replica(mesh: Mesh) -> None:
+    # A replica that is not there, listed first: its calls fail UNAVAILABLE.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    replicas = SchedulerReplicas([dead, mesh.address], settings().limits, None)
+    background = BackgroundTasks()
+    places = PlacesNow(replicas, background)
+    try:
+        for round_ in range(4):
+            outcomes = await asyncio.gather(
+                *(places.place(online(10 * round_ + n), options=dict) for n in range(5)), return_exceptions=True
+            )
+            leased = [o for o in outcomes if isinstance(o, scheduler_pb2.PlaceResponse)]
+            # Two slots: two leases, three told there is none now; never the dead replica's error.
+            assert len(leased) == 2, outcomes
+            assert all(isinstance(o, ResourceExhausted) for o in outcomes if o not in leased), outcomes
+            for placed in leased:
+                # Its release goes to the replica that granted it.
+                assert replicas.owner_of(placed.lease.lease_id) == mesh.address
+                await replicas.release(scheduler_pb2.ReleaseRequest(lease_id=placed.lease.lease_id))
+            await wait_until(lambda: len(mesh.dispatcher.leases) == 0, "the leases back")
+        # The first of each round went alone, the four behind it in one call.
+        assert places.many_calls == 4
+        assert places.single_calls == 4
+        assert replicas.failovers >= 1
+    finally:
+        await background.drain()
         await replicas.close()

@@ -68,6 +68,12 @@ def auth_context(role: str, *hosts: str) -> dict[str, list[bytes]]:
         ("worker", "/headrace.v1.Scheduler/PlaceMany", False),
         ("admin", "/headrace.v1.Scheduler/PlaceMany", False),
         ("cache", "/headrace.v1.Scheduler/PlaceMany", False),
+        # Places on a slot free now (beside a cache lookup): the router's alone.
+        ("router", "/headrace.v1.Scheduler/PlaceNowMany", True),
+        ("consumer", "/headrace.v1.Scheduler/PlaceNowMany", False),
+        ("worker", "/headrace.v1.Scheduler/PlaceNowMany", False),
+        ("admin", "/headrace.v1.Scheduler/PlaceNowMany", False),
+        ("cache", "/headrace.v1.Scheduler/PlaceNowMany", False),
         ("consumer", "/headrace.v1.Worker/Generate", True),
         ("consumer", "/headrace.v1.Scheduler/GetBatch", False),
         ("admin", "/headrace.v1.Scheduler/ListWorkers", True),
