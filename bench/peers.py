@@ -455,7 +455,7 @@ def top_functions(collapsed: Path, count: int = 10) -> dict[str, list[tuple[str,
     return {"self": ranked(own, count), "headrace_inclusive": ranked(inclusive, count)}
 
 
-async def run(seconds: float, profile: bool) -> None:
+async def run(seconds: float, profile: bool, profile_dir: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="headrace-peers-") as tmp_dir:
         tmp = Path(tmp_dir)
         backend_port = free_port()
@@ -500,6 +500,8 @@ async def run(seconds: float, profile: bool) -> None:
                     for process, output in zip(profiled, outputs, strict=True):
                         if output.exists():
                             profiles[process.name] = top_functions(output)
+                            if profile_dir is not None:
+                                shutil.copy(output, profile_dir / output.name)
                 async with httpx2.AsyncClient() as probe:
                     asked = (await probe.get(f"{backend_url}/stats")).json()
         rows, table = summary(paths, backend="backend")
@@ -556,8 +558,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="The mesh's own cost per request vs LiteLLM's proxy")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each c=1 phase")
     parser.add_argument("--profile", action="store_true", help="py-spy the Headrace services under load")
+    parser.add_argument(
+        "--profile-dir", type=Path, default=None, help="keep each service's raw py-spy profile (collapsed stacks) here"
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.seconds, args.profile))
+    if args.profile_dir is not None:
+        args.profile_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(run(args.seconds, args.profile or args.profile_dir is not None, args.profile_dir))
 
 
 if __name__ == "__main__":
