@@ -44,6 +44,7 @@ from typing import Any
 
 import grpc.aio
 import httpx2
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.harness import (
     Request,
@@ -107,6 +108,29 @@ class PeerPath:
     streamed: Callable[[int], Awaitable[tuple[float, float]]]
     processes: list[Process]
     results: list[dict[str, Any]] = field(default_factory=list)
+    # Headrace's paths: the gRPC calls its cache and scheduler have served
+    # so far, by method (their own metrics), read around the c=32 phase.
+    served_calls: Callable[[], Awaitable[dict[str, float]]] | None = None
+
+
+def served_calls(client: httpx2.AsyncClient, metrics_ports: list[int]) -> Callable[[], Awaitable[dict[str, float]]]:
+    """Reads headrace_grpc_server_handled_total from each service's
+    metrics endpoint: calls by method ("Cache/Lookup"), every status."""
+
+    async def read() -> dict[str, float]:
+        counts: dict[str, float] = {}
+        for port in metrics_ports:
+            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            for family in text_string_to_metric_families(text):
+                if family.name != "headrace_grpc_server_handled":
+                    continue
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        method = sample.labels["method"].rpartition("headrace.v1.")[2]
+                        counts[method] = counts.get(method, 0.0) + sample.value
+        return counts
+
+    return read
 
 
 class WrongAnswer(Exception):
@@ -300,9 +324,12 @@ async def measure(path: PeerPath, seconds: float, rep: int) -> dict[str, Any]:
     await closed_loop(unary, concurrency=4, until=deadline_after(1.0))
     c1, _ = await closed_loop(unary, concurrency=1, until=deadline_after(seconds))
     stream, _ = await closed_loop(streamed, concurrency=1, until=deadline_after(seconds * 0.6))
+    calls_before = await path.served_calls() if path.served_calls is not None else {}
     cpu_before = {p.name: p.cpu_s() for p in path.processes}
     loaded, rps = await closed_loop(unary, concurrency=CONCURRENCY, until=deadline_after(seconds * 1.2))
     cpu_used = {p.name: p.cpu_s() - cpu_before[p.name] for p in path.processes}
+    calls_after = await path.served_calls() if path.served_calls is not None else {}
+    calls = {method: count - calls_before.get(method, 0.0) for method, count in calls_after.items()}
     done = max(1, len(loaded.total_s))
     errors = c1.errors + stream.errors + loaded.errors
     result = {
@@ -316,6 +343,10 @@ async def measure(path: PeerPath, seconds: float, rep: int) -> dict[str, Any]:
         "c32_rps": rps,
         "c32_p50_ms": percentile(loaded.total_s, 50) * 1000,
         "cpu_s_per_1k": {name: used / done * 1000 for name, used in cpu_used.items()},
+        # Health checks and load reports come on their own clock: left out.
+        "calls_per_request": {
+            method: count / done for method, count in sorted(calls.items()) if count and not _background_call(method)
+        },
         "errors": errors,
         "failures": dict(failures),
         "c1_cdf_ms": [percentile(c1.total_s, q) * 1000 for q in range(0, 101, 5)],
@@ -328,6 +359,10 @@ async def measure(path: PeerPath, seconds: float, rep: int) -> dict[str, Any]:
     for failure, count in failures.most_common(3):
         print(f"    {count} x {failure}", flush=True)
     return result
+
+
+def _background_call(method: str) -> bool:
+    return method.startswith("grpc.") or method.endswith(("/ReportLoad", "/GetPoolStatus", "/ListWorkers"))
 
 
 def summary(paths: list[PeerPath], backend: str) -> tuple[list[dict[str, Any]], str]:
@@ -345,6 +380,10 @@ def summary(paths: list[PeerPath], backend: str) -> tuple[list[dict[str, Any]], 
             for name, value in run["cpu_s_per_1k"].items():
                 cpu[name] = cpu.get(name, 0.0) + value / len(runs)
         own = {name: value for name, value in cpu.items() if name != backend}
+        calls: dict[str, float] = {}
+        for run in runs:
+            for method, value in run.get("calls_per_request", {}).items():
+                calls[method] = calls.get(method, 0.0) + value / len(runs)
         rows.append(
             {
                 "path": path.name,
@@ -355,6 +394,7 @@ def summary(paths: list[PeerPath], backend: str) -> tuple[list[dict[str, Any]], 
                 "cpu_s_per_1k": sum(own.values()),
                 "cpu_s_per_1k_by_process": own,
                 "backend_cpu_s_per_1k": cpu.get(backend, 0.0),
+                "calls_per_request": calls,
                 "errors": sum(r.get("errors", 0) for r in runs),
             }
         )
@@ -381,6 +421,22 @@ def summary(paths: list[PeerPath], backend: str) -> tuple[list[dict[str, Any]], 
         ],
     )
     return rows, table
+
+
+def _calls_text(rows: list[dict[str, Any]]) -> str:
+    """The cache's and the scheduler's gRPC calls per request at c=32."""
+    lines = []
+    for row in rows:
+        calls: dict[str, float] = row.get("calls_per_request") or {}
+        if calls:
+            listed = ", ".join(f"{method} {value:.2f}" for method, value in calls.items() if value >= 0.005)
+            lines.append(f"- {row['path']}: {sum(calls.values()):.2f} in all ({listed})")
+    if not lines:
+        return ""
+    return (
+        f"gRPC calls per request at c={CONCURRENCY} served by the cache and the scheduler (their "
+        "`headrace_grpc_server_handled_total`; the worker's one Generate per request apart):\n" + "\n".join(lines)
+    )
 
 
 def _cpu_cell(row: dict[str, Any]) -> str:
@@ -481,10 +537,12 @@ async def run(seconds: float, profile: bool, profile_dir: Path | None = None) ->
                     await wait_http(f"http://127.0.0.1:{port}/health/liveliness", 180, headers)
                     unary, streamed = http_path("litellm", client, f"http://127.0.0.1:{port}", headers, headrace=False)
                     paths.append(PeerPath("litellm", unary, streamed, [Process("litellm", pid), backend]))
+                ports = [p for p in (mesh.settings.cache.metrics_port, mesh.settings.scheduler.metrics_port) if p]
+                calls = served_calls(client, ports)
                 unary, streamed = http_path("headrace-http", client, mesh.http_url, {}, headrace=True)
-                paths.append(PeerPath("headrace-http", unary, streamed, [*mesh_processes, backend]))
+                paths.append(PeerPath("headrace-http", unary, streamed, [*mesh_processes, backend], served_calls=calls))
                 unary, streamed = grpc_path(router_pb2_grpc.RouterStub(channel))
-                paths.append(PeerPath("headrace-grpc", unary, streamed, [*mesh_processes, backend]))
+                paths.append(PeerPath("headrace-grpc", unary, streamed, [*mesh_processes, backend], served_calls=calls))
                 for rep in range(2):
                     order = paths if rep % 2 == 0 else list(reversed(paths))
                     print(f"repetition {rep + 1}: {', '.join(p.name for p in order)}", flush=True)
@@ -508,6 +566,9 @@ async def run(seconds: float, profile: bool, profile_dir: Path | None = None) ->
         if len(rows) > 1 and "litellm" in {r["path"] for r in rows}:
             ratio_notes = _ratios(rows)
             table += "\n\n" + ratio_notes
+        calls_text = _calls_text(rows)
+        if calls_text:
+            table += "\n\n" + calls_text
         table += (
             f"\n\nOne run, this machine ({os.cpu_count()} cores, shared with the load generator); "
             f"{seconds:.0f} s per c=1 phase, two repetitions in alternating order. CPU: each process "
