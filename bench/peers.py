@@ -435,7 +435,8 @@ def _calls_text(rows: list[dict[str, Any]]) -> str:
         return ""
     return (
         f"gRPC calls per request at c={CONCURRENCY} served by the cache and the scheduler (their "
-        "`headrace_grpc_server_handled_total`; the worker's one Generate per request apart):\n" + "\n".join(lines)
+        "`headrace_grpc_server_handled_total`; the worker's one Complete or Generate call per request apart):\n"
+        + "\n".join(lines)
     )
 
 

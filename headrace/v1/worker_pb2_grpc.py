@@ -43,6 +43,11 @@ class WorkerStub:
                 request_serializer=headrace_dot_v1_dot_worker__pb2.WorkerGenerateRequest.SerializeToString,
                 response_deserializer=headrace_dot_v1_dot_generation__pb2.GenerateStreamResponse.FromString,
                 _registered_method=True)
+        self.Complete = channel.unary_unary(
+                '/headrace.v1.Worker/Complete',
+                request_serializer=headrace_dot_v1_dot_worker__pb2.WorkerGenerateRequest.SerializeToString,
+                response_deserializer=headrace_dot_v1_dot_generation__pb2.GenerateStreamResponse.FromString,
+                _registered_method=True)
         self.Embed = channel.unary_unary(
                 '/headrace.v1.Worker/Embed',
                 request_serializer=headrace_dot_v1_dot_generation__pb2.EmbedRequest.SerializeToString,
@@ -73,6 +78,16 @@ class WorkerServicer:
     def Generate(self, request, context):
         """Stream the answer as token deltas. Cancelling the call aborts the
         sequence in the engine.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Complete(self, request, context):
+        """The whole answer in one reply, as Generate with whole_answer sends it
+        as its one message: a unary call costs less on both sides than a
+        stream of one (the router's path for unary requests). Cancelling the
+        call aborts the sequence in the engine.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +129,11 @@ def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Generate': grpc.unary_stream_rpc_method_handler(
                     servicer.Generate,
+                    request_deserializer=headrace_dot_v1_dot_worker__pb2.WorkerGenerateRequest.FromString,
+                    response_serializer=headrace_dot_v1_dot_generation__pb2.GenerateStreamResponse.SerializeToString,
+            ),
+            'Complete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Complete,
                     request_deserializer=headrace_dot_v1_dot_worker__pb2.WorkerGenerateRequest.FromString,
                     response_serializer=headrace_dot_v1_dot_generation__pb2.GenerateStreamResponse.SerializeToString,
             ),
@@ -165,6 +185,33 @@ class Worker:
             request,
             target,
             '/headrace.v1.Worker/Generate',
+            headrace_dot_v1_dot_worker__pb2.WorkerGenerateRequest.SerializeToString,
+            headrace_dot_v1_dot_generation__pb2.GenerateStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Complete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headrace.v1.Worker/Complete',
             headrace_dot_v1_dot_worker__pb2.WorkerGenerateRequest.SerializeToString,
             headrace_dot_v1_dot_generation__pb2.GenerateStreamResponse.FromString,
             options,

@@ -41,6 +41,12 @@ class WorkerStub:
     """Stream the answer as token deltas. Cancelling the call aborts the
     sequence in the engine.
     """
+    Complete: _grpc.UnaryUnaryMultiCallable[_worker_pb2.WorkerGenerateRequest, _generation_pb2.GenerateStreamResponse]
+    """The whole answer in one reply, as Generate with whole_answer sends it
+    as its one message: a unary call costs less on both sides than a
+    stream of one (the router's path for unary requests). Cancelling the
+    call aborts the sequence in the engine.
+    """
     Embed: _grpc.UnaryUnaryMultiCallable[_generation_pb2.EmbedRequest, _generation_pb2.EmbedResponse]
     """Embed texts (workers of embedding pools)."""
     GetLoad: _grpc.UnaryUnaryMultiCallable[_worker_pb2.GetLoadRequest, _scheduler_pb2.WorkerLoad]
@@ -64,6 +70,12 @@ class WorkerAsyncStub(WorkerStub):
     Generate: _aio.UnaryStreamMultiCallable[_worker_pb2.WorkerGenerateRequest, _generation_pb2.GenerateStreamResponse]  # type: ignore[assignment]
     """Stream the answer as token deltas. Cancelling the call aborts the
     sequence in the engine.
+    """
+    Complete: _aio.UnaryUnaryMultiCallable[_worker_pb2.WorkerGenerateRequest, _generation_pb2.GenerateStreamResponse]  # type: ignore[assignment]
+    """The whole answer in one reply, as Generate with whole_answer sends it
+    as its one message: a unary call costs less on both sides than a
+    stream of one (the router's path for unary requests). Cancelling the
+    call aborts the sequence in the engine.
     """
     Embed: _aio.UnaryUnaryMultiCallable[_generation_pb2.EmbedRequest, _generation_pb2.EmbedResponse]  # type: ignore[assignment]
     """Embed texts (workers of embedding pools)."""
@@ -91,6 +103,18 @@ class WorkerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_generation_pb2.GenerateStreamResponse], _abc.AsyncIterator[_generation_pb2.GenerateStreamResponse]]:
         """Stream the answer as token deltas. Cancelling the call aborts the
         sequence in the engine.
+        """
+
+    @_abc_1.abstractmethod
+    def Complete(
+        self,
+        request: _worker_pb2.WorkerGenerateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.GenerateStreamResponse, _abc.Awaitable[_generation_pb2.GenerateStreamResponse]]:
+        """The whole answer in one reply, as Generate with whole_answer sends it
+        as its one message: a unary call costs less on both sides than a
+        stream of one (the router's path for unary requests). Cancelling the
+        call aborts the sequence in the engine.
         """
 
     @_abc_1.abstractmethod

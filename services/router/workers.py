@@ -48,6 +48,9 @@ class MeshWorkers:
     def __init__(self, leasing: Leasing, channels: ChannelPool) -> None:
         self._leasing = leasing
         self._channels = channels
+        # Workers of an older version, without Worker.Complete: whole answers
+        # come from their Generate (one message) instead.
+        self._without_complete: set[str] = set()
 
     async def place(self, request: scheduler_pb2.PlaceRequest) -> scheduler_pb2.PlaceResponse:
         try:
@@ -65,4 +68,30 @@ class MeshWorkers:
         self, lease: scheduler_pb2.Lease, request: worker_pb2.WorkerGenerateRequest
     ) -> AsyncGenerator[generation_pb2.GenerateStreamResponse, None]:
         stub = worker_pb2_grpc.WorkerStub(self._channels.get(lease.endpoint))
+        if request.whole_answer and lease.endpoint not in self._without_complete:
+            # One message: a unary call costs less on both sides than a stream.
+            return self._complete(stub, lease.endpoint, request)
         return rpc_stream(stub.Generate(request, **call_options()))
+
+    async def _complete(
+        self, stub: worker_pb2_grpc.WorkerStub, endpoint: str, request: worker_pb2.WorkerGenerateRequest
+    ) -> AsyncGenerator[generation_pb2.GenerateStreamResponse, None]:
+        try:
+            answer: generation_pb2.GenerateStreamResponse = await stub.Complete(request, **call_options())
+        except grpc.aio.AioRpcError as exc:
+            if not _no_such_method(exc):
+                raise from_rpc_error(exc) from exc
+            self._without_complete.add(endpoint)
+            async for message in rpc_stream(stub.Generate(request, **call_options())):
+                yield message
+            return
+        yield answer
+
+
+def _no_such_method(exc: grpc.aio.AioRpcError) -> bool:
+    """The server has no such method (gRPC's own answer, or a generated
+    servicer's default), not an UNIMPLEMENTED the method itself raised."""
+    details = exc.details() or ""
+    return exc.code() == grpc.StatusCode.UNIMPLEMENTED and any(
+        default in details for default in ("Method not found!", "Method not implemented!")
+    )

@@ -14,7 +14,7 @@ from opentelemetry import propagate, trace
 
 from headrace.request_rules.validation import validate_embed_request, validate_generate_request
 from headrace.runtime.config import LimitSettings
-from headrace.runtime.errors import HeadraceError, InvalidArgument, NotFound, Preempted, status_code_for
+from headrace.runtime.errors import HeadraceError, Internal, InvalidArgument, NotFound, Preempted, status_code_for
 from headrace.runtime.request_context import request_id_var
 from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.worker import metrics
@@ -77,6 +77,21 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 yield message
         finally:
             await stream.aclose()
+
+    async def Complete(
+        self, request: worker_pb2.WorkerGenerateRequest, context: grpc.aio.ServicerContext
+    ) -> generation_pb2.GenerateStreamResponse:
+        stream = self._generate(request, whole_answer=True)
+        answer: generation_pb2.GenerateStreamResponse | None = None
+        try:
+            # Whole answers come as one message, the last (the finish reason's).
+            async for message in stream:
+                answer = message
+        finally:
+            await stream.aclose()
+        if answer is None:
+            raise Internal("the engine ended the sequence without an answer")
+        return answer
 
     async def GenerateBatch(
         self, request: worker_pb2.GenerateBatchRequest, context: grpc.aio.ServicerContext

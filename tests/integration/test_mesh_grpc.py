@@ -14,6 +14,7 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
 
 from headrace.local.redis_server import RedisServer
 from headrace.runtime.config import Settings
@@ -76,6 +77,24 @@ async def test_generate_answers_and_says_how_it_was_served(mesh: InProcessMesh) 
     # Cost is the engine time charged times the pool's price (3.6 USD/h = 0.001 USD/s).
     assert answer.cost.engine_seconds > 0
     assert answer.cost.usd == pytest.approx(answer.cost.engine_seconds * 0.001)
+
+
+def worker_calls(method: str) -> float:
+    """Calls the workers of this process have answered OK, by method."""
+    value = REGISTRY.get_sample_value(
+        "headrace_grpc_server_handled_total", {"method": f"/headrace.v1.Worker/{method}", "code": "OK"}
+    )
+    return value or 0.0
+
+
+async def test_a_unary_request_takes_the_workers_complete_and_a_stream_its_generate(mesh: InProcessMesh) -> None:
+    before = worker_calls("Complete"), worker_calls("Generate")
+    answer = await mesh.router_stub().Generate(greedy("unary complete", max_tokens=5))
+    assert answer.usage.completion_tokens == 5 and answer.timing.ttft_ms > 0
+    assert (worker_calls("Complete"), worker_calls("Generate")) == (before[0] + 1, before[1])
+    chunks = [c async for c in mesh.router_stub().GenerateStream(greedy("streamed generate", max_tokens=5))]
+    assert "".join(c.text for c in chunks) and chunks[-1].usage.completion_tokens == 5
+    assert (worker_calls("Complete"), worker_calls("Generate")) == (before[0] + 1, before[1] + 1)
 
 
 async def test_a_caller_request_id_is_kept(mesh: InProcessMesh) -> None:

@@ -1,8 +1,9 @@
-"""The Worker servicer's Generate on the synthetic engine: what it sends,
+"""The Worker servicer's Generate and Complete on the synthetic engine: what it sends,
 what it charges, and what it counts as online work."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -55,6 +56,44 @@ async def test_a_whole_answer_is_one_message_with_every_token() -> None:
     assert whole.text == "".join(m.text for m in streamed)
     assert list(whole.token_ids) == [t for m in streamed for t in m.token_ids]
     assert whole.finish_reason == generation_pb2.FINISH_REASON_LENGTH
+
+
+async def test_complete_answers_as_generate_does_a_whole_answer() -> None:
+    engine = SyntheticEngine(SyntheticEngineSettings(ttft_ms=0, tokens_per_s=10_000))
+    servicer = WorkerServicer(engine, model_versions=["m@1"], limits=LimitSettings())
+    (whole,) = await generate(servicer, request(generation_pb2.PRIORITY_STANDARD, whole_answer=True))
+    # whole_answer need not be set: Complete always answers in one piece.
+    answer = await servicer.Complete(request(generation_pb2.PRIORITY_STANDARD), None)  # type: ignore[arg-type]
+    assert (answer.text, list(answer.token_ids)) == (whole.text, list(whole.token_ids))
+    assert answer.finish_reason == generation_pb2.FINISH_REASON_LENGTH
+    assert answer.usage.completion_tokens == 4
+    assert answer.cost.engine_seconds > 0
+    assert engine.running == 0
+
+
+async def test_a_cancelled_complete_frees_its_sequence() -> None:
+    engine = SyntheticEngine(SyntheticEngineSettings(ttft_ms=0, tokens_per_s=2))
+    servicer = WorkerServicer(engine, model_versions=["m@1"], limits=LimitSettings())
+    call = asyncio.ensure_future(servicer.Complete(request(generation_pb2.PRIORITY_STANDARD), None))  # type: ignore[arg-type]
+    for _ in range(100):
+        if engine.running:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.running == 1
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert engine.running == 0
+
+
+async def test_complete_refuses_a_request_it_cannot_answer() -> None:
+    servicer = WorkerServicer(
+        SyntheticEngine(SyntheticEngineSettings(ttft_ms=0)), model_versions=["m@1"], limits=LimitSettings()
+    )
+    bad = request(generation_pb2.PRIORITY_STANDARD)
+    bad.request_id = ""
+    with pytest.raises(InvalidArgument, match="request_id"):
+        await servicer.Complete(bad, None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
