@@ -32,6 +32,8 @@ PLACE, RELEASE, LOOKUP, WORKER, ENGINE = (
     "/headrace.v1.Worker/Generate",
     "headrace.engine.generate",
 )
+# A unary request's whole answer comes from the worker's Complete.
+WORKER_WHOLE = "/headrace.v1.Worker/Complete"
 CHAT_SPAN = "POST /v1/chat/completions"
 
 
@@ -55,14 +57,14 @@ async def mesh(redis_server: RedisServer, receiver: OtlpReceiver) -> AsyncIterat
     await running.close()
 
 
-def assert_one_request(tree: SpanTree, root: ReceivedSpan, request_id: str) -> None:
+def assert_one_request(tree: SpanTree, root: ReceivedSpan, request_id: str, *, worker_call: str = WORKER) -> None:
     """The served-request shape under `root`: cache lookup, placement and
-    the worker's Generate as children, the engine under the worker; the
-    request id on every span."""
+    the worker's call (Generate for a stream, Complete for a whole answer)
+    as children, the engine under the worker; the request id on every span."""
     assert root.parent_span_id == CALLER_SPAN_ID
     children = {s.name for s in tree.children(root)}
-    assert {LOOKUP, PLACE, WORKER} <= children, tree.names()
-    worker = tree.one(WORKER)
+    assert {LOOKUP, PLACE, worker_call} <= children, tree.names()
+    worker = tree.one(worker_call)
     engine = tree.one(ENGINE)
     assert engine.parent_span_id == worker.span_id
     assert engine.attributes["headrace.completion_tokens"] == 3
@@ -93,7 +95,7 @@ async def test_http_chat_is_one_trace_from_the_gateway_to_the_engine(
     tree = SpanTree(await receiver.trace(trace_id, until={CHAT_SPAN, ENGINE, PLACE}))
     root = tree.one(CHAT_SPAN)
     assert root.kind == 2  # SERVER
-    assert_one_request(tree, root, "http-plain-1")
+    assert_one_request(tree, root, "http-plain-1", worker_call=WORKER_WHOLE)
 
 
 async def test_http_stream_is_one_trace(mesh: InProcessMesh, receiver: OtlpReceiver) -> None:
@@ -161,7 +163,7 @@ async def test_a_cache_hit_is_a_lookup_beside_a_placement_given_back(
     assert sorted(s.name for s in tree.children(root)) == sorted([LOOKUP, PLACE, RELEASE])
     assert tree.one(LOOKUP).attributes["headrace.cache.outcome"] == root.attributes["headrace.cache"] == "hit-exact"
     assert root.attributes[REQUEST_ID_ATTRIBUTE] == tree.one(LOOKUP).attributes[REQUEST_ID_ATTRIBUTE] == "http-hit-1"
-    assert not tree.named(WORKER)
+    assert not tree.named(WORKER) and not tree.named(WORKER_WHOLE)
 
 
 async def test_a_retried_attempt_shows_both_placements_under_one_request(
@@ -190,7 +192,7 @@ async def test_a_retried_attempt_shows_both_placements_under_one_request(
     tree = SpanTree(await receiver.trace(trace_id, until={name, ENGINE}))
     root = tree.one(name)
     places = [s for s in tree.children(root) if s.name == PLACE]
-    workers = [s for s in tree.children(root) if s.name == WORKER]
+    workers = [s for s in tree.children(root) if s.name == WORKER_WHOLE]
     assert len(places) == 2 and len(workers) == 2, tree.names()
     assert sorted(w.status for w in workers) == [0, 2]  # the first failed, the fallback served
     failed = next(w for w in workers if w.status == 2)

@@ -121,7 +121,7 @@ async def test_a_paraphrase_is_served_from_the_semantic_cache(
     cache = spans["/headrace.v1.Cache/Lookup"].attributes or {}
     assert cache["headrace.cache.outcome"] == "hit-semantic"
     assert cache["headrace.cache.verdict"] == "accept" and cache["headrace.cache.verifier"] == "lexical"
-    assert "/headrace.v1.Worker/Generate" not in spans
+    assert "/headrace.v1.Worker/Complete" not in spans and "/headrace.v1.Worker/Generate" not in spans
 
 
 async def test_a_miss_is_on_the_trace_too(mesh: InProcessMesh, exporter: InMemorySpanExporter) -> None:
