@@ -75,6 +75,11 @@ def auth_context(role: str, *hosts: str) -> dict[str, list[bytes]]:
         ("admin", "/headrace.v1.Scheduler/PlaceNowMany", False),
         ("cache", "/headrace.v1.Scheduler/PlaceNowMany", False),
         ("consumer", "/headrace.v1.Worker/Generate", True),
+        # Whole answers in one call: the router's path (a consumer's rows go in GenerateBatch).
+        ("router", "/headrace.v1.Worker/Complete", True),
+        ("consumer", "/headrace.v1.Worker/Complete", False),
+        ("worker", "/headrace.v1.Worker/Complete", False),
+        ("admin", "/headrace.v1.Worker/Complete", False),
         ("consumer", "/headrace.v1.Scheduler/GetBatch", False),
         ("admin", "/headrace.v1.Scheduler/ListWorkers", True),
         ("admin", "/headrace.v1.Scheduler/GetFileContent", False),
