@@ -171,21 +171,37 @@ async def test_identical_greedy_requests_hit_the_exact_cache(mesh: InProcessMesh
     assert (await stub.Generate(fresh)).route.cache == generation_pb2.CACHE_OUTCOME_BYPASS
 
 
-async def test_cancelling_a_stream_stops_the_engine(mesh: InProcessMesh) -> None:
-    slow = generation_pb2.GenerateRequest(prompt="long", sampling=generation_pb2.SamplingParams(max_tokens=512))
-    call = mesh.router_stub().GenerateStream(slow)
-    async for _chunk in call:
-        break
-    engine = mesh.workers[0].app.engine
-    assert engine.stats().running == 1
-    call.cancel()
-    deadline = time.monotonic() + 1.0
-    while engine.stats().running and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    assert engine.stats().running == 0
-    # ... and the lease is given back.
-    await asyncio.sleep(0.2)
-    assert len(mesh.dispatcher.leases) == 0
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_cancelled_call_stops_the_engine_long_before_its_answer_would_end(
+    redis_server: RedisServer, streamed: bool
+) -> None:
+    # 512 tokens at 50/s would take 10 s: stopping within 1 s is the abort.
+    # A whole answer comes from the worker's Complete, a stream from its Generate.
+    slow_pool = {"engine": {"kind": "synthetic", "ttft_ms": 5, "tokens_per_s": 50}}
+    mesh = await start_mesh(
+        mesh_settings(redis_server.url, pools={"smollm2": slow_pool, "embed": {"engine": {"kind": "synthetic"}}})
+    )
+    try:
+        slow = generation_pb2.GenerateRequest(prompt="long", sampling=generation_pb2.SamplingParams(max_tokens=512))
+        call = mesh.router_stub().GenerateStream(slow) if streamed else mesh.router_stub().Generate(slow)
+        engine = mesh.workers[0].app.engine
+        deadline = time.monotonic() + 5.0
+        while not engine.stats().running and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert engine.stats().running == 1
+        await asyncio.sleep(0.1)
+        call.cancel()
+        deadline = time.monotonic() + 1.0
+        while engine.stats().running and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert engine.stats().running == 0
+        # ... and the lease is given back.
+        deadline = time.monotonic() + 1.0
+        while len(mesh.dispatcher.leases) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert len(mesh.dispatcher.leases) == 0
+    finally:
+        await mesh.close()
 
 
 async def test_leases_are_released_after_each_request(mesh: InProcessMesh) -> None:
