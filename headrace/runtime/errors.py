@@ -217,6 +217,15 @@ def _size_limit_error(details: str) -> HeadraceError | None:
     return None
 
 
+_CODES_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_code_numbered(number: int) -> grpc.StatusCode:
+    """The status code a message carries as its number (google.rpc.Code);
+    UNKNOWN for a number gRPC does not define."""
+    return _CODES_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
+
+
 def error_from_status(
     code: grpc.StatusCode,
     details: str | None,

@@ -8,9 +8,11 @@ is in flight (nothing waits, and it keeps its caller's call options and
 trace), and the items that come while one is in flight wait for it and
 then go together in one call of the service's "Many" method (no timer,
 no wait beyond the call in flight). A coalesced item is not on its
-request's trace. With a window set (> 0), an item that finds no call in
-flight waits that long for others instead of going alone (for callers
-nobody waits on: a batch consumer's releases).
+request's trace; with `alone_when_traced`, the item of a request whose
+span is recorded always goes alone, on its trace (the router's lookups and
+placements: the trace tree shows each). With a window set (> 0), an item
+that finds no call in flight waits that long for others instead of going
+alone (for callers nobody waits on: a batch consumer's releases).
 
 Each Many message is made when its call goes (a store's age, a lookup's
 budget are read then). A service without the Many method (an older one
@@ -29,6 +31,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
+from opentelemetry import trace
 
 from headrace.runtime.future_outcomes import fail, read_outcome, settle
 
@@ -49,13 +52,15 @@ class GroupCommit(Generic[Item, Result]):
         max_per_call: int,
         size: Callable[[Item], int] | None = None,
         max_bytes_per_call: int | None = None,
+        alone_when_traced: bool = False,
     ) -> None:
         """many: one call for several items, results in order; one(item,
         **options): a call for one item (the caller's options when it goes
         alone, none when a service without `many` gets the waiting ones);
         missing: the result of an item a reply left out; size: an item's
         bytes on the wire, so a call carries up to max_bytes_per_call (a
-        larger item goes alone)."""
+        larger item goes alone); alone_when_traced: a traced request's item
+        goes as its own call, with its caller's options."""
         self._name = name
         self._many = many
         self._one = one
@@ -63,6 +68,7 @@ class GroupCommit(Generic[Item, Result]):
         self._max_per_call = max_per_call
         self._size = size
         self._max_bytes = max_bytes_per_call
+        self._alone_when_traced = alone_when_traced
         # Set, and > 0 when asked: an item that finds no call in flight
         # waits this long for others to go with it.
         self.window_s: Callable[[], float] | None = None
@@ -82,11 +88,11 @@ class GroupCommit(Generic[Item, Result]):
         keep_if_abandoned: a caller that stops waiting leaves its item in the
         call it joined (a release, a store); else an item not sent yet is
         dropped (a lookup whose caller timed out)."""
-        if self._busy and self._many_supported:
-            return await self._join(item, keep_if_abandoned)
-        if not self._many_supported:
-            # Nothing to group: each its own call, now.
+        if not self._many_supported or (self._alone_when_traced and trace.get_current_span().is_recording()):
+            # Nothing to group (or a traced request's item): its own call, now.
             return await self._call_one(item, **options)
+        if self._busy:
+            return await self._join(item, keep_if_abandoned)
         self._busy = True
         window_s = self.window_s() if self.window_s is not None else 0.0
         if window_s > 0:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
-from headrace.runtime.errors import from_rpc_error
+from headrace.runtime.errors import from_rpc_error, status_code_numbered
 from headrace.runtime.scheduler_replicas import SchedulerReplicas
 from headrace.v1 import scheduler_pb2
 
@@ -65,9 +65,6 @@ class PlaceRefused(Exception):
 class _Ask:
     request: scheduler_pb2.PlaceRequest
     future: asyncio.Future[scheduler_pb2.PlaceResponse]
-
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class PlaceCoalescer:
@@ -195,7 +192,7 @@ class PlaceCoalescer:
             self._settle(ask, outcome.placed)
             return
         refused = outcome.refused
-        code = _CODES.get(refused.code, grpc.StatusCode.UNKNOWN)
+        code = status_code_numbered(refused.code)
         _refuse(ask, PlaceRefused(code, refused.message, refused.retry_after_s or None))
 
     def _call_failed(self, index: int, undecided: list[_Ask], exc: grpc.aio.AioRpcError) -> None:

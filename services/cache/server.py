@@ -8,7 +8,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import grpc.aio
 from opentelemetry import trace
@@ -33,6 +34,8 @@ MAX_INVALIDATE_IDS = 1024
 MAX_INVALIDATE_TAGS = 256
 MAX_STORES_PER_CALL = 256
 MAX_LOOKUPS_PER_CALL = 256
+Done = TypeVar("Done")
+Reply = TypeVar("Reply")
 
 
 def _budget(budget_s: float, call_remaining: float | None) -> float | None:
@@ -47,6 +50,28 @@ def _budget(budget_s: float, call_remaining: float | None) -> float | None:
         own = 0.0
     bounds = [b for b in (own, call_remaining) if b is not None]
     return min(bounds) if bounds else None
+
+
+async def _side_by_side(
+    calls: list[Coroutine[Any, Any, Done]],
+    *,
+    answered: Callable[[Done], Reply],
+    invalid: Callable[[InvalidArgument], Reply],
+) -> list[Reply]:
+    """The items of a Many call, run side by side as separate calls would
+    run; every one finishes before the call answers (none left writing
+    after a failure). An invalid item is answered alone (`invalid`); any
+    other failure is the call's (Redis down: UNAVAILABLE; else INTERNAL)."""
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    replies: list[Reply] = []
+    for outcome in outcomes:
+        if isinstance(outcome, InvalidArgument):
+            replies.append(invalid(outcome))
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            replies.append(answered(outcome))
+    return replies
 
 
 def _reply(result: LookupResult) -> cache_pb2.CacheLookupResponse:
@@ -142,21 +167,13 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
             raise InvalidArgument(f"lookups: at most {MAX_LOOKUPS_PER_CALL} per call, got {len(request.lookups)}")
         call_remaining = context.time_remaining()
         with redis_outage_as_unavailable("LookupMany"):
-            # Side by side, as separate Lookup calls would run (concurrent
-            # semantic lookups are embedded together).
-            outcomes = await asyncio.gather(
-                *(self._lookup(timed.lookup, _budget(timed.budget_s, call_remaining)) for timed in request.lookups),
-                return_exceptions=True,
+            # Concurrent semantic lookups are embedded together. An invalid
+            # lookup is a bypass: the router answers it from the engine.
+            results = await _side_by_side(
+                [self._lookup(timed.lookup, _budget(timed.budget_s, call_remaining)) for timed in request.lookups],
+                answered=_reply,
+                invalid=lambda _: cache_pb2.CacheLookupResponse(outcome=generation_pb2.CACHE_OUTCOME_BYPASS),
             )
-            results: list[cache_pb2.CacheLookupResponse] = []
-            for outcome in outcomes:
-                if isinstance(outcome, InvalidArgument):
-                    # This lookup only; the router answers it from the engine.
-                    results.append(cache_pb2.CacheLookupResponse(outcome=generation_pb2.CACHE_OUTCOME_BYPASS))
-                elif isinstance(outcome, BaseException):
-                    raise outcome  # Redis down: UNAVAILABLE for the call; anything else is INTERNAL
-                else:
-                    results.append(_reply(outcome))
         return cache_pb2.CacheLookupManyResponse(results=results)
 
     async def _lookup(self, request: cache_pb2.CacheLookupRequest, remaining: float | None) -> LookupResult:
@@ -194,18 +211,12 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
         if len(request.stores) > MAX_STORES_PER_CALL:
             raise InvalidArgument(f"stores: at most {MAX_STORES_PER_CALL} per call, got {len(request.stores)}")
         with redis_outage_as_unavailable("StoreMany"):
-            # Side by side, as separate Store calls would run; every one
-            # finishes before the call answers (none left writing after a failure).
-            outcomes = await asyncio.gather(*(self._store(store) for store in request.stores), return_exceptions=True)
-            results: list[cache_pb2.CacheStoreResponse] = []
-            for outcome in outcomes:
-                if isinstance(outcome, InvalidArgument):
-                    # This store only: the others are stored all the same.
-                    results.append(cache_pb2.CacheStoreResponse(stored=False, reason=f"invalid: {outcome}"))
-                elif isinstance(outcome, BaseException):
-                    raise outcome  # Redis down: UNAVAILABLE for the call; anything else is INTERNAL
-                else:
-                    results.append(outcome)
+            # An invalid store is refused alone: the others are stored all the same.
+            results = await _side_by_side(
+                [self._store(store) for store in request.stores],
+                answered=lambda response: response,
+                invalid=lambda error: cache_pb2.CacheStoreResponse(stored=False, reason=f"invalid: {error}"),
+            )
         return cache_pb2.CacheStoreManyResponse(results=results)
 
     async def _store(self, request: cache_pb2.CacheStoreRequest) -> cache_pb2.CacheStoreResponse:

@@ -11,7 +11,7 @@ from opentelemetry import trace
 
 from headrace.request_rules.cache_policy import bypass_reason
 from headrace.request_rules.served_by import cache_header_value
-from headrace.runtime.channels import call_options, propagated_timeout
+from headrace.runtime.channels import propagated_timeout
 from headrace.runtime.config import CacheSettings
 from headrace.runtime.log_limits import RepeatLimitedLog
 from headrace.v1 import cache_pb2, cache_pb2_grpc, generation_pb2
@@ -46,16 +46,10 @@ class CacheClient:
         self, *, tenant: str, model_version: str, request: generation_pb2.GenerateRequest
     ) -> cache_pb2.CacheLookupResponse:
         bypass = cache_pb2.CacheLookupResponse(outcome=generation_pb2.CACHE_OUTCOME_BYPASS)
-        if self._stub is None or self._lookups is None or not self.asks(request):
+        if self._lookups is None or not self.asks(request):
             return bypass
         message = cache_pb2.CacheLookupRequest(tenant=tenant, model_version=model_version, request=request)
         try:
-            if trace.get_current_span().is_recording():
-                # A traced request: its lookup is a call of its own, on its trace.
-                response: cache_pb2.CacheLookupResponse = await self._stub.Lookup(
-                    message, **call_options(timeout=self._settings.lookup_timeout_s)
-                )
-                return response
             return await self._lookups.lookup(message, propagated_timeout(self._settings.lookup_timeout_s) or 0.0)
         except TimeoutError:
             code = grpc.StatusCode.DEADLINE_EXCEEDED

@@ -4,7 +4,7 @@ own Lookup call, when none is in flight; those that come while one is
 wait for it and go together, each with the budget its caller has left
 when the call goes (the cache answers MISS in time rather than late). A
 caller that gives up before its lookup goes takes it out. A traced
-request's lookup always goes alone, on its trace (cache_client.py)."""
+request's lookup always goes alone, on its trace."""
 
 from __future__ import annotations
 
@@ -48,14 +48,17 @@ class CacheLookups(GroupCommit[PendingLookup, cache_pb2.CacheLookupResponse]):
             max_per_call=MAX_PER_CALL,
             size=PendingLookup.size,
             max_bytes_per_call=max_bytes_per_call,
+            alone_when_traced=True,
         )
 
     async def lookup(self, request: cache_pb2.CacheLookupRequest, timeout_s: float) -> cache_pb2.CacheLookupResponse:
         """The cache's answer; raises TimeoutError after `timeout_s`, or the
         call's AioRpcError if it failed."""
         pending = PendingLookup(request, time.monotonic() + timeout_s)
-        # Timed out before its call goes, the lookup is left out of it.
-        return await asyncio.wait_for(self.call(pending, keep_if_abandoned=False), timeout_s)
+        # Timed out before its call goes, the lookup is left out of it (a
+        # timeout scope: no task of its own per lookup, as wait_for makes).
+        async with asyncio.timeout(timeout_s):
+            return await self.call(pending, keep_if_abandoned=False)
 
     async def _lookup_one(self, pending: PendingLookup, **_: Any) -> cache_pb2.CacheLookupResponse:
         response: cache_pb2.CacheLookupResponse = await self._stub.Lookup(

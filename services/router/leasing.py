@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc.aio
-from opentelemetry import trace
 
 from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.channels import call_options
@@ -45,12 +44,12 @@ class Leasing:
         self._scheduler = scheduler
         self._background = background
         self._renew_margin_s = renew_margin_s
-        self._places_now = PlacesNow(scheduler, background)
+        self._places_now = PlacesNow(scheduler, give_back=self.give_back)
 
     async def place(self, request: scheduler_pb2.PlaceRequest) -> scheduler_pb2.PlaceResponse:
         """Raises grpc.aio.AioRpcError, or HeadraceError for a place on a
         slot free now that the scheduler refused."""
-        if request.only_if_free and not trace.get_current_span().is_recording():
+        if request.only_if_free:
             # Beside a cache lookup: coalesced with those asked meanwhile.
             return await self._places_now.place(request, options=call_options)
         # Any replica; one that is down or dies while the call waits in its

@@ -14,8 +14,8 @@ A PlaceNowMany call goes to the replicas in turn as Place does: one that
 answers UNAVAILABLE is skipped for the next. Each lease is remembered as
 the granting replica's (its renewals and release go there). A place whose
 caller stopped waiting after its call went gives its lease back unused at
-once. A traced request's place always goes alone, on its trace
-(leasing.py).
+once (the leasing's give_back). A traced request's place always goes
+alone, on its trace.
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.channels import propagated_timeout
-from headrace.runtime.errors import RETRY_AFTER_KEY, HeadraceError, error_from_status
+from headrace.runtime.errors import RETRY_AFTER_KEY, HeadraceError, error_from_status, status_code_numbered
 from headrace.runtime.group_commit import GroupCommit
 from headrace.runtime.scheduler_replicas import SchedulerReplicas
 from headrace.v1 import scheduler_pb2
@@ -44,7 +43,6 @@ MAX_PER_CALL = 64
 # A call for places whose callers set no deadline: they never queue, so
 # this only bounds a scheduler that stopped answering.
 _UNBOUNDED_CALL_S = 10.0
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 @dataclass(eq=False)
@@ -61,15 +59,17 @@ class PendingPlace:
 
 def refusal_error(refused: scheduler_pb2.PlaceRefusal) -> HeadraceError:
     """The error Place would have raised for this refusal."""
-    code = _CODES.get(refused.code, grpc.StatusCode.UNKNOWN)
+    code = status_code_numbered(refused.code)
     trailer = ((RETRY_AFTER_KEY, repr(refused.retry_after_s)),) if refused.retry_after_s > 0 else ()
     return error_from_status(code, refused.message, trailer)
 
 
 class PlacesNow(GroupCommit[PendingPlace, scheduler_pb2.PlaceOutcome]):
-    def __init__(self, replicas: SchedulerReplicas, background: BackgroundTasks) -> None:
+    def __init__(self, replicas: SchedulerReplicas, *, give_back: Callable[[scheduler_pb2.Lease], None]) -> None:
+        """give_back: a lease that will not be used, back to its replica
+        (off the caller's path)."""
         self._replicas = replicas
-        self._background = background
+        self._give_back = give_back
         super().__init__(
             name="places-now",
             many=self._place_many,
@@ -80,6 +80,7 @@ class PlacesNow(GroupCommit[PendingPlace, scheduler_pb2.PlaceOutcome]):
                 )
             ),
             max_per_call=MAX_PER_CALL,
+            alone_when_traced=True,
         )
 
     async def place(
@@ -147,18 +148,8 @@ class PlacesNow(GroupCommit[PendingPlace, scheduler_pb2.PlaceOutcome]):
         for pending, outcome in zip(places, by_place, strict=True):
             if not outcome.HasField("placed"):
                 continue
-            lease = outcome.placed.lease
-            self._replicas.remember(lease.lease_id, index)
+            self._replicas.remember(outcome.placed.lease.lease_id, index)
             if pending.abandoned:
                 # Nobody will use it: back at once rather than when it expires.
-                release = scheduler_pb2.ReleaseRequest(
-                    lease_id=lease.lease_id, outcome=scheduler_pb2.LEASE_OUTCOME_UNUSED
-                )
-                self._background.spawn(self._give_back(release), name=f"lease-release:{lease.lease_id}")
+                self._give_back(outcome.placed.lease)
         return by_place
-
-    async def _give_back(self, release: scheduler_pb2.ReleaseRequest) -> None:
-        try:
-            await self._replicas.release(release, timeout=5.0)
-        except grpc.aio.AioRpcError as exc:
-            log.warning("unused lease %s: release failed (%s); it will expire", release.lease_id, exc.code().name)

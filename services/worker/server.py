@@ -81,6 +81,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     async def Complete(
         self, request: worker_pb2.WorkerGenerateRequest, context: grpc.aio.ServicerContext
     ) -> generation_pb2.GenerateStreamResponse:
+        answer = await self._whole_answer(request)
+        if answer is None:
+            raise Internal("the engine ended the sequence without an answer")
+        return answer
+
+    async def _whole_answer(
+        self, request: worker_pb2.WorkerGenerateRequest
+    ) -> generation_pb2.GenerateStreamResponse | None:
+        """The answer as one message (None: the engine ended without one).
+        Closed explicitly: a cancelled call frees the sequence now."""
         stream = self._generate(request, whole_answer=True)
         answer: generation_pb2.GenerateStreamResponse | None = None
         try:
@@ -89,8 +99,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 answer = message
         finally:
             await stream.aclose()
-        if answer is None:
-            raise Internal("the engine ended the sequence without an answer")
         return answer
 
     async def GenerateBatch(
@@ -116,12 +124,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     context=propagate.extract(dict(row.trace_context)) if row.trace_context else None,
                     attributes={"request.id": row.request_id},
                 ):
-                    stream = self._generate(row, whole_answer=True)
-                    try:
-                        async for message in stream:
-                            result.answer.CopyFrom(message)
-                    finally:
-                        await stream.aclose()
+                    answer = await self._whole_answer(row)
+                    if answer is not None:
+                        # None: left unset, the consumer asks again (an incomplete row).
+                        result.answer.CopyFrom(answer)
             except HeadraceError as exc:
                 result.error_code, result.error_message = status_code_for(exc).value[0], exc.message
             except Exception as exc:

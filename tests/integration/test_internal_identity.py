@@ -261,11 +261,36 @@ async def test_no_lease_and_no_tokens_without_the_routers_identity(mesh: InProce
         async with stolen(mesh, role, mesh.scheduler_address, Role.SCHEDULER) as channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
             await refused(_drain(stub.PlaceMany(batch_row, timeout=5)), grpc.StatusCode.PERMISSION_DENIED)
+    # PlaceNowMany (places beside cache lookups) is the router's alone.
+    place_now = scheduler_pb2.PlaceNowManyRequest(
+        places=[
+            scheduler_pb2.PlaceRequest(
+                request_id="attack", model_version="smollm2@1", tenant="acme", max_tokens=4, only_if_free=True
+            )
+        ]
+    )
+    for dial in attackers(mesh, foreign_certs).values():
+        async with dial(mesh.scheduler_address, Role.SCHEDULER) as channel:
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            await refused(stub.PlaceNowMany(place_now, timeout=5), *HANDSHAKE_REFUSED)
+    for role in (Role.CONSUMER, Role.WORKER, Role.ADMIN, Role.CACHE):
+        async with stolen(mesh, role, mesh.scheduler_address, Role.SCHEDULER) as channel:
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            await refused(stub.PlaceNowMany(place_now, timeout=5), grpc.StatusCode.PERMISSION_DENIED)
     assert len(mesh.dispatcher.leases) == 0
+    # Nor tokens from a worker, streamed or whole (Complete: the router's alone).
+    for dial in attackers(mesh, foreign_certs).values():
+        async with dial(worker, Role.WORKER) as channel:
+            await refused(worker_pb2_grpc.WorkerStub(channel).Complete(generate, timeout=5), *HANDSHAKE_REFUSED)
     for role in (Role.WORKER, Role.ADMIN):
         async with stolen(mesh, role, worker, Role.WORKER) as channel:
             worker_stub = worker_pb2_grpc.WorkerStub(channel)
             await refused(_drain(worker_stub.Generate(generate, timeout=5)), grpc.StatusCode.PERMISSION_DENIED)
+            await refused(worker_stub.Complete(generate, timeout=5), grpc.StatusCode.PERMISSION_DENIED)
+    async with stolen(mesh, Role.CONSUMER, worker, Role.WORKER) as channel:
+        await refused(
+            worker_pb2_grpc.WorkerStub(channel).Complete(generate, timeout=5), grpc.StatusCode.PERMISSION_DENIED
+        )
 
 
 async def _drain(call: Any) -> list[Any]:

@@ -15,15 +15,13 @@ from opentelemetry import propagate
 
 from headrace.runtime.channels import open_channel, outgoing_metadata
 from headrace.runtime.config import LimitSettings
+from headrace.runtime.errors import status_code_numbered
 from headrace.runtime.request_context import REQUEST_ID_KEY, TENANT_KEY
 from headrace.runtime.service_certs import Role
 from headrace.runtime.service_identity import ServiceIdentity
 from headrace.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
 from services.worker.consumer.attempt_errors import PREEMPTED, AttemptError, WorkerUnavailable
 from services.worker.consumer.row_calls import RowCalls
-
-# A status code's number -> the grpc.StatusCode value that StatusCode() takes.
-_CODES = {code.value[0]: code.value for code in grpc.StatusCode}
 
 # The row itself is at fault: another attempt would fail the same way.
 _PERMANENT = frozenset(
@@ -121,7 +119,7 @@ class WorkerClient:
             except TimeoutError as exc:
                 raise AttemptError("deadline_exceeded", f"no answer within {timeout_s:g}s", retryable=True) from exc
             if result.error_code:
-                raise await self._failure_of(grpc.StatusCode(_CODES[result.error_code]), result.error_message)
+                raise await self._failure_of(status_code_numbered(result.error_code), result.error_message)
             answer = result.answer if result.HasField("answer") else None
             return self._response(row, answer, [result.answer.text], list(result.answer.token_ids), started)
         call = self._stub.Generate(

@@ -19,7 +19,6 @@ import grpc
 import grpc.aio
 import pytest
 
-from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.config import Settings
 from headrace.runtime.errors import ResourceExhausted
 from headrace.runtime.place_coalescer import PlaceCoalescer
@@ -260,8 +259,8 @@ async def test_the_routers_places_now_share_a_call_and_skip_a_dead_replica(mesh:
         probe.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{probe.getsockname()[1]}"
     replicas = SchedulerReplicas([dead, mesh.address], settings().limits, None)
-    background = BackgroundTasks()
-    places = PlacesNow(replicas, background)
+    given_back: list[scheduler_pb2.Lease] = []
+    places = PlacesNow(replicas, give_back=given_back.append)
     try:
         for round_ in range(4):
             outcomes = await asyncio.gather(
@@ -281,5 +280,5 @@ async def test_the_routers_places_now_share_a_call_and_skip_a_dead_replica(mesh:
         assert places.single_calls == 4
         assert replicas.failovers >= 1
     finally:
-        await background.drain()
+        assert given_back == []
         await replicas.close()

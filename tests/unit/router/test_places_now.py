@@ -11,8 +11,8 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
-from headrace.runtime.background import BackgroundTasks
 from headrace.runtime.errors import ResourceExhausted
 from headrace.v1 import scheduler_pb2
 from services.router.places_now import PlacesNow
@@ -37,7 +37,7 @@ class FakeReplicas:
         self.many_go.set()
         self.calls: list[tuple[str, list[str]]] = []
         self.owners: dict[str, int] = {}
-        self.released: list[tuple[str, int]] = []
+        self.given_back: list[str] = []
         self.failovers = 0
 
     def order(self) -> list[int]:
@@ -89,9 +89,8 @@ class FakeReplicas:
     def remember(self, lease_id: str, index: int) -> None:
         self.owners[lease_id] = index
 
-    async def release(self, request: scheduler_pb2.ReleaseRequest, **options: Any) -> scheduler_pb2.ReleaseResponse:
-        self.released.append((request.lease_id, request.outcome))
-        return scheduler_pb2.ReleaseResponse()
+    def give_back(self, lease: scheduler_pb2.Lease) -> None:
+        self.given_back.append(lease.lease_id)
 
 
 def online(name: str) -> scheduler_pb2.PlaceRequest:
@@ -104,7 +103,7 @@ def options() -> dict[str, Any]:
 
 async def test_places_that_come_while_one_is_in_flight_go_together_each_with_its_own_outcome() -> None:
     replicas = FakeReplicas(free=3)
-    places = PlacesNow(replicas, BackgroundTasks())  # type: ignore[arg-type]
+    places = PlacesNow(replicas, give_back=replicas.give_back)  # type: ignore[arg-type]
     replicas.go.clear()
     first = asyncio.ensure_future(places.place(online("a"), options=options))
     await asyncio.sleep(0.01)
@@ -123,8 +122,7 @@ async def test_places_that_come_while_one_is_in_flight_go_together_each_with_its
 
 async def test_a_place_left_before_its_call_is_not_sent_and_one_left_after_goes_back_unused() -> None:
     replicas = FakeReplicas(free=5)
-    background = BackgroundTasks()
-    places = PlacesNow(replicas, background)  # type: ignore[arg-type]
+    places = PlacesNow(replicas, give_back=replicas.give_back)  # type: ignore[arg-type]
     replicas.go.clear()
     replicas.many_go.clear()
     first = asyncio.ensure_future(places.place(online("a"), options=options))
@@ -143,14 +141,13 @@ async def test_a_place_left_before_its_call_is_not_sent_and_one_left_after_goes_
     assert (await b).lease.lease_id == "lease-b"
     with pytest.raises(asyncio.CancelledError):
         await d
-    await background.drain()
-    assert replicas.released == [("lease-d", scheduler_pb2.LEASE_OUTCOME_UNUSED)]
+    assert replicas.given_back == ["lease-d"]
     assert c.cancelled()
 
 
 async def test_a_scheduler_without_place_now_many_gets_one_place_each() -> None:
     replicas = FakeReplicas(free=5, many=False)
-    places = PlacesNow(replicas, BackgroundTasks())  # type: ignore[arg-type]
+    places = PlacesNow(replicas, give_back=replicas.give_back)  # type: ignore[arg-type]
     replicas.go.clear()
     first = asyncio.ensure_future(places.place(online("a"), options=options))
     await asyncio.sleep(0.01)
@@ -166,6 +163,29 @@ async def test_a_scheduler_without_place_now_many_gets_one_place_each() -> None:
 
 
 async def test_only_places_on_a_slot_free_now() -> None:
-    places = PlacesNow(FakeReplicas(free=1), BackgroundTasks())  # type: ignore[arg-type]
+    places = PlacesNow(FakeReplicas(free=1), give_back=lambda lease: None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="only_if_free"):
         await places.place(scheduler_pb2.PlaceRequest(request_id="x", model_version="m@1"), options=options)
+
+
+async def test_a_traced_requests_place_goes_alone_on_its_trace_even_while_one_is_in_flight() -> None:
+    replicas = FakeReplicas(free=5)
+    places = PlacesNow(replicas, give_back=replicas.give_back)  # type: ignore[arg-type]
+    replicas.go.clear()
+    first = asyncio.ensure_future(places.place(online("a"), options=options))
+    await asyncio.sleep(0.01)
+    tracer = TracerProvider().get_tracer("test")
+
+    async def traced_request() -> scheduler_pb2.PlaceResponse:
+        with tracer.start_as_current_span("traced request"):
+            return await places.place(online("traced"), options=options)
+
+    traced = asyncio.ensure_future(traced_request())
+    untraced = asyncio.ensure_future(places.place(online("b"), options=options))
+    await asyncio.sleep(0.01)
+    replicas.go.set()
+    await asyncio.gather(first, traced, untraced)
+    # The traced one went as a Place of its own, beside the one in flight;
+    # the untraced one waited and went in the next call.
+    assert replicas.calls[:2] == [("one", ["a"]), ("one", ["traced"])]
+    assert replicas.calls[2:] == [("one", ["b"])]

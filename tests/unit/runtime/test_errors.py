@@ -77,3 +77,18 @@ def test_grpc_size_checks_never_pass_for_load(details: str, expected: type[error
     assert type(rebuilt) is expected
     assert details in rebuilt.message
     assert errors.http_status_for(rebuilt) != 429 or expected is errors.ResourceExhausted
+
+
+@pytest.mark.parametrize(
+    ("number", "code"),
+    [
+        (0, grpc.StatusCode.OK),
+        (8, grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (14, grpc.StatusCode.UNAVAILABLE),
+        # A number no gRPC code has (a peer of another version, a bad message): UNKNOWN, never a KeyError.
+        (99, grpc.StatusCode.UNKNOWN),
+        (-1, grpc.StatusCode.UNKNOWN),
+    ],
+)
+def test_a_status_code_carried_as_a_number(number: int, code: grpc.StatusCode) -> None:
+    assert errors.status_code_numbered(number) is code
