@@ -171,26 +171,44 @@ async def test_identical_greedy_requests_hit_the_exact_cache(mesh: InProcessMesh
     assert (await stub.Generate(fresh)).route.cache == generation_pb2.CACHE_OUTCOME_BYPASS
 
 
-@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("how", ["grpc-unary", "grpc-stream", "http-unary"])
 async def test_a_cancelled_call_stops_the_engine_long_before_its_answer_would_end(
-    redis_server: RedisServer, streamed: bool
+    redis_server: RedisServer, how: str
 ) -> None:
     # 512 tokens at 50/s would take 10 s: stopping within 1 s is the abort.
-    # A whole answer comes from the worker's Complete, a stream from its Generate.
+    # A whole answer comes from the worker's Complete, a stream from its
+    # Generate; over HTTP the client closes its connection mid-answer.
     slow_pool = {"engine": {"kind": "synthetic", "ttft_ms": 5, "tokens_per_s": 50}}
     mesh = await start_mesh(
-        mesh_settings(redis_server.url, pools={"smollm2": slow_pool, "embed": {"engine": {"kind": "synthetic"}}})
+        mesh_settings(redis_server.url, pools={"smollm2": slow_pool, "embed": {"engine": {"kind": "synthetic"}}}),
+        http=how == "http-unary",
     )
+    writer: asyncio.StreamWriter | None = None
     try:
         slow = generation_pb2.GenerateRequest(prompt="long", sampling=generation_pb2.SamplingParams(max_tokens=512))
-        call = mesh.router_stub().GenerateStream(slow) if streamed else mesh.router_stub().Generate(slow)
+        call: Any = None
+        if how == "http-unary":
+            host, port = mesh.http_url.removeprefix("http://").rsplit(":", 1)
+            _, writer = await asyncio.open_connection(host, int(port))
+            body = b'{"model": "smollm2", "prompt": "long", "max_tokens": 512}'
+            writer.write(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+        elif how == "grpc-stream":
+            call = mesh.router_stub().GenerateStream(slow)
+        else:
+            call = mesh.router_stub().Generate(slow)
         engine = mesh.workers[0].app.engine
         deadline = time.monotonic() + 5.0
         while not engine.stats().running and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         assert engine.stats().running == 1
         await asyncio.sleep(0.1)
-        call.cancel()
+        if writer is not None:
+            writer.close()
+        else:
+            call.cancel()
         deadline = time.monotonic() + 1.0
         while engine.stats().running and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -201,6 +219,8 @@ async def test_a_cancelled_call_stops_the_engine_long_before_its_answer_would_en
             await asyncio.sleep(0.01)
         assert len(mesh.dispatcher.leases) == 0
     finally:
+        if writer is not None:
+            writer.close()
         await mesh.close()
 
 

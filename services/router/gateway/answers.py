@@ -11,6 +11,7 @@ route too. From then on, deltas are relayed as they come (streaming.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
@@ -47,19 +48,43 @@ async def until_stopped(work: Awaitable[T], stop: Awaitable[None], *, reason: st
     """`work`'s result, or Cancelled(reason) if `stop` completes first (the
     work is cancelled then: the flow cancels the worker call, the engine
     aborts). HTTP stops on the client's disconnect, the WebSocket on a
-    cancel message too (realtime.py)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(stop)
+    cancel message too (realtime.py).
+
+    The work runs in the caller's own task, with one watcher task beside
+    it that cancels the caller when `stop` completes: no task of its own
+    and no wait on two, so the answer is sent the moment the work returns,
+    before the background calls it left behind (the cache's store, the
+    lease's release) take the event loop."""
+    caller = asyncio.current_task()
+    if caller is None:
+        raise RuntimeError("until_stopped runs inside a task")
+    stopped = False
+
+    async def watch() -> None:
+        nonlocal stopped
+        # A stop that fails (the connection broke) stops the work too.
+        with contextlib.suppress(Exception):
+            await stop
+        stopped = True
+        caller.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        done, _pending = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        raise Cancelled(reason)
+        result = await work
+    except asyncio.CancelledError:
+        if not stopped:
+            raise
+        # Ours, not the caller's: the task is no longer being cancelled.
+        caller.uncancel()
+        raise Cancelled(reason) from None
     finally:
+        # The watcher only runs while the work is awaited: cancelled now,
+        # it never cancels the caller after this point.
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    if stopped:
+        # The work swallowed our cancel and finished: its answer stands.
+        caller.uncancel()
+    return result
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -1,0 +1,79 @@
+"""until_stopped: the work runs in the caller's task, a stop cancels it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from headrace.runtime.errors import Cancelled
+from services.router.gateway.answers import until_stopped
+
+
+async def test_the_work_runs_in_the_callers_task_and_its_result_comes_back() -> None:
+    caller = asyncio.current_task()
+    ran_in: list[asyncio.Task[object] | None] = []
+
+    async def work() -> str:
+        ran_in.append(asyncio.current_task())
+        await asyncio.sleep(0)
+        return "answer"
+
+    never = asyncio.get_running_loop().create_future()
+    assert await until_stopped(work(), never, reason="gone") == "answer"
+    assert ran_in == [caller]
+    # Nothing left pending: the watcher is gone, and the task is not cancelling.
+    await asyncio.sleep(0)
+    assert caller is not None and caller.cancelling() == 0
+
+
+async def test_a_stop_cancels_the_work_before_cancelled_is_raised() -> None:
+    stop = asyncio.get_running_loop().create_future()
+    unwound = asyncio.Event()
+
+    async def work() -> str:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            unwound.set()
+        return "never"
+
+    asyncio.get_running_loop().call_later(0.01, stop.set_result, None)
+    with pytest.raises(Cancelled, match="the client disconnected"):
+        await until_stopped(work(), stop, reason="the client disconnected")
+    # The work had unwound (its worker call cancelled) by then.
+    assert unwound.is_set()
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    # And the task goes on normally: a later await is not cancelled.
+    await asyncio.sleep(0.01)
+
+
+async def test_a_stop_that_fails_stops_the_work_too() -> None:
+    async def broken_stop() -> None:
+        await asyncio.sleep(0.01)
+        raise ConnectionResetError("the connection broke")
+
+    with pytest.raises(Cancelled):
+        await until_stopped(asyncio.sleep(30), broken_stop(), reason="gone")
+
+
+async def test_a_cancel_from_outside_stays_a_cancel() -> None:
+    never = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(until_stopped(asyncio.sleep(30), never, reason="gone"))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The watcher went with it (its cancel reached the stop it awaited).
+    await asyncio.sleep(0)
+    assert never.cancelled()
+
+
+async def test_an_error_of_the_work_reaches_the_caller() -> None:
+    async def work() -> None:
+        raise ValueError("bad")
+
+    never = asyncio.get_running_loop().create_future()
+    with pytest.raises(ValueError, match="bad"):
+        await until_stopped(work(), never, reason="gone")
