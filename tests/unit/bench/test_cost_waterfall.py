@@ -8,8 +8,10 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from bench.cost_waterfall import (
+    NAIVE_MIN_CPU_SHARE,
     Stage,
     cost_usd,
+    cpu_share,
     differ_share,
     per_1k,
     single_server_starts,
@@ -88,3 +90,20 @@ def test_the_report_names_the_repeat_setting_it_ran() -> None:
     assert repeat_setting(0.30).startswith("the low setting")
     assert repeat_setting(0.40).startswith("the middle setting")
     assert repeat_setting(0.60).startswith("the high setting")
+
+
+def test_the_naive_deploys_cpu_share_is_cpu_seconds_over_what_it_is_priced_at() -> None:
+    # 100 busy seconds on 2 cores are priced as 200 core-seconds.
+    quiet = Stage(
+        key="a", label="naive", requests=10, worker_seconds={"t": 100.0}, cores_per_worker={"t": 2}, engine_cpu_s=196.0
+    )
+    assert cpu_share(quiet) == pytest.approx(0.98)
+    # Slowed by other work: the wall time (and the price) grew, its CPU did not.
+    busy = Stage(
+        key="a", label="naive", requests=10, worker_seconds={"t": 240.0}, cores_per_worker={"t": 2}, engine_cpu_s=196.0
+    )
+    share = cpu_share(busy)
+    assert share is not None and share < NAIVE_MIN_CPU_SHARE
+    # Mesh stages record none.
+    mesh = Stage(key="b", label="b", requests=1, worker_seconds={"p": 1.0}, cores_per_worker={"p": 1})
+    assert cpu_share(mesh) is None
