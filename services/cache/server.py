@@ -189,9 +189,9 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
             try:
                 if budget_s <= 0:
                     raise TimeoutError
-                result = await asyncio.wait_for(
-                    self._cache.lookup(partition, request.request, deadline_s=budget_s), budget_s
-                )
+                # A timeout scope, not wait_for: no task of its own per lookup.
+                async with asyncio.timeout(budget_s):
+                    result = await self._cache.lookup(partition, request.request, deadline_s=budget_s)
             except TimeoutError:
                 metrics.SEMANTIC_SKIPPED.labels(reason="deadline").inc()
                 result = LookupResult(Outcome.MISS, reason="deadline")
