@@ -10,13 +10,13 @@ exact cache is looked up and misses, every prompt being new; the semantic
 cache is off). Every answer is checked: the backend's text, and for
 Headrace `miss` (an answer from the cache would measure nothing).
 
-Per path, in alternating order, two repetitions: latency added over direct
+Per path, in alternating order, three repetitions (--reps): latency added over direct
 at one request at a time (p50, p99, unary), streaming time to first token
 added (p50), requests/s at 32 concurrent callers, and CPU seconds per 1,000
 requests of each process on the path (from /proc, over the c=32 phase; the
 backend's own CPU apart). The load generator shares the cores.
 
-    python -m bench.peers [--seconds 5] [--profile]
+    python -m bench.peers [--seconds 5] [--reps 3] [--profile]
 
 --profile: py-spy records each Headrace service during one extra c=32
 phase; its top functions go into the results.
@@ -393,6 +393,10 @@ def summary(paths: list[PeerPath], backend: str) -> tuple[list[dict[str, Any]], 
                 "c32_rps": statistics.fmean(r["c32_rps"] for r in runs),
                 "cpu_s_per_1k": sum(own.values()),
                 "cpu_s_per_1k_by_process": own,
+                # Each repetition's own total: how far one run moves.
+                "cpu_s_per_1k_by_rep": {
+                    r["rep"]: sum(v for name, v in r["cpu_s_per_1k"].items() if name != backend) for r in runs
+                },
                 "backend_cpu_s_per_1k": cpu.get(backend, 0.0),
                 "calls_per_request": calls,
                 "errors": sum(r.get("errors", 0) for r in runs),
@@ -512,7 +516,7 @@ def top_functions(collapsed: Path, count: int = 10) -> dict[str, list[tuple[str,
     return {"self": ranked(own, count), "headrace_inclusive": ranked(inclusive, count)}
 
 
-async def run(seconds: float, profile: bool, profile_dir: Path | None = None) -> None:
+async def run(seconds: float, profile: bool, profile_dir: Path | None = None, reps: int = 3) -> None:
     with tempfile.TemporaryDirectory(prefix="headrace-peers-") as tmp_dir:
         tmp = Path(tmp_dir)
         backend_port = free_port()
@@ -544,7 +548,7 @@ async def run(seconds: float, profile: bool, profile_dir: Path | None = None) ->
                 paths.append(PeerPath("headrace-http", unary, streamed, [*mesh_processes, backend], served_calls=calls))
                 unary, streamed = grpc_path(router_pb2_grpc.RouterStub(channel))
                 paths.append(PeerPath("headrace-grpc", unary, streamed, [*mesh_processes, backend], served_calls=calls))
-                for rep in range(2):
+                for rep in range(reps):
                     order = paths if rep % 2 == 0 else list(reversed(paths))
                     print(f"repetition {rep + 1}: {', '.join(p.name for p in order)}", flush=True)
                     for path in order:
@@ -572,7 +576,7 @@ async def run(seconds: float, profile: bool, profile_dir: Path | None = None) ->
             table += "\n\n" + calls_text
         table += (
             f"\n\nOne run, this machine ({os.cpu_count()} cores, shared with the load generator); "
-            f"{seconds:.0f} s per c=1 phase, two repetitions in alternating order. CPU: each process "
+            f"{seconds:.0f} s per c=1 phase, {reps} repetitions in alternating order. CPU: each process "
             "(with its children) over the c=32 phase, per 1,000 requests; the backend's own CPU apart."
         )
         results: dict[str, Any] = {
@@ -597,8 +601,11 @@ def _ratios(rows: list[dict[str, Any]]) -> str:
     lines = []
     for name in ("headrace-http", "headrace-grpc"):
         row = by[name]
+        theirs = litellm["cpu_s_per_1k_by_rep"]
+        by_rep = [ours / theirs[rep] for rep, ours in sorted(row["cpu_s_per_1k_by_rep"].items()) if theirs.get(rep)]
         lines.append(
-            f"- {name} vs LiteLLM: CPU per request {row['cpu_s_per_1k'] / litellm['cpu_s_per_1k']:.2f}x, "
+            f"- {name} vs LiteLLM: CPU per request {row['cpu_s_per_1k'] / litellm['cpu_s_per_1k']:.2f}x "
+            f"(by repetition: {', '.join(f'{ratio:.2f}x' for ratio in by_rep)}), "
             f"req/s at c={CONCURRENCY} {row['c32_rps'] / litellm['c32_rps']:.2f}x, added p50 "
             f"{row['added_p50_ms']:.2f} vs {litellm['added_p50_ms']:.2f} ms"
         )
@@ -619,6 +626,7 @@ def _profile_text(profiles: dict[str, dict[str, list[tuple[str, float]]]]) -> st
 def main() -> None:
     parser = argparse.ArgumentParser(description="The mesh's own cost per request vs LiteLLM's proxy")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each c=1 phase")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of every path, in alternating order")
     parser.add_argument("--profile", action="store_true", help="py-spy the Headrace services under load")
     parser.add_argument(
         "--profile-dir", type=Path, default=None, help="keep each service's raw py-spy profile (collapsed stacks) here"
@@ -626,7 +634,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.profile_dir is not None:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(run(args.seconds, args.profile or args.profile_dir is not None, args.profile_dir))
+    if args.reps < 1:
+        parser.error("--reps: at least 1")
+    asyncio.run(run(args.seconds, args.profile or args.profile_dir is not None, args.profile_dir, args.reps))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench.peers import PeerPath, Process, summary, top_functions
+from bench.peers import PeerPath, Process, _ratios, summary, top_functions
 from bench.peers_compare import compare
 
 
@@ -51,6 +51,27 @@ def test_latency_is_added_over_direct_in_the_same_repetition_and_cpu_leaves_the_
     assert row["cpu_s_per_1k"] == pytest.approx(5.0) and row["backend_cpu_s_per_1k"] == pytest.approx(2.0)
     assert "| proxy | +2.00 / +3.50 | +1.50 | 200 | 5.00 |" in table
     assert "| direct |" not in table
+    # Each repetition's own CPU total, the backend's left out.
+    assert row["cpu_s_per_1k_by_rep"] == {0: pytest.approx(4.0), 1: pytest.approx(6.0)}
+
+
+def test_the_cpu_ratio_is_given_per_repetition_too() -> None:
+    def two(name: str, first: float, second: float) -> PeerPath:
+        return path(
+            name,
+            [
+                run(0, 2.0, 3.0, 2.0, 100, {name: first, "backend": 1.0}),
+                run(1, 2.0, 3.0, 2.0, 100, {name: second, "backend": 1.0}),
+            ],
+        )
+
+    direct = path("direct", [run(0, 1.0, 2.0, 1.0, 900, {}), run(1, 1.0, 2.0, 1.0, 900, {})])
+    paths = [direct, two("litellm", 10.0, 8.0), two("headrace-http", 2.5, 2.4), two("headrace-grpc", 3.0, 3.2)]
+    rows, _ = summary(paths, backend="backend")
+    text = _ratios(rows)
+    # (2.5 + 2.4) / (10 + 8) in all; 0.25 and 0.30 one repetition at a time.
+    assert "headrace-http vs LiteLLM: CPU per request 0.27x (by repetition: 0.25x, 0.30x)" in text
+    assert "headrace-grpc vs LiteLLM: CPU per request 0.34x (by repetition: 0.30x, 0.40x)" in text
 
 
 def test_top_functions_splits_self_time_and_headrace_code(tmp_path: Path) -> None:
