@@ -47,6 +47,7 @@ import httpx2
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.harness import (
+    RESULTS_DIR,
     Request,
     closed_loop,
     deadline_after,
@@ -57,6 +58,7 @@ from bench.harness import (
     running_mesh,
     write_results,
 )
+from bench.latency_plot import latency_cdf_svg
 from bench.peers_backend import MODEL, TEXT
 from headrace.local.redis_server import free_port
 from headrace.v1 import generation_pb2, router_pb2_grpc
@@ -592,7 +594,27 @@ async def run(seconds: float, profile: bool, profile_dir: Path | None = None, re
         }
         if profiles:
             table += "\n\n" + _profile_text(profiles)
+        table += f"\n\n![latency at one request at a time, CDF per path]({PLOT.name})"
         write_results("peers", results, "## bench-peers\n\n" + table)
+        write_plot(results["runs"])
+
+
+PLOT = RESULTS_DIR / "peers.svg"
+
+
+def cdf_curves(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per path, the c=1 latency at every 5th percentile, averaged over
+    the repetitions (each repetition's own percentiles)."""
+    by_path: dict[str, list[list[float]]] = {}
+    for run in runs:
+        if run.get("c1_cdf_ms"):
+            by_path.setdefault(run["path"], []).append(run["c1_cdf_ms"])
+    return {path: [statistics.fmean(column) for column in zip(*cdfs, strict=True)] for path, cdfs in by_path.items()}
+
+
+def write_plot(runs: list[dict[str, Any]]) -> None:
+    PLOT.write_text(latency_cdf_svg(cdf_curves(runs), title="bench-peers: latency at c=1, unary (CDF per path)"))
+    print(f"written: {PLOT}")
 
 
 def _ratios(rows: list[dict[str, Any]]) -> str:
@@ -627,6 +649,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="The mesh's own cost per request vs LiteLLM's proxy")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each c=1 phase")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of every path, in alternating order")
+    parser.add_argument(
+        "--replot", action="store_true", help="redraw peers.svg from bench/results/peers.json; run nothing"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the Headrace services under load")
     parser.add_argument(
         "--profile-dir", type=Path, default=None, help="keep each service's raw py-spy profile (collapsed stacks) here"
@@ -634,6 +659,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.profile_dir is not None:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        write_plot(json.loads((RESULTS_DIR / "peers.json").read_text())["runs"])
+        return
     if args.reps < 1:
         parser.error("--reps: at least 1")
     asyncio.run(run(args.seconds, args.profile or args.profile_dir is not None, args.profile_dir, args.reps))

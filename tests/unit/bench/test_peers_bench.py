@@ -103,3 +103,28 @@ def test_states_are_compared_as_ratios_to_litellm_in_the_same_run() -> None:
     table = compare([("after", results)])
     assert "| after | headrace-http | +1.00 / +2.00 | +1.00 | 200 (4.00x) | 2.50 (0.25x) | router 2.50 | 0 |" in table
     assert "| after | headrace-grpc |" in table and "100 (2.00x) | 5.00 (0.50x)" in table
+
+
+def test_the_latency_plot_has_one_line_per_path_averaged_over_repetitions() -> None:
+    import xml.etree.ElementTree as ET
+
+    from bench.latency_plot import latency_cdf_svg
+    from bench.peers import cdf_curves
+
+    runs = [
+        {"path": "direct", "c1_cdf_ms": [0.5, 1.0, 2.0]},
+        {"path": "direct", "c1_cdf_ms": [0.7, 1.2, 4.0]},
+        {"path": "litellm", "c1_cdf_ms": [9.0, 10.0, 30.0]},
+        # A run recorded before the CDF was kept: left out.
+        {"path": "litellm"},
+    ]
+    curves = cdf_curves(runs)
+    assert curves == {"direct": [pytest.approx(0.6), pytest.approx(1.1), pytest.approx(3.0)], "litellm": [9, 10, 30]}
+    svg = ET.fromstring(latency_cdf_svg(curves, title="a < b"))
+    lines = svg.findall("{http://www.w3.org/2000/svg}polyline")
+    assert len(lines) == 2
+    # Three points each, from 0% (the bottom) to 100% (the top), left to right.
+    points = [[tuple(map(float, p.split(","))) for p in line.get("points", "").split()] for line in lines]
+    assert all(len(p) == 3 and p[0][1] > p[-1][1] and p[0][0] < p[-1][0] for p in points)
+    with pytest.raises(ValueError):
+        latency_cdf_svg({"direct": [1.0]}, title="one point")
