@@ -70,21 +70,20 @@ async def until_stopped(work: Awaitable[T], stop: Awaitable[None], *, reason: st
 
     watcher = asyncio.ensure_future(watch())
     try:
-        result = await work
+        return await work
     except asyncio.CancelledError:
         if not stopped:
             raise
-        # Ours, not the caller's: the task is no longer being cancelled.
-        caller.uncancel()
         raise Cancelled(reason) from None
     finally:
         # The watcher only runs while the work is awaited: cancelled now,
         # it never cancels the caller after this point.
         watcher.cancel()
-    if stopped:
-        # The work swallowed our cancel and finished: its answer stands.
-        caller.uncancel()
-    return result
+        if stopped:
+            # The cancel was ours, however the work ended (raised it, turned
+            # it into another error, or swallowed it and finished): the
+            # task is no longer being cancelled.
+            caller.uncancel()
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -77,3 +77,23 @@ async def test_an_error_of_the_work_reaches_the_caller() -> None:
     never = asyncio.get_running_loop().create_future()
     with pytest.raises(ValueError, match="bad"):
         await until_stopped(work(), never, reason="gone")
+
+
+async def test_a_work_that_turns_the_cancel_into_its_own_error_leaves_the_task_not_cancelling() -> None:
+    stop = asyncio.get_running_loop().create_future()
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise Cancelled("the flow's own words") from None
+
+    asyncio.get_running_loop().call_later(0.01, stop.set_result, None)
+    with pytest.raises(Cancelled, match="the flow's own words"):
+        await until_stopped(work(), stop, reason="gone")
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    # A timeout scope later in the same task still tells its own expiry.
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(1)
