@@ -11,7 +11,6 @@ route too. From then on, deltas are relayed as they come (streaming.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
@@ -59,16 +58,25 @@ async def until_stopped(work: Awaitable[T], stop: Awaitable[None], *, reason: st
     if caller is None:
         raise RuntimeError("until_stopped runs inside a task")
     stopped = False
+    over = False
 
-    async def watch() -> None:
+    def on_stop(watcher: asyncio.Future[None]) -> None:
         nonlocal stopped
-        # A stop that fails (the connection broke) stops the work too.
-        with contextlib.suppress(Exception):
-            await stop
+        if watcher.cancelled():
+            return
+        # A stop that failed (the connection broke) stops the work too; its
+        # error is read here, not left for the garbage collector to log.
+        watcher.exception()
+        if over:
+            # The work ended first: nothing to stop any more.
+            return
         stopped = True
         caller.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    # The stop is a task of its own (a coroutine never started is closed
+    # by its task's cancel, never left unawaited).
+    watcher = asyncio.ensure_future(stop)
+    watcher.add_done_callback(on_stop)
     try:
         return await work
     except asyncio.CancelledError:
@@ -76,8 +84,7 @@ async def until_stopped(work: Awaitable[T], stop: Awaitable[None], *, reason: st
             raise
         raise Cancelled(reason) from None
     finally:
-        # The watcher only runs while the work is awaited: cancelled now,
-        # it never cancels the caller after this point.
+        over = True
         watcher.cancel()
         if stopped:
             # The cancel was ours, however the work ended (raised it, turned

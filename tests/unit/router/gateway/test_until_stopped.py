@@ -97,3 +97,23 @@ async def test_a_work_that_turns_the_cancel_into_its_own_error_leaves_the_task_n
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.01):
             await asyncio.sleep(1)
+
+
+async def test_work_done_before_the_watcher_starts_leaves_no_coroutine_unawaited() -> None:
+    import gc
+    import warnings
+
+    async def instant() -> str:
+        return "at once"
+
+    async def client_left() -> None:
+        await asyncio.sleep(30)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert await until_stopped(instant(), client_left(), reason="gone") == "at once"
+        await asyncio.sleep(0)
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
