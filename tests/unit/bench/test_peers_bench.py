@@ -111,7 +111,7 @@ def test_the_latency_plot_has_one_line_per_path_averaged_over_repetitions() -> N
     from bench.latency_plot import latency_cdf_svg
     from bench.peers import cdf_curves
 
-    runs = [
+    runs: list[dict[str, Any]] = [
         {"path": "direct", "c1_cdf_ms": [0.5, 1.0, 2.0]},
         {"path": "direct", "c1_cdf_ms": [0.7, 1.2, 4.0]},
         {"path": "litellm", "c1_cdf_ms": [9.0, 10.0, 30.0]},
