@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 # the table without end): the oldest are forgotten first, and their
 # Release goes to the first replica, where it is a no-op.
 MAX_TRACKED_LEASES = 100_000
+
+T = TypeVar("T")
 
 
 class SchedulerReplicas:
@@ -77,31 +79,57 @@ class SchedulerReplicas:
             working = working[start:] + working[:start]
         return working + broken
 
+    async def in_turn(self, call: Callable[[int], Awaitable[T]], *, method: str) -> tuple[int, T]:
+        """`call(index)` on the replicas in turn (`order`) until one answers:
+        (that replica's index, its answer). UNAVAILABLE moves on to the next
+        replica (a failover); any other error, or the last replica's, is
+        raised. The one failover rule of every call that any replica may
+        take (Place, PlaceNowMany)."""
+        order = self.order()
+        for attempt, index in enumerate(order):
+            try:
+                return index, await call(index)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == len(order) - 1:
+                    raise
+                self.failovers += 1
+                log.warning(
+                    "scheduler %s: %s %s (%s); trying %s",
+                    self.targets[index],
+                    method,
+                    exc.code().name,
+                    exc.details(),
+                    self.targets[order[attempt + 1]],
+                )
+        raise AssertionError("unreachable: the last attempt raises or returns")
+
     async def place(
         self, request: scheduler_pb2.PlaceRequest, *, options: Callable[[], dict[str, Any]] = dict
     ) -> scheduler_pb2.PlaceResponse:
         """A lease from the first replica that answers; `options` gives each
         attempt its call options (so a failover gets what is left of the
         deadline, not all of it again)."""
-        order = self.order()
-        for attempt, index in enumerate(order):
-            try:
-                response: scheduler_pb2.PlaceResponse = await self._stubs[index].Place(request, **options())
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == len(order) - 1:
-                    raise
-                self.failovers += 1
-                log.warning(
-                    "scheduler %s: Place %s (%s); trying %s",
-                    self.targets[index],
-                    exc.code().name,
-                    exc.details(),
-                    self.targets[order[attempt + 1]],
-                )
-                continue
-            self.remember(response.lease.lease_id, index)
+
+        async def place_at(index: int) -> scheduler_pb2.PlaceResponse:
+            response: scheduler_pb2.PlaceResponse = await self._stubs[index].Place(request, **options())
             return response
-        raise AssertionError("unreachable: the last attempt raises or returns")
+
+        index, response = await self.in_turn(place_at, method="Place")
+        self.remember(response.lease.lease_id, index)
+        return response
+
+    async def place_now_many(
+        self, request: scheduler_pb2.PlaceNowManyRequest, *, options: Callable[[], dict[str, Any]] = dict
+    ) -> tuple[int, scheduler_pb2.PlaceNowManyResponse]:
+        """A router's places on a slot free now, from the first replica that
+        answers: (its index, the outcomes). The caller remembers each lease
+        as that replica's (services/router/places_now.py)."""
+
+        async def place_now_many_at(index: int) -> scheduler_pb2.PlaceNowManyResponse:
+            response: scheduler_pb2.PlaceNowManyResponse = await self._stubs[index].PlaceNowMany(request, **options())
+            return response
+
+        return await self.in_turn(place_now_many_at, method="PlaceNowMany")
 
     def place_many_at(
         self, index: int, request: scheduler_pb2.PlaceManyRequest, **options: Any
@@ -112,14 +140,6 @@ class SchedulerReplicas:
             index
         ].PlaceMany(request, **options)
         return call
-
-    async def place_now_many_at(
-        self, index: int, request: scheduler_pb2.PlaceNowManyRequest, **options: Any
-    ) -> scheduler_pb2.PlaceNowManyResponse:
-        """A router's places on a slot free now, on one replica
-        (services/router/places_now.py fails over and remembers the leases)."""
-        response: scheduler_pb2.PlaceNowManyResponse = await self._stubs[index].PlaceNowMany(request, **options)
-        return response
 
     def remember(self, lease_id: str, index: int) -> None:
         """Lease `lease_id` came from replica `index`: its renewals and

@@ -10,8 +10,8 @@ failover), when none is in flight; those that come while one is wait for
 it and go together. None of them ever queues at the scheduler, so a call
 in flight ends within one scheduling turn and nobody waits behind a queue.
 
-A PlaceNowMany call goes to the replicas in turn as Place does: one that
-answers UNAVAILABLE is skipped for the next. Each lease is remembered as
+A PlaceNowMany call goes to the replicas in turn as Place does (the
+replicas' one failover rule, SchedulerReplicas.in_turn). Each lease is remembered as
 the granting replica's (its renewals and release go there). A place whose
 caller stopped waiting after its call went gives its lease back unused at
 once (the leasing's give_back). A traced request's place always goes
@@ -21,22 +21,18 @@ alone, on its trace.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import grpc.aio
 
 from headrace.runtime.channels import propagated_timeout
 from headrace.runtime.errors import RETRY_AFTER_KEY, HeadraceError, error_from_status, status_code_numbered
 from headrace.runtime.group_commit import GroupCommit
 from headrace.runtime.scheduler_replicas import SchedulerReplicas
 from headrace.v1 import scheduler_pb2
-
-log = logging.getLogger(__name__)
 
 # Places per PlaceNowMany (the scheduler takes up to 256).
 MAX_PER_CALL = 64
@@ -116,26 +112,14 @@ class PlacesNow(GroupCommit[PendingPlace, scheduler_pb2.PlaceOutcome]):
         return scheduler_pb2.PlaceOutcome(placed=response)
 
     async def _place_many(self, places: Sequence[PendingPlace]) -> Sequence[scheduler_pb2.PlaceOutcome]:
-        request = scheduler_pb2.PlaceNowManyRequest(places=[pending.request for pending in places])
-        order = self._replicas.order()
-        for attempt, index in enumerate(order):
+        def options() -> dict[str, Any]:
+            # The longest any of them still waits (a failover gets what is left).
             now = time.monotonic()
-            timeout = max(pending.timeout_s(now) for pending in places)
-            try:
-                answer = await self._replicas.place_now_many_at(index, request, timeout=timeout)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == len(order) - 1:
-                    raise
-                self._replicas.failovers += 1
-                log.warning(
-                    "scheduler %s: PlaceNowMany %s (%s); trying another",
-                    self._replicas.targets[index],
-                    exc.code().name,
-                    exc.details(),
-                )
-                continue
-            return self._settled(index, places, answer.outcomes)
-        raise AssertionError("unreachable: the last attempt raises or returns")
+            return {"timeout": max(pending.timeout_s(now) for pending in places)}
+
+        request = scheduler_pb2.PlaceNowManyRequest(places=[pending.request for pending in places])
+        index, answer = await self._replicas.place_now_many(request, options=options)
+        return self._settled(index, places, answer.outcomes)
 
     def _settled(
         self, index: int, places: Sequence[PendingPlace], outcomes: Sequence[scheduler_pb2.PlaceOutcome]

@@ -38,7 +38,6 @@ class FakeReplicas:
         self.calls: list[tuple[str, list[str]]] = []
         self.owners: dict[str, int] = {}
         self.given_back: list[str] = []
-        self.failovers = 0
 
     def order(self) -> list[int]:
         return [1, 0]
@@ -71,11 +70,12 @@ class FakeReplicas:
         self.owners[outcome.placed.lease.lease_id] = 1
         return outcome.placed
 
-    async def place_now_many_at(
-        self, index: int, request: scheduler_pb2.PlaceNowManyRequest, **options: Any
-    ) -> scheduler_pb2.PlaceNowManyResponse:
+    async def place_now_many(
+        self, request: scheduler_pb2.PlaceNowManyRequest, *, options: Callable[[], dict[str, Any]]
+    ) -> tuple[int, scheduler_pb2.PlaceNowManyResponse]:
+        index = self.order()[0]
         self.calls.append((f"many@{index}", [p.request_id for p in request.places]))
-        assert options["timeout"] > 0
+        assert options()["timeout"] > 0
         await self.go.wait()
         await self.many_go.wait()
         if not self.many:
@@ -84,7 +84,7 @@ class FakeReplicas:
         for position, outcome in enumerate(outcomes):
             outcome.index = position
         # In another order than asked: the client puts them back by index.
-        return scheduler_pb2.PlaceNowManyResponse(outcomes=list(reversed(outcomes)))
+        return index, scheduler_pb2.PlaceNowManyResponse(outcomes=list(reversed(outcomes)))
 
     def remember(self, lease_id: str, index: int) -> None:
         self.owners[lease_id] = index
