@@ -220,6 +220,19 @@ def _size_limit_error(details: str) -> HeadraceError | None:
 _CODES_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
 
 
+# What a gRPC server answers for a method it does not have (grpc's own
+# "Method not found!"), or a generated servicer for one left to its base
+# class ("Method not implemented!").
+_NO_SUCH_METHOD_DETAILS = ("Method not found!", "Method not implemented!")
+
+
+def no_such_method(exc: grpc.aio.AioRpcError) -> bool:
+    """The server has no such method (an older version of a service), not an
+    UNIMPLEMENTED the method itself raised (that one is the call's error)."""
+    details = exc.details() or ""
+    return exc.code() == grpc.StatusCode.UNIMPLEMENTED and any(d in details for d in _NO_SUCH_METHOD_DETAILS)
+
+
 def status_code_numbered(number: int) -> grpc.StatusCode:
     """The status code a message carries as its number (google.rpc.Code);
     UNKNOWN for a number gRPC does not define."""

@@ -33,6 +33,7 @@ import grpc
 import grpc.aio
 from opentelemetry import trace
 
+from headrace.runtime.errors import no_such_method
 from headrace.runtime.future_outcomes import fail, read_outcome, settle
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class GroupCommit(Generic[Item, Result]):
             self.many_calls += 1
             results = await self._many([item for item, _ in batch])
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            if no_such_method(exc):
                 log.info("%s: the service has no such call (older version): one call each", self._name)
                 self._many_supported = False
                 await self._send(batch)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
-from headrace.runtime.errors import from_rpc_error, status_code_numbered
+from headrace.runtime.errors import from_rpc_error, no_such_method, status_code_numbered
 from headrace.runtime.scheduler_replicas import SchedulerReplicas
 from headrace.v1 import scheduler_pb2
 
@@ -197,7 +197,7 @@ class PlaceCoalescer:
 
     def _call_failed(self, index: int, undecided: list[_Ask], exc: grpc.aio.AioRpcError) -> None:
         code = exc.code()
-        if code == grpc.StatusCode.UNIMPLEMENTED:
+        if no_such_method(exc):
             log.info("scheduler %s has no PlaceMany (older version): one Place per row", self._target(index))
             self._many_supported[index] = False
             self._again(undecided)

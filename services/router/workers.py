@@ -15,7 +15,7 @@ from typing import Protocol
 import grpc.aio
 
 from headrace.runtime.channels import ChannelPool, call_options
-from headrace.runtime.errors import from_rpc_error, rpc_stream
+from headrace.runtime.errors import from_rpc_error, no_such_method, rpc_stream
 from headrace.v1 import generation_pb2, scheduler_pb2, worker_pb2, worker_pb2_grpc
 from services.router.leasing import LeaseUse, Leasing
 
@@ -79,19 +79,10 @@ class MeshWorkers:
         try:
             answer: generation_pb2.GenerateStreamResponse = await stub.Complete(request, **call_options())
         except grpc.aio.AioRpcError as exc:
-            if not _no_such_method(exc):
+            if not no_such_method(exc):
                 raise from_rpc_error(exc) from exc
             self._without_complete.add(endpoint)
             async for message in rpc_stream(stub.Generate(request, **call_options())):
                 yield message
             return
         yield answer
-
-
-def _no_such_method(exc: grpc.aio.AioRpcError) -> bool:
-    """The server has no such method (gRPC's own answer, or a generated
-    servicer's default), not an UNIMPLEMENTED the method itself raised."""
-    details = exc.details() or ""
-    return exc.code() == grpc.StatusCode.UNIMPLEMENTED and any(
-        default in details for default in ("Method not found!", "Method not implemented!")
-    )

@@ -17,16 +17,19 @@ from services.router.cache_stores import CacheStores, PendingStore
 
 
 class RpcError(grpc.aio.AioRpcError):
-    def __init__(self, code: grpc.StatusCode) -> None:
-        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=code.name)
+    def __init__(self, code: grpc.StatusCode, details: str | None = None) -> None:
+        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details or code.name)
 
 
 class FakeCache:
     """Answers each call once `release` is set; records what each call carried."""
 
-    def __init__(self, *, many: bool = True, failure: grpc.StatusCode | None = None) -> None:
+    def __init__(
+        self, *, many: bool = True, failure: grpc.StatusCode | None = None, failure_details: str | None = None
+    ) -> None:
         self.many = many
         self.failure = failure
+        self.failure_details = failure_details
         self.calls: list[tuple[str, list[cache_pb2.CacheStoreRequest]]] = []
         self.release = asyncio.Event()
         self.release.set()
@@ -35,9 +38,9 @@ class FakeCache:
         self.calls.append(("many", list(request.stores)))
         await self.release.wait()
         if not self.many:
-            raise RpcError(grpc.StatusCode.UNIMPLEMENTED)
+            raise RpcError(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         if self.failure is not None:
-            raise RpcError(self.failure)
+            raise RpcError(self.failure, self.failure_details)
         return cache_pb2.CacheStoreManyResponse(
             results=[cache_pb2.CacheStoreResponse(stored=True, entry_id=s.response.text) for s in request.stores]
         )
@@ -105,6 +108,42 @@ async def test_a_failed_call_fails_each_of_its_stores() -> None:
     await first
     outcomes = await asyncio.gather(*later, return_exceptions=True)
     assert all(isinstance(o, grpc.aio.AioRpcError) and o.code() == grpc.StatusCode.UNAVAILABLE for o in outcomes)
+
+
+async def test_a_cache_without_store_many_gets_one_store_each() -> None:
+    cache = FakeCache(many=False)
+    stores = stores_on(cache)
+    first = await held_first(cache, stores)
+    later = [asyncio.ensure_future(stores.call(pending(t))) for t in "bc"]
+    await asyncio.sleep(0.01)
+    cache.release.set()
+    results = await asyncio.gather(first, *later)
+    assert [r.entry_id for r in results] == ["a", "b", "c"]
+    assert carried(cache) == [("one", ["a"]), ("many", ["b", "c"]), ("one", ["b"]), ("one", ["c"])]
+
+
+async def test_an_unimplemented_from_store_many_itself_is_its_stores_error_not_an_older_cache() -> None:
+    # UNIMPLEMENTED with the method's own words: StoreMany exists, so its
+    # stores fail with it and later ones still go together.
+    cache = FakeCache(failure=grpc.StatusCode.UNIMPLEMENTED, failure_details="this cache cannot store that")
+    stores = stores_on(cache)
+    first = await held_first(cache, stores)
+    later = [asyncio.ensure_future(stores.call(pending(t))) for t in "bc"]
+    await asyncio.sleep(0.01)
+    cache.release.set()
+    await first
+    outcomes = await asyncio.gather(*later, return_exceptions=True)
+    assert all(isinstance(o, grpc.aio.AioRpcError) and o.code() == grpc.StatusCode.UNIMPLEMENTED for o in outcomes)
+    assert carried(cache) == [("one", ["a"]), ("many", ["b", "c"])]
+    cache.failure = None
+    cache.release.clear()
+    held = asyncio.ensure_future(stores.call(pending("d")))
+    await asyncio.sleep(0.01)
+    waiting = [asyncio.ensure_future(stores.call(pending(t))) for t in "ef"]
+    await asyncio.sleep(0.01)
+    cache.release.set()
+    await asyncio.gather(held, *waiting)
+    assert carried(cache)[2:] == [("one", ["d"]), ("many", ["e", "f"])]
 
 
 async def test_a_stores_age_is_taken_when_its_call_goes() -> None:

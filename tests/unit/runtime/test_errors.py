@@ -92,3 +92,21 @@ def test_grpc_size_checks_never_pass_for_load(details: str, expected: type[error
 )
 def test_a_status_code_carried_as_a_number(number: int, code: grpc.StatusCode) -> None:
     assert errors.status_code_numbered(number) is code
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "missing"),
+    [
+        (grpc.StatusCode.UNIMPLEMENTED, "Method not found!", True),
+        (grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!", True),
+        # The method exists and said UNIMPLEMENTED itself: the call's error.
+        (grpc.StatusCode.UNIMPLEMENTED, "this engine cannot do that", False),
+        (grpc.StatusCode.UNIMPLEMENTED, None, False),
+        (grpc.StatusCode.NOT_FOUND, "Method not found!", False),
+    ],
+)
+def test_no_such_method_is_grpcs_own_answer_for_a_missing_method(
+    code: grpc.StatusCode, details: str | None, missing: bool
+) -> None:
+    exc = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+    assert errors.no_such_method(exc) is missing

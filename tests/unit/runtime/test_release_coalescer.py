@@ -33,7 +33,9 @@ class FakeStub:
         self.calls.append(("ReleaseMany", [r.lease_id for r in request.releases], options))
         await self.gate.wait()
         if self.many_fails is not None:
-            raise grpc.aio.AioRpcError(self.many_fails, grpc.aio.Metadata(), grpc.aio.Metadata(), details="no")
+            raise grpc.aio.AioRpcError(
+                self.many_fails, grpc.aio.Metadata(), grpc.aio.Metadata(), details="Method not found!"
+            )
         return scheduler_pb2.ReleaseManyResponse(
             results=[
                 scheduler_pb2.ReleaseResponse(released=not r.lease_id.startswith("gone")) for r in request.releases
@@ -152,7 +154,9 @@ class NoReleaseMany(FakeStub):
         self, request: scheduler_pb2.ReleaseManyRequest, **options: Any
     ) -> scheduler_pb2.ReleaseManyResponse:
         self.calls.append(("ReleaseMany", [r.lease_id for r in request.releases], options))
-        raise grpc.aio.AioRpcError(grpc.StatusCode.UNIMPLEMENTED, grpc.aio.Metadata(), grpc.aio.Metadata())
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.UNIMPLEMENTED, grpc.aio.Metadata(), grpc.aio.Metadata(), details="Method not found!"
+        )
 
 
 async def test_releases_waiting_when_release_many_turns_out_missing_go_side_by_side() -> None:
