@@ -53,6 +53,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 import redis
 
@@ -200,7 +201,7 @@ def waterfall_svg(labels: Sequence[str], costs: Sequence[float], *, title: str) 
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         'font-family="sans-serif" font-size="13">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{left}" y="24" font-size="15" font-weight="bold">{_escape(title)}</text>',
+        f'<text x="{left}" y="24" font-size="15" font-weight="bold">{escape(title)}</text>',
     ]
     decade = low
     while decade <= high * 1.0001:
@@ -211,7 +212,7 @@ def waterfall_svg(labels: Sequence[str], costs: Sequence[float], *, title: str) 
     previous: float | None = None
     for i, (label, cost) in enumerate(zip(labels, costs, strict=True)):
         y = top + i * (bar_h + gap)
-        parts.append(f'<text x="{left - 8}" y="{y + bar_h * 0.65:.1f}" text-anchor="end">{_escape(label)}</text>')
+        parts.append(f'<text x="{left - 8}" y="{y + bar_h * 0.65:.1f}" text-anchor="end">{escape(label)}</text>')
         parts.append(f'<rect x="{left}" y="{y}" width="{x(cost) - left:.1f}" height="{bar_h}" fill="#2b6cb0"/>')
         if previous is not None and previous > cost:
             parts.append(
@@ -231,10 +232,6 @@ def waterfall_svg(labels: Sequence[str], costs: Sequence[float], *, title: str) 
     )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 # --- the run ---
