@@ -103,12 +103,19 @@ def options() -> dict[str, Any]:
     return {"timeout": 5.0}
 
 
-async def test_places_that_come_while_one_is_in_flight_go_together_each_with_its_own_outcome() -> None:
-    replicas = FakeReplicas(free=3)
+async def held_first(free: int, *, many: bool = True) -> tuple[FakeReplicas, PlacesNow, asyncio.Future[Any]]:
+    """Replicas with `free` slots, and a first place whose own call is in
+    flight, held until `replicas.go` is set."""
+    replicas = FakeReplicas(free=free, many=many)
     places = PlacesNow(replicas, give_back=replicas.give_back)  # type: ignore[arg-type]
     replicas.go.clear()
     first = asyncio.ensure_future(places.place(online("a"), options=options))
     await asyncio.sleep(0.01)
+    return replicas, places, first
+
+
+async def test_places_that_come_while_one_is_in_flight_go_together_each_with_its_own_outcome() -> None:
+    replicas, places, first = await held_first(3)
     later = [asyncio.ensure_future(places.place(online(name), options=options)) for name in "bcd"]
     await asyncio.sleep(0.05)
     replicas.go.set()
@@ -123,12 +130,8 @@ async def test_places_that_come_while_one_is_in_flight_go_together_each_with_its
 
 
 async def test_a_place_left_before_its_call_is_not_sent_and_one_left_after_goes_back_unused() -> None:
-    replicas = FakeReplicas(free=5)
-    places = PlacesNow(replicas, give_back=replicas.give_back)  # type: ignore[arg-type]
-    replicas.go.clear()
+    replicas, places, first = await held_first(5)
     replicas.many_go.clear()
-    first = asyncio.ensure_future(places.place(online("a"), options=options))
-    await asyncio.sleep(0.01)
     b, c, d = (asyncio.ensure_future(places.place(online(name), options=options)) for name in "bcd")
     await asyncio.sleep(0.01)
     # c's caller leaves while it waits for a's call: it is never sent.
@@ -148,11 +151,7 @@ async def test_a_place_left_before_its_call_is_not_sent_and_one_left_after_goes_
 
 
 async def test_a_scheduler_without_place_now_many_gets_one_place_each() -> None:
-    replicas = FakeReplicas(free=5, many=False)
-    places = PlacesNow(replicas, give_back=replicas.give_back)  # type: ignore[arg-type]
-    replicas.go.clear()
-    first = asyncio.ensure_future(places.place(online("a"), options=options))
-    await asyncio.sleep(0.01)
+    replicas, places, first = await held_first(5, many=False)
     later = [asyncio.ensure_future(places.place(online(name), options=options)) for name in "bc"]
     await asyncio.sleep(0.01)
     replicas.go.set()
@@ -171,11 +170,7 @@ async def test_only_places_on_a_slot_free_now() -> None:
 
 
 async def test_a_traced_requests_place_goes_alone_on_its_trace_even_while_one_is_in_flight() -> None:
-    replicas = FakeReplicas(free=5)
-    places = PlacesNow(replicas, give_back=replicas.give_back)  # type: ignore[arg-type]
-    replicas.go.clear()
-    first = asyncio.ensure_future(places.place(online("a"), options=options))
-    await asyncio.sleep(0.01)
+    replicas, places, first = await held_first(5)
     tracer = TracerProvider().get_tracer("test")
 
     async def traced_request() -> scheduler_pb2.PlaceResponse:
