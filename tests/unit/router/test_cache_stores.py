@@ -98,18 +98,6 @@ async def test_a_call_carries_stores_up_to_its_byte_bound_and_a_larger_one_alone
     assert carried(cache)[1:] == [("many", ["b", "c"]), ("one", ["d"]), ("one", ["big"]), ("one", ["f"])]
 
 
-async def test_a_failed_call_fails_each_of_its_stores() -> None:
-    cache = FakeCache(failure=grpc.StatusCode.UNAVAILABLE)
-    stores = stores_on(cache)
-    first = await held_first(cache, stores)
-    later = [asyncio.ensure_future(stores.call(pending(t))) for t in "bc"]
-    await asyncio.sleep(0.01)
-    cache.release.set()
-    await first
-    outcomes = await asyncio.gather(*later, return_exceptions=True)
-    assert all(isinstance(o, grpc.aio.AioRpcError) and o.code() == grpc.StatusCode.UNAVAILABLE for o in outcomes)
-
-
 async def test_a_cache_without_store_many_gets_one_store_each() -> None:
     cache = FakeCache(many=False)
     stores = stores_on(cache)
@@ -122,10 +110,19 @@ async def test_a_cache_without_store_many_gets_one_store_each() -> None:
     assert carried(cache) == [("one", ["a"]), ("many", ["b", "c"]), ("one", ["b"]), ("one", ["c"])]
 
 
-async def test_an_unimplemented_from_store_many_itself_is_its_stores_error_not_an_older_cache() -> None:
-    # UNIMPLEMENTED with the method's own words: StoreMany exists, so its
-    # stores fail with it and later ones still go together.
-    cache = FakeCache(failure=grpc.StatusCode.UNIMPLEMENTED, failure_details="this cache cannot store that")
+@pytest.mark.parametrize(
+    ("code", "details"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, None),
+        # UNIMPLEMENTED in the method's own words: StoreMany exists (not an
+        # older cache), so its stores fail with it.
+        (grpc.StatusCode.UNIMPLEMENTED, "this cache cannot store that"),
+    ],
+)
+async def test_a_failed_call_fails_each_of_its_stores_and_later_ones_still_go_together(
+    code: grpc.StatusCode, details: str | None
+) -> None:
+    cache = FakeCache(failure=code, failure_details=details)
     stores = stores_on(cache)
     first = await held_first(cache, stores)
     later = [asyncio.ensure_future(stores.call(pending(t))) for t in "bc"]
@@ -133,7 +130,7 @@ async def test_an_unimplemented_from_store_many_itself_is_its_stores_error_not_a
     cache.release.set()
     await first
     outcomes = await asyncio.gather(*later, return_exceptions=True)
-    assert all(isinstance(o, grpc.aio.AioRpcError) and o.code() == grpc.StatusCode.UNIMPLEMENTED for o in outcomes)
+    assert all(isinstance(o, grpc.aio.AioRpcError) and o.code() == code for o in outcomes)
     assert carried(cache) == [("one", ["a"]), ("many", ["b", "c"])]
     cache.failure = None
     cache.release.clear()
