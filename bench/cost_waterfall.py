@@ -31,6 +31,11 @@ naive deploy uses both cores (torch threads = 2) and pays for two. Idle
 time is charged to nobody. The token-share cost the mesh reports per
 answer (usage cost_usd, online part) is shown beside it.
 
+The machine's speed: (a) runs for minutes before the mesh does, on a host
+whose speed drifts. A fixed probe shaped like (a)'s decode is timed every
+25 of (a)'s requests, before the mesh starts and after it stops; the
+verdict says when the two sides differ by more than 10% (speed_drift).
+
 Quality guard: greedy (temperature 0) answers of each configuration
 compared with the naive deploy's, exact text: the share that differ.
 Batched CPU arithmetic alone changes some greedy answers (bench-quant: bf16
@@ -42,10 +47,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import os
 import socket
+import statistics
 import tempfile
 import time
 import urllib.request
@@ -151,6 +158,9 @@ class Stage:
     control_plane_cpu_s: float | None = None
     # (a): the CPU seconds its busy seconds used, all its cores together.
     engine_cpu_s: float | None = None
+    # The speed probe's times (seconds) taken during this stage ((a): between
+    # its requests; a mesh stage: just before it ran, the engines idle).
+    speed_probe_s: list[float] = field(default_factory=list)
 
     @property
     def usd(self) -> float:
@@ -275,6 +285,8 @@ class NaiveRun:
     tokens: list[int]
     # The process's CPU seconds in each generate() (all torch threads).
     cpu_s: list[float] = field(default_factory=list)
+    # The speed probe between requests (not in any service time).
+    speed_probe_s: list[float] = field(default_factory=list)
 
 
 def naive_transformers(records: Sequence[TraceRecord], models_dir: Path) -> NaiveRun:
@@ -330,7 +342,9 @@ def naive_transformers(records: Sequence[TraceRecord], models_dir: Path) -> Naiv
         run.first_token_s.append((streamer.at or ended) - started)
         run.tokens.append(int(new.shape[0]))
         if index % 25 == 0:
+            run.speed_probe_s.append(speed_probe_s())
             print(f"  naive {index}/{len(records)}", flush=True)
+    run.speed_probe_s.append(speed_probe_s())
     return run
 
 
@@ -360,12 +374,80 @@ def naive_stage(records: Sequence[TraceRecord], run: NaiveRun, *, speed: float =
         compared=len(records),
         wall_s=starts[-1] + run.service_s[-1] if starts else 0.0,
         engine_cpu_s=sum(run.cpu_s) if run.cpu_s else None,
+        speed_probe_s=list(run.speed_probe_s),
     )
 
 
 # Below this share of the CPU it pays for, (a) was slowed by other work on
 # the machine: its busy seconds, and every ratio to it, are overstated.
 NAIVE_MIN_CPU_SHARE = 0.8
+
+
+# The machine's speed can drift between (a) and the mesh's stages by more
+# than any lever (a host shared with other tenants: one run's (a) took 261 s
+# where the morning's took 199 s, at 98% of its CPU). The CPU share above
+# cannot see that (the work itself took more CPU), so a fixed workload is
+# timed during (a), just before the mesh starts and just after it stops
+# (not between stages: the idle mesh's own processes would be in it).
+SPEED_DRIFT_WARN = 0.10
+
+
+@functools.cache
+def _probe_operands() -> tuple[Any, Any]:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    # One token's decode on a small model streams its weights from memory:
+    # a bf16 vector-matrix product over 151 MB does the same.
+    vector = torch.rand(1, 576, generator=generator).to(torch.bfloat16)
+    weights = torch.rand(576, 131072, generator=generator).to(torch.bfloat16)
+    return vector, weights
+
+
+def speed_probe_s(repeats: int = 3) -> float:
+    """The fastest of `repeats` timings of a fixed workload shaped like (a)'s
+    decode (memory-bound bf16, on the naive deploy's threads): lower is a
+    faster machine."""
+    import torch
+
+    torch.set_num_threads(NAIVE_CORES)
+    vector, weights = _probe_operands()
+    best = math.inf
+    with torch.inference_mode():
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(10):
+                vector @ weights
+            best = min(best, time.perf_counter() - started)
+    return best
+
+
+def speed_drift(stages: Sequence[Stage]) -> float | None:
+    """The probe's median during (a) over its median around the mesh's
+    stages: above 1, the machine was slower during (a), and every ratio to
+    (a) is overstated by that factor; None without probes on both sides."""
+    naive = [t for s in stages if s.key == "a" for t in s.speed_probe_s]
+    mesh = [t for s in stages if s.key != "a" for t in s.speed_probe_s]
+    if not naive or not mesh:
+        return None
+    return statistics.median(naive) / statistics.median(mesh)
+
+
+def speed_note(stages: Sequence[Stage], ratio: float) -> str:
+    """What the probe says about the run's ratios, for the verdict."""
+    drift = speed_drift(stages)
+    if drift is None:
+        return ""
+    note = (
+        f" A fixed probe (bf16 weights streamed, as a decode) ran {drift:.2f}x as long during (a) "
+        "as around the mesh's stages"
+    )
+    if abs(drift - 1.0) <= SPEED_DRIFT_WARN:
+        return note + " (the machine's speed held)."
+    return note + (
+        f": the machine's speed moved, so every ratio to (a) is off by that factor; at the mesh's speed "
+        f"(e) would be {ratio / drift:.1f}x. Rerun on a quiet machine."
+    )
 
 
 def cpu_share(stage: Stage) -> float | None:
@@ -536,6 +618,7 @@ async def mesh_stages(
     ]
     base, offset = worker_ports()
     stages: list[Stage] = []
+    probe_before = speed_probe_s()  # the machine's speed, nothing else running
     with running_mesh(mesh_config(offset, base)) as mesh:
         urls = {pool: f"http://127.0.0.1:{base + i + offset}/metrics" for i, pool in enumerate(POOLS)}
         async with AsyncHeadraceClient(mesh.router_address, timeout=600) as client:
@@ -554,6 +637,10 @@ async def mesh_stages(
             stage.control_plane_cpu_s = control_plane_cpu_s(mesh) - cpu_before
             print(f"  {stage.usd_per_1k:.5f} USD/1k, busy {busy}, cache {stage.cache}", flush=True)
             stages.append(stage)
+    # Around the mesh's stages: the first carries the probe before it
+    # started, the last the probe after it stopped.
+    stages[0].speed_probe_s.append(probe_before)
+    stages[-1].speed_probe_s.append(speed_probe_s())
     return stages
 
 
@@ -616,6 +703,7 @@ def report(
             if naive_share < NAIVE_MIN_CPU_SHARE
             else "."
         )
+    verdict += speed_note(stages, ratio)
     by_stage = {s.key: s for s in stages}
     e_batch = by_stage["e"].batch if "e" in by_stage else {}
     table = "\n".join(
@@ -723,6 +811,8 @@ def report(
             "target_met": ratio >= TARGET_RATIO and within,
             # (a)'s CPU seconds over the core-seconds it is priced at.
             "naive_cpu_share": naive_share,
+            # (a)'s speed probe over the mesh stages' (above 1: (a) ran on a slower machine).
+            "speed_drift": speed_drift(stages),
             "stages": [{**asdict(s), "usd": s.usd, "usd_per_1k": s.usd_per_1k} for s in stages],
             "waterfall": steps,
         },

@@ -15,6 +15,8 @@ from bench.cost_waterfall import (
     differ_share,
     per_1k,
     single_server_starts,
+    speed_drift,
+    speed_note,
     tpot_s,
     waterfall,
     waterfall_svg,
@@ -107,3 +109,29 @@ def test_the_naive_deploys_cpu_share_is_cpu_seconds_over_what_it_is_priced_at() 
     # Mesh stages record none.
     mesh = Stage(key="b", label="b", requests=1, worker_seconds={"p": 1.0}, cores_per_worker={"p": 1})
     assert cpu_share(mesh) is None
+
+
+def _probed(key: str, *probes: float) -> Stage:
+    return Stage(
+        key=key, label=key, requests=1, worker_seconds={"p": 1.0}, cores_per_worker={"p": 1}, speed_probe_s=list(probes)
+    )
+
+
+def test_speed_drift_is_the_probe_during_naive_over_the_probe_before_the_mesh_stages() -> None:
+    # (a) ran on a machine 1.3x slower than the mesh's stages: medians, so
+    # one odd probe on either side does not decide it.
+    stages = [_probed("a", 0.13, 0.13, 0.5, 0.13), _probed("b", 0.1), _probed("c", 0.1), _probed("d", 0.02)]
+    assert speed_drift(stages) == pytest.approx(1.3)
+    # No probes on one side (a run recorded before the probe): no claim.
+    assert speed_drift([_probed("a"), _probed("b", 0.1)]) is None
+    assert speed_drift([_probed("a", 0.1), _probed("b")]) is None
+
+
+def test_the_verdict_names_a_speed_drift_and_the_ratio_at_the_mesh_speed() -> None:
+    slower = [_probed("a", 0.13), _probed("b", 0.1), _probed("e", 0.1)]
+    note = speed_note(slower, 18.2)
+    assert "1.30x" in note and "(e) would be 14.0x" in note and "Rerun" in note
+    held = [_probed("a", 0.105), _probed("b", 0.1)]
+    note = speed_note(held, 18.2)
+    assert "held" in note and "would be" not in note
+    assert speed_note([_probed("a"), _probed("b", 0.1)], 18.2) == ""
