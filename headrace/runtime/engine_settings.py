@@ -105,6 +105,10 @@ class EmbeddingsEngineSettings(_EngineSettings):
     max_queue_size: int = Field(default=4096, ge=1)
     # Unit-length vectors (cosine similarity = dot product).
     normalize: bool = True
+    # The model's weights and arithmetic. auto: bfloat16 on a CPU with native
+    # bf16 matrix units (AMX or AVX512-BF16: a batch of 64 texts embeds ~3x
+    # faster, each vector within cosine 0.996 of float32's), float32 elsewhere.
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 class TritonEngineSettings(_EngineSettings):

@@ -17,6 +17,8 @@ from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from headrace.runtime.engine_settings import EmbeddingsEngineSettings
 from headrace.runtime.errors import FailedPrecondition, Unavailable, Unimplemented
 from services.worker.engines.base import Delta, EngineStats, GenerationRequest
@@ -24,6 +26,35 @@ from services.worker.engines.dynamic_batcher import BatcherStats, DynamicBatcher
 from services.worker.engines.throughput import ThroughputMeter
 
 log = logging.getLogger(__name__)
+
+# CPU flags of native bf16 matrix arithmetic, which torch's CPU kernels use
+# (oneDNN): AMX tiles or AVX512-BF16. Without them bf16 is emulated, slower
+# than float32.
+_NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The flags of /proc/cpuinfo's first processor (empty if none)."""
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def resolved_dtype(setting: str, device: str, flags: frozenset[str]) -> str:
+    """float32 or bfloat16: `auto` picks bfloat16 only where the CPU does bf16
+    natively (a batch of 64 texts ~3x faster here, docs/engines.md)."""
+    if setting != "auto":
+        return setting
+    return "bfloat16" if device == "cpu" and flags & _NATIVE_BF16_FLAGS else "float32"
+
+
+def _host_cpu_flags() -> frozenset[str]:
+    try:
+        return cpu_flags(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return frozenset()
 
 
 def default_model_path() -> Path:
@@ -56,6 +87,7 @@ class EmbeddingsEngine:
         )
         self._meter = ThroughputMeter()
         self._closed = False
+        self.dtype = resolved_dtype(settings.dtype, settings.device, _host_cpu_flags())
 
     @property
     def dimensions(self) -> int:
@@ -76,7 +108,11 @@ class EmbeddingsEngine:
         self._model = await loop.run_in_executor(self._executor, self._load, path)
         self._dimensions = int(self._model.get_embedding_dimension())
         log.info(
-            "embeddings model %s ready in %.1f s (%d dimensions)", path, time.monotonic() - started, self._dimensions
+            "embeddings model %s ready in %.1f s (%d dimensions, %s)",
+            path,
+            time.monotonic() - started,
+            self._dimensions,
+            self.dtype,
         )
 
     def _load(self, path: Path) -> Any:
@@ -84,7 +120,12 @@ class EmbeddingsEngine:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
-        return SentenceTransformer(str(path), device=self._settings.device, local_files_only=True)
+        model = SentenceTransformer(str(path), device=self._settings.device, local_files_only=True)
+        if self.dtype == "bfloat16":
+            import torch
+
+            model = model.to(torch.bfloat16)
+        return model
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         raise Unimplemented(
@@ -110,10 +151,16 @@ class EmbeddingsEngine:
         array = self._model.encode(
             texts,
             batch_size=len(texts),
-            normalize_embeddings=self._settings.normalize,
+            # Normalized here, in float32: in bf16 a unit vector's length
+            # comes out up to ~0.4% off 1.
+            normalize_embeddings=False,
             convert_to_numpy=True,
             show_progress_bar=False,
         )
+        array = np.asarray(array, dtype=np.float32)
+        if self._settings.normalize:
+            norms = np.linalg.norm(array, axis=1, keepdims=True)
+            array = array / np.maximum(norms, 1e-12)
         vectors: list[list[float]] = array.tolist()
         return vectors
 

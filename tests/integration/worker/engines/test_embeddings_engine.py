@@ -86,3 +86,22 @@ async def test_stats_and_health(embeddings_engine: EmbeddingsEngine) -> None:
     assert stats.running == 0 and stats.waiting == 0
     assert stats.tokens_per_second > 0
     assert await embeddings_engine.health()
+
+
+async def test_bfloat16_vectors_are_unit_length_and_close_to_float32s() -> None:
+    texts = ["The mill wheel turns.", "Is it legal to record a phone call?", "A man is playing a guitar."]
+    by_dtype: dict[str, list[list[float]]] = {}
+    for dtype in ("float32", "bfloat16"):
+        engine = EmbeddingsEngine(EmbeddingsEngineSettings(dtype=dtype))  # type: ignore[arg-type]
+        await engine.start()
+        try:
+            assert engine.dtype == dtype
+            by_dtype[dtype] = await engine.embed(texts)
+        finally:
+            await engine.close()
+    for full, half in zip(by_dtype["float32"], by_dtype["bfloat16"], strict=True):
+        # Normalized in float32 after the bf16 model: unit length as exactly as float32's.
+        assert math.hypot(*half) == pytest.approx(1.0, abs=1e-5)
+        assert 0.99 < cosine(full, half) < 1.0 + 1e-6
+    # Still tells texts apart as float32 does.
+    assert cosine(by_dtype["bfloat16"][0], by_dtype["bfloat16"][1]) < 0.5
