@@ -158,8 +158,9 @@ class Stage:
     control_plane_cpu_s: float | None = None
     # (a): the CPU seconds its busy seconds used, all its cores together.
     engine_cpu_s: float | None = None
-    # The speed probe's times (seconds) taken during this stage ((a): between
-    # its requests; a mesh stage: just before it ran, the engines idle).
+    # The speed probe's times (seconds): (a)'s between its requests; the
+    # first mesh stage carries the one just before the mesh started, the
+    # last the one just after it stopped (none between stages).
     speed_probe_s: list[float] = field(default_factory=list)
 
     @property
@@ -342,9 +343,9 @@ def naive_transformers(records: Sequence[TraceRecord], models_dir: Path) -> Naiv
         run.first_token_s.append((streamer.at or ended) - started)
         run.tokens.append(int(new.shape[0]))
         if index % 25 == 0:
-            run.speed_probe_s.append(speed_probe_s())
+            run.speed_probe_s.append(time_speed_probe())
             print(f"  naive {index}/{len(records)}", flush=True)
-    run.speed_probe_s.append(speed_probe_s())
+    run.speed_probe_s.append(time_speed_probe())
     return run
 
 
@@ -404,7 +405,7 @@ def _probe_operands() -> tuple[Any, Any]:
     return vector, weights
 
 
-def speed_probe_s(repeats: int = 3) -> float:
+def time_speed_probe(repeats: int = 3) -> float:
     """The fastest of `repeats` timings of a fixed workload shaped like (a)'s
     decode (memory-bound bf16, on the naive deploy's threads): lower is a
     faster machine."""
@@ -618,7 +619,7 @@ async def mesh_stages(
     ]
     base, offset = worker_ports()
     stages: list[Stage] = []
-    probe_before = speed_probe_s()  # the machine's speed, nothing else running
+    probe_before = time_speed_probe()  # the machine's speed, nothing else running
     with running_mesh(mesh_config(offset, base)) as mesh:
         urls = {pool: f"http://127.0.0.1:{base + i + offset}/metrics" for i, pool in enumerate(POOLS)}
         async with AsyncHeadraceClient(mesh.router_address, timeout=600) as client:
@@ -640,7 +641,7 @@ async def mesh_stages(
     # Around the mesh's stages: the first carries the probe before it
     # started, the last the probe after it stopped.
     stages[0].speed_probe_s.append(probe_before)
-    stages[-1].speed_probe_s.append(speed_probe_s())
+    stages[-1].speed_probe_s.append(time_speed_probe())
     return stages
 
 

@@ -13,7 +13,7 @@ import concurrent.futures
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,34 +27,25 @@ from services.worker.engines.throughput import ThroughputMeter
 
 log = logging.getLogger(__name__)
 
-# CPU flags of native bf16 matrix arithmetic, which torch's CPU kernels use
-# (oneDNN): AMX tiles or AVX512-BF16. Without them bf16 is emulated, slower
-# than float32.
-_NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
-
-def cpu_flags(cpuinfo: str) -> frozenset[str]:
-    """The flags of /proc/cpuinfo's first processor (empty if none)."""
-    for line in cpuinfo.splitlines():
-        name, _, value = line.partition(":")
-        if name.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
-
-
-def resolved_dtype(setting: str, device: str, flags: frozenset[str]) -> str:
-    """float32 or bfloat16: `auto` picks bfloat16 only where the CPU does bf16
-    natively (a batch of 64 texts ~3x faster here, docs/engines.md)."""
+def resolved_dtype(setting: str, device: str, native_bf16: Callable[[], bool]) -> str:
+    """float32 or bfloat16: `auto` picks bfloat16 only on a CPU that does
+    bf16 natively (a batch of 64 texts ~3x faster here, docs/engines.md);
+    `native_bf16` is asked only then."""
     if setting != "auto":
         return setting
-    return "bfloat16" if device == "cpu" and flags & _NATIVE_BF16_FLAGS else "float32"
+    return "bfloat16" if device == "cpu" and native_bf16() else "float32"
 
 
-def _host_cpu_flags() -> frozenset[str]:
-    try:
-        return cpu_flags(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        return frozenset()
+def torch_sees_native_bf16() -> bool:
+    """torch's own reading of this CPU (the cpuinfo library, as its kernels
+    use it): AMX tiles or AVX512-BF16. Without them bf16 is emulated, slower
+    than float32. These checks are torch's private helpers: where a torch
+    version lacks them, the answer is no (float32, the safe side)."""
+    import torch
+
+    checks = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return any(bool(check()) for check in checks if check is not None)
 
 
 def default_model_path() -> Path:
@@ -87,7 +78,8 @@ class EmbeddingsEngine:
         )
         self._meter = ThroughputMeter()
         self._closed = False
-        self.dtype = resolved_dtype(settings.dtype, settings.device, _host_cpu_flags())
+        # float32 or bfloat16, once started (`auto` is resolved by torch).
+        self.dtype = ""
 
     @property
     def dimensions(self) -> int:
@@ -121,6 +113,7 @@ class EmbeddingsEngine:
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(str(path), device=self._settings.device, local_files_only=True)
+        self.dtype = resolved_dtype(self._settings.dtype, self._settings.device, torch_sees_native_bf16)
         if self.dtype == "bfloat16":
             import torch
 

@@ -88,15 +88,27 @@ async def test_stats_and_health(embeddings_engine: EmbeddingsEngine) -> None:
     assert await embeddings_engine.health()
 
 
-async def test_bfloat16_vectors_are_unit_length_and_close_to_float32s() -> None:
-    texts = ["The mill wheel turns.", "Is it legal to record a phone call?", "A man is playing a guitar."]
+async def test_bfloat16_vectors_are_unit_length_close_to_float32s_and_batch_independent() -> None:
+    texts = [
+        "The mill wheel turns.",
+        "Is it legal to record a phone call?",
+        "A man is playing a guitar.",
+        "How do I convert Celsius to Fahrenheit, and why does the formula multiply by nine fifths?",
+    ]
     by_dtype: dict[str, list[list[float]]] = {}
     for dtype in ("float32", "bfloat16"):
-        engine = EmbeddingsEngine(EmbeddingsEngineSettings(dtype=dtype))  # type: ignore[arg-type]
+        engine = EmbeddingsEngine(EmbeddingsEngineSettings(dtype=dtype, max_queue_delay_ms=20))  # type: ignore[arg-type]
         await engine.start()
         try:
             assert engine.dtype == dtype
-            by_dtype[dtype] = await engine.embed(texts)
+            alone = [(await engine.embed([text]))[0] for text in texts]
+            # Side by side, the texts ride in one padded batch.
+            before = engine.batcher_stats().batches
+            together = [r[0] for r in await asyncio.gather(*(engine.embed([text]) for text in texts))]
+            assert engine.batcher_stats().batches - before < len(texts)
+            for one, batched in zip(alone, together, strict=True):
+                assert cosine(one, batched) > 0.999
+            by_dtype[dtype] = together
         finally:
             await engine.close()
     for full, half in zip(by_dtype["float32"], by_dtype["bfloat16"], strict=True):
