@@ -1,10 +1,15 @@
 """The router's side of the cache: a lookup that never fails or slows a
 request (errors and timeouts count as a bypass), and stores that run off
-the critical path; both coalesced (cache_lookups.py, cache_stores.py)."""
+the critical path; both coalesced (cache_lookups.py, cache_stores.py). A
+lookup of a question whose answer is being stored waits for that store
+(stores_in_flight.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import grpc.aio
 from opentelemetry import trace
@@ -18,6 +23,7 @@ from headrace.v1 import cache_pb2, cache_pb2_grpc, generation_pb2
 from services.router import metrics
 from services.router.cache_lookups import CacheLookups
 from services.router.cache_stores import CacheStores, PendingStore
+from services.router.stores_in_flight import StoresInFlight, request_identity
 
 log = logging.getLogger(__name__)
 # A cache that is down fails every request alike: counted in metrics,
@@ -36,6 +42,7 @@ class CacheClient:
         per_call = max_message_bytes // 2
         self._stores = None if self._stub is None else CacheStores(self._stub, max_bytes_per_call=per_call)
         self._lookups = None if self._stub is None else CacheLookups(self._stub, max_bytes_per_call=per_call)
+        self._in_flight = StoresInFlight()
 
     def asks(self, request: generation_pb2.GenerateRequest) -> bool:
         """Whether lookup() will ask the cache service (else it answers a
@@ -49,6 +56,10 @@ class CacheClient:
         if self._lookups is None or not self.asks(request):
             return bypass
         message = cache_pb2.CacheLookupRequest(tenant=tenant, model_version=model_version, request=request)
+        if self._in_flight:
+            # Asked again while its answer is on its way to the cache: a
+            # short wait for that store beats generating the answer twice.
+            await self._in_flight.settled(request_identity(tenant, request), self._settings.lookup_timeout_s)
         try:
             return await self._lookups.lookup(message, propagated_timeout(self._settings.lookup_timeout_s) or 0.0)
         except TimeoutError:
@@ -68,7 +79,7 @@ class CacheClient:
             _FAILURES.warning(("lookup", type(exc)), "cache lookup failed (%r): answering without the cache", exc)
             return bypass
 
-    async def store(
+    def store(
         self,
         *,
         tenant: str,
@@ -77,18 +88,34 @@ class CacheClient:
         response: generation_pb2.GenerateResponse,
         deltas: list[cache_pb2.CachedDelta] | None = None,
         started: float | None = None,
-    ) -> None:
-        """`deltas`: the answer as it was streamed; `started`: when the
+    ) -> Coroutine[Any, Any, None]:
+        """The store, to run off the request's path. Known from this call on
+        (not from when the coroutine first runs), so that the same question
+        asked as soon as its stream ends waits for it and hits.
+        `deltas`: the answer as it was streamed; `started`: when the
         request arrived (time.monotonic()), so that the cache can refuse an
         answer that an invalidation overtook while it was generated."""
         if self._stores is None or request.cache.no_store:
-            return
+            return _nothing_to_store()
+        identity = request_identity(tenant, request)
+        marker = self._in_flight.begin(identity)
         pending = PendingStore(tenant, model_version, request, response, deltas or [], started)
+        return self._store(self._stores, pending, identity, marker)
+
+    async def _store(
+        self, stores: CacheStores, pending: PendingStore, identity: bytes, marker: asyncio.Future[None]
+    ) -> None:
         try:
-            await self._stores.call(pending)
+            await stores.call(pending)
         except grpc.aio.AioRpcError as exc:
             metrics.CACHE_ERRORS.labels(op="store", code=exc.code().name).inc()
             _FAILURES.warning(("store", exc.code()), "cache store failed (%s)", exc.code().name)
+        finally:
+            self._in_flight.finish(identity, marker)
+
+
+async def _nothing_to_store() -> None:
+    return None
 
 
 def note_on_trace(route: generation_pb2.RouteInfo) -> None:
