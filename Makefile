@@ -21,7 +21,7 @@ PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # buf breaking compares the protos with this git revision.
 BUF_AGAINST ?= HEAD~1
 PYTEST_ARGS ?=
-BENCHMARKS := bench-autoscale bench-overhead bench-peers bench-engine bench-placement bench-overload bench-gateway bench-connection-limits bench-cache bench-routing bench-batch bench-embeddings bench-failover bench-quant bench-cost
+BENCHMARKS := bench-autoscale bench-overhead bench-token-cost bench-peers bench-engine bench-placement bench-overload bench-gateway bench-connection-limits bench-cache bench-routing bench-batch bench-embeddings bench-failover bench-quant bench-cost
 # protoc finds its mypy plugins (protoc-gen-mypy) in the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -133,6 +133,11 @@ bench: $(BENCHMARKS)
 # The mesh's own added latency and throughput vs the worker alone (synthetic engine).
 bench-overhead: install
 	$(PY) -m bench.overhead
+
+# The mesh's CPU per streamed token by process, next to this machine's floor
+# for one gRPC message (bench/machine_floor.py).
+bench-token-cost: install
+	$(PY) -m bench.token_cost
 
 # The mesh's own cost per request next to LiteLLM's proxy, on one fixed-response
 # backend: added latency, TTFT, req/s at c=32, CPU per 1k requests (docs/performance.md).

@@ -46,6 +46,7 @@ import grpc.aio
 import httpx2
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import machine_floor
 from bench.harness import (
     RESULTS_DIR,
     Request,
@@ -518,7 +519,9 @@ def top_functions(collapsed: Path, count: int = 10) -> dict[str, list[tuple[str,
     return {"self": ranked(own, count), "headrace_inclusive": ranked(inclusive, count)}
 
 
-async def run(seconds: float, profile: bool, profile_dir: Path | None = None, reps: int = 3) -> None:
+async def run(
+    seconds: float, profile: bool, floor: machine_floor.MachineFloor, profile_dir: Path | None = None, reps: int = 3
+) -> None:
     with tempfile.TemporaryDirectory(prefix="headrace-peers-") as tmp_dir:
         tmp = Path(tmp_dir)
         backend_port = free_port()
@@ -581,8 +584,10 @@ async def run(seconds: float, profile: bool, profile_dir: Path | None = None, re
             f"{seconds:.0f} s per c=1 phase, {reps} repetitions in alternating order. CPU: each process "
             "(with its children) over the c=32 phase, per 1,000 requests; the backend's own CPU apart."
         )
+        table += "\n\n" + floor.text()
         results: dict[str, Any] = {
             "litellm_version": LITELLM_VERSION if any(p.name == "litellm" for p in paths) else None,
+            "machine_floor": floor.as_dict(),
             "seconds": seconds,
             "summary": rows,
             "runs": [r for p in paths for r in p.results],
@@ -664,7 +669,11 @@ def main() -> None:
         return
     if args.reps < 1:
         parser.error("--reps: at least 1")
-    asyncio.run(run(args.seconds, args.profile or args.profile_dir is not None, args.profile_dir, args.reps))
+    # Before anything else runs (and outside this benchmark's loop: it
+    # runs loops of its own): what crossing between processes costs here.
+    floor = machine_floor.measure()
+    print(floor.text(), flush=True)
+    asyncio.run(run(args.seconds, args.profile or args.profile_dir is not None, floor, args.profile_dir, args.reps))
 
 
 if __name__ == "__main__":
