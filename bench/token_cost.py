@@ -7,6 +7,10 @@ through the HTTP gateway as `vllm bench serve` asks: /v1/completions,
 token per delta, 128 tokens a request (ignore_eos), the cache bypassed.
 CPU of each mesh process over the phase, per token the client received.
 
+Each stream is paced on its own clock (vLLM emits every sequence's token
+in one engine step, so its messages can share wakes): at a slow pace this
+is an upper bound for a real engine's.
+
 A token through the mesh is one gRPC message (worker to router) and one
 SSE event (router to client); plain `vllm serve` has the SSE event only.
 On a CPU host that message's cost comes out of the engine's cores: this
