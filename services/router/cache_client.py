@@ -59,7 +59,9 @@ class CacheClient:
         if self._in_flight:
             # Asked again while its answer is on its way to the cache: a
             # short wait for that store beats generating the answer twice.
-            await self._in_flight.settled(request_identity(tenant, request), self._settings.lookup_timeout_s)
+            # Within the request's deadline, as the lookup itself.
+            wait_s = propagated_timeout(self._settings.lookup_timeout_s) or 0.0
+            await self._in_flight.settled(request_identity(tenant, request), wait_s)
         try:
             return await self._lookups.lookup(message, propagated_timeout(self._settings.lookup_timeout_s) or 0.0)
         except TimeoutError:

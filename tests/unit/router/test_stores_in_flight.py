@@ -160,3 +160,23 @@ async def test_two_stores_of_one_question_are_both_waited_for() -> None:
     in_flight.finish(identity, second)
     assert await waiter is True
     assert not in_flight and await in_flight.settled(identity, 1.0) is False
+
+
+async def test_the_wait_ends_with_the_request_deadline() -> None:
+    from headrace.runtime.request_context import deadline_var
+
+    cache = SlowCache()
+    client = client_on(cache, lookup_timeout_s=5.0)
+    asked = question("Count from one to five.")
+    store = asyncio.create_task(store_of(client, asked, "1 2 3 4 5"))
+    token = deadline_var.set(time.monotonic() + 0.1)
+    try:
+        began = time.monotonic()
+        found = await client.lookup(tenant="acme", model_version="smollm2@1", request=asked)
+    finally:
+        deadline_var.reset(token)
+    # Not the 5 s the settings allow: the request had 0.1 s left.
+    assert time.monotonic() - began < 1.0
+    assert found.outcome in (MISS, generation_pb2.CACHE_OUTCOME_BYPASS)
+    cache.landing.set()
+    await store
