@@ -124,6 +124,10 @@ def _stat_logger_factory(probe: _SchedulerProbe) -> Any:
     return SchedulerProbeLogger
 
 
+# Times an abort is repeated for requests still open (0.05 s, doubling: 3.15 s in all).
+_ABORT_CHECKS = 6
+
+
 class VllmEngine:
     kind = "vllm"
 
@@ -135,6 +139,15 @@ class VllmEngine:
         self._meter = ThroughputMeter()
         # Request ids whose stream is open here (abort reports on these).
         self._active: set[str] = set()
+        # Request ids still being rendered (not in the engine core yet), and
+        # those of them aborted meanwhile: they end before reaching it. A
+        # burst of batch rows spends a while here under load, and a
+        # preemption that skipped them let them run (rows the worker had
+        # chosen to stop kept their slots while online work waited).
+        self._rendering: set[str] = set()
+        self._aborted_rendering: set[str] = set()
+        # Checks that aborts took (see _abort_until_gone).
+        self._abort_checks: set[asyncio.Task[None]] = set()
         self._default_sampling: dict[str, Any] = {}
         self._max_model_len = 0
         self._closed = False
@@ -177,8 +190,26 @@ class VllmEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         llm = self._require_started()
-        engine_input = await self._render(llm, request)
+        self._rendering.add(request.request_id)
+        try:
+            engine_input = await self._render(llm, request)
+        finally:
+            # However the render ends (a failure, a cancel): nothing kept.
+            self._rendering.discard(request.request_id)
+            aborted = request.request_id in self._aborted_rendering
+            self._aborted_rendering.discard(request.request_id)
         prompt_len = len(engine_input.get("prompt_token_ids") or ())
+        if aborted:
+            # Aborted before it reached the engine core: it ends as an
+            # aborted request there would, with nothing generated.
+            yield Delta(
+                text="",
+                token_ids=(),
+                finish_reason=FinishReason.ABORT,
+                prompt_tokens=prompt_len,
+                completion_tokens=0,
+            )
+            return
         params = sampling_params(
             request.sampling,
             prompt_len=prompt_len,
@@ -276,14 +307,35 @@ class VllmEngine:
         return await self.abort_many([request_id]) == 1
 
     async def abort_many(self, request_ids: Sequence[str]) -> int:
-        """Abort those of the requests that are running, in one call to the
-        engine core; returns how many were."""
+        """Abort those of the requests that are here: the ones in the engine
+        core in one call to it, the ones still being rendered as they leave
+        the renderer (they never reach the core); returns how many were."""
         if self._llm is None:
             return 0
+        rendering = [request_id for request_id in request_ids if request_id in self._rendering]
+        self._aborted_rendering.update(rendering)
         active = [request_id for request_id in request_ids if request_id in self._active]
         if active:
             await self._llm.abort(active)
-        return len(active)
+            check = asyncio.create_task(self._abort_until_gone(active), name="vllm-abort-check")
+            self._abort_checks.add(check)
+            check.add_done_callback(self._abort_checks.discard)
+        return len(active) + len(rendering)
+
+    async def _abort_until_gone(self, request_ids: Sequence[str]) -> None:
+        """vLLM ignores an abort that comes before it has registered the
+        request (its own input processing, after our generate() began): a
+        batch row aborted then ran to its end, holding its slot. Those still
+        open here a moment later are aborted again, a few times, backing off
+        (an abort that took ends its request within an engine step)."""
+        delay_s = 0.05
+        for _ in range(_ABORT_CHECKS):
+            await asyncio.sleep(delay_s)
+            open_here = [request_id for request_id in request_ids if request_id in self._active]
+            if not open_here or self._llm is None:
+                return
+            await self._llm.abort(open_here)
+            delay_s *= 2
 
     @property
     def running(self) -> int:
@@ -304,6 +356,8 @@ class VllmEngine:
 
     async def close(self) -> None:
         self._closed = True
+        for check in list(self._abort_checks):
+            check.cancel()
         llm, self._llm = self._llm, None
         if llm is not None:
             # Stop reading outputs first: otherwise vLLM's output handler logs the

@@ -195,6 +195,40 @@ async def test_abort_many_stops_the_named_rows_in_one_call(vllm_engine: VllmEngi
     assert await vllm_engine.abort_many([r.request_id for r in rows]) == 0
 
 
+@pytest.mark.parametrize("turns", [0, 1, 3, 8, -1])
+async def test_rows_aborted_on_their_way_into_the_engine_end_aborted(vllm_engine: VllmEngine, turns: int) -> None:
+    # A preemption that comes while rows are still being rendered, or before
+    # vLLM has registered them (a burst of batch rows under load): each must
+    # end aborted, not run to its end holding its slot. `turns`: how far the
+    # rows got (event-loop turns) when the abort came; -1: just past their
+    # rendering, on their way into vLLM.
+    rows = [
+        replace(request(max_tokens=1500, ignore_eos=True, priority=Priority.BATCH), whole_answer=True) for _ in range(6)
+    ]
+    ends: dict[str, FinishReason | None] = {}
+
+    async def consume(req: GenerationRequest) -> None:
+        async for delta in vllm_engine.generate(req):
+            ends[req.request_id] = delta.finish_reason
+
+    tasks = [asyncio.create_task(consume(r)) for r in rows]
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    if turns < 0:
+        await asyncio.sleep(0)
+        while vllm_engine._rendering:
+            await asyncio.sleep(0)
+    assert await vllm_engine.abort_many([r.request_id for r in rows]) == (6 if turns else 0)
+    if not turns:
+        # Not begun: nothing of them here yet to abort. Let them begin, then.
+        await asyncio.sleep(0)
+        assert await vllm_engine.abort_many([r.request_id for r in rows]) == 6
+    await asyncio.wait_for(asyncio.gather(*tasks), 10.0)
+    assert [ends[r.request_id] for r in rows] == [FinishReason.ABORT] * 6
+    await until(lambda: vllm_engine.stats().running == 0, 2.0)
+    assert not vllm_engine._rendering and not vllm_engine._aborted_rendering
+
+
 async def test_chat_messages_go_through_the_chat_template(vllm_engine: VllmEngine) -> None:
     messages = (ChatTurn("system", "You answer briefly."), ChatTurn("user", "What is two plus two?"))
     deltas = await collect(vllm_engine, request(None, messages=messages, max_tokens=24))
