@@ -32,18 +32,18 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+
+from bench.harness import process_cpu_s
+from headrace.runtime.aio import run as run_loop
 
 PING_PONGS = 20_000
 GRPC_CALLS = 2_000
 STREAMS = 8
 STREAM_MESSAGES = 300
 STREAM_STEP_S = 0.01
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -174,22 +174,6 @@ async def _stream_paced(port: int, streams: int, messages: int) -> tuple[int, fl
         return sum(received), time.process_time() - cpu_started
 
 
-def _process_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _run(main: Coroutine[Any, Any, T]) -> T:
-    """As the services run their loops (uvloop where installed)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    result: T = uvloop.run(main)
-    return result
-
-
 def _grpc_call(calls: int, streams: int, messages: int) -> tuple[float, float, float, float, float]:
     """(unary p50 ms, its client and server CPU us per call; a streamed
     message's receiver and sender CPU us)."""
@@ -200,17 +184,18 @@ def _grpc_call(calls: int, streams: int, messages: int) -> tuple[float, float, f
         server = subprocess.Popen([sys.executable, "-m", "bench.machine_floor", "--serve", port_file])
         try:
             deadline = time.monotonic() + 30
-            while not os.path.exists(port_file) or not open(port_file).read():
+            # Written whole by the server once it listens (one short write).
+            while not os.path.exists(port_file) or not Path(port_file).read_text():
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the health server did not start")
                 time.sleep(0.05)
-            port = int(open(port_file).read())
-            before = _process_cpu_s(server.pid)
-            walls, client_cpu = _run(_call_health(port, calls))
-            server_cpu = _process_cpu_s(server.pid) - before
-            before = _process_cpu_s(server.pid)
-            received, receiver_cpu = _run(_stream_paced(port, streams, messages))
-            sender_cpu = _process_cpu_s(server.pid) - before
+            port = int(Path(port_file).read_text())
+            before = process_cpu_s(server.pid)
+            walls, client_cpu = run_loop(_call_health(port, calls))
+            server_cpu = process_cpu_s(server.pid) - before
+            before = process_cpu_s(server.pid)
+            received, receiver_cpu = run_loop(_stream_paced(port, streams, messages))
+            sender_cpu = process_cpu_s(server.pid) - before
         finally:
             server.kill()
             server.wait()
@@ -232,7 +217,7 @@ def measure(
 
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--serve":
-        _run(_serve_health(sys.argv[2]))
+        run_loop(_serve_health(sys.argv[2]))
         return
     floor = measure()
     print(json.dumps(floor.as_dict(), indent=2))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -56,14 +57,18 @@ class CacheClient:
         if self._lookups is None or not self.asks(request):
             return bypass
         message = cache_pb2.CacheLookupRequest(tenant=tenant, model_version=model_version, request=request)
-        if self._in_flight:
-            # Asked again while its answer is on its way to the cache: a
-            # short wait for that store beats generating the answer twice.
-            # Within the request's deadline, as the lookup itself.
-            wait_s = propagated_timeout(self._settings.lookup_timeout_s) or 0.0
-            await self._in_flight.settled(request_identity(tenant, request), wait_s)
+        # One budget for the wait below and the lookup: a slow cache, its
+        # stores included, never holds a request longer than lookup_timeout_s.
+        budget_s = propagated_timeout(self._settings.lookup_timeout_s) or 0.0
         try:
-            return await self._lookups.lookup(message, propagated_timeout(self._settings.lookup_timeout_s) or 0.0)
+            if self._in_flight:
+                # Asked again while its answer is on its way to the cache: a
+                # short wait for that store beats generating the answer twice.
+                waited_from = time.monotonic()
+                if not await self._in_flight.settled(request_identity(tenant, request), budget_s):
+                    raise TimeoutError
+                budget_s = max(0.0, budget_s - (time.monotonic() - waited_from))
+            return await self._lookups.lookup(message, budget_s)
         except TimeoutError:
             code = grpc.StatusCode.DEADLINE_EXCEEDED
             metrics.CACHE_ERRORS.labels(op="lookup", code=code.name).inc()

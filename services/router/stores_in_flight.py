@@ -10,7 +10,6 @@ window stays open for a question that comes back through another one."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from headrace.v1 import generation_pb2
 
@@ -54,11 +53,10 @@ class StoresInFlight:
 
     async def settled(self, identity: bytes, timeout_s: float) -> bool:
         """Waits (at most timeout_s) for the stores of this identity under
-        way now; True if there were any."""
+        way now; False if one is still under way when the time is up. The
+        stores go on either way: asyncio.wait cancels nothing."""
         stores = self._pending.get(identity)
         if not stores:
-            return False
-        with contextlib.suppress(TimeoutError):
-            # Shielded: a waiter that gives up never cancels the store's marker.
-            await asyncio.wait_for(asyncio.shield(asyncio.gather(*stores)), timeout_s)
-        return True
+            return True
+        _done, pending = await asyncio.wait(set(stores), timeout=timeout_s)
+        return not pending
